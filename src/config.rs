@@ -1,0 +1,515 @@
+//! Configuration: TOML file, validated once at start-up.
+//!
+//! Unknown keys are errors (a typo must not silently disable recording), and every error names
+//! the key it is about, so `main` can print it and exit with code 2.
+
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// Environment variable that overrides `database.url` (keeps passwords out of the config file).
+pub const DATABASE_URL_ENV: &str = "MDREC_DATABASE_URL";
+
+/// Kline intervals the v1 venue offers, by its own names.
+pub const KLINE_INTERVALS: [&str; 8] = [
+    "1min", "5min", "15min", "30min", "60min", "1day", "1week", "1month",
+];
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("config key `{key}`: {message}")]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(key: &str, message: impl Into<String>) -> Self {
+        ConfigError {
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub venue: VenueConfig,
+    #[serde(default)]
+    pub database: DatabaseConfig,
+    pub record: RecordConfig,
+    #[serde(default)]
+    pub connection: ConnectionConfig,
+    #[serde(default)]
+    pub writer: WriterConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VenueConfig {
+    #[serde(default = "default_kind")]
+    pub kind: String,
+    #[serde(default = "default_ws_url")]
+    pub ws_url: String,
+    #[serde(default = "default_rest_url")]
+    pub rest_url: String,
+}
+
+fn default_kind() -> String {
+    "cdc-v1".into()
+}
+fn default_ws_url() -> String {
+    "wss://ws.crypto.com/kline-api/ws".into()
+}
+fn default_rest_url() -> String {
+    "https://api.crypto.com".into()
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    #[serde(default = "default_db_url")]
+    pub url: String,
+}
+
+fn default_db_url() -> String {
+    "sqlite://mdrec.db".into()
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: default_db_url(),
+        }
+    }
+}
+
+impl fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &redact_url(&self.url))
+            .finish()
+    }
+}
+
+/// The URL with any password replaced, for logs and `Debug`.
+pub fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("****"));
+            u.to_string()
+        }
+        Ok(_) => raw.to_string(),
+        Err(_) => "<unparsable url>".to_string(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordConfig {
+    pub symbols: Vec<String>,
+    #[serde(default = "yes")]
+    pub trades: bool,
+    #[serde(default = "default_klines")]
+    pub klines: Vec<String>,
+    #[serde(default = "default_depth")]
+    pub depth: DepthSetting,
+    /// Book levels per side asked for in the depth subscription.
+    #[serde(default = "default_depth_levels")]
+    pub depth_levels: u32,
+    #[serde(default)]
+    pub ticker: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_klines() -> Vec<String> {
+    vec!["1min".into()]
+}
+fn default_depth() -> DepthSetting {
+    DepthSetting::Step(0)
+}
+fn default_depth_levels() -> u32 {
+    150
+}
+
+/// `depth = "step0" | "step1" | "step2" | false`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DepthSetting {
+    Off,
+    Step(u8),
+}
+
+impl<'de> Deserialize<'de> for DepthSetting {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Flag(bool),
+            Name(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Flag(false) => Ok(DepthSetting::Off),
+            Raw::Flag(true) => Ok(DepthSetting::Step(0)),
+            Raw::Name(n) => match n.as_str() {
+                "step0" => Ok(DepthSetting::Step(0)),
+                "step1" => Ok(DepthSetting::Step(1)),
+                "step2" => Ok(DepthSetting::Step(2)),
+                other => Err(serde::de::Error::custom(format!(
+                    "expected \"step0\", \"step1\", \"step2\" or false, got {other:?}"
+                ))),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionConfig {
+    /// A socket silent this long (data and pings both count) is reopened.
+    #[serde(default = "default_silence")]
+    pub silence_timeout_s: u64,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_s: u64,
+    /// First reconnect delay; doubles up to `reconnect_max_s`, with jitter.
+    #[serde(default = "default_reconnect_initial")]
+    pub reconnect_initial_ms: u64,
+    #[serde(default = "default_reconnect_max")]
+    pub reconnect_max_s: u64,
+    /// Largest inflated frame accepted (decompression-bomb guard).
+    #[serde(default = "default_max_frame")]
+    pub max_frame_bytes: usize,
+    /// How long shutdown waits for the venue to answer our close frame.
+    #[serde(default = "default_close_grace")]
+    pub close_grace_ms: u64,
+}
+
+fn default_silence() -> u64 {
+    30
+}
+fn default_connect_timeout() -> u64 {
+    10
+}
+fn default_reconnect_initial() -> u64 {
+    500
+}
+fn default_reconnect_max() -> u64 {
+    60
+}
+fn default_max_frame() -> usize {
+    8 * 1024 * 1024
+}
+fn default_close_grace() -> u64 {
+    2000
+}
+
+impl Default for ConnectionConfig {
+    fn default() -> Self {
+        ConnectionConfig {
+            silence_timeout_s: default_silence(),
+            connect_timeout_s: default_connect_timeout(),
+            reconnect_initial_ms: default_reconnect_initial(),
+            reconnect_max_s: default_reconnect_max(),
+            max_frame_bytes: default_max_frame(),
+            close_grace_ms: default_close_grace(),
+        }
+    }
+}
+
+impl ConnectionConfig {
+    pub fn silence_timeout(&self) -> Duration {
+        Duration::from_secs(self.silence_timeout_s)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WriterConfig {
+    /// Flush when this many rows are buffered.
+    #[serde(default = "default_batch_rows")]
+    pub batch_rows: usize,
+    /// Flush at most this long after the first buffered row.
+    #[serde(default = "default_flush_ms")]
+    pub flush_interval_ms: u64,
+    /// Events buffered between workers and the writer; a full queue slows the readers.
+    #[serde(default = "default_queue")]
+    pub queue_capacity: usize,
+}
+
+fn default_batch_rows() -> usize {
+    2000
+}
+fn default_flush_ms() -> u64 {
+    250
+}
+fn default_queue() -> usize {
+    50_000
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        WriterConfig {
+            batch_rows: default_batch_rows(),
+            flush_interval_ms: default_flush_ms(),
+            queue_capacity: default_queue(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    #[serde(default = "default_metrics_listen")]
+    pub listen: String,
+}
+
+fn default_metrics_listen() -> String {
+    "127.0.0.1:9187".into()
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: default_metrics_listen(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl Config {
+    /// Reads, parses and validates a config file; applies `MDREC_DATABASE_URL`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new("-c", format!("cannot read {}: {e}", path.display()))
+        })?;
+        let mut cfg = Config::parse(&text)?;
+        if let Ok(url) = std::env::var(DATABASE_URL_ENV)
+            && !url.is_empty()
+        {
+            cfg.database.url = url;
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Parses TOML text (no validation, no environment).
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::parse(text)
+            .map_err(|e| ConfigError::new("(file)", format!("invalid TOML: {e}")))?;
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let message = e.inner().message().to_string();
+            ConfigError::new(&key, message)
+        })
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.venue.kind != "cdc-v1" {
+            return Err(ConfigError::new(
+                "venue.kind",
+                format!("unknown venue {:?}; supported: \"cdc-v1\"", self.venue.kind),
+            ));
+        }
+        check_url("venue.ws_url", &self.venue.ws_url, &["ws", "wss"])?;
+        check_url("venue.rest_url", &self.venue.rest_url, &["http", "https"])?;
+        let db = &self.database.url;
+        if !(db.starts_with("sqlite:") || db.starts_with("postgres:") || db.starts_with("postgresql:"))
+        {
+            return Err(ConfigError::new(
+                "database.url",
+                format!(
+                    "must start with sqlite: or postgres:, got {:?}",
+                    redact_url(db)
+                ),
+            ));
+        }
+        if self.record.symbols.is_empty() {
+            return Err(ConfigError::new("record.symbols", "must name at least one symbol"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for s in &self.record.symbols {
+            if s.is_empty()
+                || !s
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            {
+                return Err(ConfigError::new(
+                    "record.symbols",
+                    format!("{s:?} is not a lowercase venue symbol like \"btcusdt\""),
+                ));
+            }
+            if !seen.insert(s) {
+                return Err(ConfigError::new("record.symbols", format!("{s:?} is listed twice")));
+            }
+        }
+        for k in &self.record.klines {
+            if !KLINE_INTERVALS.contains(&k.as_str()) {
+                return Err(ConfigError::new(
+                    "record.klines",
+                    format!("unknown interval {k:?}; one of {}", KLINE_INTERVALS.join(" ")),
+                ));
+            }
+        }
+        if !self.record.trades
+            && self.record.klines.is_empty()
+            && self.record.depth == DepthSetting::Off
+            && !self.record.ticker
+        {
+            return Err(ConfigError::new("record", "records nothing: enable trades, klines, depth or ticker"));
+        }
+        if self.record.depth_levels == 0 {
+            return Err(ConfigError::new("record.depth_levels", "must be at least 1"));
+        }
+        let c = &self.connection;
+        if c.silence_timeout_s == 0 {
+            return Err(ConfigError::new("connection.silence_timeout_s", "must be at least 1"));
+        }
+        if c.connect_timeout_s == 0 {
+            return Err(ConfigError::new("connection.connect_timeout_s", "must be at least 1"));
+        }
+        if c.reconnect_initial_ms == 0 {
+            return Err(ConfigError::new("connection.reconnect_initial_ms", "must be at least 1"));
+        }
+        if c.reconnect_max_s == 0 || c.reconnect_max_s * 1000 < c.reconnect_initial_ms {
+            return Err(ConfigError::new(
+                "connection.reconnect_max_s",
+                "must be at least 1 and not below reconnect_initial_ms",
+            ));
+        }
+        if c.max_frame_bytes < 1024 {
+            return Err(ConfigError::new("connection.max_frame_bytes", "must be at least 1024"));
+        }
+        let w = &self.writer;
+        if w.batch_rows == 0 {
+            return Err(ConfigError::new("writer.batch_rows", "must be at least 1"));
+        }
+        if w.flush_interval_ms == 0 {
+            return Err(ConfigError::new("writer.flush_interval_ms", "must be at least 1"));
+        }
+        if w.queue_capacity == 0 {
+            return Err(ConfigError::new("writer.queue_capacity", "must be at least 1"));
+        }
+        if self.metrics.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(ConfigError::new(
+                "metrics.listen",
+                format!("{:?} is not an address like 127.0.0.1:9187", self.metrics.listen),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn check_url(key: &str, raw: &str, schemes: &[&str]) -> Result<(), ConfigError> {
+    let u = url::Url::parse(raw).map_err(|e| ConfigError::new(key, format!("{raw:?}: {e}")))?;
+    if !schemes.contains(&u.scheme()) {
+        return Err(ConfigError::new(
+            key,
+            format!("scheme must be one of {}, got {:?}", schemes.join("/"), u.scheme()),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[venue]
+kind = "cdc-v1"
+ws_url = "wss://ws.crypto.com/kline-api/ws"
+rest_url = "https://api.crypto.com"
+
+[database]
+url = "sqlite://mdrec.db"
+
+[record]
+symbols = ["btcusdt", "ethusdt"]
+trades = true
+klines = ["1min", "60min"]
+depth = "step0"
+ticker = false
+
+[connection]
+silence_timeout_s = 30
+
+[metrics]
+listen = "127.0.0.1:9187"
+"#;
+
+    #[test]
+    fn brief_example_parses() {
+        let c = Config::parse(GOOD).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.record.symbols, ["btcusdt", "ethusdt"]);
+        assert_eq!(c.record.depth, DepthSetting::Step(0));
+        assert_eq!(c.connection.silence_timeout_s, 30);
+    }
+
+    fn err_key(text: &str) -> String {
+        match Config::parse(text).and_then(|c| c.validate().map(|_| c)) {
+            Ok(_) => panic!("accepted:\n{text}"),
+            Err(e) => e.key,
+        }
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            (GOOD.replace("symbols =", "symbls ="), "record.symbls"),
+            (GOOD.replace("depth = \"step0\"", "depth = \"step5\""), "record.depth"),
+            (GOOD.replace("depth = \"step0\"", "depth = 3"), "record.depth"),
+            (GOOD.replace("\"60min\"", "\"2min\""), "record.klines"),
+            (GOOD.replace("silence_timeout_s = 30", "silence_timeout_s = 0"), "connection.silence_timeout_s"),
+            (GOOD.replace("silence_timeout_s = 30", "silence_timeout_s = \"x\""), "connection.silence_timeout_s"),
+            (GOOD.replace("[metrics]", "[metrix]"), "metrix"),
+            (GOOD.replace("wss://ws", "https://ws"), "venue.ws_url"),
+            (GOOD.replace("sqlite://mdrec.db", "mysql://x"), "database.url"),
+            (GOOD.replace("\"btcusdt\", ", "\"BTC-USDT\", "), "record.symbols"),
+            (GOOD.replace("127.0.0.1:9187", "localhost"), "metrics.listen"),
+            (GOOD.replace("kind = \"cdc-v1\"", "kind = \"binance\""), "venue.kind"),
+        ];
+        for (text, key) in cases {
+            assert_eq!(err_key(&text), key);
+        }
+    }
+
+    #[test]
+    fn depth_false_disables() {
+        let c = Config::parse(&GOOD.replace("depth = \"step0\"", "depth = false")).unwrap();
+        assert_eq!(c.record.depth, DepthSetting::Off);
+    }
+
+    #[test]
+    fn debug_hides_password() {
+        let c = Config::parse(&GOOD.replace(
+            "sqlite://mdrec.db",
+            "postgres://rec:s3cret@db.example/md",
+        ))
+        .unwrap();
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("s3cret"), "{dbg}");
+        assert!(dbg.contains("****"));
+    }
+}

@@ -1,0 +1,9 @@
+//! mdrec: a market-data recorder daemon.
+//!
+//! Data flows one way: venue frames -> [`venue`] decoding -> [`model::Event`]s -> bounded queue
+//! -> [`store::writer`] (the only database user) -> SQLite or PostgreSQL. See ARCHITECTURE.md.
+
+pub mod config;
+pub mod decimal;
+pub mod model;
+pub mod venue;

@@ -1,0 +1,179 @@
+//! Venue-neutral events: what normalizers produce and the writer stores.
+//!
+//! Every market event keeps both clocks: `event_time_ms` as the exchange stamped it and
+//! `recv_time_us` as taken when the frame was read from the socket. Neither overwrites the other.
+
+use std::sync::Arc;
+
+use crate::decimal::Dec;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Side {
+    Buy,
+    Sell,
+}
+
+impl Side {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Buy => "buy",
+            Side::Sell => "sell",
+        }
+    }
+
+    /// Venues spell sides `buy`, `BUY`, `Buy`: compare without case.
+    pub fn parse(s: &str) -> Option<Side> {
+        if s.eq_ignore_ascii_case("buy") {
+            Some(Side::Buy)
+        } else if s.eq_ignore_ascii_case("sell") {
+            Some(Side::Sell)
+        } else {
+            None
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BookSide {
+    Bid,
+    Ask,
+}
+
+impl BookSide {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BookSide::Bid => "bid",
+            BookSide::Ask => "ask",
+        }
+    }
+}
+
+/// Where a row came from: the live stream or a REST backfill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Source {
+    Ws,
+    Rest,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Ws => "ws",
+            Source::Rest => "rest",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trade {
+    pub venue: &'static str,
+    pub symbol: Arc<str>,
+    /// The venue's id; negative when the venue sent none (see `venue::cdc_v1::synthetic_trade_id`).
+    pub trade_id: i64,
+    pub side: Side,
+    pub price: Dec,
+    pub qty: Dec,
+    pub quote_qty: Option<Dec>,
+    pub event_time_ms: i64,
+    pub recv_time_us: i64,
+    pub source: Source,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Kline {
+    pub venue: &'static str,
+    pub symbol: Arc<str>,
+    /// The venue's own interval name as configured (`1min`, `60min`, `1day`).
+    pub interval: Arc<str>,
+    pub open_time_ms: i64,
+    pub open: Dec,
+    pub high: Dec,
+    pub low: Dec,
+    pub close: Dec,
+    pub volume: Dec,
+    pub quote_volume: Option<Dec>,
+    /// True once a later bar was seen (the venue has no closed flag).
+    pub closed: bool,
+    pub event_time_ms: i64,
+    pub recv_time_us: i64,
+    pub source: Source,
+}
+
+pub type Level = (Dec, Dec);
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BookSnapshot {
+    pub venue: &'static str,
+    pub symbol: Arc<str>,
+    pub depth_step: i16,
+    pub event_time_ms: i64,
+    pub recv_time_us: i64,
+    /// Best first.
+    pub bids: Vec<Level>,
+    /// Best first.
+    pub asks: Vec<Level>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BookDelta {
+    pub venue: &'static str,
+    pub symbol: Arc<str>,
+    pub depth_step: i16,
+    pub event_time_ms: i64,
+    pub recv_time_us: i64,
+    /// Order within the frame (frames carrying several changes keep their order).
+    pub seq: i32,
+    pub side: BookSide,
+    pub price: Dec,
+    /// Zero removes the level.
+    pub qty: Dec,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ticker {
+    pub venue: &'static str,
+    pub symbol: Arc<str>,
+    pub event_time_ms: i64,
+    pub recv_time_us: i64,
+    pub open: Option<Dec>,
+    pub high: Option<Dec>,
+    pub low: Option<Dec>,
+    pub close: Option<Dec>,
+    pub volume: Option<Dec>,
+    pub quote_volume: Option<Dec>,
+    pub change: Option<Dec>,
+}
+
+/// One websocket connection's life, so analysts can see when a symbol was live.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Session {
+    pub venue: &'static str,
+    pub symbol: Arc<str>,
+    pub session_id: String,
+    pub connected_at_us: i64,
+    /// None while the connection is open.
+    pub disconnected_at_us: Option<i64>,
+    pub close_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Trade(Trade),
+    Kline(Kline),
+    BookSnapshot(BookSnapshot),
+    BookDelta(BookDelta),
+    Ticker(Ticker),
+    Session(Session),
+}
+
+/// Microseconds since the Unix epoch, from the system clock.
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+pub fn now_ms() -> i64 {
+    now_us() / 1000
+}

@@ -1,0 +1,78 @@
+//! Venue protocols. Each venue is one folder: it turns socket frames into [`Event`]s and says
+//! what to send (subscriptions, pongs). The worker, writer and store know nothing venue-specific.
+
+pub mod cdc_v1;
+
+use std::sync::Arc;
+
+use crate::config::RecordConfig;
+use crate::model::Event;
+
+/// A websocket frame as read from the socket.
+#[derive(Debug, Clone, Copy)]
+pub enum Frame<'a> {
+    Text(&'a str),
+    Binary(&'a [u8]),
+}
+
+/// Why a frame was not turned into events. The frame is counted and skipped; the worker goes on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("corrupt compressed frame: {0}")]
+    Corrupt(String),
+    #[error("frame inflates past the {limit}-byte limit")]
+    TooLarge { limit: usize },
+    #[error("malformed JSON: {0}")]
+    Json(String),
+    #[error("unexpected message: {0}")]
+    Unexpected(String),
+}
+
+impl DecodeError {
+    /// Short label for counters and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DecodeError::Corrupt(_) => "corrupt",
+            DecodeError::TooLarge { .. } => "too_large",
+            DecodeError::Json(_) => "json",
+            DecodeError::Unexpected(_) => "unexpected",
+        }
+    }
+}
+
+/// What a frame asks of the worker besides the events it produced.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Reaction {
+    /// A text frame to send back (e.g. a pong).
+    pub reply: Option<String>,
+    /// The frame was a heartbeat, a subscription ack or similar: alive, but no market data.
+    pub control: bool,
+}
+
+/// A venue protocol family.
+pub trait Venue: Send + Sync + 'static {
+    /// The `venue` column value (`cdc-v1`).
+    fn name(&self) -> &'static str;
+    /// Text frames to send after connecting, one per channel.
+    fn subscribe_frames(&self, symbol: &str, record: &RecordConfig) -> Vec<String>;
+    /// Per-connection decoding state (decompressor, open kline bars).
+    fn session(&self, symbol: Arc<str>, max_frame_bytes: usize) -> Box<dyn VenueSession>;
+}
+
+pub trait VenueSession: Send {
+    /// Decodes one frame, appending its events to `out`.
+    fn on_frame(
+        &mut self,
+        frame: Frame<'_>,
+        recv_time_us: i64,
+        out: &mut Vec<Event>,
+    ) -> Result<Reaction, DecodeError>;
+}
+
+/// The venue named by `venue.kind` (validated in config).
+pub fn venue_for(kind: &str) -> Option<Arc<dyn Venue>> {
+    match kind {
+        cdc_v1::NAME => Some(Arc::new(cdc_v1::CdcV1)),
+        _ => None,
+    }
+}
