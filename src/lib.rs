@@ -6,4 +6,5 @@
 pub mod config;
 pub mod decimal;
 pub mod model;
+pub mod store;
 pub mod venue;

@@ -1,0 +1,138 @@
+//! Rows waiting for the next flush, grouped per table.
+//!
+//! Upserted tables (klines, sessions) keep one row per key inside a batch, chosen by the same
+//! rule the SQL applies across batches, because PostgreSQL refuses to update a row twice in
+//! one statement.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::sync::Arc;
+
+use crate::model::{BookDelta, BookSnapshot, Event, Kline, Session, Ticker, Trade};
+
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub trades: Vec<Trade>,
+    pub klines: Vec<Kline>,
+    kline_index: HashMap<(Arc<str>, Arc<str>, i64), usize>,
+    pub snapshots: Vec<BookSnapshot>,
+    pub deltas: Vec<BookDelta>,
+    pub tickers: Vec<Ticker>,
+    pub sessions: Vec<Session>,
+    session_index: HashMap<(Arc<str>, String), usize>,
+}
+
+/// Ordering of kline versions: a closed bar beats an open one, then newer exchange time,
+/// then newer receive time. The SQL upsert uses the same rule.
+pub fn kline_rank(k: &Kline) -> (bool, i64, i64) {
+    (k.closed, k.event_time_ms, k.recv_time_us)
+}
+
+impl Batch {
+    pub fn push(&mut self, ev: Event) {
+        match ev {
+            Event::Trade(t) => self.trades.push(t),
+            Event::Kline(k) => {
+                let key = (k.symbol.clone(), k.interval.clone(), k.open_time_ms);
+                match self.kline_index.entry(key) {
+                    Entry::Occupied(e) => {
+                        let slot = &mut self.klines[*e.get()];
+                        if kline_rank(&k) > kline_rank(slot) {
+                            *slot = k;
+                        }
+                    }
+                    Entry::Vacant(e) => {
+                        e.insert(self.klines.len());
+                        self.klines.push(k);
+                    }
+                }
+            }
+            Event::BookSnapshot(s) => self.snapshots.push(s),
+            Event::BookDelta(d) => self.deltas.push(d),
+            Event::Ticker(t) => self.tickers.push(t),
+            Event::Session(s) => {
+                let key = (s.symbol.clone(), s.session_id.clone());
+                match self.session_index.entry(key) {
+                    Entry::Occupied(e) => {
+                        let slot = &mut self.sessions[*e.get()];
+                        if s.disconnected_at_us.is_some() {
+                            slot.disconnected_at_us = s.disconnected_at_us;
+                            slot.close_reason = s.close_reason;
+                        }
+                    }
+                    Entry::Vacant(e) => {
+                        e.insert(self.sessions.len());
+                        self.sessions.push(s);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Rows this batch will write (book levels count as one row per snapshot).
+    pub fn rows(&self) -> usize {
+        self.trades.len()
+            + self.klines.len()
+            + self.snapshots.len()
+            + self.deltas.len()
+            + self.tickers.len()
+            + self.sessions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows() == 0
+    }
+
+    pub fn clear(&mut self) {
+        self.trades.clear();
+        self.klines.clear();
+        self.kline_index.clear();
+        self.snapshots.clear();
+        self.deltas.clear();
+        self.tickers.clear();
+        self.sessions.clear();
+        self.session_index.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decimal::Dec;
+    use crate::model::Source;
+
+    fn bar(close: &str, closed: bool, ev: i64, recv: i64) -> Event {
+        let d = |s: &str| Dec::parse(s).unwrap();
+        Event::Kline(Kline {
+            venue: "cdc-v1",
+            symbol: "btcusdt".into(),
+            interval: "1min".into(),
+            open_time_ms: 60_000,
+            open: d("1"),
+            high: d("2"),
+            low: d("1"),
+            close: d(close),
+            volume: d("3"),
+            quote_volume: None,
+            closed,
+            event_time_ms: ev,
+            recv_time_us: recv,
+            source: Source::Ws,
+        })
+    }
+
+    #[test]
+    fn last_update_wins_and_closed_beats_open() {
+        let mut b = Batch::default();
+        b.push(bar("1.1", false, 10, 100));
+        b.push(bar("1.2", false, 11, 101));
+        b.push(bar("1.0", false, 9, 102)); // older exchange time: loses
+        assert_eq!(b.klines.len(), 1);
+        assert_eq!(b.klines[0].close.as_str(), "1.2");
+        b.push(bar("1.3", true, 11, 101));
+        b.push(bar("9", false, 99, 999)); // open never replaces closed
+        assert_eq!(b.klines[0].close.as_str(), "1.3");
+        assert!(b.klines[0].closed);
+        assert_eq!(b.rows(), 1);
+    }
+}

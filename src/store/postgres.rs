@@ -1,0 +1,322 @@
+//! PostgreSQL backend: one `INSERT ... SELECT FROM UNNEST(arrays)` per table and batch.
+//!
+//! Decimals travel as their canonical text in `text[]` and are cast to `numeric[]` by the
+//! server, so no digit is lost and no precision limit of a client-side decimal type applies.
+//! One statement shape per table means one cached prepared statement, whatever the batch size.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::{Postgres, Row};
+
+use super::sqlite::{parse_side, parse_source, req, static_venue};
+use super::{Batch, StoreError, apply_delta, levels_from_json, levels_to_json};
+use crate::decimal::Dec;
+use crate::model::{BookSide, BookSnapshot, Kline, Trade};
+
+pub struct PgStore {
+    pool: PgPool,
+}
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+
+fn text(d: &Dec) -> String {
+    d.as_str().to_string()
+}
+
+fn opt_text(d: Option<&Dec>) -> Option<String> {
+    d.map(text)
+}
+
+impl PgStore {
+    pub async fn connect(url: &str) -> Result<PgStore, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await
+            .map_err(StoreError::sql("connect to postgres"))?;
+        Ok(PgStore { pool })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn write(&self, batch: &Batch) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(StoreError::sql("begin"))?;
+        if !batch.trades.is_empty() {
+            let t = &batch.trades;
+            sqlx::query::<Postgres>(
+                "INSERT INTO trades (venue, symbol, trade_id, side, price, qty, quote_qty, event_time_ms, \
+                 recv_time_us, source) \
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[]::numeric[], \
+                 $6::text[]::numeric[], $7::text[]::numeric[], $8::bigint[], $9::bigint[], $10::text[]) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(t.iter().map(|x| x.venue).collect::<Vec<_>>())
+            .bind(t.iter().map(|x| x.symbol.to_string()).collect::<Vec<_>>())
+            .bind(t.iter().map(|x| x.trade_id).collect::<Vec<_>>())
+            .bind(t.iter().map(|x| x.side.as_str()).collect::<Vec<_>>())
+            .bind(t.iter().map(|x| text(&x.price)).collect::<Vec<_>>())
+            .bind(t.iter().map(|x| text(&x.qty)).collect::<Vec<_>>())
+            .bind(t.iter().map(|x| opt_text(x.quote_qty.as_ref())).collect::<Vec<_>>())
+            .bind(t.iter().map(|x| x.event_time_ms).collect::<Vec<_>>())
+            .bind(t.iter().map(|x| x.recv_time_us).collect::<Vec<_>>())
+            .bind(t.iter().map(|x| x.source.as_str()).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::sql("insert trades"))?;
+        }
+        if !batch.klines.is_empty() {
+            let k = &batch.klines;
+            sqlx::query::<Postgres>(
+                "INSERT INTO klines (venue, symbol, interval, open_time_ms, open, high, low, close, volume, \
+                 quote_volume, closed, event_time_ms, recv_time_us, source) \
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[]::numeric[], \
+                 $6::text[]::numeric[], $7::text[]::numeric[], $8::text[]::numeric[], $9::text[]::numeric[], \
+                 $10::text[]::numeric[], $11::bool[], $12::bigint[], $13::bigint[], $14::text[]) \
+                 ON CONFLICT (venue, symbol, interval, open_time_ms) DO UPDATE SET \
+                 open = excluded.open, high = excluded.high, low = excluded.low, close = excluded.close, \
+                 volume = excluded.volume, quote_volume = excluded.quote_volume, closed = excluded.closed, \
+                 event_time_ms = excluded.event_time_ms, recv_time_us = excluded.recv_time_us, \
+                 source = excluded.source \
+                 WHERE (excluded.closed, excluded.event_time_ms, excluded.recv_time_us) \
+                     > (klines.closed, klines.event_time_ms, klines.recv_time_us)",
+            )
+            .bind(k.iter().map(|x| x.venue).collect::<Vec<_>>())
+            .bind(k.iter().map(|x| x.symbol.to_string()).collect::<Vec<_>>())
+            .bind(k.iter().map(|x| x.interval.to_string()).collect::<Vec<_>>())
+            .bind(k.iter().map(|x| x.open_time_ms).collect::<Vec<_>>())
+            .bind(k.iter().map(|x| text(&x.open)).collect::<Vec<_>>())
+            .bind(k.iter().map(|x| text(&x.high)).collect::<Vec<_>>())
+            .bind(k.iter().map(|x| text(&x.low)).collect::<Vec<_>>())
+            .bind(k.iter().map(|x| text(&x.close)).collect::<Vec<_>>())
+            .bind(k.iter().map(|x| text(&x.volume)).collect::<Vec<_>>())
+            .bind(k.iter().map(|x| opt_text(x.quote_volume.as_ref())).collect::<Vec<_>>())
+            .bind(k.iter().map(|x| x.closed).collect::<Vec<_>>())
+            .bind(k.iter().map(|x| x.event_time_ms).collect::<Vec<_>>())
+            .bind(k.iter().map(|x| x.recv_time_us).collect::<Vec<_>>())
+            .bind(k.iter().map(|x| x.source.as_str()).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::sql("upsert klines"))?;
+        }
+        if !batch.snapshots.is_empty() {
+            let s = &batch.snapshots;
+            sqlx::query::<Postgres>(
+                "INSERT INTO book_snapshots (venue, symbol, depth_step, recv_time_us, event_time_ms, bids, asks) \
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::smallint[], $4::bigint[], $5::bigint[], \
+                 $6::text[]::jsonb[], $7::text[]::jsonb[]) ON CONFLICT DO NOTHING",
+            )
+            .bind(s.iter().map(|x| x.venue).collect::<Vec<_>>())
+            .bind(s.iter().map(|x| x.symbol.to_string()).collect::<Vec<_>>())
+            .bind(s.iter().map(|x| x.depth_step).collect::<Vec<_>>())
+            .bind(s.iter().map(|x| x.recv_time_us).collect::<Vec<_>>())
+            .bind(s.iter().map(|x| x.event_time_ms).collect::<Vec<_>>())
+            .bind(s.iter().map(|x| levels_to_json(&x.bids)).collect::<Vec<_>>())
+            .bind(s.iter().map(|x| levels_to_json(&x.asks)).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::sql("insert book_snapshots"))?;
+        }
+        if !batch.deltas.is_empty() {
+            let d = &batch.deltas;
+            sqlx::query::<Postgres>(
+                "INSERT INTO book_deltas (venue, symbol, depth_step, recv_time_us, seq, event_time_ms, side, price, qty) \
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::smallint[], $4::bigint[], $5::int[], \
+                 $6::bigint[], $7::text[], $8::text[]::numeric[], $9::text[]::numeric[]) ON CONFLICT DO NOTHING",
+            )
+            .bind(d.iter().map(|x| x.venue).collect::<Vec<_>>())
+            .bind(d.iter().map(|x| x.symbol.to_string()).collect::<Vec<_>>())
+            .bind(d.iter().map(|x| x.depth_step).collect::<Vec<_>>())
+            .bind(d.iter().map(|x| x.recv_time_us).collect::<Vec<_>>())
+            .bind(d.iter().map(|x| x.seq).collect::<Vec<_>>())
+            .bind(d.iter().map(|x| x.event_time_ms).collect::<Vec<_>>())
+            .bind(d.iter().map(|x| x.side.as_str()).collect::<Vec<_>>())
+            .bind(d.iter().map(|x| text(&x.price)).collect::<Vec<_>>())
+            .bind(d.iter().map(|x| text(&x.qty)).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::sql("insert book_deltas"))?;
+        }
+        if !batch.tickers.is_empty() {
+            let t = &batch.tickers;
+            sqlx::query::<Postgres>(
+                "INSERT INTO tickers (venue, symbol, recv_time_us, event_time_ms, open, high, low, close, volume, \
+                 quote_volume, change) \
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[]::numeric[], \
+                 $6::text[]::numeric[], $7::text[]::numeric[], $8::text[]::numeric[], $9::text[]::numeric[], \
+                 $10::text[]::numeric[], $11::text[]::numeric[]) ON CONFLICT DO NOTHING",
+            )
+            .bind(t.iter().map(|x| x.venue).collect::<Vec<_>>())
+            .bind(t.iter().map(|x| x.symbol.to_string()).collect::<Vec<_>>())
+            .bind(t.iter().map(|x| x.recv_time_us).collect::<Vec<_>>())
+            .bind(t.iter().map(|x| x.event_time_ms).collect::<Vec<_>>())
+            .bind(t.iter().map(|x| opt_text(x.open.as_ref())).collect::<Vec<_>>())
+            .bind(t.iter().map(|x| opt_text(x.high.as_ref())).collect::<Vec<_>>())
+            .bind(t.iter().map(|x| opt_text(x.low.as_ref())).collect::<Vec<_>>())
+            .bind(t.iter().map(|x| opt_text(x.close.as_ref())).collect::<Vec<_>>())
+            .bind(t.iter().map(|x| opt_text(x.volume.as_ref())).collect::<Vec<_>>())
+            .bind(t.iter().map(|x| opt_text(x.quote_volume.as_ref())).collect::<Vec<_>>())
+            .bind(t.iter().map(|x| opt_text(x.change.as_ref())).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::sql("insert tickers"))?;
+        }
+        if !batch.sessions.is_empty() {
+            let s = &batch.sessions;
+            sqlx::query::<Postgres>(
+                "INSERT INTO sessions (venue, symbol, session_id, connected_at_us, disconnected_at_us, close_reason) \
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::text[]) \
+                 ON CONFLICT (venue, symbol, session_id) DO UPDATE SET \
+                 disconnected_at_us = COALESCE(excluded.disconnected_at_us, sessions.disconnected_at_us), \
+                 close_reason = COALESCE(excluded.close_reason, sessions.close_reason)",
+            )
+            .bind(s.iter().map(|x| x.venue).collect::<Vec<_>>())
+            .bind(s.iter().map(|x| x.symbol.to_string()).collect::<Vec<_>>())
+            .bind(s.iter().map(|x| x.session_id.clone()).collect::<Vec<_>>())
+            .bind(s.iter().map(|x| x.connected_at_us).collect::<Vec<_>>())
+            .bind(s.iter().map(|x| x.disconnected_at_us).collect::<Vec<_>>())
+            .bind(s.iter().map(|x| x.close_reason.clone()).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::sql("upsert sessions"))?;
+        }
+        tx.commit().await.map_err(StoreError::sql("commit"))?;
+        Ok(())
+    }
+
+    pub async fn load_trades(&self, venue: &str, symbol: &str) -> Result<Vec<Trade>, StoreError> {
+        let e = StoreError::sql;
+        let rows = sqlx::query(
+            "SELECT trade_id, side, price::text AS price, qty::text AS qty, quote_qty::text AS quote_qty, \
+             event_time_ms, recv_time_us, source FROM trades WHERE venue = $1 AND symbol = $2 ORDER BY trade_id",
+        )
+        .bind(venue)
+        .bind(symbol)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(e("select trades"))?;
+        let venue = static_venue(venue);
+        let sym: Arc<str> = Arc::from(symbol);
+        rows.iter()
+            .map(|r| {
+                Ok(Trade {
+                    venue,
+                    symbol: sym.clone(),
+                    trade_id: r.try_get("trade_id").map_err(e("read trade"))?,
+                    side: parse_side(r.try_get("side").map_err(e("read trade"))?)?,
+                    price: req(dec(r, "price")?, "price")?,
+                    qty: req(dec(r, "qty")?, "qty")?,
+                    quote_qty: dec(r, "quote_qty")?,
+                    event_time_ms: r.try_get("event_time_ms").map_err(e("read trade"))?,
+                    recv_time_us: r.try_get("recv_time_us").map_err(e("read trade"))?,
+                    source: parse_source(r.try_get("source").map_err(e("read trade"))?)?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn load_klines(&self, venue: &str, symbol: &str, interval: &str) -> Result<Vec<Kline>, StoreError> {
+        let e = StoreError::sql;
+        let rows = sqlx::query(
+            "SELECT open_time_ms, open::text AS open, high::text AS high, low::text AS low, close::text AS close, \
+             volume::text AS volume, quote_volume::text AS quote_volume, closed, event_time_ms, recv_time_us, \
+             source FROM klines WHERE venue = $1 AND symbol = $2 AND interval = $3 ORDER BY open_time_ms",
+        )
+        .bind(venue)
+        .bind(symbol)
+        .bind(interval)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(e("select klines"))?;
+        let venue = static_venue(venue);
+        let sym: Arc<str> = Arc::from(symbol);
+        let iv: Arc<str> = Arc::from(interval);
+        rows.iter()
+            .map(|r| {
+                Ok(Kline {
+                    venue,
+                    symbol: sym.clone(),
+                    interval: iv.clone(),
+                    open_time_ms: r.try_get("open_time_ms").map_err(e("read kline"))?,
+                    open: req(dec(r, "open")?, "open")?,
+                    high: req(dec(r, "high")?, "high")?,
+                    low: req(dec(r, "low")?, "low")?,
+                    close: req(dec(r, "close")?, "close")?,
+                    volume: req(dec(r, "volume")?, "volume")?,
+                    quote_volume: dec(r, "quote_volume")?,
+                    closed: r.try_get("closed").map_err(e("read kline"))?,
+                    event_time_ms: r.try_get("event_time_ms").map_err(e("read kline"))?,
+                    recv_time_us: r.try_get("recv_time_us").map_err(e("read kline"))?,
+                    source: parse_source(r.try_get("source").map_err(e("read kline"))?)?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn load_latest_book(
+        &self,
+        venue: &str,
+        symbol: &str,
+        depth_step: i16,
+    ) -> Result<Option<BookSnapshot>, StoreError> {
+        let e = StoreError::sql;
+        let Some(r) = sqlx::query(
+            "SELECT recv_time_us, event_time_ms, bids::text AS bids, asks::text AS asks FROM book_snapshots \
+             WHERE venue = $1 AND symbol = $2 AND depth_step = $3 ORDER BY recv_time_us DESC LIMIT 1",
+        )
+        .bind(venue)
+        .bind(symbol)
+        .bind(depth_step)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(e("select book_snapshots"))?
+        else {
+            return Ok(None);
+        };
+        let mut book = BookSnapshot {
+            venue: static_venue(venue),
+            symbol: Arc::from(symbol),
+            depth_step,
+            event_time_ms: r.try_get("event_time_ms").map_err(e("read snapshot"))?,
+            recv_time_us: r.try_get("recv_time_us").map_err(e("read snapshot"))?,
+            bids: levels_from_json(r.try_get("bids").map_err(e("read snapshot"))?)?,
+            asks: levels_from_json(r.try_get("asks").map_err(e("read snapshot"))?)?,
+        };
+        let deltas = sqlx::query(
+            "SELECT recv_time_us, event_time_ms, side, price::text AS price, qty::text AS qty FROM book_deltas \
+             WHERE venue = $1 AND symbol = $2 AND depth_step = $3 AND recv_time_us > $4 ORDER BY recv_time_us, seq",
+        )
+        .bind(venue)
+        .bind(symbol)
+        .bind(depth_step)
+        .bind(book.recv_time_us)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(e("select book_deltas"))?;
+        for d in &deltas {
+            let side = match d.try_get::<&str, _>("side").map_err(e("read delta"))? {
+                "bid" => BookSide::Bid,
+                _ => BookSide::Ask,
+            };
+            apply_delta(&mut book, side, req(dec(d, "price")?, "price")?, req(dec(d, "qty")?, "qty")?);
+            book.recv_time_us = d.try_get("recv_time_us").map_err(e("read delta"))?;
+            book.event_time_ms = d.try_get("event_time_ms").map_err(e("read delta"))?;
+        }
+        Ok(Some(book))
+    }
+}
+
+fn dec(r: &PgRow, col: &str) -> Result<Option<Dec>, StoreError> {
+    let t: Option<&str> = r.try_get(col).map_err(StoreError::sql("read number"))?;
+    t.map(|t| Dec::parse(t).map_err(|e| StoreError::Corrupt(format!("{col}: {e}"))))
+        .transpose()
+}

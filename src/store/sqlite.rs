@@ -1,0 +1,411 @@
+//! SQLite backend (the embedded default): WAL, one transaction per batch, multi-row VALUES.
+//!
+//! Exact decimals in SQLite: a NUMERIC cell holds an INTEGER when the value is integral and
+//! fits, else the nearest REAL, so `sum(qty)`, `price > x` and `ORDER BY price` work as numbers.
+//! When that REAL does not spell back to the exchange's digits (more than ~15-17 significant
+//! digits), the row's `exact` column keeps the digits: `{"quote_qty":"21340.08795040000000001"}`.
+//! Readers take `exact` first, then the cell.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::query_builder::Separated;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Decode, QueryBuilder, Row, Sqlite, TypeInfo, ValueRef};
+
+use super::{Batch, StoreError, apply_delta, levels_from_json, levels_to_json};
+use crate::decimal::{Dec, SqliteNumber};
+use crate::model::{BookSide, BookSnapshot, Kline, Side, Source, Trade};
+
+/// SQLite's default bound-parameter limit (SQLITE_MAX_VARIABLE_NUMBER since 3.32).
+const MAX_PARAMS: usize = 32766;
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+
+impl SqliteStore {
+    pub async fn connect(url: &str) -> Result<SqliteStore, StoreError> {
+        let opts = SqliteConnectOptions::from_str(url)
+            .map_err(StoreError::sql("parse sqlite url"))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await
+            .map_err(StoreError::sql("open sqlite database"))?;
+        Ok(SqliteStore { pool })
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn write(&self, batch: &Batch) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(StoreError::sql("begin"))?;
+        for chunk in batch.trades.chunks(MAX_PARAMS / 11) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO trades (venue, symbol, trade_id, side, price, qty, quote_qty, \
+                 event_time_ms, recv_time_us, source, exact) ",
+            );
+            qb.push_values(chunk, |mut b, t| {
+                let mut ex = Exact::default();
+                b.push_bind(t.venue).push_bind(&*t.symbol).push_bind(t.trade_id).push_bind(t.side.as_str());
+                bind_dec(&mut b, &mut ex, "price", Some(&t.price));
+                bind_dec(&mut b, &mut ex, "qty", Some(&t.qty));
+                bind_dec(&mut b, &mut ex, "quote_qty", t.quote_qty.as_ref());
+                b.push_bind(t.event_time_ms)
+                    .push_bind(t.recv_time_us)
+                    .push_bind(t.source.as_str())
+                    .push_bind(ex.finish());
+            });
+            qb.push(" ON CONFLICT DO NOTHING");
+            qb.build().execute(&mut *tx).await.map_err(StoreError::sql("insert trades"))?;
+        }
+        for chunk in batch.klines.chunks(MAX_PARAMS / 15) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO klines (venue, symbol, interval, open_time_ms, open, high, low, close, \
+                 volume, quote_volume, closed, event_time_ms, recv_time_us, source, exact) ",
+            );
+            qb.push_values(chunk, |mut b, k| {
+                let mut ex = Exact::default();
+                b.push_bind(k.venue).push_bind(&*k.symbol).push_bind(&*k.interval).push_bind(k.open_time_ms);
+                bind_dec(&mut b, &mut ex, "open", Some(&k.open));
+                bind_dec(&mut b, &mut ex, "high", Some(&k.high));
+                bind_dec(&mut b, &mut ex, "low", Some(&k.low));
+                bind_dec(&mut b, &mut ex, "close", Some(&k.close));
+                bind_dec(&mut b, &mut ex, "volume", Some(&k.volume));
+                bind_dec(&mut b, &mut ex, "quote_volume", k.quote_volume.as_ref());
+                b.push_bind(k.closed as i64)
+                    .push_bind(k.event_time_ms)
+                    .push_bind(k.recv_time_us)
+                    .push_bind(k.source.as_str())
+                    .push_bind(ex.finish());
+            });
+            qb.push(
+                " ON CONFLICT (venue, symbol, interval, open_time_ms) DO UPDATE SET \
+                 open = excluded.open, high = excluded.high, low = excluded.low, close = excluded.close, \
+                 volume = excluded.volume, quote_volume = excluded.quote_volume, closed = excluded.closed, \
+                 event_time_ms = excluded.event_time_ms, recv_time_us = excluded.recv_time_us, \
+                 source = excluded.source, exact = excluded.exact \
+                 WHERE (excluded.closed, excluded.event_time_ms, excluded.recv_time_us) \
+                     > (klines.closed, klines.event_time_ms, klines.recv_time_us)",
+            );
+            qb.build().execute(&mut *tx).await.map_err(StoreError::sql("upsert klines"))?;
+        }
+        for chunk in batch.snapshots.chunks(MAX_PARAMS / 7) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO book_snapshots (venue, symbol, depth_step, recv_time_us, event_time_ms, bids, asks) ",
+            );
+            qb.push_values(chunk, |mut b, s| {
+                b.push_bind(s.venue)
+                    .push_bind(&*s.symbol)
+                    .push_bind(s.depth_step as i64)
+                    .push_bind(s.recv_time_us)
+                    .push_bind(s.event_time_ms)
+                    .push_bind(levels_to_json(&s.bids))
+                    .push_bind(levels_to_json(&s.asks));
+            });
+            qb.push(" ON CONFLICT DO NOTHING");
+            qb.build().execute(&mut *tx).await.map_err(StoreError::sql("insert book_snapshots"))?;
+        }
+        for chunk in batch.deltas.chunks(MAX_PARAMS / 10) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO book_deltas (venue, symbol, depth_step, recv_time_us, seq, event_time_ms, \
+                 side, price, qty, exact) ",
+            );
+            qb.push_values(chunk, |mut b, d| {
+                let mut ex = Exact::default();
+                b.push_bind(d.venue)
+                    .push_bind(&*d.symbol)
+                    .push_bind(d.depth_step as i64)
+                    .push_bind(d.recv_time_us)
+                    .push_bind(d.seq as i64)
+                    .push_bind(d.event_time_ms)
+                    .push_bind(d.side.as_str());
+                bind_dec(&mut b, &mut ex, "price", Some(&d.price));
+                bind_dec(&mut b, &mut ex, "qty", Some(&d.qty));
+                b.push_bind(ex.finish());
+            });
+            qb.push(" ON CONFLICT DO NOTHING");
+            qb.build().execute(&mut *tx).await.map_err(StoreError::sql("insert book_deltas"))?;
+        }
+        for chunk in batch.tickers.chunks(MAX_PARAMS / 12) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO tickers (venue, symbol, recv_time_us, event_time_ms, open, high, low, close, \
+                 volume, quote_volume, change, exact) ",
+            );
+            qb.push_values(chunk, |mut b, t| {
+                let mut ex = Exact::default();
+                b.push_bind(t.venue).push_bind(&*t.symbol).push_bind(t.recv_time_us).push_bind(t.event_time_ms);
+                bind_dec(&mut b, &mut ex, "open", t.open.as_ref());
+                bind_dec(&mut b, &mut ex, "high", t.high.as_ref());
+                bind_dec(&mut b, &mut ex, "low", t.low.as_ref());
+                bind_dec(&mut b, &mut ex, "close", t.close.as_ref());
+                bind_dec(&mut b, &mut ex, "volume", t.volume.as_ref());
+                bind_dec(&mut b, &mut ex, "quote_volume", t.quote_volume.as_ref());
+                bind_dec(&mut b, &mut ex, "change", t.change.as_ref());
+                b.push_bind(ex.finish());
+            });
+            qb.push(" ON CONFLICT DO NOTHING");
+            qb.build().execute(&mut *tx).await.map_err(StoreError::sql("insert tickers"))?;
+        }
+        for chunk in batch.sessions.chunks(MAX_PARAMS / 6) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO sessions (venue, symbol, session_id, connected_at_us, disconnected_at_us, close_reason) ",
+            );
+            qb.push_values(chunk, |mut b, s| {
+                b.push_bind(s.venue)
+                    .push_bind(&*s.symbol)
+                    .push_bind(s.session_id.as_str())
+                    .push_bind(s.connected_at_us)
+                    .push_bind(s.disconnected_at_us)
+                    .push_bind(s.close_reason.as_deref());
+            });
+            qb.push(
+                " ON CONFLICT (venue, symbol, session_id) DO UPDATE SET \
+                 disconnected_at_us = COALESCE(excluded.disconnected_at_us, sessions.disconnected_at_us), \
+                 close_reason = COALESCE(excluded.close_reason, sessions.close_reason)",
+            );
+            qb.build().execute(&mut *tx).await.map_err(StoreError::sql("upsert sessions"))?;
+        }
+        tx.commit().await.map_err(StoreError::sql("commit"))?;
+        Ok(())
+    }
+
+    pub async fn load_trades(&self, venue: &str, symbol: &str) -> Result<Vec<Trade>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT trade_id, side, price, qty, quote_qty, event_time_ms, recv_time_us, source, exact \
+             FROM trades WHERE venue = ? AND symbol = ? ORDER BY trade_id",
+        )
+        .bind(venue)
+        .bind(symbol)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::sql("select trades"))?;
+        let venue = static_venue(venue);
+        let sym: Arc<str> = Arc::from(symbol);
+        rows.iter()
+            .map(|r| {
+                let ex = exact_map(r)?;
+                Ok(Trade {
+                    venue,
+                    symbol: sym.clone(),
+                    trade_id: r.try_get("trade_id").map_err(StoreError::sql("read trade"))?,
+                    side: parse_side(r.try_get("side").map_err(StoreError::sql("read trade"))?)?,
+                    price: req(get_dec(r, "price", &ex)?, "price")?,
+                    qty: req(get_dec(r, "qty", &ex)?, "qty")?,
+                    quote_qty: get_dec(r, "quote_qty", &ex)?,
+                    event_time_ms: r.try_get("event_time_ms").map_err(StoreError::sql("read trade"))?,
+                    recv_time_us: r.try_get("recv_time_us").map_err(StoreError::sql("read trade"))?,
+                    source: parse_source(r.try_get("source").map_err(StoreError::sql("read trade"))?)?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn load_klines(&self, venue: &str, symbol: &str, interval: &str) -> Result<Vec<Kline>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT open_time_ms, open, high, low, close, volume, quote_volume, closed, event_time_ms, \
+             recv_time_us, source, exact FROM klines WHERE venue = ? AND symbol = ? AND interval = ? \
+             ORDER BY open_time_ms",
+        )
+        .bind(venue)
+        .bind(symbol)
+        .bind(interval)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::sql("select klines"))?;
+        let venue = static_venue(venue);
+        let sym: Arc<str> = Arc::from(symbol);
+        let iv: Arc<str> = Arc::from(interval);
+        let e = StoreError::sql;
+        rows.iter()
+            .map(|r| {
+                let ex = exact_map(r)?;
+                Ok(Kline {
+                    venue,
+                    symbol: sym.clone(),
+                    interval: iv.clone(),
+                    open_time_ms: r.try_get("open_time_ms").map_err(e("read kline"))?,
+                    open: req(get_dec(r, "open", &ex)?, "open")?,
+                    high: req(get_dec(r, "high", &ex)?, "high")?,
+                    low: req(get_dec(r, "low", &ex)?, "low")?,
+                    close: req(get_dec(r, "close", &ex)?, "close")?,
+                    volume: req(get_dec(r, "volume", &ex)?, "volume")?,
+                    quote_volume: get_dec(r, "quote_volume", &ex)?,
+                    closed: r.try_get::<i64, _>("closed").map_err(e("read kline"))? != 0,
+                    event_time_ms: r.try_get("event_time_ms").map_err(e("read kline"))?,
+                    recv_time_us: r.try_get("recv_time_us").map_err(e("read kline"))?,
+                    source: parse_source(r.try_get("source").map_err(e("read kline"))?)?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn load_latest_book(
+        &self,
+        venue: &str,
+        symbol: &str,
+        depth_step: i16,
+    ) -> Result<Option<BookSnapshot>, StoreError> {
+        let e = StoreError::sql;
+        let Some(r) = sqlx::query(
+            "SELECT recv_time_us, event_time_ms, bids, asks FROM book_snapshots \
+             WHERE venue = ? AND symbol = ? AND depth_step = ? ORDER BY recv_time_us DESC LIMIT 1",
+        )
+        .bind(venue)
+        .bind(symbol)
+        .bind(depth_step as i64)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(e("select book_snapshots"))?
+        else {
+            return Ok(None);
+        };
+        let mut book = BookSnapshot {
+            venue: static_venue(venue),
+            symbol: Arc::from(symbol),
+            depth_step,
+            event_time_ms: r.try_get("event_time_ms").map_err(e("read snapshot"))?,
+            recv_time_us: r.try_get("recv_time_us").map_err(e("read snapshot"))?,
+            bids: levels_from_json(r.try_get("bids").map_err(e("read snapshot"))?)?,
+            asks: levels_from_json(r.try_get("asks").map_err(e("read snapshot"))?)?,
+        };
+        let deltas = sqlx::query(
+            "SELECT recv_time_us, event_time_ms, side, price, qty, exact FROM book_deltas \
+             WHERE venue = ? AND symbol = ? AND depth_step = ? AND recv_time_us > ? \
+             ORDER BY recv_time_us, seq",
+        )
+        .bind(venue)
+        .bind(symbol)
+        .bind(depth_step as i64)
+        .bind(book.recv_time_us)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(e("select book_deltas"))?;
+        for d in &deltas {
+            let ex = exact_map(d)?;
+            let side = match d.try_get::<&str, _>("side").map_err(e("read delta"))? {
+                "bid" => BookSide::Bid,
+                _ => BookSide::Ask,
+            };
+            let price = req(get_dec(d, "price", &ex)?, "price")?;
+            let qty = req(get_dec(d, "qty", &ex)?, "qty")?;
+            apply_delta(&mut book, side, price, qty);
+            book.recv_time_us = d.try_get("recv_time_us").map_err(e("read delta"))?;
+            book.event_time_ms = d.try_get("event_time_ms").map_err(e("read delta"))?;
+        }
+        Ok(Some(book))
+    }
+}
+
+/// Collects the digits of cells whose REAL is not exact, as a JSON object.
+#[derive(Default)]
+struct Exact(String);
+
+impl Exact {
+    fn add(&mut self, col: &str, d: &Dec) {
+        self.0.push(if self.0.is_empty() { '{' } else { ',' });
+        // column names and canonical decimals need no JSON escaping
+        self.0.push('"');
+        self.0.push_str(col);
+        self.0.push_str("\":\"");
+        self.0.push_str(d.as_str());
+        self.0.push('"');
+    }
+
+    fn finish(self) -> Option<String> {
+        if self.0.is_empty() {
+            None
+        } else {
+            let mut s = self.0;
+            s.push('}');
+            Some(s)
+        }
+    }
+}
+
+fn bind_dec<'q>(b: &mut Separated<'_, 'q, Sqlite, &'static str>, ex: &mut Exact, col: &str, d: Option<&'q Dec>) {
+    match d.map(|d| (d, d.to_sqlite_number())) {
+        None => {
+            b.push_bind(None::<f64>);
+        }
+        Some((_, SqliteNumber::Integer(i))) => {
+            b.push_bind(i);
+        }
+        Some((d, SqliteNumber::Real { value, exact })) => {
+            b.push_bind(value);
+            if !exact {
+                ex.add(col, d);
+            }
+        }
+    }
+}
+
+fn exact_map(r: &SqliteRow) -> Result<Option<HashMap<String, String>>, StoreError> {
+    let raw: Option<&str> = r.try_get("exact").map_err(StoreError::sql("read exact"))?;
+    raw.map(|t| serde_json::from_str(t).map_err(|e| StoreError::Corrupt(format!("exact column: {e}"))))
+        .transpose()
+}
+
+/// A numeric cell as an exact decimal: the `exact` digits when present, else the cell.
+fn get_dec(r: &SqliteRow, col: &str, ex: &Option<HashMap<String, String>>) -> Result<Option<Dec>, StoreError> {
+    let corrupt = |m: String| StoreError::Corrupt(format!("{col}: {m}"));
+    if let Some(digits) = ex.as_ref().and_then(|m| m.get(col)) {
+        return Dec::parse(digits).map(Some).map_err(|e| corrupt(e.to_string()));
+    }
+    let raw = r.try_get_raw(col).map_err(StoreError::sql("read number"))?;
+    if raw.is_null() {
+        return Ok(None);
+    }
+    let kind = raw.type_info().name().to_string();
+    let text = match kind.as_str() {
+        "INTEGER" => <i64 as Decode<Sqlite>>::decode(raw).map_err(|e| corrupt(e.to_string()))?.to_string(),
+        "REAL" => {
+            let f = <f64 as Decode<Sqlite>>::decode(raw).map_err(|e| corrupt(e.to_string()))?;
+            return Dec::from_f64_shortest(f).map(Some).ok_or_else(|| corrupt("not finite".into()));
+        }
+        _ => <String as Decode<Sqlite>>::decode(raw).map_err(|e| corrupt(e.to_string()))?,
+    };
+    Dec::parse(&text).map(Some).map_err(|e| corrupt(e.to_string()))
+}
+
+pub(crate) fn req(v: Option<Dec>, col: &str) -> Result<Dec, StoreError> {
+    v.ok_or_else(|| StoreError::Corrupt(format!("{col} is NULL")))
+}
+
+pub(crate) fn parse_side(s: &str) -> Result<Side, StoreError> {
+    Side::parse(s).ok_or_else(|| StoreError::Corrupt(format!("side {s:?}")))
+}
+
+pub(crate) fn parse_source(s: &str) -> Result<Source, StoreError> {
+    match s {
+        "ws" => Ok(Source::Ws),
+        "rest" => Ok(Source::Rest),
+        other => Err(StoreError::Corrupt(format!("source {other:?}"))),
+    }
+}
+
+/// Rows carry `&'static str` venue names; map a stored name back to the known one.
+pub(crate) fn static_venue(v: &str) -> &'static str {
+    match v {
+        crate::venue::cdc_v1::NAME => crate::venue::cdc_v1::NAME,
+        _ => "unknown",
+    }
+}
