@@ -5,6 +5,9 @@
 
 pub mod config;
 pub mod decimal;
+pub mod demo;
 pub mod model;
+pub mod recorder;
+pub mod sim;
 pub mod store;
 pub mod venue;

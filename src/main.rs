@@ -1,1 +1,204 @@
-fn main(){}
+//! Command line of mdrec. Exit codes: 0 clean stop, 2 bad config or usage, 1 other failure.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+
+use mdrec::config::{Config, ConfigError, LogFormat};
+use mdrec::sim::{self, Compression, DepthMode, NumberStyle, SimConfig};
+
+#[derive(Parser)]
+#[command(name = "mdrec", version, about = "Market-data recorder: exchange streams into SQLite or PostgreSQL")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Record: migrate the database, then run until SIGTERM/SIGINT.
+    Run {
+        #[arg(short, long, default_value = "/etc/mdrec/mdrec.toml")]
+        config: PathBuf,
+    },
+    /// Offline showcase: record the built-in simulator into a local SQLite file.
+    Demo {
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// SQLite file to record into (created if missing).
+        #[arg(long, default_value = "mdrec-demo.db")]
+        db: PathBuf,
+    },
+    /// Run the exchange simulator as a standalone server (websocket + REST).
+    Simulate {
+        #[arg(long, default_value = "127.0.0.1:9443")]
+        ws_listen: std::net::SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:9444")]
+        rest_listen: std::net::SocketAddr,
+        #[arg(long, value_delimiter = ',', default_value = "btcusdt,ethusdt")]
+        symbols: Vec<String>,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, value_enum, default_value_t = Numbers::Strings)]
+        numbers: Numbers,
+        /// Lowercase sides (`buy`) instead of live servers' `BUY`.
+        #[arg(long)]
+        lower_sides: bool,
+        /// Send no subscription acks.
+        #[arg(long)]
+        no_acks: bool,
+        /// Incremental depth frames instead of full books.
+        #[arg(long)]
+        incremental_depth: bool,
+        /// Send plain text frames instead of gzip.
+        #[arg(long)]
+        plain: bool,
+        /// Simulated seconds per wall second.
+        #[arg(long, default_value_t = 60)]
+        speed: u32,
+        #[arg(long, default_value_t = 5)]
+        ping_interval_s: u64,
+    },
+    /// Apply database migrations and exit.
+    Migrate {
+        #[arg(short, long, default_value = "/etc/mdrec/mdrec.toml")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Numbers {
+    Numbers,
+    Strings,
+    Mixed,
+}
+
+fn main() -> ExitCode {
+    // One TLS crypto provider, installed before anything can open a TLS connection.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    let config = match &cli.cmd {
+        Cmd::Run { config } | Cmd::Migrate { config } => match Config::load(config) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("mdrec: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        _ => None,
+    };
+    init_logging(config.as_ref().map(|c| c.log.format).unwrap_or_default());
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mdrec: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(cli.cmd, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<ConfigError>().is_some() => {
+            eprintln!("mdrec: {e:#}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("mdrec: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// Cancelled on SIGTERM or SIGINT.
+fn shutdown_on_signals() -> anyhow::Result<CancellationToken> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let token = CancellationToken::new();
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let t = token.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+        t.cancel();
+    });
+    Ok(token)
+}
+
+async fn run(cmd: Cmd, config: Option<Config>) -> anyhow::Result<()> {
+    match cmd {
+        Cmd::Run { .. } => {
+            let config = config.context("no configuration")?;
+            let stop = shutdown_on_signals()?;
+            mdrec::recorder::run(config, stop).await?;
+            Ok(())
+        }
+        Cmd::Migrate { .. } => {
+            let config = config.context("no configuration")?;
+            let store = mdrec::store::Store::connect(&config.database.url).await?;
+            store.migrate().await?;
+            store.close().await;
+            println!("migrations applied to {}", mdrec::config::redact_url(&config.database.url));
+            Ok(())
+        }
+        Cmd::Demo { seconds, db } => {
+            let stop = shutdown_on_signals()?;
+            let report = mdrec::demo::run(seconds, &db, stop).await?;
+            print!("{report}");
+            Ok(())
+        }
+        Cmd::Simulate {
+            ws_listen,
+            rest_listen,
+            symbols,
+            seed,
+            numbers,
+            lower_sides,
+            no_acks,
+            incremental_depth,
+            plain,
+            speed,
+            ping_interval_s,
+        } => {
+            let stop = shutdown_on_signals()?;
+            let handle = sim::start(SimConfig {
+                seed,
+                symbols,
+                numbers: match numbers {
+                    Numbers::Numbers => NumberStyle::Numbers,
+                    Numbers::Strings => NumberStyle::Strings,
+                    Numbers::Mixed => NumberStyle::Mixed,
+                },
+                upper_sides: !lower_sides,
+                acks: !no_acks,
+                depth_mode: if incremental_depth { DepthMode::Incremental } else { DepthMode::Full },
+                compression: if plain { Compression::None } else { Compression::Gzip },
+                speed,
+                ping_interval: Duration::from_secs(ping_interval_s.max(1)),
+                ws_addr: ws_listen,
+                rest_addr: rest_listen,
+                ..SimConfig::default()
+            })
+            .await
+            .context("starting the simulator")?;
+            println!("websocket {}  REST {}", handle.ws_url(), handle.rest_url());
+            stop.cancelled().await;
+            handle.shutdown().await;
+            Ok(())
+        }
+    }
+}

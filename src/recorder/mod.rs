@@ -1,0 +1,83 @@
+//! The recorder: migrates the database, starts the writer and one worker per symbol, and on
+//! shutdown stops intake, lets the writer drain the queue, and returns.
+
+pub mod worker;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, redact_url};
+use crate::store::Store;
+use crate::store::writer::{self, WriterStats};
+use crate::venue::venue_for;
+use worker::{Worker, WorkerStats};
+
+/// Counters of a run, for the demo summary, tests and (later) metrics.
+#[derive(Debug, Default)]
+pub struct RunStats {
+    pub writer: Arc<WriterStats>,
+    pub workers: BTreeMap<String, Arc<WorkerStats>>,
+}
+
+/// Runs until `shutdown` is cancelled, then drains and returns. Errors only at start-up.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<RunStats> {
+    let (store, stats, tasks) = start(config, shutdown.clone()).await?;
+    shutdown.cancelled().await;
+    tracing::info!("shutdown: stopping intake and draining the queue");
+    tasks.close();
+    tasks.wait().await;
+    store.close().await;
+    tracing::info!("shutdown complete");
+    Ok(stats)
+}
+
+/// Starts everything; the returned tracker finishes once shutdown has drained the writer.
+pub async fn start(
+    config: Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(Arc<Store>, RunStats, TaskTracker)> {
+    let config = Arc::new(config);
+    let venue = venue_for(&config.venue.kind).with_context(|| format!("unknown venue {:?}", config.venue.kind))?;
+    let url = &config.database.url;
+    let store = Store::connect(url)
+        .await
+        .with_context(|| format!("opening database {}", redact_url(url)))?;
+    store.migrate().await.context("migrating database")?;
+    let store = Arc::new(store);
+    tracing::info!(database = %redact_url(url), symbols = config.record.symbols.len(), "database ready");
+
+    let (tx, rx) = mpsc::channel(config.writer.queue_capacity);
+    let mut stats = RunStats::default();
+    let tasks = TaskTracker::new();
+    let workers = TaskTracker::new();
+    for symbol in &config.record.symbols {
+        let ws = Arc::new(WorkerStats::default());
+        stats.workers.insert(symbol.clone(), ws.clone());
+        let w = Worker {
+            venue: venue.clone(),
+            symbol: Arc::from(symbol.as_str()),
+            config: config.clone(),
+            tx: tx.clone(),
+            shutdown: shutdown.clone(),
+            stats: ws,
+        };
+        workers.spawn(w.run());
+    }
+    // The writer ends when the last sender (held by the workers) is dropped, so it drains
+    // everything the workers received before they stopped.
+    drop(tx);
+    workers.close();
+    let writer_stats = stats.writer.clone();
+    let writer_store = store.clone();
+    let writer_cfg = config.writer.clone();
+    tasks.spawn(async move {
+        writer::run(writer_store, rx, writer_cfg, writer_stats).await;
+        workers.wait().await;
+    });
+    Ok((store, stats, tasks))
+}

@@ -1,0 +1,265 @@
+//! One websocket connection per symbol: connect, subscribe, read frames, answer pings,
+//! hand events to the writer, reconnect with backoff when the socket drops or goes silent.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ConnectionConfig};
+use crate::model::{Event, Session, now_us};
+use crate::venue::{Frame, Venue, VenueSession};
+
+/// Counters one worker keeps; shared so tests, the demo and metrics can read them.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    pub frames: AtomicU64,
+    pub events: AtomicU64,
+    pub decode_errors: AtomicU64,
+    pub connects: AtomicU64,
+    pub pings_answered: AtomicU64,
+}
+
+pub struct Worker {
+    pub venue: Arc<dyn Venue>,
+    pub symbol: Arc<str>,
+    pub config: Arc<Config>,
+    /// Into the writer; a full queue makes this worker wait (backpressure).
+    pub tx: mpsc::Sender<Event>,
+    pub shutdown: CancellationToken,
+    pub stats: Arc<WorkerStats>,
+}
+
+/// The reconnect policy: capped exponential backoff with jitter, never giving up.
+pub fn reconnect_policy(c: &ConnectionConfig) -> ExponentialBuilder {
+    ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(c.reconnect_initial_ms))
+        .with_max_delay(Duration::from_secs(c.reconnect_max_s))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+}
+
+enum End {
+    /// Shutdown was asked; the session closed cleanly.
+    Shutdown,
+    /// The connection ended; reconnect. `fresh` when it delivered market data (resets backoff).
+    Dropped { fresh: bool },
+    /// The writer is gone; nothing to record into.
+    WriterGone,
+}
+
+impl Worker {
+    pub async fn run(self) {
+        let policy = reconnect_policy(&self.config.connection);
+        let mut delays = policy.build();
+        loop {
+            if self.shutdown.is_cancelled() {
+                return;
+            }
+            match self.session().await {
+                End::Shutdown | End::WriterGone => return,
+                End::Dropped { fresh } => {
+                    if fresh {
+                        delays = policy.build();
+                    }
+                }
+            }
+            let delay = delays.next().unwrap_or(Duration::from_secs(self.config.connection.reconnect_max_s));
+            tracing::debug!(symbol = %self.symbol, ?delay, "reconnecting after delay");
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    async fn session(&self) -> End {
+        let c = &self.config.connection;
+        let url = &self.config.venue.ws_url;
+        let ws_config = WebSocketConfig::default()
+            .max_message_size(Some(c.max_frame_bytes))
+            .max_frame_size(Some(c.max_frame_bytes));
+        let connect = tokio_tungstenite::connect_async_with_config(url.as_str(), Some(ws_config), true);
+        let mut ws = tokio::select! {
+            _ = self.shutdown.cancelled() => return End::Shutdown,
+            r = tokio::time::timeout(Duration::from_secs(c.connect_timeout_s), connect) => match r {
+                Ok(Ok((ws, _))) => ws,
+                Ok(Err(e)) => {
+                    tracing::warn!(symbol = %self.symbol, error = %e, "connect failed");
+                    return End::Dropped { fresh: false };
+                }
+                Err(_) => {
+                    tracing::warn!(symbol = %self.symbol, timeout_s = c.connect_timeout_s, "connect timed out");
+                    return End::Dropped { fresh: false };
+                }
+            }
+        };
+        self.stats.connects.fetch_add(1, Ordering::Relaxed);
+        let connected_at_us = now_us();
+        let session_id = format!("{connected_at_us:016x}-{:08x}", fastrand::u32(..));
+        let mut session_row = Session {
+            venue: self.venue.name(),
+            symbol: self.symbol.clone(),
+            session_id,
+            connected_at_us,
+            disconnected_at_us: None,
+            close_reason: None,
+        };
+        if self.tx.send(Event::Session(session_row.clone())).await.is_err() {
+            return End::WriterGone;
+        }
+        tracing::info!(symbol = %self.symbol, session = %session_row.session_id, "connected");
+
+        let mut reader = Reader {
+            decoder: self.venue.session(self.symbol.clone(), c.max_frame_bytes),
+            events: Vec::with_capacity(64),
+            last_recv_us: 0,
+            fresh: false,
+            error_burst: 0,
+        };
+        let mut reason = String::new();
+        for sub in self.venue.subscribe_frames(&self.symbol, &self.config.record) {
+            if let Err(e) = ws.send(Message::text(sub)).await {
+                reason = format!("subscribe failed: {e}");
+                break;
+            }
+        }
+        let silence = c.silence_timeout();
+        let mut writer_gone = false;
+        let mut shutdown = false;
+        while reason.is_empty() {
+            let next = tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => { shutdown = true; reason = "shutdown".into(); break; }
+                r = tokio::time::timeout(silence, ws.next()) => r,
+            };
+            let msg = match next {
+                Err(_) => {
+                    reason = format!("silent for {}s", silence.as_secs());
+                    break;
+                }
+                Ok(None) => {
+                    reason = "connection ended without close frame".into();
+                    break;
+                }
+                Ok(Some(Err(e))) => {
+                    reason = format!("read error: {e}");
+                    break;
+                }
+                Ok(Some(Ok(m))) => m,
+            };
+            match reader.handle(self, &msg).await {
+                Handled::Continue(Some(reply)) => {
+                    if let Err(e) = ws.send(Message::text(reply)).await {
+                        reason = format!("send failed: {e}");
+                    }
+                }
+                Handled::Continue(None) => {}
+                Handled::Closed(r) => reason = r,
+                Handled::WriterGone => {
+                    writer_gone = true;
+                    reason = "writer stopped".into();
+                }
+            }
+        }
+        if shutdown {
+            // Close handshake: everything the venue sent before answering our close frame
+            // is read and recorded, so nothing received is lost at shutdown.
+            let _ = ws.close(None).await;
+            let deadline = Instant::now() + Duration::from_millis(c.close_grace_ms);
+            while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(deadline, ws.next()).await {
+                if matches!(msg, Message::Close(_)) {
+                    break;
+                }
+                if let Handled::WriterGone = reader.handle(self, &msg).await {
+                    writer_gone = true;
+                    break;
+                }
+            }
+        }
+        session_row.disconnected_at_us = Some(now_us().max(connected_at_us));
+        session_row.close_reason = Some(reason.clone());
+        tracing::info!(symbol = %self.symbol, session = %session_row.session_id, reason = %reason, "disconnected");
+        if writer_gone || self.tx.send(Event::Session(session_row)).await.is_err() {
+            return End::WriterGone;
+        }
+        if shutdown {
+            End::Shutdown
+        } else {
+            End::Dropped { fresh: reader.fresh }
+        }
+    }
+}
+
+struct Reader {
+    decoder: Box<dyn VenueSession>,
+    events: Vec<Event>,
+    /// Receive times strictly increase per connection, so rows keyed by receive time
+    /// (book snapshots, deltas, tickers) never collide when frames arrive in the same µs.
+    last_recv_us: i64,
+    fresh: bool,
+    error_burst: u64,
+}
+
+enum Handled {
+    Continue(Option<String>),
+    Closed(String),
+    WriterGone,
+}
+
+impl Reader {
+    async fn handle(&mut self, w: &Worker, msg: &Message) -> Handled {
+        let recv = now_us().max(self.last_recv_us + 1);
+        self.last_recv_us = recv;
+        let frame = match msg {
+            Message::Binary(b) => Frame::Binary(b),
+            Message::Text(t) => Frame::Text(t.as_str()),
+            Message::Close(f) => {
+                return Handled::Closed(match f {
+                    Some(f) => format!("closed by venue: {} {}", f.code, f.reason),
+                    None => "closed by venue".into(),
+                });
+            }
+            // tungstenite answers websocket pings itself
+            _ => return Handled::Continue(None),
+        };
+        w.stats.frames.fetch_add(1, Ordering::Relaxed);
+        self.events.clear();
+        let reply = match self.decoder.on_frame(frame, recv, &mut self.events) {
+            Ok(reaction) => {
+                self.error_burst = 0;
+                if reaction.reply.is_some() {
+                    w.stats.pings_answered.fetch_add(1, Ordering::Relaxed);
+                }
+                reaction.reply
+            }
+            Err(e) => {
+                w.stats.decode_errors.fetch_add(1, Ordering::Relaxed);
+                self.error_burst += 1;
+                // once per burst, then at powers of two: a flood must not flood the log
+                if self.error_burst.is_power_of_two() {
+                    tracing::warn!(symbol = %w.symbol, kind = e.kind(), error = %e, in_a_row = self.error_burst, "frame skipped");
+                }
+                None
+            }
+        };
+        if !self.events.is_empty() {
+            self.fresh = true;
+            w.stats.events.fetch_add(self.events.len() as u64, Ordering::Relaxed);
+            for ev in self.events.drain(..) {
+                if w.tx.send(ev).await.is_err() {
+                    return Handled::WriterGone;
+                }
+            }
+        }
+        Handled::Continue(reply)
+    }
+}

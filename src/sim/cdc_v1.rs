@@ -1,0 +1,611 @@
+//! The simulator's v1 personality: the kline-api websocket (gzip binary frames, server pings
+//! with pong enforcement, sub/unsub/req, optional acks) and the `/v1/*` REST endpoints.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Query, State as AxState};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use futures_util::{SinkExt, StreamExt};
+use rust_decimal::Decimal;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::broadcast;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::market::{Bar, INTERVALS, SimTrade, merge_book};
+use super::{Compression, DepthMode, NumberStyle, SimConfig, State, Update, lock};
+use crate::model::{BookSide, Side};
+use crate::venue::cdc_v1::channel::{Channel, Stream};
+
+pub struct Server {
+    pub config: SimConfig,
+    pub state: Arc<Mutex<State>>,
+    /// Market steps; each connection holds a receiver. A receiver that lags is hung up on,
+    /// as a real server drops slow consumers.
+    pub updates: broadcast::Sender<Arc<Update>>,
+    pub cancel: CancellationToken,
+    pub tasks: TaskTracker,
+}
+
+pub async fn serve_ws(server: Arc<Server>, listener: TcpListener) {
+    loop {
+        let accepted = tokio::select! {
+            _ = server.cancel.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((tcp, _)) => {
+                let s = server.clone();
+                server.tasks.spawn(async move {
+                    if let Err(e) = connection(s, tcp).await {
+                        tracing::debug!(error = %e, "simulator connection ended");
+                    }
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "simulator accept failed"),
+        }
+    }
+}
+
+/// A channel subscription of one connection.
+struct Sub {
+    levels: usize,
+    /// Depth updates up to this market step are already in the snapshot sent on subscribe.
+    snapshot_seq: u64,
+}
+
+struct Conn {
+    server: Arc<Server>,
+    subs: HashMap<Channel, Sub>,
+}
+
+async fn connection(server: Arc<Server>, tcp: TcpStream) -> anyhow::Result<()> {
+    let _ = tcp.set_nodelay(true);
+    let mut ws = tokio_tungstenite::accept_async(tcp).await?;
+    let mut updates = server.updates.subscribe();
+    lock(&server.state).connections_total += 1;
+    let mut conn = Conn {
+        server: server.clone(),
+        subs: HashMap::new(),
+    };
+    let cfg = &server.config;
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + cfg.ping_interval, cfg.ping_interval);
+    let mut outstanding: Option<String> = None;
+    let mut missed = 0u32;
+    let result: anyhow::Result<()> = async {
+        loop {
+            tokio::select! {
+                _ = server.cancel.cancelled() => {
+                    let _ = ws.close(None).await;
+                    return Ok(());
+                }
+                _ = ping.tick() => {
+                    if outstanding.is_some() {
+                        missed += 1;
+                        if missed >= cfg.max_missed_pongs {
+                            // hang up without a close frame, as real servers do
+                            anyhow::bail!("client missed {missed} pongs");
+                        }
+                    }
+                    let n = lock(&server.state).now_ms().to_string();
+                    ws.send(conn.frame(&format!("{{\"ping\":{n}}}"))?).await?;
+                    outstanding = Some(n);
+                }
+                msg = ws.next() => {
+                    let Some(msg) = msg else { return Ok(()) };
+                    match msg? {
+                        Message::Text(t) => {
+                            if let Some(v) = pong_value(&t) {
+                                if outstanding.as_deref() == Some(v.as_str()) {
+                                    outstanding = None;
+                                    missed = 0;
+                                }
+                                continue;
+                            }
+                            for frame in conn.client_request(&t)? {
+                                ws.send(frame).await?;
+                            }
+                        }
+                        Message::Close(_) => {
+                            // tungstenite queues the close reply; flush it and stop sending
+                            let _ = ws.flush().await;
+                            return Ok(());
+                        }
+                        _ => {}
+                    }
+                }
+                u = updates.recv() => {
+                    let u = match u {
+                        Ok(u) => u,
+                        Err(broadcast::error::RecvError::Lagged(n)) => anyhow::bail!("client too slow, {n} updates behind"),
+                        Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                    };
+                    for (frame, trade_ids) in conn.frames_for(&u)? {
+                        ws.send(frame).await?;
+                        if !trade_ids.is_empty() {
+                            lock(&server.state).delivered.entry(u.symbol.to_string()).or_default().extend(trade_ids);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    .await;
+    lock(&server.state).subscriptions -= conn.subs.len();
+    result
+}
+
+fn pong_value(t: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(t).ok()?;
+    let p = v.get("pong")?;
+    Some(match p {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    })
+}
+
+impl Conn {
+    fn cfg(&self) -> &SimConfig {
+        &self.server.config
+    }
+
+    /// A server frame in the configured compression.
+    fn frame(&self, json: &str) -> anyhow::Result<Message> {
+        Ok(match self.cfg().compression {
+            Compression::None => Message::text(json.to_string()),
+            Compression::Gzip => {
+                let mut e = flate2::write::GzEncoder::new(Vec::with_capacity(json.len() / 2), flate2::Compression::fast());
+                e.write_all(json.as_bytes())?;
+                Message::binary(e.finish()?)
+            }
+            Compression::Zlib => {
+                let mut e = flate2::write::ZlibEncoder::new(Vec::with_capacity(json.len() / 2), flate2::Compression::fast());
+                e.write_all(json.as_bytes())?;
+                Message::binary(e.finish()?)
+            }
+        })
+    }
+
+    fn fmt(&self) -> Fmt {
+        Fmt {
+            style: self.cfg().numbers,
+            pad: self.cfg().pad_decimals,
+            upper: self.cfg().upper_sides,
+        }
+    }
+
+    fn client_request(&mut self, text: &str) -> anyhow::Result<Vec<Message>> {
+        let v: serde_json::Value = match serde_json::from_str(text) {
+            Ok(v) => v,
+            Err(_) => return Ok(vec![]), // real servers ignore garbage
+        };
+        let event = v.get("event").and_then(|e| e.as_str()).unwrap_or("");
+        let params = v.get("params").cloned().unwrap_or_default();
+        let channel_name = params.get("channel").and_then(|c| c.as_str()).unwrap_or("").to_string();
+        let cb_id = params.get("cb_id").and_then(|c| c.as_str()).unwrap_or("").to_string();
+        let now = lock(&self.server.state).now_ms();
+        let known = |c: &Channel| lock(&self.server.state).markets.contains_key(&c.symbol);
+        match event {
+            "sub" => {
+                let Some(ch) = Channel::parse(&channel_name).filter(known) else {
+                    // no error frame for a bad channel: silence, or one empty book for depth
+                    if channel_name.contains("_depth_") {
+                        let f = format!(
+                            "{{\"event_rep\":\"\",\"channel\":{},\"data\":null,\"tick\":{{\"asks\":[],\"buys\":[]}},\"ts\":{now},\"status\":\"ok\"}}",
+                            json_str(&channel_name)
+                        );
+                        return Ok(vec![self.frame(&f)?]);
+                    }
+                    return Ok(vec![]);
+                };
+                let levels = params.get("asks").and_then(|a| a.as_u64()).unwrap_or(150).min(150) as usize;
+                let mut out = Vec::new();
+                if self.cfg().acks {
+                    out.push(self.frame(&format!(
+                        "{{\"channel\":{},\"cb_id\":{},\"event_rep\":\"subed\",\"status\":\"ok\",\"ts\":{now}}}",
+                        json_str(&channel_name),
+                        json_str(&cb_id)
+                    ))?);
+                }
+                let mut snapshot_seq = 0;
+                if let Stream::Depth(step) = ch.stream {
+                    // the current book right away, ordered against updates by the step number
+                    let st = lock(&self.server.state);
+                    snapshot_seq = st.seq;
+                    if let Some(m) = st.markets.get(&ch.symbol) {
+                        let book = merge_book(&m.book(), m.spec.price_scale, step, levels);
+                        let f = book_frame(&self.fmt(), &channel_name, now, &book);
+                        drop(st);
+                        out.push(self.frame(&f)?);
+                    }
+                }
+                if self.subs.insert(ch, Sub { levels, snapshot_seq }).is_none() {
+                    lock(&self.server.state).subscriptions += 1;
+                }
+                Ok(out)
+            }
+            "unsub" => {
+                if let Some(ch) = Channel::parse(&channel_name)
+                    && self.subs.remove(&ch).is_some()
+                {
+                    lock(&self.server.state).subscriptions -= 1;
+                }
+                Ok(vec![])
+            }
+            "req" => self.request(&channel_name, &cb_id, &params, now),
+            _ => {
+                // some servers echo unknown events back uncompressed
+                Ok(vec![Message::text(text.to_string())])
+            }
+        }
+    }
+
+    fn request(&self, name: &str, cb_id: &str, params: &serde_json::Value, now: i64) -> anyhow::Result<Vec<Message>> {
+        let Some(ch) = Channel::parse(name) else { return Ok(vec![]) };
+        let st = lock(&self.server.state);
+        let Some(m) = st.markets.get(&ch.symbol) else { return Ok(vec![]) };
+        let f = self.fmt();
+        let data = match &ch.stream {
+            Stream::Kline(iv) => {
+                let since_ms = params
+                    .get("since")
+                    .and_then(|s| s.as_str().and_then(|s| s.parse::<i64>().ok()).or_else(|| s.as_i64()))
+                    .map(|s| s * 1000);
+                let bars: Vec<&Bar> = m
+                    .bars
+                    .get(iv.as_str())
+                    .map(|s| match since_ms {
+                        Some(t) => s.range(t..).take(300).map(|(_, b)| b).collect(),
+                        None => s.values().rev().take(300).collect::<Vec<_>>().into_iter().rev().collect(),
+                    })
+                    .unwrap_or_default();
+                let items: Vec<String> = bars.iter().map(|b| kline_item(&f, b)).collect();
+                items.join(",")
+            }
+            Stream::Trades => {
+                let top = params.get("top").and_then(|t| t.as_u64()).unwrap_or(200).min(200) as usize;
+                let items: Vec<String> = m.trades.iter().rev().take(top).map(|t| trade_item(&f, t)).collect();
+                items.join(",")
+            }
+            _ => return Ok(vec![]),
+        };
+        let json = format!(
+            "{{\"event_rep\":\"rep\",\"channel\":{},\"cb_id\":{},\"data\":[{data}],\"tick\":null,\"ts\":{now},\"status\":\"ok\"}}",
+            json_str(name),
+            json_str(cb_id)
+        );
+        drop(st);
+        Ok(vec![self.frame(&json)?])
+    }
+
+    /// Frames this connection gets for one market step, with the trade ids each carries.
+    fn frames_for(&self, u: &Update) -> anyhow::Result<Vec<(Message, Vec<i64>)>> {
+        let mut out = Vec::new();
+        let f = self.fmt();
+        for (ch, sub) in &self.subs {
+            if *ch.symbol != *u.symbol {
+                continue;
+            }
+            let name = ch.name();
+            let envelope = |tick: String| {
+                format!("{{\"event_rep\":\"\",\"channel\":{},\"data\":null,\"tick\":{tick},\"ts\":{},\"status\":\"ok\"}}", json_str(&name), u.time_ms)
+            };
+            match &ch.stream {
+                Stream::Trades if !u.out.trades.is_empty() => {
+                    let items: Vec<String> = u.out.trades.iter().rev().map(|t| trade_item(&f, t)).collect();
+                    let max_id = u.out.trades.iter().map(|t| t.id).max().unwrap_or(0);
+                    let tick = format!("{{\"id\":{max_id},\"ts\":{},\"data\":[{}]}}", u.time_ms, items.join(","));
+                    out.push((self.frame(&envelope(tick))?, u.out.trades.iter().map(|t| t.id).collect()));
+                }
+                Stream::Kline(iv) => {
+                    for (_, bar) in u.out.bars.iter().filter(|(n, _)| *n == iv.as_str()) {
+                        out.push((self.frame(&envelope(kline_item(&f, bar)))?, vec![]));
+                    }
+                }
+                Stream::Depth(step) if u.seq > sub.snapshot_seq && !u.out.book_changes.is_empty() => {
+                    if self.cfg().depth_mode == DepthMode::Incremental && *step == 0 {
+                        for (side, p, q) in &u.out.book_changes {
+                            let side = match side {
+                                BookSide::Bid => "buys",
+                                BookSide::Ask => "asks",
+                            };
+                            let tick = format!("{{\"side\":\"{side}\",\"price\":{},\"volume\":{}}}", f.price(p), f.qty(q));
+                            out.push((self.frame(&envelope(tick))?, vec![]));
+                        }
+                    } else {
+                        let scale = lock(&self.server.state).markets.get(&*u.symbol).map(|m| m.spec.price_scale).unwrap_or(0);
+                        let book = merge_book(&u.book, scale, *step, sub.levels);
+                        out.push((self.frame(&book_frame(&f, &name, u.time_ms, &book))?, vec![]));
+                    }
+                }
+                Stream::Ticker => {
+                    if let Some(t) = &u.ticker {
+                        let tick = format!(
+                            "{{\"amount\":{},\"vol\":{},\"open\":{},\"close\":{},\"high\":{},\"low\":{},\"rose\":{}}}",
+                            f.qty(&t.amount), f.qty(&t.vol), f.price(&t.open), f.price(&t.close), f.price(&t.high), f.price(&t.low), f.price(&t.rose)
+                        );
+                        out.push((self.frame(&envelope(tick))?, vec![]));
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Number rendering of one server personality.
+pub struct Fmt {
+    pub style: NumberStyle,
+    pub pad: bool,
+    pub upper: bool,
+}
+
+impl Fmt {
+    fn raw(&self, d: &Decimal, pad: bool) -> String {
+        let mut s = d.to_string();
+        if pad {
+            let decimals = s.split_once('.').map(|(_, f)| f.len()).unwrap_or_else(|| {
+                s.push('.');
+                0
+            });
+            for _ in decimals..16 {
+                s.push('0');
+            }
+        }
+        s
+    }
+
+    pub fn price(&self, d: &Decimal) -> String {
+        let s = self.raw(d, false);
+        match self.style {
+            NumberStyle::Numbers => s,
+            NumberStyle::Strings | NumberStyle::Mixed => format!("\"{s}\""),
+        }
+    }
+
+    pub fn qty(&self, d: &Decimal) -> String {
+        let s = self.raw(d, self.pad);
+        match self.style {
+            NumberStyle::Numbers | NumberStyle::Mixed => s,
+            NumberStyle::Strings => format!("\"{s}\""),
+        }
+    }
+
+    pub fn side(&self, s: Side) -> &'static str {
+        match (s, self.upper) {
+            (Side::Buy, true) => "BUY",
+            (Side::Sell, true) => "SELL",
+            (Side::Buy, false) => "buy",
+            (Side::Sell, false) => "sell",
+        }
+    }
+}
+
+fn json_str(s: &str) -> String {
+    serde_json::Value::String(s.to_string()).to_string()
+}
+
+fn trade_item(f: &Fmt, t: &SimTrade) -> String {
+    format!(
+        "{{\"id\":{},\"side\":\"{}\",\"price\":{},\"vol\":{},\"amount\":{},\"ts\":{},\"ds\":\"\"}}",
+        t.id,
+        f.side(t.side),
+        f.price(&t.price),
+        f.qty(&t.qty),
+        f.qty(&t.amount),
+        t.time_ms
+    )
+}
+
+fn kline_item(f: &Fmt, b: &Bar) -> String {
+    format!(
+        "{{\"id\":{},\"open\":{},\"close\":{},\"high\":{},\"low\":{},\"vol\":{},\"amount\":{}}}",
+        b.open_time_ms / 1000,
+        f.price(&b.open),
+        f.price(&b.close),
+        f.price(&b.high),
+        f.price(&b.low),
+        f.qty(&b.volume),
+        f.qty(&b.amount)
+    )
+}
+
+fn levels_json(f: &Fmt, levels: &[(Decimal, Decimal)]) -> String {
+    let mut s = String::from("[");
+    for (i, (p, q)) in levels.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        let _ = write!(s, "[{},{}]", f.price(p), f.qty(q));
+    }
+    s.push(']');
+    s
+}
+
+fn book_frame(f: &Fmt, channel: &str, ts: i64, (bids, asks): &super::Book) -> String {
+    format!(
+        "{{\"event_rep\":\"\",\"channel\":{},\"data\":null,\"tick\":{{\"asks\":{},\"buys\":{}}},\"ts\":{ts},\"status\":\"ok\"}}",
+        json_str(channel),
+        levels_json(f, asks),
+        levels_json(f, bids)
+    )
+}
+
+// ---------------------------------------------------------------- REST
+
+pub async fn serve_rest(server: Arc<Server>, listener: TcpListener) {
+    let cancel = server.cancel.clone();
+    let app = axum::Router::new()
+        .route("/v1/symbols", get(symbols))
+        .route("/v1/trades", get(trades))
+        .route("/v1/klines", get(klines))
+        .route("/v1/depth", get(depth))
+        .route("/v1/ticker", get(ticker))
+        .with_state(server);
+    let r = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { cancel.cancelled().await })
+        .await;
+    if let Err(e) = r {
+        tracing::warn!(error = %e, "simulator REST server stopped");
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Params {
+    symbol: Option<String>,
+    period: Option<u32>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+}
+
+fn ok_body(data: String) -> axum::response::Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        format!("{{\"code\":\"0\",\"msg\":\"suc\",\"data\":{data}}}"),
+    )
+        .into_response()
+}
+
+fn err_body(code: &str, msg: &str) -> axum::response::Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        format!("{{\"code\":\"{code}\",\"msg\":{},\"data\":null}}", json_str(msg)),
+    )
+        .into_response()
+}
+
+fn rest_fmt(s: &Server) -> Fmt {
+    Fmt {
+        style: s.config.numbers,
+        pad: s.config.pad_decimals,
+        upper: s.config.upper_sides,
+    }
+}
+
+async fn symbols(AxState(s): AxState<Arc<Server>>) -> axum::response::Response {
+    let st = lock(&s.state);
+    let items: Vec<String> = st
+        .markets
+        .values()
+        .map(|m| {
+            format!(
+                "{{\"symbol\":{},\"count_coin\":{},\"amount_precision\":{},\"base_coin\":{},\"price_precision\":{}}}",
+                json_str(&m.spec.symbol),
+                json_str(&m.spec.quote),
+                m.spec.qty_scale,
+                json_str(&m.spec.base),
+                m.spec.price_scale
+            )
+        })
+        .collect();
+    ok_body(format!("[{}]", items.join(",")))
+}
+
+async fn trades(AxState(s): AxState<Arc<Server>>, Query(p): Query<Params>) -> axum::response::Response {
+    let f = rest_fmt(&s);
+    let st = lock(&s.state);
+    let Some(m) = p.symbol.as_deref().and_then(|sym| st.markets.get(sym)) else {
+        return err_body("10001", "symbol not found");
+    };
+    let items: Vec<String> = m
+        .trades
+        .iter()
+        .rev()
+        .take(200)
+        .map(|t| {
+            format!(
+                "{{\"amount\":{},\"price\":{},\"ctime\":{},\"id\":{},\"type\":\"{}\"}}",
+                f.qty(&t.qty),
+                f.price(&t.price),
+                t.time_ms,
+                t.id,
+                f.side(t.side).to_ascii_lowercase()
+            )
+        })
+        .collect();
+    ok_body(format!("[{}]", items.join(",")))
+}
+
+async fn klines(AxState(s): AxState<Arc<Server>>, Query(p): Query<Params>) -> axum::response::Response {
+    let f = rest_fmt(&s);
+    let st = lock(&s.state);
+    let Some(m) = p.symbol.as_deref().and_then(|sym| st.markets.get(sym)) else {
+        return err_body("10001", "symbol not found");
+    };
+    let Some((name, _)) = p.period.and_then(|min| {
+        INTERVALS.iter().find(|(n, _)| crate::venue::cdc_v1::rest::kline_period_minutes(n) == Some(min))
+    }) else {
+        return err_body("10002", "invalid period");
+    };
+    let bars: Vec<String> = m
+        .bars
+        .get(name)
+        .map(|series| {
+            let v: Vec<&Bar> = series.values().rev().take(300).collect();
+            v.into_iter()
+                .rev()
+                .map(|b| {
+                    format!(
+                        "[{},{},{},{},{},{}]",
+                        b.open_time_ms / 1000,
+                        f.price(&b.open),
+                        f.price(&b.high),
+                        f.price(&b.low),
+                        f.price(&b.close),
+                        f.qty(&b.volume)
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    ok_body(format!("[{}]", bars.join(",")))
+}
+
+async fn depth(AxState(s): AxState<Arc<Server>>, Query(p): Query<Params>) -> axum::response::Response {
+    let f = rest_fmt(&s);
+    let st = lock(&s.state);
+    let Some(m) = p.symbol.as_deref().and_then(|sym| st.markets.get(sym)) else {
+        return err_body("10001", "symbol not found");
+    };
+    let step = match p.kind.as_deref() {
+        Some("step0") | None => 0,
+        Some("step1") => 1,
+        Some("step2") => 2,
+        Some(_) => return err_body("10002", "invalid type"),
+    };
+    let (bids, asks) = merge_book(&m.book(), m.spec.price_scale, step, 150);
+    ok_body(format!(
+        "{{\"tick\":{{\"asks\":{},\"bids\":{},\"time\":{}}}}}",
+        levels_json(&f, &asks),
+        levels_json(&f, &bids),
+        st.now_ms()
+    ))
+}
+
+async fn ticker(AxState(s): AxState<Arc<Server>>, Query(p): Query<Params>) -> axum::response::Response {
+    let f = rest_fmt(&s);
+    let st = lock(&s.state);
+    let Some(m) = p.symbol.as_deref().and_then(|sym| st.markets.get(sym)) else {
+        return err_body("10001", "symbol not found");
+    };
+    let (bids, asks) = m.book();
+    let t = m.ticker.clone();
+    let g = |v: Option<&Decimal>| v.map(|d| f.price(d)).unwrap_or_else(|| "null".into());
+    ok_body(format!(
+        "{{\"high\":{},\"vol\":{},\"last\":{},\"low\":{},\"buy\":{},\"sell\":{},\"rose\":{},\"time\":{}}}",
+        g(t.as_ref().map(|t| &t.high)),
+        t.as_ref().map(|t| f.qty(&t.vol)).unwrap_or_else(|| "0".into()),
+        g(t.as_ref().map(|t| &t.close)),
+        g(t.as_ref().map(|t| &t.low)),
+        g(bids.first().map(|l| &l.0)),
+        g(asks.first().map(|l| &l.0)),
+        g(t.as_ref().map(|t| &t.rose)),
+        st.now_ms()
+    ))
+}

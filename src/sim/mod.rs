@@ -1,0 +1,315 @@
+//! The exchange simulator: a deterministic market per symbol, served over loopback with the
+//! venue's own protocol (`cdc_v1`: gzip websocket frames and REST), plus a ledger of everything
+//! it generated and delivered, which tests compare with the database.
+//!
+//! The market steps on a timer whether or not anyone listens. Simulated time runs `speed`
+//! times faster than the wall clock so that bars of several intervals complete in a short run.
+
+pub mod cdc_v1;
+pub mod market;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use market::{Bar, Market, MarketSpec, SimTrade, StepOutput};
+
+/// How numbers appear on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NumberStyle {
+    /// JSON numbers, as in the seed docs.
+    Numbers,
+    /// JSON strings, as live servers send trades and tickers.
+    Strings,
+    /// Prices as strings, quantities as numbers.
+    Mixed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DepthMode {
+    /// Every change resends the book (what live servers do).
+    Full,
+    /// A snapshot on subscribe, then one `{"side","price","volume"}` frame per change (seed 001).
+    Incremental,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    Gzip,
+    Zlib,
+    /// Plain JSON in text frames.
+    None,
+}
+
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub seed: u64,
+    pub symbols: Vec<String>,
+    pub numbers: NumberStyle,
+    pub upper_sides: bool,
+    /// Send subscription acks (some live servers send none).
+    pub acks: bool,
+    pub depth_mode: DepthMode,
+    pub compression: Compression,
+    /// Pad quantities and amounts with trailing zeros to 16 decimals, as live servers do.
+    pub pad_decimals: bool,
+    /// Wall-clock time between market steps.
+    pub step: Duration,
+    /// Simulated milliseconds per wall millisecond.
+    pub speed: u32,
+    pub ping_interval: Duration,
+    /// Pings left unanswered before the server hangs up.
+    pub max_missed_pongs: u32,
+    /// Start with the market halted (tests resume it once the recorder has subscribed).
+    pub start_halted: bool,
+    pub ws_addr: SocketAddr,
+    pub rest_addr: SocketAddr,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            seed: 1,
+            symbols: vec!["btcusdt".into(), "ethusdt".into()],
+            numbers: NumberStyle::Strings,
+            upper_sides: true,
+            acks: true,
+            depth_mode: DepthMode::Full,
+            compression: Compression::Gzip,
+            pad_decimals: true,
+            step: Duration::from_millis(20),
+            speed: 60,
+            ping_interval: Duration::from_secs(5),
+            max_missed_pongs: 2,
+            start_halted: false,
+            ws_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            rest_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        }
+    }
+}
+
+/// One market step as broadcast to connections.
+#[derive(Debug)]
+pub struct Update {
+    pub seq: u64,
+    pub symbol: Arc<str>,
+    pub time_ms: i64,
+    pub out: StepOutput,
+    /// The whole step-0 book after this step.
+    pub book: Arc<Book>,
+    pub ticker: Option<market::TickerStats>,
+}
+
+pub type Book = (Vec<(rust_decimal::Decimal, rust_decimal::Decimal)>, Vec<(rust_decimal::Decimal, rust_decimal::Decimal)>);
+
+/// Everything the simulator generated, and which trades reached a client.
+pub struct State {
+    pub markets: BTreeMap<String, Market>,
+    /// Trade ids written to at least one client socket, per symbol.
+    pub delivered: HashMap<String, BTreeSet<i64>>,
+    /// Number of the last step broadcast.
+    pub seq: u64,
+    /// Active channel subscriptions over all connections.
+    pub subscriptions: usize,
+    pub connections_total: u64,
+    clock_origin_ms: i64,
+    wall_origin: std::time::Instant,
+    speed: u32,
+}
+
+impl State {
+    /// Simulated now, in epoch milliseconds.
+    pub fn now_ms(&self) -> i64 {
+        self.clock_origin_ms + self.wall_origin.elapsed().as_millis() as i64 * self.speed as i64
+    }
+}
+
+/// A running simulator. Dropping it does not stop it: call [`SimHandle::shutdown`].
+pub struct SimHandle {
+    pub ws_addr: SocketAddr,
+    pub rest_addr: SocketAddr,
+    pub config: SimConfig,
+    state: Arc<Mutex<State>>,
+    running: watch::Sender<bool>,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl SimHandle {
+    /// `ws://127.0.0.1:PORT/kline-api/ws`
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/kline-api/ws", self.ws_addr)
+    }
+
+    pub fn rest_url(&self) -> String {
+        format!("http://{}", self.rest_addr)
+    }
+
+    /// Locks the ledger for reading.
+    pub fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+
+    /// Stops the market (no new trades, bars or book changes); connections stay open.
+    pub fn halt(&self) {
+        let _ = self.running.send(false);
+    }
+
+    pub fn resume(&self) {
+        let _ = self.running.send(true);
+    }
+
+    /// Waits until at least `n` channel subscriptions are active, or the deadline passes.
+    pub async fn wait_subscriptions(&self, n: usize, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.state().subscriptions >= n {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// All trades generated for a symbol, in id order.
+    pub fn trades(&self, symbol: &str) -> Vec<SimTrade> {
+        self.state().markets.get(symbol).map(|m| m.trades.clone()).unwrap_or_default()
+    }
+
+    /// Trade ids delivered to clients for a symbol.
+    pub fn delivered(&self, symbol: &str) -> BTreeSet<i64> {
+        self.state().delivered.get(symbol).cloned().unwrap_or_default()
+    }
+
+    /// Final bars of one interval, by open time.
+    pub fn bars(&self, symbol: &str, interval: &str) -> Vec<Bar> {
+        self.state()
+            .markets
+            .get(symbol)
+            .and_then(|m| m.bars.get(interval))
+            .map(|s| s.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The current book merged to `step`, top `levels`, best first.
+    pub fn book(&self, symbol: &str, step: u8, levels: usize) -> Option<Book> {
+        let st = self.state();
+        let m = st.markets.get(symbol)?;
+        Some(market::merge_book(&m.book(), m.spec.price_scale, step, levels))
+    }
+
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    // a panicking connection task must not take the whole simulator down with it
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Binds the listeners and starts the market and servers.
+pub async fn start(config: SimConfig) -> std::io::Result<SimHandle> {
+    let ws_listener = tokio::net::TcpListener::bind(config.ws_addr).await?;
+    let rest_listener = tokio::net::TcpListener::bind(config.rest_addr).await?;
+    let ws_addr = ws_listener.local_addr()?;
+    let rest_addr = rest_listener.local_addr()?;
+    let mut markets = BTreeMap::new();
+    for (i, s) in config.symbols.iter().enumerate() {
+        let seed = config.seed.wrapping_mul(1_000_003).wrapping_add(i as u64);
+        markets.insert(s.clone(), Market::new(MarketSpec::for_symbol(s), seed));
+    }
+    let state = Arc::new(Mutex::new(State {
+        markets,
+        delivered: HashMap::new(),
+        seq: 0,
+        subscriptions: 0,
+        connections_total: 0,
+        clock_origin_ms: crate::model::now_ms(),
+        wall_origin: std::time::Instant::now(),
+        speed: config.speed.max(1),
+    }));
+    let (running, running_rx) = watch::channel(!config.start_halted);
+    let (updates, _) = broadcast::channel::<Arc<Update>>(16_384);
+    let cancel = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    tasks.spawn(market_loop(state.clone(), config.clone(), running_rx, updates.clone(), cancel.clone()));
+    let server = Arc::new(cdc_v1::Server {
+        config: config.clone(),
+        state: state.clone(),
+        updates,
+        cancel: cancel.clone(),
+        tasks: tasks.clone(),
+    });
+    tasks.spawn(cdc_v1::serve_ws(server.clone(), ws_listener));
+    tasks.spawn(cdc_v1::serve_rest(server, rest_listener));
+    Ok(SimHandle {
+        ws_addr,
+        rest_addr,
+        config,
+        state,
+        running,
+        cancel,
+        tasks,
+    })
+}
+
+async fn market_loop(
+    state: Arc<Mutex<State>>,
+    config: SimConfig,
+    mut running: watch::Receiver<bool>,
+    updates: broadcast::Sender<Arc<Update>>,
+    cancel: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(config.step);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if !*running.borrow_and_update() {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = running.wait_for(|r| *r) => if r.is_err() { return },
+            }
+            continue;
+        }
+        let mut st = lock(&state);
+        let now = st.now_ms();
+        let mut batch = Vec::new();
+        let symbols: Vec<String> = st.markets.keys().cloned().collect();
+        for s in symbols {
+            st.seq += 1;
+            let seq = st.seq;
+            let Some(m) = st.markets.get_mut(&s) else { continue };
+            let out = m.step(now);
+            if out.trades.is_empty() && out.bars.is_empty() && out.book_changes.is_empty() {
+                continue;
+            }
+            batch.push(Arc::new(Update {
+                seq,
+                symbol: Arc::from(s.as_str()),
+                time_ms: now,
+                book: Arc::new(m.book()),
+                ticker: if out.trades.is_empty() { None } else { m.ticker.clone() },
+                out,
+            }));
+        }
+        // send while holding the lock, so a connection's snapshot (taken under the lock)
+        // is ordered exactly against the updates
+        for u in batch {
+            let _ = updates.send(u);
+        }
+        drop(st);
+    }
+}
