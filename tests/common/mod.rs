@@ -1,0 +1,120 @@
+//! Shared test harness: fresh databases, the simulator, waiting on conditions with deadlines.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use mdrec::config::Config;
+
+/// PostgreSQL server for tests; `MDREC_TEST_PG_URL` overrides.
+pub fn pg_admin_url() -> String {
+    std::env::var("MDREC_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// With `MDREC_REQUIRE_PG=1` (CI) a missing server fails the test instead of skipping it.
+pub fn pg_required() -> bool {
+    std::env::var("MDREC_REQUIRE_PG").map(|v| v == "1").unwrap_or(false)
+}
+
+/// A fresh, empty PostgreSQL database, dropped by [`PgDb::drop_db`].
+pub struct PgDb {
+    pub url: String,
+    name: String,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+impl PgDb {
+    /// None when no server answers and PostgreSQL is not required.
+    pub async fn create() -> Option<PgDb> {
+        use sqlx::Connection;
+        let admin = pg_admin_url();
+        let mut conn = match sqlx::PgConnection::connect(&admin).await {
+            Ok(c) => c,
+            Err(e) if !pg_required() => {
+                eprintln!("SKIP: no PostgreSQL at {admin} ({e}); set MDREC_REQUIRE_PG=1 to make this fail");
+                return None;
+            }
+            Err(e) => panic!("PostgreSQL required (MDREC_REQUIRE_PG=1) but {admin} failed: {e}"),
+        };
+        let name = format!(
+            "mdrec_t_{}_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed),
+            fastrand::u32(..)
+        );
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .expect("create test database");
+        let base = admin.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap_or(admin.clone());
+        Some(PgDb { url: format!("{base}/{name}"), name })
+    }
+
+    pub async fn drop_db(self) {
+        use sqlx::Connection;
+        if let Ok(mut conn) = sqlx::PgConnection::connect(&pg_admin_url()).await {
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
+                .execute(&mut conn)
+                .await;
+        }
+    }
+}
+
+/// A SQLite URL in a fresh temporary directory (kept alive by the returned guard).
+pub fn sqlite_db() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("test.db").display());
+    (dir, url)
+}
+
+/// Polls `cond` every 10 ms until it holds; panics with `what` after `timeout`.
+pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Recorder config for a simulator, in TOML so the parsing path is the real one.
+pub fn recorder_config(ws_url: &str, rest_url: &str, db_url: &str, symbols: &[&str], extra: &str) -> Config {
+    let syms: Vec<String> = symbols.iter().map(|s| format!("{s:?}")).collect();
+    let text = format!(
+        r#"
+[venue]
+ws_url = "{ws_url}"
+rest_url = "{rest_url}"
+
+[database]
+url = "{db_url}"
+
+[record]
+symbols = [{}]
+trades = true
+klines = ["1min", "5min"]
+depth = "step0"
+ticker = true
+
+[writer]
+flush_interval_ms = 50
+batch_rows = 500
+
+{extra}
+"#,
+        syms.join(", ")
+    );
+    let c = Config::parse(&text).expect("test config parses");
+    c.validate().expect("test config valid");
+    c
+}
