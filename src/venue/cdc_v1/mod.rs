@@ -55,6 +55,13 @@ pub fn sub_request(channel: &Channel, depth_levels: u32) -> String {
     v.to_string()
 }
 
+/// `{"event":"req","params":{"channel":...,"cb_id":...,"since":"<seconds>"}}`: bars after `since`.
+pub fn kline_history_request(channel: &Channel, cb_id: &str, since_s: i64) -> String {
+    serde_json::json!({"event": "req", "params": {
+        "channel": channel.name(), "cb_id": cb_id, "since": since_s.to_string()}})
+    .to_string()
+}
+
 impl Venue for CdcV1 {
     fn name(&self) -> &'static str {
         NAME

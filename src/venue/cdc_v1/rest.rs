@@ -118,3 +118,37 @@ pub fn parse_depth(body: &str) -> Result<(Vec<Level>, Vec<Level>), RestError> {
     let levels = |v: Vec<(super::wire::Num, super::wire::Num)>| v.into_iter().map(|(p, q)| (p.0, q.0)).collect();
     Ok((levels(d.tick.buys), levels(d.tick.asks)))
 }
+
+/// `/v1/ticker?symbol=S`: `{high, vol, last, low, buy, sell, rose, time}`.
+pub fn parse_ticker(body: &str, symbol: &Arc<str>, recv_time_us: i64) -> Result<crate::model::Ticker, RestError> {
+    #[derive(serde::Deserialize)]
+    struct T {
+        #[serde(default)]
+        high: Option<super::wire::Num>,
+        #[serde(default)]
+        low: Option<super::wire::Num>,
+        #[serde(default)]
+        last: Option<super::wire::Num>,
+        #[serde(default)]
+        vol: Option<super::wire::Num>,
+        #[serde(default)]
+        rose: Option<super::wire::Num>,
+        #[serde(default)]
+        time: Option<Int>,
+    }
+    let t: T = data(body)?;
+    let d = |n: Option<super::wire::Num>| n.map(|n| n.0);
+    Ok(crate::model::Ticker {
+        venue: NAME,
+        symbol: symbol.clone(),
+        event_time_ms: t.time.map(|x| to_ms(x.0)).unwrap_or(recv_time_us / 1000),
+        recv_time_us,
+        open: None,
+        high: d(t.high),
+        low: d(t.low),
+        close: d(t.last),
+        volume: d(t.vol),
+        quote_volume: None,
+        change: d(t.rose),
+    })
+}
