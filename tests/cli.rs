@@ -1,0 +1,179 @@
+//! The `mdrec` binary: exit codes, config errors naming the key, the database URL override,
+//! SIGTERM under load, and the offline demo.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use mdrec::sim::{self, SimConfig};
+use mdrec::store::Store;
+
+const BIN: &str = env!("CARGO_BIN_EXE_mdrec");
+
+fn config_text(ws_url: &str, rest_url: &str, db_url: &str) -> String {
+    format!(
+        r#"
+[venue]
+kind = "cdc-v1"
+ws_url = "{ws_url}"
+rest_url = "{rest_url}"
+
+[database]
+url = "{db_url}"
+
+[record]
+symbols = ["btcusdt", "ethusdt"]
+trades = true
+klines = ["1min"]
+depth = "step0"
+ticker = false
+
+[connection]
+silence_timeout_s = 30
+"#
+    )
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+async fn mdrec(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.args(args).env_remove("MDREC_DATABASE_URL").env("RUST_LOG", "warn");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .expect("mdrec finished in time")
+        .expect("mdrec ran")
+}
+
+#[tokio::test]
+async fn bad_config_exits_2_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = config_text("ws://127.0.0.1:1/ws", "http://127.0.0.1:1", "sqlite://x.db");
+    let cases = [
+        (good.replace("symbols =", "symbls ="), "record.symbls"),
+        (good.replace("silence_timeout_s = 30", "silence_timeout_s = -1"), "connection.silence_timeout_s"),
+        (good.replace("depth = \"step0\"", "depth = \"step9\""), "record.depth"),
+        (good.replace("[connection]", "[conection]"), "conection"),
+        (good.replace("sqlite://x.db", "mongodb://x"), "database.url"),
+    ];
+    for (i, (text, key)) in cases.iter().enumerate() {
+        let path = write(dir.path(), &format!("bad{i}.toml"), text);
+        for sub in ["run", "migrate"] {
+            let out = mdrec(&[sub, "-c", path.to_str().unwrap()], &[]).await;
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{sub} {key}: {err}");
+            assert!(err.contains(key), "{sub}: message {err:?} does not name {key}");
+        }
+    }
+    let out = mdrec(&["run", "-c", "/nonexistent/mdrec.toml"], &[]).await;
+    assert_eq!(out.status.code(), Some(2));
+    let out = mdrec(&["frobnicate"], &[]).await;
+    assert_eq!(out.status.code(), Some(2), "usage errors exit 2");
+}
+
+#[tokio::test]
+async fn database_url_env_overrides_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let in_config = dir.path().join("config.db");
+    let from_env = dir.path().join("env.db");
+    let path = write(
+        dir.path(),
+        "c.toml",
+        &config_text("ws://127.0.0.1:1/ws", "http://127.0.0.1:1", &format!("sqlite://{}", in_config.display())),
+    );
+    let env_url = format!("sqlite://{}", from_env.display());
+    let out = mdrec(&["migrate", "-c", path.to_str().unwrap()], &[("MDREC_DATABASE_URL", &env_url)]).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(from_env.exists(), "migrated the env database");
+    assert!(!in_config.exists(), "left the config database alone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_stores_everything_received() {
+    let sim = sim::start(SimConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("rec.db");
+    let db_url = format!("sqlite://{}", db.display());
+    let path = write(dir.path(), "c.toml", &config_text(&sim.ws_url(), &sim.rest_url(), &db_url));
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["run", "-c", path.to_str().unwrap()])
+        .env_remove("MDREC_DATABASE_URL")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // the market keeps trading while we wait for the recorder to have stored a good amount;
+    // read-only, so the test never races the recorder's own creation and migration of the file
+    let ro = sqlx::sqlite::SqliteConnectOptions::new().filename(&db).read_only(true);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("recorder exited early with {status}");
+        }
+        let n: i64 = match sqlx::SqlitePool::connect_with(ro.clone()).await {
+            Ok(pool) => {
+                let n = sqlx::query_scalar("SELECT count(*) FROM trades").fetch_one(&pool).await.unwrap_or(0);
+                pool.close().await;
+                n
+            }
+            Err(_) => 0,
+        };
+        if n >= 300 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "recorder stored only {n} trades in 60 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pid = child.id().expect("child pid").to_string();
+    let kill = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(kill.success());
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("exits within 20 s of SIGTERM")
+        .unwrap();
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use tokio::io::AsyncReadExt;
+        let _ = e.read_to_string(&mut stderr).await;
+    }
+    assert_eq!(status.code(), Some(0), "clean exit: {stderr}");
+
+    let store = Store::connect(&db_url).await.unwrap();
+    for s in ["btcusdt", "ethusdt"] {
+        let stored: BTreeSet<i64> = store.load_trades("cdc-v1", s).await.unwrap().iter().map(|t| t.trade_id).collect();
+        let delivered = sim.delivered(s);
+        assert!(!delivered.is_empty());
+        assert_eq!(stored, delivered, "{s}: every trade the simulator delivered is stored, and nothing else");
+    }
+    store.close().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn demo_records_trades_klines_and_books() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("demo.db");
+    let out = mdrec(&["demo", "--seconds", "10", "--db", db.to_str().unwrap()], &[]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    for table in ["trades", "klines", "book_snapshots", "tickers", "sessions"] {
+        let line = stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(table))
+            .unwrap_or_else(|| panic!("no {table} line in:\n{stdout}"));
+        let n: i64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        assert!(n > 0, "{table} is empty:\n{stdout}");
+    }
+}
