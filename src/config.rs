@@ -300,9 +300,8 @@ pub enum LogFormat {
 impl Config {
     /// Reads, parses and validates a config file; applies `MDREC_DATABASE_URL`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigError::new("-c", format!("cannot read {}: {e}", path.display()))
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new("-c", format!("cannot read {}: {e}", path.display())))?;
         let mut cfg = Config::parse(&text)?;
         if let Ok(url) = std::env::var(DATABASE_URL_ENV)
             && !url.is_empty()
@@ -334,7 +333,9 @@ impl Config {
         check_url("venue.ws_url", &self.venue.ws_url, &["ws", "wss"])?;
         check_url("venue.rest_url", &self.venue.rest_url, &["http", "https"])?;
         let db = &self.database.url;
-        if !(db.starts_with("sqlite:") || db.starts_with("postgres:") || db.starts_with("postgresql:"))
+        if !(db.starts_with("sqlite:")
+            || db.starts_with("postgres:")
+            || db.starts_with("postgresql:"))
         {
             return Err(ConfigError::new(
                 "database.url",
@@ -345,7 +346,10 @@ impl Config {
             ));
         }
         if self.record.symbols.is_empty() {
-            return Err(ConfigError::new("record.symbols", "must name at least one symbol"));
+            return Err(ConfigError::new(
+                "record.symbols",
+                "must name at least one symbol",
+            ));
         }
         let mut seen = std::collections::HashSet::new();
         for s in &self.record.symbols {
@@ -360,14 +364,20 @@ impl Config {
                 ));
             }
             if !seen.insert(s) {
-                return Err(ConfigError::new("record.symbols", format!("{s:?} is listed twice")));
+                return Err(ConfigError::new(
+                    "record.symbols",
+                    format!("{s:?} is listed twice"),
+                ));
             }
         }
         for k in &self.record.klines {
             if !KLINE_INTERVALS.contains(&k.as_str()) {
                 return Err(ConfigError::new(
                     "record.klines",
-                    format!("unknown interval {k:?}; one of {}", KLINE_INTERVALS.join(" ")),
+                    format!(
+                        "unknown interval {k:?}; one of {}",
+                        KLINE_INTERVALS.join(" ")
+                    ),
                 ));
             }
         }
@@ -376,20 +386,35 @@ impl Config {
             && self.record.depth == DepthSetting::Off
             && !self.record.ticker
         {
-            return Err(ConfigError::new("record", "records nothing: enable trades, klines, depth or ticker"));
+            return Err(ConfigError::new(
+                "record",
+                "records nothing: enable trades, klines, depth or ticker",
+            ));
         }
         if self.record.depth_levels == 0 {
-            return Err(ConfigError::new("record.depth_levels", "must be at least 1"));
+            return Err(ConfigError::new(
+                "record.depth_levels",
+                "must be at least 1",
+            ));
         }
         let c = &self.connection;
         if c.silence_timeout_s == 0 {
-            return Err(ConfigError::new("connection.silence_timeout_s", "must be at least 1"));
+            return Err(ConfigError::new(
+                "connection.silence_timeout_s",
+                "must be at least 1",
+            ));
         }
         if c.connect_timeout_s == 0 {
-            return Err(ConfigError::new("connection.connect_timeout_s", "must be at least 1"));
+            return Err(ConfigError::new(
+                "connection.connect_timeout_s",
+                "must be at least 1",
+            ));
         }
         if c.reconnect_initial_ms == 0 {
-            return Err(ConfigError::new("connection.reconnect_initial_ms", "must be at least 1"));
+            return Err(ConfigError::new(
+                "connection.reconnect_initial_ms",
+                "must be at least 1",
+            ));
         }
         if c.reconnect_max_s == 0 || c.reconnect_max_s * 1000 < c.reconnect_initial_ms {
             return Err(ConfigError::new(
@@ -398,22 +423,34 @@ impl Config {
             ));
         }
         if c.max_frame_bytes < 1024 {
-            return Err(ConfigError::new("connection.max_frame_bytes", "must be at least 1024"));
+            return Err(ConfigError::new(
+                "connection.max_frame_bytes",
+                "must be at least 1024",
+            ));
         }
         let w = &self.writer;
         if w.batch_rows == 0 {
             return Err(ConfigError::new("writer.batch_rows", "must be at least 1"));
         }
         if w.flush_interval_ms == 0 {
-            return Err(ConfigError::new("writer.flush_interval_ms", "must be at least 1"));
+            return Err(ConfigError::new(
+                "writer.flush_interval_ms",
+                "must be at least 1",
+            ));
         }
         if w.queue_capacity == 0 {
-            return Err(ConfigError::new("writer.queue_capacity", "must be at least 1"));
+            return Err(ConfigError::new(
+                "writer.queue_capacity",
+                "must be at least 1",
+            ));
         }
         if self.metrics.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(ConfigError::new(
                 "metrics.listen",
-                format!("{:?} is not an address like 127.0.0.1:9187", self.metrics.listen),
+                format!(
+                    "{:?} is not an address like 127.0.0.1:9187",
+                    self.metrics.listen
+                ),
             ));
         }
         Ok(())
@@ -425,7 +462,11 @@ fn check_url(key: &str, raw: &str, schemes: &[&str]) -> Result<(), ConfigError> 
     if !schemes.contains(&u.scheme()) {
         return Err(ConfigError::new(
             key,
-            format!("scheme must be one of {}, got {:?}", schemes.join("/"), u.scheme()),
+            format!(
+                "scheme must be one of {}, got {:?}",
+                schemes.join("/"),
+                u.scheme()
+            ),
         ));
     }
     Ok(())
@@ -478,17 +519,41 @@ listen = "127.0.0.1:9187"
     fn errors_name_the_key() {
         let cases = [
             (GOOD.replace("symbols =", "symbls ="), "record.symbls"),
-            (GOOD.replace("depth = \"step0\"", "depth = \"step5\""), "record.depth"),
-            (GOOD.replace("depth = \"step0\"", "depth = 3"), "record.depth"),
+            (
+                GOOD.replace("depth = \"step0\"", "depth = \"step5\""),
+                "record.depth",
+            ),
+            (
+                GOOD.replace("depth = \"step0\"", "depth = 3"),
+                "record.depth",
+            ),
             (GOOD.replace("\"60min\"", "\"2min\""), "record.klines"),
-            (GOOD.replace("silence_timeout_s = 30", "silence_timeout_s = 0"), "connection.silence_timeout_s"),
-            (GOOD.replace("silence_timeout_s = 30", "silence_timeout_s = \"x\""), "connection.silence_timeout_s"),
+            (
+                GOOD.replace("silence_timeout_s = 30", "silence_timeout_s = 0"),
+                "connection.silence_timeout_s",
+            ),
+            (
+                GOOD.replace("silence_timeout_s = 30", "silence_timeout_s = \"x\""),
+                "connection.silence_timeout_s",
+            ),
             (GOOD.replace("[metrics]", "[metrix]"), "metrix"),
             (GOOD.replace("wss://ws", "https://ws"), "venue.ws_url"),
-            (GOOD.replace("sqlite://mdrec.db", "mysql://x"), "database.url"),
-            (GOOD.replace("\"btcusdt\", ", "\"BTC-USDT\", "), "record.symbols"),
-            (GOOD.replace("127.0.0.1:9187", "localhost"), "metrics.listen"),
-            (GOOD.replace("kind = \"cdc-v1\"", "kind = \"binance\""), "venue.kind"),
+            (
+                GOOD.replace("sqlite://mdrec.db", "mysql://x"),
+                "database.url",
+            ),
+            (
+                GOOD.replace("\"btcusdt\", ", "\"BTC-USDT\", "),
+                "record.symbols",
+            ),
+            (
+                GOOD.replace("127.0.0.1:9187", "localhost"),
+                "metrics.listen",
+            ),
+            (
+                GOOD.replace("kind = \"cdc-v1\"", "kind = \"binance\""),
+                "venue.kind",
+            ),
         ];
         for (text, key) in cases {
             assert_eq!(err_key(&text), key);
@@ -503,10 +568,9 @@ listen = "127.0.0.1:9187"
 
     #[test]
     fn debug_hides_password() {
-        let c = Config::parse(&GOOD.replace(
-            "sqlite://mdrec.db",
-            "postgres://rec:s3cret@db.example/md",
-        ))
+        let c = Config::parse(
+            &GOOD.replace("sqlite://mdrec.db", "postgres://rec:s3cret@db.example/md"),
+        )
         .unwrap();
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("s3cret"), "{dbg}");

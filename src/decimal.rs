@@ -36,7 +36,9 @@ impl Dec {
             Some(i) => {
                 let e = &body[i + 1..];
                 let digits = e.strip_prefix(['+', '-']).unwrap_or(e);
-                if digits.is_empty() || digits.len() > 4 || !digits.bytes().all(|b| b.is_ascii_digit())
+                if digits.is_empty()
+                    || digits.len() > 4
+                    || !digits.bytes().all(|b| b.is_ascii_digit())
                 {
                     return Err(syntax());
                 }
@@ -238,7 +240,10 @@ mod tests {
             ("5.", "5"),
             ("1e-8", "0.00000001"),
             ("1.5E3", "1500"),
-            ("12345678901234567890.123456789012345678", "12345678901234567890.123456789012345678"),
+            (
+                "12345678901234567890.123456789012345678",
+                "12345678901234567890.123456789012345678",
+            ),
             ("-86691.94", "-86691.94"),
             ("100", "100"),
             ("0", "0"),
@@ -250,7 +255,9 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        for bad in ["", "-", ".", "1.2.3", "abc", "1e", "1e99999", "0x10", "1,5", " 1", "NaN", "1e-"] {
+        for bad in [
+            "", "-", ".", "1.2.3", "abc", "1e", "1e99999", "0x10", "1,5", " 1", "NaN", "1e-",
+        ] {
             assert!(Dec::parse(bad).is_err(), "accepted {bad:?}");
         }
         assert!(matches!(Dec::parse("1e900"), Err(DecError::TooLong(_))));
@@ -258,7 +265,10 @@ mod tests {
 
     #[test]
     fn sqlite_number_knows_when_f64_is_exact() {
-        assert_eq!(Dec::parse("42").unwrap().to_sqlite_number(), SqliteNumber::Integer(42));
+        assert_eq!(
+            Dec::parse("42").unwrap().to_sqlite_number(),
+            SqliteNumber::Integer(42)
+        );
         match Dec::parse("86691.94").unwrap().to_sqlite_number() {
             SqliteNumber::Real { value, exact } => {
                 assert!(exact);
@@ -266,12 +276,18 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        match Dec::parse("21340.087950400000000123").unwrap().to_sqlite_number() {
+        match Dec::parse("21340.087950400000000123")
+            .unwrap()
+            .to_sqlite_number()
+        {
             SqliteNumber::Real { exact, .. } => assert!(!exact),
             other => panic!("{other:?}"),
         }
         // too large for i64: a REAL, not exact
-        match Dec::parse("99999999999999999999999").unwrap().to_sqlite_number() {
+        match Dec::parse("99999999999999999999999")
+            .unwrap()
+            .to_sqlite_number()
+        {
             SqliteNumber::Real { exact, .. } => assert!(!exact),
             other => panic!("{other:?}"),
         }
@@ -279,19 +295,47 @@ mod tests {
 
     #[test]
     fn numeric_order() {
-        let mut v: Vec<Dec> = ["10", "9.99", "-1", "0", "0.5", "0.51", "-0.5", "100.000001", "-10"]
-            .iter()
-            .map(|s| Dec::parse(s).unwrap())
-            .collect();
+        let mut v: Vec<Dec> = [
+            "10",
+            "9.99",
+            "-1",
+            "0",
+            "0.5",
+            "0.51",
+            "-0.5",
+            "100.000001",
+            "-10",
+        ]
+        .iter()
+        .map(|s| Dec::parse(s).unwrap())
+        .collect();
         v.sort();
         let got: Vec<&str> = v.iter().map(Dec::as_str).collect();
-        assert_eq!(got, ["-10", "-1", "-0.5", "0", "0.5", "0.51", "9.99", "10", "100.000001"]);
+        assert_eq!(
+            got,
+            [
+                "-10",
+                "-1",
+                "-0.5",
+                "0",
+                "0.5",
+                "0.51",
+                "9.99",
+                "10",
+                "100.000001"
+            ]
+        );
     }
 
     #[test]
     fn significant_digits() {
         assert_eq!(Dec::parse("0.00012345").unwrap().significant_digits(), 5);
         assert_eq!(Dec::parse("1200").unwrap().significant_digits(), 2);
-        assert_eq!(Dec::parse("21340.0879504000000001").unwrap().significant_digits(), 21);
+        assert_eq!(
+            Dec::parse("21340.0879504000000001")
+                .unwrap()
+                .significant_digits(),
+            21
+        );
     }
 }

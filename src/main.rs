@@ -12,7 +12,11 @@ use mdrec::config::{Config, ConfigError, LogFormat};
 use mdrec::sim::{self, Compression, DepthMode, NumberStyle, SimConfig};
 
 #[derive(Parser)]
-#[command(name = "mdrec", version, about = "Market-data recorder: exchange streams into SQLite or PostgreSQL")]
+#[command(
+    name = "mdrec",
+    version,
+    about = "Market-data recorder: exchange streams into SQLite or PostgreSQL"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -43,8 +47,8 @@ enum Cmd {
         symbols: Vec<String>,
         #[arg(long, default_value_t = 1)]
         seed: u64,
-        #[arg(long, value_enum, default_value_t = Numbers::Strings)]
-        numbers: Numbers,
+        #[arg(long, value_enum, default_value_t = WireNumbers::Strings)]
+        numbers: WireNumbers,
         /// Lowercase sides (`buy`) instead of live servers' `BUY`.
         #[arg(long)]
         lower_sides: bool,
@@ -71,7 +75,7 @@ enum Cmd {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-enum Numbers {
+enum WireNumbers {
     Numbers,
     Strings,
     Mixed,
@@ -115,7 +119,9 @@ fn main() -> ExitCode {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -152,7 +158,10 @@ async fn run(cmd: Cmd, config: Option<Config>) -> anyhow::Result<()> {
             let store = mdrec::store::Store::connect(&config.database.url).await?;
             store.migrate().await?;
             store.close().await;
-            println!("migrations applied to {}", mdrec::config::redact_url(&config.database.url));
+            println!(
+                "migrations applied to {}",
+                mdrec::config::redact_url(&config.database.url)
+            );
             Ok(())
         }
         Cmd::Demo { seconds, db } => {
@@ -179,14 +188,22 @@ async fn run(cmd: Cmd, config: Option<Config>) -> anyhow::Result<()> {
                 seed,
                 symbols,
                 numbers: match numbers {
-                    Numbers::Numbers => NumberStyle::Numbers,
-                    Numbers::Strings => NumberStyle::Strings,
-                    Numbers::Mixed => NumberStyle::Mixed,
+                    WireNumbers::Numbers => NumberStyle::Numbers,
+                    WireNumbers::Strings => NumberStyle::Strings,
+                    WireNumbers::Mixed => NumberStyle::Mixed,
                 },
                 upper_sides: !lower_sides,
                 acks: !no_acks,
-                depth_mode: if incremental_depth { DepthMode::Incremental } else { DepthMode::Full },
-                compression: if plain { Compression::None } else { Compression::Gzip },
+                depth_mode: if incremental_depth {
+                    DepthMode::Incremental
+                } else {
+                    DepthMode::Full
+                },
+                compression: if plain {
+                    Compression::None
+                } else {
+                    Compression::Gzip
+                },
                 speed,
                 ping_interval: Duration::from_secs(ping_interval_s.max(1)),
                 ws_addr: ws_listen,

@@ -45,7 +45,9 @@ fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
 
 async fn mdrec(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     let mut cmd = tokio::process::Command::new(BIN);
-    cmd.args(args).env_remove("MDREC_DATABASE_URL").env("RUST_LOG", "warn");
+    cmd.args(args)
+        .env_remove("MDREC_DATABASE_URL")
+        .env("RUST_LOG", "warn");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -61,8 +63,14 @@ async fn bad_config_exits_2_naming_the_key() {
     let good = config_text("ws://127.0.0.1:1/ws", "http://127.0.0.1:1", "sqlite://x.db");
     let cases = [
         (good.replace("symbols =", "symbls ="), "record.symbls"),
-        (good.replace("silence_timeout_s = 30", "silence_timeout_s = -1"), "connection.silence_timeout_s"),
-        (good.replace("depth = \"step0\"", "depth = \"step9\""), "record.depth"),
+        (
+            good.replace("silence_timeout_s = 30", "silence_timeout_s = -1"),
+            "connection.silence_timeout_s",
+        ),
+        (
+            good.replace("depth = \"step0\"", "depth = \"step9\""),
+            "record.depth",
+        ),
         (good.replace("[connection]", "[conection]"), "conection"),
         (good.replace("sqlite://x.db", "mongodb://x"), "database.url"),
     ];
@@ -72,7 +80,10 @@ async fn bad_config_exits_2_naming_the_key() {
             let out = mdrec(&[sub, "-c", path.to_str().unwrap()], &[]).await;
             let err = String::from_utf8_lossy(&out.stderr);
             assert_eq!(out.status.code(), Some(2), "{sub} {key}: {err}");
-            assert!(err.contains(key), "{sub}: message {err:?} does not name {key}");
+            assert!(
+                err.contains(key),
+                "{sub}: message {err:?} does not name {key}"
+            );
         }
     }
     let out = mdrec(&["run", "-c", "/nonexistent/mdrec.toml"], &[]).await;
@@ -89,11 +100,23 @@ async fn database_url_env_overrides_config() {
     let path = write(
         dir.path(),
         "c.toml",
-        &config_text("ws://127.0.0.1:1/ws", "http://127.0.0.1:1", &format!("sqlite://{}", in_config.display())),
+        &config_text(
+            "ws://127.0.0.1:1/ws",
+            "http://127.0.0.1:1",
+            &format!("sqlite://{}", in_config.display()),
+        ),
     );
     let env_url = format!("sqlite://{}", from_env.display());
-    let out = mdrec(&["migrate", "-c", path.to_str().unwrap()], &[("MDREC_DATABASE_URL", &env_url)]).await;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = mdrec(
+        &["migrate", "-c", path.to_str().unwrap()],
+        &[("MDREC_DATABASE_URL", &env_url)],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(from_env.exists(), "migrated the env database");
     assert!(!in_config.exists(), "left the config database alone");
 }
@@ -104,7 +127,11 @@ async fn sigterm_under_load_stores_everything_received() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("rec.db");
     let db_url = format!("sqlite://{}", db.display());
-    let path = write(dir.path(), "c.toml", &config_text(&sim.ws_url(), &sim.rest_url(), &db_url));
+    let path = write(
+        dir.path(),
+        "c.toml",
+        &config_text(&sim.ws_url(), &sim.rest_url(), &db_url),
+    );
     let mut child = tokio::process::Command::new(BIN)
         .args(["run", "-c", path.to_str().unwrap()])
         .env_remove("MDREC_DATABASE_URL")
@@ -116,7 +143,9 @@ async fn sigterm_under_load_stores_everything_received() {
         .unwrap();
     // the market keeps trading while we wait for the recorder to have stored a good amount;
     // read-only, so the test never races the recorder's own creation and migration of the file
-    let ro = sqlx::sqlite::SqliteConnectOptions::new().filename(&db).read_only(true);
+    let ro = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&db)
+        .read_only(true);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -124,7 +153,10 @@ async fn sigterm_under_load_stores_everything_received() {
         }
         let n: i64 = match sqlx::SqlitePool::connect_with(ro.clone()).await {
             Ok(pool) => {
-                let n = sqlx::query_scalar("SELECT count(*) FROM trades").fetch_one(&pool).await.unwrap_or(0);
+                let n = sqlx::query_scalar("SELECT count(*) FROM trades")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap_or(0);
                 pool.close().await;
                 n
             }
@@ -133,11 +165,17 @@ async fn sigterm_under_load_stores_everything_received() {
         if n >= 300 {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "recorder stored only {n} trades in 60 s");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "recorder stored only {n} trades in 60 s"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let pid = child.id().expect("child pid").to_string();
-    let kill = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
     assert!(kill.success());
     let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
         .await
@@ -152,10 +190,19 @@ async fn sigterm_under_load_stores_everything_received() {
 
     let store = Store::connect(&db_url).await.unwrap();
     for s in ["btcusdt", "ethusdt"] {
-        let stored: BTreeSet<i64> = store.load_trades("cdc-v1", s).await.unwrap().iter().map(|t| t.trade_id).collect();
+        let stored: BTreeSet<i64> = store
+            .load_trades("cdc-v1", s)
+            .await
+            .unwrap()
+            .iter()
+            .map(|t| t.trade_id)
+            .collect();
         let delivered = sim.delivered(s);
         assert!(!delivered.is_empty());
-        assert_eq!(stored, delivered, "{s}: every trade the simulator delivered is stored, and nothing else");
+        assert_eq!(
+            stored, delivered,
+            "{s}: every trade the simulator delivered is stored, and nothing else"
+        );
     }
     store.close().await;
     sim.shutdown().await;
@@ -165,9 +212,17 @@ async fn sigterm_under_load_stores_everything_received() {
 async fn demo_records_trades_klines_and_books() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("demo.db");
-    let out = mdrec(&["demo", "--seconds", "10", "--db", db.to_str().unwrap()], &[]).await;
+    let out = mdrec(
+        &["demo", "--seconds", "10", "--db", db.to_str().unwrap()],
+        &[],
+    )
+    .await;
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for table in ["trades", "klines", "book_snapshots", "tickers", "sessions"] {
         let line = stdout
             .lines()

@@ -14,8 +14,8 @@ use mdrec::store::{Batch, Store};
 /// (price, qty): long values in both columns, plus ordinary ones.
 const VALUES: [(&str, &str); 6] = [
     ("86691.94", "0.24616"),
-    ("12345678.123456789012345678", "1.1"),                  // 26 significant digits
-    ("0.000000012345678901234567", "2.2"),                    // 17 significant digits, tiny
+    ("12345678.123456789012345678", "1.1"), // 26 significant digits
+    ("0.000000012345678901234567", "2.2"),  // 17 significant digits, tiny
     ("12345678.123456789012345679", "3.000000000000000000001"), // differs from #2 in the 26th digit
     ("100", "472.07373"),
     ("9", "0.1"),
@@ -76,7 +76,10 @@ async fn check(url: &str) {
     for (t, (p, q)) in stored.iter().zip(VALUES) {
         assert_eq!(t.price.as_str(), Dec::parse(p).unwrap().as_str());
         assert_eq!(t.qty.as_str(), Dec::parse(q).unwrap().as_str());
-        assert_eq!(t.quote_qty.as_ref().unwrap().as_str(), "21340.08795040000000000000001");
+        assert_eq!(
+            t.quote_qty.as_ref().unwrap().as_str(),
+            "21340.08795040000000000000001"
+        );
     }
 
     // numeric SQL, written the way an analyst would
@@ -89,36 +92,64 @@ async fn check(url: &str) {
     match &store {
         Store::Sqlite(s) => {
             // SQLite computes in binary floating point: right to double precision
-            let sum: f64 = sqlx::query_scalar(sum_sql).fetch_one(s.pool()).await.unwrap();
+            let sum: f64 = sqlx::query_scalar(sum_sql)
+                .fetch_one(s.pool())
+                .await
+                .unwrap();
             assert!((sum - 478.71989).abs() < 1e-9, "sum {sum}");
-            let n: i64 = sqlx::query_scalar(gt_sql).fetch_one(s.pool()).await.unwrap();
+            let n: i64 = sqlx::query_scalar(gt_sql)
+                .fetch_one(s.pool())
+                .await
+                .unwrap();
             assert_eq!(n, 2);
-            let order: Vec<i64> = sqlx::query_scalar(order_sql).fetch_all(s.pool()).await.unwrap();
+            let order: Vec<i64> = sqlx::query_scalar(order_sql)
+                .fetch_all(s.pool())
+                .await
+                .unwrap();
             // #1 and #3 differ only in the 26th digit: a double cannot order them, the id does
             assert_eq!(order, want_order);
-            let exact: Option<String> = sqlx::query_scalar("SELECT exact FROM trades WHERE trade_id = 1000")
-                .fetch_one(s.pool())
-                .await
-                .unwrap();
-            assert_eq!(exact.as_deref(), Some(r#"{"quote_qty":"21340.08795040000000000000001"}"#));
-            let none: Option<String> = sqlx::query_scalar("SELECT exact FROM trades WHERE trade_id = 1005")
-                .fetch_one(s.pool())
-                .await
-                .unwrap();
+            let exact: Option<String> =
+                sqlx::query_scalar("SELECT exact FROM trades WHERE trade_id = 1000")
+                    .fetch_one(s.pool())
+                    .await
+                    .unwrap();
+            assert_eq!(
+                exact.as_deref(),
+                Some(r#"{"quote_qty":"21340.08795040000000000000001"}"#)
+            );
+            let none: Option<String> =
+                sqlx::query_scalar("SELECT exact FROM trades WHERE trade_id = 1005")
+                    .fetch_one(s.pool())
+                    .await
+                    .unwrap();
             assert!(none.unwrap().contains("quote_qty"));
         }
         Store::Postgres(s) => {
             // NUMERIC is exact: the sum is the exact decimal
-            let sum: String = sqlx::query_scalar("SELECT sum(qty)::text FROM trades").fetch_one(s.pool()).await.unwrap();
-            assert_eq!(Dec::parse(&sum).unwrap().as_str(), "478.719890000000000000001");
-            let n: i64 = sqlx::query_scalar(gt_sql).fetch_one(s.pool()).await.unwrap();
-            assert_eq!(n, 2);
-            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM trades WHERE price > 12345678.123456789012345678")
+            let sum: String = sqlx::query_scalar("SELECT sum(qty)::text FROM trades")
                 .fetch_one(s.pool())
                 .await
                 .unwrap();
+            assert_eq!(
+                Dec::parse(&sum).unwrap().as_str(),
+                "478.719890000000000000001"
+            );
+            let n: i64 = sqlx::query_scalar(gt_sql)
+                .fetch_one(s.pool())
+                .await
+                .unwrap();
+            assert_eq!(n, 2);
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM trades WHERE price > 12345678.123456789012345678",
+            )
+            .fetch_one(s.pool())
+            .await
+            .unwrap();
             assert_eq!(n, 1, "26th digit compared exactly");
-            let order: Vec<i64> = sqlx::query_scalar(order_sql).fetch_all(s.pool()).await.unwrap();
+            let order: Vec<i64> = sqlx::query_scalar(order_sql)
+                .fetch_all(s.pool())
+                .await
+                .unwrap();
             assert_eq!(order, want_order);
         }
     }
@@ -129,15 +160,29 @@ async fn check(url: &str) {
         b.push(kline(close, closed, t));
         store.write(&b).await.unwrap();
     }
-    let k = store.load_klines("cdc-v1", "btcusdt", "1min").await.unwrap();
-    assert_eq!((k.len(), k[0].close.as_str(), k[0].closed), (1, "1.7", false), "older update must not win");
+    let k = store
+        .load_klines("cdc-v1", "btcusdt", "1min")
+        .await
+        .unwrap();
+    assert_eq!(
+        (k.len(), k[0].close.as_str(), k[0].closed),
+        (1, "1.7", false),
+        "older update must not win"
+    );
     for (close, closed, t) in [("1.8", true, 12), ("2.5", false, 99)] {
         let mut b = Batch::default();
         b.push(kline(close, closed, t));
         store.write(&b).await.unwrap();
     }
-    let k = store.load_klines("cdc-v1", "btcusdt", "1min").await.unwrap();
-    assert_eq!((k[0].close.as_str(), k[0].closed), ("1.8", true), "closed bar stays");
+    let k = store
+        .load_klines("cdc-v1", "btcusdt", "1min")
+        .await
+        .unwrap();
+    assert_eq!(
+        (k[0].close.as_str(), k[0].closed),
+        ("1.8", true),
+        "closed bar stays"
+    );
     store.close().await;
 }
 
@@ -149,7 +194,9 @@ async fn sqlite_exact_values_and_numeric_sql() {
 
 #[tokio::test]
 async fn postgres_exact_values_and_numeric_sql() {
-    let Some(db) = PgDb::create().await else { return };
+    let Some(db) = PgDb::create().await else {
+        return;
+    };
     check(&db.url).await;
     db.drop_db().await;
 }
@@ -158,7 +205,12 @@ async fn postgres_exact_values_and_numeric_sql() {
 async fn sqlite_is_in_wal_mode() {
     let (_dir, url) = sqlite_db();
     let store = Store::connect(&url).await.unwrap();
-    let Store::Sqlite(s) = &store else { unreachable!() };
-    let mode: String = sqlx::query_scalar("PRAGMA journal_mode").fetch_one(s.pool()).await.unwrap();
+    let Store::Sqlite(s) = &store else {
+        unreachable!()
+    };
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(s.pool())
+        .await
+        .unwrap();
     assert_eq!(mode, "wal");
 }

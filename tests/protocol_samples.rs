@@ -11,7 +11,10 @@ use mdrec::venue::cdc_v1::channel::{Channel, Stream};
 use mdrec::venue::cdc_v1::{self, CdcSession, rest};
 use mdrec::venue::{DecodeError, Frame, Reaction, VenueSession};
 
-const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/protocol-samples");
+const DIR: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/protocol-samples"
+);
 const RECV: i64 = 1_800_000_000_123_456;
 
 fn read(name: &str) -> String {
@@ -38,7 +41,11 @@ fn decode(symbol: &str, name: &str) -> Result<(Reaction, Vec<Event>), DecodeErro
     };
     let plain = run(Frame::Text(text.trim()));
     let zipped = gzip(text.trim());
-    assert_eq!(plain, run(Frame::Binary(&zipped)), "{name}: text and gzip decode differ");
+    assert_eq!(
+        plain,
+        run(Frame::Binary(&zipped)),
+        "{name}: text and gzip decode differ"
+    );
     plain
 }
 
@@ -50,12 +57,18 @@ fn events(symbol: &str, name: &str) -> Vec<Event> {
 
 fn control(symbol: &str, name: &str) {
     let (r, ev) = decode(symbol, name).unwrap_or_else(|e| panic!("{name}: {e}"));
-    assert!(r.control && r.reply.is_none() && ev.is_empty(), "{name}: {r:?} {ev:?}");
+    assert!(
+        r.control && r.reply.is_none() && ev.is_empty(),
+        "{name}: {r:?} {ev:?}"
+    );
 }
 
 fn rejected(symbol: &str, name: &str, needle: &str) {
     match decode(symbol, name) {
-        Err(e) => assert!(e.to_string().contains(needle), "{name}: {e} lacks {needle:?}"),
+        Err(e) => assert!(
+            e.to_string().contains(needle),
+            "{name}: {e} lacks {needle:?}"
+        ),
         Ok(r) => panic!("{name}: accepted {r:?}"),
     }
 }
@@ -163,10 +176,22 @@ fn echoed_client_requests_and_bad_channels_are_rejected() {
     ] {
         rejected("btcusdt", f, "echoed a client event");
     }
-    rejected("e_btcusdt", "p1_ws_depth_invalid_channel_omnix_captured.json", "unknown channel");
-    rejected("adausdt", "p1_ws_depth_req_rep_bitrue_doc.json", "without a channel");
+    rejected(
+        "e_btcusdt",
+        "p1_ws_depth_invalid_channel_omnix_captured.json",
+        "unknown channel",
+    );
+    rejected(
+        "adausdt",
+        "p1_ws_depth_req_rep_bitrue_doc.json",
+        "without a channel",
+    );
     // a frame for another symbol on this connection
-    rejected("ethusdt", "p1_ws_depth_tick_grovex_captured.json", "on the ethusdt connection");
+    rejected(
+        "ethusdt",
+        "p1_ws_depth_tick_grovex_captured.json",
+        "on the ethusdt connection",
+    );
 }
 
 #[test]
@@ -184,7 +209,10 @@ fn our_requests_match_the_documented_ones() {
     );
     // trade subscription: same event and channel as the documented one (which adds `top`)
     let doc = json(&read("p1_ws_sub_request_trade_bitrue_doc.json"));
-    let ours = json(&cdc_v1::sub_request(&Channel::new("adausdt", Stream::Trades), 150));
+    let ours = json(&cdc_v1::sub_request(
+        &Channel::new("adausdt", Stream::Trades),
+        150,
+    ));
     assert_eq!(ours["event"], doc["event"]);
     assert_eq!(ours["params"]["channel"], doc["params"]["channel"]);
     assert_eq!(ours["params"]["cb_id"], doc["params"]["cb_id"]);
@@ -196,21 +224,44 @@ fn trade_ticks() {
     let t = trades(&ev);
     assert_eq!(t.len(), 2);
     // stored oldest first
-    assert_eq!((t[0].trade_id, t[0].side, t[0].event_time_ms), (20482763, Side::Sell, 1621426160884));
-    assert_eq!((t[0].price.as_str(), t[0].qty.as_str()), ("0.006278", "0.03"));
+    assert_eq!(
+        (t[0].trade_id, t[0].side, t[0].event_time_ms),
+        (20482763, Side::Sell, 1621426160884)
+    );
+    assert_eq!(
+        (t[0].price.as_str(), t[0].qty.as_str()),
+        ("0.006278", "0.03")
+    );
     assert_eq!(t[0].quote_qty, Some(dec("0.00018834")));
     assert_eq!((t[1].trade_id, t[1].side), (20482764, Side::Buy));
-    assert!(t.iter().all(|t| t.recv_time_us == RECV && t.source == Source::Ws && &*t.symbol == "ltcbtc"));
+    assert!(
+        t.iter()
+            .all(|t| t.recv_time_us == RECV && t.source == Source::Ws && &*t.symbol == "ltcbtc")
+    );
 
     let t2 = events("btcusdt", "p1_ws_trade_tick_chainup_doc.json");
     let t2 = trades(&t2);
-    assert_eq!(t2.iter().map(|t| t.trade_id).collect::<Vec<_>>(), [12120, 12121]);
-    assert_eq!((t2[0].side, t2[0].price.as_str(), t2[0].qty.as_str()), (Side::Buy, "32.233", "232"));
+    assert_eq!(
+        t2.iter().map(|t| t.trade_id).collect::<Vec<_>>(),
+        [12120, 12121]
+    );
+    assert_eq!(
+        (t2[0].side, t2[0].price.as_str(), t2[0].qty.as_str()),
+        (Side::Buy, "32.233", "232")
+    );
 
     let g = events("btcusdt", "p1_ws_trade_tick_grovex_captured.json");
     let g = trades(&g);
     assert_eq!(g.len(), 1);
-    assert_eq!((g[0].trade_id, g[0].side, g[0].price.as_str(), g[0].qty.as_str()), (13652120, Side::Buy, "86650.65", "0.26903"));
+    assert_eq!(
+        (
+            g[0].trade_id,
+            g[0].side,
+            g[0].price.as_str(),
+            g[0].qty.as_str()
+        ),
+        (13652120, Side::Buy, "86650.65", "0.26903")
+    );
     assert_eq!(g[0].quote_qty, Some(dec("23311.6243695")));
     assert_eq!(g[0].event_time_ms, 1790134150000);
 }
@@ -223,7 +274,10 @@ fn trades_without_ids_get_stable_synthetic_ids() {
     assert_eq!(a.len(), 1);
     assert!(a[0].trade_id < 0, "synthetic ids are negative");
     assert_eq!(a[0].trade_id, b[0].trade_id, "same trade, same id");
-    assert_eq!((a[0].price.as_str(), a[0].qty.as_str(), a[0].event_time_ms), ("86491.7", "131", 1790145585695));
+    assert_eq!(
+        (a[0].price.as_str(), a[0].qty.as_str(), a[0].event_time_ms),
+        ("86491.7", "131", 1790145585695)
+    );
 }
 
 #[test]
@@ -236,22 +290,39 @@ fn trade_replies() {
     assert_eq!(newest.trade_id, 28187162);
     // 32 decimals of zeros lose nothing and add nothing
     assert_eq!(newest.quote_qty, Some(dec("472.07373")));
-    assert_eq!((newest.price.as_str(), newest.qty.as_str()), ("1.7439", "270.7"));
+    assert_eq!(
+        (newest.price.as_str(), newest.qty.as_str()),
+        ("1.7439", "270.7")
+    );
     assert_eq!(newest.side, Side::Buy);
 
     let g = events("btcusdt", "p1_ws_trade_req_rep_grovex_captured.json");
     let g = trades(&g);
-    assert_eq!((g.len(), g[0].trade_id, g[0].side), (1, 13652127, Side::Sell));
+    assert_eq!(
+        (g.len(), g[0].trade_id, g[0].side),
+        (1, 13652127, Side::Sell)
+    );
 }
 
 #[test]
 fn klines() {
     let ev = events("adausdt", "p1_ws_kline_tick_bitrue_doc.json");
-    let Event::Kline(k) = &ev[0] else { panic!("{ev:?}") };
+    let Event::Kline(k) = &ev[0] else {
+        panic!("{ev:?}")
+    };
     assert_eq!(ev.len(), 1);
-    assert_eq!((&*k.interval, k.open_time_ms, k.closed), ("1min", 1621412820000, false));
     assert_eq!(
-        (k.open.as_str(), k.high.as_str(), k.low.as_str(), k.close.as_str(), k.volume.as_str()),
+        (&*k.interval, k.open_time_ms, k.closed),
+        ("1min", 1621412820000, false)
+    );
+    assert_eq!(
+        (
+            k.open.as_str(),
+            k.high.as_str(),
+            k.low.as_str(),
+            k.close.as_str(),
+            k.volume.as_str()
+        ),
         ("1.7423", "1.7445", "1.7406", "1.7439", "28616.74")
     );
     assert_eq!(k.quote_volume, Some(dec("49855.950209")));
@@ -268,7 +339,11 @@ fn klines() {
     // the older bar is final, the newest may still be open
     assert_eq!(
         ks,
-        [(1621326480000, false, "2.0968".to_string()), (1621326480000, true, "2.0968".to_string()), (1621326540000, false, "2.0991".to_string())]
+        [
+            (1621326480000, false, "2.0968".to_string()),
+            (1621326480000, true, "2.0968".to_string()),
+            (1621326540000, false, "2.0991".to_string())
+        ]
     );
 }
 
@@ -277,7 +352,9 @@ fn a_later_bar_closes_the_previous_one() {
     let mut s = CdcSession::new(Arc::from("btcusdt"), 1 << 20);
     let mut out = Vec::new();
     let bar = |id: i64, close: &str| {
-        format!(r#"{{"channel":"market_btcusdt_kline_1min","ts":1,"tick":{{"id":{id},"open":1,"close":{close},"high":2,"low":1,"vol":5,"amount":6}}}}"#)
+        format!(
+            r#"{{"channel":"market_btcusdt_kline_1min","ts":1,"tick":{{"id":{id},"open":1,"close":{close},"high":2,"low":1,"vol":5,"amount":6}}}}"#
+        )
     };
     for f in [bar(60, "1.1"), bar(60, "1.2"), bar(120, "1.5")] {
         s.on_frame(Frame::Text(&f), RECV, &mut out).unwrap();
@@ -303,46 +380,92 @@ fn a_later_bar_closes_the_previous_one() {
 #[test]
 fn depth_books_and_changes() {
     let ev = events("btcusdt", "p1_ws_depth_tick_grovex_captured.json");
-    let Event::BookSnapshot(b) = &ev[0] else { panic!("{ev:?}") };
-    assert_eq!((b.depth_step, b.event_time_ms, b.bids.len(), b.asks.len()), (0, 1790134142000, 3, 3));
+    let Event::BookSnapshot(b) = &ev[0] else {
+        panic!("{ev:?}")
+    };
+    assert_eq!(
+        (b.depth_step, b.event_time_ms, b.bids.len(), b.asks.len()),
+        (0, 1790134142000, 3, 3)
+    );
     assert_eq!(b.bids[0], (dec("86621.91"), dec("0.05117")));
     assert_eq!(b.asks[2], (dec("86800.78"), dec("0.06277")));
 
     let ev = events("btcusdt", "p1_ws_depth_step2_tick_grovex_captured.json");
-    let Event::BookSnapshot(b) = &ev[0] else { panic!("{ev:?}") };
+    let Event::BookSnapshot(b) = &ev[0] else {
+        panic!("{ev:?}")
+    };
     assert_eq!((b.depth_step, b.bids[0].0.as_str()), (2, "86621"));
 
     let ev = events("adausdt", "p1_ws_depth_tick_bitrue_doc.json");
-    let Event::BookSnapshot(b) = &ev[0] else { panic!("{ev:?}") };
-    assert_eq!(b.bids, vec![(dec("0.15579"), dec("110")), (dec("0.12579"), dec("100")), (dec("0.0526"), dec("924402.01"))]);
+    let Event::BookSnapshot(b) = &ev[0] else {
+        panic!("{ev:?}")
+    };
+    assert_eq!(
+        b.bids,
+        vec![
+            (dec("0.15579"), dec("110")),
+            (dec("0.12579"), dec("100")),
+            (dec("0.0526"), dec("924402.01"))
+        ]
+    );
     assert!(b.asks.is_empty());
 
     let ev = events("tigrinousdt", "p1_ws_depth_empty_book_grovex_captured.json");
-    let Event::BookSnapshot(b) = &ev[0] else { panic!("{ev:?}") };
+    let Event::BookSnapshot(b) = &ev[0] else {
+        panic!("{ev:?}")
+    };
     assert!(b.bids.is_empty() && b.asks.is_empty());
 
     let one = events("e_btcusdt", "p1_ws_depth_tick_omnix_captured_1.json");
     let two = events("e_btcusdt", "p1_ws_depth_tick_omnix_captured_2.json");
-    let (Event::BookSnapshot(a), Event::BookSnapshot(b)) = (&one[0], &two[0]) else { panic!() };
+    let (Event::BookSnapshot(a), Event::BookSnapshot(b)) = (&one[0], &two[0]) else {
+        panic!()
+    };
     assert_eq!(a.bids[1].1.as_str(), "18763");
     assert_eq!(b.bids[1].1.as_str(), "2025");
 
     let ev = events("btcusdt", "p1_ws_depth_incremental_chainup_doc.json");
-    let Event::BookDelta(d) = &ev[0] else { panic!("{ev:?}") };
-    assert_eq!((d.side, d.price.as_str(), d.qty.as_str(), d.seq, d.event_time_ms), (BookSide::Ask, "133.55", "44.22", 0, 1506584998239));
+    let Event::BookDelta(d) = &ev[0] else {
+        panic!("{ev:?}")
+    };
+    assert_eq!(
+        (
+            d.side,
+            d.price.as_str(),
+            d.qty.as_str(),
+            d.seq,
+            d.event_time_ms
+        ),
+        (BookSide::Ask, "133.55", "44.22", 0, 1506584998239)
+    );
 }
 
 #[test]
 fn tickers() {
     let ev = events("xlmeth", "p1_ws_ticker_tick_bitrue_doc.json");
-    let Event::Ticker(t) = &ev[0] else { panic!("{ev:?}") };
-    assert_eq!((t.close.as_ref().unwrap().as_str(), t.change.as_ref().unwrap().as_str()), ("0.000309", "0"));
+    let Event::Ticker(t) = &ev[0] else {
+        panic!("{ev:?}")
+    };
+    assert_eq!(
+        (
+            t.close.as_ref().unwrap().as_str(),
+            t.change.as_ref().unwrap().as_str()
+        ),
+        ("0.000309", "0")
+    );
     let ev = events("btcusdt", "p1_ws_ticker_tick_grovex_captured.json");
-    let Event::Ticker(t) = &ev[0] else { panic!("{ev:?}") };
+    let Event::Ticker(t) = &ev[0] else {
+        panic!("{ev:?}")
+    };
     assert_eq!(t.quote_volume, Some(dec("307349564.1645482")));
-    assert_eq!((t.low.as_ref().unwrap().as_str(), t.event_time_ms), ("85114", 1790134139000));
+    assert_eq!(
+        (t.low.as_ref().unwrap().as_str(), t.event_time_ms),
+        ("85114", 1790134139000)
+    );
     let ev = events("e_btcusdt", "p1_ws_ticker_tick_omnix_captured.json");
-    let Event::Ticker(t) = &ev[0] else { panic!("{ev:?}") };
+    let Event::Ticker(t) = &ev[0] else {
+        panic!("{ev:?}")
+    };
     assert_eq!(t.volume, Some(dec("3436794")));
 }
 
@@ -350,23 +473,53 @@ fn tickers() {
 fn rest_replies() {
     let sym: Arc<str> = Arc::from("btcusdt");
     let iv: Arc<str> = Arc::from("1min");
-    let k = rest::parse_klines(&read("p1_rest_get_records_klines_chainup_doc.json"), &sym, &iv, RECV).unwrap();
+    let k = rest::parse_klines(
+        &read("p1_rest_get_records_klines_chainup_doc.json"),
+        &sym,
+        &iv,
+        RECV,
+    )
+    .unwrap();
     assert_eq!(k.len(), 3);
-    assert_eq!((k[0].open_time_ms, k[0].open.as_str(), k[0].volume.as_str(), k[0].closed), (1514445780000, "1.12", "0", true));
+    assert_eq!(
+        (
+            k[0].open_time_ms,
+            k[0].open.as_str(),
+            k[0].volume.as_str(),
+            k[0].closed
+        ),
+        (1514445780000, "1.12", "0", true)
+    );
     assert!(!k[2].closed && k.iter().all(|k| k.source == Source::Rest));
 
     let t = rest::parse_trades(&read("p1_rest_get_trades_chainup_doc.json"), &sym, RECV).unwrap();
-    assert_eq!(t.iter().map(|t| t.trade_id).collect::<Vec<_>>(), [447118, 447119, 447120, 447121]);
+    assert_eq!(
+        t.iter().map(|t| t.trade_id).collect::<Vec<_>>(),
+        [447118, 447119, 447120, 447121]
+    );
     // on REST, `amount` is the base quantity and `type` the side
-    assert_eq!((t[0].side, t[0].price.as_str(), t[0].qty.as_str()), (Side::Sell, "0.183324003", "2.92"));
+    assert_eq!(
+        (t[0].side, t[0].price.as_str(), t[0].qty.as_str()),
+        (Side::Sell, "0.183324003", "2.92")
+    );
     assert_eq!(t[0].event_time_ms, RECV / 1000, "no ctime: receive time");
 
     let s = rest::parse_symbols(&read("p1_rest_symbols_chainup_doc.json")).unwrap();
     assert_eq!(s.len(), 2);
-    assert_eq!((s[0].symbol.as_str(), s[0].base_coin.as_deref(), s[0].count_coin.as_deref()), ("ethbtc", Some("eth"), Some("btc")));
+    assert_eq!(
+        (
+            s[0].symbol.as_str(),
+            s[0].base_coin.as_deref(),
+            s[0].count_coin.as_deref()
+        ),
+        ("ethbtc", Some("eth"), Some("btc"))
+    );
 
     let tk = rest::parse_ticker(&read("p1_rest_get_ticker_chainup_doc.json"), &sym, RECV).unwrap();
-    assert_eq!((tk.close.unwrap().as_str(), tk.event_time_ms), ("173.60263169", 1514448473626));
+    assert_eq!(
+        (tk.close.unwrap().as_str(), tk.event_time_ms),
+        ("173.60263169", 1514448473626)
+    );
 
     let bad = rest::parse_depth(&read("p1_rest_market_dept_chainup_doc_INVALID_JSON.txt"));
     assert!(matches!(bad, Err(rest::RestError::Malformed(_))), "{bad:?}");
@@ -374,11 +527,21 @@ fn rest_replies() {
 
 #[test]
 fn rest_errors() {
-    let e = rest::envelope_data(r#"{"code":"10001","msg":"symbol not found","data":null}"#).unwrap_err();
-    assert_eq!(e, rest::RestError::Venue { code: 10001, msg: "symbol not found".into() });
+    let e = rest::envelope_data(r#"{"code":"10001","msg":"symbol not found","data":null}"#)
+        .unwrap_err();
+    assert_eq!(
+        e,
+        rest::RestError::Venue {
+            code: 10001,
+            msg: "symbol not found".into()
+        }
+    );
     let e = rest::envelope_data(r#"{"code":10001,"msg":"x"}"#).unwrap_err();
     assert!(matches!(e, rest::RestError::Venue { code: 10001, .. }));
-    assert!(matches!(rest::envelope_data("<html>429 Too Many Requests</html>"), Err(rest::RestError::Malformed(_))));
+    assert!(matches!(
+        rest::envelope_data("<html>429 Too Many Requests</html>"),
+        Err(rest::RestError::Malformed(_))
+    ));
 }
 
 #[test]
@@ -387,19 +550,45 @@ fn malformed_frames_are_errors_not_panics() {
         ("{", "json"),
         ("[]", "unexpected"),
         ("\"x\"", "json"),
-        (r#"{"channel":"market_btcusdt_trade_ticker","tick":{"data":[{"id":1,"side":"HOLD","price":"1","vol":"1"}]}}"#, "unexpected"),
-        (r#"{"channel":"market_btcusdt_trade_ticker","tick":{"data":[{"id":1,"side":"buy","price":"1.2.3","vol":"1"}]}}"#, "json"),
-        (r#"{"channel":"market_btcusdt_trade_ticker","tick":{"data":[{"id":1,"side":"buy","price":null,"vol":"1"}]}}"#, "json"),
-        (r#"{"channel":"market_btcusdt_kline_1min","tick":{"id":"abc","open":1,"close":1,"high":1,"low":1,"vol":1}}"#, "json"),
-        (r#"{"channel":"market_btcusdt_depth_step0","tick":{"foo":1}}"#, "unexpected"),
-        (r#"{"channel":"market_btcusdt_depth_step0","tick":{"asks":[[1]]}}"#, "json"),
-        (r#"{"channel":"market_btcusdt_kline_7min","tick":{}}"#, "unexpected"),
-        (r#"{"channel":"market_btcusdt_trade_ticker","tick":null,"data":null,"status":"error"}"#, "unexpected"),
+        (
+            r#"{"channel":"market_btcusdt_trade_ticker","tick":{"data":[{"id":1,"side":"HOLD","price":"1","vol":"1"}]}}"#,
+            "unexpected",
+        ),
+        (
+            r#"{"channel":"market_btcusdt_trade_ticker","tick":{"data":[{"id":1,"side":"buy","price":"1.2.3","vol":"1"}]}}"#,
+            "json",
+        ),
+        (
+            r#"{"channel":"market_btcusdt_trade_ticker","tick":{"data":[{"id":1,"side":"buy","price":null,"vol":"1"}]}}"#,
+            "json",
+        ),
+        (
+            r#"{"channel":"market_btcusdt_kline_1min","tick":{"id":"abc","open":1,"close":1,"high":1,"low":1,"vol":1}}"#,
+            "json",
+        ),
+        (
+            r#"{"channel":"market_btcusdt_depth_step0","tick":{"foo":1}}"#,
+            "unexpected",
+        ),
+        (
+            r#"{"channel":"market_btcusdt_depth_step0","tick":{"asks":[[1]]}}"#,
+            "json",
+        ),
+        (
+            r#"{"channel":"market_btcusdt_kline_7min","tick":{}}"#,
+            "unexpected",
+        ),
+        (
+            r#"{"channel":"market_btcusdt_trade_ticker","tick":null,"data":null,"status":"error"}"#,
+            "unexpected",
+        ),
     ];
     for (frame, kind) in cases {
         let mut s = CdcSession::new(Arc::from("btcusdt"), 1 << 20);
         let mut out = Vec::new();
-        let e = s.on_frame(Frame::Text(frame), RECV, &mut out).expect_err(frame);
+        let e = s
+            .on_frame(Frame::Text(frame), RECV, &mut out)
+            .expect_err(frame);
         assert_eq!(e.kind(), *kind, "{frame}: {e}");
         assert!(out.is_empty(), "{frame}: events from a rejected frame");
     }

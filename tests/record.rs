@@ -36,35 +36,49 @@ async fn record_and_compare(db_url: &str, sim_cfg: SimConfig) {
     let stop = CancellationToken::new();
     let recorder = tokio::spawn(mdrec::recorder::run(cfg, stop.clone()));
     assert!(
-        sim.wait_subscriptions(SYMBOLS.len() * CHANNELS_PER_SYMBOL, Duration::from_secs(20)).await,
+        sim.wait_subscriptions(SYMBOLS.len() * CHANNELS_PER_SYMBOL, Duration::from_secs(20))
+            .await,
         "recorder did not subscribe"
     );
     sim.resume();
     wait_for("enough trades", Duration::from_secs(60), || async {
-        SYMBOLS.iter().all(|s| sim.trades(s).len() >= TRADES_PER_SYMBOL)
+        SYMBOLS
+            .iter()
+            .all(|s| sim.trades(s).len() >= TRADES_PER_SYMBOL)
     })
     .await;
     sim.halt();
 
     let store = Store::connect(db_url).await.expect("open db for reading");
-    wait_for("database to hold every trade and the final book", Duration::from_secs(30), || async {
-        for s in SYMBOLS {
-            let stored = store.load_trades(NAME, s).await.expect("load trades").len();
-            if stored != sim.trades(s).len() {
-                return false;
+    wait_for(
+        "database to hold every trade and the final book",
+        Duration::from_secs(30),
+        || async {
+            for s in SYMBOLS {
+                let stored = store.load_trades(NAME, s).await.expect("load trades").len();
+                if stored != sim.trades(s).len() {
+                    return false;
+                }
+                let book = store.load_latest_book(NAME, s, 0).await.expect("load book");
+                if book.map(|b| (levels(&b.bids), levels(&b.asks))) != sim_book(&sim, s) {
+                    return false;
+                }
             }
-            let book = store.load_latest_book(NAME, s, 0).await.expect("load book");
-            if book.map(|b| (levels(&b.bids), levels(&b.asks))) != sim_book(&sim, s) {
-                return false;
-            }
-        }
-        true
-    })
+            true
+        },
+    )
     .await;
     stop.cancel();
-    let stats = recorder.await.expect("recorder task").expect("recorder run");
+    let stats = recorder
+        .await
+        .expect("recorder task")
+        .expect("recorder run");
     for (s, w) in &stats.workers {
-        assert_eq!(w.decode_errors.load(std::sync::atomic::Ordering::Relaxed), 0, "{s} decode errors");
+        assert_eq!(
+            w.decode_errors.load(std::sync::atomic::Ordering::Relaxed),
+            0,
+            "{s} decode errors"
+        );
     }
     compare_with_ledger(&store, &sim).await;
     store.close().await;
@@ -74,13 +88,17 @@ async fn record_and_compare(db_url: &str, sim_cfg: SimConfig) {
 type Levels = Vec<(String, String)>;
 
 fn levels(v: &[(Dec, Dec)]) -> Levels {
-    v.iter().map(|(p, q)| (p.to_string(), q.to_string())).collect()
+    v.iter()
+        .map(|(p, q)| (p.to_string(), q.to_string()))
+        .collect()
 }
 
 fn sim_book(sim: &SimHandle, symbol: &str) -> Option<(Levels, Levels)> {
     let (bids, asks) = sim.book(symbol, 0, 150)?;
     let conv = |v: Vec<(rust_decimal::Decimal, rust_decimal::Decimal)>| {
-        v.into_iter().map(|(p, q)| (d(p).to_string(), d(q).to_string())).collect()
+        v.into_iter()
+            .map(|(p, q)| (d(p).to_string(), d(q).to_string()))
+            .collect()
     };
     Some((conv(bids), conv(asks)))
 }
@@ -103,41 +121,74 @@ async fn compare_with_ledger(store: &Store, sim: &SimHandle) {
         }
         if s.starts_with("hpx") {
             assert!(
-                stored.iter().any(|t| t.quote_qty.as_ref().is_some_and(|q| q.significant_digits() >= 16)),
+                stored.iter().any(|t| t
+                    .quote_qty
+                    .as_ref()
+                    .is_some_and(|q| q.significant_digits() >= 16)),
                 "the high-precision market must exercise 16+ significant digits"
             );
         }
         // every bar's final OHLCV; all but the newest are closed
         for iv in ["1min", "5min"] {
-            let ledger: BTreeMap<i64, _> = sim.bars(s, iv).into_iter().map(|b| (b.open_time_ms, b)).collect();
+            let ledger: BTreeMap<i64, _> = sim
+                .bars(s, iv)
+                .into_iter()
+                .map(|b| (b.open_time_ms, b))
+                .collect();
             let stored = store.load_klines(NAME, s, iv).await.expect("load klines");
             assert_eq!(stored.len(), ledger.len(), "{s} {iv}: bar count");
             for (i, k) in stored.iter().enumerate() {
                 let l = &ledger[&k.open_time_ms];
                 assert_eq!(
-                    (&k.open, &k.high, &k.low, &k.close, &k.volume, k.quote_volume.as_ref()),
-                    (&d(l.open), &d(l.high), &d(l.low), &d(l.close), &d(l.volume), Some(&d(l.amount))),
+                    (
+                        &k.open,
+                        &k.high,
+                        &k.low,
+                        &k.close,
+                        &k.volume,
+                        k.quote_volume.as_ref()
+                    ),
+                    (
+                        &d(l.open),
+                        &d(l.high),
+                        &d(l.low),
+                        &d(l.close),
+                        &d(l.volume),
+                        Some(&d(l.amount))
+                    ),
                     "{s} {iv} bar {}",
                     k.open_time_ms
                 );
-                assert_eq!(k.closed, i + 1 < stored.len(), "{s} {iv} bar {} closed flag", k.open_time_ms);
+                assert_eq!(
+                    k.closed,
+                    i + 1 < stored.len(),
+                    "{s} {iv} bar {} closed flag",
+                    k.open_time_ms
+                );
             }
         }
     }
     // one session per symbol, closed by the shutdown
     let sessions: Vec<(String, Option<String>)> = match store {
-        Store::Sqlite(s) => sqlx::query_as("SELECT symbol, close_reason FROM sessions ORDER BY symbol")
-            .fetch_all(s.pool())
-            .await
-            .expect("sessions"),
-        Store::Postgres(s) => sqlx::query_as("SELECT symbol, close_reason FROM sessions ORDER BY symbol")
-            .fetch_all(s.pool())
-            .await
-            .expect("sessions"),
+        Store::Sqlite(s) => {
+            sqlx::query_as("SELECT symbol, close_reason FROM sessions ORDER BY symbol")
+                .fetch_all(s.pool())
+                .await
+                .expect("sessions")
+        }
+        Store::Postgres(s) => {
+            sqlx::query_as("SELECT symbol, close_reason FROM sessions ORDER BY symbol")
+                .fetch_all(s.pool())
+                .await
+                .expect("sessions")
+        }
     };
     assert_eq!(
         sessions,
-        SYMBOLS.iter().map(|s| (s.to_string(), Some("shutdown".to_string()))).collect::<Vec<_>>()
+        SYMBOLS
+            .iter()
+            .map(|s| (s.to_string(), Some("shutdown".to_string())))
+            .collect::<Vec<_>>()
     );
 }
 
@@ -200,14 +251,18 @@ async fn sqlite_fast_pings_are_answered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_strings_uppercase_sides() {
-    let Some(db) = PgDb::create().await else { return };
+    let Some(db) = PgDb::create().await else {
+        return;
+    };
     record_and_compare(&db.url, SimConfig::default()).await;
     db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_numbers_incremental_depth_no_acks() {
-    let Some(db) = PgDb::create().await else { return };
+    let Some(db) = PgDb::create().await else {
+        return;
+    };
     record_and_compare(
         &db.url,
         SimConfig {

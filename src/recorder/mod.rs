@@ -42,7 +42,8 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> anyhow::Result<(Arc<Store>, RunStats, TaskTracker)> {
     let config = Arc::new(config);
-    let venue = venue_for(&config.venue.kind).with_context(|| format!("unknown venue {:?}", config.venue.kind))?;
+    let venue = venue_for(&config.venue.kind)
+        .with_context(|| format!("unknown venue {:?}", config.venue.kind))?;
     let url = &config.database.url;
     let store = Store::connect(url)
         .await

@@ -72,7 +72,9 @@ impl Worker {
                     }
                 }
             }
-            let delay = delays.next().unwrap_or(Duration::from_secs(self.config.connection.reconnect_max_s));
+            let delay = delays
+                .next()
+                .unwrap_or(Duration::from_secs(self.config.connection.reconnect_max_s));
             tracing::debug!(symbol = %self.symbol, ?delay, "reconnecting after delay");
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
@@ -87,7 +89,8 @@ impl Worker {
         let ws_config = WebSocketConfig::default()
             .max_message_size(Some(c.max_frame_bytes))
             .max_frame_size(Some(c.max_frame_bytes));
-        let connect = tokio_tungstenite::connect_async_with_config(url.as_str(), Some(ws_config), true);
+        let connect =
+            tokio_tungstenite::connect_async_with_config(url.as_str(), Some(ws_config), true);
         let mut ws = tokio::select! {
             _ = self.shutdown.cancelled() => return End::Shutdown,
             r = tokio::time::timeout(Duration::from_secs(c.connect_timeout_s), connect) => match r {
@@ -113,7 +116,12 @@ impl Worker {
             disconnected_at_us: None,
             close_reason: None,
         };
-        if self.tx.send(Event::Session(session_row.clone())).await.is_err() {
+        if self
+            .tx
+            .send(Event::Session(session_row.clone()))
+            .await
+            .is_err()
+        {
             return End::WriterGone;
         }
         tracing::info!(symbol = %self.symbol, session = %session_row.session_id, "connected");
@@ -126,7 +134,10 @@ impl Worker {
             error_burst: 0,
         };
         let mut reason = String::new();
-        for sub in self.venue.subscribe_frames(&self.symbol, &self.config.record) {
+        for sub in self
+            .venue
+            .subscribe_frames(&self.symbol, &self.config.record)
+        {
             if let Err(e) = ws.send(Message::text(sub)).await {
                 reason = format!("subscribe failed: {e}");
                 break;
@@ -194,7 +205,9 @@ impl Worker {
         if shutdown {
             End::Shutdown
         } else {
-            End::Dropped { fresh: reader.fresh }
+            End::Dropped {
+                fresh: reader.fresh,
+            }
         }
     }
 }
@@ -253,7 +266,9 @@ impl Reader {
         };
         if !self.events.is_empty() {
             self.fresh = true;
-            w.stats.events.fetch_add(self.events.len() as u64, Ordering::Relaxed);
+            w.stats
+                .events
+                .fetch_add(self.events.len() as u64, Ordering::Relaxed);
             for ev in self.events.drain(..) {
                 if w.tx.send(ev).await.is_err() {
                     return Handled::WriterGone;

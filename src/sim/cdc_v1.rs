@@ -74,7 +74,10 @@ async fn connection(server: Arc<Server>, tcp: TcpStream) -> anyhow::Result<()> {
         subs: HashMap::new(),
     };
     let cfg = &server.config;
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + cfg.ping_interval, cfg.ping_interval);
+    let mut ping = tokio::time::interval_at(
+        tokio::time::Instant::now() + cfg.ping_interval,
+        cfg.ping_interval,
+    );
     let mut outstanding: Option<String> = None;
     let mut missed = 0u32;
     let result: anyhow::Result<()> = async {
@@ -159,12 +162,18 @@ impl Conn {
         Ok(match self.cfg().compression {
             Compression::None => Message::text(json.to_string()),
             Compression::Gzip => {
-                let mut e = flate2::write::GzEncoder::new(Vec::with_capacity(json.len() / 2), flate2::Compression::fast());
+                let mut e = flate2::write::GzEncoder::new(
+                    Vec::with_capacity(json.len() / 2),
+                    flate2::Compression::fast(),
+                );
                 e.write_all(json.as_bytes())?;
                 Message::binary(e.finish()?)
             }
             Compression::Zlib => {
-                let mut e = flate2::write::ZlibEncoder::new(Vec::with_capacity(json.len() / 2), flate2::Compression::fast());
+                let mut e = flate2::write::ZlibEncoder::new(
+                    Vec::with_capacity(json.len() / 2),
+                    flate2::Compression::fast(),
+                );
                 e.write_all(json.as_bytes())?;
                 Message::binary(e.finish()?)
             }
@@ -186,8 +195,16 @@ impl Conn {
         };
         let event = v.get("event").and_then(|e| e.as_str()).unwrap_or("");
         let params = v.get("params").cloned().unwrap_or_default();
-        let channel_name = params.get("channel").and_then(|c| c.as_str()).unwrap_or("").to_string();
-        let cb_id = params.get("cb_id").and_then(|c| c.as_str()).unwrap_or("").to_string();
+        let channel_name = params
+            .get("channel")
+            .and_then(|c| c.as_str())
+            .unwrap_or("")
+            .to_string();
+        let cb_id = params
+            .get("cb_id")
+            .and_then(|c| c.as_str())
+            .unwrap_or("")
+            .to_string();
         let now = lock(&self.server.state).now_ms();
         let known = |c: &Channel| lock(&self.server.state).markets.contains_key(&c.symbol);
         match event {
@@ -203,7 +220,11 @@ impl Conn {
                     }
                     return Ok(vec![]);
                 };
-                let levels = params.get("asks").and_then(|a| a.as_u64()).unwrap_or(150).min(150) as usize;
+                let levels = params
+                    .get("asks")
+                    .and_then(|a| a.as_u64())
+                    .unwrap_or(150)
+                    .min(150) as usize;
                 let mut out = Vec::new();
                 if self.cfg().acks {
                     out.push(self.frame(&format!(
@@ -224,7 +245,17 @@ impl Conn {
                         out.push(self.frame(&f)?);
                     }
                 }
-                if self.subs.insert(ch, Sub { levels, snapshot_seq }).is_none() {
+                if self
+                    .subs
+                    .insert(
+                        ch,
+                        Sub {
+                            levels,
+                            snapshot_seq,
+                        },
+                    )
+                    .is_none()
+                {
                     lock(&self.server.state).subscriptions += 1;
                 }
                 Ok(out)
@@ -245,31 +276,62 @@ impl Conn {
         }
     }
 
-    fn request(&self, name: &str, cb_id: &str, params: &serde_json::Value, now: i64) -> anyhow::Result<Vec<Message>> {
-        let Some(ch) = Channel::parse(name) else { return Ok(vec![]) };
+    fn request(
+        &self,
+        name: &str,
+        cb_id: &str,
+        params: &serde_json::Value,
+        now: i64,
+    ) -> anyhow::Result<Vec<Message>> {
+        let Some(ch) = Channel::parse(name) else {
+            return Ok(vec![]);
+        };
         let st = lock(&self.server.state);
-        let Some(m) = st.markets.get(&ch.symbol) else { return Ok(vec![]) };
+        let Some(m) = st.markets.get(&ch.symbol) else {
+            return Ok(vec![]);
+        };
         let f = self.fmt();
         let data = match &ch.stream {
             Stream::Kline(iv) => {
                 let since_ms = params
                     .get("since")
-                    .and_then(|s| s.as_str().and_then(|s| s.parse::<i64>().ok()).or_else(|| s.as_i64()))
+                    .and_then(|s| {
+                        s.as_str()
+                            .and_then(|s| s.parse::<i64>().ok())
+                            .or_else(|| s.as_i64())
+                    })
                     .map(|s| s * 1000);
                 let bars: Vec<&Bar> = m
                     .bars
                     .get(iv.as_str())
                     .map(|s| match since_ms {
                         Some(t) => s.range(t..).take(300).map(|(_, b)| b).collect(),
-                        None => s.values().rev().take(300).collect::<Vec<_>>().into_iter().rev().collect(),
+                        None => s
+                            .values()
+                            .rev()
+                            .take(300)
+                            .collect::<Vec<_>>()
+                            .into_iter()
+                            .rev()
+                            .collect(),
                     })
                     .unwrap_or_default();
                 let items: Vec<String> = bars.iter().map(|b| kline_item(&f, b)).collect();
                 items.join(",")
             }
             Stream::Trades => {
-                let top = params.get("top").and_then(|t| t.as_u64()).unwrap_or(200).min(200) as usize;
-                let items: Vec<String> = m.trades.iter().rev().take(top).map(|t| trade_item(&f, t)).collect();
+                let top = params
+                    .get("top")
+                    .and_then(|t| t.as_u64())
+                    .unwrap_or(200)
+                    .min(200) as usize;
+                let items: Vec<String> = m
+                    .trades
+                    .iter()
+                    .rev()
+                    .take(top)
+                    .map(|t| trade_item(&f, t))
+                    .collect();
                 items.join(",")
             }
             _ => return Ok(vec![]),
@@ -293,41 +355,77 @@ impl Conn {
             }
             let name = ch.name();
             let envelope = |tick: String| {
-                format!("{{\"event_rep\":\"\",\"channel\":{},\"data\":null,\"tick\":{tick},\"ts\":{},\"status\":\"ok\"}}", json_str(&name), u.time_ms)
+                format!(
+                    "{{\"event_rep\":\"\",\"channel\":{},\"data\":null,\"tick\":{tick},\"ts\":{},\"status\":\"ok\"}}",
+                    json_str(&name),
+                    u.time_ms
+                )
             };
             match &ch.stream {
                 Stream::Trades if !u.out.trades.is_empty() => {
-                    let items: Vec<String> = u.out.trades.iter().rev().map(|t| trade_item(&f, t)).collect();
+                    let items: Vec<String> = u
+                        .out
+                        .trades
+                        .iter()
+                        .rev()
+                        .map(|t| trade_item(&f, t))
+                        .collect();
                     let max_id = u.out.trades.iter().map(|t| t.id).max().unwrap_or(0);
-                    let tick = format!("{{\"id\":{max_id},\"ts\":{},\"data\":[{}]}}", u.time_ms, items.join(","));
-                    out.push((self.frame(&envelope(tick))?, u.out.trades.iter().map(|t| t.id).collect()));
+                    let tick = format!(
+                        "{{\"id\":{max_id},\"ts\":{},\"data\":[{}]}}",
+                        u.time_ms,
+                        items.join(",")
+                    );
+                    out.push((
+                        self.frame(&envelope(tick))?,
+                        u.out.trades.iter().map(|t| t.id).collect(),
+                    ));
                 }
                 Stream::Kline(iv) => {
                     for (_, bar) in u.out.bars.iter().filter(|(n, _)| *n == iv.as_str()) {
                         out.push((self.frame(&envelope(kline_item(&f, bar)))?, vec![]));
                     }
                 }
-                Stream::Depth(step) if u.seq > sub.snapshot_seq && !u.out.book_changes.is_empty() => {
+                Stream::Depth(step)
+                    if u.seq > sub.snapshot_seq && !u.out.book_changes.is_empty() =>
+                {
                     if self.cfg().depth_mode == DepthMode::Incremental && *step == 0 {
                         for (side, p, q) in &u.out.book_changes {
                             let side = match side {
                                 BookSide::Bid => "buys",
                                 BookSide::Ask => "asks",
                             };
-                            let tick = format!("{{\"side\":\"{side}\",\"price\":{},\"volume\":{}}}", f.price(p), f.qty(q));
+                            let tick = format!(
+                                "{{\"side\":\"{side}\",\"price\":{},\"volume\":{}}}",
+                                f.price(p),
+                                f.qty(q)
+                            );
                             out.push((self.frame(&envelope(tick))?, vec![]));
                         }
                     } else {
-                        let scale = lock(&self.server.state).markets.get(&*u.symbol).map(|m| m.spec.price_scale).unwrap_or(0);
+                        let scale = lock(&self.server.state)
+                            .markets
+                            .get(&*u.symbol)
+                            .map(|m| m.spec.price_scale)
+                            .unwrap_or(0);
                         let book = merge_book(&u.book, scale, *step, sub.levels);
-                        out.push((self.frame(&book_frame(&f, &name, u.time_ms, &book))?, vec![]));
+                        out.push((
+                            self.frame(&book_frame(&f, &name, u.time_ms, &book))?,
+                            vec![],
+                        ));
                     }
                 }
                 Stream::Ticker => {
                     if let Some(t) = &u.ticker {
                         let tick = format!(
                             "{{\"amount\":{},\"vol\":{},\"open\":{},\"close\":{},\"high\":{},\"low\":{},\"rose\":{}}}",
-                            f.qty(&t.amount), f.qty(&t.vol), f.price(&t.open), f.price(&t.close), f.price(&t.high), f.price(&t.low), f.price(&t.rose)
+                            f.qty(&t.amount),
+                            f.qty(&t.vol),
+                            f.price(&t.open),
+                            f.price(&t.close),
+                            f.price(&t.high),
+                            f.price(&t.low),
+                            f.price(&t.rose)
                         );
                         out.push((self.frame(&envelope(tick))?, vec![]));
                     }
@@ -475,7 +573,10 @@ fn ok_body(data: String) -> axum::response::Response {
 fn err_body(code: &str, msg: &str) -> axum::response::Response {
     (
         [(axum::http::header::CONTENT_TYPE, "application/json")],
-        format!("{{\"code\":\"{code}\",\"msg\":{},\"data\":null}}", json_str(msg)),
+        format!(
+            "{{\"code\":\"{code}\",\"msg\":{},\"data\":null}}",
+            json_str(msg)
+        ),
     )
         .into_response()
 }
@@ -507,7 +608,10 @@ async fn symbols(AxState(s): AxState<Arc<Server>>) -> axum::response::Response {
     ok_body(format!("[{}]", items.join(",")))
 }
 
-async fn trades(AxState(s): AxState<Arc<Server>>, Query(p): Query<Params>) -> axum::response::Response {
+async fn trades(
+    AxState(s): AxState<Arc<Server>>,
+    Query(p): Query<Params>,
+) -> axum::response::Response {
     let f = rest_fmt(&s);
     let st = lock(&s.state);
     let Some(m) = p.symbol.as_deref().and_then(|sym| st.markets.get(sym)) else {
@@ -532,14 +636,19 @@ async fn trades(AxState(s): AxState<Arc<Server>>, Query(p): Query<Params>) -> ax
     ok_body(format!("[{}]", items.join(",")))
 }
 
-async fn klines(AxState(s): AxState<Arc<Server>>, Query(p): Query<Params>) -> axum::response::Response {
+async fn klines(
+    AxState(s): AxState<Arc<Server>>,
+    Query(p): Query<Params>,
+) -> axum::response::Response {
     let f = rest_fmt(&s);
     let st = lock(&s.state);
     let Some(m) = p.symbol.as_deref().and_then(|sym| st.markets.get(sym)) else {
         return err_body("10001", "symbol not found");
     };
     let Some((name, _)) = p.period.and_then(|min| {
-        INTERVALS.iter().find(|(n, _)| crate::venue::cdc_v1::rest::kline_period_minutes(n) == Some(min))
+        INTERVALS
+            .iter()
+            .find(|(n, _)| crate::venue::cdc_v1::rest::kline_period_minutes(n) == Some(min))
     }) else {
         return err_body("10002", "invalid period");
     };
@@ -567,7 +676,10 @@ async fn klines(AxState(s): AxState<Arc<Server>>, Query(p): Query<Params>) -> ax
     ok_body(format!("[{}]", bars.join(",")))
 }
 
-async fn depth(AxState(s): AxState<Arc<Server>>, Query(p): Query<Params>) -> axum::response::Response {
+async fn depth(
+    AxState(s): AxState<Arc<Server>>,
+    Query(p): Query<Params>,
+) -> axum::response::Response {
     let f = rest_fmt(&s);
     let st = lock(&s.state);
     let Some(m) = p.symbol.as_deref().and_then(|sym| st.markets.get(sym)) else {
@@ -588,7 +700,10 @@ async fn depth(AxState(s): AxState<Arc<Server>>, Query(p): Query<Params>) -> axu
     ))
 }
 
-async fn ticker(AxState(s): AxState<Arc<Server>>, Query(p): Query<Params>) -> axum::response::Response {
+async fn ticker(
+    AxState(s): AxState<Arc<Server>>,
+    Query(p): Query<Params>,
+) -> axum::response::Response {
     let f = rest_fmt(&s);
     let st = lock(&s.state);
     let Some(m) = p.symbol.as_deref().and_then(|sym| st.markets.get(sym)) else {
@@ -600,7 +715,9 @@ async fn ticker(AxState(s): AxState<Arc<Server>>, Query(p): Query<Params>) -> ax
     ok_body(format!(
         "{{\"high\":{},\"vol\":{},\"last\":{},\"low\":{},\"buy\":{},\"sell\":{},\"rose\":{},\"time\":{}}}",
         g(t.as_ref().map(|t| &t.high)),
-        t.as_ref().map(|t| f.qty(&t.vol)).unwrap_or_else(|| "0".into()),
+        t.as_ref()
+            .map(|t| f.qty(&t.vol))
+            .unwrap_or_else(|| "0".into()),
         g(t.as_ref().map(|t| &t.close)),
         g(t.as_ref().map(|t| &t.low)),
         g(bids.first().map(|l| &l.0)),

@@ -19,6 +19,11 @@ pub const INTERVALS: [(&str, i64); 8] = [
     ("1month", 2_592_000_000),
 ];
 
+/// Price and quantity levels, best first.
+pub type SimLevels = Vec<(Decimal, Decimal)>;
+/// (bids, asks).
+pub type SimBook = (SimLevels, SimLevels);
+
 /// Book levels kept per side (the book never grows past `BOOK_LEVELS + 5`).
 pub const BOOK_LEVELS: usize = 20;
 
@@ -122,8 +127,14 @@ impl Market {
         let mut bids = BTreeMap::new();
         let mut asks = BTreeMap::new();
         for i in 1..=BOOK_LEVELS as i64 {
-            asks.insert(mid + i, rng.i64(1..5_000) * 10i64.pow(spec.qty_scale.saturating_sub(3)));
-            bids.insert(mid - i, rng.i64(1..5_000) * 10i64.pow(spec.qty_scale.saturating_sub(3)));
+            asks.insert(
+                mid + i,
+                rng.i64(1..5_000) * 10i64.pow(spec.qty_scale.saturating_sub(3)),
+            );
+            bids.insert(
+                mid - i,
+                rng.i64(1..5_000) * 10i64.pow(spec.qty_scale.saturating_sub(3)),
+            );
         }
         let last_price = Decimal::new(mid, spec.price_scale);
         Market {
@@ -148,9 +159,18 @@ impl Market {
     }
 
     /// Whole step-0 book, best first: (bids, asks).
-    pub fn book(&self) -> (Vec<(Decimal, Decimal)>, Vec<(Decimal, Decimal)>) {
-        let bids = self.bids.iter().rev().map(|(&p, &q)| (self.price(p), self.qty(q))).collect();
-        let asks = self.asks.iter().map(|(&p, &q)| (self.price(p), self.qty(q))).collect();
+    pub fn book(&self) -> SimBook {
+        let bids = self
+            .bids
+            .iter()
+            .rev()
+            .map(|(&p, &q)| (self.price(p), self.qty(q)))
+            .collect();
+        let asks = self
+            .asks
+            .iter()
+            .map(|(&p, &q)| (self.price(p), self.qty(q)))
+            .collect();
         (bids, asks)
     }
 
@@ -159,7 +179,7 @@ impl Market {
         for (name, len) in INTERVALS {
             let start = now_ms - now_ms.rem_euclid(len);
             let series = self.bars.entry(name).or_default();
-            if !series.contains_key(&start) {
+            if let std::collections::btree_map::Entry::Vacant(slot) = series.entry(start) {
                 let p = self.last_price;
                 let bar = Bar {
                     open_time_ms: start,
@@ -170,7 +190,7 @@ impl Market {
                     volume: Decimal::ZERO,
                     amount: Decimal::ZERO,
                 };
-                series.insert(start, bar.clone());
+                slot.insert(bar.clone());
                 out.bars.push((name, bar));
             }
         }
@@ -182,7 +202,11 @@ impl Market {
         self.roll_bars(now_ms, &mut out);
         let n = self.rng.usize(0..=3);
         for _ in 0..n {
-            let side = if self.rng.bool() { Side::Buy } else { Side::Sell };
+            let side = if self.rng.bool() {
+                Side::Buy
+            } else {
+                Side::Sell
+            };
             let book = match side {
                 Side::Buy => &mut self.asks,
                 Side::Sell => &mut self.bids,
@@ -203,7 +227,8 @@ impl Market {
                 Side::Buy => BookSide::Ask,
                 Side::Sell => BookSide::Bid,
             };
-            out.book_changes.push((bside, self.price(p), self.qty(left.max(0))));
+            out.book_changes
+                .push((bside, self.price(p), self.qty(left.max(0))));
             let price = self.price(p);
             let qty = self.qty(want);
             let t = SimTrade {
@@ -244,7 +269,11 @@ impl Market {
             bar.volume += t.qty;
             bar.amount += t.amount;
             let snapshot = bar.clone();
-            match out.bars.iter_mut().find(|(n, b)| *n == name && b.open_time_ms == start) {
+            match out
+                .bars
+                .iter_mut()
+                .find(|(n, b)| *n == name && b.open_time_ms == start)
+            {
                 Some(slot) => slot.1 = snapshot,
                 None => out.bars.push((name, snapshot)),
             }
@@ -252,7 +281,7 @@ impl Market {
     }
 
     fn apply_trade_to_ticker(&mut self, t: &SimTrade) {
-        let s = self.ticker.get_or_insert_with(|| TickerStats {
+        let s = self.ticker.get_or_insert(TickerStats {
             open: t.price,
             high: t.price,
             low: t.price,
@@ -278,26 +307,44 @@ impl Market {
             let bid_side = self.rng.bool();
             let best_bid = self.bids.last_key_value().map(|(&p, _)| p);
             let best_ask = self.asks.first_key_value().map(|(&p, _)| p);
-            let (Some(bb), Some(ba)) = (best_bid, best_ask) else { break };
+            let (Some(bb), Some(ba)) = (best_bid, best_ask) else {
+                break;
+            };
             let off = self.rng.i64(0..BOOK_LEVELS as i64);
             let (p, side) = if bid_side {
                 (bb - off, BookSide::Bid)
             } else {
                 (ba + off, BookSide::Ask)
             };
-            let book = if bid_side { &mut self.bids } else { &mut self.asks };
-            let q = if self.rng.u8(0..10) == 0 { 0 } else { self.rng.i64(1..5_000) * unit };
+            let book = if bid_side {
+                &mut self.bids
+            } else {
+                &mut self.asks
+            };
+            let q = if self.rng.u8(0..10) == 0 {
+                0
+            } else {
+                self.rng.i64(1..5_000) * unit
+            };
             if q == 0 {
                 book.remove(&p);
             } else {
                 book.insert(p, q);
             }
-            out.book_changes.push((side, Decimal::new(p, self.spec.price_scale), Decimal::new(q, self.spec.qty_scale)));
+            out.book_changes.push((
+                side,
+                Decimal::new(p, self.spec.price_scale),
+                Decimal::new(q, self.spec.qty_scale),
+            ));
         }
         // refill to BOOK_LEVELS behind the worst level; trim past BOOK_LEVELS + 5
         for bid_side in [true, false] {
             loop {
-                let book = if bid_side { &mut self.bids } else { &mut self.asks };
+                let book = if bid_side {
+                    &mut self.bids
+                } else {
+                    &mut self.asks
+                };
                 if book.len() >= BOOK_LEVELS {
                     break;
                 }
@@ -312,17 +359,45 @@ impl Market {
                 };
                 let p = p.unwrap_or(self.spec.start_price_ticks);
                 let q = self.rng.i64(1..5_000) * unit;
-                let book = if bid_side { &mut self.bids } else { &mut self.asks };
+                let book = if bid_side {
+                    &mut self.bids
+                } else {
+                    &mut self.asks
+                };
                 book.insert(p, q);
-                let side = if bid_side { BookSide::Bid } else { BookSide::Ask };
-                out.book_changes.push((side, Decimal::new(p, self.spec.price_scale), Decimal::new(q, self.spec.qty_scale)));
+                let side = if bid_side {
+                    BookSide::Bid
+                } else {
+                    BookSide::Ask
+                };
+                out.book_changes.push((
+                    side,
+                    Decimal::new(p, self.spec.price_scale),
+                    Decimal::new(q, self.spec.qty_scale),
+                ));
             }
-            let book = if bid_side { &mut self.bids } else { &mut self.asks };
+            let book = if bid_side {
+                &mut self.bids
+            } else {
+                &mut self.asks
+            };
             while book.len() > BOOK_LEVELS + 5 {
-                let worst = if bid_side { book.pop_first() } else { book.pop_last() };
+                let worst = if bid_side {
+                    book.pop_first()
+                } else {
+                    book.pop_last()
+                };
                 if let Some((p, _)) = worst {
-                    let side = if bid_side { BookSide::Bid } else { BookSide::Ask };
-                    out.book_changes.push((side, Decimal::new(p, self.spec.price_scale), Decimal::ZERO));
+                    let side = if bid_side {
+                        BookSide::Bid
+                    } else {
+                        BookSide::Ask
+                    };
+                    out.book_changes.push((
+                        side,
+                        Decimal::new(p, self.spec.price_scale),
+                        Decimal::ZERO,
+                    ));
                 }
             }
         }
@@ -330,13 +405,8 @@ impl Market {
 }
 
 /// A step-0 book merged to `step` (step1: one decimal fewer, step2: two fewer), top `levels`.
-pub fn merge_book(
-    (bids, asks): &(Vec<(Decimal, Decimal)>, Vec<(Decimal, Decimal)>),
-    price_scale: u32,
-    step: u8,
-    levels: usize,
-) -> (Vec<(Decimal, Decimal)>, Vec<(Decimal, Decimal)>) {
-    let merge = |v: &[(Decimal, Decimal)], up: bool| -> Vec<(Decimal, Decimal)> {
+pub fn merge_book((bids, asks): &SimBook, price_scale: u32, step: u8, levels: usize) -> SimBook {
+    let merge = |v: &[(Decimal, Decimal)], up: bool| -> SimLevels {
         if step == 0 {
             return v.iter().take(levels).cloned().collect();
         }
@@ -393,9 +463,10 @@ mod tests {
         for i in 0..50 {
             m.step(1_700_000_000_000 + i);
         }
-        let long = m.trades.iter().any(|t| {
-            crate::decimal::Dec::from(t.amount).significant_digits() >= 16
-        });
+        let long = m
+            .trades
+            .iter()
+            .any(|t| crate::decimal::Dec::from(t.amount).significant_digits() >= 16);
         assert!(long);
     }
 }

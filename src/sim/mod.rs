@@ -105,7 +105,10 @@ pub struct Update {
     pub ticker: Option<market::TickerStats>,
 }
 
-pub type Book = (Vec<(rust_decimal::Decimal, rust_decimal::Decimal)>, Vec<(rust_decimal::Decimal, rust_decimal::Decimal)>);
+pub type Book = (
+    Vec<(rust_decimal::Decimal, rust_decimal::Decimal)>,
+    Vec<(rust_decimal::Decimal, rust_decimal::Decimal)>,
+);
 
 /// Everything the simulator generated, and which trades reached a client.
 pub struct State {
@@ -180,12 +183,20 @@ impl SimHandle {
 
     /// All trades generated for a symbol, in id order.
     pub fn trades(&self, symbol: &str) -> Vec<SimTrade> {
-        self.state().markets.get(symbol).map(|m| m.trades.clone()).unwrap_or_default()
+        self.state()
+            .markets
+            .get(symbol)
+            .map(|m| m.trades.clone())
+            .unwrap_or_default()
     }
 
     /// Trade ids delivered to clients for a symbol.
     pub fn delivered(&self, symbol: &str) -> BTreeSet<i64> {
-        self.state().delivered.get(symbol).cloned().unwrap_or_default()
+        self.state()
+            .delivered
+            .get(symbol)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Final bars of one interval, by open time.
@@ -202,7 +213,12 @@ impl SimHandle {
     pub fn book(&self, symbol: &str, step: u8, levels: usize) -> Option<Book> {
         let st = self.state();
         let m = st.markets.get(symbol)?;
-        Some(market::merge_book(&m.book(), m.spec.price_scale, step, levels))
+        Some(market::merge_book(
+            &m.book(),
+            m.spec.price_scale,
+            step,
+            levels,
+        ))
     }
 
     pub async fn shutdown(self) {
@@ -242,7 +258,13 @@ pub async fn start(config: SimConfig) -> std::io::Result<SimHandle> {
     let (updates, _) = broadcast::channel::<Arc<Update>>(16_384);
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
-    tasks.spawn(market_loop(state.clone(), config.clone(), running_rx, updates.clone(), cancel.clone()));
+    tasks.spawn(market_loop(
+        state.clone(),
+        config.clone(),
+        running_rx,
+        updates.clone(),
+        cancel.clone(),
+    ));
     let server = Arc::new(cdc_v1::Server {
         config: config.clone(),
         state: state.clone(),
@@ -291,7 +313,9 @@ async fn market_loop(
         for s in symbols {
             st.seq += 1;
             let seq = st.seq;
-            let Some(m) = st.markets.get_mut(&s) else { continue };
+            let Some(m) = st.markets.get_mut(&s) else {
+                continue;
+            };
             let out = m.step(now);
             if out.trades.is_empty() && out.bars.is_empty() && out.book_changes.is_empty() {
                 continue;
@@ -301,7 +325,11 @@ async fn market_loop(
                 symbol: Arc::from(s.as_str()),
                 time_ms: now,
                 book: Arc::new(m.book()),
-                ticker: if out.trades.is_empty() { None } else { m.ticker.clone() },
+                ticker: if out.trades.is_empty() {
+                    None
+                } else {
+                    m.ticker.clone()
+                },
                 out,
             }));
         }

@@ -102,7 +102,12 @@ impl Store {
     }
 
     /// All bars of a symbol and interval, by open time.
-    pub async fn load_klines(&self, venue: &str, symbol: &str, interval: &str) -> Result<Vec<Kline>, StoreError> {
+    pub async fn load_klines(
+        &self,
+        venue: &str,
+        symbol: &str,
+        interval: &str,
+    ) -> Result<Vec<Kline>, StoreError> {
         match self {
             Store::Sqlite(s) => s.load_klines(venue, symbol, interval).await,
             Store::Postgres(s) => s.load_klines(venue, symbol, interval).await,
@@ -132,7 +137,10 @@ impl Store {
 
 /// `[["price","qty"],...]` with exact strings.
 pub fn levels_to_json(levels: &[(Dec, Dec)]) -> String {
-    let v: Vec<[&str; 2]> = levels.iter().map(|(p, q)| [p.as_str(), q.as_str()]).collect();
+    let v: Vec<[&str; 2]> = levels
+        .iter()
+        .map(|(p, q)| [p.as_str(), q.as_str()])
+        .collect();
     serde_json::to_string(&v).unwrap_or_else(|_| "[]".into())
 }
 

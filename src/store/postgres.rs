@@ -224,7 +224,12 @@ impl PgStore {
             .collect()
     }
 
-    pub async fn load_klines(&self, venue: &str, symbol: &str, interval: &str) -> Result<Vec<Kline>, StoreError> {
+    pub async fn load_klines(
+        &self,
+        venue: &str,
+        symbol: &str,
+        interval: &str,
+    ) -> Result<Vec<Kline>, StoreError> {
         let e = StoreError::sql;
         let rows = sqlx::query(
             "SELECT open_time_ms, open::text AS open, high::text AS high, low::text AS low, close::text AS close, \
@@ -307,7 +312,12 @@ impl PgStore {
                 "bid" => BookSide::Bid,
                 _ => BookSide::Ask,
             };
-            apply_delta(&mut book, side, req(dec(d, "price")?, "price")?, req(dec(d, "qty")?, "qty")?);
+            apply_delta(
+                &mut book,
+                side,
+                req(dec(d, "price")?, "price")?,
+                req(dec(d, "qty")?, "qty")?,
+            );
             book.recv_time_us = d.try_get("recv_time_us").map_err(e("read delta"))?;
             book.event_time_ms = d.try_get("event_time_ms").map_err(e("read delta"))?;
         }

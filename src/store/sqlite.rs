@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use sqlx::query_builder::Separated;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
 };
 use sqlx::{Decode, QueryBuilder, Row, Sqlite, TypeInfo, ValueRef};
 
@@ -65,7 +66,10 @@ impl SqliteStore {
             );
             qb.push_values(chunk, |mut b, t| {
                 let mut ex = Exact::default();
-                b.push_bind(t.venue).push_bind(&*t.symbol).push_bind(t.trade_id).push_bind(t.side.as_str());
+                b.push_bind(t.venue)
+                    .push_bind(&*t.symbol)
+                    .push_bind(t.trade_id)
+                    .push_bind(t.side.as_str());
                 bind_dec(&mut b, &mut ex, "price", Some(&t.price));
                 bind_dec(&mut b, &mut ex, "qty", Some(&t.qty));
                 bind_dec(&mut b, &mut ex, "quote_qty", t.quote_qty.as_ref());
@@ -75,7 +79,10 @@ impl SqliteStore {
                     .push_bind(ex.finish());
             });
             qb.push(" ON CONFLICT DO NOTHING");
-            qb.build().execute(&mut *tx).await.map_err(StoreError::sql("insert trades"))?;
+            qb.build()
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::sql("insert trades"))?;
         }
         for chunk in batch.klines.chunks(MAX_PARAMS / 15) {
             let mut qb = QueryBuilder::<Sqlite>::new(
@@ -84,7 +91,10 @@ impl SqliteStore {
             );
             qb.push_values(chunk, |mut b, k| {
                 let mut ex = Exact::default();
-                b.push_bind(k.venue).push_bind(&*k.symbol).push_bind(&*k.interval).push_bind(k.open_time_ms);
+                b.push_bind(k.venue)
+                    .push_bind(&*k.symbol)
+                    .push_bind(&*k.interval)
+                    .push_bind(k.open_time_ms);
                 bind_dec(&mut b, &mut ex, "open", Some(&k.open));
                 bind_dec(&mut b, &mut ex, "high", Some(&k.high));
                 bind_dec(&mut b, &mut ex, "low", Some(&k.low));
@@ -106,7 +116,10 @@ impl SqliteStore {
                  WHERE (excluded.closed, excluded.event_time_ms, excluded.recv_time_us) \
                      > (klines.closed, klines.event_time_ms, klines.recv_time_us)",
             );
-            qb.build().execute(&mut *tx).await.map_err(StoreError::sql("upsert klines"))?;
+            qb.build()
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::sql("upsert klines"))?;
         }
         for chunk in batch.snapshots.chunks(MAX_PARAMS / 7) {
             let mut qb = QueryBuilder::<Sqlite>::new(
@@ -122,7 +135,10 @@ impl SqliteStore {
                     .push_bind(levels_to_json(&s.asks));
             });
             qb.push(" ON CONFLICT DO NOTHING");
-            qb.build().execute(&mut *tx).await.map_err(StoreError::sql("insert book_snapshots"))?;
+            qb.build()
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::sql("insert book_snapshots"))?;
         }
         for chunk in batch.deltas.chunks(MAX_PARAMS / 10) {
             let mut qb = QueryBuilder::<Sqlite>::new(
@@ -143,7 +159,10 @@ impl SqliteStore {
                 b.push_bind(ex.finish());
             });
             qb.push(" ON CONFLICT DO NOTHING");
-            qb.build().execute(&mut *tx).await.map_err(StoreError::sql("insert book_deltas"))?;
+            qb.build()
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::sql("insert book_deltas"))?;
         }
         for chunk in batch.tickers.chunks(MAX_PARAMS / 12) {
             let mut qb = QueryBuilder::<Sqlite>::new(
@@ -152,7 +171,10 @@ impl SqliteStore {
             );
             qb.push_values(chunk, |mut b, t| {
                 let mut ex = Exact::default();
-                b.push_bind(t.venue).push_bind(&*t.symbol).push_bind(t.recv_time_us).push_bind(t.event_time_ms);
+                b.push_bind(t.venue)
+                    .push_bind(&*t.symbol)
+                    .push_bind(t.recv_time_us)
+                    .push_bind(t.event_time_ms);
                 bind_dec(&mut b, &mut ex, "open", t.open.as_ref());
                 bind_dec(&mut b, &mut ex, "high", t.high.as_ref());
                 bind_dec(&mut b, &mut ex, "low", t.low.as_ref());
@@ -163,7 +185,10 @@ impl SqliteStore {
                 b.push_bind(ex.finish());
             });
             qb.push(" ON CONFLICT DO NOTHING");
-            qb.build().execute(&mut *tx).await.map_err(StoreError::sql("insert tickers"))?;
+            qb.build()
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::sql("insert tickers"))?;
         }
         for chunk in batch.sessions.chunks(MAX_PARAMS / 6) {
             let mut qb = QueryBuilder::<Sqlite>::new(
@@ -182,7 +207,10 @@ impl SqliteStore {
                  disconnected_at_us = COALESCE(excluded.disconnected_at_us, sessions.disconnected_at_us), \
                  close_reason = COALESCE(excluded.close_reason, sessions.close_reason)",
             );
-            qb.build().execute(&mut *tx).await.map_err(StoreError::sql("upsert sessions"))?;
+            qb.build()
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::sql("upsert sessions"))?;
         }
         tx.commit().await.map_err(StoreError::sql("commit"))?;
         Ok(())
@@ -206,20 +234,33 @@ impl SqliteStore {
                 Ok(Trade {
                     venue,
                     symbol: sym.clone(),
-                    trade_id: r.try_get("trade_id").map_err(StoreError::sql("read trade"))?,
+                    trade_id: r
+                        .try_get("trade_id")
+                        .map_err(StoreError::sql("read trade"))?,
                     side: parse_side(r.try_get("side").map_err(StoreError::sql("read trade"))?)?,
                     price: req(get_dec(r, "price", &ex)?, "price")?,
                     qty: req(get_dec(r, "qty", &ex)?, "qty")?,
                     quote_qty: get_dec(r, "quote_qty", &ex)?,
-                    event_time_ms: r.try_get("event_time_ms").map_err(StoreError::sql("read trade"))?,
-                    recv_time_us: r.try_get("recv_time_us").map_err(StoreError::sql("read trade"))?,
-                    source: parse_source(r.try_get("source").map_err(StoreError::sql("read trade"))?)?,
+                    event_time_ms: r
+                        .try_get("event_time_ms")
+                        .map_err(StoreError::sql("read trade"))?,
+                    recv_time_us: r
+                        .try_get("recv_time_us")
+                        .map_err(StoreError::sql("read trade"))?,
+                    source: parse_source(
+                        r.try_get("source").map_err(StoreError::sql("read trade"))?,
+                    )?,
                 })
             })
             .collect()
     }
 
-    pub async fn load_klines(&self, venue: &str, symbol: &str, interval: &str) -> Result<Vec<Kline>, StoreError> {
+    pub async fn load_klines(
+        &self,
+        venue: &str,
+        symbol: &str,
+        interval: &str,
+    ) -> Result<Vec<Kline>, StoreError> {
         let rows = sqlx::query(
             "SELECT open_time_ms, open, high, low, close, volume, quote_volume, closed, event_time_ms, \
              recv_time_us, source, exact FROM klines WHERE venue = ? AND symbol = ? AND interval = ? \
@@ -341,7 +382,12 @@ impl Exact {
     }
 }
 
-fn bind_dec<'q>(b: &mut Separated<'_, 'q, Sqlite, &'static str>, ex: &mut Exact, col: &str, d: Option<&'q Dec>) {
+fn bind_dec<'q>(
+    b: &mut Separated<'_, 'q, Sqlite, &'static str>,
+    ex: &mut Exact,
+    col: &str,
+    d: Option<&'q Dec>,
+) {
     match d.map(|d| (d, d.to_sqlite_number())) {
         None => {
             b.push_bind(None::<f64>);
@@ -360,15 +406,23 @@ fn bind_dec<'q>(b: &mut Separated<'_, 'q, Sqlite, &'static str>, ex: &mut Exact,
 
 fn exact_map(r: &SqliteRow) -> Result<Option<HashMap<String, String>>, StoreError> {
     let raw: Option<&str> = r.try_get("exact").map_err(StoreError::sql("read exact"))?;
-    raw.map(|t| serde_json::from_str(t).map_err(|e| StoreError::Corrupt(format!("exact column: {e}"))))
-        .transpose()
+    raw.map(|t| {
+        serde_json::from_str(t).map_err(|e| StoreError::Corrupt(format!("exact column: {e}")))
+    })
+    .transpose()
 }
 
 /// A numeric cell as an exact decimal: the `exact` digits when present, else the cell.
-fn get_dec(r: &SqliteRow, col: &str, ex: &Option<HashMap<String, String>>) -> Result<Option<Dec>, StoreError> {
+fn get_dec(
+    r: &SqliteRow,
+    col: &str,
+    ex: &Option<HashMap<String, String>>,
+) -> Result<Option<Dec>, StoreError> {
     let corrupt = |m: String| StoreError::Corrupt(format!("{col}: {m}"));
     if let Some(digits) = ex.as_ref().and_then(|m| m.get(col)) {
-        return Dec::parse(digits).map(Some).map_err(|e| corrupt(e.to_string()));
+        return Dec::parse(digits)
+            .map(Some)
+            .map_err(|e| corrupt(e.to_string()));
     }
     let raw = r.try_get_raw(col).map_err(StoreError::sql("read number"))?;
     if raw.is_null() {
@@ -376,14 +430,20 @@ fn get_dec(r: &SqliteRow, col: &str, ex: &Option<HashMap<String, String>>) -> Re
     }
     let kind = raw.type_info().name().to_string();
     let text = match kind.as_str() {
-        "INTEGER" => <i64 as Decode<Sqlite>>::decode(raw).map_err(|e| corrupt(e.to_string()))?.to_string(),
+        "INTEGER" => <i64 as Decode<Sqlite>>::decode(raw)
+            .map_err(|e| corrupt(e.to_string()))?
+            .to_string(),
         "REAL" => {
             let f = <f64 as Decode<Sqlite>>::decode(raw).map_err(|e| corrupt(e.to_string()))?;
-            return Dec::from_f64_shortest(f).map(Some).ok_or_else(|| corrupt("not finite".into()));
+            return Dec::from_f64_shortest(f)
+                .map(Some)
+                .ok_or_else(|| corrupt("not finite".into()));
         }
         _ => <String as Decode<Sqlite>>::decode(raw).map_err(|e| corrupt(e.to_string()))?,
     };
-    Dec::parse(&text).map(Some).map_err(|e| corrupt(e.to_string()))
+    Dec::parse(&text)
+        .map(Some)
+        .map_err(|e| corrupt(e.to_string()))
 }
 
 pub(crate) fn req(v: Option<Dec>, col: &str) -> Result<Dec, StoreError> {

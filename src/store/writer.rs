@@ -44,7 +44,12 @@ impl WriterStats {
     }
 }
 
-pub async fn run(store: Arc<Store>, mut rx: mpsc::Receiver<Event>, cfg: WriterConfig, stats: Arc<WriterStats>) {
+pub async fn run(
+    store: Arc<Store>,
+    mut rx: mpsc::Receiver<Event>,
+    cfg: WriterConfig,
+    stats: Arc<WriterStats>,
+) {
     let mut batch = Batch::default();
     let mut buf: Vec<Event> = Vec::with_capacity(1024);
     let interval = Duration::from_millis(cfg.flush_interval_ms);

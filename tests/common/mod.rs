@@ -9,12 +9,15 @@ use mdrec::config::Config;
 
 /// PostgreSQL server for tests; `MDREC_TEST_PG_URL` overrides.
 pub fn pg_admin_url() -> String {
-    std::env::var("MDREC_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("MDREC_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 /// With `MDREC_REQUIRE_PG=1` (CI) a missing server fails the test instead of skipping it.
 pub fn pg_required() -> bool {
-    std::env::var("MDREC_REQUIRE_PG").map(|v| v == "1").unwrap_or(false)
+    std::env::var("MDREC_REQUIRE_PG")
+        .map(|v| v == "1")
+        .unwrap_or(false)
 }
 
 /// A fresh, empty PostgreSQL database, dropped by [`PgDb::drop_db`].
@@ -33,7 +36,9 @@ impl PgDb {
         let mut conn = match sqlx::PgConnection::connect(&admin).await {
             Ok(c) => c,
             Err(e) if !pg_required() => {
-                eprintln!("SKIP: no PostgreSQL at {admin} ({e}); set MDREC_REQUIRE_PG=1 to make this fail");
+                eprintln!(
+                    "SKIP: no PostgreSQL at {admin} ({e}); set MDREC_REQUIRE_PG=1 to make this fail"
+                );
                 return None;
             }
             Err(e) => panic!("PostgreSQL required (MDREC_REQUIRE_PG=1) but {admin} failed: {e}"),
@@ -48,16 +53,25 @@ impl PgDb {
             .execute(&mut conn)
             .await
             .expect("create test database");
-        let base = admin.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap_or(admin.clone());
-        Some(PgDb { url: format!("{base}/{name}"), name })
+        let base = admin
+            .rsplit_once('/')
+            .map(|(b, _)| b.to_string())
+            .unwrap_or(admin.clone());
+        Some(PgDb {
+            url: format!("{base}/{name}"),
+            name,
+        })
     }
 
     pub async fn drop_db(self) {
         use sqlx::Connection;
         if let Ok(mut conn) = sqlx::PgConnection::connect(&pg_admin_url()).await {
-            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
-                .execute(&mut conn)
-                .await;
+            let _ = sqlx::query(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .execute(&mut conn)
+            .await;
         }
     }
 }
@@ -88,7 +102,13 @@ where
 }
 
 /// Recorder config for a simulator, in TOML so the parsing path is the real one.
-pub fn recorder_config(ws_url: &str, rest_url: &str, db_url: &str, symbols: &[&str], extra: &str) -> Config {
+pub fn recorder_config(
+    ws_url: &str,
+    rest_url: &str,
+    db_url: &str,
+    symbols: &[&str],
+    extra: &str,
+) -> Config {
     let syms: Vec<String> = symbols.iter().map(|s| format!("{s:?}")).collect();
     let text = format!(
         r#"

@@ -70,11 +70,23 @@ mod tests {
     #[test]
     fn parse_and_render() {
         let table = [
-            ("market_btcusdt_trade_ticker", Some(Stream::Trades), "btcusdt"),
+            (
+                "market_btcusdt_trade_ticker",
+                Some(Stream::Trades),
+                "btcusdt",
+            ),
             ("market_btcusdt_ticker", Some(Stream::Ticker), "btcusdt"),
             ("market_e_btcusdt_ticker", Some(Stream::Ticker), "e_btcusdt"),
-            ("market_adausdt_depth_step2", Some(Stream::Depth(2)), "adausdt"),
-            ("market_adausdt_kline_60min", Some(Stream::Kline("60min".into())), "adausdt"),
+            (
+                "market_adausdt_depth_step2",
+                Some(Stream::Depth(2)),
+                "adausdt",
+            ),
+            (
+                "market_adausdt_kline_60min",
+                Some(Stream::Kline("60min".into())),
+                "adausdt",
+            ),
             ("market_btcusdt_depth_step5", None, ""),
             ("market_btcusdt_kline_2min", None, ""),
             ("market_BTCUSDT_ticker", None, ""),

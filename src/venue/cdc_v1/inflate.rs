@@ -74,7 +74,9 @@ fn gzip_body(data: &[u8]) -> Result<&[u8], DecodeError> {
     if flags & 0x04 != 0 {
         let xlen = u16::from_le_bytes([
             *data.get(pos).ok_or_else(|| bad("truncated extra field"))?,
-            *data.get(pos + 1).ok_or_else(|| bad("truncated extra field"))?,
+            *data
+                .get(pos + 1)
+                .ok_or_else(|| bad("truncated extra field"))?,
         ]) as usize;
         pos += 2 + xlen;
     }
@@ -94,7 +96,12 @@ fn gzip_body(data: &[u8]) -> Result<&[u8], DecodeError> {
 }
 
 /// Inflates `input` into `out` (cleared first), at most `limit` bytes. Returns input bytes used.
-fn run(d: &mut Decompress, input: &[u8], out: &mut Vec<u8>, limit: usize) -> Result<usize, DecodeError> {
+fn run(
+    d: &mut Decompress,
+    input: &[u8],
+    out: &mut Vec<u8>,
+    limit: usize,
+) -> Result<usize, DecodeError> {
     out.clear();
     let start_in = d.total_in();
     loop {
@@ -161,7 +168,10 @@ mod tests {
         let mut inf = Inflater::new(64 * 1024);
         let bomb = gzip(&vec![b' '; 10 * 1024 * 1024]);
         assert!(bomb.len() < 64 * 1024);
-        assert_eq!(inf.inflate(&bomb), Err(DecodeError::TooLarge { limit: 64 * 1024 }));
+        assert_eq!(
+            inf.inflate(&bomb),
+            Err(DecodeError::TooLarge { limit: 64 * 1024 })
+        );
         assert_eq!(inf.inflate(&gzip(b"{}")).unwrap(), b"{}");
     }
 
@@ -172,10 +182,22 @@ mod tests {
         let mut flipped = good.clone();
         let n = flipped.len();
         flipped[n - 8] ^= 0xff; // CRC
-        assert!(matches!(inf.inflate(&flipped), Err(DecodeError::Corrupt(_))));
-        assert!(matches!(inf.inflate(&good[..good.len() - 6]), Err(DecodeError::Corrupt(_))));
-        assert!(matches!(inf.inflate(&good[..12]), Err(DecodeError::Corrupt(_))));
-        assert!(matches!(inf.inflate(b"\x00\x01garbage"), Err(DecodeError::Corrupt(_))));
+        assert!(matches!(
+            inf.inflate(&flipped),
+            Err(DecodeError::Corrupt(_))
+        ));
+        assert!(matches!(
+            inf.inflate(&good[..good.len() - 6]),
+            Err(DecodeError::Corrupt(_))
+        ));
+        assert!(matches!(
+            inf.inflate(&good[..12]),
+            Err(DecodeError::Corrupt(_))
+        ));
+        assert!(matches!(
+            inf.inflate(b"\x00\x01garbage"),
+            Err(DecodeError::Corrupt(_))
+        ));
         assert_eq!(inf.inflate(&good).unwrap(), br#"{"ping":1}"#);
     }
 }

@@ -50,7 +50,9 @@ pub fn sub_request(channel: &Channel, depth_levels: u32) -> String {
     let v = match channel.stream {
         Stream::Depth(_) => serde_json::json!({"event": "sub", "params": {
             "channel": name, "cb_id": channel.symbol, "asks": depth_levels, "bids": depth_levels}}),
-        _ => serde_json::json!({"event": "sub", "params": {"channel": name, "cb_id": channel.symbol}}),
+        _ => {
+            serde_json::json!({"event": "sub", "params": {"channel": name, "cb_id": channel.symbol}})
+        }
     };
     v.to_string()
 }
@@ -139,7 +141,11 @@ fn non_null(v: Option<&RawValue>) -> Option<&RawValue> {
 
 /// Venue timestamps are milliseconds on most servers, whole seconds on some.
 pub fn to_ms(t: i64) -> i64 {
-    if t.abs() < 100_000_000_000 { t * 1000 } else { t }
+    if t.abs() < 100_000_000_000 {
+        t * 1000
+    } else {
+        t
+    }
 }
 
 impl Normalizer<'_> {
@@ -170,7 +176,8 @@ impl Normalizer<'_> {
         if name == "review" {
             return Ok(control());
         }
-        let ch = Channel::parse(&name).ok_or_else(|| unexpected(format!("unknown channel {name:?}")))?;
+        let ch =
+            Channel::parse(&name).ok_or_else(|| unexpected(format!("unknown channel {name:?}")))?;
         if *ch.symbol != **self.symbol {
             return Err(unexpected(format!(
                 "channel {name:?} on the {} connection",
@@ -184,12 +191,17 @@ impl Normalizer<'_> {
                 if let Some(s) = env.status.as_deref()
                     && !s.eq_ignore_ascii_case("ok")
                 {
-                    return Err(unexpected(format!("channel {name:?} answered status {s:?}")));
+                    return Err(unexpected(format!(
+                        "channel {name:?} answered status {s:?}"
+                    )));
                 }
                 return Ok(control()); // subscription ack
             }
         };
-        let event_ms = env.ts.map(|t| to_ms(t.0)).unwrap_or(self.recv_time_us / 1000);
+        let event_ms = env
+            .ts
+            .map(|t| to_ms(t.0))
+            .unwrap_or(self.recv_time_us / 1000);
         match ch.stream {
             Stream::Trades => self.trades(payload, event_ms, out)?,
             Stream::Kline(iv) => self.klines(&iv, payload, event_ms, out)?,
@@ -199,7 +211,12 @@ impl Normalizer<'_> {
         Ok(Reaction::default())
     }
 
-    fn trades(&mut self, p: Payload<'_>, event_ms: i64, out: &mut Vec<Event>) -> Result<(), DecodeError> {
+    fn trades(
+        &mut self,
+        p: Payload<'_>,
+        event_ms: i64,
+        out: &mut Vec<Event>,
+    ) -> Result<(), DecodeError> {
         let (items, tick_ts): (Vec<WireTrade<'_>>, Option<Int>) = match p {
             Payload::Tick(t) => {
                 let tick: TradeTick = serde_json::from_str(t.get()).map_err(json_err)?;
@@ -296,7 +313,13 @@ impl Normalizer<'_> {
         }
     }
 
-    fn depth(&mut self, step: u8, p: Payload<'_>, event_ms: i64, out: &mut Vec<Event>) -> Result<(), DecodeError> {
+    fn depth(
+        &mut self,
+        step: u8,
+        p: Payload<'_>,
+        event_ms: i64,
+        out: &mut Vec<Event>,
+    ) -> Result<(), DecodeError> {
         #[derive(serde::Deserialize)]
         struct DepthTick<'a> {
             #[serde(default)]
@@ -323,7 +346,9 @@ impl Normalizer<'_> {
                 ..
             } => {
                 let side = match &*side {
-                    s if s.eq_ignore_ascii_case("asks") || s.eq_ignore_ascii_case("ask") => BookSide::Ask,
+                    s if s.eq_ignore_ascii_case("asks") || s.eq_ignore_ascii_case("ask") => {
+                        BookSide::Ask
+                    }
                     s if s.eq_ignore_ascii_case("buys")
                         || s.eq_ignore_ascii_case("bids")
                         || s.eq_ignore_ascii_case("bid") =>
@@ -344,7 +369,11 @@ impl Normalizer<'_> {
                     qty: volume.0,
                 }));
             }
-            DepthTick { asks: None, buys: None, .. } => {
+            DepthTick {
+                asks: None,
+                buys: None,
+                ..
+            } => {
                 return Err(unexpected("depth tick with neither a book nor a change"));
             }
             DepthTick { asks, buys, .. } => {
@@ -367,7 +396,12 @@ impl Normalizer<'_> {
         Ok(())
     }
 
-    fn ticker(&mut self, p: Payload<'_>, event_ms: i64, out: &mut Vec<Event>) -> Result<(), DecodeError> {
+    fn ticker(
+        &mut self,
+        p: Payload<'_>,
+        event_ms: i64,
+        out: &mut Vec<Event>,
+    ) -> Result<(), DecodeError> {
         let raw = match p {
             Payload::Tick(t) => t,
             Payload::Reply(_) => return Err(unexpected("ticker reply without tick")),
@@ -408,7 +442,13 @@ fn control() -> Reaction {
 /// A stable id for a trade the venue sent without one: negative (never a venue id), from
 /// FNV-1a over time, price, quantity, side and the occurrence number of an identical trade in
 /// the same frame. The same trade seen twice (a replay, a second recorder) gets the same id.
-pub fn synthetic_trade_id(time_ms: i64, price: &Dec, qty: &Dec, side: Side, occurrence: u32) -> i64 {
+pub fn synthetic_trade_id(
+    time_ms: i64,
+    price: &Dec,
+    qty: &Dec,
+    side: Side,
+    occurrence: u32,
+) -> i64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut eat = |bytes: &[u8]| {
         for &b in bytes {

@@ -34,7 +34,8 @@ pub fn kline_period_minutes(interval: &str) -> Option<u32> {
 
 /// The `data` of a successful envelope (`code` "0" or 0).
 pub fn envelope_data(body: &str) -> Result<&RawValue, RestError> {
-    let env: RestEnvelope = serde_json::from_str(body).map_err(|e| RestError::Malformed(e.to_string()))?;
+    let env: RestEnvelope =
+        serde_json::from_str(body).map_err(|e| RestError::Malformed(e.to_string()))?;
     if env.code != Int(0) {
         return Err(RestError::Venue {
             code: env.code.0,
@@ -56,9 +57,14 @@ pub fn parse_symbols(body: &str) -> Result<Vec<RestSymbol>, RestError> {
 }
 
 /// `/v1/trades`, oldest first. A trade without `ctime` gets the receive time.
-pub fn parse_trades(body: &str, symbol: &Arc<str>, recv_time_us: i64) -> Result<Vec<Trade>, RestError> {
+pub fn parse_trades(
+    body: &str,
+    symbol: &Arc<str>,
+    recv_time_us: i64,
+) -> Result<Vec<Trade>, RestError> {
     let d = envelope_data(body)?;
-    let items: Vec<RestTrade> = serde_json::from_str(d.get()).map_err(|e| RestError::Malformed(e.to_string()))?;
+    let items: Vec<RestTrade> =
+        serde_json::from_str(d.get()).map_err(|e| RestError::Malformed(e.to_string()))?;
     let mut out = Vec::with_capacity(items.len());
     for t in items.into_iter().rev() {
         let side = Side::parse(&t.side)
@@ -115,12 +121,18 @@ pub fn parse_klines(
 /// `/v1/depth`: (bids, asks), best first.
 pub fn parse_depth(body: &str) -> Result<(Vec<Level>, Vec<Level>), RestError> {
     let d: RestDepth = data(body)?;
-    let levels = |v: Vec<(super::wire::Num, super::wire::Num)>| v.into_iter().map(|(p, q)| (p.0, q.0)).collect();
+    let levels = |v: Vec<(super::wire::Num, super::wire::Num)>| {
+        v.into_iter().map(|(p, q)| (p.0, q.0)).collect()
+    };
     Ok((levels(d.tick.buys), levels(d.tick.asks)))
 }
 
 /// `/v1/ticker?symbol=S`: `{high, vol, last, low, buy, sell, rose, time}`.
-pub fn parse_ticker(body: &str, symbol: &Arc<str>, recv_time_us: i64) -> Result<crate::model::Ticker, RestError> {
+pub fn parse_ticker(
+    body: &str,
+    symbol: &Arc<str>,
+    recv_time_us: i64,
+) -> Result<crate::model::Ticker, RestError> {
     #[derive(serde::Deserialize)]
     struct T {
         #[serde(default)]

@@ -42,7 +42,10 @@ pub fn unquote(raw: &RawValue) -> Result<Cow<'_, str>, String> {
     } else if t.starts_with(['-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9']) {
         Ok(Cow::Borrowed(t))
     } else {
-        Err(format!("expected a number or a numeric string, got {}", short(t)))
+        Err(format!(
+            "expected a number or a numeric string, got {}",
+            short(t)
+        ))
     }
 }
 
