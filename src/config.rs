@@ -561,6 +561,20 @@ listen = "127.0.0.1:9187"
     }
 
     #[test]
+    fn shipped_example_is_valid_and_matches_defaults() {
+        let c = Config::parse(include_str!("../deploy/mdrec.example.toml")).unwrap();
+        c.validate().unwrap();
+        let d = ConnectionConfig::default();
+        assert_eq!(c.connection.max_frame_bytes, d.max_frame_bytes);
+        assert_eq!(c.connection.reconnect_initial_ms, d.reconnect_initial_ms);
+        assert_eq!(c.writer.batch_rows, WriterConfig::default().batch_rows);
+        assert_eq!(
+            c.writer.queue_capacity,
+            WriterConfig::default().queue_capacity
+        );
+    }
+
+    #[test]
     fn depth_false_disables() {
         let c = Config::parse(&GOOD.replace("depth = \"step0\"", "depth = false")).unwrap();
         assert_eq!(c.record.depth, DepthSetting::Off);

@@ -26,6 +26,19 @@ pub enum DecError {
 impl Dec {
     /// Parses a decimal in JSON-number syntax (also `+x`, `.5`, `5.`), keeping every digit.
     pub fn parse(text: &str) -> Result<Dec, DecError> {
+        if text.len() <= MAX_LEN {
+            if is_canonical(text) {
+                return Ok(Dec(text.into()));
+            }
+            if let Some(d) = strip_zeros(text) {
+                return Ok(d);
+            }
+        }
+        Dec::parse_general(text)
+    }
+
+    /// Any spelling, exponents included.
+    fn parse_general(text: &str) -> Result<Dec, DecError> {
         let syntax = || DecError::Syntax(text.chars().take(64).collect());
         let (neg, body) = match text.as_bytes().first() {
             Some(b'-') => (true, &text[1..]),
@@ -120,9 +133,11 @@ impl Dec {
             return SqliteNumber::Integer(i);
         }
         let f = self.to_f64();
+        // Rust prints an f64 in its shortest round-trip form, which is canonical `Dec`
+        // spelling (no exponent, no trailing zeros) except for "-0", which never matches.
         SqliteNumber::Real {
             value: f,
-            exact: Dec::from_f64_shortest(f).as_ref() == Some(self),
+            exact: f.is_finite() && format!("{f}") == *self.0,
         }
     }
 
@@ -144,6 +159,56 @@ impl Dec {
             trimmed.trim_end_matches('0').len().max(1)
         }
     }
+}
+
+/// Fast path: `-?(0|[1-9][0-9]*)(\.[0-9]*[1-9])?`, not `-0`: already canonical.
+fn is_canonical(t: &str) -> bool {
+    let b = t.strip_prefix('-').unwrap_or(t).as_bytes();
+    let (int, frac) = match b.iter().position(|&c| c == b'.') {
+        Some(i) => (&b[..i], Some(&b[i + 1..])),
+        None => (b, None),
+    };
+    if int.is_empty() || !int.iter().all(u8::is_ascii_digit) || (int.len() > 1 && int[0] == b'0') {
+        return false;
+    }
+    match frac {
+        None => !(t.starts_with('-') && int == b"0"),
+        Some(f) => !f.is_empty() && f.iter().all(u8::is_ascii_digit) && f.last() != Some(&b'0'),
+    }
+}
+
+/// Second path: plain `[+-]?digits[.digits]` with extra leading or trailing zeros, as servers
+/// pad amounts (`0.2690300000000000`); one allocation. None for anything else.
+fn strip_zeros(t: &str) -> Option<Dec> {
+    let (neg, body) = match t.as_bytes().first() {
+        Some(b'-') => (true, &t[1..]),
+        Some(b'+') => (false, &t[1..]),
+        _ => (false, t),
+    };
+    let (int, frac) = body.split_once('.').unwrap_or((body, ""));
+    if int.len() + frac.len() == 0
+        || !int.bytes().all(|c| c.is_ascii_digit())
+        || !frac.bytes().all(|c| c.is_ascii_digit())
+    {
+        return None;
+    }
+    let int = int.trim_start_matches('0');
+    let frac = frac.trim_end_matches('0');
+    if int.is_empty() && frac.is_empty() {
+        return Some(Dec("0".into()));
+    }
+    let int = if int.is_empty() { "0" } else { int };
+    let len = neg as usize + int.len() + if frac.is_empty() { 0 } else { frac.len() + 1 };
+    let mut s = String::with_capacity(len);
+    if neg {
+        s.push('-');
+    }
+    s.push_str(int);
+    if !frac.is_empty() {
+        s.push('.');
+        s.push_str(frac);
+    }
+    Some(Dec(s.into_boxed_str()))
 }
 
 /// How a decimal is held in a SQLite cell.
@@ -290,6 +355,19 @@ mod tests {
         {
             SqliteNumber::Real { exact, .. } => assert!(!exact),
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn fast_paths_agree_with_the_general_parser() {
+        let mut rng = fastrand::Rng::with_seed(9);
+        let alphabet = b"0000123456789..-+eE";
+        for _ in 0..200_000 {
+            let n = rng.usize(1..12);
+            let t: String = (0..n)
+                .map(|_| alphabet[rng.usize(..alphabet.len())] as char)
+                .collect();
+            assert_eq!(Dec::parse(&t), Dec::parse_general(&t), "input {t:?}");
         }
     }
 

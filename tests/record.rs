@@ -277,3 +277,88 @@ async fn postgres_numbers_incremental_depth_no_acks() {
     .await;
     db.drop_db().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_reconnects_after_a_cut_and_stores_every_delivered_trade_once() {
+    let (_dir, url) = sqlite_db();
+    let sim = sim::start(SimConfig {
+        symbols: SYMBOLS.iter().map(|s| s.to_string()).collect(),
+        seed: 7,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let cfg = recorder_config(
+        &sim.ws_url(),
+        &sim.rest_url(),
+        &url,
+        &SYMBOLS,
+        "[connection]\nreconnect_initial_ms = 50",
+    );
+    let stop = CancellationToken::new();
+    let recorder = tokio::spawn(mdrec::recorder::run(cfg, stop.clone()));
+    wait_for("trades before the cut", Duration::from_secs(30), || async {
+        SYMBOLS.iter().all(|s| sim.delivered(s).len() >= 100)
+    })
+    .await;
+    let before: Vec<usize> = SYMBOLS.iter().map(|s| sim.delivered(s).len()).collect();
+    let connections_before = sim.state().connections_total;
+    sim.cut_connections();
+    wait_for(
+        "reconnect and more trades",
+        Duration::from_secs(30),
+        || async {
+            sim.state().connections_total >= connections_before + SYMBOLS.len() as u64
+                && SYMBOLS
+                    .iter()
+                    .zip(&before)
+                    .all(|(s, n)| sim.delivered(s).len() >= n + 100)
+        },
+    )
+    .await;
+    sim.halt();
+    let store = Store::connect(&url).await.unwrap();
+    wait_for("database to catch up", Duration::from_secs(30), || async {
+        for s in SYMBOLS {
+            if store.load_trades(NAME, s).await.unwrap().len() != sim.delivered(s).len() {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    stop.cancel();
+    recorder.await.unwrap().unwrap();
+    for s in SYMBOLS {
+        let stored: std::collections::BTreeSet<i64> = store
+            .load_trades(NAME, s)
+            .await
+            .unwrap()
+            .iter()
+            .map(|t| t.trade_id)
+            .collect();
+        assert_eq!(stored, sim.delivered(s), "{s}");
+    }
+    let Store::Sqlite(sq) = &store else {
+        unreachable!()
+    };
+    let rows: Vec<(String, Option<i64>, Option<String>)> = sqlx::query_as(
+        "SELECT symbol, disconnected_at_us, close_reason FROM sessions ORDER BY symbol, connected_at_us",
+    )
+    .fetch_all(sq.pool())
+    .await
+    .unwrap();
+    for s in SYMBOLS {
+        let mine: Vec<_> = rows.iter().filter(|r| r.0 == s).collect();
+        assert_eq!(mine.len(), 2, "{s}: one session per connection: {mine:?}");
+        assert!(mine.iter().all(|r| r.1.is_some()), "both closed");
+        assert_ne!(
+            mine[0].2.as_deref(),
+            Some("shutdown"),
+            "first ended by the cut"
+        );
+        assert_eq!(mine[1].2.as_deref(), Some("shutdown"));
+    }
+    store.close().await;
+    sim.shutdown().await;
+}

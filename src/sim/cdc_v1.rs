@@ -28,6 +28,8 @@ pub struct Server {
     /// Market steps; each connection holds a receiver. A receiver that lags is hung up on,
     /// as a real server drops slow consumers.
     pub updates: broadcast::Sender<Arc<Update>>,
+    /// Bumped to cut every open connection (fault injection).
+    pub kick: tokio::sync::watch::Sender<u64>,
     pub cancel: CancellationToken,
     pub tasks: TaskTracker,
 }
@@ -68,6 +70,7 @@ async fn connection(server: Arc<Server>, tcp: TcpStream) -> anyhow::Result<()> {
     let _ = tcp.set_nodelay(true);
     let mut ws = tokio_tungstenite::accept_async(tcp).await?;
     let mut updates = server.updates.subscribe();
+    let mut kick = server.kick.subscribe();
     lock(&server.state).connections_total += 1;
     let mut conn = Conn {
         server: server.clone(),
@@ -87,6 +90,7 @@ async fn connection(server: Arc<Server>, tcp: TcpStream) -> anyhow::Result<()> {
                     let _ = ws.close(None).await;
                     return Ok(());
                 }
+                _ = kick.changed() => anyhow::bail!("connection cut by fault injection"),
                 _ = ping.tick() => {
                     if outstanding.is_some() {
                         missed += 1;

@@ -139,11 +139,17 @@ pub struct SimHandle {
     pub config: SimConfig,
     state: Arc<Mutex<State>>,
     running: watch::Sender<bool>,
+    kick: watch::Sender<u64>,
     cancel: CancellationToken,
     tasks: TaskTracker,
 }
 
 impl SimHandle {
+    /// Drops every open websocket connection without a close frame (a network cut).
+    pub fn cut_connections(&self) {
+        self.kick.send_modify(|n| *n += 1);
+    }
+
     /// `ws://127.0.0.1:PORT/kline-api/ws`
     pub fn ws_url(&self) -> String {
         format!("ws://{}/kline-api/ws", self.ws_addr)
@@ -256,6 +262,7 @@ pub async fn start(config: SimConfig) -> std::io::Result<SimHandle> {
     }));
     let (running, running_rx) = watch::channel(!config.start_halted);
     let (updates, _) = broadcast::channel::<Arc<Update>>(16_384);
+    let (kick, _) = watch::channel(0u64);
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
     tasks.spawn(market_loop(
@@ -269,6 +276,7 @@ pub async fn start(config: SimConfig) -> std::io::Result<SimHandle> {
         config: config.clone(),
         state: state.clone(),
         updates,
+        kick: kick.clone(),
         cancel: cancel.clone(),
         tasks: tasks.clone(),
     });
@@ -280,6 +288,7 @@ pub async fn start(config: SimConfig) -> std::io::Result<SimHandle> {
         config,
         state,
         running,
+        kick,
         cancel,
         tasks,
     })
