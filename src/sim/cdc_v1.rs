@@ -593,6 +593,20 @@ fn rest_fmt(s: &Server) -> Fmt {
     }
 }
 
+/// Answers with `body` for the market named by `?symbol=`, or the venue's not-found error.
+fn market_reply(
+    s: &Server,
+    p: &Params,
+    body: impl FnOnce(&Fmt, &State, &super::market::Market) -> axum::response::Response,
+) -> axum::response::Response {
+    let f = rest_fmt(s);
+    let st = lock(&s.state);
+    match p.symbol.as_deref().and_then(|sym| st.markets.get(sym)) {
+        Some(m) => body(&f, &st, m),
+        None => err_body("10001", "symbol not found"),
+    }
+}
+
 async fn symbols(AxState(s): AxState<Arc<Server>>) -> axum::response::Response {
     let st = lock(&s.state);
     let items: Vec<String> = st
@@ -616,117 +630,105 @@ async fn trades(
     AxState(s): AxState<Arc<Server>>,
     Query(p): Query<Params>,
 ) -> axum::response::Response {
-    let f = rest_fmt(&s);
-    let st = lock(&s.state);
-    let Some(m) = p.symbol.as_deref().and_then(|sym| st.markets.get(sym)) else {
-        return err_body("10001", "symbol not found");
-    };
-    let items: Vec<String> = m
-        .trades
-        .iter()
-        .rev()
-        .take(200)
-        .map(|t| {
-            format!(
-                "{{\"amount\":{},\"price\":{},\"ctime\":{},\"id\":{},\"type\":\"{}\"}}",
-                f.qty(&t.qty),
-                f.price(&t.price),
-                t.time_ms,
-                t.id,
-                f.side(t.side).to_ascii_lowercase()
-            )
-        })
-        .collect();
-    ok_body(format!("[{}]", items.join(",")))
+    market_reply(&s, &p, |f, _, m| {
+        let items: Vec<String> = m
+            .trades
+            .iter()
+            .rev()
+            .take(200)
+            .map(|t| {
+                format!(
+                    "{{\"amount\":{},\"price\":{},\"ctime\":{},\"id\":{},\"type\":\"{}\"}}",
+                    f.qty(&t.qty),
+                    f.price(&t.price),
+                    t.time_ms,
+                    t.id,
+                    f.side(t.side).to_ascii_lowercase()
+                )
+            })
+            .collect();
+        ok_body(format!("[{}]", items.join(",")))
+    })
 }
 
 async fn klines(
     AxState(s): AxState<Arc<Server>>,
     Query(p): Query<Params>,
 ) -> axum::response::Response {
-    let f = rest_fmt(&s);
-    let st = lock(&s.state);
-    let Some(m) = p.symbol.as_deref().and_then(|sym| st.markets.get(sym)) else {
-        return err_body("10001", "symbol not found");
-    };
-    let Some((name, _)) = p.period.and_then(|min| {
-        INTERVALS
-            .iter()
-            .find(|(n, _)| crate::venue::cdc_v1::rest::kline_period_minutes(n) == Some(min))
-    }) else {
-        return err_body("10002", "invalid period");
-    };
-    let bars: Vec<String> = m
-        .bars
-        .get(name)
-        .map(|series| {
-            let v: Vec<&Bar> = series.values().rev().take(300).collect();
-            v.into_iter()
-                .rev()
-                .map(|b| {
-                    format!(
-                        "[{},{},{},{},{},{}]",
-                        b.open_time_ms / 1000,
-                        f.price(&b.open),
-                        f.price(&b.high),
-                        f.price(&b.low),
-                        f.price(&b.close),
-                        f.qty(&b.volume)
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    ok_body(format!("[{}]", bars.join(",")))
+    market_reply(&s, &p, |f, _, m| {
+        let Some((name, _)) = p.period.and_then(|min| {
+            INTERVALS
+                .iter()
+                .find(|(n, _)| crate::venue::cdc_v1::rest::kline_period_minutes(n) == Some(min))
+        }) else {
+            return err_body("10002", "invalid period");
+        };
+        let bars: Vec<String> = m
+            .bars
+            .get(name)
+            .map(|series| {
+                let v: Vec<&Bar> = series.values().rev().take(300).collect();
+                v.into_iter()
+                    .rev()
+                    .map(|b| {
+                        format!(
+                            "[{},{},{},{},{},{}]",
+                            b.open_time_ms / 1000,
+                            f.price(&b.open),
+                            f.price(&b.high),
+                            f.price(&b.low),
+                            f.price(&b.close),
+                            f.qty(&b.volume)
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        ok_body(format!("[{}]", bars.join(",")))
+    })
 }
 
 async fn depth(
     AxState(s): AxState<Arc<Server>>,
     Query(p): Query<Params>,
 ) -> axum::response::Response {
-    let f = rest_fmt(&s);
-    let st = lock(&s.state);
-    let Some(m) = p.symbol.as_deref().and_then(|sym| st.markets.get(sym)) else {
-        return err_body("10001", "symbol not found");
-    };
-    let step = match p.kind.as_deref() {
-        Some("step0") | None => 0,
-        Some("step1") => 1,
-        Some("step2") => 2,
-        Some(_) => return err_body("10002", "invalid type"),
-    };
-    let (bids, asks) = merge_book(&m.book(), m.spec.price_scale, step, 150);
-    ok_body(format!(
-        "{{\"tick\":{{\"asks\":{},\"bids\":{},\"time\":{}}}}}",
-        levels_json(&f, &asks),
-        levels_json(&f, &bids),
-        st.now_ms()
-    ))
+    market_reply(&s, &p, |f, st, m| {
+        let step = match p.kind.as_deref() {
+            Some("step0") | None => 0,
+            Some("step1") => 1,
+            Some("step2") => 2,
+            Some(_) => return err_body("10002", "invalid type"),
+        };
+        let (bids, asks) = merge_book(&m.book(), m.spec.price_scale, step, 150);
+        ok_body(format!(
+            "{{\"tick\":{{\"asks\":{},\"bids\":{},\"time\":{}}}}}",
+            levels_json(&f, &asks),
+            levels_json(&f, &bids),
+            st.now_ms()
+        ))
+    })
 }
 
 async fn ticker(
     AxState(s): AxState<Arc<Server>>,
     Query(p): Query<Params>,
 ) -> axum::response::Response {
-    let f = rest_fmt(&s);
-    let st = lock(&s.state);
-    let Some(m) = p.symbol.as_deref().and_then(|sym| st.markets.get(sym)) else {
-        return err_body("10001", "symbol not found");
-    };
-    let (bids, asks) = m.book();
-    let t = m.ticker.clone();
-    let g = |v: Option<&Decimal>| v.map(|d| f.price(d)).unwrap_or_else(|| "null".into());
-    ok_body(format!(
-        "{{\"high\":{},\"vol\":{},\"last\":{},\"low\":{},\"buy\":{},\"sell\":{},\"rose\":{},\"time\":{}}}",
-        g(t.as_ref().map(|t| &t.high)),
-        t.as_ref()
-            .map(|t| f.qty(&t.vol))
-            .unwrap_or_else(|| "0".into()),
-        g(t.as_ref().map(|t| &t.close)),
-        g(t.as_ref().map(|t| &t.low)),
-        g(bids.first().map(|l| &l.0)),
-        g(asks.first().map(|l| &l.0)),
-        g(t.as_ref().map(|t| &t.rose)),
-        st.now_ms()
-    ))
+    market_reply(&s, &p, |f, st, m| {
+        let (bids, asks) = m.book();
+        let t = m.ticker.clone();
+        let g = |v: Option<&Decimal>| v.map(|d| f.price(d)).unwrap_or_else(|| "null".into());
+        ok_body(format!(
+            "{{\"high\":{},\"vol\":{},\"last\":{},\"low\":{},\"buy\":{},\"sell\":{},\"rose\":{},\"time\":{}}}",
+            g(t.as_ref().map(|t| &t.high)),
+            t.as_ref()
+                .map(|t| f.qty(&t.vol))
+                .unwrap_or_else(|| "0".into()),
+            g(t.as_ref().map(|t| &t.close)),
+            g(t.as_ref().map(|t| &t.low)),
+            g(bids.first().map(|l| &l.0)),
+            g(asks.first().map(|l| &l.0)),
+            g(t.as_ref().map(|t| &t.rose)),
+            st.now_ms()
+        ))
+    })
 }
