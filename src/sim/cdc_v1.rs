@@ -702,8 +702,8 @@ async fn depth(
         let (bids, asks) = merge_book(&m.book(), m.spec.price_scale, step, 150);
         ok_body(format!(
             "{{\"tick\":{{\"asks\":{},\"bids\":{},\"time\":{}}}}}",
-            levels_json(&f, &asks),
-            levels_json(&f, &bids),
+            levels_json(f, &asks),
+            levels_json(f, &bids),
             st.now_ms()
         ))
     })
