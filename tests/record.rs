@@ -362,3 +362,93 @@ async fn sqlite_reconnects_after_a_cut_and_stores_every_delivered_trade_once() {
     store.close().await;
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_silent_socket_is_reopened() {
+    let (_dir, url) = sqlite_db();
+    let sim = sim::start(SimConfig {
+        symbols: SYMBOLS.iter().map(|s| s.to_string()).collect(),
+        seed: 8,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let cfg = recorder_config(
+        &sim.ws_url(),
+        &sim.rest_url(),
+        &url,
+        &SYMBOLS,
+        "[connection]\nsilence_timeout_s = 1\nreconnect_initial_ms = 50",
+    );
+    let stop = CancellationToken::new();
+    let recorder = tokio::spawn(mdrec::recorder::run(cfg, stop.clone()));
+    wait_for(
+        "trades before the silence",
+        Duration::from_secs(30),
+        || async { SYMBOLS.iter().all(|s| sim.delivered(s).len() >= 50) },
+    )
+    .await;
+    let connections_before = sim.state().connections_total;
+    sim.mute(true); // sockets stay open but carry nothing, not even pings
+    wait_for(
+        "the recorder to reopen silent sockets",
+        Duration::from_secs(30),
+        || async { sim.state().connections_total >= connections_before + SYMBOLS.len() as u64 },
+    )
+    .await;
+    sim.mute(false);
+    let before: Vec<usize> = SYMBOLS.iter().map(|s| sim.delivered(s).len()).collect();
+    wait_for(
+        "trades after the silence",
+        Duration::from_secs(30),
+        || async {
+            SYMBOLS
+                .iter()
+                .zip(&before)
+                .all(|(s, n)| sim.delivered(s).len() >= n + 50)
+        },
+    )
+    .await;
+    sim.halt();
+    let store = Store::connect(&url).await.unwrap();
+    wait_for("database to catch up", Duration::from_secs(30), || async {
+        for s in SYMBOLS {
+            if store.load_trades(NAME, s).await.unwrap().len() != sim.delivered(s).len() {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    stop.cancel();
+    recorder.await.unwrap().unwrap();
+    let Store::Sqlite(sq) = &store else {
+        unreachable!()
+    };
+    let reasons: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT symbol, close_reason FROM sessions ORDER BY symbol, connected_at_us",
+    )
+    .fetch_all(sq.pool())
+    .await
+    .unwrap();
+    for s in SYMBOLS {
+        let mine: Vec<_> = reasons
+            .iter()
+            .filter(|r| r.0 == s)
+            .map(|r| r.1.as_deref())
+            .collect();
+        assert!(mine.len() >= 2, "{s}: {mine:?}");
+        assert_eq!(mine[0], Some("silent for 1s"), "{s}");
+        assert_eq!(mine.last().copied().flatten(), Some("shutdown"));
+        let stored: std::collections::BTreeSet<i64> = store
+            .load_trades(NAME, s)
+            .await
+            .unwrap()
+            .iter()
+            .map(|t| t.trade_id)
+            .collect();
+        assert_eq!(stored, sim.delivered(s), "{s}");
+    }
+    store.close().await;
+    sim.shutdown().await;
+}

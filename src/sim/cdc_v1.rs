@@ -30,6 +30,8 @@ pub struct Server {
     pub updates: broadcast::Sender<Arc<Update>>,
     /// Bumped to cut every open connection (fault injection).
     pub kick: tokio::sync::watch::Sender<u64>,
+    /// True: connections send nothing but stay open (fault injection).
+    pub muted: tokio::sync::watch::Sender<bool>,
     pub cancel: CancellationToken,
     pub tasks: TaskTracker,
 }
@@ -92,6 +94,9 @@ async fn connection(server: Arc<Server>, tcp: TcpStream) -> anyhow::Result<()> {
                 }
                 _ = kick.changed() => anyhow::bail!("connection cut by fault injection"),
                 _ = ping.tick() => {
+                    if *server.muted.borrow() {
+                        continue;
+                    }
                     if outstanding.is_some() {
                         missed += 1;
                         if missed >= cfg.max_missed_pongs {
@@ -132,6 +137,9 @@ async fn connection(server: Arc<Server>, tcp: TcpStream) -> anyhow::Result<()> {
                         Err(broadcast::error::RecvError::Lagged(n)) => anyhow::bail!("client too slow, {n} updates behind"),
                         Err(broadcast::error::RecvError::Closed) => return Ok(()),
                     };
+                    if *server.muted.borrow() {
+                        continue;
+                    }
                     for (frame, trade_ids) in conn.frames_for(&u)? {
                         ws.send(frame).await?;
                         if !trade_ids.is_empty() {

@@ -140,11 +140,18 @@ pub struct SimHandle {
     state: Arc<Mutex<State>>,
     running: watch::Sender<bool>,
     kick: watch::Sender<u64>,
+    muted: watch::Sender<bool>,
     cancel: CancellationToken,
     tasks: TaskTracker,
 }
 
 impl SimHandle {
+    /// While muted, open connections send nothing at all (no data, no pings) but stay open:
+    /// a silent-but-open socket.
+    pub fn mute(&self, on: bool) {
+        self.muted.send_replace(on);
+    }
+
     /// Drops every open websocket connection without a close frame (a network cut).
     pub fn cut_connections(&self) {
         self.kick.send_modify(|n| *n += 1);
@@ -166,11 +173,11 @@ impl SimHandle {
 
     /// Stops the market (no new trades, bars or book changes); connections stay open.
     pub fn halt(&self) {
-        let _ = self.running.send(false);
+        self.running.send_replace(false);
     }
 
     pub fn resume(&self) {
-        let _ = self.running.send(true);
+        self.running.send_replace(true);
     }
 
     /// Waits until at least `n` channel subscriptions are active, or the deadline passes.
@@ -263,6 +270,7 @@ pub async fn start(config: SimConfig) -> std::io::Result<SimHandle> {
     let (running, running_rx) = watch::channel(!config.start_halted);
     let (updates, _) = broadcast::channel::<Arc<Update>>(16_384);
     let (kick, _) = watch::channel(0u64);
+    let (muted, _) = watch::channel(false);
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
     tasks.spawn(market_loop(
@@ -277,6 +285,7 @@ pub async fn start(config: SimConfig) -> std::io::Result<SimHandle> {
         state: state.clone(),
         updates,
         kick: kick.clone(),
+        muted: muted.clone(),
         cancel: cancel.clone(),
         tasks: tasks.clone(),
     });
@@ -289,6 +298,7 @@ pub async fn start(config: SimConfig) -> std::io::Result<SimHandle> {
         state,
         running,
         kick,
+        muted,
         cancel,
         tasks,
     })
