@@ -144,6 +144,18 @@ pub struct Ticker {
     pub change: Option<Dec>,
 }
 
+/// A market as the venue lists it (`/v1/symbols`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Market {
+    pub venue: &'static str,
+    pub symbol: Arc<str>,
+    pub base: Option<String>,
+    pub quote: Option<String>,
+    pub price_precision: Option<i32>,
+    pub qty_precision: Option<i32>,
+    pub updated_at_ms: i64,
+}
+
 /// One websocket connection's life, so analysts can see when a symbol was live.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Session {
@@ -164,6 +176,7 @@ pub enum Event {
     BookDelta(BookDelta),
     Ticker(Ticker),
     Session(Session),
+    Market(Market),
 }
 
 /// Microseconds since the Unix epoch, from the system clock.

@@ -168,6 +168,33 @@ async fn compare_with_ledger(store: &Store, sim: &SimHandle) {
             }
         }
     }
+    // the venue's listing, from REST at start-up
+    let markets: Vec<(String, Option<String>, Option<i32>)> = match store {
+        Store::Sqlite(s) => {
+            sqlx::query_as("SELECT symbol, quote, price_precision FROM markets ORDER BY symbol")
+                .fetch_all(s.pool())
+                .await
+                .expect("markets")
+        }
+        Store::Postgres(s) => {
+            sqlx::query_as("SELECT symbol, quote, price_precision FROM markets ORDER BY symbol")
+                .fetch_all(s.pool())
+                .await
+                .expect("markets")
+        }
+    };
+    let want: Vec<(String, Option<String>, Option<i32>)> = SYMBOLS
+        .iter()
+        .map(|s| {
+            let spec = mdrec::sim::market::MarketSpec::for_symbol(s);
+            (
+                s.to_string(),
+                Some(spec.quote),
+                Some(spec.price_scale as i32),
+            )
+        })
+        .collect();
+    assert_eq!(markets, want);
     // one session per symbol, closed by the shutdown
     let sessions: Vec<(String, Option<String>)> = match store {
         Store::Sqlite(s) => {

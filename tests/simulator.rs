@@ -103,6 +103,7 @@ async fn rest_endpoints() {
     })
     .await;
     sim.halt();
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::new();
     let get = |path: &str| {
         let url = format!("{}{path}", sim.rest_url());

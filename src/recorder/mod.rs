@@ -1,6 +1,7 @@
 //! The recorder: migrates the database, starts the writer and one worker per symbol, and on
 //! shutdown stops intake, lets the writer drain the queue, and returns.
 
+pub mod markets;
 pub mod worker;
 
 use std::collections::BTreeMap;
@@ -41,6 +42,8 @@ pub async fn start(
     config: Config,
     shutdown: CancellationToken,
 ) -> anyhow::Result<(Arc<Store>, RunStats, TaskTracker)> {
+    // reqwest and tungstenite use rustls without a built-in provider choice: pick ring once
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let config = Arc::new(config);
     let venue = venue_for(&config.venue.kind)
         .with_context(|| format!("unknown venue {:?}", config.venue.kind))?;
@@ -68,6 +71,12 @@ pub async fn start(
             stats: ws,
         };
         workers.spawn(w.run());
+    }
+    {
+        let (venue, config, tx) = (venue.clone(), config.clone(), tx.clone());
+        workers.spawn(async move {
+            markets::sync(&venue, &config, &tx).await;
+        });
     }
     // The writer ends when the last sender (held by the workers) is dropped, so it drains
     // everything the workers received before they stopped.

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
-use crate::model::{BookDelta, BookSnapshot, Event, Kline, Session, Ticker, Trade};
+use crate::model::{BookDelta, BookSnapshot, Event, Kline, Market, Session, Ticker, Trade};
 
 #[derive(Debug, Default)]
 pub struct Batch {
@@ -20,6 +20,8 @@ pub struct Batch {
     pub tickers: Vec<Ticker>,
     pub sessions: Vec<Session>,
     session_index: HashMap<(Arc<str>, String), usize>,
+    /// Latest listing per symbol.
+    pub markets: Vec<Market>,
 }
 
 /// Ordering of kline versions: a closed bar beats an open one, then newer exchange time,
@@ -50,6 +52,10 @@ impl Batch {
             Event::BookSnapshot(s) => self.snapshots.push(s),
             Event::BookDelta(d) => self.deltas.push(d),
             Event::Ticker(t) => self.tickers.push(t),
+            Event::Market(m) => match self.markets.iter_mut().find(|x| x.symbol == m.symbol) {
+                Some(slot) => *slot = m,
+                None => self.markets.push(m),
+            },
             Event::Session(s) => {
                 let key = (s.symbol.clone(), s.session_id.clone());
                 match self.session_index.entry(key) {
@@ -77,6 +83,7 @@ impl Batch {
             + self.deltas.len()
             + self.tickers.len()
             + self.sessions.len()
+            + self.markets.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -92,6 +99,7 @@ impl Batch {
         self.tickers.clear();
         self.sessions.clear();
         self.session_index.clear();
+        self.markets.clear();
     }
 }
 

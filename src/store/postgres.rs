@@ -189,6 +189,26 @@ impl PgStore {
             .await
             .map_err(StoreError::sql("upsert sessions"))?;
         }
+        if !batch.markets.is_empty() {
+            let m = &batch.markets;
+            sqlx::query::<Postgres>(
+                "INSERT INTO markets (venue, symbol, base, quote, price_precision, qty_precision, updated_at_ms) \
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::int[], $7::bigint[]) \
+                 ON CONFLICT (venue, symbol) DO UPDATE SET base = excluded.base, quote = excluded.quote, \
+                 price_precision = excluded.price_precision, qty_precision = excluded.qty_precision, \
+                 updated_at_ms = excluded.updated_at_ms",
+            )
+            .bind(m.iter().map(|x| x.venue).collect::<Vec<_>>())
+            .bind(m.iter().map(|x| x.symbol.to_string()).collect::<Vec<_>>())
+            .bind(m.iter().map(|x| x.base.clone()).collect::<Vec<_>>())
+            .bind(m.iter().map(|x| x.quote.clone()).collect::<Vec<_>>())
+            .bind(m.iter().map(|x| x.price_precision).collect::<Vec<_>>())
+            .bind(m.iter().map(|x| x.qty_precision).collect::<Vec<_>>())
+            .bind(m.iter().map(|x| x.updated_at_ms).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::sql("upsert markets"))?;
+        }
         tx.commit().await.map_err(StoreError::sql("commit"))?;
         Ok(())
     }

@@ -212,6 +212,29 @@ impl SqliteStore {
                 .await
                 .map_err(StoreError::sql("upsert sessions"))?;
         }
+        for chunk in batch.markets.chunks(MAX_PARAMS / 7) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO markets (venue, symbol, base, quote, price_precision, qty_precision, updated_at_ms) ",
+            );
+            qb.push_values(chunk, |mut b, m| {
+                b.push_bind(m.venue)
+                    .push_bind(&*m.symbol)
+                    .push_bind(m.base.as_deref())
+                    .push_bind(m.quote.as_deref())
+                    .push_bind(m.price_precision)
+                    .push_bind(m.qty_precision)
+                    .push_bind(m.updated_at_ms);
+            });
+            qb.push(
+                " ON CONFLICT (venue, symbol) DO UPDATE SET base = excluded.base, quote = excluded.quote, \
+                 price_precision = excluded.price_precision, qty_precision = excluded.qty_precision, \
+                 updated_at_ms = excluded.updated_at_ms",
+            );
+            qb.build()
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::sql("upsert markets"))?;
+        }
         tx.commit().await.map_err(StoreError::sql("commit"))?;
         Ok(())
     }

@@ -6,7 +6,7 @@ pub mod cdc_v1;
 use std::sync::Arc;
 
 use crate::config::RecordConfig;
-use crate::model::Event;
+use crate::model::{Event, Market};
 
 /// A websocket frame as read from the socket.
 #[derive(Debug, Clone, Copy)]
@@ -55,6 +55,10 @@ pub trait Venue: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     /// Text frames to send after connecting, one per channel.
     fn subscribe_frames(&self, symbol: &str, record: &RecordConfig) -> Vec<String>;
+    /// REST path (under `rest_url`) that lists the venue's markets.
+    fn markets_path(&self) -> &'static str;
+    /// Parses that listing.
+    fn parse_markets(&self, body: &str, now_ms: i64) -> Result<Vec<Market>, String>;
     /// Per-connection decoding state (decompressor, open kline bars).
     fn session(&self, symbol: Arc<str>, max_frame_bytes: usize) -> Box<dyn VenueSession>;
 }

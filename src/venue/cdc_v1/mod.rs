@@ -76,6 +76,26 @@ impl Venue for CdcV1 {
             .collect()
     }
 
+    fn markets_path(&self) -> &'static str {
+        "/v1/symbols"
+    }
+
+    fn parse_markets(&self, body: &str, now_ms: i64) -> Result<Vec<crate::model::Market>, String> {
+        let list = rest::parse_symbols(body).map_err(|e| e.to_string())?;
+        Ok(list
+            .into_iter()
+            .map(|s| crate::model::Market {
+                venue: NAME,
+                symbol: Arc::from(s.symbol.as_str()),
+                base: s.base_coin,
+                quote: s.count_coin,
+                price_precision: s.price_precision.and_then(|p| i32::try_from(p.0).ok()),
+                qty_precision: s.amount_precision.and_then(|p| i32::try_from(p.0).ok()),
+                updated_at_ms: now_ms,
+            })
+            .collect())
+    }
+
     fn session(&self, symbol: Arc<str>, max_frame_bytes: usize) -> Box<dyn VenueSession> {
         Box::new(CdcSession::new(symbol, max_frame_bytes))
     }
