@@ -183,6 +183,9 @@ pub struct ConnectionConfig {
     pub reconnect_initial_ms: u64,
     #[serde(default = "default_reconnect_max")]
     pub reconnect_max_s: u64,
+    /// Connection attempts per second across all symbols (staggers start-up and mass reconnects).
+    #[serde(default = "default_connect_rate")]
+    pub connect_rate_per_s: u32,
     /// Largest inflated frame accepted (decompression-bomb guard).
     #[serde(default = "default_max_frame")]
     pub max_frame_bytes: usize,
@@ -203,6 +206,9 @@ fn default_reconnect_initial() -> u64 {
 fn default_reconnect_max() -> u64 {
     60
 }
+fn default_connect_rate() -> u32 {
+    20
+}
 fn default_max_frame() -> usize {
     8 * 1024 * 1024
 }
@@ -217,6 +223,7 @@ impl Default for ConnectionConfig {
             connect_timeout_s: default_connect_timeout(),
             reconnect_initial_ms: default_reconnect_initial(),
             reconnect_max_s: default_reconnect_max(),
+            connect_rate_per_s: default_connect_rate(),
             max_frame_bytes: default_max_frame(),
             close_grace_ms: default_close_grace(),
         }
@@ -420,6 +427,12 @@ impl Config {
             return Err(ConfigError::new(
                 "connection.reconnect_max_s",
                 "must be at least 1 and not below reconnect_initial_ms",
+            ));
+        }
+        if c.connect_rate_per_s == 0 {
+            return Err(ConfigError::new(
+                "connection.connect_rate_per_s",
+                "must be at least 1",
             ));
         }
         if c.max_frame_bytes < 1024 {

@@ -1,7 +1,9 @@
 //! The recorder: migrates the database, starts the writer and one worker per symbol, and on
 //! shutdown stops intake, lets the writer drain the queue, and returns.
 
+pub mod backoff;
 pub mod markets;
+pub mod stagger;
 pub mod worker;
 
 use std::collections::BTreeMap;
@@ -15,7 +17,8 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, redact_url};
 use crate::store::Store;
 use crate::store::writer::{self, WriterStats};
-use crate::venue::venue_for;
+use crate::venue::{Venue, venue_for};
+use stagger::Stagger;
 use worker::{Worker, WorkerStats};
 
 /// Counters of a run, for the demo summary, tests and (later) metrics.
@@ -27,7 +30,18 @@ pub struct RunStats {
 
 /// Runs until `shutdown` is cancelled, then drains and returns. Errors only at start-up.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<RunStats> {
-    let (store, stats, tasks) = start(config, shutdown.clone()).await?;
+    let venue = venue_for(&config.venue.kind)
+        .with_context(|| format!("unknown venue {:?}", config.venue.kind))?;
+    run_with(config, venue, shutdown).await
+}
+
+/// [`run`] with a given venue implementation (tests wrap the real one to inject faults).
+pub async fn run_with(
+    config: Config,
+    venue: Arc<dyn Venue>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<RunStats> {
+    let (store, stats, tasks) = start(config, venue, shutdown.clone()).await?;
     shutdown.cancelled().await;
     tracing::info!("shutdown: stopping intake and draining the queue");
     tasks.close();
@@ -40,13 +54,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 /// Starts everything; the returned tracker finishes once shutdown has drained the writer.
 pub async fn start(
     config: Config,
+    venue: Arc<dyn Venue>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<(Arc<Store>, RunStats, TaskTracker)> {
     // reqwest and tungstenite use rustls without a built-in provider choice: pick ring once
     let _ = rustls::crypto::ring::default_provider().install_default();
     let config = Arc::new(config);
-    let venue = venue_for(&config.venue.kind)
-        .with_context(|| format!("unknown venue {:?}", config.venue.kind))?;
     let url = &config.database.url;
     let store = Store::connect(url)
         .await
@@ -59,6 +72,7 @@ pub async fn start(
     let mut stats = RunStats::default();
     let tasks = TaskTracker::new();
     let workers = TaskTracker::new();
+    let stagger = Arc::new(Stagger::new(config.connection.connect_rate_per_s));
     for symbol in &config.record.symbols {
         let ws = Arc::new(WorkerStats::default());
         stats.workers.insert(symbol.clone(), ws.clone());
@@ -69,8 +83,10 @@ pub async fn start(
             tx: tx.clone(),
             shutdown: shutdown.clone(),
             stats: ws,
+            stagger: stagger.clone(),
+            current: Default::default(),
         };
-        workers.spawn(w.run());
+        workers.spawn(worker::supervise(w));
     }
     {
         let (venue, config, tx) = (venue.clone(), config.clone(), tx.clone());

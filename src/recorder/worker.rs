@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -13,9 +12,11 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ConnectionConfig};
+use super::backoff::ReconnectPolicy;
+use super::stagger::Stagger;
+use crate::config::Config;
 use crate::model::{Event, Session, now_us};
-use crate::venue::{Frame, Venue, VenueSession};
+use crate::venue::{DecodeError, Frame, Venue, VenueSession};
 
 /// Counters one worker keeps; shared so tests, the demo and metrics can read them.
 #[derive(Debug, Default)]
@@ -25,8 +26,11 @@ pub struct WorkerStats {
     pub decode_errors: AtomicU64,
     pub connects: AtomicU64,
     pub pings_answered: AtomicU64,
+    /// Times the supervisor restarted this worker after a panic.
+    pub restarts: AtomicU64,
 }
 
+#[derive(Clone)]
 pub struct Worker {
     pub venue: Arc<dyn Venue>,
     pub symbol: Arc<str>,
@@ -35,16 +39,10 @@ pub struct Worker {
     pub tx: mpsc::Sender<Event>,
     pub shutdown: CancellationToken,
     pub stats: Arc<WorkerStats>,
-}
-
-/// The reconnect policy: capped exponential backoff with jitter, never giving up.
-pub fn reconnect_policy(c: &ConnectionConfig) -> ExponentialBuilder {
-    ExponentialBuilder::new()
-        .with_min_delay(Duration::from_millis(c.reconnect_initial_ms))
-        .with_max_delay(Duration::from_secs(c.reconnect_max_s))
-        .with_factor(2.0)
-        .with_jitter()
-        .without_max_times()
+    /// Connection attempts of all workers share this rate.
+    pub stagger: Arc<Stagger>,
+    /// The open connection's session row, so the supervisor can close it if this task dies.
+    pub current: Arc<std::sync::Mutex<Option<Session>>>,
 }
 
 enum End {
@@ -58,8 +56,8 @@ enum End {
 
 impl Worker {
     pub async fn run(self) {
-        let policy = reconnect_policy(&self.config.connection);
-        let mut delays = policy.build();
+        let policy = ReconnectPolicy::from_config(&self.config.connection);
+        let mut delays = policy.delays(None);
         loop {
             if self.shutdown.is_cancelled() {
                 return;
@@ -68,7 +66,7 @@ impl Worker {
                 End::Shutdown | End::WriterGone => return,
                 End::Dropped { fresh } => {
                     if fresh {
-                        delays = policy.build();
+                        delays = policy.delays(None);
                     }
                 }
             }
@@ -124,6 +122,7 @@ impl Worker {
         {
             return End::WriterGone;
         }
+        *lock(&self.current) = Some(session_row.clone());
         tracing::info!(symbol = %self.symbol, session = %session_row.session_id, "connected");
 
         let mut reader = Reader {
@@ -196,6 +195,7 @@ impl Worker {
                 }
             }
         }
+        lock(&self.current).take();
         session_row.disconnected_at_us = Some(now_us().max(connected_at_us));
         session_row.close_reason = Some(reason.clone());
         tracing::info!(symbol = %self.symbol, session = %session_row.session_id, reason = %reason, "disconnected");
@@ -246,7 +246,18 @@ impl Reader {
         };
         w.stats.frames.fetch_add(1, Ordering::Relaxed);
         self.events.clear();
-        let reply = match self.decoder.on_frame(frame, recv, &mut self.events) {
+        let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.decoder.on_frame(frame, recv, &mut self.events)
+        }))
+        .unwrap_or_else(|p| {
+            // a decoder bug must cost one frame, not the connection: start from fresh state
+            self.decoder = w
+                .venue
+                .session(w.symbol.clone(), w.config.connection.max_frame_bytes);
+            self.events.clear();
+            Err(DecodeError::Panic(panic_message(p.as_ref())))
+        });
+        let reply = match decoded {
             Ok(reaction) => {
                 self.error_burst = 0;
                 if reaction.reply.is_some() {
@@ -276,5 +287,46 @@ impl Reader {
             }
         }
         Handled::Continue(reply)
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The text of a panic payload.
+pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// Runs a worker, restarting it after a panic with backoff; the other workers never notice.
+/// A session row the dead task left open is closed with the panic as its reason.
+pub async fn supervise(w: Worker) {
+    let mut delays = ReconnectPolicy::from_config(&w.config.connection).delays(None);
+    loop {
+        let task = tokio::spawn(w.clone().run());
+        let err = match task.await {
+            Ok(()) => return,
+            Err(e) if e.is_panic() => panic_message(e.into_panic().as_ref()),
+            Err(_) => return, // cancelled: the runtime is shutting down
+        };
+        w.stats.restarts.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(symbol = %w.symbol, error = %err, "worker panicked; restarting it");
+        let open = lock(&w.current).take();
+        if let Some(mut s) = open {
+            s.disconnected_at_us = Some(now_us().max(s.connected_at_us));
+            s.close_reason = Some(format!("worker panicked: {err}"));
+            if w.tx.send(Event::Session(s)).await.is_err() {
+                return;
+            }
+        }
+        let delay = delays.next().unwrap_or(Duration::from_secs(1));
+        tokio::select! {
+            _ = w.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
     }
 }

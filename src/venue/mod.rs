@@ -26,6 +26,8 @@ pub enum DecodeError {
     Json(String),
     #[error("unexpected message: {0}")]
     Unexpected(String),
+    #[error("decoder panicked: {0}")]
+    Panic(String),
 }
 
 impl DecodeError {
@@ -36,6 +38,7 @@ impl DecodeError {
             DecodeError::TooLarge { .. } => "too_large",
             DecodeError::Json(_) => "json",
             DecodeError::Unexpected(_) => "unexpected",
+            DecodeError::Panic(_) => "panic",
         }
     }
 }

@@ -1,0 +1,175 @@
+//! Supervision: a panic in one symbol's worker restarts that worker alone; a panic inside the
+//! decoder costs one frame, not the connection. The real v1 venue is wrapped to inject them.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::{recorder_config, sqlite_db, wait_for};
+use mdrec::config::RecordConfig;
+use mdrec::model::{Event, Market};
+use mdrec::sim::{self, SimConfig};
+use mdrec::store::Store;
+use mdrec::venue::cdc_v1::{CdcV1, NAME};
+use mdrec::venue::{DecodeError, Frame, Reaction, Venue, VenueSession};
+use tokio_util::sync::CancellationToken;
+
+/// v1, except: btcusdt's first subscription panics (kills the worker task), and ethusdt's
+/// decoder panics once on a book snapshot.
+struct Faulty {
+    subscribe_armed: AtomicBool,
+    decoder_armed: Arc<AtomicBool>,
+}
+
+impl Venue for Faulty {
+    fn name(&self) -> &'static str {
+        CdcV1.name()
+    }
+    fn subscribe_frames(&self, symbol: &str, record: &RecordConfig) -> Vec<String> {
+        if symbol == "btcusdt" && self.subscribe_armed.swap(false, Ordering::SeqCst) {
+            panic!("injected worker panic");
+        }
+        CdcV1.subscribe_frames(symbol, record)
+    }
+    fn markets_path(&self) -> &'static str {
+        CdcV1.markets_path()
+    }
+    fn parse_markets(&self, body: &str, now_ms: i64) -> Result<Vec<Market>, String> {
+        CdcV1.parse_markets(body, now_ms)
+    }
+    fn session(&self, symbol: Arc<str>, max_frame_bytes: usize) -> Box<dyn VenueSession> {
+        let armed = (&*symbol == "ethusdt").then(|| self.decoder_armed.clone());
+        Box::new(FaultySession {
+            inner: CdcV1.session(symbol, max_frame_bytes),
+            armed,
+        })
+    }
+}
+
+struct FaultySession {
+    inner: Box<dyn VenueSession>,
+    armed: Option<Arc<AtomicBool>>,
+}
+
+impl VenueSession for FaultySession {
+    fn on_frame(
+        &mut self,
+        frame: Frame<'_>,
+        recv: i64,
+        out: &mut Vec<Event>,
+    ) -> Result<Reaction, DecodeError> {
+        let r = self.inner.on_frame(frame, recv, out);
+        let is_book = out.iter().any(|e| matches!(e, Event::BookSnapshot(_)));
+        if is_book
+            && self
+                .armed
+                .as_ref()
+                .is_some_and(|a| a.swap(false, Ordering::SeqCst))
+        {
+            panic!("injected decoder panic");
+        }
+        r
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panics_are_isolated_per_symbol_and_per_frame() {
+    let symbols = ["btcusdt", "ethusdt"];
+    let (_dir, url) = sqlite_db();
+    let sim = sim::start(SimConfig {
+        seed: 11,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let cfg = recorder_config(
+        &sim.ws_url(),
+        &sim.rest_url(),
+        &url,
+        &symbols,
+        "[connection]\nreconnect_initial_ms = 50",
+    );
+    let decoder_armed = Arc::new(AtomicBool::new(true));
+    let venue = Arc::new(Faulty {
+        subscribe_armed: AtomicBool::new(true),
+        decoder_armed: decoder_armed.clone(),
+    });
+    let stop = CancellationToken::new();
+    let recorder = tokio::spawn(mdrec::recorder::run_with(cfg, venue, stop.clone()));
+    wait_for(
+        "both symbols streaming after the injected panics",
+        Duration::from_secs(30),
+        || async {
+            !decoder_armed.load(Ordering::SeqCst)
+                && symbols.iter().all(|s| sim.delivered(s).len() >= 150)
+        },
+    )
+    .await;
+    sim.halt();
+    let store = Store::connect(&url).await.unwrap();
+    wait_for("database to catch up", Duration::from_secs(30), || async {
+        for s in symbols {
+            if store.load_trades(NAME, s).await.unwrap().len() != sim.delivered(s).len() {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    stop.cancel();
+    let stats = recorder.await.unwrap().unwrap();
+
+    let btc = &stats.workers["btcusdt"];
+    let eth = &stats.workers["ethusdt"];
+    assert_eq!(
+        btc.restarts.load(Ordering::Relaxed),
+        1,
+        "btcusdt worker restarted once"
+    );
+    assert_eq!(
+        eth.restarts.load(Ordering::Relaxed),
+        0,
+        "ethusdt never noticed"
+    );
+    assert_eq!(
+        eth.decode_errors.load(Ordering::Relaxed),
+        1,
+        "the decoder panic cost one frame"
+    );
+
+    let Store::Sqlite(sq) = &store else {
+        unreachable!()
+    };
+    let sessions: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT symbol, close_reason FROM sessions ORDER BY symbol, connected_at_us",
+    )
+    .fetch_all(sq.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        sessions,
+        vec![
+            (
+                "btcusdt".to_string(),
+                Some("worker panicked: injected worker panic".to_string())
+            ),
+            ("btcusdt".to_string(), Some("shutdown".to_string())),
+            ("ethusdt".to_string(), Some("shutdown".to_string())),
+        ]
+    );
+    for s in symbols {
+        let stored: BTreeSet<i64> = store
+            .load_trades(NAME, s)
+            .await
+            .unwrap()
+            .iter()
+            .map(|t| t.trade_id)
+            .collect();
+        assert_eq!(stored, sim.delivered(s), "{s}");
+    }
+    store.close().await;
+    sim.shutdown().await;
+}
