@@ -24,6 +24,8 @@ pub struct WorkerStats {
     pub frames: AtomicU64,
     pub events: AtomicU64,
     pub decode_errors: AtomicU64,
+    /// Skipped frames per `DecodeError::KINDS` entry.
+    pub decode_errors_by_kind: [AtomicU64; 5],
     pub connects: AtomicU64,
     pub pings_answered: AtomicU64,
     /// Times the supervisor restarted this worker after a panic.
@@ -259,6 +261,9 @@ impl Reader {
         });
         let reply = match decoded {
             Ok(reaction) => {
+                if self.error_burst > 1 {
+                    tracing::warn!(symbol = %w.symbol, skipped = self.error_burst, "burst of bad frames ended");
+                }
                 self.error_burst = 0;
                 if reaction.reply.is_some() {
                     w.stats.pings_answered.fetch_add(1, Ordering::Relaxed);
@@ -267,10 +272,11 @@ impl Reader {
             }
             Err(e) => {
                 w.stats.decode_errors.fetch_add(1, Ordering::Relaxed);
+                w.stats.decode_errors_by_kind[e.index()].fetch_add(1, Ordering::Relaxed);
                 self.error_burst += 1;
-                // once per burst, then at powers of two: a flood must not flood the log
-                if self.error_burst.is_power_of_two() {
-                    tracing::warn!(symbol = %w.symbol, kind = e.kind(), error = %e, in_a_row = self.error_burst, "frame skipped");
+                // the first bad frame of a burst is logged; the burst's size when it ends
+                if self.error_burst == 1 {
+                    tracing::warn!(symbol = %w.symbol, kind = e.kind(), error = %e, "frame skipped");
                 }
                 None
             }

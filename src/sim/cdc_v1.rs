@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::market::{Bar, INTERVALS, SimTrade, merge_book};
-use super::{Compression, DepthMode, NumberStyle, SimConfig, State, Update, lock};
+use super::{Compression, DepthMode, Hostile, NumberStyle, SimConfig, State, Update, lock};
 use crate::model::{BookSide, Side};
 use crate::venue::cdc_v1::channel::{Channel, Stream};
 
@@ -30,6 +30,8 @@ pub struct Server {
     pub updates: broadcast::Sender<Arc<Update>>,
     /// Bumped to cut every open connection (fault injection).
     pub kick: tokio::sync::watch::Sender<u64>,
+    /// Hostile frames to send to every connection (fault injection).
+    pub hostile: broadcast::Sender<Hostile>,
     /// True: connections send nothing but stay open (fault injection).
     pub muted: tokio::sync::watch::Sender<bool>,
     pub cancel: CancellationToken,
@@ -73,6 +75,7 @@ async fn connection(server: Arc<Server>, tcp: TcpStream) -> anyhow::Result<()> {
     let mut ws = tokio_tungstenite::accept_async(tcp).await?;
     let mut updates = server.updates.subscribe();
     let mut kick = server.kick.subscribe();
+    let mut hostile = server.hostile.subscribe();
     lock(&server.state).connections_total += 1;
     let mut conn = Conn {
         server: server.clone(),
@@ -93,6 +96,11 @@ async fn connection(server: Arc<Server>, tcp: TcpStream) -> anyhow::Result<()> {
                     return Ok(());
                 }
                 _ = kick.changed() => anyhow::bail!("connection cut by fault injection"),
+                h = hostile.recv() => {
+                    if let Ok(h) = h {
+                        ws.send(hostile_frame(h)?).await?;
+                    }
+                }
                 _ = ping.tick() => {
                     if *server.muted.borrow() {
                         continue;
@@ -447,6 +455,33 @@ impl Conn {
         }
         Ok(out)
     }
+}
+
+fn gzip(data: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(data)?;
+    Ok(e.finish()?)
+}
+
+fn hostile_frame(h: Hostile) -> anyhow::Result<Message> {
+    Ok(match h {
+        Hostile::CorruptGzip => {
+            let mut z = gzip(br#"{"channel":"market_btcusdt_trade_ticker","tick":{"data":[]}}"#)?;
+            let mid = z.len() / 2;
+            for b in &mut z[12..mid] {
+                *b ^= 0x5a;
+            }
+            Message::binary(z)
+        }
+        Hostile::Bomb(n) => Message::binary(gzip(&vec![b' '; n])?),
+        Hostile::MalformedJson => Message::binary(gzip(
+            br#"{"channel":"market_btcusdt_trade_ticker","tick":{"data":[{"id":1,"#,
+        )?),
+        Hostile::Oversized(n) => Message::binary(vec![b'x'; n]),
+        Hostile::UnknownEvent => {
+            Message::text(r#"{"event":"nope","params":{"channel":"market_btcusdt_ticker"}}"#)
+        }
+    })
 }
 
 /// Number rendering of one server personality.

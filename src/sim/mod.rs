@@ -93,6 +93,21 @@ impl Default for SimConfig {
     }
 }
 
+/// Hostile frames the simulator can send to every open connection (fault injection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hostile {
+    /// A gzip member with a broken deflate stream.
+    CorruptGzip,
+    /// A small gzip frame that inflates to `n` bytes.
+    Bomb(usize),
+    /// Gzip of text that is not JSON.
+    MalformedJson,
+    /// A websocket message of `n` bytes (past the client's limit it ends the connection).
+    Oversized(usize),
+    /// An echo of an unknown client event, uncompressed, as some servers send.
+    UnknownEvent,
+}
+
 /// One market step as broadcast to connections.
 #[derive(Debug)]
 pub struct Update {
@@ -141,6 +156,7 @@ pub struct SimHandle {
     running: watch::Sender<bool>,
     kick: watch::Sender<u64>,
     muted: watch::Sender<bool>,
+    hostile: broadcast::Sender<Hostile>,
     cancel: CancellationToken,
     tasks: TaskTracker,
 }
@@ -150,6 +166,11 @@ impl SimHandle {
     /// a silent-but-open socket.
     pub fn mute(&self, on: bool) {
         self.muted.send_replace(on);
+    }
+
+    /// Sends one hostile frame to every open connection.
+    pub fn inject(&self, h: Hostile) {
+        let _ = self.hostile.send(h);
     }
 
     /// Drops every open websocket connection without a close frame (a network cut).
@@ -271,6 +292,7 @@ pub async fn start(config: SimConfig) -> std::io::Result<SimHandle> {
     let (updates, _) = broadcast::channel::<Arc<Update>>(16_384);
     let (kick, _) = watch::channel(0u64);
     let (muted, _) = watch::channel(false);
+    let (hostile, _) = broadcast::channel(64);
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
     tasks.spawn(market_loop(
@@ -286,6 +308,7 @@ pub async fn start(config: SimConfig) -> std::io::Result<SimHandle> {
         updates,
         kick: kick.clone(),
         muted: muted.clone(),
+        hostile: hostile.clone(),
         cancel: cancel.clone(),
         tasks: tasks.clone(),
     });
@@ -299,6 +322,7 @@ pub async fn start(config: SimConfig) -> std::io::Result<SimHandle> {
         running,
         kick,
         muted,
+        hostile,
         cancel,
         tasks,
     })

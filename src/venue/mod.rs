@@ -31,14 +31,21 @@ pub enum DecodeError {
 }
 
 impl DecodeError {
+    /// Labels of [`DecodeError::kind`], in [`DecodeError::index`] order.
+    pub const KINDS: [&'static str; 5] = ["corrupt", "too_large", "json", "unexpected", "panic"];
+
     /// Short label for counters and logs.
     pub fn kind(&self) -> &'static str {
+        Self::KINDS[self.index()]
+    }
+
+    pub fn index(&self) -> usize {
         match self {
-            DecodeError::Corrupt(_) => "corrupt",
-            DecodeError::TooLarge { .. } => "too_large",
-            DecodeError::Json(_) => "json",
-            DecodeError::Unexpected(_) => "unexpected",
-            DecodeError::Panic(_) => "panic",
+            DecodeError::Corrupt(_) => 0,
+            DecodeError::TooLarge { .. } => 1,
+            DecodeError::Json(_) => 2,
+            DecodeError::Unexpected(_) => 3,
+            DecodeError::Panic(_) => 4,
         }
     }
 }
