@@ -248,6 +248,24 @@ pub struct WriterConfig {
     /// Events buffered between workers and the writer; a full queue slows the readers.
     #[serde(default = "default_queue")]
     pub queue_capacity: usize,
+    /// A database write taking longer than this counts as failed (the batch goes to the spool).
+    #[serde(default = "default_write_timeout")]
+    pub write_timeout_s: u64,
+    /// Where batches wait while the database is unavailable. Default: `$STATE_DIRECTORY/spool`
+    /// under systemd, else `<sqlite file>-spool`, else `./mdrec-spool`.
+    #[serde(default)]
+    pub spool_dir: Option<std::path::PathBuf>,
+    /// Past this many spooled bytes the writer stops taking events (backpressure) until the
+    /// database is back.
+    #[serde(default = "default_spool_max")]
+    pub spool_max_bytes: u64,
+}
+
+fn default_write_timeout() -> u64 {
+    10
+}
+fn default_spool_max() -> u64 {
+    2 << 30
 }
 
 fn default_batch_rows() -> usize {
@@ -266,6 +284,9 @@ impl Default for WriterConfig {
             batch_rows: default_batch_rows(),
             flush_interval_ms: default_flush_ms(),
             queue_capacity: default_queue(),
+            write_timeout_s: default_write_timeout(),
+            spool_dir: None,
+            spool_max_bytes: default_spool_max(),
         }
     }
 }
@@ -305,6 +326,34 @@ pub enum LogFormat {
 }
 
 impl Config {
+    /// The spool directory, defaults applied.
+    pub fn spool_dir(&self) -> std::path::PathBuf {
+        if let Some(d) = &self.writer.spool_dir {
+            return d.clone();
+        }
+        if let Some(state) = std::env::var_os("STATE_DIRECTORY").filter(|s| !s.is_empty()) {
+            // systemd may list several directories separated by ':'; the first is ours
+            let first = state
+                .to_string_lossy()
+                .split(':')
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            return std::path::Path::new(&first).join("spool");
+        }
+        let db = &self.database.url;
+        if let Some(path) = db
+            .strip_prefix("sqlite://")
+            .or_else(|| db.strip_prefix("sqlite:"))
+        {
+            let file = path.split('?').next().unwrap_or(path);
+            if !file.is_empty() && file != ":memory:" {
+                return std::path::PathBuf::from(format!("{file}-spool"));
+            }
+        }
+        std::path::PathBuf::from("mdrec-spool")
+    }
+
     /// Reads, parses and validates a config file; applies `MDREC_DATABASE_URL`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
@@ -450,6 +499,18 @@ impl Config {
                 "writer.flush_interval_ms",
                 "must be at least 1",
             ));
+        }
+        if w.write_timeout_s == 0 {
+            return Err(ConfigError::new(
+                "writer.write_timeout_s",
+                "must be at least 1",
+            ));
+        }
+        if w.spool_dir
+            .as_ref()
+            .is_some_and(|d| d.as_os_str().is_empty())
+        {
+            return Err(ConfigError::new("writer.spool_dir", "must not be empty"));
         }
         if w.queue_capacity == 0 {
             return Err(ConfigError::new(

@@ -5,9 +5,19 @@
 
 use std::sync::Arc;
 
+use serde::{Deserialize, Deserializer, Serialize};
+
 use crate::decimal::Dec;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Events cross process lifetimes in the writer's spool; venue names come back as the
+/// `&'static str` the venue module owns.
+fn venue_name<'de, D: Deserializer<'de>>(d: D) -> Result<&'static str, D::Error> {
+    let s = String::deserialize(d)?;
+    crate::venue::static_name(&s)
+        .ok_or_else(|| serde::de::Error::custom(format!("unknown venue {s:?}")))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Side {
     Buy,
     Sell,
@@ -33,7 +43,7 @@ impl Side {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum BookSide {
     Bid,
     Ask,
@@ -49,7 +59,7 @@ impl BookSide {
 }
 
 /// Where a row came from: the live stream or a REST backfill.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Source {
     Ws,
     Rest,
@@ -64,8 +74,9 @@ impl Source {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Trade {
+    #[serde(deserialize_with = "venue_name")]
     pub venue: &'static str,
     pub symbol: Arc<str>,
     /// The venue's id; negative when the venue sent none (see `venue::cdc_v1::synthetic_trade_id`).
@@ -79,8 +90,9 @@ pub struct Trade {
     pub source: Source,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Kline {
+    #[serde(deserialize_with = "venue_name")]
     pub venue: &'static str,
     pub symbol: Arc<str>,
     /// The venue's own interval name as configured (`1min`, `60min`, `1day`).
@@ -101,8 +113,9 @@ pub struct Kline {
 
 pub type Level = (Dec, Dec);
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BookSnapshot {
+    #[serde(deserialize_with = "venue_name")]
     pub venue: &'static str,
     pub symbol: Arc<str>,
     pub depth_step: i16,
@@ -114,8 +127,9 @@ pub struct BookSnapshot {
     pub asks: Vec<Level>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BookDelta {
+    #[serde(deserialize_with = "venue_name")]
     pub venue: &'static str,
     pub symbol: Arc<str>,
     pub depth_step: i16,
@@ -129,8 +143,9 @@ pub struct BookDelta {
     pub qty: Dec,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Ticker {
+    #[serde(deserialize_with = "venue_name")]
     pub venue: &'static str,
     pub symbol: Arc<str>,
     pub event_time_ms: i64,
@@ -145,8 +160,9 @@ pub struct Ticker {
 }
 
 /// A market as the venue lists it (`/v1/symbols`).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Market {
+    #[serde(deserialize_with = "venue_name")]
     pub venue: &'static str,
     pub symbol: Arc<str>,
     pub base: Option<String>,
@@ -157,8 +173,9 @@ pub struct Market {
 }
 
 /// One websocket connection's life, so analysts can see when a symbol was live.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Session {
+    #[serde(deserialize_with = "venue_name")]
     pub venue: &'static str,
     pub symbol: Arc<str>,
     pub session_id: String,
@@ -168,7 +185,8 @@ pub struct Session {
     pub close_reason: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(bound(deserialize = "'de: 'static"))]
 pub enum Event {
     Trade(Trade),
     Kline(Kline),

@@ -52,7 +52,7 @@ async fn setup(
     store.migrate().await.unwrap();
     let (tx, rx) = mpsc::channel(16);
     let stats = Arc::new(WriterStats::default());
-    let task = tokio::spawn(writer::run(store.clone(), rx, cfg, stats.clone()));
+    let task = tokio::spawn(writer::run(store.clone(), rx, cfg, stats.clone(), None));
     (dir, store, tx, stats, task)
 }
 
@@ -62,6 +62,7 @@ async fn flushes_when_the_batch_is_full() {
         batch_rows: 5,
         flush_interval_ms: 3_600_000,
         queue_capacity: 16,
+        ..WriterConfig::default()
     };
     let (_d, store, tx, stats, task) = setup(cfg).await;
     for id in 0..5 {
@@ -84,6 +85,7 @@ async fn flushes_a_partial_batch_after_the_interval() {
         batch_rows: 1_000_000,
         flush_interval_ms: 100,
         queue_capacity: 16,
+        ..WriterConfig::default()
     };
     let (_d, store, tx, _stats, task) = setup(cfg).await;
     for id in 0..3 {
@@ -103,6 +105,7 @@ async fn flushes_the_rest_on_shutdown() {
         batch_rows: 1_000_000,
         flush_interval_ms: 3_600_000,
         queue_capacity: 16,
+        ..WriterConfig::default()
     };
     let (_d, store, tx, stats, task) = setup(cfg).await;
     for id in 0..4 {

@@ -26,7 +26,10 @@ impl ReconnectPolicy {
 
     /// A fresh sequence of delays (start again here after a good connection).
     /// `seed` fixes the jitter, for tests.
-    pub fn delays(&self, seed: Option<u64>) -> impl Iterator<Item = Duration> + Send + use<> {
+    pub fn delays(
+        &self,
+        seed: Option<u64>,
+    ) -> impl Iterator<Item = Duration> + Send + Sync + use<> {
         let b = ExponentialBuilder::new()
             .with_min_delay(self.initial / 2)
             .with_max_delay(self.cap / 2)

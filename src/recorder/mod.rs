@@ -26,6 +26,19 @@ use worker::{Worker, WorkerStats};
 pub struct RunStats {
     pub writer: Arc<WriterStats>,
     pub workers: BTreeMap<String, Arc<WorkerStats>>,
+    /// Observes the writer's queue without keeping it open.
+    queue: Option<mpsc::WeakSender<crate::model::Event>>,
+}
+
+impl RunStats {
+    /// Events waiting in the writer's queue now.
+    pub fn queue_depth(&self) -> usize {
+        self.queue
+            .as_ref()
+            .and_then(|w| w.upgrade())
+            .map(|tx| tx.max_capacity() - tx.capacity())
+            .unwrap_or(0)
+    }
 }
 
 /// Runs until `shutdown` is cancelled, then drains and returns. Errors only at start-up.
@@ -68,8 +81,15 @@ pub async fn start(
     let store = Arc::new(store);
     tracing::info!(database = %redact_url(url), symbols = config.record.symbols.len(), "database ready");
 
+    let spool_dir = config.spool_dir();
+    let spool = crate::store::spool::Spool::open(&spool_dir)
+        .with_context(|| format!("opening the spool in {}", spool_dir.display()))?;
+
     let (tx, rx) = mpsc::channel(config.writer.queue_capacity);
-    let mut stats = RunStats::default();
+    let mut stats = RunStats {
+        queue: Some(tx.downgrade()),
+        ..RunStats::default()
+    };
     let tasks = TaskTracker::new();
     let workers = TaskTracker::new();
     let stagger = Arc::new(Stagger::new(config.connection.connect_rate_per_s));
@@ -102,7 +122,7 @@ pub async fn start(
     let writer_store = store.clone();
     let writer_cfg = config.writer.clone();
     tasks.spawn(async move {
-        writer::run(writer_store, rx, writer_cfg, writer_stats).await;
+        writer::run(writer_store, rx, writer_cfg, writer_stats, Some(spool)).await;
         workers.wait().await;
     });
     Ok((store, stats, tasks))

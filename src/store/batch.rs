@@ -75,6 +75,24 @@ impl Batch {
         }
     }
 
+    /// Every row as an event (for the spool).
+    pub fn events(&self) -> impl Iterator<Item = Event> + '_ {
+        let trades = self.trades.iter().cloned().map(Event::Trade);
+        let klines = self.klines.iter().cloned().map(Event::Kline);
+        let snaps = self.snapshots.iter().cloned().map(Event::BookSnapshot);
+        let deltas = self.deltas.iter().cloned().map(Event::BookDelta);
+        let tickers = self.tickers.iter().cloned().map(Event::Ticker);
+        let sessions = self.sessions.iter().cloned().map(Event::Session);
+        let markets = self.markets.iter().cloned().map(Event::Market);
+        trades
+            .chain(klines)
+            .chain(snaps)
+            .chain(deltas)
+            .chain(tickers)
+            .chain(sessions)
+            .chain(markets)
+    }
+
     /// Rows this batch will write (book levels count as one row per snapshot).
     pub fn rows(&self) -> usize {
         self.trades.len()

@@ -5,6 +5,7 @@
 
 pub mod batch;
 pub mod postgres;
+pub mod spool;
 pub mod sqlite;
 pub mod writer;
 

@@ -487,8 +487,5 @@ pub(crate) fn parse_source(s: &str) -> Result<Source, StoreError> {
 
 /// Rows carry `&'static str` venue names; map a stored name back to the known one.
 pub(crate) fn static_venue(v: &str) -> &'static str {
-    match v {
-        crate::venue::cdc_v1::NAME => crate::venue::cdc_v1::NAME,
-        _ => "unknown",
-    }
+    crate::venue::static_name(v).unwrap_or("unknown")
 }

@@ -2,9 +2,15 @@
 //!
 //! It drains the bounded event queue into a [`Batch`] and flushes when the batch holds
 //! `batch_rows` rows or `flush_interval_ms` after its first row, one transaction per flush.
-//! A failed flush is retried with backoff and the batch is kept; meanwhile the queue fills
-//! and the workers wait on it (backpressure, nothing dropped). When every sender is gone
-//! (shutdown), it flushes what is left and returns.
+//!
+//! Backpressure policy: while the database takes writes, a slow database slows the flushes,
+//! the queue fills and the workers wait on it (nothing is dropped). When a write fails or
+//! exceeds `write_timeout_s`, the batch goes to the disk [`Spool`] and the writer keeps draining
+//! the queue into the spool, so recording goes on; it probes the database with backoff and
+//! replays the spool, oldest first, once it answers. Only when the spool cannot be written
+//! (full, or a disk error) does the writer hold the batch and retry the database in place,
+//! which brings back backpressure. When every sender is gone (shutdown) it flushes what is
+//! left, tries one last replay, and returns; anything still spooled is replayed at next start.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,12 +19,14 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::spool::Spool;
 use super::{Batch, Store};
 use crate::config::WriterConfig;
 use crate::model::Event;
+use crate::recorder::backoff::ReconnectPolicy;
 
 /// Rows handed to the database, per table (after in-batch merging; duplicates of stored rows
-/// are counted here but not stored twice).
+/// are counted here but not stored twice), and the spool's state.
 #[derive(Debug, Default)]
 pub struct WriterStats {
     pub trades: AtomicU64,
@@ -29,6 +37,12 @@ pub struct WriterStats {
     pub sessions: AtomicU64,
     pub flushes: AtomicU64,
     pub flush_errors: AtomicU64,
+    /// Rows written to the spool, and rows replayed from it into the database.
+    pub spooled_rows: AtomicU64,
+    pub replayed_rows: AtomicU64,
+    /// Current spool size (gauge).
+    pub spool_bytes: AtomicU64,
+    pub spool_files: AtomicU64,
 }
 
 impl WriterStats {
@@ -42,6 +56,22 @@ impl WriterStats {
         add(&self.sessions, b.sessions.len());
         self.flushes.fetch_add(1, Ordering::Relaxed);
     }
+
+    fn spool_gauges(&self, s: &Spool) {
+        self.spool_bytes.store(s.bytes(), Ordering::Relaxed);
+        self.spool_files.store(s.files() as u64, Ordering::Relaxed);
+    }
+}
+
+struct Writer {
+    store: Arc<Store>,
+    cfg: WriterConfig,
+    stats: Arc<WriterStats>,
+    spool: Option<Spool>,
+    /// Delays between database probes while the spool is non-empty.
+    probe: ReconnectPolicy,
+    probe_delays: Box<dyn Iterator<Item = Duration> + Send + Sync>,
+    next_probe: Option<Instant>,
 }
 
 pub async fn run(
@@ -49,18 +79,35 @@ pub async fn run(
     mut rx: mpsc::Receiver<Event>,
     cfg: WriterConfig,
     stats: Arc<WriterStats>,
+    spool: Option<Spool>,
 ) {
+    let probe = ReconnectPolicy {
+        initial: Duration::from_millis(200),
+        cap: Duration::from_secs(10),
+    };
+    let mut w = Writer {
+        store,
+        cfg,
+        stats,
+        spool,
+        probe,
+        probe_delays: Box::new(probe.delays(None)),
+        next_probe: None,
+    };
+    if let Some(s) = &w.spool {
+        w.stats.spool_gauges(s);
+        if !s.is_empty() {
+            tracing::info!(files = s.files(), bytes = s.bytes(), dir = %s.dir().display(), "replaying the spool left by an earlier run");
+            w.replay().await;
+        }
+    }
     let mut batch = Batch::default();
     let mut buf: Vec<Event> = Vec::with_capacity(1024);
-    let interval = Duration::from_millis(cfg.flush_interval_ms);
+    let interval = Duration::from_millis(w.cfg.flush_interval_ms);
     let mut deadline: Option<Instant> = None;
     loop {
-        let timer = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending().await,
-            }
-        };
+        let flush_timer = sleep_until_opt(deadline);
+        let probe_timer = sleep_until_opt(w.next_probe);
         tokio::select! {
             n = rx.recv_many(&mut buf, 1024) => {
                 if n == 0 {
@@ -72,47 +119,171 @@ pub async fn run(
                 if deadline.is_none() {
                     deadline = Some(Instant::now() + interval);
                 }
-                if batch.rows() >= cfg.batch_rows {
-                    flush(&store, &mut batch, &stats).await;
+                if batch.rows() >= w.cfg.batch_rows {
+                    w.flush(&mut batch).await;
                     deadline = None;
                 }
             }
-            _ = timer => {
-                flush(&store, &mut batch, &stats).await;
+            _ = flush_timer => {
+                w.flush(&mut batch).await;
                 deadline = None;
             }
+            _ = probe_timer => w.replay().await,
         }
     }
-    flush(&store, &mut batch, &stats).await;
+    w.flush(&mut batch).await;
+    if w.spool.as_ref().is_some_and(|s| !s.is_empty()) {
+        w.replay().await;
+    }
+    if let Some(s) = w.spool.as_ref().filter(|s| !s.is_empty()) {
+        tracing::warn!(files = s.files(), bytes = s.bytes(), dir = %s.dir().display(), "database still unavailable at shutdown; the spool will be replayed at the next start");
+    }
     tracing::debug!("writer drained and stopped");
 }
 
-/// Writes the batch, retrying until the database takes it.
-async fn flush(store: &Store, batch: &mut Batch, stats: &WriterStats) {
-    if batch.is_empty() {
-        return;
+async fn sleep_until_opt(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
     }
-    let mut delay = Duration::from_millis(100);
-    let mut attempt = 0u32;
-    loop {
-        match store.write(batch).await {
-            Ok(()) => {
-                if attempt > 0 {
-                    tracing::info!(attempts = attempt + 1, "database write succeeded again");
+}
+
+impl Writer {
+    /// One database write, bounded by `write_timeout_s`.
+    async fn write(&self, batch: &Batch) -> Result<(), String> {
+        let limit = Duration::from_secs(self.cfg.write_timeout_s);
+        match tokio::time::timeout(limit, self.store.write(batch)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {}s", self.cfg.write_timeout_s)),
+        }
+    }
+
+    fn spooling(&self) -> bool {
+        self.spool.as_ref().is_some_and(|s| !s.is_empty())
+    }
+
+    async fn flush(&mut self, batch: &mut Batch) {
+        if batch.is_empty() {
+            return;
+        }
+        // While the spool holds data the database is considered down: straight to disk, and
+        // the probe timer finds out when it is back.
+        if !self.spooling() {
+            match self.write(batch).await {
+                Ok(()) => {
+                    self.stats.record(batch);
+                    batch.clear();
+                    return;
                 }
-                stats.record(batch);
-                batch.clear();
-                return;
-            }
-            Err(e) => {
-                attempt += 1;
-                stats.flush_errors.fetch_add(1, Ordering::Relaxed);
-                if attempt == 1 || attempt.is_power_of_two() {
-                    tracing::warn!(error = %e, rows = batch.rows(), attempt, "database write failed; keeping the batch and retrying");
+                Err(e) => {
+                    self.stats.flush_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, rows = batch.rows(), "database write failed; spooling to disk and recording on");
                 }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
             }
         }
+        let mut delays = self.probe.delays(None);
+        let mut warned = false;
+        loop {
+            match self.to_spool(batch) {
+                Ok(()) => {
+                    if self.next_probe.is_none() {
+                        self.next_probe = Some(
+                            Instant::now() + self.probe_delays.next().unwrap_or(self.probe.cap),
+                        );
+                    }
+                    batch.clear();
+                    return;
+                }
+                Err(e) => {
+                    if !warned {
+                        tracing::error!(error = %e, rows = batch.rows(), "cannot spool; holding the batch and retrying the database (readers will wait)");
+                        warned = true;
+                    }
+                    tokio::time::sleep(delays.next().unwrap_or(self.probe.cap)).await;
+                    if self.write(batch).await.is_ok() {
+                        self.stats.record(batch);
+                        batch.clear();
+                        return;
+                    }
+                    self.stats.flush_errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    fn to_spool(&mut self, batch: &Batch) -> Result<(), String> {
+        let spool = self.spool.as_mut().ok_or("no spool configured")?;
+        if spool.bytes() >= self.cfg.spool_max_bytes {
+            return Err(format!("spool full ({} bytes)", spool.bytes()));
+        }
+        spool
+            .append(batch)
+            .map_err(|e| format!("spool write in {}: {e}", spool.dir().display()))?;
+        self.stats
+            .spooled_rows
+            .fetch_add(batch.rows() as u64, Ordering::Relaxed);
+        self.stats.spool_gauges(spool);
+        Ok(())
+    }
+
+    /// Writes spooled batches oldest first; stops at the first failure and schedules a probe.
+    async fn replay(&mut self) {
+        self.next_probe = None;
+        let pending = match self.spool.as_ref().map(|s| s.pending()) {
+            Some(Ok(p)) => p,
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "cannot list the spool");
+                self.next_probe = Some(Instant::now() + self.probe.cap);
+                return;
+            }
+            None => return,
+        };
+        if pending.is_empty() {
+            return;
+        }
+        let mut rows = 0usize;
+        for path in &pending {
+            let batch = match Spool::read(path) {
+                Ok(b) => b,
+                Err(e) => {
+                    // keep the bytes for a human, out of the replay path
+                    let aside = path.with_extension("bad");
+                    tracing::error!(error = %e, file = %aside.display(), "unreadable spool file set aside");
+                    let _ = std::fs::rename(path, &aside);
+                    if let Some(s) = self.spool.as_mut() {
+                        *s = match Spool::open(s.dir()) {
+                            Ok(fresh) => fresh,
+                            Err(_) => continue,
+                        };
+                    }
+                    continue;
+                }
+            };
+            if let Err(e) = self.write(&batch).await {
+                self.stats.flush_errors.fetch_add(1, Ordering::Relaxed);
+                let delay = self.probe_delays.next().unwrap_or(self.probe.cap);
+                tracing::debug!(error = %e, ?delay, "database still unavailable");
+                self.next_probe = Some(Instant::now() + delay);
+                return;
+            }
+            self.stats.record(&batch);
+            self.stats
+                .replayed_rows
+                .fetch_add(batch.rows() as u64, Ordering::Relaxed);
+            rows += batch.rows();
+            if let Some(s) = self.spool.as_mut() {
+                if let Err(e) = s.remove(path) {
+                    tracing::error!(error = %e, file = %path.display(), "cannot delete a replayed spool file (its rows are stored; replaying it again is harmless)");
+                }
+                self.stats.spool_gauges(s);
+            }
+        }
+        self.probe_delays = Box::new(self.probe.delays(None));
+        tracing::info!(
+            files = pending.len(),
+            rows,
+            "database accepts writes again; spool replayed"
+        );
     }
 }

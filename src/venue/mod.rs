@@ -90,3 +90,11 @@ pub fn venue_for(kind: &str) -> Option<Arc<dyn Venue>> {
         _ => None,
     }
 }
+
+/// The static name of a known venue (rows read back from storage carry `&'static str`).
+pub fn static_name(name: &str) -> Option<&'static str> {
+    match name {
+        cdc_v1::NAME => Some(cdc_v1::NAME),
+        _ => None,
+    }
+}

@@ -1,0 +1,253 @@
+//! The disk spool: batches the database could not take, one file each, replayed when it can.
+//!
+//! A file is written as `NNNNNNNNNNNN.tmp`, synced, then renamed to `.spool`, so a crash leaves
+//! either a whole batch or a `.tmp` that is discarded. Files are replayed oldest first and
+//! deleted only after the database committed them. Replay order does not matter for
+//! correctness: every statement is idempotent by key.
+
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::Batch;
+use crate::model::Event;
+
+pub struct Spool {
+    dir: PathBuf,
+    next_seq: u64,
+    bytes: u64,
+    files: usize,
+}
+
+impl Spool {
+    /// Opens the directory (created on the first append); drops unfinished `.tmp` files;
+    /// counts what is pending.
+    pub fn open(dir: &Path) -> std::io::Result<Spool> {
+        let mut next_seq = 0;
+        let mut bytes = 0;
+        let mut files = 0;
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => Some(e),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        for entry in entries.into_iter().flatten() {
+            let entry = entry?;
+            let path = entry.path();
+            match path.extension().and_then(|e| e.to_str()) {
+                Some("tmp") => std::fs::remove_file(&path)?,
+                Some("spool") => {
+                    if let Some(seq) = seq_of(&path) {
+                        next_seq = next_seq.max(seq + 1);
+                    }
+                    bytes += entry.metadata()?.len();
+                    files += 1;
+                }
+                _ => {}
+            }
+        }
+        Ok(Spool {
+            dir: dir.to_path_buf(),
+            next_seq,
+            bytes,
+            files,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.files == 0
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    pub fn files(&self) -> usize {
+        self.files
+    }
+
+    /// Pending files, oldest first.
+    pub fn pending(&self) -> std::io::Result<Vec<PathBuf>> {
+        if self.files == 0 {
+            return Ok(Vec::new());
+        }
+        let mut v: Vec<(u64, PathBuf)> = std::fs::read_dir(&self.dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter_map(|p| seq_of(&p).map(|s| (s, p)))
+            .collect();
+        v.sort();
+        Ok(v.into_iter().map(|(_, p)| p).collect())
+    }
+
+    /// Writes a batch durably as one file.
+    pub fn append(&mut self, batch: &Batch) -> std::io::Result<()> {
+        std::fs::create_dir_all(&self.dir)?;
+        let seq = self.next_seq;
+        let tmp = self.dir.join(format!("{seq:012}.tmp"));
+        let done = self.dir.join(format!("{seq:012}.spool"));
+        let file = std::fs::File::create(&tmp)?;
+        let mut w = BufWriter::new(file);
+        for ev in batch.events() {
+            serde_json::to_writer(&mut w, &ev)?;
+            w.write_all(b"\n")?;
+        }
+        let file = w.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        let len = file.metadata()?.len();
+        drop(file);
+        std::fs::rename(&tmp, &done)?;
+        self.next_seq += 1;
+        self.bytes += len;
+        self.files += 1;
+        Ok(())
+    }
+
+    /// Reads one spooled batch back.
+    pub fn read(path: &Path) -> std::io::Result<Batch> {
+        let mut batch = Batch::default();
+        for (n, line) in BufReader::new(std::fs::File::open(path)?)
+            .lines()
+            .enumerate()
+        {
+            let line = line?;
+            if line.is_empty() {
+                continue;
+            }
+            // Value owns its data, so events can take their `&'static` venue names from it
+            let v: serde_json::Value = serde_json::from_str(&line).map_err(|e| bad(path, n, e))?;
+            batch.push(Event::deserialize(v).map_err(|e| bad(path, n, e))?);
+        }
+        Ok(batch)
+    }
+
+    /// Deletes a replayed file.
+    pub fn remove(&mut self, path: &Path) -> std::io::Result<()> {
+        let len = std::fs::metadata(path)?.len();
+        std::fs::remove_file(path)?;
+        self.bytes = self.bytes.saturating_sub(len);
+        self.files = self.files.saturating_sub(1);
+        Ok(())
+    }
+}
+
+fn seq_of(p: &Path) -> Option<u64> {
+    if p.extension().and_then(|e| e.to_str()) != Some("spool") {
+        return None;
+    }
+    p.file_stem()?.to_str()?.parse().ok()
+}
+
+fn bad(path: &Path, line: usize, e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!("{} line {}: {e}", path.display(), line + 1),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decimal::Dec;
+    use crate::model::{Kline, Session, Side, Source, Trade};
+    use std::sync::Arc;
+
+    fn sample() -> Batch {
+        let d = |s: &str| Dec::parse(s).unwrap();
+        let mut b = Batch::default();
+        b.push(Event::Trade(Trade {
+            venue: "cdc-v1",
+            symbol: Arc::from("btcusdt"),
+            trade_id: -42,
+            side: Side::Sell,
+            price: d("12345678.123456789012345678"),
+            qty: d("0.001"),
+            quote_qty: None,
+            event_time_ms: 1,
+            recv_time_us: 2,
+            source: Source::Ws,
+        }));
+        b.push(Event::Kline(Kline {
+            venue: "cdc-v1",
+            symbol: Arc::from("btcusdt"),
+            interval: Arc::from("1min"),
+            open_time_ms: 60_000,
+            open: d("1"),
+            high: d("2"),
+            low: d("0.5"),
+            close: d("1.5"),
+            volume: d("10"),
+            quote_volume: Some(d("15")),
+            closed: true,
+            event_time_ms: 3,
+            recv_time_us: 4,
+            source: Source::Rest,
+        }));
+        b.push(Event::Session(Session {
+            venue: "cdc-v1",
+            symbol: Arc::from("btcusdt"),
+            session_id: "abc".into(),
+            connected_at_us: 5,
+            disconnected_at_us: None,
+            close_reason: None,
+        }));
+        b
+    }
+
+    #[test]
+    fn round_trip_and_bookkeeping() {
+        let root = tempfile::tempdir().unwrap();
+        let dir_buf = root.path().join("spool");
+        let dir = dir_buf.as_path();
+        let mut s = Spool::open(dir).unwrap();
+        assert!(s.is_empty());
+        assert!(!dir.exists(), "created lazily");
+        s.append(&sample()).unwrap();
+        s.append(&sample()).unwrap();
+        assert_eq!(s.files(), 2);
+        assert!(s.bytes() > 0);
+        let files = s.pending().unwrap();
+        let back = Spool::read(&files[0]).unwrap();
+        let want = sample();
+        assert_eq!(back.trades, want.trades);
+        assert_eq!(back.klines, want.klines);
+        assert_eq!(back.sessions, want.sessions);
+        // reopening continues the sequence and drops unfinished files
+        std::fs::write(dir.join("000000000009.tmp"), b"partial").unwrap();
+        let mut s2 = Spool::open(dir).unwrap();
+        assert_eq!(s2.files(), 2);
+        assert!(!dir.join("000000000009.tmp").exists());
+        s2.append(&sample()).unwrap();
+        let names: Vec<String> = s2
+            .pending()
+            .unwrap()
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "000000000000.spool",
+                "000000000001.spool",
+                "000000000002.spool"
+            ]
+        );
+        for p in s2.pending().unwrap() {
+            s2.remove(&p).unwrap();
+        }
+        assert!(s2.is_empty());
+        assert_eq!(s2.bytes(), 0);
+    }
+
+    #[test]
+    fn a_damaged_file_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("000000000000.spool");
+        std::fs::write(&p, br#"{"Trade":{"venue":"nope"}}"#).unwrap();
+        assert!(Spool::read(&p).is_err());
+    }
+}
