@@ -84,6 +84,9 @@ pub async fn start(
     let spool_dir = config.spool_dir();
     let spool = crate::store::spool::Spool::open(&spool_dir)
         .with_context(|| format!("opening the spool in {}", spool_dir.display()))?;
+    spool
+        .discard_unfinished()
+        .with_context(|| format!("cleaning the spool in {}", spool_dir.display()))?;
 
     let (tx, rx) = mpsc::channel(config.writer.queue_capacity);
     let mut stats = RunStats {

@@ -21,8 +21,8 @@ pub struct Spool {
 }
 
 impl Spool {
-    /// Opens the directory (created on the first append); drops unfinished `.tmp` files;
-    /// counts what is pending.
+    /// Opens the directory (created on the first append) and counts what is pending.
+    /// Read-only: unfinished `.tmp` files are left to [`Spool::discard_unfinished`].
     pub fn open(dir: &Path) -> std::io::Result<Spool> {
         let mut next_seq = 0;
         let mut bytes = 0;
@@ -36,7 +36,6 @@ impl Spool {
             let entry = entry?;
             let path = entry.path();
             match path.extension().and_then(|e| e.to_str()) {
-                Some("tmp") => std::fs::remove_file(&path)?,
                 Some("spool") => {
                     if let Some(seq) = seq_of(&path) {
                         next_seq = next_seq.max(seq + 1);
@@ -53,6 +52,25 @@ impl Spool {
             bytes,
             files,
         })
+    }
+
+    /// Deletes `.tmp` files a crashed writer left half-written (their batch was never complete).
+    /// Only the owning writer may call this, at start-up.
+    pub fn discard_unfinished(&self) -> std::io::Result<usize> {
+        let mut n = 0;
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let path = entry?.path();
+            if path.extension().and_then(|e| e.to_str()) == Some("tmp") {
+                std::fs::remove_file(&path)?;
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     pub fn dir(&self) -> &Path {
@@ -220,6 +238,11 @@ mod tests {
         std::fs::write(dir.join("000000000009.tmp"), b"partial").unwrap();
         let mut s2 = Spool::open(dir).unwrap();
         assert_eq!(s2.files(), 2);
+        assert!(
+            dir.join("000000000009.tmp").exists(),
+            "open alone is read-only"
+        );
+        assert_eq!(s2.discard_unfinished().unwrap(), 1);
         assert!(!dir.join("000000000009.tmp").exists());
         s2.append(&sample()).unwrap();
         let names: Vec<String> = s2

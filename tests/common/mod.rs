@@ -138,3 +138,147 @@ batch_rows = 500
     c.validate().expect("test config valid");
     c
 }
+
+/// A private PostgreSQL server in a temporary directory, which a test may stop and start
+/// (the shared server on 5432 must never be stopped by a test).
+pub struct OwnPg {
+    dir: tempfile::TempDir,
+    bin: std::path::PathBuf,
+    pub port: u16,
+    as_postgres: bool,
+}
+
+impl OwnPg {
+    /// None (skip) when the server binaries are missing and PostgreSQL is not required.
+    pub fn create() -> Option<OwnPg> {
+        let bin = std::fs::read_dir("/usr/lib/postgresql").ok().and_then(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin"))
+                .filter(|p| p.join("initdb").exists())
+                .max()
+        });
+        let Some(bin) = bin else {
+            if pg_required() {
+                panic!("PostgreSQL server binaries not found under /usr/lib/postgresql");
+            }
+            eprintln!("SKIP: no PostgreSQL server binaries");
+            return None;
+        };
+        let as_postgres = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+            .unwrap_or(false);
+        let dir = tempfile::Builder::new()
+            .prefix("mdrec-pg")
+            .tempdir()
+            .expect("tempdir");
+        if as_postgres {
+            // initdb refuses to run as root: the cluster belongs to the postgres user
+            let ok = std::process::Command::new("chown")
+                .args(["-R", "postgres:postgres", &dir.path().display().to_string()])
+                .status()
+                .expect("chown");
+            assert!(ok.success());
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("free port")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let pg = OwnPg {
+            dir,
+            bin,
+            port,
+            as_postgres,
+        };
+        let data = pg.data();
+        pg.run(
+            "initdb",
+            &[
+                "-D",
+                &data,
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
+        );
+        pg.start();
+        Some(pg)
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").display().to_string()
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) {
+        let exe = self.bin.join(tool).display().to_string();
+        let mut cmd = if self.as_postgres {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--", &exe]);
+            c
+        } else {
+            std::process::Command::new(&exe)
+        };
+        let out = cmd.args(args).output().expect("run a PostgreSQL tool");
+        assert!(
+            out.status.success(),
+            "{tool} {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    pub fn start(&self) {
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("log").display().to_string();
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.data(),
+                "-o",
+                &opts,
+                "-l",
+                &log,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+        );
+    }
+
+    pub fn stop(&self) {
+        self.run(
+            "pg_ctl",
+            &["-D", &self.data(), "-m", "fast", "-w", "-t", "60", "stop"],
+        );
+    }
+}
+
+impl Drop for OwnPg {
+    fn drop(&mut self) {
+        let exe = self.bin.join("pg_ctl").display().to_string();
+        let data = self.data();
+        let mut cmd = if self.as_postgres {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--", &exe]);
+            c
+        } else {
+            std::process::Command::new(&exe)
+        };
+        let _ = cmd.args(["-D", &data, "-m", "immediate", "stop"]).output();
+    }
+}
