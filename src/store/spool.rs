@@ -35,15 +35,12 @@ impl Spool {
         for entry in entries.into_iter().flatten() {
             let entry = entry?;
             let path = entry.path();
-            match path.extension().and_then(|e| e.to_str()) {
-                Some("spool") => {
-                    if let Some(seq) = seq_of(&path) {
-                        next_seq = next_seq.max(seq + 1);
-                    }
-                    bytes += entry.metadata()?.len();
-                    files += 1;
+            if path.extension().and_then(|e| e.to_str()) == Some("spool") {
+                if let Some(seq) = seq_of(&path) {
+                    next_seq = next_seq.max(seq + 1);
                 }
-                _ => {}
+                bytes += entry.metadata()?.len();
+                files += 1;
             }
         }
         Ok(Spool {

@@ -185,7 +185,7 @@ impl Writer {
         let mut delays = self.probe.delays(None);
         let mut warned = false;
         loop {
-            match self.to_spool(batch) {
+            match self.spool_batch(batch) {
                 Ok(()) => {
                     if self.next_probe.is_none() {
                         self.next_probe = Some(
@@ -212,7 +212,7 @@ impl Writer {
         }
     }
 
-    fn to_spool(&mut self, batch: &Batch) -> Result<(), String> {
+    fn spool_batch(&mut self, batch: &Batch) -> Result<(), String> {
         let spool = self.spool.as_mut().ok_or("no spool configured")?;
         if spool.bytes() >= self.cfg.spool_max_bytes {
             return Err(format!("spool full ({} bytes)", spool.bytes()));
