@@ -7,6 +7,7 @@ pub mod config;
 pub mod decimal;
 pub mod demo;
 pub mod model;
+pub mod ops;
 pub mod recorder;
 pub mod sim;
 pub mod store;

@@ -26,6 +26,8 @@ use worker::{Worker, WorkerStats};
 pub struct RunStats {
     pub writer: Arc<WriterStats>,
     pub workers: BTreeMap<String, Arc<WorkerStats>>,
+    /// Worker supervisors still running (one per symbol until shutdown).
+    pub supervisors_alive: Arc<std::sync::atomic::AtomicUsize>,
     /// Observes the writer's queue without keeping it open.
     queue: Option<mpsc::WeakSender<crate::model::Event>>,
 }
@@ -42,7 +44,7 @@ impl RunStats {
 }
 
 /// Runs until `shutdown` is cancelled, then drains and returns. Errors only at start-up.
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<RunStats> {
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<Arc<RunStats>> {
     let venue = venue_for(&config.venue.kind)
         .with_context(|| format!("unknown venue {:?}", config.venue.kind))?;
     run_with(config, venue, shutdown).await
@@ -53,9 +55,18 @@ pub async fn run_with(
     config: Config,
     venue: Arc<dyn Venue>,
     shutdown: CancellationToken,
-) -> anyhow::Result<RunStats> {
+) -> anyhow::Result<Arc<RunStats>> {
+    let symbols = config.record.symbols.len();
     let (store, stats, tasks) = start(config, venue, shutdown.clone()).await?;
+    let stats = Arc::new(stats);
+    crate::ops::systemd::ready(symbols);
+    tokio::spawn(crate::ops::systemd::watchdog(
+        stats.clone(),
+        symbols,
+        shutdown.clone(),
+    ));
     shutdown.cancelled().await;
+    crate::ops::systemd::stopping();
     tracing::info!("shutdown: stopping intake and draining the queue");
     tasks.close();
     tasks.wait().await;
@@ -109,7 +120,12 @@ pub async fn start(
             stagger: stagger.clone(),
             current: Default::default(),
         };
-        workers.spawn(worker::supervise(w));
+        let alive = stats.supervisors_alive.clone();
+        alive.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        workers.spawn(async move {
+            worker::supervise(w).await;
+            alive.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        });
     }
     {
         let (venue, config, tx) = (venue.clone(), config.clone(), tx.clone());

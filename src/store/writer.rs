@@ -43,6 +43,8 @@ pub struct WriterStats {
     /// Current spool size (gauge).
     pub spool_bytes: AtomicU64,
     pub spool_files: AtomicU64,
+    /// Wall-clock ms of the writer loop's last turn (the watchdog's progress signal).
+    pub heartbeat_ms: std::sync::atomic::AtomicI64,
 }
 
 impl WriterStats {
@@ -105,7 +107,9 @@ pub async fn run(
     let mut buf: Vec<Event> = Vec::with_capacity(1024);
     let interval = Duration::from_millis(w.cfg.flush_interval_ms);
     let mut deadline: Option<Instant> = None;
+    let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
     loop {
+        w.beat();
         let flush_timer = sleep_until_opt(deadline);
         let probe_timer = sleep_until_opt(w.next_probe);
         tokio::select! {
@@ -129,6 +133,7 @@ pub async fn run(
                 deadline = None;
             }
             _ = probe_timer => w.replay().await,
+            _ = heartbeat.tick() => {}
         }
     }
     w.flush(&mut batch).await;
@@ -149,6 +154,12 @@ async fn sleep_until_opt(t: Option<Instant>) {
 }
 
 impl Writer {
+    fn beat(&self) {
+        self.stats
+            .heartbeat_ms
+            .store(crate::model::now_ms(), Ordering::Relaxed);
+    }
+
     /// One database write, bounded by `write_timeout_s`.
     async fn write(&self, batch: &Batch) -> Result<(), String> {
         let limit = Duration::from_secs(self.cfg.write_timeout_s);
@@ -201,6 +212,7 @@ impl Writer {
                         warned = true;
                     }
                     tokio::time::sleep(delays.next().unwrap_or(self.probe.cap)).await;
+                    self.beat();
                     if self.write(batch).await.is_ok() {
                         self.stats.record(batch);
                         batch.clear();

@@ -1,0 +1,3 @@
+//! Operating the daemon: service-manager integration (metrics and health come later).
+
+pub mod systemd;

@@ -1,0 +1,96 @@
+//! systemd `Type=notify` integration: READY once the database is migrated and the workers are
+//! started, WATCHDOG=1 only while the writer and the worker supervisors make progress,
+//! STOPPING on shutdown. Without `NOTIFY_SOCKET` (not under systemd) every call is a no-op.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use sd_notify::NotifyState;
+use tokio_util::sync::CancellationToken;
+
+use crate::model::now_ms;
+use crate::recorder::RunStats;
+
+fn send(states: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::warn!(error = %e, "cannot notify the service manager");
+    }
+}
+
+pub fn ready(symbols: usize) {
+    let status = format!("recording {symbols} symbols");
+    send(&[NotifyState::Ready, NotifyState::Status(&status)]);
+}
+
+pub fn stopping() {
+    send(&[
+        NotifyState::Stopping,
+        NotifyState::Status("draining the queue"),
+    ]);
+}
+
+/// Why the daemon is not healthy enough to pet the watchdog, if it is not.
+pub fn stalled(stats: &RunStats, symbols: usize, stall: Duration) -> Option<String> {
+    let beat = stats.writer.heartbeat_ms.load(Ordering::Relaxed);
+    let age = now_ms() - beat;
+    if beat == 0 || age > stall.as_millis() as i64 {
+        return Some(format!("writer made no progress for {age} ms"));
+    }
+    let alive = stats.supervisors_alive.load(Ordering::Relaxed);
+    if alive < symbols {
+        return Some(format!("{alive} of {symbols} symbol supervisors running"));
+    }
+    None
+}
+
+/// Pets the watchdog at half its interval while [`stalled`] finds nothing; stops at shutdown.
+pub async fn watchdog(stats: Arc<RunStats>, symbols: usize, shutdown: CancellationToken) {
+    let Some(interval) = sd_notify::watchdog_enabled() else {
+        return;
+    };
+    let period = interval / 2;
+    let mut tick = tokio::time::interval(period);
+    let mut reported = false;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match stalled(&stats, symbols, interval) {
+            None => {
+                reported = false;
+                send(&[NotifyState::Watchdog]);
+            }
+            Some(why) if !reported => {
+                reported = true;
+                tracing::error!(reason = %why, "not petting the systemd watchdog");
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watchdog_health() {
+        let stats = RunStats::default();
+        let stall = Duration::from_secs(2);
+        assert!(
+            stalled(&stats, 1, stall).unwrap().contains("writer"),
+            "no heartbeat yet"
+        );
+        stats.writer.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
+        assert!(stalled(&stats, 1, stall).unwrap().contains("supervisors"));
+        stats.supervisors_alive.store(1, Ordering::Relaxed);
+        assert_eq!(stalled(&stats, 1, stall), None);
+        stats
+            .writer
+            .heartbeat_ms
+            .store(now_ms() - 5_000, Ordering::Relaxed);
+        assert!(stalled(&stats, 1, stall).unwrap().contains("no progress"));
+    }
+}
