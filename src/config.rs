@@ -178,6 +178,10 @@ pub struct ConnectionConfig {
     pub silence_timeout_s: u64,
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout_s: u64,
+    /// A subscribed channel silent this long while another channel of the same connection
+    /// delivers is subscribed again.
+    #[serde(default = "default_channel_silence")]
+    pub channel_silence_s: u64,
     /// First reconnect delay; doubles up to `reconnect_max_s`, with jitter.
     #[serde(default = "default_reconnect_initial")]
     pub reconnect_initial_ms: u64,
@@ -200,6 +204,9 @@ fn default_silence() -> u64 {
 fn default_connect_timeout() -> u64 {
     10
 }
+fn default_channel_silence() -> u64 {
+    120
+}
 fn default_reconnect_initial() -> u64 {
     500
 }
@@ -221,6 +228,7 @@ impl Default for ConnectionConfig {
         ConnectionConfig {
             silence_timeout_s: default_silence(),
             connect_timeout_s: default_connect_timeout(),
+            channel_silence_s: default_channel_silence(),
             reconnect_initial_ms: default_reconnect_initial(),
             reconnect_max_s: default_reconnect_max(),
             connect_rate_per_s: default_connect_rate(),
@@ -463,6 +471,12 @@ impl Config {
         if c.connect_timeout_s == 0 {
             return Err(ConfigError::new(
                 "connection.connect_timeout_s",
+                "must be at least 1",
+            ));
+        }
+        if c.channel_silence_s == 0 {
+            return Err(ConfigError::new(
+                "connection.channel_silence_s",
                 "must be at least 1",
             ));
         }

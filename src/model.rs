@@ -197,6 +197,29 @@ pub enum Event {
     Market(Market),
 }
 
+/// Which subscribed stream an event belongs to (venue-neutral), for per-channel liveness.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum StreamKey {
+    Trades,
+    Kline(Arc<str>),
+    Book(i16),
+    Ticker,
+}
+
+impl Event {
+    /// The market-data stream this event came from (None for control rows).
+    pub fn stream(&self) -> Option<StreamKey> {
+        Some(match self {
+            Event::Trade(_) => StreamKey::Trades,
+            Event::Kline(k) => StreamKey::Kline(k.interval.clone()),
+            Event::BookSnapshot(b) => StreamKey::Book(b.depth_step),
+            Event::BookDelta(d) => StreamKey::Book(d.depth_step),
+            Event::Ticker(_) => StreamKey::Ticker,
+            Event::Session(_) | Event::Market(_) => return None,
+        })
+    }
+}
+
 /// Microseconds since the Unix epoch, from the system clock.
 pub fn now_us() -> i64 {
     std::time::SystemTime::now()

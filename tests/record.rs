@@ -479,3 +479,58 @@ async fn sqlite_silent_socket_is_reopened() {
     store.close().await;
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_channel_is_subscribed_again() {
+    let (_dir, url) = sqlite_db();
+    let sim = sim::start(SimConfig {
+        symbols: SYMBOLS.iter().map(|s| s.to_string()).collect(),
+        seed: 9,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let cfg = recorder_config(
+        &sim.ws_url(),
+        &sim.rest_url(),
+        &url,
+        &SYMBOLS,
+        "[connection]\nchannel_silence_s = 1",
+    );
+    let stop = CancellationToken::new();
+    let (_store, stats, tasks) = mdrec::recorder::start(
+        cfg,
+        std::sync::Arc::new(mdrec::venue::cdc_v1::CdcV1),
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    let depth = "market_btcusdt_depth_step0";
+    wait_for("subscribed", Duration::from_secs(30), || async {
+        sim.state().sub_requests.get(depth).copied() == Some(1)
+    })
+    .await;
+    sim.mute_channel(Some(depth));
+    wait_for(
+        "the silent depth channel to be subscribed again",
+        Duration::from_secs(30),
+        || async { sim.state().sub_requests.get(depth).copied().unwrap_or(0) >= 2 },
+    )
+    .await;
+    sim.mute_channel(None);
+    assert!(
+        stats.workers["btcusdt"]
+            .resubscribes
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
+    assert_eq!(
+        sim.state().connections_total,
+        SYMBOLS.len() as u64,
+        "resubscribed on the same socket"
+    );
+    stop.cancel();
+    tasks.close();
+    tasks.wait().await;
+    sim.shutdown().await;
+}

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::{recorder_config, sqlite_db, wait_for};
 use mdrec::config::RecordConfig;
-use mdrec::model::{Event, Market};
+use mdrec::model::{Event, Market, StreamKey};
 use mdrec::sim::{self, SimConfig};
 use mdrec::store::Store;
 use mdrec::venue::cdc_v1::{CdcV1, NAME};
@@ -28,7 +28,7 @@ impl Venue for Faulty {
     fn name(&self) -> &'static str {
         CdcV1.name()
     }
-    fn subscribe_frames(&self, symbol: &str, record: &RecordConfig) -> Vec<String> {
+    fn subscribe_frames(&self, symbol: &str, record: &RecordConfig) -> Vec<(StreamKey, String)> {
         if symbol == "btcusdt" && self.subscribe_armed.swap(false, Ordering::SeqCst) {
             panic!("injected worker panic");
         }

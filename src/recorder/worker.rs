@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::backoff::ReconnectPolicy;
 use super::stagger::Stagger;
 use crate::config::Config;
-use crate::model::{Event, Session, now_us};
+use crate::model::{Event, Session, StreamKey, now_us};
 use crate::venue::{DecodeError, Frame, Venue, VenueSession};
 
 /// Counters one worker keeps; shared so tests, the demo and metrics can read them.
@@ -30,6 +30,8 @@ pub struct WorkerStats {
     pub pings_answered: AtomicU64,
     /// Times the supervisor restarted this worker after a panic.
     pub restarts: AtomicU64,
+    /// Subscriptions sent again because their channel fell silent.
+    pub resubscribes: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -128,6 +130,7 @@ impl Worker {
         tracing::info!(symbol = %self.symbol, session = %session_row.session_id, "connected");
 
         let mut reader = Reader {
+            channels: Vec::new(),
             decoder: self.venue.session(self.symbol.clone(), c.max_frame_bytes),
             events: Vec::with_capacity(64),
             last_recv_us: 0,
@@ -135,38 +138,57 @@ impl Worker {
             error_burst: 0,
         };
         let mut reason = String::new();
-        for sub in self
+        let subscribed_at = Instant::now();
+        for (key, frame) in self
             .venue
             .subscribe_frames(&self.symbol, &self.config.record)
         {
-            if let Err(e) = ws.send(Message::text(sub)).await {
+            if let Err(e) = ws.send(Message::text(frame.clone())).await {
                 reason = format!("subscribe failed: {e}");
                 break;
             }
+            reader.channels.push(ChannelSeen {
+                key,
+                frame,
+                seen: subscribed_at,
+            });
         }
         let silence = c.silence_timeout();
+        let channel_silence = Duration::from_secs(c.channel_silence_s);
+        let mut check = tokio::time::interval(Duration::from_secs(1).min(channel_silence));
+        let mut last_frame = Instant::now();
         let mut writer_gone = false;
         let mut shutdown = false;
         while reason.is_empty() {
             let next = tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => { shutdown = true; reason = "shutdown".into(); break; }
-                r = tokio::time::timeout(silence, ws.next()) => r,
-            };
-            let msg = match next {
-                Err(_) => {
+                r = ws.next() => r,
+                _ = tokio::time::sleep_until(last_frame + silence) => {
                     reason = format!("silent for {}s", silence.as_secs());
                     break;
                 }
-                Ok(None) => {
+                _ = check.tick() => {
+                    for frame in reader.stale_channels(channel_silence) {
+                        self.stats.resubscribes.fetch_add(1, Ordering::Relaxed);
+                        if let Err(e) = ws.send(Message::text(frame)).await {
+                            reason = format!("resubscribe failed: {e}");
+                        }
+                    }
+                    continue;
+                }
+            };
+            last_frame = Instant::now();
+            let msg = match next {
+                None => {
                     reason = "connection ended without close frame".into();
                     break;
                 }
-                Ok(Some(Err(e))) => {
+                Some(Err(e)) => {
                     reason = format!("read error: {e}");
                     break;
                 }
-                Ok(Some(Ok(m))) => m,
+                Some(Ok(m)) => m,
             };
             match reader.handle(self, &msg).await {
                 Handled::Continue(Some(reply)) => {
@@ -214,7 +236,15 @@ impl Worker {
     }
 }
 
+/// When a subscribed channel last delivered, and how to subscribe to it again.
+struct ChannelSeen {
+    key: StreamKey,
+    frame: String,
+    seen: Instant,
+}
+
 struct Reader {
+    channels: Vec<ChannelSeen>,
     decoder: Box<dyn VenueSession>,
     events: Vec<Event>,
     /// Receive times strictly increase per connection, so rows keyed by receive time
@@ -222,6 +252,24 @@ struct Reader {
     last_recv_us: i64,
     fresh: bool,
     error_burst: u64,
+}
+
+impl Reader {
+    /// Frames to resend for channels silent past `limit` while another channel delivers
+    /// (a wholly silent socket is the silence timeout's business). Marks them as just asked.
+    fn stale_channels(&mut self, limit: Duration) -> Vec<String> {
+        let now = Instant::now();
+        if !self.channels.iter().any(|c| now - c.seen < limit) {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for c in self.channels.iter_mut().filter(|c| now - c.seen >= limit) {
+            tracing::warn!(channel = ?c.key, silent_s = (now - c.seen).as_secs(), "channel silent while others deliver; subscribing again");
+            c.seen = now;
+            out.push(c.frame.clone());
+        }
+        out
+    }
 }
 
 enum Handled {
@@ -283,6 +331,14 @@ impl Reader {
         };
         if !self.events.is_empty() {
             self.fresh = true;
+            let now = Instant::now();
+            for ev in &self.events {
+                if let Some(key) = ev.stream()
+                    && let Some(ch) = self.channels.iter_mut().find(|c| c.key == key)
+                {
+                    ch.seen = now;
+                }
+            }
             w.stats
                 .events
                 .fetch_add(self.events.len() as u64, Ordering::Relaxed);

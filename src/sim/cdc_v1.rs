@@ -229,6 +229,10 @@ impl Conn {
         let known = |c: &Channel| lock(&self.server.state).markets.contains_key(&c.symbol);
         match event {
             "sub" => {
+                *lock(&self.server.state)
+                    .sub_requests
+                    .entry(channel_name.clone())
+                    .or_default() += 1;
                 let Some(ch) = Channel::parse(&channel_name).filter(known) else {
                     // no error frame for a bad channel: silence, or one empty book for depth
                     if channel_name.contains("_depth_") {
@@ -369,11 +373,15 @@ impl Conn {
     fn frames_for(&self, u: &Update) -> anyhow::Result<Vec<(Message, Vec<i64>)>> {
         let mut out = Vec::new();
         let f = self.fmt();
+        let muted = lock(&self.server.state).muted_channel.clone();
         for (ch, sub) in &self.subs {
             if *ch.symbol != *u.symbol {
                 continue;
             }
             let name = ch.name();
+            if muted.as_deref() == Some(name.as_str()) {
+                continue;
+            }
             let envelope = |tick: String| {
                 format!(
                     "{{\"event_rep\":\"\",\"channel\":{},\"data\":null,\"tick\":{tick},\"ts\":{},\"status\":\"ok\"}}",

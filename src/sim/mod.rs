@@ -134,6 +134,10 @@ pub struct State {
     pub seq: u64,
     /// Active channel subscriptions over all connections.
     pub subscriptions: usize,
+    /// `sub` requests received, per channel name.
+    pub sub_requests: HashMap<String, u32>,
+    /// A channel whose pushes are withheld (fault injection: one silent channel).
+    pub muted_channel: Option<String>,
     pub connections_total: u64,
     clock_origin_ms: i64,
     wall_origin: std::time::Instant,
@@ -166,6 +170,11 @@ impl SimHandle {
     /// a silent-but-open socket.
     pub fn mute(&self, on: bool) {
         self.muted.send_replace(on);
+    }
+
+    /// Withholds pushes of one channel (by name) on every connection; None lifts it.
+    pub fn mute_channel(&self, name: Option<&str>) {
+        self.state().muted_channel = name.map(str::to_string);
     }
 
     /// Sends one hostile frame to every open connection.
@@ -283,6 +292,8 @@ pub async fn start(config: SimConfig) -> std::io::Result<SimHandle> {
         delivered: HashMap::new(),
         seq: 0,
         subscriptions: 0,
+        sub_requests: HashMap::new(),
+        muted_channel: None,
         connections_total: 0,
         clock_origin_ms: crate::model::now_ms(),
         wall_origin: std::time::Instant::now(),

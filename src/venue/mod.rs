@@ -6,7 +6,7 @@ pub mod cdc_v1;
 use std::sync::Arc;
 
 use crate::config::RecordConfig;
-use crate::model::{Event, Market};
+use crate::model::{Event, Market, StreamKey};
 
 /// A websocket frame as read from the socket.
 #[derive(Debug, Clone, Copy)]
@@ -63,8 +63,9 @@ pub struct Reaction {
 pub trait Venue: Send + Sync + 'static {
     /// The `venue` column value (`cdc-v1`).
     fn name(&self) -> &'static str;
-    /// Text frames to send after connecting, one per channel.
-    fn subscribe_frames(&self, symbol: &str, record: &RecordConfig) -> Vec<String>;
+    /// Text frames to send after connecting, one per channel, with the stream each carries
+    /// (a channel silent while others flow is subscribed again with the same frame).
+    fn subscribe_frames(&self, symbol: &str, record: &RecordConfig) -> Vec<(StreamKey, String)>;
     /// REST path (under `rest_url`) that lists the venue's markets.
     fn markets_path(&self) -> &'static str;
     /// Parses that listing.

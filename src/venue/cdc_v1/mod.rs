@@ -19,7 +19,9 @@ use self::inflate::Inflater;
 use self::wire::{Envelope, Int, Num, TradeTick, WireBook, WireKline, WireTicker, WireTrade};
 use crate::config::{DepthSetting, RecordConfig};
 use crate::decimal::Dec;
-use crate::model::{BookDelta, BookSide, BookSnapshot, Event, Kline, Side, Source, Ticker, Trade};
+use crate::model::{
+    BookDelta, BookSide, BookSnapshot, Event, Kline, Side, Source, StreamKey, Ticker, Trade,
+};
 use crate::venue::{DecodeError, Frame, Reaction, Venue, VenueSession};
 
 pub const NAME: &str = "cdc-v1";
@@ -69,10 +71,18 @@ impl Venue for CdcV1 {
         NAME
     }
 
-    fn subscribe_frames(&self, symbol: &str, record: &RecordConfig) -> Vec<String> {
+    fn subscribe_frames(&self, symbol: &str, record: &RecordConfig) -> Vec<(StreamKey, String)> {
         channels(symbol, record)
             .iter()
-            .map(|c| sub_request(c, record.depth_levels))
+            .map(|c| {
+                let key = match &c.stream {
+                    Stream::Trades => StreamKey::Trades,
+                    Stream::Kline(iv) => StreamKey::Kline(Arc::from(iv.as_str())),
+                    Stream::Depth(n) => StreamKey::Book(*n as i16),
+                    Stream::Ticker => StreamKey::Ticker,
+                };
+                (key, sub_request(c, record.depth_levels))
+            })
             .collect()
     }
 
