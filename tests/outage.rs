@@ -354,3 +354,85 @@ fn spooled_trade_ids(dir: &Path, symbol: &str) -> BTreeSet<i64> {
     }
     out
 }
+
+/// Without a usable spool a stuck database means backpressure: the queue fills to capacity and
+/// the readers wait; nothing they decoded is dropped, it is all stored once the database is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backpressure_when_the_spool_is_unusable() {
+    let (dir, url) = sqlite_db();
+    let sim = sim::start(SimConfig {
+        seed: 15,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let mut cfg = recorder_config(&sim.ws_url(), &sim.rest_url(), &url, &SYMBOLS, "");
+    cfg.writer.write_timeout_s = 1;
+    cfg.writer.queue_capacity = 200;
+    cfg.writer.flush_interval_ms = 50;
+    cfg.writer.spool_max_bytes = 0; // spool "full" from the start
+    cfg.writer.spool_dir = Some(dir.path().join("spool"));
+    cfg.connection.reconnect_initial_ms = 50;
+    let stop = CancellationToken::new();
+    let (_store, stats, tasks) = mdrec::recorder::start(cfg, Arc::new(CdcV1), stop.clone())
+        .await
+        .unwrap();
+    wait_for("streaming", Duration::from_secs(30), || async {
+        SYMBOLS.iter().all(|s| sim.delivered(s).len() >= 50)
+    })
+    .await;
+    let mut lock = sqlx::SqliteConnection::connect_with(
+        &sqlx::sqlite::SqliteConnectOptions::new().filename(dir.path().join("test.db")),
+    )
+    .await
+    .unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut lock)
+        .await
+        .unwrap();
+    wait_for(
+        "the queue to fill (readers now wait)",
+        Duration::from_secs(60),
+        || async { stats.queue_depth() == 200 },
+    )
+    .await;
+    sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
+    lock.close().await.unwrap();
+    wait_for("the queue to drain", Duration::from_secs(60), || async {
+        stats.queue_depth() < 200
+    })
+    .await;
+    sim.halt();
+    let store = Store::connect(&url).await.unwrap();
+    let decoded = || -> u64 {
+        SYMBOLS
+            .iter()
+            .map(|s| stats.workers[*s].trades.load(Ordering::Relaxed))
+            .sum()
+    };
+    wait_for(
+        "every decoded trade stored",
+        Duration::from_secs(60),
+        || async {
+            let mut n = 0u64;
+            for s in SYMBOLS {
+                n += stored_ids(&store, s).await.len() as u64;
+            }
+            n == decoded()
+        },
+    )
+    .await;
+    stop.cancel();
+    tasks.close();
+    tasks.wait().await;
+    assert_eq!(stats.writer.spooled_rows.load(Ordering::Relaxed), 0);
+    for s in SYMBOLS {
+        let stored = stored_ids(&store, s).await;
+        assert!(
+            stored.is_subset(&sim.delivered(s)),
+            "{s}: only delivered trades"
+        );
+    }
+    store.close().await;
+    sim.shutdown().await;
+}

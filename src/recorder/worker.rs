@@ -23,6 +23,8 @@ use crate::venue::{DecodeError, Frame, Venue, VenueSession};
 pub struct WorkerStats {
     pub frames: AtomicU64,
     pub events: AtomicU64,
+    /// Trades among `events` (what the database must end up holding, duplicates aside).
+    pub trades: AtomicU64,
     pub decode_errors: AtomicU64,
     /// Skipped frames per `DecodeError::KINDS` entry.
     pub decode_errors_by_kind: [AtomicU64; 5],
@@ -333,6 +335,9 @@ impl Reader {
             self.fresh = true;
             let now = Instant::now();
             for ev in &self.events {
+                if matches!(ev, Event::Trade(_)) {
+                    w.stats.trades.fetch_add(1, Ordering::Relaxed);
+                }
                 if let Some(key) = ev.stream()
                     && let Some(ch) = self.channels.iter_mut().find(|c| c.key == key)
                 {
