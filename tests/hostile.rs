@@ -152,6 +152,22 @@ async fn hostile_frames_are_counted_and_skipped() {
             .collect();
         assert_eq!(stored, sim.delivered(s), "{s}: nothing received was lost");
     }
+    eprintln!(
+        "{}: generated {}, delivered {}, stored {}",
+        "hostile frames",
+        SYMBOLS.iter().map(|s| sim.trades(s).len()).sum::<usize>(),
+        SYMBOLS
+            .iter()
+            .map(|s| sim.delivered(s).len())
+            .sum::<usize>(),
+        {
+            let mut n = 0;
+            for s in SYMBOLS {
+                n += store.load_trades(NAME, s).await.unwrap().len();
+            }
+            n
+        }
+    );
     store.close().await;
     sim.shutdown().await;
 }

@@ -386,6 +386,22 @@ async fn sqlite_reconnects_after_a_cut_and_stores_every_delivered_trade_once() {
         );
         assert_eq!(mine[1].2.as_deref(), Some("shutdown"));
     }
+    eprintln!(
+        "{}: generated {}, delivered {}, stored {}",
+        "cut",
+        SYMBOLS.iter().map(|s| sim.trades(s).len()).sum::<usize>(),
+        SYMBOLS
+            .iter()
+            .map(|s| sim.delivered(s).len())
+            .sum::<usize>(),
+        {
+            let mut n = 0;
+            for s in SYMBOLS {
+                n += store.load_trades(NAME, s).await.unwrap().len();
+            }
+            n
+        }
+    );
     store.close().await;
     sim.shutdown().await;
 }
@@ -476,6 +492,22 @@ async fn sqlite_silent_socket_is_reopened() {
             .collect();
         assert_eq!(stored, sim.delivered(s), "{s}");
     }
+    eprintln!(
+        "{}: generated {}, delivered {}, stored {}",
+        "silent socket",
+        SYMBOLS.iter().map(|s| sim.trades(s).len()).sum::<usize>(),
+        SYMBOLS
+            .iter()
+            .map(|s| sim.delivered(s).len())
+            .sum::<usize>(),
+        {
+            let mut n = 0;
+            for s in SYMBOLS {
+                n += store.load_trades(NAME, s).await.unwrap().len();
+            }
+            n
+        }
+    );
     store.close().await;
     sim.shutdown().await;
 }

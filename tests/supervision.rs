@@ -170,6 +170,22 @@ async fn panics_are_isolated_per_symbol_and_per_frame() {
             .collect();
         assert_eq!(stored, sim.delivered(s), "{s}");
     }
+    eprintln!(
+        "{}: generated {}, delivered {}, stored {}",
+        "panics",
+        symbols.iter().map(|s| sim.trades(s).len()).sum::<usize>(),
+        symbols
+            .iter()
+            .map(|s| sim.delivered(s).len())
+            .sum::<usize>(),
+        {
+            let mut n = 0;
+            for s in symbols {
+                n += store.load_trades(NAME, s).await.unwrap().len();
+            }
+            n
+        }
+    );
     store.close().await;
     sim.shutdown().await;
 }
