@@ -153,8 +153,7 @@ async fn hostile_frames_are_counted_and_skipped() {
         assert_eq!(stored, sim.delivered(s), "{s}: nothing received was lost");
     }
     eprintln!(
-        "{}: generated {}, delivered {}, stored {}",
-        "hostile frames",
+        "hostile frames: generated {}, delivered {}, stored {}",
         SYMBOLS.iter().map(|s| sim.trades(s).len()).sum::<usize>(),
         SYMBOLS
             .iter()

@@ -387,8 +387,7 @@ async fn sqlite_reconnects_after_a_cut_and_stores_every_delivered_trade_once() {
         assert_eq!(mine[1].2.as_deref(), Some("shutdown"));
     }
     eprintln!(
-        "{}: generated {}, delivered {}, stored {}",
-        "cut",
+        "cut: generated {}, delivered {}, stored {}",
         SYMBOLS.iter().map(|s| sim.trades(s).len()).sum::<usize>(),
         SYMBOLS
             .iter()
@@ -493,8 +492,7 @@ async fn sqlite_silent_socket_is_reopened() {
         assert_eq!(stored, sim.delivered(s), "{s}");
     }
     eprintln!(
-        "{}: generated {}, delivered {}, stored {}",
-        "silent socket",
+        "silent socket: generated {}, delivered {}, stored {}",
         SYMBOLS.iter().map(|s| sim.trades(s).len()).sum::<usize>(),
         SYMBOLS
             .iter()

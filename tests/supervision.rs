@@ -171,8 +171,7 @@ async fn panics_are_isolated_per_symbol_and_per_frame() {
         assert_eq!(stored, sim.delivered(s), "{s}");
     }
     eprintln!(
-        "{}: generated {}, delivered {}, stored {}",
-        "panics",
+        "panics: generated {}, delivered {}, stored {}",
         symbols.iter().map(|s| sim.trades(s).len()).sum::<usize>(),
         symbols
             .iter()
