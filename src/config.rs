@@ -48,6 +48,30 @@ pub struct Config {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub shutdown: ShutdownConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// From SIGTERM to exit at most this long: close handshakes and last writes shrink to fit;
+    /// whatever the database has not taken by then is in the spool. Keep it below systemd's
+    /// TimeoutStopSec.
+    #[serde(default = "default_shutdown_timeout")]
+    pub timeout_s: u64,
+}
+
+fn default_shutdown_timeout() -> u64 {
+    20
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            timeout_s: default_shutdown_timeout(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -503,6 +527,9 @@ impl Config {
                 "connection.max_frame_bytes",
                 "must be at least 1024",
             ));
+        }
+        if self.shutdown.timeout_s == 0 {
+            return Err(ConfigError::new("shutdown.timeout_s", "must be at least 1"));
         }
         let w = &self.writer;
         if w.batch_rows == 0 {

@@ -103,7 +103,10 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(run(cli.cmd, config)) {
+    let result = rt.block_on(run(cli.cmd, config));
+    // do not wait on threads still blocked in a stuck database call
+    rt.shutdown_timeout(Duration::from_millis(200));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.downcast_ref::<ConfigError>().is_some() => {
             eprintln!("mdrec: {e:#}");

@@ -436,3 +436,91 @@ async fn backpressure_when_the_spool_is_unusable() {
     store.close().await;
     sim.shutdown().await;
 }
+
+/// SIGTERM while the database is stuck: the process exits 0 within `[shutdown] timeout_s`,
+/// with what the database did not take in the spool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_stuck_database_exits_within_the_deadline() {
+    let sim = sim::start(SimConfig {
+        seed: 16,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("rec.db");
+    let spool = dir.path().join("spool");
+    let cfg_path = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg_path,
+        format!(
+            "[venue]\nws_url = \"{}\"\nrest_url = \"{}\"\n[database]\nurl = \"sqlite://{}\"\n[record]\nsymbols = [\"btcusdt\"]\n[writer]\nwrite_timeout_s = 60\nspool_dir = {:?}\n[shutdown]\ntimeout_s = 3\n",
+            sim.ws_url(),
+            sim.rest_url(),
+            db.display(),
+            spool.display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_mdrec"))
+        .args(["run", "-c", cfg_path.to_str().unwrap()])
+        .env_remove("MDREC_DATABASE_URL")
+        .env_remove("STATE_DIRECTORY")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let reader = Store::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    wait_for("recording", Duration::from_secs(60), || async {
+        stored_ids(&reader, "btcusdt").await.len() >= 20
+    })
+    .await;
+    let mut lock = sqlx::SqliteConnection::connect_with(
+        &sqlx::sqlite::SqliteConnectOptions::new().filename(&db),
+    )
+    .await
+    .unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut lock)
+        .await
+        .unwrap();
+    // a write is now hanging (write_timeout_s = 60 would keep it hanging for a minute)
+    wait_for("more trades delivered", Duration::from_secs(30), || async {
+        sim.delivered("btcusdt").len() >= 100
+    })
+    .await;
+    let t0 = std::time::Instant::now();
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    let took = t0.elapsed();
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        took < Duration::from_secs(4),
+        "exited after {took:?}, deadline 3 s"
+    );
+    assert!(
+        spooled_files(&spool) >= 1,
+        "what the database did not take is in the spool"
+    );
+    sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
+    eprintln!(
+        "stuck-database SIGTERM: exit 0 after {took:?}, {} spool files",
+        spooled_files(&spool)
+    );
+    reader.close().await;
+    sim.shutdown().await;
+}

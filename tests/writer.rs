@@ -52,7 +52,14 @@ async fn setup(
     store.migrate().await.unwrap();
     let (tx, rx) = mpsc::channel(16);
     let stats = Arc::new(WriterStats::default());
-    let task = tokio::spawn(writer::run(store.clone(), rx, cfg, stats.clone(), None));
+    let task = tokio::spawn(writer::run(
+        store.clone(),
+        rx,
+        cfg,
+        stats.clone(),
+        None,
+        Default::default(),
+    ));
     (dir, store, tx, stats, task)
 }
 

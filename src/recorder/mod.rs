@@ -2,12 +2,14 @@
 //! shutdown stops intake, lets the writer drain the queue, and returns.
 
 pub mod backoff;
+pub mod deadline;
 pub mod markets;
 pub mod stagger;
 pub mod worker;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::mpsc;
@@ -70,7 +72,13 @@ pub async fn run_with(
     tracing::info!("shutdown: stopping intake and draining the queue");
     tasks.close();
     tasks.wait().await;
-    store.close().await;
+    // a connection still stuck in the database must not hold the exit past the deadline
+    if tokio::time::timeout(Duration::from_millis(500), store.close())
+        .await
+        .is_err()
+    {
+        tracing::warn!("database connections still busy at exit");
+    }
     tracing::info!("shutdown complete");
     Ok(stats)
 }
@@ -106,6 +114,18 @@ pub async fn start(
     };
     let tasks = TaskTracker::new();
     let workers = TaskTracker::new();
+    let deadline = Arc::new(deadline::Deadline::default());
+    {
+        let (deadline, shutdown, within) = (
+            deadline.clone(),
+            shutdown.clone(),
+            Duration::from_secs(config.shutdown.timeout_s),
+        );
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            deadline.start(within);
+        });
+    }
     let stagger = Arc::new(Stagger::new(config.connection.connect_rate_per_s));
     for symbol in &config.record.symbols {
         let ws = Arc::new(WorkerStats::default());
@@ -119,6 +139,7 @@ pub async fn start(
             stats: ws,
             stagger: stagger.clone(),
             current: Default::default(),
+            deadline: deadline.clone(),
         };
         let alive = stats.supervisors_alive.clone();
         alive.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -141,7 +162,15 @@ pub async fn start(
     let writer_store = store.clone();
     let writer_cfg = config.writer.clone();
     tasks.spawn(async move {
-        writer::run(writer_store, rx, writer_cfg, writer_stats, Some(spool)).await;
+        writer::run(
+            writer_store,
+            rx,
+            writer_cfg,
+            writer_stats,
+            Some(spool),
+            deadline,
+        )
+        .await;
         workers.wait().await;
     });
     Ok((store, stats, tasks))

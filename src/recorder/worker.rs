@@ -49,6 +49,8 @@ pub struct Worker {
     pub stagger: Arc<Stagger>,
     /// The open connection's session row, so the supervisor can close it if this task dies.
     pub current: Arc<std::sync::Mutex<Option<Session>>>,
+    /// Set when shutdown starts; the close handshake fits in it.
+    pub deadline: Arc<super::deadline::Deadline>,
 }
 
 enum End {
@@ -210,7 +212,10 @@ impl Worker {
             // Close handshake: everything the venue sent before answering our close frame
             // is read and recorded, so nothing received is lost at shutdown.
             let _ = ws.close(None).await;
-            let deadline = Instant::now() + Duration::from_millis(c.close_grace_ms);
+            // half of what is left at most: the writer needs the rest
+            let grace = Duration::from_millis(c.close_grace_ms);
+            let grace = grace.min(self.deadline.remaining().map(|r| r / 2).unwrap_or(grace));
+            let deadline = Instant::now() + grace;
             while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(deadline, ws.next()).await {
                 if matches!(msg, Message::Close(_)) {
                     break;

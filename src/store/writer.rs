@@ -43,6 +43,8 @@ pub struct WriterStats {
     /// Current spool size (gauge).
     pub spool_bytes: AtomicU64,
     pub spool_files: AtomicU64,
+    /// Rows lost because at the shutdown deadline neither the database nor the spool took them.
+    pub dropped_rows: AtomicU64,
     /// Wall-clock ms of the writer loop's last turn (the watchdog's progress signal).
     pub heartbeat_ms: std::sync::atomic::AtomicI64,
 }
@@ -74,6 +76,8 @@ struct Writer {
     probe: ReconnectPolicy,
     probe_delays: Box<dyn Iterator<Item = Duration> + Send + Sync>,
     next_probe: Option<Instant>,
+    /// Shutdown deadline: bounds every write once shutdown has started.
+    deadline: Arc<crate::recorder::deadline::Deadline>,
 }
 
 pub async fn run(
@@ -82,6 +86,7 @@ pub async fn run(
     cfg: WriterConfig,
     stats: Arc<WriterStats>,
     spool: Option<Spool>,
+    deadline: Arc<crate::recorder::deadline::Deadline>,
 ) {
     let probe = ReconnectPolicy {
         initial: Duration::from_millis(200),
@@ -95,6 +100,7 @@ pub async fn run(
         probe,
         probe_delays: Box::new(probe.delays(None)),
         next_probe: None,
+        deadline,
     };
     if let Some(s) = &w.spool {
         w.stats.spool_gauges(s);
@@ -162,11 +168,20 @@ impl Writer {
 
     /// One database write, bounded by `write_timeout_s`.
     async fn write(&self, batch: &Batch) -> Result<(), String> {
-        let limit = Duration::from_secs(self.cfg.write_timeout_s);
-        match tokio::time::timeout(limit, self.store.write(batch)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("no answer within {}s", self.cfg.write_timeout_s)),
+        let limit = self
+            .deadline
+            .cap(Duration::from_secs(self.cfg.write_timeout_s));
+        if limit.is_zero() {
+            return Err("shutdown deadline reached".into());
+        }
+        tokio::select! {
+            r = tokio::time::timeout(limit, self.store.write(batch)) => match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("no answer within {limit:?}")),
+            },
+            // a write that began before shutdown must not outlive the deadline either
+            _ = self.deadline.reached() => Err("shutdown deadline reached".into()),
         }
     }
 
@@ -203,6 +218,15 @@ impl Writer {
                             Instant::now() + self.probe_delays.next().unwrap_or(self.probe.cap),
                         );
                     }
+                    batch.clear();
+                    return;
+                }
+                Err(e) if self.deadline.remaining() == Some(Duration::ZERO) => {
+                    // shutdown deadline passed and neither the database nor the disk took it
+                    self.stats
+                        .dropped_rows
+                        .fetch_add(batch.rows() as u64, Ordering::Relaxed);
+                    tracing::error!(error = %e, rows = batch.rows(), "shutdown deadline reached: rows neither written nor spooled are lost");
                     batch.clear();
                     return;
                 }
