@@ -50,6 +50,47 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub shutdown: ShutdownConfig,
+    #[serde(default)]
+    pub backfill: BackfillConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackfillConfig {
+    /// Fetch the venue's recent trades over REST at every (re)connect, to fill what the
+    /// socket missed.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// REST requests per second, all symbols together (venues throttle by IP).
+    #[serde(default = "default_rest_rate")]
+    pub rate_per_s: u32,
+    /// Give up a REST request after this long.
+    #[serde(default = "default_rest_timeout")]
+    pub timeout_s: u64,
+    /// Attempts per request (429 and transport errors are retried, honouring Retry-After).
+    #[serde(default = "default_rest_attempts")]
+    pub attempts: u32,
+}
+
+fn default_rest_rate() -> u32 {
+    5
+}
+fn default_rest_timeout() -> u64 {
+    10
+}
+fn default_rest_attempts() -> u32 {
+    5
+}
+
+impl Default for BackfillConfig {
+    fn default() -> Self {
+        BackfillConfig {
+            enabled: true,
+            rate_per_s: default_rest_rate(),
+            timeout_s: default_rest_timeout(),
+            attempts: default_rest_attempts(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -527,6 +568,19 @@ impl Config {
                 "connection.max_frame_bytes",
                 "must be at least 1024",
             ));
+        }
+        let b = &self.backfill;
+        if b.rate_per_s == 0 {
+            return Err(ConfigError::new(
+                "backfill.rate_per_s",
+                "must be at least 1",
+            ));
+        }
+        if b.timeout_s == 0 {
+            return Err(ConfigError::new("backfill.timeout_s", "must be at least 1"));
+        }
+        if b.attempts == 0 {
+            return Err(ConfigError::new("backfill.attempts", "must be at least 1"));
         }
         if self.shutdown.timeout_s == 0 {
             return Err(ConfigError::new("shutdown.timeout_s", "must be at least 1"));

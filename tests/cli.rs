@@ -33,6 +33,9 @@ ticker = false
 
 [connection]
 silence_timeout_s = 30
+
+[backfill]
+enabled = false
 "#
     )
 }

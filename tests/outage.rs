@@ -57,7 +57,7 @@ async fn wait_db_equals_delivered(store: &Store, sim: &SimHandle) {
 
 fn extra(spool: &Path) -> String {
     format!(
-        "[connection]\nreconnect_initial_ms = 50\n\n[writer]\nflush_interval_ms = 50\nwrite_timeout_s = 1\nspool_dir = {:?}\n",
+        "[connection]\nreconnect_initial_ms = 50\n\n[writer]\nflush_interval_ms = 50\nwrite_timeout_s = 1\nspool_dir = {:?}\n[backfill]\nenabled = false\n",
         spool.display().to_string()
     )
 }

@@ -40,6 +40,17 @@ impl Venue for Faulty {
     fn parse_markets(&self, body: &str, now_ms: i64) -> Result<Vec<Market>, String> {
         CdcV1.parse_markets(body, now_ms)
     }
+    fn recent_trades_path(&self, symbol: &str) -> String {
+        CdcV1.recent_trades_path(symbol)
+    }
+    fn parse_recent_trades(
+        &self,
+        body: &str,
+        symbol: &Arc<str>,
+        recv: i64,
+    ) -> Result<Vec<mdrec::model::Trade>, String> {
+        CdcV1.parse_recent_trades(body, symbol, recv)
+    }
     fn session(&self, symbol: Arc<str>, max_frame_bytes: usize) -> Box<dyn VenueSession> {
         let armed = (&*symbol == "ethusdt").then(|| self.decoder_armed.clone());
         Box::new(FaultySession {

@@ -1,9 +1,11 @@
 //! The recorder: migrates the database, starts the writer and one worker per symbol, and on
 //! shutdown stops intake, lets the writer drain the queue, and returns.
 
+pub mod backfill;
 pub mod backoff;
 pub mod deadline;
 pub mod markets;
+pub mod rest;
 pub mod stagger;
 pub mod worker;
 
@@ -28,6 +30,9 @@ use worker::{Worker, WorkerStats};
 pub struct RunStats {
     pub writer: Arc<WriterStats>,
     pub workers: BTreeMap<String, Arc<WorkerStats>>,
+    pub backfill: Arc<backfill::BackfillStats>,
+    /// None when backfill is disabled.
+    pub rest: Option<Arc<rest::RestStats>>,
     /// Worker supervisors still running (one per symbol until shutdown).
     pub supervisors_alive: Arc<std::sync::atomic::AtomicUsize>,
     /// Observes the writer's queue without keeping it open.
@@ -127,6 +132,25 @@ pub async fn start(
         });
     }
     let stagger = Arc::new(Stagger::new(config.connection.connect_rate_per_s));
+    let backfill_tx = if config.backfill.enabled {
+        let client = Arc::new(
+            rest::RestClient::new(&config.venue.rest_url, &config.backfill)
+                .map_err(|e| anyhow::anyhow!("REST client: {e}"))?,
+        );
+        stats.rest = Some(client.stats.clone());
+        let (btx, brx) = mpsc::channel(4 * config.record.symbols.len().max(1));
+        workers.spawn(backfill::run(
+            venue.clone(),
+            client,
+            brx,
+            tx.clone(),
+            stats.backfill.clone(),
+            shutdown.clone(),
+        ));
+        Some(btx)
+    } else {
+        None
+    };
     for symbol in &config.record.symbols {
         let ws = Arc::new(WorkerStats::default());
         stats.workers.insert(symbol.clone(), ws.clone());
@@ -140,6 +164,7 @@ pub async fn start(
             stagger: stagger.clone(),
             current: Default::default(),
             deadline: deadline.clone(),
+            backfill: backfill_tx.clone(),
         };
         let alive = stats.supervisors_alive.clone();
         alive.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -51,6 +51,8 @@ pub struct Worker {
     pub current: Arc<std::sync::Mutex<Option<Session>>>,
     /// Set when shutdown starts; the close handshake fits in it.
     pub deadline: Arc<super::deadline::Deadline>,
+    /// Asks the backfill task for the symbol's recent trades (None: backfill off).
+    pub backfill: Option<mpsc::Sender<Arc<str>>>,
 }
 
 enum End {
@@ -134,6 +136,7 @@ impl Worker {
         tracing::info!(symbol = %self.symbol, session = %session_row.session_id, "connected");
 
         let mut reader = Reader {
+            backfill_asked: false,
             channels: Vec::new(),
             decoder: self.venue.session(self.symbol.clone(), c.max_frame_bytes),
             events: Vec::with_capacity(64),
@@ -251,6 +254,8 @@ struct ChannelSeen {
 }
 
 struct Reader {
+    /// Set once this connection asked for a REST backfill (at its first frame).
+    backfill_asked: bool,
     channels: Vec<ChannelSeen>,
     decoder: Box<dyn VenueSession>,
     events: Vec<Event>,
@@ -302,6 +307,14 @@ impl Reader {
             _ => return Handled::Continue(None),
         };
         w.stats.frames.fetch_add(1, Ordering::Relaxed);
+        if !self.backfill_asked {
+            // the socket is live and subscribed: trades from now on arrive here, earlier ones
+            // come from REST; a full request queue means a fetch for this symbol is pending
+            self.backfill_asked = true;
+            if let Some(b) = &w.backfill {
+                let _ = b.try_send(w.symbol.clone());
+            }
+        }
         self.events.clear();
         let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.decoder.on_frame(frame, recv, &mut self.events)

@@ -13,6 +13,7 @@ use crate::model::{BookDelta, BookSnapshot, Event, Kline, Market, Session, Ticke
 #[derive(Debug, Default)]
 pub struct Batch {
     pub trades: Vec<Trade>,
+    trade_index: HashMap<(Arc<str>, i64), usize>,
     pub klines: Vec<Kline>,
     kline_index: HashMap<(Arc<str>, Arc<str>, i64), usize>,
     pub snapshots: Vec<BookSnapshot>,
@@ -33,7 +34,19 @@ pub fn kline_rank(k: &Kline) -> (bool, i64, i64) {
 impl Batch {
     pub fn push(&mut self, ev: Event) {
         match ev {
-            Event::Trade(t) => self.trades.push(t),
+            Event::Trade(t) => match self.trade_index.entry((t.symbol.clone(), t.trade_id)) {
+                // the same trade from WS and REST: one row, keeping any field only one sent
+                Entry::Occupied(e) => {
+                    let slot = &mut self.trades[*e.get()];
+                    if slot.quote_qty.is_none() {
+                        slot.quote_qty = t.quote_qty;
+                    }
+                }
+                Entry::Vacant(e) => {
+                    e.insert(self.trades.len());
+                    self.trades.push(t);
+                }
+            },
             Event::Kline(k) => {
                 let key = (k.symbol.clone(), k.interval.clone(), k.open_time_ms);
                 match self.kline_index.entry(key) {
@@ -110,6 +123,7 @@ impl Batch {
 
     pub fn clear(&mut self) {
         self.trades.clear();
+        self.trade_index.clear();
         self.klines.clear();
         self.kline_index.clear();
         self.snapshots.clear();

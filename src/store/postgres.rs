@@ -58,7 +58,8 @@ impl PgStore {
                  recv_time_us, source) \
                  SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[]::numeric[], \
                  $6::text[]::numeric[], $7::text[]::numeric[], $8::bigint[], $9::bigint[], $10::text[]) \
-                 ON CONFLICT DO NOTHING",
+                 ON CONFLICT (venue, symbol, trade_id) DO UPDATE SET quote_qty = excluded.quote_qty \
+                 WHERE trades.quote_qty IS NULL AND excluded.quote_qty IS NOT NULL",
             )
             .bind(t.iter().map(|x| x.venue).collect::<Vec<_>>())
             .bind(t.iter().map(|x| x.symbol.to_string()).collect::<Vec<_>>())

@@ -78,7 +78,14 @@ impl SqliteStore {
                     .push_bind(t.source.as_str())
                     .push_bind(ex.finish());
             });
-            qb.push(" ON CONFLICT DO NOTHING");
+            // a trade is stored once; a later copy only fills the quote amount a REST copy lacked
+            qb.push(
+                " ON CONFLICT (venue, symbol, trade_id) DO UPDATE SET quote_qty = excluded.quote_qty, \
+                 exact = CASE WHEN trades.exact IS NULL THEN excluded.exact \
+                              WHEN excluded.exact IS NULL THEN trades.exact \
+                              ELSE json_patch(trades.exact, excluded.exact) END \
+                 WHERE trades.quote_qty IS NULL AND excluded.quote_qty IS NOT NULL",
+            );
             qb.build()
                 .execute(&mut *tx)
                 .await

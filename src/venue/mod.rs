@@ -6,7 +6,7 @@ pub mod cdc_v1;
 use std::sync::Arc;
 
 use crate::config::RecordConfig;
-use crate::model::{Event, Market, StreamKey};
+use crate::model::{Event, Market, StreamKey, Trade};
 
 /// A websocket frame as read from the socket.
 #[derive(Debug, Clone, Copy)]
@@ -70,6 +70,15 @@ pub trait Venue: Send + Sync + 'static {
     fn markets_path(&self) -> &'static str;
     /// Parses that listing.
     fn parse_markets(&self, body: &str, now_ms: i64) -> Result<Vec<Market>, String>;
+    /// REST path (under `rest_url`) of the most recent trades of a symbol.
+    fn recent_trades_path(&self, symbol: &str) -> String;
+    /// Parses that reply into trades (`source = rest`), oldest first.
+    fn parse_recent_trades(
+        &self,
+        body: &str,
+        symbol: &Arc<str>,
+        recv_time_us: i64,
+    ) -> Result<Vec<Trade>, String>;
     /// Per-connection decoding state (decompressor, open kline bars).
     fn session(&self, symbol: Arc<str>, max_frame_bytes: usize) -> Box<dyn VenueSession>;
 }

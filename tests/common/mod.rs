@@ -134,6 +134,12 @@ batch_rows = 500
 "#,
         syms.join(", ")
     );
+    // tests of other mechanisms compare with what the sockets delivered: no REST backfill
+    let text = if extra.contains("[backfill]") {
+        text
+    } else {
+        format!("{text}\n[backfill]\nenabled = false\n")
+    };
     let c = Config::parse(&text).expect("test config parses");
     c.validate().expect("test config valid");
     c

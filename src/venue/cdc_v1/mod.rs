@@ -106,6 +106,19 @@ impl Venue for CdcV1 {
             .collect())
     }
 
+    fn recent_trades_path(&self, symbol: &str) -> String {
+        format!("/v1/trades?symbol={symbol}")
+    }
+
+    fn parse_recent_trades(
+        &self,
+        body: &str,
+        symbol: &Arc<str>,
+        recv_time_us: i64,
+    ) -> Result<Vec<Trade>, String> {
+        rest::parse_trades(body, symbol, recv_time_us).map_err(|e| e.to_string())
+    }
+
     fn session(&self, symbol: Arc<str>, max_frame_bytes: usize) -> Box<dyn VenueSession> {
         Box::new(CdcSession::new(symbol, max_frame_bytes))
     }
