@@ -36,6 +36,8 @@ pub struct Server {
     pub muted: tokio::sync::watch::Sender<bool>,
     pub cancel: CancellationToken,
     pub tasks: TaskTracker,
+    /// `/v1/trades` requests answered so far (for the 429 switch).
+    pub trade_requests: std::sync::atomic::AtomicU32,
 }
 
 pub async fn serve_ws(server: Arc<Server>, listener: TcpListener) {
@@ -681,6 +683,21 @@ async fn trades(
     AxState(s): AxState<Arc<Server>>,
     Query(p): Query<Params>,
 ) -> axum::response::Response {
+    let n = s
+        .trade_requests
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if n < s.config.rest_throttle_first {
+        // what throttling proxies send: HTML, not the JSON envelope
+        return (
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            [
+                (axum::http::header::RETRY_AFTER, "1"),
+                (axum::http::header::CONTENT_TYPE, "text/html"),
+            ],
+            "<html><body>429 Too Many Requests</body></html>",
+        )
+            .into_response();
+    }
     market_reply(&s, &p, |f, _, m| {
         let items: Vec<String> = m
             .trades

@@ -65,6 +65,8 @@ pub struct SimConfig {
     pub ping_interval: Duration,
     /// Pings left unanswered before the server hangs up.
     pub max_missed_pongs: u32,
+    /// Answer this many `/v1/trades` requests with 429 and a non-JSON body first.
+    pub rest_throttle_first: u32,
     /// Start with the market halted (tests resume it once the recorder has subscribed).
     pub start_halted: bool,
     pub ws_addr: SocketAddr,
@@ -86,6 +88,7 @@ impl Default for SimConfig {
             speed: 60,
             ping_interval: Duration::from_secs(5),
             max_missed_pongs: 2,
+            rest_throttle_first: 0,
             start_halted: false,
             ws_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             rest_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -322,6 +325,7 @@ pub async fn start(config: SimConfig) -> std::io::Result<SimHandle> {
         hostile: hostile.clone(),
         cancel: cancel.clone(),
         tasks: tasks.clone(),
+        trade_requests: Default::default(),
     });
     tasks.spawn(cdc_v1::serve_ws(server.clone(), ws_listener));
     tasks.spawn(cdc_v1::serve_rest(server, rest_listener));
