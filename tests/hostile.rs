@@ -112,28 +112,12 @@ async fn hostile_frames_are_counted_and_skipped() {
     })
     .await;
     sim.halt();
-    wait_for("database to catch up", Duration::from_secs(30), || async {
-        for s in SYMBOLS {
-            if store.load_trades(NAME, s).await.unwrap().len() != sim.delivered(s).len() {
-                return false;
-            }
-        }
-        true
-    })
-    .await;
+    common::wait_stored_equals_delivered(&store, &sim, &SYMBOLS).await;
     stop.cancel();
     tasks.close();
     tasks.wait().await;
 
-    let Store::Sqlite(sq) = &store else {
-        unreachable!()
-    };
-    let sessions: Vec<(String, Option<String>)> = sqlx::query_as(
-        "SELECT symbol, close_reason FROM sessions ORDER BY symbol, connected_at_us",
-    )
-    .fetch_all(sq.pool())
-    .await
-    .unwrap();
+    let sessions = common::session_reasons(&store).await;
     for s in SYMBOLS {
         let mine: Vec<&str> = sessions
             .iter()
@@ -152,21 +136,7 @@ async fn hostile_frames_are_counted_and_skipped() {
             .collect();
         assert_eq!(stored, sim.delivered(s), "{s}: nothing received was lost");
     }
-    eprintln!(
-        "hostile frames: generated {}, delivered {}, stored {}",
-        SYMBOLS.iter().map(|s| sim.trades(s).len()).sum::<usize>(),
-        SYMBOLS
-            .iter()
-            .map(|s| sim.delivered(s).len())
-            .sum::<usize>(),
-        {
-            let mut n = 0;
-            for s in SYMBOLS {
-                n += store.load_trades(NAME, s).await.unwrap().len();
-            }
-            n
-        }
-    );
+    common::report("hostile frames", &store, &sim, &SYMBOLS).await;
     store.close().await;
     sim.shutdown().await;
 }

@@ -10,12 +10,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{OwnPg, recorder_config, sqlite_db, wait_for};
+use common::{OwnPg, recorder_config, sqlite_db, stored_ids, wait_for};
 use mdrec::model::Event;
-use mdrec::sim::{self, SimConfig, SimHandle};
+use mdrec::sim::{self, SimConfig};
 use mdrec::store::Store;
 use mdrec::store::spool::Spool;
-use mdrec::venue::cdc_v1::{CdcV1, NAME};
+use mdrec::venue::cdc_v1::CdcV1;
 use sqlx::Connection;
 use tokio_util::sync::CancellationToken;
 
@@ -29,30 +29,6 @@ fn outage() -> Duration {
             .and_then(|v| v.parse().ok())
             .unwrap_or(4),
     )
-}
-
-async fn stored_ids(store: &Store, s: &str) -> BTreeSet<i64> {
-    store
-        .load_trades(NAME, s)
-        .await
-        .map(|v| v.iter().map(|t| t.trade_id).collect())
-        .unwrap_or_default()
-}
-
-async fn wait_db_equals_delivered(store: &Store, sim: &SimHandle) {
-    wait_for(
-        "database to hold every delivered trade",
-        Duration::from_secs(60),
-        || async {
-            for s in SYMBOLS {
-                if stored_ids(store, s).await != sim.delivered(s) {
-                    return false;
-                }
-            }
-            true
-        },
-    )
-    .await;
 }
 
 fn extra(spool: &Path) -> String {
@@ -118,7 +94,7 @@ where
     .await;
     sim.halt();
     let store = Store::connect(db_url).await.unwrap();
-    wait_db_equals_delivered(&store, &sim).await;
+    common::wait_stored_equals_delivered(&store, &sim, &SYMBOLS).await;
     stop.cancel();
     tasks.close();
     tasks.wait().await;
@@ -296,7 +272,7 @@ async fn sigkill_with_a_full_spool_then_restart_replays_it() {
     lock.close().await.unwrap();
 
     let mut second = spawn();
-    wait_db_equals_delivered(&reader, &sim).await;
+    common::wait_stored_equals_delivered(&reader, &sim, &SYMBOLS).await;
     wait_for("spool emptied", Duration::from_secs(30), || async {
         spooled_files(&spool) == 0
     })

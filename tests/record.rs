@@ -196,20 +196,7 @@ async fn compare_with_ledger(store: &Store, sim: &SimHandle) {
         .collect();
     assert_eq!(markets, want);
     // one session per symbol, closed by the shutdown
-    let sessions: Vec<(String, Option<String>)> = match store {
-        Store::Sqlite(s) => {
-            sqlx::query_as("SELECT symbol, close_reason FROM sessions ORDER BY symbol")
-                .fetch_all(s.pool())
-                .await
-                .expect("sessions")
-        }
-        Store::Postgres(s) => {
-            sqlx::query_as("SELECT symbol, close_reason FROM sessions ORDER BY symbol")
-                .fetch_all(s.pool())
-                .await
-                .expect("sessions")
-        }
-    };
+    let sessions = common::session_reasons(store).await;
     assert_eq!(
         sessions,
         SYMBOLS
@@ -345,15 +332,7 @@ async fn sqlite_reconnects_after_a_cut_and_stores_every_delivered_trade_once() {
     .await;
     sim.halt();
     let store = Store::connect(&url).await.unwrap();
-    wait_for("database to catch up", Duration::from_secs(30), || async {
-        for s in SYMBOLS {
-            if store.load_trades(NAME, s).await.unwrap().len() != sim.delivered(s).len() {
-                return false;
-            }
-        }
-        true
-    })
-    .await;
+    common::wait_stored_equals_delivered(&store, &sim, &SYMBOLS).await;
     stop.cancel();
     recorder.await.unwrap().unwrap();
     for s in SYMBOLS {
@@ -386,21 +365,7 @@ async fn sqlite_reconnects_after_a_cut_and_stores_every_delivered_trade_once() {
         );
         assert_eq!(mine[1].2.as_deref(), Some("shutdown"));
     }
-    eprintln!(
-        "cut: generated {}, delivered {}, stored {}",
-        SYMBOLS.iter().map(|s| sim.trades(s).len()).sum::<usize>(),
-        SYMBOLS
-            .iter()
-            .map(|s| sim.delivered(s).len())
-            .sum::<usize>(),
-        {
-            let mut n = 0;
-            for s in SYMBOLS {
-                n += store.load_trades(NAME, s).await.unwrap().len();
-            }
-            n
-        }
-    );
+    common::report("cut", &store, &sim, &SYMBOLS).await;
     store.close().await;
     sim.shutdown().await;
 }
@@ -453,26 +418,10 @@ async fn sqlite_silent_socket_is_reopened() {
     .await;
     sim.halt();
     let store = Store::connect(&url).await.unwrap();
-    wait_for("database to catch up", Duration::from_secs(30), || async {
-        for s in SYMBOLS {
-            if store.load_trades(NAME, s).await.unwrap().len() != sim.delivered(s).len() {
-                return false;
-            }
-        }
-        true
-    })
-    .await;
+    common::wait_stored_equals_delivered(&store, &sim, &SYMBOLS).await;
     stop.cancel();
     recorder.await.unwrap().unwrap();
-    let Store::Sqlite(sq) = &store else {
-        unreachable!()
-    };
-    let reasons: Vec<(String, Option<String>)> = sqlx::query_as(
-        "SELECT symbol, close_reason FROM sessions ORDER BY symbol, connected_at_us",
-    )
-    .fetch_all(sq.pool())
-    .await
-    .unwrap();
+    let reasons = common::session_reasons(&store).await;
     for s in SYMBOLS {
         let mine: Vec<_> = reasons
             .iter()
@@ -491,21 +440,7 @@ async fn sqlite_silent_socket_is_reopened() {
             .collect();
         assert_eq!(stored, sim.delivered(s), "{s}");
     }
-    eprintln!(
-        "silent socket: generated {}, delivered {}, stored {}",
-        SYMBOLS.iter().map(|s| sim.trades(s).len()).sum::<usize>(),
-        SYMBOLS
-            .iter()
-            .map(|s| sim.delivered(s).len())
-            .sum::<usize>(),
-        {
-            let mut n = 0;
-            for s in SYMBOLS {
-                n += store.load_trades(NAME, s).await.unwrap().len();
-            }
-            n
-        }
-    );
+    common::report("silent socket", &store, &sim, &SYMBOLS).await;
     store.close().await;
     sim.shutdown().await;
 }

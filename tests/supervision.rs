@@ -121,15 +121,7 @@ async fn panics_are_isolated_per_symbol_and_per_frame() {
     .await;
     sim.halt();
     let store = Store::connect(&url).await.unwrap();
-    wait_for("database to catch up", Duration::from_secs(30), || async {
-        for s in symbols {
-            if store.load_trades(NAME, s).await.unwrap().len() != sim.delivered(s).len() {
-                return false;
-            }
-        }
-        true
-    })
-    .await;
+    common::wait_stored_equals_delivered(&store, &sim, &symbols).await;
     stop.cancel();
     let stats = recorder.await.unwrap().unwrap();
 
@@ -151,15 +143,7 @@ async fn panics_are_isolated_per_symbol_and_per_frame() {
         "the decoder panic cost one frame"
     );
 
-    let Store::Sqlite(sq) = &store else {
-        unreachable!()
-    };
-    let sessions: Vec<(String, Option<String>)> = sqlx::query_as(
-        "SELECT symbol, close_reason FROM sessions ORDER BY symbol, connected_at_us",
-    )
-    .fetch_all(sq.pool())
-    .await
-    .unwrap();
+    let sessions = common::session_reasons(&store).await;
     assert_eq!(
         sessions,
         vec![
@@ -181,21 +165,7 @@ async fn panics_are_isolated_per_symbol_and_per_frame() {
             .collect();
         assert_eq!(stored, sim.delivered(s), "{s}");
     }
-    eprintln!(
-        "panics: generated {}, delivered {}, stored {}",
-        symbols.iter().map(|s| sim.trades(s).len()).sum::<usize>(),
-        symbols
-            .iter()
-            .map(|s| sim.delivered(s).len())
-            .sum::<usize>(),
-        {
-            let mut n = 0;
-            for s in symbols {
-                n += store.load_trades(NAME, s).await.unwrap().len();
-            }
-            n
-        }
-    );
+    common::report("panics", &store, &sim, &symbols).await;
     store.close().await;
     sim.shutdown().await;
 }

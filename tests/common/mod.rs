@@ -288,3 +288,62 @@ impl Drop for OwnPg {
         let _ = cmd.args(["-D", &data, "-m", "immediate", "stop"]).output();
     }
 }
+
+/// Trade ids stored for a symbol (empty while the database cannot be read).
+pub async fn stored_ids(
+    store: &mdrec::store::Store,
+    symbol: &str,
+) -> std::collections::BTreeSet<i64> {
+    store
+        .load_trades(mdrec::venue::cdc_v1::NAME, symbol)
+        .await
+        .map(|v| v.iter().map(|t| t.trade_id).collect())
+        .unwrap_or_default()
+}
+
+/// Waits until, for every symbol, the stored trade ids are exactly those the simulator delivered.
+pub async fn wait_stored_equals_delivered(
+    store: &mdrec::store::Store,
+    sim: &mdrec::sim::SimHandle,
+    symbols: &[&str],
+) {
+    wait_for(
+        "database to hold exactly the delivered trades",
+        Duration::from_secs(60),
+        || async {
+            for s in symbols {
+                if stored_ids(store, s).await != sim.delivered(s) {
+                    return false;
+                }
+            }
+            true
+        },
+    )
+    .await;
+}
+
+/// Prints a fault scenario's figures (generated, delivered, stored trades) for the issue notes.
+pub async fn report(
+    label: &str,
+    store: &mdrec::store::Store,
+    sim: &mdrec::sim::SimHandle,
+    symbols: &[&str],
+) {
+    let (mut generated, mut delivered, mut stored) = (0, 0, 0);
+    for s in symbols {
+        generated += sim.trades(s).len();
+        delivered += sim.delivered(s).len();
+        stored += stored_ids(store, s).await.len();
+    }
+    eprintln!("{label}: generated {generated}, delivered {delivered}, stored {stored}");
+}
+
+/// (symbol, close_reason) of every session row, by symbol then connect time.
+pub async fn session_reasons(store: &mdrec::store::Store) -> Vec<(String, Option<String>)> {
+    const SQL: &str = "SELECT symbol, close_reason FROM sessions ORDER BY symbol, connected_at_us";
+    match store {
+        mdrec::store::Store::Sqlite(s) => sqlx::query_as(SQL).fetch_all(s.pool()).await,
+        mdrec::store::Store::Postgres(s) => sqlx::query_as(SQL).fetch_all(s.pool()).await,
+    }
+    .expect("read sessions")
+}
