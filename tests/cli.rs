@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
@@ -193,13 +192,7 @@ async fn sigterm_under_load_stores_everything_received() {
 
     let store = Store::connect(&db_url).await.unwrap();
     for s in ["btcusdt", "ethusdt"] {
-        let stored: BTreeSet<i64> = store
-            .load_trades("cdc-v1", s)
-            .await
-            .unwrap()
-            .iter()
-            .map(|t| t.trade_id)
-            .collect();
+        let stored = common::stored_ids(&store, s).await;
         let delivered = sim.delivered(s);
         assert!(!delivered.is_empty());
         assert_eq!(

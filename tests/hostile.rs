@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -13,7 +12,7 @@ use common::{recorder_config, sqlite_db, wait_for};
 use mdrec::sim::{self, Hostile, SimConfig};
 use mdrec::store::Store;
 use mdrec::venue::DecodeError;
-use mdrec::venue::cdc_v1::{CdcV1, NAME};
+use mdrec::venue::cdc_v1::CdcV1;
 use tokio_util::sync::CancellationToken;
 
 const SYMBOLS: [&str; 2] = ["btcusdt", "ethusdt"];
@@ -81,19 +80,7 @@ async fn hostile_frames_are_counted_and_skipped() {
     // is halted around it, so no trade can be in flight behind the oversized message.
     sim.halt();
     let store = Store::connect(&url).await.unwrap();
-    wait_for(
-        "database to hold everything so far",
-        Duration::from_secs(30),
-        || async {
-            for s in SYMBOLS {
-                if store.load_trades(NAME, s).await.unwrap().len() != sim.delivered(s).len() {
-                    return false;
-                }
-            }
-            true
-        },
-    )
-    .await;
+    common::wait_stored_equals_delivered(&store, &sim, &SYMBOLS).await;
     let before = sim.state().connections_total;
     sim.inject(Hostile::Oversized(2 << 20));
     wait_for(
@@ -127,13 +114,7 @@ async fn hostile_frames_are_counted_and_skipped() {
         assert_eq!(mine.len(), 2, "{s}: {mine:?}");
         assert!(mine[0].contains("read error"), "{s}: {}", mine[0]);
         assert_eq!(mine[1], "shutdown");
-        let stored: BTreeSet<i64> = store
-            .load_trades(NAME, s)
-            .await
-            .unwrap()
-            .iter()
-            .map(|t| t.trade_id)
-            .collect();
+        let stored = common::stored_ids(&store, s).await;
         assert_eq!(stored, sim.delivered(s), "{s}: nothing received was lost");
     }
     common::report("hostile frames", &store, &sim, &SYMBOLS).await;

@@ -336,13 +336,7 @@ async fn sqlite_reconnects_after_a_cut_and_stores_every_delivered_trade_once() {
     stop.cancel();
     recorder.await.unwrap().unwrap();
     for s in SYMBOLS {
-        let stored: std::collections::BTreeSet<i64> = store
-            .load_trades(NAME, s)
-            .await
-            .unwrap()
-            .iter()
-            .map(|t| t.trade_id)
-            .collect();
+        let stored = common::stored_ids(&store, s).await;
         assert_eq!(stored, sim.delivered(s), "{s}");
     }
     let Store::Sqlite(sq) = &store else {
@@ -431,13 +425,7 @@ async fn sqlite_silent_socket_is_reopened() {
         assert!(mine.len() >= 2, "{s}: {mine:?}");
         assert_eq!(mine[0], Some("silent for 1s"), "{s}");
         assert_eq!(mine.last().copied().flatten(), Some("shutdown"));
-        let stored: std::collections::BTreeSet<i64> = store
-            .load_trades(NAME, s)
-            .await
-            .unwrap()
-            .iter()
-            .map(|t| t.trade_id)
-            .collect();
+        let stored = common::stored_ids(&store, s).await;
         assert_eq!(stored, sim.delivered(s), "{s}");
     }
     common::report("silent socket", &store, &sim, &SYMBOLS).await;

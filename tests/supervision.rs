@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -13,7 +12,7 @@ use mdrec::config::RecordConfig;
 use mdrec::model::{Event, Market, StreamKey};
 use mdrec::sim::{self, SimConfig};
 use mdrec::store::Store;
-use mdrec::venue::cdc_v1::{CdcV1, NAME};
+use mdrec::venue::cdc_v1::CdcV1;
 use mdrec::venue::{DecodeError, Frame, Reaction, Venue, VenueSession};
 use tokio_util::sync::CancellationToken;
 
@@ -156,13 +155,7 @@ async fn panics_are_isolated_per_symbol_and_per_frame() {
         ]
     );
     for s in symbols {
-        let stored: BTreeSet<i64> = store
-            .load_trades(NAME, s)
-            .await
-            .unwrap()
-            .iter()
-            .map(|t| t.trade_id)
-            .collect();
+        let stored = common::stored_ids(&store, s).await;
         assert_eq!(stored, sim.delivered(s), "{s}");
     }
     common::report("panics", &store, &sim, &symbols).await;
