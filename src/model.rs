@@ -185,6 +185,64 @@ pub struct Session {
     pub close_reason: Option<String>,
 }
 
+/// Where a hole in a stream stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum GapStatus {
+    /// Detected; backfill has not answered yet.
+    Open,
+    /// Everything the venue published in the hole is stored.
+    Filled,
+    /// Part of the hole is beyond the venue's history: its exact bounds are recorded.
+    Unrecoverable,
+}
+
+impl GapStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GapStatus::Open => "open",
+            GapStatus::Filled => "filled",
+            GapStatus::Unrecoverable => "unrecoverable",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<GapStatus> {
+        Some(match s {
+            "open" => GapStatus::Open,
+            "filled" => GapStatus::Filled,
+            "unrecoverable" => GapStatus::Unrecoverable,
+            _ => return None,
+        })
+    }
+}
+
+/// A `gaps` row: a stretch of one stream the websocket did not deliver. Times are the
+/// venue's clock. For trades `start_ms` is the last trade known before the hole and, once
+/// resolved, `end_ms` the first trade known after it (both exclusive); for klines they are
+/// the open time of the first bar not held final and the first bar recovered after the hole.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Gap {
+    #[serde(deserialize_with = "venue_name")]
+    pub venue: &'static str,
+    pub symbol: Arc<str>,
+    /// `trades` or `kline_<interval>`.
+    pub stream: String,
+    pub start_ms: i64,
+    pub end_ms: Option<i64>,
+    pub status: GapStatus,
+    /// Local clock, epoch ms.
+    pub detected_at_ms: i64,
+    pub resolved_at_ms: Option<i64>,
+    pub rows_recovered: i64,
+    pub detail: Option<String>,
+}
+
+impl Gap {
+    /// Which of two versions of one row wins: the later word on it (resolution or detection).
+    pub fn version(&self) -> i64 {
+        self.resolved_at_ms.unwrap_or(self.detected_at_ms)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(bound(deserialize = "'de: 'static"))]
 pub enum Event {
@@ -195,6 +253,7 @@ pub enum Event {
     Ticker(Ticker),
     Session(Session),
     Market(Market),
+    Gap(Gap),
 }
 
 /// Which subscribed stream an event belongs to (venue-neutral), for per-channel liveness.
@@ -215,9 +274,23 @@ impl Event {
             Event::BookSnapshot(b) => StreamKey::Book(b.depth_step),
             Event::BookDelta(d) => StreamKey::Book(d.depth_step),
             Event::Ticker(_) => StreamKey::Ticker,
-            Event::Session(_) | Event::Market(_) => return None,
+            Event::Session(_) | Event::Market(_) | Event::Gap(_) => return None,
         })
     }
+}
+
+/// Length of a kline interval whose bars sit on a fixed grid (None for `1month`: calendar).
+pub fn interval_ms(interval: &str) -> Option<i64> {
+    Some(match interval {
+        "1min" => 60_000,
+        "5min" => 300_000,
+        "15min" => 900_000,
+        "30min" => 1_800_000,
+        "60min" => 3_600_000,
+        "1day" => 86_400_000,
+        "1week" => 604_800_000,
+        _ => return None,
+    })
 }
 
 /// Microseconds since the Unix epoch, from the system clock.

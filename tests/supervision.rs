@@ -50,6 +50,24 @@ impl Venue for Faulty {
     ) -> Result<Vec<mdrec::model::Trade>, String> {
         CdcV1.parse_recent_trades(body, symbol, recv)
     }
+    fn recent_trades_limit(&self) -> usize {
+        CdcV1.recent_trades_limit()
+    }
+    fn klines_path(&self, symbol: &str, interval: &str) -> Option<String> {
+        CdcV1.klines_path(symbol, interval)
+    }
+    fn parse_klines(
+        &self,
+        body: &str,
+        symbol: &Arc<str>,
+        interval: &Arc<str>,
+        recv: i64,
+    ) -> Result<Vec<mdrec::model::Kline>, String> {
+        CdcV1.parse_klines(body, symbol, interval, recv)
+    }
+    fn kline_history_request(&self, symbol: &str, interval: &str, since_ms: i64) -> Option<String> {
+        CdcV1.kline_history_request(symbol, interval, since_ms)
+    }
     fn session(&self, symbol: Arc<str>, max_frame_bytes: usize) -> Box<dyn VenueSession> {
         let armed = (&*symbol == "ethusdt").then(|| self.decoder_armed.clone());
         Box::new(FaultySession {

@@ -1,75 +1,482 @@
-//! REST backfill of trades: at every (re)connect, once the new socket has delivered its first
-//! frame (so the subscription is live and nothing later can fall between the two), fetch the
-//! venue's recent trades and store them through the writer. Keys make the overlap with the
-//! websocket harmless. Holes longer than the REST window are issue 4's gap records (not yet).
+//! Backfill: turns holes into REST (and websocket history) requests and records each hole in
+//! `gaps`.
+//!
+//! A hole is checked when a socket comes back (and at start-up, when the recorder itself was
+//! the outage), from the marks of what was known before it: the last trade and, per interval,
+//! the first bar not held final. Trade ids that skip ahead on a live socket are only a hint: a
+//! check, and a row only if REST then shows trades were missing.
+//!
+//! Rows go through the writer like websocket rows (same keys, so overlaps are one row). A
+//! REST failure leaves the hole `open` and the check is retried later; no worker waits on it.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
+use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
+use super::marks::{HoleCheck, Marks, Reason, is_after, mark_of};
 use super::rest::RestClient;
-use crate::model::{Event, now_us};
-use crate::venue::Venue;
+use super::stagger::Stagger;
+use crate::config::Config;
+use crate::model::{Event, Gap, GapStatus, Kline, now_ms, now_us};
+use crate::store::read::TradeMark;
+use crate::venue::{Frame, Venue};
 
 #[derive(Debug, Default)]
 pub struct BackfillStats {
+    /// Holes checked (one per check, whatever it covered).
+    pub runs: AtomicU64,
+    /// Checks that failed (REST or history unreachable) and were put back for later.
+    pub failures: AtomicU64,
     /// Trades fetched over REST and handed to the writer (most are duplicates of stored ones).
     pub trades_fetched: AtomicU64,
-    pub runs: AtomicU64,
-    pub failures: AtomicU64,
+    /// Trades inside holes, i.e. not delivered by any socket.
+    pub trades_recovered: AtomicU64,
+    /// Final bars written for holes (from REST or websocket history).
+    pub bars_recovered: AtomicU64,
+    /// Websocket history requests made because REST did not reach back far enough.
+    pub history_requests: AtomicU64,
+    pub gaps_filled: AtomicU64,
+    pub gaps_unrecoverable: AtomicU64,
 }
 
-pub async fn run(
-    venue: Arc<dyn Venue>,
-    rest: Arc<RestClient>,
-    mut requests: mpsc::Receiver<Arc<str>>,
-    tx: mpsc::Sender<Event>,
-    stats: Arc<BackfillStats>,
-    shutdown: CancellationToken,
-) {
-    let mut pending: Vec<Arc<str>> = Vec::new();
+pub struct Backfill {
+    pub venue: Arc<dyn Venue>,
+    pub rest: Arc<RestClient>,
+    pub config: Arc<Config>,
+    pub tx: mpsc::Sender<Event>,
+    pub marks: Arc<HashMap<Arc<str>, Arc<Marks>>>,
+    pub stagger: Arc<Stagger>,
+    pub stats: Arc<BackfillStats>,
+    pub shutdown: CancellationToken,
+}
+
+/// The writer is gone (shutdown): nothing more can be recorded.
+struct WriterGone;
+
+enum Failed {
+    Writer(WriterGone),
+    /// REST or history failed: retry the check later.
+    Source(String),
+}
+
+impl From<WriterGone> for Failed {
+    fn from(w: WriterGone) -> Failed {
+        Failed::Writer(w)
+    }
+}
+
+/// First retry of a failed check after this; doubles up to `RETRY_MAX`.
+const RETRY_FIRST: Duration = Duration::from_secs(5);
+const RETRY_MAX: Duration = Duration::from_secs(600);
+
+pub async fn run(b: Backfill, mut requests: mpsc::UnboundedReceiver<HoleCheck>) {
+    // per symbol, in arrival order: several reconnects of one symbol are one check
+    let mut pending: Vec<HoleCheck> = Vec::new();
+    let mut retries: Vec<(Instant, u32, HoleCheck)> = Vec::new();
+    let mut attempts: HashMap<Arc<str>, u32> = HashMap::new();
     loop {
         if pending.is_empty() {
+            let next_retry = retries.iter().map(|r| r.0).min();
             tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = b.shutdown.cancelled() => return,
                 r = requests.recv() => match r {
-                    Some(s) => pending.push(s),
+                    Some(c) => add(&mut pending, c),
                     None => return,
                 },
+                _ = sleep_until(next_retry) => {}
             }
         }
-        // coalesce: several reconnects of one symbol need one fetch
-        while let Ok(s) = requests.try_recv() {
-            pending.push(s);
+        while let Ok(c) = requests.try_recv() {
+            add(&mut pending, c);
         }
-        let mut seen = HashSet::new();
-        pending.retain(|s| seen.insert(s.clone()));
-        let symbol = pending.remove(0);
-        let path = venue.recent_trades_path(&symbol);
-        let fetch = rest.get(&path);
-        let body = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            b = fetch => b,
-        };
-        stats.runs.fetch_add(1, Ordering::Relaxed);
-        let trades = match body.and_then(|b| venue.parse_recent_trades(&b, &symbol, now_us())) {
-            Ok(t) => t,
-            Err(e) => {
-                stats.failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(symbol = %symbol, error = %e, "trade backfill failed; the socket keeps recording");
-                continue;
+        let now = Instant::now();
+        let mut i = 0;
+        while i < retries.len() {
+            if retries[i].0 <= now {
+                let (_, n, c) = retries.swap_remove(i);
+                attempts.insert(c.symbol.clone(), n);
+                add(&mut pending, c);
+            } else {
+                i += 1;
             }
+        }
+        if pending.is_empty() {
+            continue;
+        }
+        let check = pending.remove(0);
+        b.stats.runs.fetch_add(1, Ordering::Relaxed);
+        let resolved = tokio::select! {
+            _ = b.shutdown.cancelled() => return,
+            r = b.resolve(&check) => r,
         };
-        stats
+        match resolved {
+            Ok(()) => {
+                attempts.remove(&check.symbol);
+            }
+            Err(Failed::Writer(WriterGone)) => return,
+            Err(Failed::Source(e)) => {
+                b.stats.failures.fetch_add(1, Ordering::Relaxed);
+                let n = attempts.remove(&check.symbol).unwrap_or(0);
+                let wait = RETRY_FIRST.saturating_mul(1 << n.min(10)).min(RETRY_MAX);
+                tracing::warn!(symbol = %check.symbol, error = %e, retry_in_s = wait.as_secs(),
+                    "backfill failed; the hole stays open and the socket keeps recording");
+                retries.push((Instant::now() + wait, n + 1, check));
+            }
+        }
+    }
+}
+
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn add(pending: &mut Vec<HoleCheck>, c: HoleCheck) {
+    match pending.iter_mut().find(|p| p.symbol == c.symbol) {
+        Some(p) => p.merge(c),
+        None => pending.push(c),
+    }
+}
+
+impl Backfill {
+    fn marks(&self, symbol: &Arc<str>) -> Arc<Marks> {
+        self.marks.get(symbol).cloned().unwrap_or_default()
+    }
+
+    async fn send(&self, ev: Event) -> Result<(), WriterGone> {
+        self.tx.send(ev).await.map_err(|_| WriterGone)
+    }
+
+    fn gap(&self, c: &HoleCheck, stream: &str, start_ms: i64) -> Gap {
+        Gap {
+            venue: self.venue.name(),
+            symbol: c.symbol.clone(),
+            stream: stream.to_string(),
+            start_ms,
+            end_ms: None,
+            status: GapStatus::Open,
+            detected_at_ms: c.detected_at_ms,
+            resolved_at_ms: None,
+            rows_recovered: 0,
+            detail: Some(format!("{}: socket was down", c.reason.as_str())),
+        }
+    }
+
+    /// Writes the resolution of a hole, and of rows a previous run left open on the stream.
+    async fn resolved(&self, c: &HoleCheck, g: Gap) -> Result<(), WriterGone> {
+        match g.status {
+            GapStatus::Filled => &self.stats.gaps_filled,
+            GapStatus::Unrecoverable => &self.stats.gaps_unrecoverable,
+            GapStatus::Open => &self.stats.runs,
+        }
+        .fetch_add(1, Ordering::Relaxed);
+        if g.status == GapStatus::Unrecoverable {
+            tracing::warn!(symbol = %g.symbol, stream = %g.stream, start_ms = g.start_ms,
+                end_ms = ?g.end_ms, detail = ?g.detail, "hole beyond the venue's history: recorded as unrecoverable");
+        } else {
+            tracing::info!(symbol = %g.symbol, stream = %g.stream, rows = g.rows_recovered,
+                reason = c.reason.as_str(), "hole filled");
+        }
+        for old in c
+            .leftovers
+            .iter()
+            .filter(|o| o.stream == g.stream && o.start_ms != g.start_ms)
+        {
+            let mut o = old.clone();
+            o.status = g.status;
+            o.end_ms = g.end_ms;
+            o.resolved_at_ms = g.resolved_at_ms;
+            o.detail = Some(format!(
+                "left open by a previous run; covered by the {} check from {}",
+                c.reason.as_str(),
+                g.start_ms
+            ));
+            self.send(Event::Gap(o)).await?;
+        }
+        self.send(Event::Gap(g)).await
+    }
+
+    async fn resolve(&self, c: &HoleCheck) -> Result<(), Failed> {
+        let record = &self.config.record;
+        // rows saying "checking" first, so a hole whose check never finishes is still on record
+        if c.reason != Reason::IdJump {
+            if record.trades
+                && let Some(a) = c.trade
+            {
+                self.send(Event::Gap(self.gap(c, "trades", a.time_ms)))
+                    .await?;
+            }
+            for (iv, from) in &c.bars {
+                self.send(Event::Gap(self.gap(c, &format!("kline_{iv}"), *from)))
+                    .await?;
+            }
+        }
+        if record.trades {
+            self.trades(c).await?;
+        }
+        for (iv, from) in &c.bars {
+            if record.klines.iter().any(|k| k.as_str() == &**iv) {
+                self.klines(c, iv, *from).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn trades(&self, c: &HoleCheck) -> Result<(), Failed> {
+        let marks = self.marks(&c.symbol);
+        let body = self
+            .rest
+            .get(&self.venue.recent_trades_path(&c.symbol))
+            .await
+            .map_err(|e| Failed::Source(format!("recent trades: {e}")))?;
+        let got = self
+            .venue
+            .parse_recent_trades(&body, &c.symbol, now_us())
+            .map_err(|e| Failed::Source(format!("recent trades: {e}")))?;
+        self.stats
             .trades_fetched
-            .fetch_add(trades.len() as u64, Ordering::Relaxed);
-        for t in trades {
-            if tx.send(Event::Trade(t)).await.is_err() {
-                return;
+            .fetch_add(got.len() as u64, Ordering::Relaxed);
+        let fetched = got.len();
+        let got: Vec<(TradeMark, _)> = got.into_iter().map(|t| (mark_of(&t), t)).collect();
+        let oldest = got
+            .iter()
+            .map(|g| g.0)
+            .reduce(|a, b| if is_after(a, b) { b } else { a });
+        let newest = got
+            .iter()
+            .map(|g| g.0)
+            .reduce(|a, b| if is_after(b, a) { b } else { a });
+        let until = c
+            .trade_until
+            .or_else(|| marks.conn_first_trade())
+            .filter(|u| c.trade.is_none_or(|a| is_after(*u, a)));
+        let mut recovered = 0i64;
+        for (m, t) in got {
+            if let Some(a) = c.trade
+                && is_after(m, a)
+                && until.is_none_or(|u| is_after(u, m))
+            {
+                recovered += 1;
+            }
+            self.send(Event::Trade(t)).await?;
+        }
+        if let Some(n) = newest {
+            marks.saw_rest_trade(n);
+        }
+        self.stats
+            .trades_recovered
+            .fetch_add(recovered as u64, Ordering::Relaxed);
+        let Some(anchor) = c.trade else {
+            return Ok(()); // nothing recorded before: no hole, only earlier history
+        };
+        // the first trade known after the hole: the oldest REST trade or the socket's first
+        let first_after = [oldest, until]
+            .into_iter()
+            .flatten()
+            .filter(|m| is_after(*m, anchor))
+            .reduce(|a, b| if is_after(a, b) { b } else { a });
+        let complete = oldest.is_none()
+            || oldest.is_some_and(|o| !is_after(o, anchor))
+            || first_after.is_some_and(|f| {
+                // the next id after the anchor: nothing can lie between them
+                anchor.trade_id >= 0 && f.trade_id == anchor.trade_id + 1
+            })
+            // fewer than the venue's limit: that is every trade it still has
+            || fetched < self.venue.recent_trades_limit();
+        let mut g = self.gap(c, "trades", anchor.time_ms);
+        g.resolved_at_ms = Some(now_ms());
+        g.rows_recovered = recovered;
+        if complete {
+            if c.reason == Reason::IdJump && recovered == 0 {
+                return Ok(()); // the ids skip, no trade was missing
+            }
+            g.status = GapStatus::Filled;
+            g.end_ms = Some(
+                until
+                    .or(newest)
+                    .map(|m| m.time_ms)
+                    .unwrap_or(anchor.time_ms),
+            );
+            g.detail = Some(format!(
+                "{}: {recovered} trades after trade {} recovered from REST",
+                c.reason.as_str(),
+                anchor.trade_id
+            ));
+        } else {
+            let Some(first) = first_after else {
+                return Ok(());
+            };
+            if c.reason == Reason::IdJump {
+                tracing::warn!(symbol = %c.symbol, from = anchor.trade_id, to = ?c.trade_until.map(|t| t.trade_id),
+                    "trade ids jumped and REST does not reach back that far: cannot tell whether trades are missing");
+                return Ok(());
+            }
+            g.status = GapStatus::Unrecoverable;
+            g.end_ms = Some(first.time_ms);
+            g.detail = Some(format!(
+                "{}: trades after id {} up to id {} are older than the venue's last {} trades; \
+                 {recovered} recovered after them",
+                c.reason.as_str(),
+                anchor.trade_id,
+                first.trade_id,
+                self.venue.recent_trades_limit()
+            ));
+        }
+        self.resolved(c, g).await?;
+        Ok(())
+    }
+
+    async fn klines(&self, c: &HoleCheck, iv: &Arc<str>, need_from: i64) -> Result<(), Failed> {
+        let Some(path) = self.venue.klines_path(&c.symbol, iv) else {
+            return Ok(());
+        };
+        let body = self
+            .rest
+            .get(&path)
+            .await
+            .map_err(|e| Failed::Source(format!("{iv} bars: {e}")))?;
+        let mut bars = self
+            .venue
+            .parse_klines(&body, &c.symbol, iv, now_us())
+            .map_err(|e| Failed::Source(format!("{iv} bars: {e}")))?;
+        let stream = format!("kline_{iv}");
+        let mut g = self.gap(c, &stream, need_from);
+        g.resolved_at_ms = Some(now_ms());
+        // the newest bar is still forming: the socket carries it
+        let Some(forming) = bars.pop() else {
+            g.status = GapStatus::Filled;
+            g.detail = Some(format!("{}: the venue has no bars", c.reason.as_str()));
+            self.resolved(c, g).await?;
+            return Ok(());
+        };
+        let current = forming.open_time_ms;
+        let mut covered_from = bars.first().map_or(current, |b| b.open_time_ms);
+        let mut have: BTreeMap<i64, Kline> = bars
+            .into_iter()
+            .filter(|b| b.open_time_ms >= need_from)
+            .map(|b| (b.open_time_ms, b))
+            .collect();
+        if covered_from > need_from && need_from < current {
+            // REST keeps fewer bars than the hole: ask the websocket for history
+            let older = self.history(&c.symbol, iv, need_from).await?;
+            if let Some(first) = older.first() {
+                covered_from = covered_from.min(first.open_time_ms);
+            }
+            for mut k in older {
+                if k.open_time_ms >= need_from && k.open_time_ms < current {
+                    k.closed = true;
+                    // websocket history carries the quote volume REST lacks
+                    have.insert(k.open_time_ms, k);
+                }
             }
         }
+        let recovered = have.len() as i64;
+        for (_, k) in have {
+            self.send(Event::Kline(k)).await?;
+        }
+        self.stats
+            .bars_recovered
+            .fetch_add(recovered as u64, Ordering::Relaxed);
+        self.marks(&c.symbol).saw_bar(iv, current);
+        g.rows_recovered = recovered;
+        if covered_from <= need_from || need_from >= current {
+            g.status = GapStatus::Filled;
+            g.end_ms = Some(current);
+            g.detail = Some(format!(
+                "{}: {recovered} final bars from the venue's history",
+                c.reason.as_str()
+            ));
+        } else {
+            g.status = GapStatus::Unrecoverable;
+            g.end_ms = Some(covered_from.min(current));
+            g.detail = Some(format!(
+                "{}: bars before {covered_from} are older than the venue's REST and websocket \
+                 history; {recovered} recovered after them",
+                c.reason.as_str()
+            ));
+        }
+        self.resolved(c, g).await?;
+        Ok(())
+    }
+
+    /// Bars from `since_ms` on, over a short-lived websocket: the venue answers a `req` with
+    /// history REST no longer has.
+    async fn history(
+        &self,
+        symbol: &Arc<str>,
+        iv: &Arc<str>,
+        since_ms: i64,
+    ) -> Result<Vec<Kline>, Failed> {
+        let Some(req) = self.venue.kline_history_request(symbol, iv, since_ms) else {
+            return Ok(Vec::new());
+        };
+        self.stats.history_requests.fetch_add(1, Ordering::Relaxed);
+        let fail = |e: String| Failed::Source(format!("{iv} history over websocket: {e}"));
+        let c = &self.config.connection;
+        let timeout = Duration::from_secs(self.config.backfill.timeout_s);
+        self.stagger.wait().await;
+        let ws_config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+            .max_message_size(Some(c.max_frame_bytes))
+            .max_frame_size(Some(c.max_frame_bytes));
+        let connect = tokio_tungstenite::connect_async_with_config(
+            self.config.venue.ws_url.as_str(),
+            Some(ws_config),
+            true,
+        );
+        let (mut ws, _) = tokio::time::timeout(timeout, connect)
+            .await
+            .map_err(|_| fail("connect timed out".into()))?
+            .map_err(|e| fail(e.to_string()))?;
+        ws.send(Message::text(req))
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let mut session = self.venue.session(symbol.clone(), c.max_frame_bytes);
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        let bars = loop {
+            let msg = match tokio::time::timeout_at(deadline, ws.next()).await {
+                Err(_) => break Err(fail("no reply in time".into())),
+                Ok(None) => break Err(fail("closed before replying".into())),
+                Ok(Some(Err(e))) => break Err(fail(e.to_string())),
+                Ok(Some(Ok(m))) => m,
+            };
+            let frame = match &msg {
+                Message::Binary(b) => Frame::Binary(b),
+                Message::Text(t) => Frame::Text(t.as_str()),
+                _ => continue,
+            };
+            out.clear();
+            match session.on_frame(frame, now_us(), &mut out) {
+                Ok(r) => {
+                    if let Some(reply) = r.reply {
+                        let _ = ws.send(Message::text(reply)).await;
+                    }
+                }
+                Err(e) => break Err(fail(e.to_string())),
+            }
+            let mut got: Vec<Kline> = out
+                .drain(..)
+                .filter_map(|e| match e {
+                    Event::Kline(k) if k.interval == *iv => Some(k),
+                    _ => None,
+                })
+                .collect();
+            if !got.is_empty() {
+                got.sort_by_key(|k| k.open_time_ms);
+                got.dedup_by_key(|k| k.open_time_ms);
+                break Ok(got);
+            }
+        };
+        let _ = ws.close(None).await;
+        bars
     }
 }

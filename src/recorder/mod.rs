@@ -5,6 +5,7 @@ pub mod backfill;
 pub mod backoff;
 pub mod deadline;
 pub mod markets;
+pub mod marks;
 pub mod rest;
 pub mod stagger;
 pub mod worker;
@@ -132,20 +133,36 @@ pub async fn start(
         });
     }
     let stagger = Arc::new(Stagger::new(config.connection.connect_rate_per_s));
+    let marks = Arc::new(
+        marks::load(
+            &store,
+            venue.as_ref(),
+            &config.record.symbols,
+            &config.record.klines,
+            crate::model::interval_ms,
+        )
+        .await
+        .context("reading where the stored streams end")?,
+    );
     let backfill_tx = if config.backfill.enabled {
         let client = Arc::new(
             rest::RestClient::new(&config.venue.rest_url, &config.backfill)
                 .map_err(|e| anyhow::anyhow!("REST client: {e}"))?,
         );
         stats.rest = Some(client.stats.clone());
-        let (btx, brx) = mpsc::channel(4 * config.record.symbols.len().max(1));
+        let (btx, brx) = mpsc::unbounded_channel();
         workers.spawn(backfill::run(
-            venue.clone(),
-            client,
+            backfill::Backfill {
+                venue: venue.clone(),
+                rest: client,
+                config: config.clone(),
+                tx: tx.clone(),
+                marks: marks.clone(),
+                stagger: stagger.clone(),
+                stats: stats.backfill.clone(),
+                shutdown: shutdown.clone(),
+            },
             brx,
-            tx.clone(),
-            stats.backfill.clone(),
-            shutdown.clone(),
         ));
         Some(btx)
     } else {
@@ -165,6 +182,7 @@ pub async fn start(
             current: Default::default(),
             deadline: deadline.clone(),
             backfill: backfill_tx.clone(),
+            marks: marks.get(symbol.as_str()).cloned().unwrap_or_default(),
         };
         let alive = stats.supervisors_alive.clone();
         alive.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

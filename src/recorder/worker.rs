@@ -13,6 +13,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 
 use super::backoff::ReconnectPolicy;
+use super::marks::{HoleCheck, Marks};
 use super::stagger::Stagger;
 use crate::config::Config;
 use crate::model::{Event, Session, StreamKey, now_us};
@@ -51,9 +52,14 @@ pub struct Worker {
     pub current: Arc<std::sync::Mutex<Option<Session>>>,
     /// Set when shutdown starts; the close handshake fits in it.
     pub deadline: Arc<super::deadline::Deadline>,
-    /// Asks the backfill task for the symbol's recent trades (None: backfill off).
-    pub backfill: Option<mpsc::Sender<Arc<str>>>,
+    /// Hands holes to the backfill task (None: backfill off).
+    pub backfill: Option<mpsc::UnboundedSender<HoleCheck>>,
+    /// How far this symbol's streams are known complete (shared with backfill).
+    pub marks: Arc<Marks>,
 }
+
+/// Trade-id jumps on a live socket are checked over REST at most this often.
+const ID_JUMP_CHECK_EVERY: Duration = Duration::from_secs(60);
 
 enum End {
     /// Shutdown was asked; the session closed cleanly.
@@ -137,6 +143,7 @@ impl Worker {
 
         let mut reader = Reader {
             backfill_asked: false,
+            last_jump_check: None,
             channels: Vec::new(),
             decoder: self.venue.session(self.symbol.clone(), c.max_frame_bytes),
             events: Vec::with_capacity(64),
@@ -256,6 +263,7 @@ struct ChannelSeen {
 struct Reader {
     /// Set once this connection asked for a REST backfill (at its first frame).
     backfill_asked: bool,
+    last_jump_check: Option<Instant>,
     channels: Vec<ChannelSeen>,
     decoder: Box<dyn VenueSession>,
     events: Vec<Event>,
@@ -308,11 +316,12 @@ impl Reader {
         };
         w.stats.frames.fetch_add(1, Ordering::Relaxed);
         if !self.backfill_asked {
-            // the socket is live and subscribed: trades from now on arrive here, earlier ones
-            // come from REST; a full request queue means a fetch for this symbol is pending
+            // the socket is live and subscribed: data from now on arrives here, the hole
+            // behind the marks is backfill's (taken before this frame moves the marks)
             self.backfill_asked = true;
+            let check = w.marks.check_at_connect(&w.symbol);
             if let Some(b) = &w.backfill {
-                let _ = b.try_send(w.symbol.clone());
+                let _ = b.send(check);
             }
         }
         self.events.clear();
@@ -351,6 +360,17 @@ impl Reader {
         };
         if !self.events.is_empty() {
             self.fresh = true;
+            if let Some(jump) = w.marks.saw(&w.symbol, &self.events)
+                && let Some(b) = &w.backfill
+                && self
+                    .last_jump_check
+                    .is_none_or(|t| t.elapsed() >= ID_JUMP_CHECK_EVERY)
+            {
+                // venues that number trades across markets skip ids all the time: a hint,
+                // checked at most once a minute
+                self.last_jump_check = Some(Instant::now());
+                let _ = b.send(jump);
+            }
             let now = Instant::now();
             for ev in &self.events {
                 if matches!(ev, Event::Trade(_)) {

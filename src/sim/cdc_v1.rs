@@ -327,11 +327,22 @@ impl Conn {
                             .or_else(|| s.as_i64())
                     })
                     .map(|s| s * 1000);
+                let keep = self.cfg().history_kline_limit.unwrap_or(usize::MAX);
                 let bars: Vec<&Bar> = m
                     .bars
                     .get(iv.as_str())
                     .map(|s| match since_ms {
-                        Some(t) => s.range(t..).take(300).map(|(_, b)| b).collect(),
+                        // the server forgets bars older than its history
+                        Some(t) => s
+                            .values()
+                            .rev()
+                            .take(keep)
+                            .collect::<Vec<_>>()
+                            .into_iter()
+                            .rev()
+                            .filter(|b| b.open_time_ms >= t)
+                            .take(300)
+                            .collect(),
                         None => s
                             .values()
                             .rev()
@@ -735,7 +746,11 @@ async fn klines(
             .bars
             .get(name)
             .map(|series| {
-                let v: Vec<&Bar> = series.values().rev().take(300).collect();
+                let v: Vec<&Bar> = series
+                    .values()
+                    .rev()
+                    .take(s.config.rest_kline_limit)
+                    .collect();
                 v.into_iter()
                     .rev()
                     .map(|b| {

@@ -198,9 +198,15 @@ impl Market {
 
     /// One step of the market at `now_ms`: 0-3 trades, a few book changes, bars updated.
     pub fn step(&mut self, now_ms: i64) -> StepOutput {
+        self.step_with(now_ms, true)
+    }
+
+    /// A step; with `trading` false nobody trades (a quiet market: bars still roll, with
+    /// zero volume, and the book still moves).
+    pub fn step_with(&mut self, now_ms: i64, trading: bool) -> StepOutput {
         let mut out = StepOutput::default();
         self.roll_bars(now_ms, &mut out);
-        let n = self.rng.usize(0..=3);
+        let n = if trading { self.rng.usize(0..=3) } else { 0 };
         for _ in 0..n {
             let side = if self.rng.bool() {
                 Side::Buy

@@ -69,6 +69,11 @@ pub struct SimConfig {
     pub rest_throttle_first: u32,
     /// Start with the market halted (tests resume it once the recorder has subscribed).
     pub start_halted: bool,
+    /// Bars per interval `/v1/klines` answers with (the newest ones).
+    pub rest_kline_limit: usize,
+    /// How many of the newest bars a websocket `req` can reach (live servers keep about an
+    /// hour of 1min bars); None: all.
+    pub history_kline_limit: Option<usize>,
     pub ws_addr: SocketAddr,
     pub rest_addr: SocketAddr,
 }
@@ -90,6 +95,8 @@ impl Default for SimConfig {
             max_missed_pongs: 2,
             rest_throttle_first: 0,
             start_halted: false,
+            rest_kline_limit: 300,
+            history_kline_limit: None,
             ws_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             rest_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         }
@@ -142,6 +149,8 @@ pub struct State {
     /// A channel whose pushes are withheld (fault injection: one silent channel).
     pub muted_channel: Option<String>,
     pub connections_total: u64,
+    /// Nobody trades while set (see [`SimHandle::quiet`]).
+    pub quiet: bool,
     clock_origin_ms: i64,
     wall_origin: std::time::Instant,
     speed: u32,
@@ -207,6 +216,11 @@ impl SimHandle {
     /// Stops the market (no new trades, bars or book changes); connections stay open.
     pub fn halt(&self) {
         self.running.send_replace(false);
+    }
+
+    /// A quiet market: time, bars and the book go on, trades stop (or start again).
+    pub fn quiet(&self, on: bool) {
+        self.state().quiet = on;
     }
 
     pub fn resume(&self) {
@@ -298,6 +312,7 @@ pub async fn start(config: SimConfig) -> std::io::Result<SimHandle> {
         sub_requests: HashMap::new(),
         muted_channel: None,
         connections_total: 0,
+        quiet: false,
         clock_origin_ms: crate::model::now_ms(),
         wall_origin: std::time::Instant::now(),
         speed: config.speed.max(1),
@@ -368,13 +383,14 @@ async fn market_loop(
         let now = st.now_ms();
         let mut batch = Vec::new();
         let symbols: Vec<String> = st.markets.keys().cloned().collect();
+        let quiet = st.quiet;
         for s in symbols {
             st.seq += 1;
             let seq = st.seq;
             let Some(m) = st.markets.get_mut(&s) else {
                 continue;
             };
-            let out = m.step(now);
+            let out = m.step_with(now, !quiet);
             if out.trades.is_empty() && out.bars.is_empty() && out.book_changes.is_empty() {
                 continue;
             }

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
-use crate::model::{BookDelta, BookSnapshot, Event, Kline, Market, Session, Ticker, Trade};
+use crate::model::{BookDelta, BookSnapshot, Event, Gap, Kline, Market, Session, Ticker, Trade};
 
 #[derive(Debug, Default)]
 pub struct Batch {
@@ -23,12 +23,23 @@ pub struct Batch {
     session_index: HashMap<(Arc<str>, String), usize>,
     /// Latest listing per symbol.
     pub markets: Vec<Market>,
+    pub gaps: Vec<Gap>,
+    gap_index: HashMap<(Arc<str>, String, i64), usize>,
 }
 
 /// Ordering of kline versions: a closed bar beats an open one, then newer exchange time,
 /// then newer receive time. The SQL upsert uses the same rule.
 pub fn kline_rank(k: &Kline) -> (bool, i64, i64) {
     (k.closed, k.event_time_ms, k.recv_time_us)
+}
+
+/// A REST bar has no quote volume; when it replaces a version with the same volume, the
+/// stored quote volume is still right and is kept. The SQL upserts apply the same rule.
+fn merge_quote_volume(mut new: Kline, old: &Kline) -> Kline {
+    if new.quote_volume.is_none() && new.volume == old.volume {
+        new.quote_volume = old.quote_volume.clone();
+    }
+    new
 }
 
 impl Batch {
@@ -53,7 +64,7 @@ impl Batch {
                     Entry::Occupied(e) => {
                         let slot = &mut self.klines[*e.get()];
                         if kline_rank(&k) > kline_rank(slot) {
-                            *slot = k;
+                            *slot = merge_quote_volume(k, slot);
                         }
                     }
                     Entry::Vacant(e) => {
@@ -69,6 +80,7 @@ impl Batch {
                 Some(slot) => *slot = m,
                 None => self.markets.push(m),
             },
+            Event::Gap(g) => self.push_gap(g),
             Event::Session(s) => {
                 let key = (s.symbol.clone(), s.session_id.clone());
                 match self.session_index.entry(key) {
@@ -88,6 +100,26 @@ impl Batch {
         }
     }
 
+    fn push_gap(&mut self, g: Gap) {
+        match self
+            .gap_index
+            .entry((g.symbol.clone(), g.stream.clone(), g.start_ms))
+        {
+            Entry::Occupied(e) => {
+                let slot = &mut self.gaps[*e.get()];
+                if g.version() >= slot.version() {
+                    let first = slot.detected_at_ms.min(g.detected_at_ms);
+                    *slot = g;
+                    slot.detected_at_ms = first;
+                }
+            }
+            Entry::Vacant(e) => {
+                e.insert(self.gaps.len());
+                self.gaps.push(g);
+            }
+        }
+    }
+
     /// Every row as an event (for the spool).
     pub fn events(&self) -> impl Iterator<Item = Event> + '_ {
         let trades = self.trades.iter().cloned().map(Event::Trade);
@@ -97,6 +129,7 @@ impl Batch {
         let tickers = self.tickers.iter().cloned().map(Event::Ticker);
         let sessions = self.sessions.iter().cloned().map(Event::Session);
         let markets = self.markets.iter().cloned().map(Event::Market);
+        let gaps = self.gaps.iter().cloned().map(Event::Gap);
         trades
             .chain(klines)
             .chain(snaps)
@@ -104,6 +137,7 @@ impl Batch {
             .chain(tickers)
             .chain(sessions)
             .chain(markets)
+            .chain(gaps)
     }
 
     /// Rows this batch will write (book levels count as one row per snapshot).
@@ -115,6 +149,7 @@ impl Batch {
             + self.tickers.len()
             + self.sessions.len()
             + self.markets.len()
+            + self.gaps.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -132,6 +167,8 @@ impl Batch {
         self.sessions.clear();
         self.session_index.clear();
         self.markets.clear();
+        self.gaps.clear();
+        self.gap_index.clear();
     }
 }
 

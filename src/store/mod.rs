@@ -5,6 +5,7 @@
 
 pub mod batch;
 pub mod postgres;
+pub mod read;
 pub mod spool;
 pub mod sqlite;
 pub mod writer;

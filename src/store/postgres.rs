@@ -85,9 +85,11 @@ impl PgStore {
                  $10::text[]::numeric[], $11::bool[], $12::bigint[], $13::bigint[], $14::text[]) \
                  ON CONFLICT (venue, symbol, interval, open_time_ms) DO UPDATE SET \
                  open = excluded.open, high = excluded.high, low = excluded.low, close = excluded.close, \
-                 volume = excluded.volume, quote_volume = excluded.quote_volume, closed = excluded.closed, \
+                 volume = excluded.volume, closed = excluded.closed, \
                  event_time_ms = excluded.event_time_ms, recv_time_us = excluded.recv_time_us, \
-                 source = excluded.source \
+                 source = excluded.source, \
+                 quote_volume = CASE WHEN excluded.quote_volume IS NULL AND excluded.volume = klines.volume \
+                     THEN klines.quote_volume ELSE excluded.quote_volume END \
                  WHERE (excluded.closed, excluded.event_time_ms, excluded.recv_time_us) \
                      > (klines.closed, klines.event_time_ms, klines.recv_time_us)",
             )
@@ -189,6 +191,35 @@ impl PgStore {
             .execute(&mut *tx)
             .await
             .map_err(StoreError::sql("upsert sessions"))?;
+        }
+        if !batch.gaps.is_empty() {
+            let g = &batch.gaps;
+            sqlx::query::<Postgres>(
+                "INSERT INTO gaps (venue, symbol, stream, start_ms, end_ms, status, detected_at_ms, \
+                 resolved_at_ms, rows_recovered, detail) \
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], \
+                 $6::text[], $7::bigint[], $8::bigint[], $9::bigint[], $10::text[]) \
+                 ON CONFLICT (venue, symbol, stream, start_ms) DO UPDATE SET \
+                 end_ms = excluded.end_ms, status = excluded.status, \
+                 detected_at_ms = LEAST(gaps.detected_at_ms, excluded.detected_at_ms), \
+                 resolved_at_ms = excluded.resolved_at_ms, rows_recovered = excluded.rows_recovered, \
+                 detail = excluded.detail \
+                 WHERE COALESCE(excluded.resolved_at_ms, excluded.detected_at_ms) \
+                     >= COALESCE(gaps.resolved_at_ms, gaps.detected_at_ms)",
+            )
+            .bind(g.iter().map(|x| x.venue).collect::<Vec<_>>())
+            .bind(g.iter().map(|x| x.symbol.to_string()).collect::<Vec<_>>())
+            .bind(g.iter().map(|x| x.stream.clone()).collect::<Vec<_>>())
+            .bind(g.iter().map(|x| x.start_ms).collect::<Vec<_>>())
+            .bind(g.iter().map(|x| x.end_ms).collect::<Vec<_>>())
+            .bind(g.iter().map(|x| x.status.as_str()).collect::<Vec<_>>())
+            .bind(g.iter().map(|x| x.detected_at_ms).collect::<Vec<_>>())
+            .bind(g.iter().map(|x| x.resolved_at_ms).collect::<Vec<_>>())
+            .bind(g.iter().map(|x| x.rows_recovered).collect::<Vec<_>>())
+            .bind(g.iter().map(|x| x.detail.clone()).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::sql("upsert gaps"))?;
         }
         if !batch.markets.is_empty() {
             let m = &batch.markets;

@@ -117,9 +117,16 @@ impl SqliteStore {
             qb.push(
                 " ON CONFLICT (venue, symbol, interval, open_time_ms) DO UPDATE SET \
                  open = excluded.open, high = excluded.high, low = excluded.low, close = excluded.close, \
-                 volume = excluded.volume, quote_volume = excluded.quote_volume, closed = excluded.closed, \
+                 volume = excluded.volume, closed = excluded.closed, \
                  event_time_ms = excluded.event_time_ms, recv_time_us = excluded.recv_time_us, \
-                 source = excluded.source, exact = excluded.exact \
+                 source = excluded.source, \
+                 quote_volume = CASE WHEN excluded.quote_volume IS NULL AND excluded.volume = klines.volume \
+                     THEN klines.quote_volume ELSE excluded.quote_volume END, \
+                 exact = CASE WHEN excluded.quote_volume IS NULL AND excluded.volume = klines.volume \
+                     AND json_extract(klines.exact, '$.quote_volume') IS NOT NULL \
+                     THEN json_set(COALESCE(excluded.exact, '{}'), '$.quote_volume', \
+                         json_extract(klines.exact, '$.quote_volume')) \
+                     ELSE excluded.exact END \
                  WHERE (excluded.closed, excluded.event_time_ms, excluded.recv_time_us) \
                      > (klines.closed, klines.event_time_ms, klines.recv_time_us)",
             );
@@ -218,6 +225,29 @@ impl SqliteStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(StoreError::sql("upsert sessions"))?;
+        }
+        for chunk in batch.gaps.chunks(MAX_PARAMS / 10) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO gaps (venue, symbol, stream, start_ms, end_ms, status, detected_at_ms, \
+                 resolved_at_ms, rows_recovered, detail) ",
+            );
+            qb.push_values(chunk, |mut b, g| {
+                b.push_bind(g.venue)
+                    .push_bind(&*g.symbol)
+                    .push_bind(g.stream.as_str())
+                    .push_bind(g.start_ms)
+                    .push_bind(g.end_ms)
+                    .push_bind(g.status.as_str())
+                    .push_bind(g.detected_at_ms)
+                    .push_bind(g.resolved_at_ms)
+                    .push_bind(g.rows_recovered)
+                    .push_bind(g.detail.as_deref());
+            });
+            qb.push(GAP_UPSERT);
+            qb.build()
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::sql("upsert gaps"))?;
         }
         for chunk in batch.markets.chunks(MAX_PARAMS / 7) {
             let mut qb = QueryBuilder::<Sqlite>::new(
@@ -411,6 +441,15 @@ impl Exact {
         }
     }
 }
+
+/// The later word on a hole wins (see `Gap::version`); its first detection time is kept.
+const GAP_UPSERT: &str = " ON CONFLICT (venue, symbol, stream, start_ms) DO UPDATE SET \
+     end_ms = excluded.end_ms, status = excluded.status, \
+     detected_at_ms = min(gaps.detected_at_ms, excluded.detected_at_ms), \
+     resolved_at_ms = excluded.resolved_at_ms, rows_recovered = excluded.rows_recovered, \
+     detail = excluded.detail \
+     WHERE COALESCE(excluded.resolved_at_ms, excluded.detected_at_ms) \
+         >= COALESCE(gaps.resolved_at_ms, gaps.detected_at_ms)";
 
 fn bind_dec<'q>(
     b: &mut Separated<'_, 'q, Sqlite, &'static str>,

@@ -6,7 +6,7 @@ pub mod cdc_v1;
 use std::sync::Arc;
 
 use crate::config::RecordConfig;
-use crate::model::{Event, Market, StreamKey, Trade};
+use crate::model::{Event, Kline, Market, StreamKey, Trade};
 
 /// A websocket frame as read from the socket.
 #[derive(Debug, Clone, Copy)]
@@ -79,6 +79,22 @@ pub trait Venue: Send + Sync + 'static {
         symbol: &Arc<str>,
         recv_time_us: i64,
     ) -> Result<Vec<Trade>, String>;
+    /// How many trades `recent_trades_path` answers with at most: a full answer may not
+    /// reach back to the start of a hole, a shorter one holds everything the venue has.
+    fn recent_trades_limit(&self) -> usize;
+    /// REST path of a symbol's recent bars of one interval (None: no such interval).
+    fn klines_path(&self, symbol: &str, interval: &str) -> Option<String>;
+    /// Parses that reply, oldest first; the newest bar is left open.
+    fn parse_klines(
+        &self,
+        body: &str,
+        symbol: &Arc<str>,
+        interval: &Arc<str>,
+        recv_time_us: i64,
+    ) -> Result<Vec<Kline>, String>;
+    /// A websocket request for the bars from `since_ms` on (older history than REST keeps);
+    /// its reply is decoded by a [`VenueSession`] like any frame.
+    fn kline_history_request(&self, symbol: &str, interval: &str, since_ms: i64) -> Option<String>;
     /// Per-connection decoding state (decompressor, open kline bars).
     fn session(&self, symbol: Arc<str>, max_frame_bytes: usize) -> Box<dyn VenueSession>;
 }

@@ -119,6 +119,35 @@ impl Venue for CdcV1 {
         rest::parse_trades(body, symbol, recv_time_us).map_err(|e| e.to_string())
     }
 
+    fn recent_trades_limit(&self) -> usize {
+        200
+    }
+
+    fn klines_path(&self, symbol: &str, interval: &str) -> Option<String> {
+        let p = rest::kline_period_minutes(interval)?;
+        Some(format!("/v1/klines?symbol={symbol}&period={p}"))
+    }
+
+    fn parse_klines(
+        &self,
+        body: &str,
+        symbol: &Arc<str>,
+        interval: &Arc<str>,
+        recv_time_us: i64,
+    ) -> Result<Vec<Kline>, String> {
+        rest::parse_klines(body, symbol, interval, recv_time_us).map_err(|e| e.to_string())
+    }
+
+    fn kline_history_request(&self, symbol: &str, interval: &str, since_ms: i64) -> Option<String> {
+        let ch = Channel::parse(&format!("market_{symbol}_kline_{interval}"))?;
+        // `since` is in seconds; round down so the bar starting at `since_ms` is included
+        Some(kline_history_request(
+            &ch,
+            "history",
+            since_ms.div_euclid(1000),
+        ))
+    }
+
     fn session(&self, symbol: Arc<str>, max_frame_bytes: usize) -> Box<dyn VenueSession> {
         Box::new(CdcSession::new(symbol, max_frame_bytes))
     }

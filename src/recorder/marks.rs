@@ -1,0 +1,252 @@
+//! How far each stream of a symbol is known to be complete, shared by its worker (which moves
+//! the marks as data arrives) and the backfill task (which checks the hole behind a mark when a
+//! socket comes back). At start-up the marks come from the database, so the time the recorder
+//! was down is one more hole.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::model::{Event, Gap, GapStatus, Trade, now_ms};
+use crate::store::Store;
+use crate::store::read::TradeMark;
+use crate::venue::Venue;
+
+/// Why a hole is being checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// The first connection of this run: the hole is the time the recorder was down.
+    Startup,
+    /// A socket came back: the hole is the time it was down.
+    Reconnect,
+    /// A trade id skipped ahead on a live socket: a hint only, never a gap by itself.
+    IdJump,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Startup => "start-up",
+            Reason::Reconnect => "reconnect",
+            Reason::IdJump => "trade id jump",
+        }
+    }
+}
+
+/// A hole to check, from the marks at the moment a socket became live.
+#[derive(Debug, Clone)]
+pub struct HoleCheck {
+    pub symbol: Arc<str>,
+    pub reason: Reason,
+    /// The last trade known before the hole (None: nothing recorded yet, so no hole).
+    pub trade: Option<TradeMark>,
+    /// For an id jump: the trade after the skipped ids.
+    pub trade_until: Option<TradeMark>,
+    /// Per interval: open time of the first bar not held final.
+    pub bars: Vec<(Arc<str>, i64)>,
+    pub detected_at_ms: i64,
+    /// Rows a previous run left `open` (it stopped before backfill answered); this check
+    /// covers them, and resolves them too.
+    pub leftovers: Vec<Gap>,
+}
+
+impl HoleCheck {
+    /// Folds a later check of the same symbol into this one: the union of both holes.
+    pub fn merge(&mut self, other: HoleCheck) {
+        self.trade = match (self.trade, other.trade) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.trade_until = match (self.trade_until, other.trade_until) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            _ => None,
+        };
+        for (iv, t) in other.bars {
+            match self.bars.iter_mut().find(|(i, _)| *i == iv) {
+                Some(slot) => slot.1 = slot.1.min(t),
+                None => self.bars.push((iv, t)),
+            }
+        }
+        if self.reason == Reason::IdJump {
+            self.reason = other.reason;
+        }
+        self.detected_at_ms = self.detected_at_ms.min(other.detected_at_ms);
+        self.leftovers.extend(other.leftovers);
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    last_trade: Option<TradeMark>,
+    /// The first trade the current connection delivered.
+    conn_first_trade: Option<TradeMark>,
+    /// Per interval: open time of the newest bar seen (possibly still forming).
+    bars: HashMap<Arc<str>, i64>,
+    started: bool,
+    leftovers: Vec<Gap>,
+}
+
+/// One symbol's marks.
+#[derive(Debug, Default)]
+pub struct Marks {
+    inner: Mutex<Inner>,
+}
+
+/// A trade as a mark.
+pub fn mark_of(t: &Trade) -> TradeMark {
+    TradeMark {
+        time_ms: t.event_time_ms,
+        trade_id: t.trade_id,
+    }
+}
+
+/// Whether `t` comes after `m` in the stream: by id where both are venue ids, else by time.
+pub fn is_after(t: TradeMark, m: TradeMark) -> bool {
+    if t.trade_id >= 0 && m.trade_id >= 0 {
+        t.trade_id > m.trade_id
+    } else {
+        (t.time_ms, t.trade_id) > (m.time_ms, m.trade_id)
+    }
+}
+
+impl Marks {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Called when a connection delivers its first frame: the hole behind the marks.
+    pub fn check_at_connect(&self, symbol: &Arc<str>) -> HoleCheck {
+        let mut m = self.lock();
+        m.conn_first_trade = None;
+        let reason = if m.started {
+            Reason::Reconnect
+        } else {
+            Reason::Startup
+        };
+        m.started = true;
+        let mut bars: Vec<(Arc<str>, i64)> = m.bars.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        bars.sort();
+        HoleCheck {
+            symbol: symbol.clone(),
+            reason,
+            trade: m.last_trade,
+            trade_until: None,
+            bars,
+            detected_at_ms: now_ms(),
+            leftovers: std::mem::take(&mut m.leftovers),
+        }
+    }
+
+    /// Moves the marks past what a websocket frame delivered. Returns an id-jump check when
+    /// a trade id skipped ahead of the previous trade on this connection.
+    pub fn saw(&self, symbol: &Arc<str>, events: &[Event]) -> Option<HoleCheck> {
+        let mut m = self.lock();
+        let mut jump = None;
+        for ev in events {
+            match ev {
+                Event::Trade(t) => {
+                    let mark = mark_of(t);
+                    if let (Some(prev), Some(_)) = (m.last_trade, m.conn_first_trade)
+                        && prev.trade_id >= 0
+                        && mark.trade_id > prev.trade_id + 1
+                        && jump.is_none()
+                    {
+                        jump = Some(HoleCheck {
+                            symbol: symbol.clone(),
+                            reason: Reason::IdJump,
+                            trade: Some(prev),
+                            trade_until: Some(mark),
+                            bars: Vec::new(),
+                            detected_at_ms: now_ms(),
+                            leftovers: Vec::new(),
+                        });
+                    }
+                    m.conn_first_trade.get_or_insert(mark);
+                    if m.last_trade.is_none_or(|l| is_after(mark, l)) {
+                        m.last_trade = Some(mark);
+                    }
+                }
+                Event::Kline(k) => {
+                    let slot = m.bars.entry(k.interval.clone()).or_insert(k.open_time_ms);
+                    *slot = (*slot).max(k.open_time_ms);
+                }
+                _ => {}
+            }
+        }
+        jump
+    }
+
+    /// Moves the trade mark past trades fetched over REST.
+    pub fn saw_rest_trade(&self, t: TradeMark) {
+        let mut m = self.lock();
+        if m.last_trade.is_none_or(|l| is_after(t, l)) {
+            m.last_trade = Some(t);
+        }
+    }
+
+    /// Moves a bar mark to `open_ms` (the first bar not yet final) if that is later.
+    pub fn saw_bar(&self, interval: &Arc<str>, open_ms: i64) {
+        let mut m = self.lock();
+        let slot = m.bars.entry(interval.clone()).or_insert(open_ms);
+        *slot = (*slot).max(open_ms);
+    }
+
+    /// The first trade the current connection delivered, if any yet.
+    pub fn conn_first_trade(&self) -> Option<TradeMark> {
+        self.lock().conn_first_trade
+    }
+}
+
+/// The marks of every symbol, loaded from what is stored. An `open` gap left by a previous
+/// run pulls its stream's mark back to the hole's start, so the hole is checked again.
+pub async fn load(
+    store: &Store,
+    venue: &dyn Venue,
+    symbols: &[String],
+    intervals: &[String],
+    interval_ms: impl Fn(&str) -> Option<i64>,
+) -> Result<HashMap<Arc<str>, Arc<Marks>>, crate::store::StoreError> {
+    let mut out = HashMap::new();
+    let open: Vec<Gap> = store
+        .load_gaps(venue.name(), None)
+        .await?
+        .into_iter()
+        .filter(|g| g.status == GapStatus::Open)
+        .collect();
+    for s in symbols {
+        let mut inner = Inner::default();
+        let mine: Vec<&Gap> = open.iter().filter(|g| &*g.symbol == s.as_str()).collect();
+        let trade_hole = mine
+            .iter()
+            .filter(|g| g.stream == "trades")
+            .map(|g| g.start_ms)
+            .min();
+        inner.last_trade = store.last_trade(venue.name(), s, trade_hole).await?;
+        for iv in intervals {
+            let stored = store.last_bar(venue.name(), s, iv).await?;
+            let mut need = stored.map(|(open, closed)| match (closed, interval_ms(iv)) {
+                (true, Some(len)) => open + len,
+                _ => open,
+            });
+            let stream = format!("kline_{iv}");
+            if let Some(h) = mine
+                .iter()
+                .filter(|g| g.stream == stream)
+                .map(|g| g.start_ms)
+                .min()
+            {
+                need = Some(need.map_or(h, |n| n.min(h)));
+            }
+            if let Some(n) = need {
+                inner.bars.insert(Arc::from(iv.as_str()), n);
+            }
+        }
+        inner.leftovers = mine.into_iter().cloned().collect();
+        out.insert(
+            Arc::from(s.as_str()),
+            Arc::new(Marks {
+                inner: Mutex::new(inner),
+            }),
+        );
+    }
+    Ok(out)
+}

@@ -1,0 +1,124 @@
+//! Reads that need no exact decimals (positions, gaps, coverage figures): one SQL text for
+//! both backends, with `$N` parameters (SQLite accepts them too) and only BIGINT/TEXT results.
+
+use std::sync::Arc;
+
+use super::{Store, StoreError};
+use crate::model::{Gap, GapStatus};
+
+/// Runs `$body` with `$pool` bound to whichever pool the store has.
+macro_rules! on_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match $store {
+            Store::Sqlite(s) => {
+                let $pool = s.pool();
+                $body
+            }
+            Store::Postgres(s) => {
+                let $pool = s.pool();
+                $body
+            }
+        }
+    };
+}
+
+/// A trade as a position in the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TradeMark {
+    pub time_ms: i64,
+    pub trade_id: i64,
+}
+
+type GapRow = (
+    String,
+    String,
+    i64,
+    Option<i64>,
+    String,
+    i64,
+    Option<i64>,
+    i64,
+    Option<String>,
+);
+
+const GAP_COLUMNS: &str = "symbol, stream, start_ms, end_ms, status, detected_at_ms, \
+                           resolved_at_ms, rows_recovered, detail";
+
+fn gap_from_row(venue: &'static str, r: GapRow) -> Result<Gap, StoreError> {
+    let (symbol, stream, start_ms, end_ms, status, detected_at_ms, resolved_at_ms, rows, detail) =
+        r;
+    Ok(Gap {
+        venue,
+        symbol: Arc::from(symbol),
+        stream,
+        start_ms,
+        end_ms,
+        status: GapStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("gap status {status:?}")))?,
+        detected_at_ms,
+        resolved_at_ms,
+        rows_recovered: rows,
+        detail,
+    })
+}
+
+impl Store {
+    /// The newest stored trade of a symbol (by exchange time, then id), optionally at or
+    /// before a time.
+    pub async fn last_trade(
+        &self,
+        venue: &str,
+        symbol: &str,
+        at_or_before_ms: Option<i64>,
+    ) -> Result<Option<TradeMark>, StoreError> {
+        let sql = "SELECT event_time_ms, trade_id FROM trades WHERE venue = $1 AND symbol = $2 \
+                   AND event_time_ms <= $3 ORDER BY event_time_ms DESC, trade_id DESC LIMIT 1";
+        let row: Option<(i64, i64)> = on_pool!(self, p => sqlx::query_as(sql)
+            .bind(venue)
+            .bind(symbol)
+            .bind(at_or_before_ms.unwrap_or(i64::MAX))
+            .fetch_optional(p)
+            .await)
+        .map_err(StoreError::sql("select last trade"))?;
+        Ok(row.map(|(time_ms, trade_id)| TradeMark { time_ms, trade_id }))
+    }
+
+    /// Open time of the newest stored bar and whether it is final.
+    pub async fn last_bar(
+        &self,
+        venue: &str,
+        symbol: &str,
+        interval: &str,
+    ) -> Result<Option<(i64, bool)>, StoreError> {
+        let sql = "SELECT open_time_ms, CAST(CASE WHEN closed THEN 1 ELSE 0 END AS BIGINT) \
+                   FROM klines WHERE venue = $1 AND symbol = $2 AND interval = $3 \
+                   ORDER BY open_time_ms DESC LIMIT 1";
+        let row: Option<(i64, i64)> = on_pool!(self, p => sqlx::query_as(sql)
+            .bind(venue)
+            .bind(symbol)
+            .bind(interval)
+            .fetch_optional(p)
+            .await)
+        .map_err(StoreError::sql("select last bar"))?;
+        Ok(row.map(|(t, c)| (t, c != 0)))
+    }
+
+    /// Gap rows, by symbol, stream and start; `symbol` None for all.
+    pub async fn load_gaps(
+        &self,
+        venue: &'static str,
+        symbol: Option<&str>,
+    ) -> Result<Vec<Gap>, StoreError> {
+        let sql = format!(
+            "SELECT {GAP_COLUMNS} FROM gaps WHERE venue = $1 AND ($2 = '' OR symbol = $2) \
+             ORDER BY symbol, stream, start_ms"
+        );
+        let rows: Vec<GapRow> = on_pool!(self, p => sqlx::query_as(&sql)
+            .bind(venue)
+            .bind(symbol.unwrap_or(""))
+            .fetch_all(p)
+            .await)
+        .map_err(StoreError::sql("select gaps"))?;
+        rows.into_iter().map(|r| gap_from_row(venue, r)).collect()
+    }
+}
