@@ -70,6 +70,14 @@ pub struct BackfillConfig {
     /// Attempts per request (429 and transport errors are retried, honouring Retry-After).
     #[serde(default = "default_rest_attempts")]
     pub attempts: u32,
+    /// Every this many seconds, look for bars missing or not final in the stored kline grid
+    /// (behind the forming bar) and fetch them; 0 turns the audit off.
+    #[serde(default = "default_audit_interval")]
+    pub audit_interval_s: u64,
+}
+
+fn default_audit_interval() -> u64 {
+    300
 }
 
 fn default_rest_rate() -> u32 {
@@ -89,6 +97,7 @@ impl Default for BackfillConfig {
             rate_per_s: default_rest_rate(),
             timeout_s: default_rest_timeout(),
             attempts: default_rest_attempts(),
+            audit_interval_s: default_audit_interval(),
         }
     }
 }

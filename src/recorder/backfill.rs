@@ -24,7 +24,8 @@ use super::marks::{HoleCheck, Marks, Reason, is_after, mark_of};
 use super::rest::RestClient;
 use super::stagger::Stagger;
 use crate::config::Config;
-use crate::model::{Event, Gap, GapStatus, Kline, now_ms, now_us};
+use crate::model::{Event, Gap, GapStatus, Kline, interval_ms, now_ms, now_us};
+use crate::store::Store;
 use crate::store::read::TradeMark;
 use crate::venue::{Frame, Venue};
 
@@ -55,6 +56,8 @@ pub struct Backfill {
     pub stagger: Arc<Stagger>,
     pub stats: Arc<BackfillStats>,
     pub shutdown: CancellationToken,
+    /// Read by the kline audit (the writer alone writes).
+    pub store: Arc<Store>,
 }
 
 /// The writer is gone (shutdown): nothing more can be recorded.
@@ -72,6 +75,26 @@ impl From<WriterGone> for Failed {
     }
 }
 
+/// Bars one audit reads per symbol and interval.
+const AUDIT_BARS: i64 = 5_000;
+
+/// The first slot of a stored grid (oldest first, the last entry still forming) that lacks a
+/// final bar.
+fn first_problem(rows: &[(i64, bool)], len: i64) -> Option<i64> {
+    let (&(newest, _), closed_range) = rows.split_last()?;
+    let mut expected = closed_range.first().map(|r| r.0)?;
+    for &(open, closed) in closed_range {
+        if open > expected {
+            return Some(expected);
+        }
+        if !closed {
+            return Some(open);
+        }
+        expected = open + len;
+    }
+    (newest > expected).then_some(expected)
+}
+
 /// First retry of a failed check after this; doubles up to `RETRY_MAX`.
 const RETRY_FIRST: Duration = Duration::from_secs(5);
 const RETRY_MAX: Duration = Duration::from_secs(600);
@@ -81,6 +104,9 @@ pub async fn run(b: Backfill, mut requests: mpsc::UnboundedReceiver<HoleCheck>) 
     let mut pending: Vec<HoleCheck> = Vec::new();
     let mut retries: Vec<(Instant, u32, HoleCheck)> = Vec::new();
     let mut attempts: HashMap<Arc<str>, u32> = HashMap::new();
+    let audit_every = Duration::from_secs(b.config.backfill.audit_interval_s);
+    let mut next_audit = (!audit_every.is_zero()).then(|| Instant::now() + audit_every);
+    let mut audited: HashMap<(Arc<str>, Arc<str>), i64> = HashMap::new();
     loop {
         if pending.is_empty() {
             let next_retry = retries.iter().map(|r| r.0).min();
@@ -91,7 +117,14 @@ pub async fn run(b: Backfill, mut requests: mpsc::UnboundedReceiver<HoleCheck>) 
                     None => return,
                 },
                 _ = sleep_until(next_retry) => {}
+                _ = sleep_until(next_audit) => {}
             }
+        }
+        if next_audit.is_some_and(|t| t <= Instant::now()) {
+            for c in b.audit(&mut audited).await {
+                add(&mut pending, c);
+            }
+            next_audit = Some(Instant::now() + audit_every);
         }
         while let Ok(c) = requests.try_recv() {
             add(&mut pending, c);
@@ -208,7 +241,7 @@ impl Backfill {
     async fn resolve(&self, c: &HoleCheck) -> Result<(), Failed> {
         let record = &self.config.record;
         // rows saying "checking" first, so a hole whose check never finishes is still on record
-        if c.reason != Reason::IdJump {
+        if !c.reason.is_hint() {
             if record.trades
                 && let Some(a) = c.trade
             {
@@ -216,11 +249,13 @@ impl Backfill {
                     .await?;
             }
             for (iv, from) in &c.bars {
-                self.send(Event::Gap(self.gap(c, &format!("kline_{iv}"), *from)))
-                    .await?;
+                if let Some(from) = from {
+                    self.send(Event::Gap(self.gap(c, &format!("kline_{iv}"), *from)))
+                        .await?;
+                }
             }
         }
-        if record.trades {
+        if record.trades && (c.trade.is_some() || c.reason != Reason::Audit) {
             self.trades(c).await?;
         }
         for (iv, from) in &c.bars {
@@ -296,7 +331,7 @@ impl Backfill {
         g.resolved_at_ms = Some(now_ms());
         g.rows_recovered = recovered;
         if complete {
-            if c.reason == Reason::IdJump && recovered == 0 {
+            if c.reason.is_hint() && recovered == 0 {
                 return Ok(()); // the ids skip, no trade was missing
             }
             g.status = GapStatus::Filled;
@@ -315,7 +350,7 @@ impl Backfill {
             let Some(first) = first_after else {
                 return Ok(());
             };
-            if c.reason == Reason::IdJump {
+            if c.reason.is_hint() {
                 tracing::warn!(symbol = %c.symbol, from = anchor.trade_id, to = ?c.trade_until.map(|t| t.trade_id),
                     "trade ids jumped and REST does not reach back that far: cannot tell whether trades are missing");
                 return Ok(());
@@ -335,7 +370,12 @@ impl Backfill {
         Ok(())
     }
 
-    async fn klines(&self, c: &HoleCheck, iv: &Arc<str>, need_from: i64) -> Result<(), Failed> {
+    async fn klines(
+        &self,
+        c: &HoleCheck,
+        iv: &Arc<str>,
+        need_from: Option<i64>,
+    ) -> Result<(), Failed> {
         let Some(path) = self.venue.klines_path(&c.symbol, iv) else {
             return Ok(());
         };
@@ -348,14 +388,27 @@ impl Backfill {
             .venue
             .parse_klines(&body, &c.symbol, iv, now_us())
             .map_err(|e| Failed::Source(format!("{iv} bars: {e}")))?;
+        // the newest bar is still forming: stored open (the socket's later pushes replace it,
+        // and a socket that never sees it close leaves it to the audit)
+        let forming = bars.pop();
+        let Some(need_from) = need_from else {
+            // nothing recorded yet: the venue's recent bars are history, there is no hole
+            let n = bars.len() as u64;
+            for k in bars.into_iter().chain(forming) {
+                self.send(Event::Kline(k)).await?;
+            }
+            self.stats.bars_recovered.fetch_add(n, Ordering::Relaxed);
+            return Ok(());
+        };
         let stream = format!("kline_{iv}");
         let mut g = self.gap(c, &stream, need_from);
         g.resolved_at_ms = Some(now_ms());
-        // the newest bar is still forming: the socket carries it
-        let Some(forming) = bars.pop() else {
+        let Some(forming) = forming else {
             g.status = GapStatus::Filled;
             g.detail = Some(format!("{}: the venue has no bars", c.reason.as_str()));
-            self.resolved(c, g).await?;
+            if !c.reason.is_hint() {
+                self.resolved(c, g).await?;
+            }
             return Ok(());
         };
         let current = forming.open_time_ms;
@@ -379,16 +432,32 @@ impl Backfill {
                 }
             }
         }
-        let recovered = have.len() as i64;
+        // a hint counts only bars the database did not hold final
+        let held: std::collections::HashSet<i64> = if c.reason.is_hint() {
+            self.store
+                .bar_states(self.venue.name(), &c.symbol, iv, need_from, 100_000)
+                .await
+                .map_err(|e| Failed::Source(format!("reading stored {iv} bars: {e}")))?
+                .into_iter()
+                .filter_map(|(t, closed)| closed.then_some(t))
+                .collect()
+        } else {
+            Default::default()
+        };
+        let recovered = have.keys().filter(|t| !held.contains(t)).count() as i64;
         for (_, k) in have {
             self.send(Event::Kline(k)).await?;
         }
+        self.send(Event::Kline(forming)).await?;
         self.stats
             .bars_recovered
             .fetch_add(recovered as u64, Ordering::Relaxed);
-        self.marks(&c.symbol).saw_bar(iv, current);
         g.rows_recovered = recovered;
-        if covered_from <= need_from || need_from >= current {
+        let complete = covered_from <= need_from || need_from >= current;
+        if c.reason.is_hint() && complete && recovered == 0 {
+            return Ok(()); // the venue has no bar there either: not a hole
+        }
+        if complete {
             g.status = GapStatus::Filled;
             g.end_ms = Some(current);
             g.detail = Some(format!(
@@ -406,6 +475,64 @@ impl Backfill {
         }
         self.resolved(c, g).await?;
         Ok(())
+    }
+
+    /// Looks for bars missing or not final behind the newest stored bar of every recorded
+    /// interval, from where the previous audit left off; one check per symbol with a problem.
+    async fn audit(&self, audited: &mut HashMap<(Arc<str>, Arc<str>), i64>) -> Vec<HoleCheck> {
+        let mut out: Vec<HoleCheck> = Vec::new();
+        for symbol in &self.config.record.symbols {
+            let symbol: Arc<str> = Arc::from(symbol.as_str());
+            for iv in &self.config.record.klines {
+                let Some(len) = interval_ms(iv) else {
+                    continue; // calendar months: no fixed grid
+                };
+                let iv: Arc<str> = Arc::from(iv.as_str());
+                let key = (symbol.clone(), iv.clone());
+                let from = match audited.get(&key) {
+                    Some(f) => *f,
+                    // first audit of the run: the newest bars
+                    None => match self.store.last_bar(self.venue.name(), &symbol, &iv).await {
+                        Ok(Some((t, _))) => t.saturating_sub((AUDIT_BARS - 1) * len),
+                        Ok(None) => continue,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "kline audit could not read the database");
+                            return out;
+                        }
+                    },
+                };
+                let rows = match self
+                    .store
+                    .bar_states(self.venue.name(), &symbol, &iv, from, AUDIT_BARS)
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "kline audit could not read the database");
+                        return out;
+                    }
+                };
+                let Some(&(newest, _)) = rows.last() else {
+                    continue;
+                };
+                let problem = first_problem(&rows, len);
+                audited.insert(key, newest);
+                if let Some(p) = problem {
+                    tracing::info!(symbol = %symbol, interval = %iv, from_ms = p, "kline audit: bar missing or not final");
+                    let c = HoleCheck {
+                        symbol: symbol.clone(),
+                        reason: Reason::Audit,
+                        trade: None,
+                        trade_until: None,
+                        bars: vec![(iv.clone(), Some(p))],
+                        detected_at_ms: now_ms(),
+                        leftovers: Vec::new(),
+                    };
+                    add(&mut out, c);
+                }
+            }
+        }
+        out
     }
 
     /// Bars from `since_ms` on, over a short-lived websocket: the venue answers a `req` with
@@ -478,5 +605,25 @@ impl Backfill {
         };
         let _ = ws.close(None).await;
         bars
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_problem;
+
+    #[test]
+    fn audit_finds_the_first_missing_or_open_bar_behind_the_forming_one() {
+        let ok = [(0, true), (60, true), (120, true), (180, false)];
+        assert_eq!(first_problem(&ok, 60), None);
+        let hole = [(0, true), (60, true), (180, true), (240, false)];
+        assert_eq!(first_problem(&hole, 60), Some(120));
+        let open = [(0, true), (60, false), (120, true), (180, false)];
+        assert_eq!(first_problem(&open, 60), Some(60));
+        let before_forming = [(0, true), (60, true), (240, false)];
+        assert_eq!(first_problem(&before_forming, 60), Some(120));
+        // only the forming bar: nothing closed to audit
+        assert_eq!(first_problem(&[(0, false)], 60), None);
+        assert_eq!(first_problem(&[], 60), None);
     }
 }

@@ -20,6 +20,9 @@ pub enum Reason {
     Reconnect,
     /// A trade id skipped ahead on a live socket: a hint only, never a gap by itself.
     IdJump,
+    /// The periodic audit found a bar missing or not final in the stored grid: a row only if
+    /// the venue then has bars the database lacked.
+    Audit,
 }
 
 impl Reason {
@@ -28,7 +31,13 @@ impl Reason {
             Reason::Startup => "start-up",
             Reason::Reconnect => "reconnect",
             Reason::IdJump => "trade id jump",
+            Reason::Audit => "kline audit",
         }
+    }
+
+    /// A hint is checked, but only recorded if the check recovers something.
+    pub fn is_hint(self) -> bool {
+        matches!(self, Reason::IdJump | Reason::Audit)
     }
 }
 
@@ -41,8 +50,9 @@ pub struct HoleCheck {
     pub trade: Option<TradeMark>,
     /// For an id jump: the trade after the skipped ids.
     pub trade_until: Option<TradeMark>,
-    /// Per interval: open time of the first bar not held final.
-    pub bars: Vec<(Arc<str>, i64)>,
+    /// Per interval: open time of the first bar not held final (None: nothing recorded
+    /// yet, so no hole: the venue's recent bars are fetched as history).
+    pub bars: Vec<(Arc<str>, Option<i64>)>,
     pub detected_at_ms: i64,
     /// Rows a previous run left `open` (it stopped before backfill answered); this check
     /// covers them, and resolves them too.
@@ -62,11 +72,16 @@ impl HoleCheck {
         };
         for (iv, t) in other.bars {
             match self.bars.iter_mut().find(|(i, _)| *i == iv) {
-                Some(slot) => slot.1 = slot.1.min(t),
+                Some(slot) => {
+                    slot.1 = match (slot.1, t) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    }
+                }
                 None => self.bars.push((iv, t)),
             }
         }
-        if self.reason == Reason::IdJump {
+        if self.reason.is_hint() {
             self.reason = other.reason;
         }
         self.detected_at_ms = self.detected_at_ms.min(other.detected_at_ms);
@@ -79,8 +94,8 @@ struct Inner {
     last_trade: Option<TradeMark>,
     /// The first trade the current connection delivered.
     conn_first_trade: Option<TradeMark>,
-    /// Per interval: open time of the newest bar seen (possibly still forming).
-    bars: HashMap<Arc<str>, i64>,
+    /// Per recorded interval: open time of the newest bar seen (possibly still forming).
+    bars: HashMap<Arc<str>, Option<i64>>,
     started: bool,
     leftovers: Vec<Gap>,
 }
@@ -123,7 +138,8 @@ impl Marks {
             Reason::Startup
         };
         m.started = true;
-        let mut bars: Vec<(Arc<str>, i64)> = m.bars.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        let mut bars: Vec<(Arc<str>, Option<i64>)> =
+            m.bars.iter().map(|(k, v)| (k.clone(), *v)).collect();
         bars.sort();
         HoleCheck {
             symbol: symbol.clone(),
@@ -166,8 +182,8 @@ impl Marks {
                     }
                 }
                 Event::Kline(k) => {
-                    let slot = m.bars.entry(k.interval.clone()).or_insert(k.open_time_ms);
-                    *slot = (*slot).max(k.open_time_ms);
+                    let slot = m.bars.entry(k.interval.clone()).or_default();
+                    *slot = Some(slot.map_or(k.open_time_ms, |s| s.max(k.open_time_ms)));
                 }
                 _ => {}
             }
@@ -186,8 +202,8 @@ impl Marks {
     /// Moves a bar mark to `open_ms` (the first bar not yet final) if that is later.
     pub fn saw_bar(&self, interval: &Arc<str>, open_ms: i64) {
         let mut m = self.lock();
-        let slot = m.bars.entry(interval.clone()).or_insert(open_ms);
-        *slot = (*slot).max(open_ms);
+        let slot = m.bars.entry(interval.clone()).or_default();
+        *slot = Some(slot.map_or(open_ms, |s| s.max(open_ms)));
     }
 
     /// The first trade the current connection delivered, if any yet.
@@ -236,9 +252,7 @@ pub async fn load(
             {
                 need = Some(need.map_or(h, |n| n.min(h)));
             }
-            if let Some(n) = need {
-                inner.bars.insert(Arc::from(iv.as_str()), n);
-            }
+            inner.bars.insert(Arc::from(iv.as_str()), need);
         }
         inner.leftovers = mine.into_iter().cloned().collect();
         out.insert(

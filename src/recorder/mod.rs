@@ -161,6 +161,7 @@ pub async fn start(
                 stagger: stagger.clone(),
                 stats: stats.backfill.clone(),
                 shutdown: shutdown.clone(),
+                store: store.clone(),
             },
             brx,
         ));

@@ -103,6 +103,31 @@ impl Store {
         Ok(row.map(|(t, c)| (t, c != 0)))
     }
 
+    /// (open time, final) of the stored bars of a symbol and interval from `from_ms` on,
+    /// oldest first, at most `limit`.
+    pub async fn bar_states(
+        &self,
+        venue: &str,
+        symbol: &str,
+        interval: &str,
+        from_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, bool)>, StoreError> {
+        let sql = "SELECT open_time_ms, CAST(CASE WHEN closed THEN 1 ELSE 0 END AS BIGINT) \
+                   FROM klines WHERE venue = $1 AND symbol = $2 AND interval = $3 \
+                   AND open_time_ms >= $4 ORDER BY open_time_ms LIMIT $5";
+        let rows: Vec<(i64, i64)> = on_pool!(self, p => sqlx::query_as(sql)
+            .bind(venue)
+            .bind(symbol)
+            .bind(interval)
+            .bind(from_ms)
+            .bind(limit)
+            .fetch_all(p)
+            .await)
+        .map_err(StoreError::sql("select bars"))?;
+        Ok(rows.into_iter().map(|(t, c)| (t, c != 0)).collect())
+    }
+
     /// Gap rows, by symbol, stream and start; `symbol` None for all.
     pub async fn load_gaps(
         &self,

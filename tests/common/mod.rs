@@ -7,6 +7,16 @@ use std::time::Duration;
 
 use mdrec::config::Config;
 
+/// Recorder logs on the test's output when `MDREC_TEST_LOG` holds a filter (`info`, `debug`).
+pub fn init_log() {
+    if let Ok(filter) = std::env::var("MDREC_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 /// PostgreSQL server for tests; `MDREC_TEST_PG_URL` overrides.
 pub fn pg_admin_url() -> String {
     std::env::var("MDREC_TEST_PG_URL")

@@ -1,0 +1,614 @@
+//! Holes and their record: socket cuts, stalls and a stopped recorder are filled from REST and
+//! websocket history so the database equals the simulator's ledger; an outage longer than the
+//! venue's history leaves exactly one `unrecoverable` gap per stream with the ledger's bounds;
+//! a quiet market leaves no gap at all.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::{PgDb, recorder_config, sqlite_db, stored_ids, wait_for};
+use mdrec::config::Config;
+use mdrec::decimal::Dec;
+use mdrec::model::{Gap, GapStatus, Source};
+use mdrec::recorder::RunStats;
+use mdrec::sim::{self, SimConfig, SimHandle};
+use mdrec::store::Store;
+use mdrec::venue::cdc_v1::{CdcV1, NAME};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+const SYMBOLS: [&str; 2] = ["btcusdt", "ethusdt"];
+const INTERVALS: [&str; 2] = ["1min", "5min"];
+
+/// One recorder run, stopped like SIGTERM would.
+struct Run {
+    stop: CancellationToken,
+    tasks: TaskTracker,
+    stats: Arc<RunStats>,
+}
+
+impl Run {
+    async fn start(cfg: &Config) -> Run {
+        common::init_log();
+        let stop = CancellationToken::new();
+        let (_store, stats, tasks) =
+            mdrec::recorder::start(cfg.clone(), Arc::new(CdcV1), stop.clone())
+                .await
+                .expect("recorder starts");
+        Run {
+            stop,
+            tasks,
+            stats: Arc::new(stats),
+        }
+    }
+
+    async fn stop(self) -> Arc<RunStats> {
+        self.stop.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+        self.stats
+    }
+}
+
+fn config(sim: &SimHandle, db: &str, extra: &str) -> Config {
+    recorder_config(
+        &sim.ws_url(),
+        &sim.rest_url(),
+        db,
+        &SYMBOLS,
+        &format!(
+            "[connection]\nreconnect_initial_ms = 200\nreconnect_max_s = 1\nsilence_timeout_s = 1\n\n\
+             [backfill]\nrate_per_s = 50\ntimeout_s = 5\naudit_interval_s = 1\n{extra}"
+        ),
+    )
+}
+
+fn d(x: rust_decimal::Decimal) -> Dec {
+    Dec::from(x)
+}
+
+/// The first difference between the database and the ledger, if any. `missing` trade ids and
+/// bar open times (per symbol, per interval) are expected to be absent or not final.
+async fn ledger_diff(
+    store: &Store,
+    sim: &SimHandle,
+    missing_trades: &BTreeMap<&str, BTreeSet<i64>>,
+    missing_bars: &BTreeMap<(&str, &str), BTreeSet<i64>>,
+) -> Option<String> {
+    for s in SYMBOLS {
+        let none = BTreeSet::new();
+        let skip = missing_trades.get(s).unwrap_or(&none);
+        let ledger: Vec<_> = sim
+            .trades(s)
+            .into_iter()
+            .filter(|t| !skip.contains(&t.id))
+            .collect();
+        let stored = store.load_trades(NAME, s).await.ok()?;
+        if stored.len() != ledger.len() {
+            return Some(format!(
+                "{s}: {} trades stored, ledger {}",
+                stored.len(),
+                ledger.len()
+            ));
+        }
+        for (db, l) in stored.iter().zip(&ledger) {
+            let want = (l.id, l.side, d(l.price), d(l.qty), l.time_ms);
+            let got = (
+                db.trade_id,
+                db.side,
+                db.price.clone(),
+                db.qty.clone(),
+                db.event_time_ms,
+            );
+            if got != want {
+                return Some(format!("{s}: stored {got:?}, ledger {want:?}"));
+            }
+            // REST has no quote amount: a trade only REST supplied has none, never a wrong one
+            if db.quote_qty.as_ref().is_some_and(|q| *q != d(l.amount)) {
+                return Some(format!("{s} trade {}: amount", l.id));
+            }
+            if db.quote_qty.is_none() && db.source != Source::Rest {
+                return Some(format!("{s} trade {}: socket trade without amount", l.id));
+            }
+        }
+        for iv in INTERVALS {
+            let bars = sim.bars(s, iv);
+            let stored: BTreeMap<i64, _> = store
+                .load_klines(NAME, s, iv)
+                .await
+                .ok()?
+                .into_iter()
+                .map(|k| (k.open_time_ms, k))
+                .collect();
+            let skip = missing_bars.get(&(s, iv)).unwrap_or(&none);
+            for (i, b) in bars.iter().enumerate() {
+                let forming = i + 1 == bars.len();
+                if skip.contains(&b.open_time_ms) {
+                    if stored.get(&b.open_time_ms).is_some_and(|k| k.closed) {
+                        return Some(format!(
+                            "{s} {iv} {}: unrecoverable bar stored final",
+                            b.open_time_ms
+                        ));
+                    }
+                    continue;
+                }
+                let Some(k) = stored.get(&b.open_time_ms) else {
+                    return Some(format!("{s} {iv} bar {} missing", b.open_time_ms));
+                };
+                let want = (d(b.open), d(b.high), d(b.low), d(b.close), d(b.volume));
+                let got = (
+                    k.open.clone(),
+                    k.high.clone(),
+                    k.low.clone(),
+                    k.close.clone(),
+                    k.volume.clone(),
+                );
+                if got != want || k.closed == forming {
+                    return Some(format!(
+                        "{s} {iv} bar {}: stored {got:?} closed={}, ledger {want:?} forming={forming}",
+                        b.open_time_ms, k.closed
+                    ));
+                }
+                if k.quote_volume.as_ref().is_some_and(|q| *q != d(b.amount)) {
+                    return Some(format!("{s} {iv} bar {}: quote volume", b.open_time_ms));
+                }
+            }
+            if let Some(extra) = stored
+                .keys()
+                .find(|t| !bars.iter().any(|b| b.open_time_ms == **t))
+            {
+                return Some(format!("{s} {iv}: bar {extra} not in the ledger"));
+            }
+        }
+    }
+    None
+}
+
+async fn wait_ledger(
+    store: &Store,
+    sim: &SimHandle,
+    missing_trades: &BTreeMap<&str, BTreeSet<i64>>,
+    missing_bars: &BTreeMap<(&str, &str), BTreeSet<i64>>,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let diff = ledger_diff(store, sim, missing_trades, missing_bars).await;
+        match diff {
+            None => return,
+            Some(d) if tokio::time::Instant::now() >= deadline => {
+                let g = gaps(store).await;
+                let bars: Vec<(i64, bool, String)> = store
+                    .load_klines(NAME, "btcusdt", "1min")
+                    .await
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|k| (k.open_time_ms, k.closed, format!("{:?}", k.source)))
+                    .collect();
+                let ledger: Vec<i64> = sim
+                    .bars("btcusdt", "1min")
+                    .iter()
+                    .map(|b| b.open_time_ms)
+                    .collect();
+                panic!(
+                    "database never matched the ledger: {d}\ngaps {g:#?}\nstored btcusdt 1min {bars:?}\nledger {ledger:?}"
+                )
+            }
+            Some(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+async fn gaps(store: &Store) -> Vec<Gap> {
+    store.load_gaps(NAME, None).await.expect("read gaps")
+}
+
+/// Trades generated, stored, and stored though no socket delivered them (REST recovered).
+async fn trade_figures(store: &Store, sim: &SimHandle) -> (usize, usize, usize) {
+    let (mut generated, mut stored, mut recovered) = (0, 0, 0);
+    for s in SYMBOLS {
+        generated += sim.trades(s).len();
+        let ids = stored_ids(store, s).await;
+        let delivered = sim.delivered(s);
+        stored += ids.len();
+        recovered += ids.difference(&delivered).count();
+    }
+    (generated, stored, recovered)
+}
+
+async fn cuts_stalls_and_restart(db: &str, label: &str) {
+    // ~6 trades/s per symbol: 20 s down stays inside the venue's last 200 trades; REST keeps
+    // only 5 bars, so the restart's 20+ missing 1min bars need websocket history
+    let sim = sim::start(SimConfig {
+        seed: 41,
+        step: Duration::from_millis(250),
+        rest_kline_limit: 5,
+        // pings keep sockets alive once the market is halted for the final comparison
+        ping_interval: Duration::from_millis(300),
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let cfg = config(&sim, db, "");
+    let store = Store::connect(db).await.unwrap();
+    let run = Run::start(&cfg).await;
+    wait_for("streaming", Duration::from_secs(30), || async {
+        SYMBOLS.iter().all(|s| sim.delivered(s).len() >= 10)
+    })
+    .await;
+
+    // a cut without close frame
+    let before = sim.state().connections_total;
+    sim.cut_connections();
+    wait_for(
+        "reconnect after the cut",
+        Duration::from_secs(30),
+        || async { sim.state().connections_total >= before + 2 },
+    )
+    .await;
+    let delivered: usize = SYMBOLS.iter().map(|s| sim.delivered(s).len()).sum();
+    wait_for("streaming again", Duration::from_secs(30), || async {
+        SYMBOLS
+            .iter()
+            .map(|s| sim.delivered(s).len())
+            .sum::<usize>()
+            >= delivered + 10
+    })
+    .await;
+
+    // a stall: sockets open but silent, until the silence timeout reopens them twice
+    let before = sim.state().connections_total;
+    sim.mute(true);
+    wait_for(
+        "silent sockets reopened",
+        Duration::from_secs(30),
+        || async { sim.state().connections_total >= before + 4 },
+    )
+    .await;
+    sim.mute(false);
+    let delivered: usize = SYMBOLS.iter().map(|s| sim.delivered(s).len()).sum();
+    wait_for(
+        "streaming after the stall",
+        Duration::from_secs(30),
+        || async {
+            SYMBOLS
+                .iter()
+                .map(|s| sim.delivered(s).len())
+                .sum::<usize>()
+                >= delivered + 10
+        },
+    )
+    .await;
+
+    // the recorder itself is down for 20 s (the scenario, not a synchronisation)
+    let first = run.stop().await;
+    let down_from = sim.trades("btcusdt").len();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let missed_while_down = sim.trades("btcusdt").len() - down_from;
+    let run = Run::start(&cfg).await;
+    wait_for(
+        "restarted and streaming",
+        Duration::from_secs(30),
+        || async { run.stats.backfill.runs.load(Ordering::Relaxed) >= SYMBOLS.len() as u64 },
+    )
+    .await;
+    sim.halt();
+    wait_ledger(&store, &sim, &BTreeMap::new(), &BTreeMap::new()).await;
+    // every hole resolved, none unrecoverable
+    wait_for("every gap resolved", Duration::from_secs(30), || async {
+        gaps(&store)
+            .await
+            .iter()
+            .all(|g| g.status != GapStatus::Open)
+    })
+    .await;
+    let second = run.stop().await;
+    assert!(
+        ledger_diff(&store, &sim, &BTreeMap::new(), &BTreeMap::new())
+            .await
+            .is_none()
+    );
+
+    let all = gaps(&store).await;
+    let unrecoverable: Vec<&Gap> = all
+        .iter()
+        .filter(|g| g.status == GapStatus::Unrecoverable)
+        .collect();
+    assert!(
+        unrecoverable.is_empty(),
+        "no hole was beyond REST: {unrecoverable:#?}"
+    );
+    for s in SYMBOLS {
+        for stream in ["trades", "kline_1min", "kline_5min"] {
+            let n = all
+                .iter()
+                .filter(|g| &*g.symbol == s && g.stream == stream)
+                .count();
+            assert!(n >= 1, "{s} {stream}: the holes are on record as filled");
+        }
+        let restart_trades: i64 = all
+            .iter()
+            .filter(|g| {
+                &*g.symbol == s
+                    && g.stream == "trades"
+                    && g.detail
+                        .as_deref()
+                        .is_some_and(|d| d.starts_with("start-up"))
+            })
+            .map(|g| g.rows_recovered)
+            .sum();
+        assert!(
+            restart_trades > 0,
+            "{s}: the restart's trades came from REST"
+        );
+    }
+    assert!(
+        second.backfill.history_requests.load(Ordering::Relaxed) >= SYMBOLS.len() as u64,
+        "REST kept 5 bars: older ones came over websocket history"
+    );
+    let (generated, stored, recovered) = trade_figures(&store, &sim).await;
+    assert!(recovered > 0);
+    eprintln!(
+        "{label} cuts+stalls+20 s restart: trades generated {generated}, stored {stored}, \
+         recovered by REST {recovered} ({missed_while_down} btcusdt trades while the recorder was down), \
+         unrecoverable gaps 0; gap rows {} (filled); bars recovered {} + {}, history requests {}",
+        all.len(),
+        first.backfill.bars_recovered.load(Ordering::Relaxed),
+        second.backfill.bars_recovered.load(Ordering::Relaxed),
+        first.backfill.history_requests.load(Ordering::Relaxed)
+            + second.backfill.history_requests.load(Ordering::Relaxed),
+    );
+    store.close().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_cuts_stalls_and_a_20s_restart_leave_no_hole() {
+    let (_dir, url) = sqlite_db();
+    cuts_stalls_and_restart(&url, "sqlite").await;
+}
+
+/// Missing ledger ids of a symbol: one contiguous run, with the trades around it stored.
+fn one_run(ids: &BTreeSet<i64>) -> (i64, i64) {
+    let first = *ids.first().expect("a run");
+    let last = *ids.last().expect("a run");
+    assert_eq!(
+        (last - first + 1) as usize,
+        ids.len(),
+        "one contiguous run: {ids:?}"
+    );
+    (first, last)
+}
+
+async fn outage_beyond_history(db: &str, label: &str) {
+    // ~75 trades/s per symbol; REST keeps 2 bars and websocket history 3
+    let sim = sim::start(SimConfig {
+        seed: 43,
+        rest_kline_limit: 2,
+        history_kline_limit: Some(3),
+        ping_interval: Duration::from_millis(300),
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let cfg = config(&sim, db, "");
+    let store = Store::connect(db).await.unwrap();
+    let run = Run::start(&cfg).await;
+    wait_for("streaming", Duration::from_secs(30), || async {
+        SYMBOLS.iter().all(|s| sim.delivered(s).len() >= 50)
+    })
+    .await;
+    run.stop().await;
+    // down until 400+ trades (past REST's 200) and 6+ one-minute bars (past the history) passed
+    let (t0, b0) = (
+        sim.trades("btcusdt").len(),
+        sim.bars("btcusdt", "1min").len(),
+    );
+    wait_for("a long outage", Duration::from_secs(60), || async {
+        SYMBOLS.iter().all(|s| sim.trades(s).len() >= t0 + 400)
+            && sim.bars("btcusdt", "1min").len() >= b0 + 6
+    })
+    .await;
+    let run = Run::start(&cfg).await;
+    wait_for(
+        "start-up holes resolved",
+        Duration::from_secs(60),
+        || async {
+            let g = gaps(&store).await;
+            g.len() >= SYMBOLS.len() * 3 && g.iter().all(|g| g.status != GapStatus::Open)
+        },
+    )
+    .await;
+    sim.halt();
+    wait_for(
+        "every delivered trade stored",
+        Duration::from_secs(30),
+        || async {
+            for s in SYMBOLS {
+                if !stored_ids(&store, s).await.is_superset(&sim.delivered(s)) {
+                    return false;
+                }
+            }
+            true
+        },
+    )
+    .await;
+    let all = gaps(&store).await;
+
+    // the ledger decides what was lost: trades absent from the database, bars not final
+    let mut missing_trades = BTreeMap::new();
+    let mut missing_bars = BTreeMap::new();
+    for s in SYMBOLS {
+        let unrec: Vec<&Gap> = all
+            .iter()
+            .filter(|g| &*g.symbol == s && g.status == GapStatus::Unrecoverable)
+            .collect();
+        let streams: BTreeSet<&str> = unrec.iter().map(|g| g.stream.as_str()).collect();
+        // trades and 1min bars lost some; 5min bars only if the outage spanned two of them
+        assert!(
+            streams.is_superset(&BTreeSet::from(["trades", "kline_1min"]))
+                && streams.len() == unrec.len(),
+            "{s}: one unrecoverable gap per affected stream: {unrec:#?}"
+        );
+
+        let ledger = sim.trades(s);
+        let stored = stored_ids(&store, s).await;
+        let lost: BTreeSet<i64> = ledger
+            .iter()
+            .map(|t| t.id)
+            .filter(|id| !stored.contains(id))
+            .collect();
+        let (first, last) = one_run(&lost);
+        let time = |id: i64| ledger.iter().find(|t| t.id == id).map(|t| t.time_ms);
+        let g = unrec.iter().find(|g| g.stream == "trades").unwrap();
+        assert_eq!(
+            g.start_ms,
+            time(first - 1).unwrap(),
+            "{s}: starts at the last trade kept"
+        );
+        assert_eq!(
+            g.end_ms,
+            time(last + 1),
+            "{s}: ends at the first trade recovered"
+        );
+        assert!(g.rows_recovered > 0, "{s}: the REST part was recovered");
+        missing_trades.insert(s, lost.clone());
+
+        for iv in INTERVALS {
+            let stream = format!("kline_{iv}");
+            let Some(g) = unrec.iter().find(|g| g.stream == stream) else {
+                continue; // nothing lost: ledger_diff below demands every bar final
+            };
+            let end = g.end_ms.expect("resolved gap has an end");
+            let bars = sim.bars(s, iv);
+            let lost: BTreeSet<i64> = bars
+                .iter()
+                .map(|b| b.open_time_ms)
+                .filter(|t| *t >= g.start_ms && *t < end)
+                .collect();
+            if iv == "1min" {
+                assert!(lost.len() >= 2, "{s} {iv}: bars lost {lost:?}");
+            }
+            // the bounds are bars of the ledger: the last kept one ends where the gap starts
+            assert!(
+                bars.iter().any(|b| b.open_time_ms == end),
+                "{s} {iv}: end is a recovered bar"
+            );
+            missing_bars.insert((s, iv), lost);
+        }
+        eprintln!(
+            "{label} outage beyond history, {s}: trades generated {}, stored {}, lost {} (ids {first}..={last}), \
+             trades gap rows_recovered {}",
+            ledger.len(),
+            stored.len(),
+            lost.len(),
+            g.rows_recovered
+        );
+    }
+    wait_ledger(&store, &sim, &missing_trades, &missing_bars).await;
+    let stats = run.stop().await;
+    assert!(stats.backfill.history_requests.load(Ordering::Relaxed) >= 2);
+    let (generated, stored, recovered) = trade_figures(&store, &sim).await;
+    eprintln!(
+        "{label} outage beyond history: trades generated {generated}, stored {stored}, recovered by REST \
+         {recovered}, unrecoverable gaps {}",
+        all.iter()
+            .filter(|g| g.status == GapStatus::Unrecoverable)
+            .count()
+    );
+    store.close().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_outage_beyond_history_is_one_unrecoverable_gap_per_stream() {
+    let (_dir, url) = sqlite_db();
+    outage_beyond_history(&url, "sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_outage_beyond_history_is_one_unrecoverable_gap_per_stream() {
+    let Some(db) = PgDb::create().await else {
+        return;
+    };
+    outage_beyond_history(&db.url, "postgres").await;
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_market_records_no_gap() {
+    let (_dir, url) = sqlite_db();
+    let sim = sim::start(SimConfig {
+        seed: 47,
+        ping_interval: Duration::from_millis(300),
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    // the trade channel falls silent while the book moves: it is subscribed again, no hole
+    let cfg = config(&sim, &url, "");
+    let cfg = {
+        let mut c = cfg;
+        c.connection.channel_silence_s = 1;
+        c
+    };
+    let store = Store::connect(&url).await.unwrap();
+    let run = Run::start(&cfg).await;
+    wait_for("streaming", Duration::from_secs(30), || async {
+        SYMBOLS.iter().all(|s| sim.delivered(s).len() >= 20)
+    })
+    .await;
+    sim.quiet(true);
+    let bars = sim.bars("btcusdt", "1min").len();
+    // five simulated minutes without a trade (5 s at the simulator's 60x)
+    wait_for("quiet minutes", Duration::from_secs(30), || async {
+        sim.bars("btcusdt", "1min").len() >= bars + 5
+    })
+    .await;
+    sim.quiet(false);
+    let trades: usize = SYMBOLS.iter().map(|s| sim.delivered(s).len()).sum();
+    wait_for("trading again", Duration::from_secs(30), || async {
+        SYMBOLS
+            .iter()
+            .map(|s| sim.delivered(s).len())
+            .sum::<usize>()
+            >= trades + 20
+    })
+    .await;
+    sim.halt();
+    wait_ledger(&store, &sim, &BTreeMap::new(), &BTreeMap::new()).await;
+    let stats = run.stop().await;
+    assert!(
+        gaps(&store).await.is_empty(),
+        "a quiet market is not a hole"
+    );
+    let sessions = common::session_reasons(&store).await;
+    assert_eq!(sessions.len(), SYMBOLS.len(), "no reconnect: {sessions:?}");
+    let resubscribes: u64 = stats
+        .workers
+        .values()
+        .map(|w| w.resubscribes.load(Ordering::Relaxed))
+        .sum();
+    assert!(
+        resubscribes > 0,
+        "the silent trade channel was subscribed again"
+    );
+    let zero_bars = store
+        .load_klines(NAME, "btcusdt", "1min")
+        .await
+        .unwrap()
+        .iter()
+        .filter(|k| k.closed && k.volume.is_zero())
+        .count();
+    assert!(zero_bars >= 4, "zero-volume bars are data: {zero_bars}");
+    eprintln!(
+        "quiet market: trades generated {}, stored {}, zero-volume 1min bars {zero_bars}, resubscribes {resubscribes}, gap rows 0",
+        SYMBOLS.iter().map(|s| sim.trades(s).len()).sum::<usize>(),
+        trade_figures(&store, &sim).await.1
+    );
+    store.close().await;
+    sim.shutdown().await;
+}
