@@ -62,6 +62,8 @@ pub async fn run(seconds: u64, db_path: &Path, stop: CancellationToken) -> anyho
         _ = tokio::time::sleep(Duration::from_secs(seconds)) => {}
         _ = stop.cancelled() => {}
     }
+    // the market stops first, so "generated" below is everything the recorder could get
+    sim.halt();
     token.cancel();
     let stats = recorder.await.context("recorder task")??;
     let generated: Vec<usize> = DEMO_SYMBOLS.iter().map(|s| sim.trades(s).len()).collect();
@@ -97,8 +99,12 @@ pub async fn run(seconds: u64, db_path: &Path, stop: CancellationToken) -> anyho
     }
     writeln!(
         out,
-        "\n(the simulated market trades from start-up; trades before the first subscription are not streamed)"
+        "\n(trades before the first subscription come from REST backfill, source = 'rest')\n"
     )?;
+    let symbols: Vec<String> = DEMO_SYMBOLS.iter().map(|s| s.to_string()).collect();
+    let cov =
+        crate::coverage::compute(&store, crate::venue::cdc_v1::NAME, &symbols, None, None).await?;
+    out.push_str(&crate::coverage::render(&cov));
     store.close().await;
     Ok(out)
 }

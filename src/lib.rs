@@ -4,6 +4,7 @@
 //! -> [`store::writer`] (the only database user) -> SQLite or PostgreSQL. See ARCHITECTURE.md.
 
 pub mod config;
+pub mod coverage;
 pub mod decimal;
 pub mod demo;
 pub mod model;

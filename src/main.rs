@@ -72,6 +72,24 @@ enum Cmd {
         #[arg(short, long, default_value = "/etc/mdrec/mdrec.toml")]
         config: PathBuf,
     },
+    /// Per symbol and stream: first and last time, rows, holes by status with bounds, and the
+    /// share of the window a socket was live.
+    Coverage {
+        #[arg(short, long, default_value = "/etc/mdrec/mdrec.toml")]
+        config: PathBuf,
+        /// Only this symbol (repeat for several); default: every symbol in the database.
+        #[arg(long)]
+        symbol: Vec<String>,
+        /// Window start: RFC 3339 or epoch ms (default: the first session).
+        #[arg(long, value_parser = mdrec::coverage::parse_time)]
+        from: Option<i64>,
+        /// Window end: RFC 3339 or epoch ms (default: now).
+        #[arg(long, value_parser = mdrec::coverage::parse_time)]
+        to: Option<i64>,
+        /// JSON for scripts instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -86,13 +104,15 @@ fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     let config = match &cli.cmd {
-        Cmd::Run { config } | Cmd::Migrate { config } => match Config::load(config) {
-            Ok(c) => Some(c),
-            Err(e) => {
-                eprintln!("mdrec: {e}");
-                return ExitCode::from(2);
+        Cmd::Run { config } | Cmd::Migrate { config } | Cmd::Coverage { config, .. } => {
+            match Config::load(config) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    eprintln!("mdrec: {e}");
+                    return ExitCode::from(2);
+                }
             }
-        },
+        }
         _ => None,
     };
     init_logging(config.as_ref().map(|c| c.log.format).unwrap_or_default());
@@ -165,6 +185,34 @@ async fn run(cmd: Cmd, config: Option<Config>) -> anyhow::Result<()> {
                 "migrations applied to {}",
                 mdrec::config::redact_url(&config.database.url)
             );
+            Ok(())
+        }
+        Cmd::Coverage {
+            symbol,
+            from,
+            to,
+            json,
+            ..
+        } => {
+            let config = config.context("no configuration")?;
+            let venue = mdrec::venue::venue_for(&config.venue.kind)
+                .context("unknown venue kind")?
+                .name();
+            let store = mdrec::store::Store::connect(&config.database.url)
+                .await
+                .with_context(|| {
+                    format!(
+                        "opening database {}",
+                        mdrec::config::redact_url(&config.database.url)
+                    )
+                })?;
+            let c = mdrec::coverage::compute(&store, venue, &symbol, from, to).await?;
+            store.close().await;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&c)?);
+            } else {
+                print!("{}", mdrec::coverage::render(&c));
+            }
             Ok(())
         }
         Cmd::Demo { seconds, db } => {

@@ -511,6 +511,7 @@ async fn outage_beyond_history(db: &str, label: &str) {
     wait_ledger(&store, &sim, &missing_trades, &missing_bars).await;
     let stats = run.stop().await;
     assert!(stats.backfill.history_requests.load(Ordering::Relaxed) >= 2);
+    coverage_cli_agrees(db, &store, &all).await;
     let (generated, stored, recovered) = trade_figures(&store, &sim).await;
     eprintln!(
         "{label} outage beyond history: trades generated {generated}, stored {stored}, recovered by REST \
@@ -521,6 +522,73 @@ async fn outage_beyond_history(db: &str, label: &str) {
     );
     store.close().await;
     sim.shutdown().await;
+}
+
+/// `mdrec coverage` (the real binary) reports the stored rows, the holes and a live share
+/// below 100% after the outage, as JSON and as a table.
+async fn coverage_cli_agrees(db: &str, store: &Store, gaps: &[Gap]) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("mdrec.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[venue]\nws_url = \"ws://127.0.0.1:9/ws\"\nrest_url = \"http://127.0.0.1:9\"\n\
+             [database]\nurl = \"{db}\"\n[record]\nsymbols = [\"btcusdt\"]\n"
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_mdrec"))
+            .arg("coverage")
+            .arg("-c")
+            .arg(&cfg)
+            .args(args)
+            .env_remove("MDREC_DATABASE_URL")
+            .output()
+            .expect("run mdrec coverage");
+        assert!(
+            out.status.success(),
+            "mdrec coverage {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8")
+    };
+    let json: serde_json::Value = serde_json::from_str(&run(&["--json"])).expect("JSON");
+    let symbols = json["symbols"].as_array().expect("symbols");
+    assert_eq!(symbols.len(), SYMBOLS.len());
+    for sym in symbols {
+        let s = sym["symbol"].as_str().unwrap();
+        let share = sym["live_share"].as_f64().unwrap();
+        assert!(share > 0.0 && share < 1.0, "{s}: live share {share}");
+        assert_eq!(sym["sessions"].as_u64(), Some(2), "{s}: two runs");
+        let streams = sym["streams"].as_array().unwrap();
+        let trades = streams.iter().find(|x| x["stream"] == "trades").unwrap();
+        assert_eq!(
+            trades["rows"].as_u64(),
+            Some(stored_ids(store, s).await.len() as u64)
+        );
+        for st in streams {
+            let name = st["stream"].as_str().unwrap();
+            let on_record = gaps
+                .iter()
+                .filter(|g| {
+                    &*g.symbol == s && g.stream == name && g.status == GapStatus::Unrecoverable
+                })
+                .count();
+            assert_eq!(
+                st["gaps_unrecoverable"].as_u64(),
+                Some(on_record as u64),
+                "{s} {name}"
+            );
+        }
+    }
+    let text = run(&["--symbol", "btcusdt", "--from", "2020-01-01T00:00:00Z"]);
+    assert!(
+        text.contains("btcusdt") && !text.contains("ethusdt"),
+        "{text}"
+    );
+    assert!(text.contains("trades unrecoverable hole"), "{text}");
+    eprintln!("{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

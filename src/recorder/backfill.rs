@@ -24,6 +24,7 @@ use super::marks::{HoleCheck, Marks, Reason, is_after, mark_of};
 use super::rest::RestClient;
 use super::stagger::Stagger;
 use crate::config::Config;
+use crate::coverage::format_time;
 use crate::model::{Event, Gap, GapStatus, Kline, interval_ms, now_ms, now_us};
 use crate::store::Store;
 use crate::store::read::TradeMark;
@@ -468,9 +469,10 @@ impl Backfill {
             g.status = GapStatus::Unrecoverable;
             g.end_ms = Some(covered_from.min(current));
             g.detail = Some(format!(
-                "{}: bars before {covered_from} are older than the venue's REST and websocket \
-                 history; {recovered} recovered after them",
-                c.reason.as_str()
+                "{}: bars before {} are older than the venue's REST and websocket history; \
+                 {recovered} recovered after them",
+                c.reason.as_str(),
+                format_time(covered_from)
             ));
         }
         self.resolved(c, g).await?;

@@ -1,0 +1,368 @@
+//! `mdrec coverage`: what the database holds per symbol and stream over a time window, the
+//! holes on record by status, and the share of the window a socket was live.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::model::{Gap, GapStatus, now_ms};
+use crate::store::read::on_pool;
+use crate::store::{Store, StoreError};
+
+/// Epoch milliseconds from RFC 3339 (`2026-11-21T10:00:00Z`) or a plain integer of ms.
+pub fn parse_time(s: &str) -> Result<i64, String> {
+    let t = s.trim();
+    if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        return t.parse::<i64>().map_err(|e| format!("{s:?}: {e}"));
+    }
+    chrono::DateTime::parse_from_rfc3339(t)
+        .map(|d| d.timestamp_millis())
+        .map_err(|e| format!("{s:?} is neither RFC 3339 nor epoch milliseconds: {e}"))
+}
+
+/// RFC 3339 in UTC with milliseconds.
+pub fn format_time(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|d| d.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+        .unwrap_or_else(|| ms.to_string())
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamCoverage {
+    /// `trades`, `kline_<interval>`, `book_step<N>`, `ticker`.
+    pub stream: String,
+    pub rows: i64,
+    /// Exchange time of the first and last row (receive time for books and tickers).
+    pub first_ms: Option<i64>,
+    pub last_ms: Option<i64>,
+    pub gaps_open: usize,
+    pub gaps_filled: usize,
+    pub gaps_unrecoverable: usize,
+    /// Rows backfill recovered into this stream's holes.
+    pub rows_recovered: i64,
+    /// Every hole on record that overlaps the window.
+    pub gaps: Vec<Gap>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SymbolCoverage {
+    pub symbol: String,
+    /// Socket sessions overlapping the window.
+    pub sessions: usize,
+    /// Milliseconds of the window with an open socket, and its share of the window.
+    pub live_ms: i64,
+    pub live_share: f64,
+    pub streams: Vec<StreamCoverage>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Coverage {
+    pub venue: String,
+    pub from_ms: i64,
+    pub to_ms: i64,
+    pub symbols: Vec<SymbolCoverage>,
+}
+
+/// One aggregate row: rows, first, last.
+type Span = (i64, Option<i64>, Option<i64>);
+
+async fn span(
+    store: &Store,
+    sql: &str,
+    venue: &str,
+    symbol: &str,
+    extra: Option<&str>,
+    from: i64,
+    to: i64,
+) -> Result<Span, StoreError> {
+    on_pool!(store, p => {
+        let q = sqlx::query_as::<_, Span>(sql).bind(venue).bind(symbol).bind(from).bind(to);
+        let q = match extra { Some(x) => q.bind(x.to_string()), None => q };
+        q.fetch_one(p).await
+    })
+    .map_err(StoreError::sql("coverage"))
+}
+
+/// Coverage of `symbols` (all symbols with data when empty) between `from` and `to`
+/// (defaults: the first session or row, and now).
+pub async fn compute(
+    store: &Store,
+    venue: &'static str,
+    symbols: &[String],
+    from: Option<i64>,
+    to: Option<i64>,
+) -> Result<Coverage, StoreError> {
+    let symbols: Vec<String> = if symbols.is_empty() {
+        let sql = "SELECT symbol FROM sessions WHERE venue = $1 UNION SELECT symbol FROM trades \
+                   WHERE venue = $1 UNION SELECT symbol FROM klines WHERE venue = $1 ORDER BY 1";
+        on_pool!(store, p => sqlx::query_scalar::<_, String>(sql).bind(venue).fetch_all(p).await)
+            .map_err(StoreError::sql("coverage symbols"))?
+    } else {
+        symbols.to_vec()
+    };
+    // without bounds every row counts (exchange clocks may run ahead of ours); the live
+    // share is over the first session to now
+    let (q_from, q_to) = (
+        from.unwrap_or(i64::MIN / 1000),
+        to.unwrap_or(i64::MAX / 1000),
+    );
+    let to = to.unwrap_or_else(now_ms);
+    let from = match from {
+        Some(f) => f,
+        None => {
+            let sql = "SELECT MIN(connected_at_us) / 1000 FROM sessions WHERE venue = $1";
+            let first: Option<i64> = on_pool!(store, p => sqlx::query_scalar::<_, Option<i64>>(sql)
+                .bind(venue)
+                .fetch_one(p)
+                .await)
+            .map_err(StoreError::sql("coverage window"))?;
+            first.unwrap_or(to)
+        }
+    };
+    let all_gaps = store.load_gaps(venue, None).await?;
+    let mut out = Vec::new();
+    for symbol in symbols {
+        let mut streams = Vec::new();
+        let trades = span(
+            store,
+            "SELECT COUNT(*), MIN(event_time_ms), MAX(event_time_ms) FROM trades \
+             WHERE venue = $1 AND symbol = $2 AND event_time_ms >= $3 AND event_time_ms <= $4",
+            venue,
+            &symbol,
+            None,
+            q_from,
+            q_to,
+        )
+        .await?;
+        streams.push(("trades".to_string(), trades));
+        let sql =
+            "SELECT DISTINCT interval FROM klines WHERE venue = $1 AND symbol = $2 ORDER BY 1";
+        let intervals: Vec<String> = on_pool!(store, p => sqlx::query_scalar::<_, String>(sql)
+            .bind(venue)
+            .bind(&symbol)
+            .fetch_all(p)
+            .await)
+        .map_err(StoreError::sql("coverage intervals"))?;
+        for iv in intervals {
+            let s = span(
+                store,
+                "SELECT COUNT(*), MIN(open_time_ms), MAX(open_time_ms) FROM klines WHERE venue = $1 \
+                 AND symbol = $2 AND open_time_ms >= $3 AND open_time_ms <= $4 AND interval = $5",
+                venue,
+                &symbol,
+                Some(&iv),
+                q_from,
+                q_to,
+            )
+            .await?;
+            streams.push((format!("kline_{iv}"), s));
+        }
+        let sql = "SELECT DISTINCT CAST(depth_step AS BIGINT) FROM book_snapshots WHERE venue = $1 \
+                   AND symbol = $2 ORDER BY 1";
+        let steps: Vec<i64> = on_pool!(store, p => sqlx::query_scalar::<_, i64>(sql)
+            .bind(venue)
+            .bind(&symbol)
+            .fetch_all(p)
+            .await)
+        .map_err(StoreError::sql("coverage depth steps"))?;
+        for step in steps {
+            let s = span(
+                store,
+                "SELECT COUNT(*), MIN(recv_time_us) / 1000, MAX(recv_time_us) / 1000 FROM book_snapshots \
+                 WHERE venue = $1 AND symbol = $2 AND recv_time_us >= $3 * 1000 \
+                 AND recv_time_us <= $4 * 1000 AND CAST(depth_step AS TEXT) = $5",
+                venue,
+                &symbol,
+                Some(&step.to_string()),
+                q_from,
+                q_to,
+            )
+            .await?;
+            streams.push((format!("book_step{step}"), s));
+        }
+        let tickers = span(
+            store,
+            "SELECT COUNT(*), MIN(recv_time_us) / 1000, MAX(recv_time_us) / 1000 FROM tickers \
+             WHERE venue = $1 AND symbol = $2 AND recv_time_us >= $3 * 1000 AND recv_time_us <= $4 * 1000",
+            venue,
+            &symbol,
+            None,
+            q_from,
+            q_to,
+        )
+        .await?;
+        if tickers.0 > 0 {
+            streams.push(("ticker".to_string(), tickers));
+        }
+        let mut by_stream: BTreeMap<&str, Vec<&Gap>> = BTreeMap::new();
+        for g in all_gaps.iter().filter(|g| *g.symbol == *symbol) {
+            // a hole overlaps the window if it starts before its end and ends after its start
+            if g.start_ms <= q_to && g.end_ms.is_none_or(|e| e >= q_from) {
+                by_stream.entry(g.stream.as_str()).or_default().push(g);
+            }
+        }
+        let streams = streams
+            .into_iter()
+            .map(|(stream, (rows, first_ms, last_ms))| {
+                let gaps: Vec<Gap> = by_stream
+                    .get(stream.as_str())
+                    .map(|v| v.iter().map(|g| (*g).clone()).collect())
+                    .unwrap_or_default();
+                let count = |s: GapStatus| gaps.iter().filter(|g| g.status == s).count();
+                StreamCoverage {
+                    rows,
+                    first_ms,
+                    last_ms,
+                    gaps_open: count(GapStatus::Open),
+                    gaps_filled: count(GapStatus::Filled),
+                    gaps_unrecoverable: count(GapStatus::Unrecoverable),
+                    rows_recovered: gaps.iter().map(|g| g.rows_recovered).sum(),
+                    gaps,
+                    stream,
+                }
+            })
+            .collect();
+        let (sessions, live_ms) = live(store, venue, &symbol, from, to).await?;
+        let window = (to - from).max(0);
+        out.push(SymbolCoverage {
+            symbol,
+            sessions,
+            live_ms,
+            live_share: if window == 0 {
+                0.0
+            } else {
+                live_ms as f64 / window as f64
+            },
+            streams,
+        });
+    }
+    Ok(Coverage {
+        venue: venue.to_string(),
+        from_ms: from,
+        to_ms: to,
+        symbols: out,
+    })
+}
+
+/// Sessions overlapping the window, and the milliseconds of it covered by at least one
+/// (a session still open counts up to now).
+async fn live(
+    store: &Store,
+    venue: &str,
+    symbol: &str,
+    from: i64,
+    to: i64,
+) -> Result<(usize, i64), StoreError> {
+    let sql = "SELECT connected_at_us / 1000, disconnected_at_us / 1000 FROM sessions \
+               WHERE venue = $1 AND symbol = $2 ORDER BY connected_at_us";
+    let rows: Vec<(i64, Option<i64>)> = on_pool!(store, p => sqlx::query_as(sql)
+        .bind(venue)
+        .bind(symbol)
+        .fetch_all(p)
+        .await)
+    .map_err(StoreError::sql("coverage sessions"))?;
+    let now = now_ms();
+    let mut spans: Vec<(i64, i64)> = rows
+        .into_iter()
+        .map(|(a, b)| (a.max(from), b.unwrap_or(now).min(to)))
+        .filter(|(a, b)| b > a)
+        .collect();
+    let n = spans.len();
+    spans.sort();
+    let (mut total, mut cur): (i64, Option<(i64, i64)>) = (0, None);
+    for (a, b) in spans {
+        cur = match cur {
+            Some((ca, cb)) if a <= cb => Some((ca, cb.max(b))),
+            Some((ca, cb)) => {
+                total += cb - ca;
+                Some((a, b))
+            }
+            None => Some((a, b)),
+        };
+    }
+    if let Some((a, b)) = cur {
+        total += b - a;
+    }
+    Ok((n, total))
+}
+
+fn opt_time(t: Option<i64>) -> String {
+    t.map(format_time).unwrap_or_else(|| "-".into())
+}
+
+/// The terminal view: one block per symbol, one line per stream, then the holes that are
+/// not filled (open or unrecoverable) with their bounds.
+pub fn render(c: &Coverage) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "coverage of {} from {} to {}",
+        c.venue,
+        format_time(c.from_ms),
+        format_time(c.to_ms)
+    );
+    for sym in &c.symbols {
+        let _ = writeln!(
+            s,
+            "\n{}  socket live {:.1}% of the window ({} sessions)",
+            sym.symbol,
+            sym.live_share * 100.0,
+            sym.sessions
+        );
+        let _ = writeln!(
+            s,
+            "  {:<12} {:>10}  {:<24}  {:<24}  {:>6} {:>6} {:>6}  {:>9}",
+            "stream", "rows", "first", "last", "filled", "open", "unrec", "recovered"
+        );
+        for st in &sym.streams {
+            let _ = writeln!(
+                s,
+                "  {:<12} {:>10}  {:<24}  {:<24}  {:>6} {:>6} {:>6}  {:>9}",
+                st.stream,
+                st.rows,
+                opt_time(st.first_ms),
+                opt_time(st.last_ms),
+                st.gaps_filled,
+                st.gaps_open,
+                st.gaps_unrecoverable,
+                st.rows_recovered
+            );
+        }
+        for st in &sym.streams {
+            for g in st.gaps.iter().filter(|g| g.status != GapStatus::Filled) {
+                let _ = writeln!(
+                    s,
+                    "  {} {} hole: {} .. {}{}",
+                    st.stream,
+                    g.status.as_str(),
+                    format_time(g.start_ms),
+                    opt_time(g.end_ms),
+                    g.detail
+                        .as_deref()
+                        .map(|d| format!("  ({d})"))
+                        .unwrap_or_default()
+                );
+            }
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_parse_as_rfc3339_or_epoch_ms() {
+        assert_eq!(parse_time("1700000000000"), Ok(1_700_000_000_000));
+        assert_eq!(parse_time("2023-11-14T22:13:20Z"), Ok(1_700_000_000_000));
+        assert_eq!(
+            parse_time("2023-11-14T23:13:20.5+01:00"),
+            Ok(1_700_000_000_500)
+        );
+        assert!(parse_time("yesterday").is_err());
+        assert!(parse_time("").is_err());
+        assert_eq!(format_time(1_700_000_000_500), "2023-11-14T22:13:20.500Z");
+    }
+}
