@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::{recorder_config, sqlite_db, wait_for};
 use mdrec::decimal::Dec;
-use mdrec::model::Source;
+use mdrec::model::{GapStatus, Source};
 use mdrec::sim::{self, SimConfig};
 use mdrec::store::Store;
 use mdrec::venue::cdc_v1::{CdcV1, NAME};
@@ -78,9 +78,27 @@ async fn startup_and_cut_holes_are_filled_from_rest_despite_429s() {
         },
     )
     .await;
+    // the holes are on record: the cut (and the start-up history fetch, which is no hole)
+    wait_for("holes resolved", Duration::from_secs(30), || async {
+        let g = store.load_gaps(NAME, None).await.unwrap();
+        !g.is_empty() && g.iter().all(|g| g.status != GapStatus::Open)
+    })
+    .await;
     stop.cancel();
     tasks.close();
     tasks.wait().await;
+    let gaps = store.load_gaps(NAME, None).await.unwrap();
+    assert!(
+        gaps.iter().all(|g| g.status == GapStatus::Filled),
+        "the 429 delayed REST, it did not lose the hole: {gaps:#?}"
+    );
+    for s in SYMBOLS {
+        let cut = gaps
+            .iter()
+            .find(|g| &*g.symbol == s && g.stream == "trades")
+            .expect("the cut's trades hole");
+        assert!(cut.rows_recovered > 0, "{cut:?}");
+    }
 
     let rest = stats.rest.as_ref().unwrap();
     assert!(

@@ -97,7 +97,7 @@ fn first_problem(rows: &[(i64, bool)], len: i64) -> Option<i64> {
 }
 
 /// First retry of a failed check after this; doubles up to `RETRY_MAX`.
-const RETRY_FIRST: Duration = Duration::from_secs(5);
+const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(600);
 
 pub async fn run(b: Backfill, mut requests: mpsc::UnboundedReceiver<HoleCheck>) {
@@ -175,7 +175,11 @@ async fn sleep_until(t: Option<Instant>) {
 }
 
 fn add(pending: &mut Vec<HoleCheck>, c: HoleCheck) {
-    match pending.iter_mut().find(|p| p.symbol == c.symbol) {
+    let mergeable = |p: &HoleCheck| p.symbol == c.symbol && p.row_start.is_none();
+    match pending
+        .iter_mut()
+        .find(|p| c.row_start.is_none() && mergeable(p))
+    {
         Some(p) => p.merge(c),
         None => pending.push(c),
     }
@@ -195,17 +199,20 @@ impl Backfill {
             venue: self.venue.name(),
             symbol: c.symbol.clone(),
             stream: stream.to_string(),
-            start_ms,
+            start_ms: c.row_start.unwrap_or(start_ms),
             end_ms: None,
             status: GapStatus::Open,
             detected_at_ms: c.detected_at_ms,
             resolved_at_ms: None,
             rows_recovered: 0,
-            detail: Some(format!("{}: socket was down", c.reason.as_str())),
+            detail: Some(match c.row_start {
+                Some(_) => format!("{}: left open by a previous run", c.reason.as_str()),
+                None => format!("{}: socket was down", c.reason.as_str()),
+            }),
         }
     }
 
-    /// Writes the resolution of a hole, and of rows a previous run left open on the stream.
+    /// Writes the resolution of a hole.
     async fn resolved(&self, c: &HoleCheck, g: Gap) -> Result<(), WriterGone> {
         match g.status {
             GapStatus::Filled => &self.stats.gaps_filled,
@@ -219,22 +226,6 @@ impl Backfill {
         } else {
             tracing::info!(symbol = %g.symbol, stream = %g.stream, rows = g.rows_recovered,
                 reason = c.reason.as_str(), "hole filled");
-        }
-        for old in c
-            .leftovers
-            .iter()
-            .filter(|o| o.stream == g.stream && o.start_ms != g.start_ms)
-        {
-            let mut o = old.clone();
-            o.status = g.status;
-            o.end_ms = g.end_ms;
-            o.resolved_at_ms = g.resolved_at_ms;
-            o.detail = Some(format!(
-                "left open by a previous run; covered by the {} check from {}",
-                c.reason.as_str(),
-                g.start_ms
-            ));
-            self.send(Event::Gap(o)).await?;
         }
         self.send(Event::Gap(g)).await
     }
@@ -528,7 +519,7 @@ impl Backfill {
                         trade_until: None,
                         bars: vec![(iv.clone(), Some(p))],
                         detected_at_ms: now_ms(),
-                        leftovers: Vec::new(),
+                        row_start: None,
                     };
                     add(&mut out, c);
                 }

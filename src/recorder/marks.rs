@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::model::{Event, Gap, GapStatus, Trade, now_ms};
+use crate::model::{Event, GapStatus, Trade, now_ms};
 use crate::store::Store;
 use crate::store::read::TradeMark;
 use crate::venue::Venue;
@@ -54,9 +54,9 @@ pub struct HoleCheck {
     /// yet, so no hole: the venue's recent bars are fetched as history).
     pub bars: Vec<(Arc<str>, Option<i64>)>,
     pub detected_at_ms: i64,
-    /// Rows a previous run left `open` (it stopped before backfill answered); this check
-    /// covers them, and resolves them too.
-    pub leftovers: Vec<Gap>,
+    /// Set when this check resolves a row a previous run left `open` (it stopped before
+    /// backfill answered): the row's start. Such a check is never merged with another.
+    pub row_start: Option<i64>,
 }
 
 impl HoleCheck {
@@ -85,7 +85,6 @@ impl HoleCheck {
             self.reason = other.reason;
         }
         self.detected_at_ms = self.detected_at_ms.min(other.detected_at_ms);
-        self.leftovers.extend(other.leftovers);
     }
 }
 
@@ -97,7 +96,6 @@ struct Inner {
     /// Per recorded interval: open time of the newest bar seen (possibly still forming).
     bars: HashMap<Arc<str>, Option<i64>>,
     started: bool,
-    leftovers: Vec<Gap>,
 }
 
 /// One symbol's marks.
@@ -148,7 +146,7 @@ impl Marks {
             trade_until: None,
             bars,
             detected_at_ms: now_ms(),
-            leftovers: std::mem::take(&mut m.leftovers),
+            row_start: None,
         }
     }
 
@@ -173,7 +171,7 @@ impl Marks {
                             trade_until: Some(mark),
                             bars: Vec::new(),
                             detected_at_ms: now_ms(),
-                            leftovers: Vec::new(),
+                            row_start: None,
                         });
                     }
                     m.conn_first_trade.get_or_insert(mark);
@@ -212,55 +210,67 @@ impl Marks {
     }
 }
 
-/// The marks of every symbol, loaded from what is stored. An `open` gap left by a previous
-/// run pulls its stream's mark back to the hole's start, so the hole is checked again.
+/// The marks of every symbol, loaded from what is stored, and one check for every gap row a
+/// previous run left `open`, bounded by what is stored around it.
 pub async fn load(
     store: &Store,
     venue: &dyn Venue,
     symbols: &[String],
     intervals: &[String],
     interval_ms: impl Fn(&str) -> Option<i64>,
-) -> Result<HashMap<Arc<str>, Arc<Marks>>, crate::store::StoreError> {
-    let mut out = HashMap::new();
-    let open: Vec<Gap> = store
-        .load_gaps(venue.name(), None)
-        .await?
-        .into_iter()
-        .filter(|g| g.status == GapStatus::Open)
-        .collect();
+) -> Result<(HashMap<Arc<str>, Arc<Marks>>, Vec<HoleCheck>), crate::store::StoreError> {
+    let mut marks = HashMap::new();
+    let mut checks = Vec::new();
     for s in symbols {
-        let mut inner = Inner::default();
-        let mine: Vec<&Gap> = open.iter().filter(|g| &*g.symbol == s.as_str()).collect();
-        let trade_hole = mine
-            .iter()
-            .filter(|g| g.stream == "trades")
-            .map(|g| g.start_ms)
-            .min();
-        inner.last_trade = store.last_trade(venue.name(), s, trade_hole).await?;
+        let symbol: Arc<str> = Arc::from(s.as_str());
+        let mut inner = Inner {
+            last_trade: store.last_trade(venue.name(), s, None).await?,
+            ..Inner::default()
+        };
         for iv in intervals {
             let stored = store.last_bar(venue.name(), s, iv).await?;
-            let mut need = stored.map(|(open, closed)| match (closed, interval_ms(iv)) {
+            let need = stored.map(|(open, closed)| match (closed, interval_ms(iv)) {
                 (true, Some(len)) => open + len,
                 _ => open,
             });
-            let stream = format!("kline_{iv}");
-            if let Some(h) = mine
-                .iter()
-                .filter(|g| g.stream == stream)
-                .map(|g| g.start_ms)
-                .min()
-            {
-                need = Some(need.map_or(h, |n| n.min(h)));
-            }
             inner.bars.insert(Arc::from(iv.as_str()), need);
         }
-        inner.leftovers = mine.into_iter().cloned().collect();
-        out.insert(
-            Arc::from(s.as_str()),
+        marks.insert(
+            symbol.clone(),
             Arc::new(Marks {
                 inner: Mutex::new(inner),
             }),
         );
+        for g in store.load_gaps(venue.name(), Some(s)).await? {
+            if g.status != GapStatus::Open {
+                continue;
+            }
+            let mut c = HoleCheck {
+                symbol: symbol.clone(),
+                reason: Reason::Startup,
+                trade: None,
+                trade_until: None,
+                bars: Vec::new(),
+                detected_at_ms: g.detected_at_ms,
+                row_start: Some(g.start_ms),
+            };
+            if g.stream == "trades" {
+                // the hole lies between the trade it was anchored on and the next one stored
+                let Some(anchor) = store.last_trade(venue.name(), s, Some(g.start_ms)).await?
+                else {
+                    continue;
+                };
+                c.trade = Some(anchor);
+                c.trade_until = store.next_trade(venue.name(), s, anchor).await?;
+            } else if let Some(iv) = g.stream.strip_prefix("kline_")
+                && intervals.iter().any(|i| i == iv)
+            {
+                c.bars.push((Arc::from(iv), Some(g.start_ms)));
+            } else {
+                continue;
+            }
+            checks.push(c);
+        }
     }
-    Ok(out)
+    Ok((marks, checks))
 }

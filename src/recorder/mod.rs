@@ -133,17 +133,16 @@ pub async fn start(
         });
     }
     let stagger = Arc::new(Stagger::new(config.connection.connect_rate_per_s));
-    let marks = Arc::new(
-        marks::load(
-            &store,
-            venue.as_ref(),
-            &config.record.symbols,
-            &config.record.klines,
-            crate::model::interval_ms,
-        )
-        .await
-        .context("reading where the stored streams end")?,
-    );
+    let (marks, leftovers) = marks::load(
+        &store,
+        venue.as_ref(),
+        &config.record.symbols,
+        &config.record.klines,
+        crate::model::interval_ms,
+    )
+    .await
+    .context("reading where the stored streams end")?;
+    let marks = Arc::new(marks);
     let backfill_tx = if config.backfill.enabled {
         let client = Arc::new(
             rest::RestClient::new(&config.venue.rest_url, &config.backfill)
@@ -151,6 +150,15 @@ pub async fn start(
         );
         stats.rest = Some(client.stats.clone());
         let (btx, brx) = mpsc::unbounded_channel();
+        if !leftovers.is_empty() {
+            tracing::info!(
+                holes = leftovers.len(),
+                "checking holes a previous run left open"
+            );
+        }
+        for c in leftovers {
+            let _ = btx.send(c);
+        }
         workers.spawn(backfill::run(
             backfill::Backfill {
                 venue: venue.clone(),

@@ -386,7 +386,17 @@ impl Conn {
     fn frames_for(&self, u: &Update) -> anyhow::Result<Vec<(Message, Vec<i64>)>> {
         let mut out = Vec::new();
         let f = self.fmt();
-        let muted = lock(&self.server.state).muted_channel.clone();
+        let (muted, withhold) = {
+            let mut st = lock(&self.server.state);
+            let w = match st.withhold_trades.get_mut(&*u.symbol) {
+                Some(n) if *n > 0 && !u.out.trades.is_empty() => {
+                    *n -= 1;
+                    true
+                }
+                _ => false,
+            };
+            (st.muted_channel.clone(), w)
+        };
         for (ch, sub) in &self.subs {
             if *ch.symbol != *u.symbol {
                 continue;
@@ -403,7 +413,7 @@ impl Conn {
                 )
             };
             match &ch.stream {
-                Stream::Trades if !u.out.trades.is_empty() => {
+                Stream::Trades if !u.out.trades.is_empty() && !withhold => {
                     let items: Vec<String> = u
                         .out
                         .trades
@@ -630,6 +640,14 @@ struct Params {
     kind: Option<String>,
 }
 
+impl Server {
+    /// While the ledger's `rest_errors` switch is on, data endpoints answer the venue's
+    /// error envelope (`code` != "0") with HTTP 200, as live servers do when busy.
+    fn rest_error(&self) -> bool {
+        lock(&self.state).rest_errors
+    }
+}
+
 fn ok_body(data: String) -> axum::response::Response {
     (
         [(axum::http::header::CONTENT_TYPE, "application/json")],
@@ -709,6 +727,9 @@ async fn trades(
         )
             .into_response();
     }
+    if s.rest_error() {
+        return err_body("10050", "system busy");
+    }
     market_reply(&s, &p, |f, _, m| {
         let items: Vec<String> = m
             .trades
@@ -734,6 +755,9 @@ async fn klines(
     AxState(s): AxState<Arc<Server>>,
     Query(p): Query<Params>,
 ) -> axum::response::Response {
+    if s.rest_error() {
+        return err_body("10050", "system busy");
+    }
     market_reply(&s, &p, |f, _, m| {
         let Some((name, _)) = p.period.and_then(|min| {
             INTERVALS

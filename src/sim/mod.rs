@@ -151,6 +151,11 @@ pub struct State {
     pub connections_total: u64,
     /// Nobody trades while set (see [`SimHandle::quiet`]).
     pub quiet: bool,
+    /// Per symbol: trade frames still to withhold from every connection (a venue dropping
+    /// messages on a live socket).
+    pub withhold_trades: HashMap<String, u32>,
+    /// `/v1/trades` and `/v1/klines` answer an error envelope while set.
+    pub rest_errors: bool,
     clock_origin_ms: i64,
     wall_origin: std::time::Instant,
     speed: u32,
@@ -221,6 +226,19 @@ impl SimHandle {
     /// A quiet market: time, bars and the book go on, trades stop (or start again).
     pub fn quiet(&self, on: bool) {
         self.state().quiet = on;
+    }
+
+    /// Withholds the next `frames` trade frames of `symbol` from every connection; the
+    /// trades stay in the ledger and in REST answers, so the client sees trade ids jump.
+    pub fn withhold_trade_frames(&self, symbol: &str, frames: u32) {
+        self.state()
+            .withhold_trades
+            .insert(symbol.to_string(), frames);
+    }
+
+    /// REST data endpoints answer `{"code":"10050","msg":"system busy"}` while on.
+    pub fn rest_errors(&self, on: bool) {
+        self.state().rest_errors = on;
     }
 
     pub fn resume(&self) {
@@ -313,6 +331,8 @@ pub async fn start(config: SimConfig) -> std::io::Result<SimHandle> {
         muted_channel: None,
         connections_total: 0,
         quiet: false,
+        withhold_trades: HashMap::new(),
+        rest_errors: false,
         clock_origin_ms: crate::model::now_ms(),
         wall_origin: std::time::Instant::now(),
         speed: config.speed.max(1),

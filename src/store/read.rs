@@ -84,6 +84,32 @@ impl Store {
         Ok(row.map(|(time_ms, trade_id)| TradeMark { time_ms, trade_id }))
     }
 
+    /// The first stored trade after `m` (by id for venue ids, else by time).
+    pub async fn next_trade(
+        &self,
+        venue: &str,
+        symbol: &str,
+        m: TradeMark,
+    ) -> Result<Option<TradeMark>, StoreError> {
+        let sql = if m.trade_id >= 0 {
+            "SELECT event_time_ms, trade_id FROM trades WHERE venue = $1 AND symbol = $2 \
+             AND trade_id > $4 AND $3 = $3 ORDER BY trade_id LIMIT 1"
+        } else {
+            "SELECT event_time_ms, trade_id FROM trades WHERE venue = $1 AND symbol = $2 \
+             AND (event_time_ms > $3 OR (event_time_ms = $3 AND trade_id > $4)) \
+             ORDER BY event_time_ms, trade_id LIMIT 1"
+        };
+        let row: Option<(i64, i64)> = on_pool!(self, p => sqlx::query_as(sql)
+            .bind(venue)
+            .bind(symbol)
+            .bind(m.time_ms)
+            .bind(m.trade_id)
+            .fetch_optional(p)
+            .await)
+        .map_err(StoreError::sql("select next trade"))?;
+        Ok(row.map(|(time_ms, trade_id)| TradeMark { time_ms, trade_id }))
+    }
+
     /// Open time of the newest stored bar and whether it is final.
     pub async fn last_bar(
         &self,
