@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use common::{PgDb, sqlite_db};
 use mdrec::decimal::Dec;
-use mdrec::model::{Event, Kline, Side, Source, Trade};
+use mdrec::model::{Event, Gap, GapStatus, Kline, Side, Source, Trade};
 use mdrec::store::{Batch, Store};
 
 /// (price, qty): long values in both columns, plus ordinary ones.
@@ -182,6 +182,91 @@ async fn check(url: &str) {
         (k[0].close.as_str(), k[0].closed),
         ("1.8", true),
         "closed bar stays"
+    );
+
+    // a REST bar (no quote volume) replacing a partial socket bar keeps the stored quote
+    // volume when the volume is the same, in both databases and exactly (28 digits)
+    let qv = "12345678901234.12345678901234";
+    let bar =
+        |open_ms: i64, volume: &str, quote: Option<&str>, closed: bool, t: i64, src: Source| {
+            let d = |s: &str| Dec::parse(s).unwrap();
+            Event::Kline(Kline {
+                venue: "cdc-v1",
+                symbol: Arc::from("btcusdt"),
+                interval: Arc::from("5min"),
+                open_time_ms: open_ms,
+                open: d("1"),
+                high: d("1"),
+                low: d("1"),
+                close: d("1"),
+                volume: d(volume),
+                quote_volume: quote.map(d),
+                closed,
+                event_time_ms: t,
+                recv_time_us: t * 1000,
+                source: src,
+            })
+        };
+    for ev in [
+        bar(0, "10", Some(qv), false, 1, Source::Ws),
+        bar(300_000, "10", Some(qv), false, 1, Source::Ws),
+    ] {
+        let mut b = Batch::default();
+        b.push(ev);
+        store.write(&b).await.unwrap();
+    }
+    let mut b = Batch::default();
+    b.push(bar(0, "10", None, true, 2, Source::Rest)); // same volume: quote volume kept
+    b.push(bar(300_000, "11", None, true, 2, Source::Rest)); // more trades: unknown
+    store.write(&b).await.unwrap();
+    let k = store
+        .load_klines("cdc-v1", "btcusdt", "5min")
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            k[0].closed,
+            k[0].source,
+            k[0].quote_volume.as_ref().map(Dec::as_str)
+        ),
+        (true, Source::Rest, Some(qv))
+    );
+    assert_eq!((k[1].closed, k[1].quote_volume.as_ref()), (true, None));
+
+    // gap rows: the later word on a hole wins, its first detection time stays
+    let gap = |status: GapStatus, detected: i64, resolved: Option<i64>, rows: i64| {
+        Event::Gap(Gap {
+            venue: "cdc-v1",
+            symbol: Arc::from("btcusdt"),
+            stream: "trades".into(),
+            start_ms: 5,
+            end_ms: resolved.map(|_| 9),
+            status,
+            detected_at_ms: detected,
+            resolved_at_ms: resolved,
+            rows_recovered: rows,
+            detail: None,
+        })
+    };
+    for ev in [
+        gap(GapStatus::Open, 100, None, 0),
+        gap(GapStatus::Filled, 100, Some(200), 7),
+        gap(GapStatus::Open, 150, None, 0), // replayed late from the spool: older word, ignored
+    ] {
+        let mut b = Batch::default();
+        b.push(ev);
+        store.write(&b).await.unwrap();
+    }
+    let g = store.load_gaps("cdc-v1", Some("btcusdt")).await.unwrap();
+    assert_eq!(
+        (
+            g.len(),
+            g[0].status,
+            g[0].rows_recovered,
+            g[0].detected_at_ms,
+            g[0].end_ms
+        ),
+        (1, GapStatus::Filled, 7, 100, Some(9))
     );
     store.close().await;
 }

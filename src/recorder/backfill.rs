@@ -80,20 +80,24 @@ impl From<WriterGone> for Failed {
 const AUDIT_BARS: i64 = 5_000;
 
 /// The first slot of a stored grid (oldest first, the last entry still forming) that lacks a
-/// final bar.
-fn first_problem(rows: &[(i64, bool)], len: i64) -> Option<i64> {
+/// final bar and is not inside a hole already recorded as unrecoverable (`known`).
+fn first_problem(rows: &[(i64, bool)], len: i64, known: &[(i64, i64)]) -> Option<i64> {
     let (&(newest, _), closed_range) = rows.split_last()?;
-    let mut expected = closed_range.first().map(|r| r.0)?;
-    for &(open, closed) in closed_range {
-        if open > expected {
-            return Some(expected);
+    let first = closed_range.first()?.0;
+    let held: HashMap<i64, bool> = closed_range.iter().copied().collect();
+    let mut t = first;
+    // bounded: a stray bar far from the rest must not make this loop long
+    for _ in 0..(2 * AUDIT_BARS) {
+        if t >= newest {
+            break;
         }
-        if !closed {
-            return Some(open);
+        let fine = held.get(&t).copied().unwrap_or(false);
+        if !fine && !known.iter().any(|&(s, e)| s <= t && t < e) {
+            return Some(t);
         }
-        expected = open + len;
+        t += len;
     }
-    (newest > expected).then_some(expected)
+    None
 }
 
 /// First retry of a failed check after this; doubles up to `RETRY_MAX`.
@@ -474,6 +478,13 @@ impl Backfill {
     /// interval, from where the previous audit left off; one check per symbol with a problem.
     async fn audit(&self, audited: &mut HashMap<(Arc<str>, Arc<str>), i64>) -> Vec<HoleCheck> {
         let mut out: Vec<HoleCheck> = Vec::new();
+        let gaps = match self.store.load_gaps(self.venue.name(), None).await {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::warn!(error = %e, "kline audit could not read the database");
+                return out;
+            }
+        };
         for symbol in &self.config.record.symbols {
             let symbol: Arc<str> = Arc::from(symbol.as_str());
             for iv in &self.config.record.klines {
@@ -508,7 +519,17 @@ impl Backfill {
                 let Some(&(newest, _)) = rows.last() else {
                     continue;
                 };
-                let problem = first_problem(&rows, len);
+                let stream = format!("kline_{iv}");
+                let known: Vec<(i64, i64)> = gaps
+                    .iter()
+                    .filter(|g| {
+                        *g.symbol == *symbol
+                            && g.stream == stream
+                            && g.status == GapStatus::Unrecoverable
+                    })
+                    .map(|g| (g.start_ms, g.end_ms.unwrap_or(g.start_ms)))
+                    .collect();
+                let problem = first_problem(&rows, len, &known);
                 audited.insert(key, newest);
                 if let Some(p) = problem {
                     tracing::info!(symbol = %symbol, interval = %iv, from_ms = p, "kline audit: bar missing or not final");
@@ -608,15 +629,23 @@ mod tests {
     #[test]
     fn audit_finds_the_first_missing_or_open_bar_behind_the_forming_one() {
         let ok = [(0, true), (60, true), (120, true), (180, false)];
-        assert_eq!(first_problem(&ok, 60), None);
+        assert_eq!(first_problem(&ok, 60, &[]), None);
         let hole = [(0, true), (60, true), (180, true), (240, false)];
-        assert_eq!(first_problem(&hole, 60), Some(120));
+        assert_eq!(first_problem(&hole, 60, &[]), Some(120));
         let open = [(0, true), (60, false), (120, true), (180, false)];
-        assert_eq!(first_problem(&open, 60), Some(60));
+        assert_eq!(first_problem(&open, 60, &[]), Some(60));
         let before_forming = [(0, true), (60, true), (240, false)];
-        assert_eq!(first_problem(&before_forming, 60), Some(120));
+        assert_eq!(first_problem(&before_forming, 60, &[]), Some(120));
         // only the forming bar: nothing closed to audit
-        assert_eq!(first_problem(&[(0, false)], 60), None);
-        assert_eq!(first_problem(&[], 60), None);
+        assert_eq!(first_problem(&[(0, false)], 60, &[]), None);
+        assert_eq!(first_problem(&[], 60, &[]), None);
+    }
+
+    #[test]
+    fn audit_skips_holes_already_recorded_as_unrecoverable() {
+        let rows = [(0, true), (60, false), (240, true), (360, false)];
+        // 60 (partial), 120 and 180 (missing) are a known hole; 300 is new
+        assert_eq!(first_problem(&rows, 60, &[(60, 240)]), Some(300));
+        assert_eq!(first_problem(&rows, 60, &[(60, 240), (300, 360)]), None);
     }
 }
