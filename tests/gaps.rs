@@ -960,3 +960,60 @@ async fn sqlite_holes_left_open_by_a_killed_run_are_resolved_at_start() {
     store.close().await;
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_kline_audit_restores_a_bar_missing_from_the_grid() {
+    let (_dir, url) = sqlite_db();
+    let sim = sim::start(SimConfig {
+        seed: 67,
+        ping_interval: Duration::from_millis(300),
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let cfg = config(&sim, &url, "");
+    let store = Store::connect(&url).await.unwrap();
+    let run = Run::start(&cfg).await;
+    wait_for("a few closed bars", Duration::from_secs(30), || async {
+        store
+            .load_klines(NAME, "btcusdt", "1min")
+            .await
+            .is_ok_and(|k| k.iter().filter(|k| k.closed).count() >= 4)
+    })
+    .await;
+    // a bar vanishes from the middle of the grid (as if a write had been lost)
+    let bars = store.load_klines(NAME, "btcusdt", "1min").await.unwrap();
+    let lost = bars[bars.len() - 3].open_time_ms;
+    exec(
+        &store,
+        &format!("DELETE FROM klines WHERE symbol = 'btcusdt' AND interval = '1min' AND open_time_ms = {lost}"),
+    )
+    .await;
+    wait_for(
+        "the audit to restore it",
+        Duration::from_secs(30),
+        || async {
+            gaps(&store)
+                .await
+                .iter()
+                .any(|g| g.start_ms == lost && g.status == GapStatus::Filled)
+        },
+    )
+    .await;
+    sim.halt();
+    wait_ledger(&store, &sim, &BTreeMap::new(), &BTreeMap::new()).await;
+    run.stop().await;
+    let all = gaps(&store).await;
+    assert_eq!(all.len(), 1, "{all:#?}");
+    let g = &all[0];
+    assert_eq!((&*g.symbol, g.stream.as_str()), ("btcusdt", "kline_1min"));
+    assert!(g.rows_recovered >= 1, "{g:?}");
+    assert!(
+        g.detail
+            .as_deref()
+            .is_some_and(|d| d.starts_with("kline audit")),
+        "{g:?}"
+    );
+    store.close().await;
+    sim.shutdown().await;
+}

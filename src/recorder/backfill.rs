@@ -59,6 +59,15 @@ pub struct Backfill {
     pub shutdown: CancellationToken,
     /// Read by the kline audit (the writer alone writes).
     pub store: Arc<Store>,
+    /// Per symbol and interval: grid slots the venue has no bar for (an audit asked).
+    pub empty_slots: std::sync::Mutex<EmptySlots>,
+}
+
+/// Per symbol and interval: open times of grid slots the venue has no bar for.
+pub type EmptySlots = HashMap<(Arc<str>, Arc<str>), std::collections::BTreeSet<i64>>;
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The writer is gone (shutdown): nothing more can be recorded.
@@ -77,7 +86,8 @@ impl From<WriterGone> for Failed {
 }
 
 /// Bars one audit reads per symbol and interval.
-const AUDIT_BARS: i64 = 5_000;
+/// Bars one audit reads per symbol and interval: the newest ones.
+const AUDIT_BARS: i64 = 1_000;
 
 /// The first slot of a stored grid (oldest first, the last entry still forming) that lacks a
 /// final bar and is not inside a hole already recorded as unrecoverable (`known`).
@@ -111,7 +121,6 @@ pub async fn run(b: Backfill, mut requests: mpsc::UnboundedReceiver<HoleCheck>) 
     let mut attempts: HashMap<Arc<str>, u32> = HashMap::new();
     let audit_every = Duration::from_secs(b.config.backfill.audit_interval_s);
     let mut next_audit = (!audit_every.is_zero()).then(|| Instant::now() + audit_every);
-    let mut audited: HashMap<(Arc<str>, Arc<str>), i64> = HashMap::new();
     loop {
         if pending.is_empty() {
             let next_retry = retries.iter().map(|r| r.0).min();
@@ -126,7 +135,7 @@ pub async fn run(b: Backfill, mut requests: mpsc::UnboundedReceiver<HoleCheck>) 
             }
         }
         if next_audit.is_some_and(|t| t <= Instant::now()) {
-            for c in b.audit(&mut audited).await {
+            for c in b.audit().await {
                 add(&mut pending, c);
             }
             next_audit = Some(Instant::now() + audit_every);
@@ -451,7 +460,12 @@ impl Backfill {
         g.rows_recovered = recovered;
         let complete = covered_from <= need_from || need_from >= current;
         if c.reason.is_hint() && complete && recovered == 0 {
-            return Ok(()); // the venue has no bar there either: not a hole
+            // the venue has no bar there either: not a hole, and not worth asking again
+            lock(&self.empty_slots)
+                .entry((c.symbol.clone(), iv.clone()))
+                .or_default()
+                .insert(need_from);
+            return Ok(());
         }
         if complete {
             g.status = GapStatus::Filled;
@@ -474,9 +488,10 @@ impl Backfill {
         Ok(())
     }
 
-    /// Looks for bars missing or not final behind the newest stored bar of every recorded
-    /// interval, from where the previous audit left off; one check per symbol with a problem.
-    async fn audit(&self, audited: &mut HashMap<(Arc<str>, Arc<str>), i64>) -> Vec<HoleCheck> {
+    /// Looks for bars missing or not final among the newest stored bars of every recorded
+    /// interval (behind the forming one); one check per symbol with a problem. Slots already
+    /// known unrecoverable, or where the venue said it has no bar, are not asked about again.
+    async fn audit(&self) -> Vec<HoleCheck> {
         let mut out: Vec<HoleCheck> = Vec::new();
         let gaps = match self.store.load_gaps(self.venue.name(), None).await {
             Ok(g) => g,
@@ -493,17 +508,13 @@ impl Backfill {
                 };
                 let iv: Arc<str> = Arc::from(iv.as_str());
                 let key = (symbol.clone(), iv.clone());
-                let from = match audited.get(&key) {
-                    Some(f) => *f,
-                    // first audit of the run: the newest bars
-                    None => match self.store.last_bar(self.venue.name(), &symbol, &iv).await {
-                        Ok(Some((t, _))) => t.saturating_sub((AUDIT_BARS - 1) * len),
-                        Ok(None) => continue,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "kline audit could not read the database");
-                            return out;
-                        }
-                    },
+                let from = match self.store.last_bar(self.venue.name(), &symbol, &iv).await {
+                    Ok(Some((t, _))) => t.saturating_sub((AUDIT_BARS - 1) * len),
+                    Ok(None) => continue,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "kline audit could not read the database");
+                        return out;
+                    }
                 };
                 let rows = match self
                     .store
@@ -516,11 +527,11 @@ impl Backfill {
                         return out;
                     }
                 };
-                let Some(&(newest, _)) = rows.last() else {
+                if rows.is_empty() {
                     continue;
-                };
+                }
                 let stream = format!("kline_{iv}");
-                let known: Vec<(i64, i64)> = gaps
+                let mut known: Vec<(i64, i64)> = gaps
                     .iter()
                     .filter(|g| {
                         *g.symbol == *symbol
@@ -529,8 +540,14 @@ impl Backfill {
                     })
                     .map(|g| (g.start_ms, g.end_ms.unwrap_or(g.start_ms)))
                     .collect();
+                {
+                    let mut empty = lock(&self.empty_slots);
+                    let slots = empty.entry(key).or_default();
+                    // forget what fell out of the window
+                    *slots = slots.split_off(&from);
+                    known.extend(slots.iter().map(|&t| (t, t + 1)));
+                }
                 let problem = first_problem(&rows, len, &known);
-                audited.insert(key, newest);
                 if let Some(p) = problem {
                     tracing::info!(symbol = %symbol, interval = %iv, from_ms = p, "kline audit: bar missing or not final");
                     let c = HoleCheck {

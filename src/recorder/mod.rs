@@ -170,6 +170,7 @@ pub async fn start(
                 stats: stats.backfill.clone(),
                 shutdown: shutdown.clone(),
                 store: store.clone(),
+                empty_slots: Default::default(),
             },
             brx,
         ));
