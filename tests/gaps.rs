@@ -67,6 +67,35 @@ fn config(sim: &SimHandle, db: &str, extra: &str) -> Config {
     )
 }
 
+/// A simulator (pinging every 300 ms, so a halted market keeps sockets open), a handle on the
+/// database and the recorder's config for both.
+async fn setup(sim_config: SimConfig, db: &str) -> (SimHandle, Store, Config) {
+    let sim = sim::start(SimConfig {
+        ping_interval: Duration::from_millis(300),
+        ..sim_config
+    })
+    .await
+    .expect("simulator starts");
+    let cfg = config(&sim, db, "");
+    let store = Store::connect(db).await.expect("database opens");
+    (sim, store, cfg)
+}
+
+/// Stops the market, waits until the database equals the ledger (nothing lost), stops the run.
+async fn settle(sim: &SimHandle, store: &Store, run: Run) -> Arc<RunStats> {
+    sim.halt();
+    wait_ledger(store, sim, &BTreeMap::new(), &BTreeMap::new()).await;
+    run.stop().await
+}
+
+/// Waits until every symbol's socket delivered at least `n` trades.
+async fn streaming(sim: &SimHandle, n: usize) {
+    wait_for("streaming", Duration::from_secs(30), || async {
+        SYMBOLS.iter().all(|s| sim.delivered(s).len() >= n)
+    })
+    .await;
+}
+
 fn d(x: rust_decimal::Decimal) -> Dec {
     Dec::from(x)
 }
@@ -222,23 +251,19 @@ async fn trade_figures(store: &Store, sim: &SimHandle) -> (usize, usize, usize) 
 async fn cuts_stalls_and_restart(db: &str, label: &str) {
     // ~6 trades/s per symbol: 20 s down stays inside the venue's last 200 trades; REST keeps
     // only 5 bars, so the restart's 20+ missing 1min bars need websocket history
-    let sim = sim::start(SimConfig {
-        seed: 41,
-        step: Duration::from_millis(250),
-        rest_kline_limit: 5,
-        // pings keep sockets alive once the market is halted for the final comparison
-        ping_interval: Duration::from_millis(300),
-        ..SimConfig::default()
-    })
-    .await
-    .unwrap();
-    let cfg = config(&sim, db, "");
-    let store = Store::connect(db).await.unwrap();
-    let run = Run::start(&cfg).await;
-    wait_for("streaming", Duration::from_secs(30), || async {
-        SYMBOLS.iter().all(|s| sim.delivered(s).len() >= 10)
-    })
+    let (sim, store, cfg) = setup(
+        SimConfig {
+            seed: 41,
+            step: Duration::from_millis(250),
+            rest_kline_limit: 5,
+            // pings keep sockets alive once the market is halted for the final comparison
+            ..SimConfig::default()
+        },
+        db,
+    )
     .await;
+    let run = Run::start(&cfg).await;
+    streaming(&sim, 10).await;
 
     // a cut without close frame
     let before = sim.state().connections_total;
@@ -394,22 +419,18 @@ fn one_run(ids: &BTreeSet<i64>) -> (i64, i64) {
 
 async fn outage_beyond_history(db: &str, label: &str) {
     // ~75 trades/s per symbol; REST keeps 2 bars and websocket history 3
-    let sim = sim::start(SimConfig {
-        seed: 43,
-        rest_kline_limit: 2,
-        history_kline_limit: Some(3),
-        ping_interval: Duration::from_millis(300),
-        ..SimConfig::default()
-    })
-    .await
-    .unwrap();
-    let cfg = config(&sim, db, "");
-    let store = Store::connect(db).await.unwrap();
-    let run = Run::start(&cfg).await;
-    wait_for("streaming", Duration::from_secs(30), || async {
-        SYMBOLS.iter().all(|s| sim.delivered(s).len() >= 50)
-    })
+    let (sim, store, cfg) = setup(
+        SimConfig {
+            seed: 43,
+            rest_kline_limit: 2,
+            history_kline_limit: Some(3),
+            ..SimConfig::default()
+        },
+        db,
+    )
     .await;
+    let run = Run::start(&cfg).await;
+    streaming(&sim, 50).await;
     run.stop().await;
     // down until 400+ trades (past REST's 200) and 6+ one-minute bars (past the history) passed
     let (t0, b0) = (
@@ -618,26 +639,18 @@ async fn postgres_outage_beyond_history_is_one_unrecoverable_gap_per_stream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quiet_market_records_no_gap() {
     let (_dir, url) = sqlite_db();
-    let sim = sim::start(SimConfig {
-        seed: 47,
-        ping_interval: Duration::from_millis(300),
-        ..SimConfig::default()
-    })
-    .await
-    .unwrap();
-    // the trade channel falls silent while the book moves: it is subscribed again, no hole
-    let cfg = config(&sim, &url, "");
-    let cfg = {
-        let mut c = cfg;
-        c.connection.channel_silence_s = 1;
-        c
-    };
-    let store = Store::connect(&url).await.unwrap();
-    let run = Run::start(&cfg).await;
-    wait_for("streaming", Duration::from_secs(30), || async {
-        SYMBOLS.iter().all(|s| sim.delivered(s).len() >= 20)
-    })
+    let (sim, store, mut cfg) = setup(
+        SimConfig {
+            seed: 47,
+            ..SimConfig::default()
+        },
+        &url,
+    )
     .await;
+    // the trade channel falls silent while the book moves: it is subscribed again, no hole
+    cfg.connection.channel_silence_s = 1;
+    let run = Run::start(&cfg).await;
+    streaming(&sim, 20).await;
     sim.quiet(true);
     let bars = sim.bars("btcusdt", "1min").len();
     // five simulated minutes without a trade (5 s at the simulator's 60x)
@@ -655,9 +668,7 @@ async fn quiet_market_records_no_gap() {
             >= trades + 20
     })
     .await;
-    sim.halt();
-    wait_ledger(&store, &sim, &BTreeMap::new(), &BTreeMap::new()).await;
-    let stats = run.stop().await;
+    let stats = settle(&sim, &store, run).await;
     assert!(
         gaps(&store).await.is_empty(),
         "a quiet market is not a hole"
@@ -693,20 +704,16 @@ async fn quiet_market_records_no_gap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_trade_id_jump_on_a_live_socket_is_checked_and_filled() {
     let (_dir, url) = sqlite_db();
-    let sim = sim::start(SimConfig {
-        seed: 53,
-        ping_interval: Duration::from_millis(300),
-        ..SimConfig::default()
-    })
-    .await
-    .unwrap();
-    let cfg = config(&sim, &url, "");
-    let store = Store::connect(&url).await.unwrap();
-    let run = Run::start(&cfg).await;
-    wait_for("streaming", Duration::from_secs(30), || async {
-        SYMBOLS.iter().all(|s| sim.delivered(s).len() >= 30)
-    })
+    let (sim, store, cfg) = setup(
+        SimConfig {
+            seed: 53,
+            ..SimConfig::default()
+        },
+        &url,
+    )
     .await;
+    let run = Run::start(&cfg).await;
+    streaming(&sim, 30).await;
     // the venue drops three trade frames on the live socket: ids jump
     let before = sim.delivered("btcusdt").len();
     sim.withhold_trade_frames("btcusdt", 3);
@@ -716,9 +723,7 @@ async fn sqlite_trade_id_jump_on_a_live_socket_is_checked_and_filled() {
         || async { sim.delivered("btcusdt").len() >= before + 30 },
     )
     .await;
-    sim.halt();
-    wait_ledger(&store, &sim, &BTreeMap::new(), &BTreeMap::new()).await;
-    let stats = run.stop().await;
+    let stats = settle(&sim, &store, run).await;
     let delivered = sim.delivered("btcusdt");
     let first = *delivered.first().unwrap();
     let dropped = sim
@@ -760,21 +765,17 @@ async fn sqlite_trade_id_jump_on_a_live_socket_is_checked_and_filled() {
 async fn sqlite_rest_errors_keep_the_hole_open_until_rest_answers() {
     let (_dir, url) = sqlite_db();
     // ~6 trades/s: the venue's last 200 trades still reach the hole once REST answers again
-    let sim = sim::start(SimConfig {
-        seed: 59,
-        step: Duration::from_millis(250),
-        ping_interval: Duration::from_millis(300),
-        ..SimConfig::default()
-    })
-    .await
-    .unwrap();
-    let cfg = config(&sim, &url, "");
-    let store = Store::connect(&url).await.unwrap();
-    let run = Run::start(&cfg).await;
-    wait_for("streaming", Duration::from_secs(30), || async {
-        SYMBOLS.iter().all(|s| sim.delivered(s).len() >= 10)
-    })
+    let (sim, store, cfg) = setup(
+        SimConfig {
+            seed: 59,
+            step: Duration::from_millis(250),
+            ..SimConfig::default()
+        },
+        &url,
+    )
     .await;
+    let run = Run::start(&cfg).await;
+    streaming(&sim, 10).await;
     sim.rest_errors(true); // `{"code":"10050","msg":"system busy"}`
     // a stall long enough for trades to fall into it: the silent sockets are reopened
     let connections = sim.state().connections_total;
@@ -824,9 +825,7 @@ async fn sqlite_rest_errors_keep_the_hole_open_until_rest_answers() {
         },
     )
     .await;
-    sim.halt();
-    wait_ledger(&store, &sim, &BTreeMap::new(), &BTreeMap::new()).await;
-    let stats = run.stop().await;
+    let stats = settle(&sim, &store, run).await;
     for s in SYMBOLS {
         let g = gaps(&store).await;
         let t = g
@@ -857,23 +856,19 @@ async fn exec(store: &Store, sql: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_holes_left_open_by_a_killed_run_are_resolved_at_start() {
     let (_dir, url) = sqlite_db();
-    let sim = sim::start(SimConfig {
-        seed: 61,
-        step: Duration::from_millis(100),
-        ping_interval: Duration::from_millis(300),
-        ..SimConfig::default()
-    })
-    .await
-    .unwrap();
-    // the audit would find the bar too: this test is about the rows left open
-    let mut cfg = config(&sim, &url, "");
-    cfg.backfill.audit_interval_s = 0;
-    let store = Store::connect(&url).await.unwrap();
-    let run = Run::start(&cfg).await;
-    wait_for("streaming", Duration::from_secs(30), || async {
-        SYMBOLS.iter().all(|s| sim.delivered(s).len() >= 100)
-    })
+    let (sim, store, mut cfg) = setup(
+        SimConfig {
+            seed: 61,
+            step: Duration::from_millis(100),
+            ..SimConfig::default()
+        },
+        &url,
+    )
     .await;
+    // the audit would find the bar too: this test is about the rows left open
+    cfg.backfill.audit_interval_s = 0;
+    let run = Run::start(&cfg).await;
+    streaming(&sim, 100).await;
     run.stop().await;
     // what a run killed mid-check leaves: trades and a bar missing, their holes `open`
     let trades = store.load_trades(NAME, "btcusdt").await.unwrap();
@@ -932,9 +927,7 @@ async fn sqlite_holes_left_open_by_a_killed_run_are_resolved_at_start() {
         },
     )
     .await;
-    sim.halt();
-    wait_ledger(&store, &sim, &BTreeMap::new(), &BTreeMap::new()).await;
-    run.stop().await;
+    settle(&sim, &store, run).await;
     let all = gaps(&store).await;
     let t = all
         .iter()
@@ -964,15 +957,14 @@ async fn sqlite_holes_left_open_by_a_killed_run_are_resolved_at_start() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_kline_audit_restores_a_bar_missing_from_the_grid() {
     let (_dir, url) = sqlite_db();
-    let sim = sim::start(SimConfig {
-        seed: 67,
-        ping_interval: Duration::from_millis(300),
-        ..SimConfig::default()
-    })
-    .await
-    .unwrap();
-    let cfg = config(&sim, &url, "");
-    let store = Store::connect(&url).await.unwrap();
+    let (sim, store, cfg) = setup(
+        SimConfig {
+            seed: 67,
+            ..SimConfig::default()
+        },
+        &url,
+    )
+    .await;
     let run = Run::start(&cfg).await;
     wait_for("a few closed bars", Duration::from_secs(30), || async {
         store
@@ -1000,9 +992,7 @@ async fn sqlite_kline_audit_restores_a_bar_missing_from_the_grid() {
         },
     )
     .await;
-    sim.halt();
-    wait_ledger(&store, &sim, &BTreeMap::new(), &BTreeMap::new()).await;
-    run.stop().await;
+    settle(&sim, &store, run).await;
     let all = gaps(&store).await;
     assert_eq!(all.len(), 1, "{all:#?}");
     let g = &all[0];
