@@ -376,6 +376,7 @@ impl Default for WriterConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
+    /// Address of `/metrics` and `/healthz`; empty turns the server off.
     #[serde(default = "default_metrics_listen")]
     pub listen: String,
 }
@@ -622,7 +623,9 @@ impl Config {
                 "must be at least 1",
             ));
         }
-        if self.metrics.listen.parse::<std::net::SocketAddr>().is_err() {
+        if !self.metrics.listen.is_empty()
+            && self.metrics.listen.parse::<std::net::SocketAddr>().is_err()
+        {
             return Err(ConfigError::new(
                 "metrics.listen",
                 format!(

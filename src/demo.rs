@@ -36,6 +36,9 @@ klines = ["1min", "5min"]
 depth = "step0"
 ticker = true
 
+[metrics]
+listen = ""
+
 [writer]
 flush_interval_ms = 200
 "#,

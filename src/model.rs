@@ -265,6 +265,18 @@ pub enum StreamKey {
     Ticker,
 }
 
+impl StreamKey {
+    /// The stream's name in gap rows and metrics: `trades`, `kline_1min`, `book_step0`, `ticker`.
+    pub fn name(&self) -> String {
+        match self {
+            StreamKey::Trades => "trades".into(),
+            StreamKey::Kline(iv) => format!("kline_{iv}"),
+            StreamKey::Book(step) => format!("book_step{step}"),
+            StreamKey::Ticker => "ticker".into(),
+        }
+    }
+}
+
 impl Event {
     /// The market-data stream this event came from (None for control rows).
     pub fn stream(&self) -> Option<StreamKey> {

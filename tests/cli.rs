@@ -35,6 +35,9 @@ silence_timeout_s = 30
 
 [backfill]
 enabled = false
+
+[metrics]
+listen = "127.0.0.1:0"
 "#
     )
 }

@@ -39,11 +39,7 @@ impl Run {
             mdrec::recorder::start(cfg.clone(), Arc::new(CdcV1), stop.clone())
                 .await
                 .expect("recorder starts");
-        Run {
-            stop,
-            tasks,
-            stats: Arc::new(stats),
-        }
+        Run { stop, tasks, stats }
     }
 
     async fn stop(self) -> Arc<RunStats> {

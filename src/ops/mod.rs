@@ -1,3 +1,4 @@
-//! Operating the daemon: service-manager integration (metrics and health come later).
+//! Operating the daemon: metrics and health over HTTP, service-manager integration.
 
+pub mod metrics;
 pub mod systemd;

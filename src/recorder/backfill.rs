@@ -278,10 +278,14 @@ impl Backfill {
             .get(&self.venue.recent_trades_path(&c.symbol))
             .await
             .map_err(|e| Failed::Source(format!("recent trades: {e}")))?;
+        let path = self.venue.recent_trades_path(&c.symbol);
         let got = self
             .venue
             .parse_recent_trades(&body, &c.symbol, now_us())
-            .map_err(|e| Failed::Source(format!("recent trades: {e}")))?;
+            .map_err(|e| {
+                self.rest.stats.outcome(&path, "bad_body");
+                Failed::Source(format!("recent trades: {e}"))
+            })?;
         self.stats
             .trades_fetched
             .fetch_add(got.len() as u64, Ordering::Relaxed);
@@ -392,7 +396,10 @@ impl Backfill {
         let mut bars = self
             .venue
             .parse_klines(&body, &c.symbol, iv, now_us())
-            .map_err(|e| Failed::Source(format!("{iv} bars: {e}")))?;
+            .map_err(|e| {
+                self.rest.stats.outcome(&path, "bad_body");
+                Failed::Source(format!("{iv} bars: {e}"))
+            })?;
         // the newest bar is still forming: stored open (the socket's later pushes replace it,
         // and a socket that never sees it close leaves it to the audit)
         let forming = bars.pop();

@@ -2,10 +2,10 @@
 //! venue does not list are reported once. A failed listing is logged; recording goes on.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use super::rest::RestClient;
 use crate::config::Config;
 use crate::model::{Event, now_ms};
 use crate::venue::Venue;
@@ -15,29 +15,22 @@ use crate::venue::Venue;
 pub async fn sync(
     venue: &Arc<dyn Venue>,
     config: &Config,
+    rest: &RestClient,
     tx: &mpsc::Sender<Event>,
 ) -> Option<Vec<String>> {
-    let url = format!(
-        "{}{}",
-        config.venue.rest_url.trim_end_matches('/'),
-        venue.markets_path()
-    );
-    let body = match fetch(
-        &url,
-        Duration::from_secs(config.connection.connect_timeout_s),
-    )
-    .await
-    {
+    let path = venue.markets_path();
+    let body = match rest.get(path).await {
         Ok(b) => b,
         Err(e) => {
-            tracing::warn!(url = %url, error = %e, "could not list the venue's markets; recording anyway");
+            tracing::warn!(path, error = %e, "could not list the venue's markets; recording anyway");
             return None;
         }
     };
     let markets = match venue.parse_markets(&body, now_ms()) {
         Ok(m) => m,
         Err(e) => {
-            tracing::warn!(url = %url, error = %e, "unreadable market listing; recording anyway");
+            rest.stats.outcome(path, "bad_body");
+            tracing::warn!(path, error = %e, "unreadable market listing; recording anyway");
             return None;
         }
     };
@@ -58,22 +51,4 @@ pub async fn sync(
         }
     }
     Some(unlisted)
-}
-
-async fn fetch(url: &str, timeout: Duration) -> Result<String, String> {
-    let client = reqwest::Client::builder()
-        .timeout(timeout)
-        .user_agent(concat!("mdrec/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| e.to_string())?;
-    let resp = client.get(url).send().await.map_err(|e| e.to_string())?;
-    let status = resp.status();
-    let body = resp.text().await.map_err(|e| e.to_string())?;
-    if !status.is_success() {
-        return Err(format!(
-            "HTTP {status}: {}",
-            body.chars().take(120).collect::<String>()
-        ));
-    }
-    Ok(body)
 }

@@ -32,12 +32,14 @@ pub struct RunStats {
     pub writer: Arc<WriterStats>,
     pub workers: BTreeMap<String, Arc<WorkerStats>>,
     pub backfill: Arc<backfill::BackfillStats>,
-    /// None when backfill is disabled.
+    /// The REST client's counters (market listing and backfill).
     pub rest: Option<Arc<rest::RestStats>>,
     /// Worker supervisors still running (one per symbol until shutdown).
     pub supervisors_alive: Arc<std::sync::atomic::AtomicUsize>,
     /// Observes the writer's queue without keeping it open.
     queue: Option<mpsc::WeakSender<crate::model::Event>>,
+    /// Where `/metrics` and `/healthz` are served (unset: `[metrics] listen` is empty).
+    pub metrics_addr: std::sync::OnceLock<std::net::SocketAddr>,
 }
 
 impl RunStats {
@@ -66,7 +68,6 @@ pub async fn run_with(
 ) -> anyhow::Result<Arc<RunStats>> {
     let symbols = config.record.symbols.len();
     let (store, stats, tasks) = start(config, venue, shutdown.clone()).await?;
-    let stats = Arc::new(stats);
     crate::ops::systemd::ready(symbols);
     tokio::spawn(crate::ops::systemd::watchdog(
         stats.clone(),
@@ -94,7 +95,7 @@ pub async fn start(
     config: Config,
     venue: Arc<dyn Venue>,
     shutdown: CancellationToken,
-) -> anyhow::Result<(Arc<Store>, RunStats, TaskTracker)> {
+) -> anyhow::Result<(Arc<Store>, Arc<RunStats>, TaskTracker)> {
     // reqwest and tungstenite use rustls without a built-in provider choice: pick ring once
     let _ = rustls::crypto::ring::default_provider().install_default();
     let config = Arc::new(config);
@@ -113,11 +114,19 @@ pub async fn start(
         .discard_unfinished()
         .with_context(|| format!("cleaning the spool in {}", spool_dir.display()))?;
 
+    let exporter = if config.metrics.listen.is_empty() {
+        None
+    } else {
+        Some(crate::ops::metrics::Exporter::new().context("setting up metrics")?)
+    };
     let (tx, rx) = mpsc::channel(config.writer.queue_capacity);
     let mut stats = RunStats {
         queue: Some(tx.downgrade()),
         ..RunStats::default()
     };
+    if let Some(e) = &exporter {
+        let _ = stats.writer.histograms.set(e.write_histograms());
+    }
     let tasks = TaskTracker::new();
     let workers = TaskTracker::new();
     let deadline = Arc::new(deadline::Deadline::default());
@@ -143,12 +152,14 @@ pub async fn start(
     .await
     .context("reading where the stored streams end")?;
     let marks = Arc::new(marks);
+    // one client for every REST call: one request budget per venue
+    let client = Arc::new(
+        rest::RestClient::new(&config.venue.rest_url, &config.backfill)
+            .map_err(|e| anyhow::anyhow!("REST client: {e}"))?,
+    );
+    stats.rest = Some(client.stats.clone());
     let backfill_tx = if config.backfill.enabled {
-        let client = Arc::new(
-            rest::RestClient::new(&config.venue.rest_url, &config.backfill)
-                .map_err(|e| anyhow::anyhow!("REST client: {e}"))?,
-        );
-        stats.rest = Some(client.stats.clone());
+        let client = client.clone();
         let (btx, brx) = mpsc::unbounded_channel();
         if !leftovers.is_empty() {
             tracing::info!(
@@ -202,9 +213,14 @@ pub async fn start(
         });
     }
     {
-        let (venue, config, tx) = (venue.clone(), config.clone(), tx.clone());
+        let (venue, config, tx, stop) =
+            (venue.clone(), config.clone(), tx.clone(), shutdown.clone());
+        // a listing still retrying at shutdown must not hold the writer's queue open
         workers.spawn(async move {
-            markets::sync(&venue, &config, &tx).await;
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = markets::sync(&venue, &config, &client, &tx) => {}
+            }
         });
     }
     // The writer ends when the last sender (held by the workers) is dropped, so it drains
@@ -226,5 +242,19 @@ pub async fn start(
         .await;
         workers.wait().await;
     });
+    let stats = Arc::new(stats);
+    if let Some(exporter) = exporter {
+        let addr = crate::ops::metrics::serve(
+            &config.metrics.listen,
+            exporter,
+            stats.clone(),
+            config.clone(),
+            store.clone(),
+            shutdown.clone(),
+            &tasks,
+        )
+        .await?;
+        let _ = stats.metrics_addr.set(addr);
+    }
     Ok((store, stats, tasks))
 }

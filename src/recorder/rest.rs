@@ -15,6 +15,22 @@ pub struct RestStats {
     pub ok: AtomicU64,
     pub throttled: AtomicU64,
     pub failed: AtomicU64,
+    /// Attempts per (endpoint path, outcome): ok, throttled, http_error, transport_error,
+    /// bad_body (a 200 whose body was an error envelope or malformed).
+    pub by_endpoint: std::sync::Mutex<std::collections::BTreeMap<(String, &'static str), u64>>,
+}
+
+impl RestStats {
+    /// Counts one attempt's outcome for `path` (its query string dropped).
+    pub fn outcome(&self, path: &str, outcome: &'static str) {
+        let endpoint = path.split('?').next().unwrap_or(path).to_string();
+        *self
+            .by_endpoint
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((endpoint, outcome))
+            .or_insert(0) += 1;
+    }
 }
 
 pub struct RestClient {
@@ -62,24 +78,36 @@ impl RestClient {
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.trim().parse::<u64>().ok())
                         .map(Duration::from_secs);
-                    let body = resp.text().await.unwrap_or_default();
-                    if status.is_success() {
-                        self.stats.ok.fetch_add(1, Ordering::Relaxed);
-                        return Ok(body);
+                    match resp.text().await {
+                        Ok(body) if status.is_success() => {
+                            self.stats.ok.fetch_add(1, Ordering::Relaxed);
+                            self.stats.outcome(path, "ok");
+                            return Ok(body);
+                        }
+                        Ok(body) => {
+                            let snippet: String = body.chars().take(80).collect();
+                            last = format!("HTTP {status}: {snippet}");
+                        }
+                        Err(e) => last = format!("HTTP {status}, body unreadable: {e}"),
                     }
-                    let snippet: String = body.chars().take(80).collect();
-                    last = format!("HTTP {status}: {snippet}");
                     if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
                         self.stats.throttled.fetch_add(1, Ordering::Relaxed);
+                        self.stats.outcome(path, "throttled");
                         retry_after
                             .unwrap_or_else(|| delays.next().unwrap_or(Duration::from_secs(30)))
+                    } else if status.is_success() {
+                        self.stats.outcome(path, "transport_error");
+                        delays.next().unwrap_or(Duration::from_secs(30))
                     } else if status.is_server_error() {
+                        self.stats.outcome(path, "http_error");
                         delays.next().unwrap_or(Duration::from_secs(30))
                     } else {
+                        self.stats.outcome(path, "http_error");
                         break; // 4xx other than 429: asking again will not help
                     }
                 }
                 Err(e) => {
+                    self.stats.outcome(path, "transport_error");
                     last = e.to_string();
                     delays.next().unwrap_or(Duration::from_secs(30))
                 }

@@ -1,6 +1,7 @@
 //! One websocket connection per symbol: connect, subscribe, read frames, answer pings,
 //! hand events to the writer, reconnect with backoff when the socket drops or goes silent.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -35,6 +36,43 @@ pub struct WorkerStats {
     pub restarts: AtomicU64,
     /// Subscriptions sent again because their channel fell silent.
     pub resubscribes: AtomicU64,
+    /// Wall-clock ms of the last frame that carried market data (0: none yet).
+    pub last_data_ms: std::sync::atomic::AtomicI64,
+    /// Per stream: messages (events) received and when the last one came.
+    pub channels: std::sync::Mutex<HashMap<StreamKey, ChannelStats>>,
+    /// Connections that ended (or never opened) and were retried, by reason class.
+    pub reconnects: std::sync::Mutex<BTreeMap<&'static str, u64>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ChannelStats {
+    pub messages: u64,
+    pub last: Instant,
+}
+
+impl WorkerStats {
+    fn reconnect(&self, class: &'static str) {
+        *lock(&self.reconnects).entry(class).or_insert(0) += 1;
+    }
+}
+
+/// A close reason as a short label for metrics.
+pub fn reason_class(reason: &str) -> &'static str {
+    const CLASSES: [(&str, &str); 9] = [
+        ("silent", "silence"),
+        ("read error", "read_error"),
+        ("connection ended", "cut"),
+        ("closed by venue", "closed_by_venue"),
+        ("subscribe failed", "send_error"),
+        ("resubscribe failed", "send_error"),
+        ("send failed", "send_error"),
+        ("worker panicked", "panic"),
+        ("writer stopped", "writer_stopped"),
+    ];
+    CLASSES
+        .iter()
+        .find(|(prefix, _)| reason.starts_with(prefix))
+        .map_or("other", |(_, class)| class)
 }
 
 #[derive(Clone)]
@@ -111,10 +149,12 @@ impl Worker {
                 Ok(Ok((ws, _))) => ws,
                 Ok(Err(e)) => {
                     tracing::warn!(symbol = %self.symbol, error = %e, "connect failed");
+                    self.stats.reconnect("connect_failed");
                     return End::Dropped { fresh: false };
                 }
                 Err(_) => {
                     tracing::warn!(symbol = %self.symbol, timeout_s = c.connect_timeout_s, "connect timed out");
+                    self.stats.reconnect("connect_timeout");
                     return End::Dropped { fresh: false };
                 }
             }
@@ -246,6 +286,7 @@ impl Worker {
         if shutdown {
             End::Shutdown
         } else {
+            self.stats.reconnect(reason_class(&reason));
             End::Dropped {
                 fresh: reader.fresh,
             }
@@ -360,6 +401,23 @@ impl Reader {
         };
         if !self.events.is_empty() {
             self.fresh = true;
+            w.stats
+                .last_data_ms
+                .store(crate::model::now_ms(), Ordering::Relaxed);
+            {
+                let now = Instant::now();
+                let mut channels = lock(&w.stats.channels);
+                for ev in &self.events {
+                    if let Some(key) = ev.stream() {
+                        let c = channels.entry(key).or_insert(ChannelStats {
+                            messages: 0,
+                            last: now,
+                        });
+                        c.messages += 1;
+                        c.last = now;
+                    }
+                }
+            }
             if let Some(jump) = w.marks.saw(&w.symbol, &self.events)
                 && let Some(b) = &w.backfill
                 && self
@@ -395,7 +453,7 @@ impl Reader {
     }
 }
 
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -419,6 +477,7 @@ pub async fn supervise(w: Worker) {
             Err(_) => return, // cancelled: the runtime is shutting down
         };
         w.stats.restarts.fetch_add(1, Ordering::Relaxed);
+        w.stats.reconnect("panic");
         tracing::error!(symbol = %w.symbol, error = %err, "worker panicked; restarting it");
         let open = lock(&w.current).take();
         if let Some(mut s) = open {

@@ -45,8 +45,14 @@ pub struct WriterStats {
     pub spool_files: AtomicU64,
     /// Rows lost because at the shutdown deadline neither the database nor the spool took them.
     pub dropped_rows: AtomicU64,
+    pub markets: AtomicU64,
+    pub gaps: AtomicU64,
     /// Wall-clock ms of the writer loop's last turn (the watchdog's progress signal).
     pub heartbeat_ms: std::sync::atomic::AtomicI64,
+    /// Wall-clock ms since which database writes fail (0: the last write succeeded).
+    pub failing_since_ms: std::sync::atomic::AtomicI64,
+    /// Rows per successful write and its duration in seconds (metrics; unset: not recorded).
+    pub histograms: std::sync::OnceLock<(metrics::Histogram, metrics::Histogram)>,
 }
 
 impl WriterStats {
@@ -58,6 +64,8 @@ impl WriterStats {
         add(&self.book_deltas, b.deltas.len());
         add(&self.tickers, b.tickers.len());
         add(&self.sessions, b.sessions.len());
+        add(&self.markets, b.markets.len());
+        add(&self.gaps, b.gaps.len());
         self.flushes.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -174,7 +182,8 @@ impl Writer {
         if limit.is_zero() {
             return Err("shutdown deadline reached".into());
         }
-        tokio::select! {
+        let started = Instant::now();
+        let r = tokio::select! {
             r = tokio::time::timeout(limit, self.store.write(batch)) => match r {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(e)) => Err(e.to_string()),
@@ -182,7 +191,26 @@ impl Writer {
             },
             // a write that began before shutdown must not outlive the deadline either
             _ = self.deadline.reached() => Err("shutdown deadline reached".into()),
+        };
+        let failing = &self.stats.failing_since_ms;
+        match &r {
+            Ok(()) => {
+                failing.store(0, Ordering::Relaxed);
+                if let Some((rows, seconds)) = self.stats.histograms.get() {
+                    rows.record(batch.rows() as f64);
+                    seconds.record(started.elapsed().as_secs_f64());
+                }
+            }
+            Err(_) => {
+                let _ = failing.compare_exchange(
+                    0,
+                    crate::model::now_ms(),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+            }
         }
+        r
     }
 
     fn spooling(&self) -> bool {

@@ -140,6 +140,9 @@ ticker = true
 flush_interval_ms = 50
 batch_rows = 500
 
+[metrics]
+listen = "127.0.0.1:0"
+
 {extra}
 "#,
         syms.join(", ")

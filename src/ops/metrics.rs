@@ -1,0 +1,456 @@
+//! `/metrics` (Prometheus text format) and `/healthz`, served at `[metrics] listen`.
+//!
+//! The recorder's own counters (atomics in `RunStats`) are the source of truth; at each scrape
+//! they are copied into a per-run Prometheus recorder (no global state, so several recorders
+//! can share a process, as tests do) and rendered. Only the write histograms are recorded as
+//! writes happen.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder, Unit};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::model::now_ms;
+use crate::recorder::RunStats;
+use crate::store::Store;
+use crate::store::read::on_pool;
+
+static META: Metadata<'static> = Metadata::new("mdrec", Level::INFO, Some("mdrec::ops::metrics"));
+
+const BATCH_ROWS_BUCKETS: [f64; 10] = [
+    1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+];
+const WRITE_SECONDS_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// Name, unit, help: every metric this module exports.
+const DESCRIPTIONS: [(&str, Option<Unit>, &str); 27] = [
+    (
+        "mdrec_frames_received_total",
+        None,
+        "Websocket frames read, per symbol.",
+    ),
+    (
+        "mdrec_messages_received_total",
+        None,
+        "Market-data messages decoded, per symbol and channel.",
+    ),
+    (
+        "mdrec_decode_errors_total",
+        None,
+        "Frames skipped as undecodable, per symbol and kind.",
+    ),
+    (
+        "mdrec_connects_total",
+        None,
+        "Websocket connections opened, per symbol.",
+    ),
+    (
+        "mdrec_reconnects_total",
+        None,
+        "Connections that ended or failed and were retried, per symbol and reason.",
+    ),
+    (
+        "mdrec_resubscribes_total",
+        None,
+        "Subscriptions sent again because their channel fell silent.",
+    ),
+    ("mdrec_pings_answered_total", None, "Venue pings answered."),
+    (
+        "mdrec_worker_restarts_total",
+        None,
+        "Worker tasks restarted after a panic.",
+    ),
+    (
+        "mdrec_last_message_age_seconds",
+        Some(Unit::Seconds),
+        "Seconds since the last message, per symbol and channel.",
+    ),
+    (
+        "mdrec_rows_written_total",
+        None,
+        "Rows written to the database, per table.",
+    ),
+    ("mdrec_write_batch_rows", None, "Rows per database write."),
+    (
+        "mdrec_write_duration_seconds",
+        Some(Unit::Seconds),
+        "Duration of a database write.",
+    ),
+    (
+        "mdrec_write_errors_total",
+        None,
+        "Database writes that failed or timed out.",
+    ),
+    (
+        "mdrec_database_up",
+        None,
+        "1 while database writes succeed, 0 while they fail (rows go to the spool).",
+    ),
+    (
+        "mdrec_queue_depth",
+        None,
+        "Events waiting in the writer's queue.",
+    ),
+    (
+        "mdrec_spool_bytes",
+        Some(Unit::Bytes),
+        "Bytes in the disk spool.",
+    ),
+    ("mdrec_spool_files", None, "Batches in the disk spool."),
+    (
+        "mdrec_spooled_rows_total",
+        None,
+        "Rows written to the disk spool.",
+    ),
+    (
+        "mdrec_replayed_rows_total",
+        None,
+        "Rows replayed from the spool into the database.",
+    ),
+    (
+        "mdrec_dropped_rows_total",
+        None,
+        "Rows lost at the shutdown deadline (neither stored nor spooled).",
+    ),
+    ("mdrec_gaps", None, "Rows in the gaps table, per status."),
+    (
+        "mdrec_rest_requests_total",
+        None,
+        "REST request attempts, per endpoint and outcome.",
+    ),
+    (
+        "mdrec_rest_bad_bodies_total",
+        None,
+        "REST answers with an error envelope or a malformed body, per endpoint.",
+    ),
+    (
+        "mdrec_backfill_rows_total",
+        None,
+        "Rows backfill recovered into holes, per table.",
+    ),
+    (
+        "mdrec_backfill_fetched_rows_total",
+        None,
+        "Rows backfill fetched (mostly duplicates of stored ones), per table.",
+    ),
+    (
+        "mdrec_backfill_checks_total",
+        None,
+        "Holes checked by backfill.",
+    ),
+    (
+        "mdrec_backfill_failures_total",
+        None,
+        "Backfill checks that failed and were retried.",
+    ),
+];
+
+pub struct Exporter {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+}
+
+fn key(name: &'static str, labels: &[(&'static str, &str)]) -> Key {
+    Key::from_parts(
+        name,
+        labels
+            .iter()
+            .map(|(k, v)| Label::new(*k, v.to_string()))
+            .collect::<Vec<_>>(),
+    )
+}
+
+impl Exporter {
+    pub fn new() -> anyhow::Result<Exporter> {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Full("mdrec_write_batch_rows".into()),
+                &BATCH_ROWS_BUCKETS,
+            )?
+            .set_buckets_for_metric(
+                Matcher::Full("mdrec_write_duration_seconds".into()),
+                &WRITE_SECONDS_BUCKETS,
+            )?
+            .build_recorder();
+        for (name, unit, help) in DESCRIPTIONS {
+            let n = name.into();
+            if name.ends_with("_total") {
+                recorder.describe_counter(n, unit, help.into());
+            } else if name.starts_with("mdrec_write_") {
+                recorder.describe_histogram(n, unit, help.into());
+            } else {
+                recorder.describe_gauge(n, unit, help.into());
+            }
+        }
+        let handle = recorder.handle();
+        Ok(Exporter { recorder, handle })
+    }
+
+    fn counter(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Counter {
+        self.recorder.register_counter(&key(name, labels), &META)
+    }
+
+    fn gauge(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Gauge {
+        self.recorder.register_gauge(&key(name, labels), &META)
+    }
+
+    /// Handles the writer records each write into: rows, seconds.
+    pub fn write_histograms(&self) -> (Histogram, Histogram) {
+        (
+            self.recorder
+                .register_histogram(&key("mdrec_write_batch_rows", &[]), &META),
+            self.recorder
+                .register_histogram(&key("mdrec_write_duration_seconds", &[]), &META),
+        )
+    }
+
+    /// Copies the run's counters in and renders the Prometheus text.
+    pub async fn render(&self, stats: &RunStats, store: &Store) -> String {
+        let c =
+            |name, labels: &[(&'static str, &str)], v: u64| self.counter(name, labels).absolute(v);
+        let g = |name, labels: &[(&'static str, &str)], v: f64| self.gauge(name, labels).set(v);
+        for (symbol, w) in &stats.workers {
+            let s = [("symbol", symbol.as_str())];
+            let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+            c("mdrec_frames_received_total", &s, load(&w.frames));
+            c("mdrec_connects_total", &s, load(&w.connects));
+            c("mdrec_resubscribes_total", &s, load(&w.resubscribes));
+            c("mdrec_pings_answered_total", &s, load(&w.pings_answered));
+            c("mdrec_worker_restarts_total", &s, load(&w.restarts));
+            for (kind, n) in crate::venue::DecodeError::KINDS
+                .iter()
+                .zip(&w.decode_errors_by_kind)
+            {
+                c(
+                    "mdrec_decode_errors_total",
+                    &[("symbol", symbol), ("kind", kind)],
+                    load(n),
+                );
+            }
+            let channels: Vec<_> = crate::recorder::worker::lock(&w.channels)
+                .iter()
+                .map(|(k, v)| (k.name(), *v))
+                .collect();
+            for (channel, st) in channels {
+                let l = [("symbol", symbol.as_str()), ("channel", channel.as_str())];
+                c("mdrec_messages_received_total", &l, st.messages);
+                g(
+                    "mdrec_last_message_age_seconds",
+                    &l,
+                    st.last.elapsed().as_secs_f64(),
+                );
+            }
+            let reconnects: Vec<_> = crate::recorder::worker::lock(&w.reconnects)
+                .iter()
+                .map(|(k, v)| (*k, *v))
+                .collect();
+            for (reason, n) in reconnects {
+                c(
+                    "mdrec_reconnects_total",
+                    &[("symbol", symbol), ("reason", reason)],
+                    n,
+                );
+            }
+        }
+        let wr = &stats.writer;
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        for (table, n) in [
+            ("trades", &wr.trades),
+            ("klines", &wr.klines),
+            ("book_snapshots", &wr.book_snapshots),
+            ("book_deltas", &wr.book_deltas),
+            ("tickers", &wr.tickers),
+            ("sessions", &wr.sessions),
+            ("markets", &wr.markets),
+            ("gaps", &wr.gaps),
+        ] {
+            c("mdrec_rows_written_total", &[("table", table)], load(n));
+        }
+        c("mdrec_write_errors_total", &[], load(&wr.flush_errors));
+        c("mdrec_spooled_rows_total", &[], load(&wr.spooled_rows));
+        c("mdrec_replayed_rows_total", &[], load(&wr.replayed_rows));
+        c("mdrec_dropped_rows_total", &[], load(&wr.dropped_rows));
+        g("mdrec_spool_bytes", &[], load(&wr.spool_bytes) as f64);
+        g("mdrec_spool_files", &[], load(&wr.spool_files) as f64);
+        let up = wr.failing_since_ms.load(Ordering::Relaxed) == 0;
+        g("mdrec_database_up", &[], if up { 1.0 } else { 0.0 });
+        g("mdrec_queue_depth", &[], stats.queue_depth() as f64);
+        let b = &stats.backfill;
+        c("mdrec_backfill_checks_total", &[], load(&b.runs));
+        c("mdrec_backfill_failures_total", &[], load(&b.failures));
+        c(
+            "mdrec_backfill_rows_total",
+            &[("table", "trades")],
+            load(&b.trades_recovered),
+        );
+        c(
+            "mdrec_backfill_rows_total",
+            &[("table", "klines")],
+            load(&b.bars_recovered),
+        );
+        c(
+            "mdrec_backfill_fetched_rows_total",
+            &[("table", "trades")],
+            load(&b.trades_fetched),
+        );
+        if let Some(rest) = &stats.rest {
+            let by: Vec<_> = rest
+                .by_endpoint
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect();
+            for ((endpoint, outcome), n) in by {
+                if outcome == "bad_body" {
+                    c("mdrec_rest_bad_bodies_total", &[("endpoint", &endpoint)], n);
+                } else {
+                    c(
+                        "mdrec_rest_requests_total",
+                        &[("endpoint", &endpoint), ("outcome", outcome)],
+                        n,
+                    );
+                }
+            }
+        }
+        // gaps by status: the table is small and indexed by its key; a slow database must
+        // not hold the scrape
+        let sql = "SELECT status, COUNT(*) FROM gaps GROUP BY status";
+        let counts = tokio::time::timeout(Duration::from_secs(1), async {
+            on_pool!(store, p => sqlx::query_as::<_, (String, i64)>(sql).fetch_all(p).await)
+        })
+        .await;
+        if let Ok(Ok(rows)) = counts {
+            for status in ["open", "filled", "unrecoverable"] {
+                let n = rows.iter().find(|r| r.0 == status).map_or(0, |r| r.1);
+                g("mdrec_gaps", &[("status", status)], n as f64);
+            }
+        }
+        self.handle.run_upkeep();
+        self.handle.render()
+    }
+}
+
+/// What `/healthz` found.
+#[derive(Debug, serde::Serialize)]
+pub struct Health {
+    pub healthy: bool,
+    pub problems: Vec<String>,
+    /// Per configured symbol: seconds since its last market data (None: none yet).
+    pub last_data_s: std::collections::BTreeMap<String, Option<f64>>,
+}
+
+/// Healthy when database writes succeed and every configured symbol received data within
+/// its silence timeout.
+pub fn health(stats: &RunStats, config: &Config) -> Health {
+    let now = now_ms();
+    let mut problems = Vec::new();
+    let failing = stats.writer.failing_since_ms.load(Ordering::Relaxed);
+    if failing != 0 {
+        problems.push(format!(
+            "database: writes failing for {:.1} s (rows go to the spool)",
+            (now - failing) as f64 / 1000.0
+        ));
+    }
+    let limit = config.connection.silence_timeout().as_secs_f64();
+    let mut last_data_s = std::collections::BTreeMap::new();
+    for symbol in &config.record.symbols {
+        let last = stats
+            .workers
+            .get(symbol)
+            .map(|w| w.last_data_ms.load(Ordering::Relaxed))
+            .filter(|&t| t > 0);
+        let age = last.map(|t| (now - t).max(0) as f64 / 1000.0);
+        match age {
+            None => problems.push(format!("{symbol}: no market data received yet")),
+            Some(a) if a > limit => problems.push(format!(
+                "{symbol}: no market data for {a:.1} s (silence timeout {limit:.0} s)"
+            )),
+            Some(_) => {}
+        }
+        last_data_s.insert(symbol.clone(), age);
+    }
+    Health {
+        healthy: problems.is_empty(),
+        problems,
+        last_data_s,
+    }
+}
+
+struct Ctx {
+    exporter: Exporter,
+    stats: Arc<RunStats>,
+    config: Arc<Config>,
+    store: Arc<Store>,
+}
+
+async fn metrics(State(ctx): State<Arc<Ctx>>) -> Response {
+    let body = ctx.exporter.render(&ctx.stats, &ctx.store).await;
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+async fn healthz(State(ctx): State<Arc<Ctx>>) -> Response {
+    let h = health(&ctx.stats, &ctx.config);
+    let status = if h.healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(h)).into_response()
+}
+
+/// Binds `listen` and serves until `shutdown`; returns the bound address.
+pub async fn serve(
+    listen: &str,
+    exporter: Exporter,
+    stats: Arc<RunStats>,
+    config: Arc<Config>,
+    store: Arc<Store>,
+    shutdown: CancellationToken,
+    tasks: &tokio_util::task::TaskTracker,
+) -> anyhow::Result<SocketAddr> {
+    use anyhow::Context;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding the metrics listener on {listen}"))?;
+    let addr = listener.local_addr()?;
+    let ctx = Arc::new(Ctx {
+        exporter,
+        stats,
+        config,
+        store,
+    });
+    let app = axum::Router::new()
+        .route("/metrics", axum::routing::get(metrics))
+        .route("/healthz", axum::routing::get(healthz))
+        .with_state(ctx);
+    tasks.spawn(async move {
+        let r = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "metrics server stopped");
+        }
+    });
+    tracing::info!(%addr, "serving /metrics and /healthz");
+    Ok(addr)
+}
