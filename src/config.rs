@@ -7,7 +7,7 @@ use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Environment variable that overrides `database.url` (keeps passwords out of the config file).
 pub const DATABASE_URL_ENV: &str = "MDREC_DATABASE_URL";
@@ -33,7 +33,7 @@ impl ConfigError {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub venue: VenueConfig,
@@ -54,7 +54,7 @@ pub struct Config {
     pub backfill: BackfillConfig,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackfillConfig {
     /// Fetch the venue's recent trades over REST at every (re)connect, to fill what the
@@ -102,7 +102,7 @@ impl Default for BackfillConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShutdownConfig {
     /// From SIGTERM to exit at most this long: close handshakes and last writes shrink to fit;
@@ -124,7 +124,7 @@ impl Default for ShutdownConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct VenueConfig {
     #[serde(default = "default_kind")]
@@ -145,10 +145,11 @@ fn default_rest_url() -> String {
     "https://api.crypto.com".into()
 }
 
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
-    #[serde(default = "default_db_url")]
+    /// Printed with any password masked.
+    #[serde(default = "default_db_url", serialize_with = "masked_url")]
     pub url: String,
 }
 
@@ -172,6 +173,19 @@ impl fmt::Debug for DatabaseConfig {
     }
 }
 
+fn masked_url<S: Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&redact_url(url))
+}
+
+impl Serialize for DepthSetting {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            DepthSetting::Off => s.serialize_bool(false),
+            DepthSetting::Step(n) => s.serialize_str(&format!("step{n}")),
+        }
+    }
+}
+
 /// The URL with any password replaced, for logs and `Debug`.
 pub fn redact_url(raw: &str) -> String {
     match url::Url::parse(raw) {
@@ -184,7 +198,7 @@ pub fn redact_url(raw: &str) -> String {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RecordConfig {
     pub symbols: Vec<String>,
@@ -244,7 +258,7 @@ impl<'de> Deserialize<'de> for DepthSetting {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectionConfig {
     /// A socket silent this long (data and pings both count) is reopened.
@@ -318,7 +332,7 @@ impl ConnectionConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WriterConfig {
     /// Flush when this many rows are buffered.
@@ -373,7 +387,7 @@ impl Default for WriterConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
     /// Address of `/metrics` and `/healthz`; empty turns the server off.
@@ -393,14 +407,14 @@ impl Default for MetricsConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     #[serde(default)]
     pub format: LogFormat,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     #[default]

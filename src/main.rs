@@ -72,6 +72,12 @@ enum Cmd {
         #[arg(short, long, default_value = "/etc/mdrec/mdrec.toml")]
         config: PathBuf,
     },
+    /// Validate a configuration and print it resolved (defaults filled, secrets masked);
+    /// exit 2 naming the key when it is invalid.
+    CheckConfig {
+        #[arg(short, long, default_value = "/etc/mdrec/mdrec.toml")]
+        config: PathBuf,
+    },
     /// Per symbol and stream: first and last time, rows, holes by status with bounds, and the
     /// share of the window a socket was live.
     Coverage {
@@ -104,15 +110,16 @@ fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     let config = match &cli.cmd {
-        Cmd::Run { config } | Cmd::Migrate { config } | Cmd::Coverage { config, .. } => {
-            match Config::load(config) {
-                Ok(c) => Some(c),
-                Err(e) => {
-                    eprintln!("mdrec: {e}");
-                    return ExitCode::from(2);
-                }
+        Cmd::Run { config }
+        | Cmd::Migrate { config }
+        | Cmd::CheckConfig { config }
+        | Cmd::Coverage { config, .. } => match Config::load(config) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("mdrec: {e}");
+                return ExitCode::from(2);
             }
-        }
+        },
         _ => None,
     };
     init_logging(config.as_ref().map(|c| c.log.format).unwrap_or_default());
@@ -185,6 +192,20 @@ async fn run(cmd: Cmd, config: Option<Config>) -> anyhow::Result<()> {
                 "migrations applied to {}",
                 mdrec::config::redact_url(&config.database.url)
             );
+            Ok(())
+        }
+        Cmd::CheckConfig { config: path } => {
+            let config = config.context("no configuration")?;
+            let text = toml::to_string(&config).context("printing the configuration")?;
+            println!("# {}: valid", path.display());
+            if std::env::var_os(mdrec::config::DATABASE_URL_ENV).is_some() {
+                println!(
+                    "# [database] url comes from {}",
+                    mdrec::config::DATABASE_URL_ENV
+                );
+            }
+            println!("# spool directory: {}", config.spool_dir().display());
+            print!("{text}");
             Ok(())
         }
         Cmd::Coverage {

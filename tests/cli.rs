@@ -81,7 +81,7 @@ async fn bad_config_exits_2_naming_the_key() {
     ];
     for (i, (text, key)) in cases.iter().enumerate() {
         let path = write(dir.path(), &format!("bad{i}.toml"), text);
-        for sub in ["run", "migrate"] {
+        for sub in ["run", "migrate", "check-config"] {
             let out = mdrec(&[sub, "-c", path.to_str().unwrap()], &[]).await;
             let err = String::from_utf8_lossy(&out.stderr);
             assert_eq!(out.status.code(), Some(2), "{sub} {key}: {err}");
@@ -95,6 +95,41 @@ async fn bad_config_exits_2_naming_the_key() {
     assert_eq!(out.status.code(), Some(2));
     let out = mdrec(&["frobnicate"], &[]).await;
     assert_eq!(out.status.code(), Some(2), "usage errors exit 2");
+}
+
+#[tokio::test]
+async fn check_config_prints_the_resolved_config_with_secrets_masked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "c.toml",
+        &config_text("ws://127.0.0.1:1/ws", "http://127.0.0.1:1", "sqlite://x.db"),
+    );
+    let out = mdrec(
+        &["check-config", "-c", path.to_str().unwrap()],
+        &[(
+            "MDREC_DATABASE_URL",
+            "postgres://rec:hunter2@db.example/mdrec",
+        )],
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(!text.contains("hunter2"), "password printed: {text}");
+    assert!(
+        text.contains("url = \"postgres://rec:****@db.example/mdrec\""),
+        "{text}"
+    );
+    // defaults are filled in, and the output is a config mdrec accepts again
+    assert!(text.contains("audit_interval_s = 300"), "{text}");
+    let again = write(dir.path(), "again.toml", &text.replace("****", "pw"));
+    let out = mdrec(&["check-config", "-c", again.to_str().unwrap()], &[]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test]
