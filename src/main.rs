@@ -18,8 +18,17 @@ use mdrec::sim::{self, Compression, DepthMode, NumberStyle, SimConfig};
     about = "Market-data recorder: exchange streams into SQLite or PostgreSQL"
 )]
 struct Cli {
+    /// Log format; overrides `[log] format`.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormatArg>,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormatArg {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -122,7 +131,12 @@ fn main() -> ExitCode {
         },
         _ => None,
     };
-    init_logging(config.as_ref().map(|c| c.log.format).unwrap_or_default());
+    let format = match cli.log_format {
+        Some(LogFormatArg::Text) => LogFormat::Text,
+        Some(LogFormatArg::Json) => LogFormat::Json,
+        None => config.as_ref().map(|c| c.log.format).unwrap_or_default(),
+    };
+    init_logging(format);
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

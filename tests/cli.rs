@@ -266,3 +266,81 @@ async fn demo_records_trades_klines_and_books() {
         assert!(n > 0, "{table} is empty:\n{stdout}");
     }
 }
+
+/// `--log-format json`: every line is a JSON object; one info line per connect and per
+/// disconnect (with its reason), none per message; the database password never appears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_name_connects_and_never_the_password() {
+    let Some(db) = common::PgDb::create().await else {
+        return;
+    };
+    // trust authentication ignores the password, so the recorder connects with it
+    let secret_url = db.url.replacen("postgres@", "postgres:hunter2@", 1);
+    assert!(secret_url.contains("hunter2"));
+    let sim = sim::start(SimConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "c.toml",
+        &config_text(&sim.ws_url(), &sim.rest_url(), "sqlite://unused.db"),
+    );
+    let child = tokio::process::Command::new(BIN)
+        .args(["--log-format", "json", "run", "-c", path.to_str().unwrap()])
+        .env("MDREC_DATABASE_URL", &secret_url)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    common::wait_for("trades delivered", Duration::from_secs(30), || async {
+        ["btcusdt", "ethusdt"]
+            .iter()
+            .all(|s| sim.delivered(s).len() >= 200)
+    })
+    .await;
+    let pid = child.id().expect("child pid").to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("exits after SIGTERM")
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("hunter2"),
+        "password in the logs:\n{stderr}"
+    );
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let message = |l: &serde_json::Value| l["fields"]["message"].as_str().unwrap_or("").to_string();
+    let connects = lines.iter().filter(|l| message(l) == "connected").count();
+    let disconnects: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| message(l) == "disconnected")
+        .collect();
+    assert_eq!(connects, 2, "one line per connect:\n{stderr}");
+    assert_eq!(disconnects.len(), 2);
+    assert!(
+        disconnects
+            .iter()
+            .all(|l| l["fields"]["reason"] == "shutdown")
+    );
+    assert!(
+        lines.iter().any(|l| message(l) == "database ready"
+            && l["fields"]["database"]
+                .as_str()
+                .is_some_and(|d| d.contains("****"))),
+        "the database is named, masked:\n{stderr}"
+    );
+    // hundreds of trades recorded, a handful of lines
+    assert!(lines.len() < 40, "{} log lines:\n{stderr}", lines.len());
+    sim.shutdown().await;
+    db.drop_db().await;
+}

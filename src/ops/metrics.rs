@@ -454,3 +454,76 @@ pub async fn serve(
     tracing::info!(%addr, "serving /metrics and /healthz");
     Ok(addr)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(symbols: &[&str]) -> Config {
+        let list: Vec<String> = symbols.iter().map(|s| format!("{s:?}")).collect();
+        let c = Config::parse(&format!(
+            "[venue]\n[record]\nsymbols = [{}]\n[connection]\nsilence_timeout_s = 10\n",
+            list.join(", ")
+        ))
+        .unwrap();
+        c.validate().unwrap();
+        c
+    }
+
+    #[test]
+    fn health_needs_database_writes_and_fresh_data_for_every_symbol() {
+        let cfg = config(&["btcusdt", "ethusdt"]);
+        let mut stats = RunStats::default();
+        for s in ["btcusdt", "ethusdt"] {
+            stats.workers.insert(s.into(), Arc::default());
+        }
+        let h = health(&stats, &cfg);
+        assert!(!h.healthy);
+        assert_eq!(h.problems.len(), 2, "no data yet: {:?}", h.problems);
+        for w in stats.workers.values() {
+            w.last_data_ms.store(now_ms() - 2_000, Ordering::Relaxed);
+        }
+        assert!(health(&stats, &cfg).healthy);
+        stats.workers["ethusdt"]
+            .last_data_ms
+            .store(now_ms() - 11_000, Ordering::Relaxed);
+        let h = health(&stats, &cfg);
+        assert_eq!(h.problems.len(), 1);
+        assert!(
+            h.problems[0].starts_with("ethusdt: no market data for 11"),
+            "{:?}",
+            h.problems
+        );
+        stats.workers["ethusdt"]
+            .last_data_ms
+            .store(now_ms(), Ordering::Relaxed);
+        stats
+            .writer
+            .failing_since_ms
+            .store(now_ms() - 3_000, Ordering::Relaxed);
+        let h = health(&stats, &cfg);
+        assert!(!h.healthy);
+        assert!(
+            h.problems[0].starts_with("database: writes failing"),
+            "{:?}",
+            h.problems
+        );
+    }
+
+    #[test]
+    fn every_exported_name_follows_prometheus_conventions() {
+        for (name, unit, _) in DESCRIPTIONS {
+            assert!(name.starts_with("mdrec_"), "{name}");
+            assert!(
+                name.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+                "{name}"
+            );
+            if unit == Some(Unit::Seconds) {
+                assert!(name.ends_with("_seconds"), "{name}");
+            }
+            if unit == Some(Unit::Bytes) {
+                assert!(name.ends_with("_bytes"), "{name}");
+            }
+        }
+    }
+}
