@@ -797,6 +797,26 @@ async fn sqlite_rest_errors_keep_the_hole_open_until_rest_answers() {
     )
     .await;
     assert!(run.stats.backfill.failures.load(Ordering::Relaxed) >= 1);
+    // the error envelopes are counted per endpoint (the metrics' REST outcomes)
+    let by = run
+        .stats
+        .rest
+        .as_ref()
+        .unwrap()
+        .by_endpoint
+        .lock()
+        .unwrap()
+        .clone();
+    assert!(
+        by.get(&("/v1/trades".to_string(), "bad_body"))
+            .is_some_and(|n| *n >= 1),
+        "{by:?}"
+    );
+    assert!(
+        by.get(&("/v1/trades".to_string(), "ok"))
+            .is_some_and(|n| *n >= 1),
+        "{by:?}"
+    );
     // the sockets keep recording while REST fails
     let delivered: usize = SYMBOLS.iter().map(|s| sim.delivered(s).len()).sum();
     wait_for(
