@@ -211,6 +211,10 @@ pub struct RecordConfig {
     /// Book levels per side asked for in the depth subscription.
     #[serde(default = "default_depth_levels")]
     pub depth_levels: u32,
+    /// Do not store a full book identical to the previous one on the same connection (venues
+    /// resend unchanged books every few seconds).
+    #[serde(default = "yes")]
+    pub depth_dedupe: bool,
     #[serde(default)]
     pub ticker: bool,
 }

@@ -36,6 +36,8 @@ pub struct WorkerStats {
     pub restarts: AtomicU64,
     /// Subscriptions sent again because their channel fell silent.
     pub resubscribes: AtomicU64,
+    /// Full books not stored because they equal the previous one (`depth_dedupe`).
+    pub books_deduped: AtomicU64,
     /// Wall-clock ms of the last frame that carried market data (0: none yet).
     pub last_data_ms: std::sync::atomic::AtomicI64,
     /// Per stream: messages (events) received and when the last one came.
@@ -183,6 +185,7 @@ impl Worker {
 
         let mut reader = Reader {
             backfill_asked: false,
+            last_books: HashMap::new(),
             last_jump_check: None,
             channels: Vec::new(),
             decoder: self.venue.session(self.symbol.clone(), c.max_frame_bytes),
@@ -304,6 +307,8 @@ struct ChannelSeen {
 struct Reader {
     /// Set once this connection asked for a REST backfill (at its first frame).
     backfill_asked: bool,
+    /// Per depth step: the last full book stored on this connection (for `depth_dedupe`).
+    last_books: HashMap<i16, (Vec<crate::model::Level>, Vec<crate::model::Level>)>,
     last_jump_check: Option<Instant>,
     channels: Vec<ChannelSeen>,
     decoder: Box<dyn VenueSession>,
@@ -443,6 +448,28 @@ impl Reader {
             w.stats
                 .events
                 .fetch_add(self.events.len() as u64, Ordering::Relaxed);
+            if w.config.record.depth_dedupe {
+                let books = &mut self.last_books;
+                self.events.retain(|ev| match ev {
+                    Event::BookSnapshot(b) => match books.get(&b.depth_step) {
+                        Some((bids, asks)) if *bids == b.bids && *asks == b.asks => {
+                            w.stats.books_deduped.fetch_add(1, Ordering::Relaxed);
+                            false
+                        }
+                        _ => {
+                            books.insert(b.depth_step, (b.bids.clone(), b.asks.clone()));
+                            true
+                        }
+                    },
+                    // after a delta the book differs from the last snapshot stored
+                    Event::BookDelta(d) => {
+                        books.remove(&d.depth_step);
+                        true
+                    }
+                    _ => true,
+                });
+            }
+            // a resent, unchanged book still proved the channel alive (counted above)
             for ev in self.events.drain(..) {
                 if w.tx.send(ev).await.is_err() {
                     return Handled::WriterGone;
