@@ -349,6 +349,58 @@ pub fn render(c: &Coverage) -> String {
     s
 }
 
+/// `mdrec book --json`: the top `depth` levels per side as exact strings.
+pub fn book_json(b: &crate::model::BookSnapshot, depth: usize) -> serde_json::Value {
+    let side = |v: &[(crate::decimal::Dec, crate::decimal::Dec)]| -> Vec<[String; 2]> {
+        v.iter()
+            .take(depth)
+            .map(|(p, q)| [p.to_string(), q.to_string()])
+            .collect()
+    };
+    serde_json::json!({
+        "symbol": &*b.symbol,
+        "depth_step": b.depth_step,
+        "event_time_ms": b.event_time_ms,
+        "event_time": format_time(b.event_time_ms),
+        "recv_time_us": b.recv_time_us,
+        "bids": side(&b.bids),
+        "asks": side(&b.asks),
+    })
+}
+
+/// `mdrec book`: bids and asks side by side, best first.
+pub fn render_book(b: &crate::model::BookSnapshot, depth: usize) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{} step {} as of {} (exchange time; last row received {})",
+        b.symbol,
+        b.depth_step,
+        format_time(b.event_time_ms),
+        format_time(b.recv_time_us / 1000)
+    );
+    let _ = writeln!(
+        s,
+        "{:>18} {:>22}  |  {:<22} ask qty",
+        "bid qty", "bid", "ask"
+    );
+    for i in 0..depth.min(b.bids.len().max(b.asks.len())) {
+        let (bp, bq) = b
+            .bids
+            .get(i)
+            .map(|(p, q)| (p.to_string(), q.to_string()))
+            .unwrap_or_default();
+        let (ap, aq) = b
+            .asks
+            .get(i)
+            .map(|(p, q)| (p.to_string(), q.to_string()))
+            .unwrap_or_default();
+        let line = format!("{bq:>18} {bp:>22}  |  {ap:<22} {aq}");
+        let _ = writeln!(s, "{}", line.trim_end());
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -81,6 +81,26 @@ enum Cmd {
         #[arg(short, long, default_value = "/etc/mdrec/mdrec.toml")]
         config: PathBuf,
     },
+    /// The order book of a symbol as it stood at a time, rebuilt from stored snapshots and
+    /// deltas.
+    Book {
+        #[arg(short, long, default_value = "/etc/mdrec/mdrec.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        symbol: String,
+        /// Exchange time: RFC 3339 or epoch ms (default: the newest book).
+        #[arg(long, value_parser = mdrec::coverage::parse_time)]
+        at: Option<i64>,
+        /// Levels per side to print.
+        #[arg(long, default_value_t = 10)]
+        depth: usize,
+        /// Depth step (0 = full precision).
+        #[arg(long, default_value_t = 0)]
+        step: i16,
+        /// JSON for scripts instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate a configuration and print it resolved (defaults filled, secrets masked);
     /// exit 2 naming the key when it is invalid.
     CheckConfig {
@@ -122,6 +142,7 @@ fn main() -> ExitCode {
         Cmd::Run { config }
         | Cmd::Migrate { config }
         | Cmd::CheckConfig { config }
+        | Cmd::Book { config, .. }
         | Cmd::Coverage { config, .. } => match Config::load(config) {
             Ok(c) => Some(c),
             Err(e) => {
@@ -206,6 +227,41 @@ async fn run(cmd: Cmd, config: Option<Config>) -> anyhow::Result<()> {
                 "migrations applied to {}",
                 mdrec::config::redact_url(&config.database.url)
             );
+            Ok(())
+        }
+        Cmd::Book {
+            symbol,
+            at,
+            depth,
+            step,
+            json,
+            ..
+        } => {
+            let config = config.context("no configuration")?;
+            let venue = mdrec::venue::venue_for(&config.venue.kind)
+                .context("unknown venue kind")?
+                .name();
+            let store = mdrec::store::Store::connect(&config.database.url)
+                .await
+                .with_context(|| {
+                    format!(
+                        "opening database {}",
+                        mdrec::config::redact_url(&config.database.url)
+                    )
+                })?;
+            let book = store.load_book(venue, &symbol, step, at).await?;
+            store.close().await;
+            let Some(book) = book else {
+                anyhow::bail!("no {symbol} book stored at or before that time (step {step})");
+            };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&mdrec::coverage::book_json(&book, depth))?
+                );
+            } else {
+                print!("{}", mdrec::coverage::render_book(&book, depth));
+            }
             Ok(())
         }
         Cmd::CheckConfig { config: path } => {

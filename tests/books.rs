@@ -105,3 +105,151 @@ async fn identical_consecutive_books_are_stored_once() {
          off {stored_all} stored, {repeats_all} of them repeats"
     );
 }
+
+/// Event times at which the stored book changed, for btcusdt.
+async fn change_times(store: &Store) -> Vec<i64> {
+    let sql = "SELECT event_time_ms FROM book_snapshots WHERE symbol = 'btcusdt' \
+               UNION SELECT event_time_ms FROM book_deltas WHERE symbol = 'btcusdt' ORDER BY 1";
+    match store {
+        Store::Sqlite(s) => sqlx::query_scalar(sql).fetch_all(s.pool()).await,
+        Store::Postgres(s) => sqlx::query_scalar(sql).fetch_all(s.pool()).await,
+    }
+    .unwrap()
+}
+
+async fn book_at_matches_the_venue(db: &str, mode: sim::DepthMode) {
+    let sim = sim::start(SimConfig {
+        seed: 83,
+        depth_mode: mode,
+        book_history: true,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let cfg = recorder_config(&sim.ws_url(), &sim.rest_url(), db, &SYMBOLS, "");
+    let stop = CancellationToken::new();
+    let (_store, _stats, tasks) = mdrec::recorder::start(cfg, Arc::new(CdcV1), stop.clone())
+        .await
+        .unwrap();
+    let store = Store::connect(db).await.unwrap();
+    wait_for("books flowing", Duration::from_secs(30), || async {
+        SYMBOLS.iter().all(|s| sim.delivered(s).len() >= 100)
+    })
+    .await;
+    sim.halt();
+    wait_for("the last book stored", Duration::from_secs(30), || async {
+        let want = sim
+            .book("btcusdt", 0, 150)
+            .map(|(b, a)| (levels(&b), levels(&a)));
+        let got = store
+            .load_latest_book(NAME, "btcusdt", 0)
+            .await
+            .ok()
+            .flatten()
+            .map(|b| (b.bids, b.asks));
+        got == want
+    })
+    .await;
+    stop.cancel();
+    tasks.close();
+    tasks.wait().await;
+
+    let times = change_times(&store).await;
+    assert!(times.len() > 20, "{} book changes stored", times.len());
+    let first = times[0];
+    assert!(
+        store
+            .load_book(NAME, "btcusdt", 0, Some(first - 1))
+            .await
+            .unwrap()
+            .is_none(),
+        "nothing before the first stored book"
+    );
+    // at change times and between them, spread over the run
+    let mut checked = 0;
+    for i in (0..times.len()).step_by(times.len() / 10) {
+        for t in [times[i], times[i] + 1] {
+            let want = sim
+                .book_at("btcusdt", 0, 150, t)
+                .map(|(b, a)| (levels(&b), levels(&a)));
+            let got = store
+                .load_book(NAME, "btcusdt", 0, Some(t))
+                .await
+                .unwrap()
+                .map(|b| (b.bids, b.asks));
+            assert_eq!(got, want, "book at {t} ({mode:?})");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 20);
+    // the command line gives the same book
+    let t = times[times.len() / 2];
+    let dir = tempfile::tempdir().unwrap();
+    let cfg_path = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg_path,
+        format!("[venue]\n[database]\nurl = \"{db}\"\n[record]\nsymbols = [\"btcusdt\"]\n"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mdrec"))
+        .args(["book", "-c"])
+        .arg(&cfg_path)
+        .args(["--symbol", "btcusdt", "--depth", "150", "--json", "--at"])
+        .arg(mdrec::coverage::format_time(t))
+        .env_remove("MDREC_DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (bids, asks) = sim.book_at("btcusdt", 0, 150, t).unwrap();
+    let side = |l: &[(rust_decimal::Decimal, rust_decimal::Decimal)]| -> serde_json::Value {
+        levels(l)
+            .iter()
+            .map(|(p, q)| serde_json::json!([p.to_string(), q.to_string()]))
+            .collect()
+    };
+    assert_eq!((&v["bids"], &v["asks"]), (&side(&bids), &side(&asks)));
+    let table = std::process::Command::new(env!("CARGO_BIN_EXE_mdrec"))
+        .args(["book", "-c"])
+        .arg(&cfg_path)
+        .args(["--symbol", "btcusdt", "--depth", "3", "--at"])
+        .arg(t.to_string())
+        .env_remove("MDREC_DATABASE_URL")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.status.success() && text.lines().count() == 5,
+        "{text}"
+    );
+    eprintln!(
+        "book at {checked} times ({mode:?}) equals the venue's; mdrec book --depth 3:\n{text}"
+    );
+    store.close().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_book_at_time_full_depth() {
+    let (_dir, url) = sqlite_db();
+    book_at_matches_the_venue(&url, sim::DepthMode::Full).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_book_at_time_incremental_depth() {
+    let (_dir, url) = sqlite_db();
+    book_at_matches_the_venue(&url, sim::DepthMode::Incremental).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_book_at_time_incremental_depth() {
+    let Some(db) = common::PgDb::create().await else {
+        return;
+    };
+    book_at_matches_the_venue(&db.url, sim::DepthMode::Incremental).await;
+    db.drop_db().await;
+}

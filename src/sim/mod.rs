@@ -74,6 +74,8 @@ pub struct SimConfig {
     /// How many of the newest bars a websocket `req` can reach (live servers keep about an
     /// hour of 1min bars); None: all.
     pub history_kline_limit: Option<usize>,
+    /// Keep every book the market had, with its time, for [`SimHandle::book_at`] (tests).
+    pub book_history: bool,
     pub ws_addr: SocketAddr,
     pub rest_addr: SocketAddr,
 }
@@ -97,6 +99,7 @@ impl Default for SimConfig {
             start_halted: false,
             rest_kline_limit: 300,
             history_kline_limit: None,
+            book_history: false,
             ws_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             rest_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         }
@@ -156,6 +159,8 @@ pub struct State {
     pub withhold_trades: HashMap<String, u32>,
     /// `/v1/trades` and `/v1/klines` answer an error envelope while set.
     pub rest_errors: bool,
+    /// Per symbol, with `book_history`: (time, whole step-0 book) after every change.
+    pub book_history: HashMap<String, Vec<(i64, Arc<Book>)>>,
     clock_origin_ms: i64,
     wall_origin: std::time::Instant,
     speed: u32,
@@ -299,6 +304,17 @@ impl SimHandle {
         ))
     }
 
+    /// The book merged to `step`, top `levels`, as it stood at simulated time `t_ms`
+    /// (needs `book_history`).
+    pub fn book_at(&self, symbol: &str, step: u8, levels: usize, t_ms: i64) -> Option<Book> {
+        let st = self.state();
+        let m = st.markets.get(symbol)?;
+        let history = st.book_history.get(symbol)?;
+        let i = history.partition_point(|(t, _)| *t <= t_ms);
+        let (_, book) = history.get(i.checked_sub(1)?)?;
+        Some(market::merge_book(book, m.spec.price_scale, step, levels))
+    }
+
     pub async fn shutdown(self) {
         self.cancel.cancel();
         self.tasks.close();
@@ -333,10 +349,23 @@ pub async fn start(config: SimConfig) -> std::io::Result<SimHandle> {
         quiet: false,
         withhold_trades: HashMap::new(),
         rest_errors: false,
+        book_history: HashMap::new(),
         clock_origin_ms: crate::model::now_ms(),
         wall_origin: std::time::Instant::now(),
         speed: config.speed.max(1),
     }));
+    if config.book_history {
+        let mut st = lock(&state);
+        let now = st.now_ms();
+        let books: Vec<(String, Arc<Book>)> = st
+            .markets
+            .iter()
+            .map(|(s, m)| (s.clone(), Arc::new(m.book())))
+            .collect();
+        for (s, b) in books {
+            st.book_history.insert(s, vec![(now, b)]);
+        }
+    }
     let (running, running_rx) = watch::channel(!config.start_halted);
     let (updates, _) = broadcast::channel::<Arc<Update>>(16_384);
     let (kick, _) = watch::channel(0u64);
@@ -414,16 +443,24 @@ async fn market_loop(
             if out.trades.is_empty() && out.bars.is_empty() && out.book_changes.is_empty() {
                 continue;
             }
+            let book = Arc::new(m.book());
+            let ticker = if out.trades.is_empty() {
+                None
+            } else {
+                m.ticker.clone()
+            };
+            if config.book_history && !out.book_changes.is_empty() {
+                st.book_history
+                    .entry(s.clone())
+                    .or_default()
+                    .push((now, book.clone()));
+            }
             batch.push(Arc::new(Update {
                 seq,
                 symbol: Arc::from(s.as_str()),
                 time_ms: now,
-                book: Arc::new(m.book()),
-                ticker: if out.trades.is_empty() {
-                    None
-                } else {
-                    m.ticker.clone()
-                },
+                book,
+                ticker,
                 out,
             }));
         }

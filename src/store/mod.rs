@@ -123,9 +123,22 @@ impl Store {
         symbol: &str,
         depth_step: i16,
     ) -> Result<Option<BookSnapshot>, StoreError> {
+        self.load_book(venue, symbol, depth_step, None).await
+    }
+
+    /// The order book as it stood at exchange time `at_ms` (None: the newest): the last full
+    /// snapshot at or before it with the deltas after it applied. `event_time_ms` and
+    /// `recv_time_us` of the result are those of the last row applied.
+    pub async fn load_book(
+        &self,
+        venue: &str,
+        symbol: &str,
+        depth_step: i16,
+        at_ms: Option<i64>,
+    ) -> Result<Option<BookSnapshot>, StoreError> {
         match self {
-            Store::Sqlite(s) => s.load_latest_book(venue, symbol, depth_step).await,
-            Store::Postgres(s) => s.load_latest_book(venue, symbol, depth_step).await,
+            Store::Sqlite(s) => s.load_book(venue, symbol, depth_step, at_ms).await,
+            Store::Postgres(s) => s.load_book(venue, symbol, depth_step, at_ms).await,
         }
     }
 

@@ -319,20 +319,30 @@ impl PgStore {
             .collect()
     }
 
-    pub async fn load_latest_book(
+    /// The book at exchange time `at_ms` (None: the newest): the last snapshot at or before
+    /// it, with the deltas received after that snapshot (and before the next) up to `at_ms`.
+    pub async fn load_book(
         &self,
         venue: &str,
         symbol: &str,
         depth_step: i16,
+        at_ms: Option<i64>,
     ) -> Result<Option<BookSnapshot>, StoreError> {
         let e = StoreError::sql;
-        let Some(r) = sqlx::query(
+        let order = if at_ms.is_some() {
+            "event_time_ms DESC, recv_time_us DESC"
+        } else {
+            "recv_time_us DESC"
+        };
+        let Some(r) = sqlx::query(&format!(
             "SELECT recv_time_us, event_time_ms, bids::text AS bids, asks::text AS asks FROM book_snapshots \
-             WHERE venue = $1 AND symbol = $2 AND depth_step = $3 ORDER BY recv_time_us DESC LIMIT 1",
-        )
+             WHERE venue = $1 AND symbol = $2 AND depth_step = $3 AND event_time_ms <= $4 \
+             ORDER BY {order} LIMIT 1"
+        ))
         .bind(venue)
         .bind(symbol)
         .bind(depth_step)
+        .bind(at_ms.unwrap_or(i64::MAX))
         .fetch_optional(&self.pool)
         .await
         .map_err(e("select book_snapshots"))?
@@ -348,14 +358,29 @@ impl PgStore {
             bids: levels_from_json(r.try_get("bids").map_err(e("read snapshot"))?)?,
             asks: levels_from_json(r.try_get("asks").map_err(e("read snapshot"))?)?,
         };
-        let deltas = sqlx::query(
-            "SELECT recv_time_us, event_time_ms, side, price::text AS price, qty::text AS qty FROM book_deltas \
-             WHERE venue = $1 AND symbol = $2 AND depth_step = $3 AND recv_time_us > $4 ORDER BY recv_time_us, seq",
+        // deltas after the next snapshot belong to that snapshot
+        let next: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(recv_time_us) FROM book_snapshots \
+             WHERE venue = $1 AND symbol = $2 AND depth_step = $3 AND recv_time_us > $4",
         )
         .bind(venue)
         .bind(symbol)
         .bind(depth_step)
         .bind(book.recv_time_us)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(e("select book_snapshots"))?;
+        let deltas = sqlx::query(
+            "SELECT recv_time_us, event_time_ms, side, price::text AS price, qty::text AS qty FROM book_deltas \
+             WHERE venue = $1 AND symbol = $2 AND depth_step = $3 AND recv_time_us > $4 \
+             AND recv_time_us < $5 AND event_time_ms <= $6 ORDER BY recv_time_us, seq",
+        )
+        .bind(venue)
+        .bind(symbol)
+        .bind(depth_step)
+        .bind(book.recv_time_us)
+        .bind(next.filter(|_| at_ms.is_some()).unwrap_or(i64::MAX))
+        .bind(at_ms.unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await
         .map_err(e("select book_deltas"))?;

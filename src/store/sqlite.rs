@@ -359,20 +359,30 @@ impl SqliteStore {
             .collect()
     }
 
-    pub async fn load_latest_book(
+    /// The book at exchange time `at_ms` (None: the newest): the last snapshot at or before
+    /// it, with the deltas received after that snapshot (and before the next) up to `at_ms`.
+    pub async fn load_book(
         &self,
         venue: &str,
         symbol: &str,
         depth_step: i16,
+        at_ms: Option<i64>,
     ) -> Result<Option<BookSnapshot>, StoreError> {
         let e = StoreError::sql;
-        let Some(r) = sqlx::query(
+        let order = if at_ms.is_some() {
+            "event_time_ms DESC, recv_time_us DESC"
+        } else {
+            "recv_time_us DESC"
+        };
+        let Some(r) = sqlx::query(&format!(
             "SELECT recv_time_us, event_time_ms, bids, asks FROM book_snapshots \
-             WHERE venue = ? AND symbol = ? AND depth_step = ? ORDER BY recv_time_us DESC LIMIT 1",
-        )
+             WHERE venue = ? AND symbol = ? AND depth_step = ? AND event_time_ms <= ? \
+             ORDER BY {order} LIMIT 1"
+        ))
         .bind(venue)
         .bind(symbol)
         .bind(depth_step as i64)
+        .bind(at_ms.unwrap_or(i64::MAX))
         .fetch_optional(&self.pool)
         .await
         .map_err(e("select book_snapshots"))?
@@ -388,15 +398,29 @@ impl SqliteStore {
             bids: levels_from_json(r.try_get("bids").map_err(e("read snapshot"))?)?,
             asks: levels_from_json(r.try_get("asks").map_err(e("read snapshot"))?)?,
         };
-        let deltas = sqlx::query(
-            "SELECT recv_time_us, event_time_ms, side, price, qty, exact FROM book_deltas \
-             WHERE venue = ? AND symbol = ? AND depth_step = ? AND recv_time_us > ? \
-             ORDER BY recv_time_us, seq",
+        // deltas after the next snapshot belong to that snapshot
+        let next: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(recv_time_us) FROM book_snapshots \
+             WHERE venue = ? AND symbol = ? AND depth_step = ? AND recv_time_us > ?",
         )
         .bind(venue)
         .bind(symbol)
         .bind(depth_step as i64)
         .bind(book.recv_time_us)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(e("select book_snapshots"))?;
+        let deltas = sqlx::query(
+            "SELECT recv_time_us, event_time_ms, side, price, qty, exact FROM book_deltas \
+             WHERE venue = ? AND symbol = ? AND depth_step = ? AND recv_time_us > ? \
+             AND recv_time_us < ? AND event_time_ms <= ? ORDER BY recv_time_us, seq",
+        )
+        .bind(venue)
+        .bind(symbol)
+        .bind(depth_step as i64)
+        .bind(book.recv_time_us)
+        .bind(next.filter(|_| at_ms.is_some()).unwrap_or(i64::MAX))
+        .bind(at_ms.unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await
         .map_err(e("select book_deltas"))?;
