@@ -7,6 +7,7 @@ pub mod config;
 pub mod coverage;
 pub mod decimal;
 pub mod demo;
+pub mod export;
 pub mod model;
 pub mod ops;
 pub mod recorder;

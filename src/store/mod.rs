@@ -38,6 +38,25 @@ impl StoreError {
     }
 }
 
+/// A page of rows by time: `from_ms <= t < to_ms`, strictly after the keyset position `after`
+/// (time, id; for bars only the time counts), at most `limit` rows.
+#[derive(Debug, Clone, Copy)]
+pub struct Range {
+    pub from_ms: i64,
+    pub to_ms: i64,
+    pub after: (i64, i64),
+    pub limit: i64,
+}
+
+impl Range {
+    pub const ALL: Range = Range {
+        from_ms: i64::MIN,
+        to_ms: i64::MAX,
+        after: (i64::MIN, i64::MIN),
+        limit: i64::MAX,
+    };
+}
+
 pub enum Store {
     Sqlite(sqlite::SqliteStore),
     Postgres(postgres::PgStore),
@@ -100,6 +119,33 @@ impl Store {
         match self {
             Store::Sqlite(s) => s.load_trades(venue, symbol).await,
             Store::Postgres(s) => s.load_trades(venue, symbol).await,
+        }
+    }
+
+    /// A page of a symbol's trades by exchange time (then id).
+    pub async fn trades_page(
+        &self,
+        venue: &str,
+        symbol: &str,
+        range: &Range,
+    ) -> Result<Vec<Trade>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.trades_page(venue, symbol, range).await,
+            Store::Postgres(s) => s.trades_page(venue, symbol, range).await,
+        }
+    }
+
+    /// A page of bars by open time.
+    pub async fn klines_page(
+        &self,
+        venue: &str,
+        symbol: &str,
+        interval: &str,
+        range: &Range,
+    ) -> Result<Vec<Kline>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.klines_page(venue, symbol, interval, range).await,
+            Store::Postgres(s) => s.klines_page(venue, symbol, interval, range).await,
         }
     }
 

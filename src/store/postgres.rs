@@ -11,7 +11,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row};
 
 use super::sqlite::{parse_side, parse_source, req, static_venue};
-use super::{Batch, StoreError, apply_delta, levels_from_json, levels_to_json};
+use super::{Batch, Range, StoreError, apply_delta, levels_from_json, levels_to_json};
 use crate::decimal::Dec;
 use crate::model::{BookSide, BookSnapshot, Kline, Trade};
 
@@ -246,13 +246,42 @@ impl PgStore {
     }
 
     pub async fn load_trades(&self, venue: &str, symbol: &str) -> Result<Vec<Trade>, StoreError> {
+        self.select_trades(venue, symbol, &Range::ALL, "trade_id")
+            .await
+    }
+
+    /// Trades with `event_time_ms` in the range, after its keyset position, by time then id.
+    pub async fn trades_page(
+        &self,
+        venue: &str,
+        symbol: &str,
+        range: &Range,
+    ) -> Result<Vec<Trade>, StoreError> {
+        self.select_trades(venue, symbol, range, "event_time_ms, trade_id")
+            .await
+    }
+
+    async fn select_trades(
+        &self,
+        venue: &str,
+        symbol: &str,
+        range: &Range,
+        order: &str,
+    ) -> Result<Vec<Trade>, StoreError> {
         let e = StoreError::sql;
-        let rows = sqlx::query(
+        let rows = sqlx::query(&format!(
             "SELECT trade_id, side, price::text AS price, qty::text AS qty, quote_qty::text AS quote_qty, \
-             event_time_ms, recv_time_us, source FROM trades WHERE venue = $1 AND symbol = $2 ORDER BY trade_id",
-        )
+             event_time_ms, recv_time_us, source FROM trades WHERE venue = $1 AND symbol = $2 \
+             AND event_time_ms >= $3 AND event_time_ms < $4 AND (event_time_ms, trade_id) > ($5, $6) \
+             ORDER BY {order} LIMIT $7"
+        ))
         .bind(venue)
         .bind(symbol)
+        .bind(range.from_ms)
+        .bind(range.to_ms)
+        .bind(range.after.0)
+        .bind(range.after.1)
+        .bind(range.limit)
         .fetch_all(&self.pool)
         .await
         .map_err(e("select trades"))?;
@@ -282,15 +311,31 @@ impl PgStore {
         symbol: &str,
         interval: &str,
     ) -> Result<Vec<Kline>, StoreError> {
+        self.klines_page(venue, symbol, interval, &Range::ALL).await
+    }
+
+    /// Bars with `open_time_ms` in the range and after `range.after.0`, by open time.
+    pub async fn klines_page(
+        &self,
+        venue: &str,
+        symbol: &str,
+        interval: &str,
+        range: &Range,
+    ) -> Result<Vec<Kline>, StoreError> {
         let e = StoreError::sql;
         let rows = sqlx::query(
             "SELECT open_time_ms, open::text AS open, high::text AS high, low::text AS low, close::text AS close, \
              volume::text AS volume, quote_volume::text AS quote_volume, closed, event_time_ms, recv_time_us, \
-             source FROM klines WHERE venue = $1 AND symbol = $2 AND interval = $3 ORDER BY open_time_ms",
+             source FROM klines WHERE venue = $1 AND symbol = $2 AND interval = $3 AND open_time_ms >= $4 \
+             AND open_time_ms < $5 AND open_time_ms > $6 ORDER BY open_time_ms LIMIT $7",
         )
         .bind(venue)
         .bind(symbol)
         .bind(interval)
+        .bind(range.from_ms)
+        .bind(range.to_ms)
+        .bind(range.after.0)
+        .bind(range.limit)
         .fetch_all(&self.pool)
         .await
         .map_err(e("select klines"))?;

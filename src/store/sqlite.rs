@@ -18,7 +18,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Decode, QueryBuilder, Row, Sqlite, TypeInfo, ValueRef};
 
-use super::{Batch, StoreError, apply_delta, levels_from_json, levels_to_json};
+use super::{Batch, Range, StoreError, apply_delta, levels_from_json, levels_to_json};
 use crate::decimal::{Dec, SqliteNumber};
 use crate::model::{BookSide, BookSnapshot, Kline, Side, Source, Trade};
 
@@ -277,12 +277,40 @@ impl SqliteStore {
     }
 
     pub async fn load_trades(&self, venue: &str, symbol: &str) -> Result<Vec<Trade>, StoreError> {
-        let rows = sqlx::query(
+        self.select_trades(venue, symbol, &Range::ALL, "trade_id")
+            .await
+    }
+
+    /// Trades with `event_time_ms` in the range, after its keyset position, by time then id.
+    pub async fn trades_page(
+        &self,
+        venue: &str,
+        symbol: &str,
+        range: &Range,
+    ) -> Result<Vec<Trade>, StoreError> {
+        self.select_trades(venue, symbol, range, "event_time_ms, trade_id")
+            .await
+    }
+
+    async fn select_trades(
+        &self,
+        venue: &str,
+        symbol: &str,
+        range: &Range,
+        order: &str,
+    ) -> Result<Vec<Trade>, StoreError> {
+        let rows = sqlx::query(&format!(
             "SELECT trade_id, side, price, qty, quote_qty, event_time_ms, recv_time_us, source, exact \
-             FROM trades WHERE venue = ? AND symbol = ? ORDER BY trade_id",
-        )
+             FROM trades WHERE venue = ? AND symbol = ? AND event_time_ms >= ? AND event_time_ms < ? \
+             AND (event_time_ms, trade_id) > (?, ?) ORDER BY {order} LIMIT ?"
+        ))
         .bind(venue)
         .bind(symbol)
+        .bind(range.from_ms)
+        .bind(range.to_ms)
+        .bind(range.after.0)
+        .bind(range.after.1)
+        .bind(range.limit)
         .fetch_all(&self.pool)
         .await
         .map_err(StoreError::sql("select trades"))?;
@@ -321,14 +349,30 @@ impl SqliteStore {
         symbol: &str,
         interval: &str,
     ) -> Result<Vec<Kline>, StoreError> {
+        self.klines_page(venue, symbol, interval, &Range::ALL).await
+    }
+
+    /// Bars with `open_time_ms` in the range and after `range.after.0`, by open time.
+    pub async fn klines_page(
+        &self,
+        venue: &str,
+        symbol: &str,
+        interval: &str,
+        range: &Range,
+    ) -> Result<Vec<Kline>, StoreError> {
         let rows = sqlx::query(
             "SELECT open_time_ms, open, high, low, close, volume, quote_volume, closed, event_time_ms, \
              recv_time_us, source, exact FROM klines WHERE venue = ? AND symbol = ? AND interval = ? \
-             ORDER BY open_time_ms",
+             AND open_time_ms >= ? AND open_time_ms < ? AND open_time_ms > ? \
+             ORDER BY open_time_ms LIMIT ?",
         )
         .bind(venue)
         .bind(symbol)
         .bind(interval)
+        .bind(range.from_ms)
+        .bind(range.to_ms)
+        .bind(range.after.0)
+        .bind(range.limit)
         .fetch_all(&self.pool)
         .await
         .map_err(StoreError::sql("select klines"))?;

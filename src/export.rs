@@ -1,0 +1,463 @@
+//! `mdrec export`: one symbol, one kind of row, one time range, to CSV or Parquet.
+//!
+//! Rows are read in keyset pages and written as they come, so memory is bounded by a page
+//! (and, for Parquet, one row group) whatever the range. Prices and quantities keep the
+//! exchange's digits: they are decimal strings in both formats (Parquet `BYTE_ARRAY` UTF8),
+//! never floats. Times stay integers with the unit in the column name, as in the database.
+//! The file appears under its name only when complete.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use parquet::basic::Compression;
+use parquet::data_type::{BoolType, ByteArray, ByteArrayType, Int64Type};
+use parquet::file::properties::WriterProperties;
+use parquet::file::writer::SerializedFileWriter;
+
+use crate::model::{Kline, Trade};
+use crate::store::read::on_pool;
+use crate::store::{Range, Store, StoreError};
+
+/// Rows read per database round trip.
+const PAGE: i64 = 20_000;
+/// Rows per Parquet row group.
+const ROW_GROUP: usize = 100_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Kind {
+    Trades,
+    Klines,
+    Book,
+    Gaps,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Csv,
+    Parquet,
+}
+
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub kind: Kind,
+    pub symbol: String,
+    /// Klines only (default `1min`).
+    pub interval: String,
+    /// `from_ms <= t < to_ms` on exchange time (bars: open time; holes: overlapping).
+    pub from_ms: i64,
+    pub to_ms: i64,
+    pub format: Format,
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Val {
+    Null,
+    Int(i64),
+    Bool(bool),
+    Text(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ty {
+    Int,
+    OptInt,
+    Bool,
+    Text,
+    OptText,
+}
+
+/// The columns of an export, in order.
+pub fn columns(kind: Kind) -> &'static [(&'static str, Ty)] {
+    use Ty::*;
+    match kind {
+        Kind::Trades => &[
+            ("venue", Text),
+            ("symbol", Text),
+            ("trade_id", Int),
+            ("side", Text),
+            ("price", Text),
+            ("qty", Text),
+            ("quote_qty", OptText),
+            ("event_time_ms", Int),
+            ("recv_time_us", Int),
+            ("source", Text),
+        ],
+        Kind::Klines => &[
+            ("venue", Text),
+            ("symbol", Text),
+            ("interval", Text),
+            ("open_time_ms", Int),
+            ("open", Text),
+            ("high", Text),
+            ("low", Text),
+            ("close", Text),
+            ("volume", Text),
+            ("quote_volume", OptText),
+            ("closed", Bool),
+            ("event_time_ms", Int),
+            ("recv_time_us", Int),
+            ("source", Text),
+        ],
+        Kind::Book => &[
+            ("venue", Text),
+            ("symbol", Text),
+            ("depth_step", Int),
+            ("recv_time_us", Int),
+            ("event_time_ms", Int),
+            ("bids", Text),
+            ("asks", Text),
+        ],
+        Kind::Gaps => &[
+            ("venue", Text),
+            ("symbol", Text),
+            ("stream", Text),
+            ("start_ms", Int),
+            ("end_ms", OptInt),
+            ("status", Text),
+            ("detected_at_ms", Int),
+            ("resolved_at_ms", OptInt),
+            ("rows_recovered", Int),
+            ("detail", OptText),
+        ],
+    }
+}
+
+fn text(s: impl ToString) -> Val {
+    Val::Text(s.to_string())
+}
+
+fn opt_text(s: Option<impl ToString>) -> Val {
+    s.map_or(Val::Null, text)
+}
+
+fn trade_row(t: Trade) -> Vec<Val> {
+    vec![
+        text(t.venue),
+        text(&*t.symbol),
+        Val::Int(t.trade_id),
+        text(t.side.as_str()),
+        text(&t.price),
+        text(&t.qty),
+        opt_text(t.quote_qty.as_ref()),
+        Val::Int(t.event_time_ms),
+        Val::Int(t.recv_time_us),
+        text(t.source.as_str()),
+    ]
+}
+
+fn kline_row(k: Kline) -> Vec<Val> {
+    vec![
+        text(k.venue),
+        text(&*k.symbol),
+        text(&*k.interval),
+        Val::Int(k.open_time_ms),
+        text(&k.open),
+        text(&k.high),
+        text(&k.low),
+        text(&k.close),
+        text(&k.volume),
+        opt_text(k.quote_volume.as_ref()),
+        Val::Bool(k.closed),
+        Val::Int(k.event_time_ms),
+        Val::Int(k.recv_time_us),
+        text(k.source.as_str()),
+    ]
+}
+
+/// Rows in the range, for the progress bar.
+pub async fn count(store: &Store, venue: &str, req: &Request) -> Result<u64, StoreError> {
+    let (sql, extra) = match req.kind {
+        Kind::Trades => (
+            "SELECT COUNT(*) FROM trades WHERE venue = $1 AND symbol = $2 \
+             AND event_time_ms >= $3 AND event_time_ms < $4 AND $5 = $5",
+            "",
+        ),
+        Kind::Klines => (
+            "SELECT COUNT(*) FROM klines WHERE venue = $1 AND symbol = $2 \
+             AND open_time_ms >= $3 AND open_time_ms < $4 AND interval = $5",
+            req.interval.as_str(),
+        ),
+        Kind::Book => (
+            "SELECT COUNT(*) FROM book_snapshots WHERE venue = $1 AND symbol = $2 \
+             AND event_time_ms >= $3 AND event_time_ms < $4 AND $5 = $5",
+            "",
+        ),
+        Kind::Gaps => return Ok(0),
+    };
+    let n: i64 = on_pool!(store, p => sqlx::query_scalar(sql)
+        .bind(venue)
+        .bind(&req.symbol)
+        .bind(req.from_ms)
+        .bind(req.to_ms)
+        .bind(extra)
+        .fetch_one(p)
+        .await)
+    .map_err(StoreError::sql("count rows to export"))?;
+    Ok(n.max(0) as u64)
+}
+
+type BookRow = (i64, i64, i64, String, String);
+
+/// Reads the export page after `after`; returns the rows and the next keyset position.
+async fn page(
+    store: &Store,
+    venue: &'static str,
+    req: &Request,
+    after: (i64, i64),
+) -> Result<(Vec<Vec<Val>>, Option<(i64, i64)>), StoreError> {
+    let range = Range {
+        from_ms: req.from_ms,
+        to_ms: req.to_ms,
+        after,
+        limit: PAGE,
+    };
+    Ok(match req.kind {
+        Kind::Trades => {
+            let t = store.trades_page(venue, &req.symbol, &range).await?;
+            let next = t.last().map(|x| (x.event_time_ms, x.trade_id));
+            (t.into_iter().map(trade_row).collect(), next)
+        }
+        Kind::Klines => {
+            let k = store
+                .klines_page(venue, &req.symbol, &req.interval, &range)
+                .await?;
+            let next = k.last().map(|x| (x.open_time_ms, 0));
+            (k.into_iter().map(kline_row).collect(), next)
+        }
+        Kind::Book => {
+            let sql = "SELECT recv_time_us, event_time_ms, CAST(depth_step AS BIGINT), \
+                       CAST(bids AS TEXT), CAST(asks AS TEXT) FROM book_snapshots \
+                       WHERE venue = $1 AND symbol = $2 AND event_time_ms >= $3 \
+                       AND event_time_ms < $4 AND recv_time_us > $5 \
+                       ORDER BY recv_time_us, depth_step LIMIT $6";
+            let rows: Vec<BookRow> = on_pool!(store, p => sqlx::query_as(sql)
+                .bind(venue)
+                .bind(&req.symbol)
+                .bind(req.from_ms)
+                .bind(req.to_ms)
+                .bind(after.0)
+                .bind(PAGE)
+                .fetch_all(p)
+                .await)
+            .map_err(StoreError::sql("select book_snapshots"))?;
+            let next = rows.last().map(|r| (r.0, 0));
+            let rows = rows
+                .into_iter()
+                .map(|(recv, event, step, bids, asks)| {
+                    vec![
+                        text(venue),
+                        text(&req.symbol),
+                        Val::Int(step),
+                        Val::Int(recv),
+                        Val::Int(event),
+                        Val::Text(bids),
+                        Val::Text(asks),
+                    ]
+                })
+                .collect();
+            (rows, next)
+        }
+        Kind::Gaps => {
+            let rows = store
+                .load_gaps(venue, Some(&req.symbol))
+                .await?
+                .into_iter()
+                .filter(|g| g.start_ms < req.to_ms && g.end_ms.unwrap_or(i64::MAX) >= req.from_ms)
+                .map(|g| {
+                    vec![
+                        text(g.venue),
+                        text(&*g.symbol),
+                        Val::Text(g.stream),
+                        Val::Int(g.start_ms),
+                        g.end_ms.map_or(Val::Null, Val::Int),
+                        text(g.status.as_str()),
+                        Val::Int(g.detected_at_ms),
+                        g.resolved_at_ms.map_or(Val::Null, Val::Int),
+                        Val::Int(g.rows_recovered),
+                        opt_text(g.detail),
+                    ]
+                })
+                .collect::<Vec<_>>();
+            (rows, None)
+        }
+    })
+}
+
+trait Sink {
+    fn write(&mut self, rows: Vec<Vec<Val>>) -> anyhow::Result<()>;
+    fn finish(self: Box<Self>) -> anyhow::Result<()>;
+}
+
+struct CsvSink(csv::Writer<BufWriter<File>>);
+
+impl Sink for CsvSink {
+    fn write(&mut self, rows: Vec<Vec<Val>>) -> anyhow::Result<()> {
+        for row in rows {
+            self.0.write_record(row.iter().map(|v| match v {
+                Val::Null => String::new(),
+                Val::Int(i) => i.to_string(),
+                Val::Bool(b) => b.to_string(),
+                Val::Text(t) => t.clone(),
+            }))?;
+        }
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>) -> anyhow::Result<()> {
+        let mut inner = self.0.into_inner().map_err(|e| e.into_error())?;
+        inner.flush()?;
+        inner.get_ref().sync_all()?;
+        Ok(())
+    }
+}
+
+struct ParquetSink {
+    writer: SerializedFileWriter<File>,
+    cols: &'static [(&'static str, Ty)],
+    buf: Vec<Vec<Val>>,
+}
+
+impl ParquetSink {
+    fn new(file: File, kind: Kind) -> anyhow::Result<ParquetSink> {
+        let cols = columns(kind);
+        let fields: Vec<String> = cols
+            .iter()
+            .map(|(name, ty)| match ty {
+                Ty::Int => format!("required int64 {name};"),
+                Ty::OptInt => format!("optional int64 {name};"),
+                Ty::Bool => format!("required boolean {name};"),
+                Ty::Text => format!("required binary {name} (UTF8);"),
+                Ty::OptText => format!("optional binary {name} (UTF8);"),
+            })
+            .collect();
+        let schema = parquet::schema::parser::parse_message_type(&format!(
+            "message mdrec_{kind:?} {{ {} }}",
+            fields.join(" ")
+        ))?;
+        let props = WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .set_created_by(concat!("mdrec ", env!("CARGO_PKG_VERSION")).into())
+            .build();
+        Ok(ParquetSink {
+            writer: SerializedFileWriter::new(file, Arc::new(schema), Arc::new(props))?,
+            cols,
+            buf: Vec::new(),
+        })
+    }
+
+    fn flush_group(&mut self) -> anyhow::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let mut group = self.writer.next_row_group()?;
+        let mut i = 0;
+        while let Some(mut col) = group.next_column()? {
+            let ty = self.cols[i].1;
+            let cells = self.buf.iter().map(|r| &r[i]);
+            let defs: Vec<i16> = cells
+                .clone()
+                .map(|v| i16::from(!matches!(v, Val::Null)))
+                .collect();
+            let defs = matches!(ty, Ty::OptInt | Ty::OptText).then_some(defs.as_slice());
+            match ty {
+                Ty::Int | Ty::OptInt => {
+                    let v: Vec<i64> = cells
+                        .filter_map(|v| match v {
+                            Val::Int(i) => Some(*i),
+                            _ => None,
+                        })
+                        .collect();
+                    col.typed::<Int64Type>().write_batch(&v, defs, None)?;
+                }
+                Ty::Bool => {
+                    let v: Vec<bool> = cells.map(|v| matches!(v, Val::Bool(true))).collect();
+                    col.typed::<BoolType>().write_batch(&v, None, None)?;
+                }
+                Ty::Text | Ty::OptText => {
+                    let v: Vec<ByteArray> = cells
+                        .filter_map(|v| match v {
+                            Val::Text(t) => Some(ByteArray::from(t.as_str())),
+                            _ => None,
+                        })
+                        .collect();
+                    col.typed::<ByteArrayType>().write_batch(&v, defs, None)?;
+                }
+            }
+            col.close()?;
+            i += 1;
+        }
+        group.close()?;
+        self.buf.clear();
+        Ok(())
+    }
+}
+
+impl Sink for ParquetSink {
+    fn write(&mut self, rows: Vec<Vec<Val>>) -> anyhow::Result<()> {
+        self.buf.extend(rows);
+        if self.buf.len() >= ROW_GROUP {
+            self.flush_group()?;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self: Box<Self>) -> anyhow::Result<()> {
+        self.flush_group()?;
+        let file = self.writer.into_inner()?;
+        file.sync_all()?;
+        Ok(())
+    }
+}
+
+/// Writes the export; `progress` is called with the rows written so far. Returns the count.
+pub async fn export(
+    store: &Store,
+    venue: &'static str,
+    req: &Request,
+    mut progress: impl FnMut(u64),
+) -> anyhow::Result<u64> {
+    if req.from_ms >= req.to_ms {
+        bail!("--from must be before --to");
+    }
+    let tmp = partial_path(&req.out);
+    let file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut sink: Box<dyn Sink> = match req.format {
+        Format::Csv => {
+            let mut w = csv::Writer::from_writer(BufWriter::with_capacity(1 << 20, file));
+            w.write_record(columns(req.kind).iter().map(|c| c.0))?;
+            Box::new(CsvSink(w))
+        }
+        Format::Parquet => Box::new(ParquetSink::new(file, req.kind)?),
+    };
+    let mut after = (i64::MIN, i64::MIN);
+    let mut rows = 0u64;
+    loop {
+        let (page, next) = page(store, venue, req, after).await?;
+        if page.is_empty() {
+            break;
+        }
+        rows += page.len() as u64;
+        sink.write(page)?;
+        progress(rows);
+        match next {
+            Some(n) => after = n,
+            None => break,
+        }
+    }
+    sink.finish()
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &req.out)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), req.out.display()))?;
+    Ok(rows)
+}
+
+/// `out.partial` next to the target, so a half-written export never has the final name.
+fn partial_path(out: &Path) -> PathBuf {
+    let mut name = out.file_name().unwrap_or_default().to_os_string();
+    name.push(".partial");
+    out.with_file_name(name)
+}
