@@ -229,22 +229,25 @@ async fn page(
             (k.into_iter().map(kline_row).collect(), next)
         }
         Kind::Book => {
+            // one depth step at a time (`after` = (step, receive time)): the key's order,
+            // so every page is an index seek
             let sql = "SELECT recv_time_us, event_time_ms, CAST(depth_step AS BIGINT), \
                        CAST(bids AS TEXT), CAST(asks AS TEXT) FROM book_snapshots \
-                       WHERE venue = $1 AND symbol = $2 AND event_time_ms >= $3 \
-                       AND event_time_ms < $4 AND recv_time_us > $5 \
-                       ORDER BY recv_time_us, depth_step LIMIT $6";
+                       WHERE venue = $1 AND symbol = $2 AND depth_step = $3 \
+                       AND recv_time_us > $4 AND event_time_ms >= $5 AND event_time_ms < $6 \
+                       ORDER BY recv_time_us LIMIT $7";
             let rows: Vec<BookRow> = on_pool!(store, p => sqlx::query_as(sql)
                 .bind(venue)
                 .bind(&req.symbol)
+                .bind(after.0 as i16)
+                .bind(after.1)
                 .bind(req.from_ms)
                 .bind(req.to_ms)
-                .bind(after.0)
                 .bind(PAGE)
                 .fetch_all(p)
                 .await)
             .map_err(StoreError::sql("select book_snapshots"))?;
-            let next = rows.last().map(|r| (r.0, 0));
+            let next = rows.last().map(|r| (after.0, r.0));
             let rows = rows
                 .into_iter()
                 .map(|(recv, event, step, bids, asks)| {
@@ -433,19 +436,34 @@ pub async fn export(
         }
         Format::Parquet => Box::new(ParquetSink::new(file, req.kind)?),
     };
-    let mut after = (i64::MIN, i64::MIN);
+    // books are paged per depth step; everything else in one pass
+    let starts: Vec<(i64, i64)> = if req.kind == Kind::Book {
+        let sql = "SELECT DISTINCT CAST(depth_step AS BIGINT) FROM book_snapshots \
+                   WHERE venue = $1 AND symbol = $2 ORDER BY 1";
+        let steps: Vec<i64> = on_pool!(store, p => sqlx::query_scalar(sql)
+            .bind(venue)
+            .bind(&req.symbol)
+            .fetch_all(p)
+            .await)
+        .map_err(StoreError::sql("select depth steps"))?;
+        steps.into_iter().map(|s| (s, i64::MIN)).collect()
+    } else {
+        vec![(i64::MIN, i64::MIN)]
+    };
     let mut rows = 0u64;
-    loop {
-        let (page, next) = page(store, venue, req, after).await?;
-        if page.is_empty() {
-            break;
-        }
-        rows += page.len() as u64;
-        sink.write(page)?;
-        progress(rows);
-        match next {
-            Some(n) => after = n,
-            None => break,
+    for mut after in starts {
+        loop {
+            let (page, next) = page(store, venue, req, after).await?;
+            if page.is_empty() {
+                break;
+            }
+            rows += page.len() as u64;
+            sink.write(page)?;
+            progress(rows);
+            match next {
+                Some(n) => after = n,
+                None => break,
+            }
         }
     }
     sink.finish()

@@ -49,6 +49,12 @@ pub struct Range {
 }
 
 impl Range {
+    /// Where an index scan starts: the later of the range start and the keyset position (a
+    /// separate `(time, id) > (..)` filter would not seek, and every page would rescan).
+    pub fn lower(&self) -> i64 {
+        self.from_ms.max(self.after.0)
+    }
+
     pub const ALL: Range = Range {
         from_ms: i64::MIN,
         to_ms: i64::MAX,

@@ -272,12 +272,12 @@ impl PgStore {
         let rows = sqlx::query(&format!(
             "SELECT trade_id, side, price::text AS price, qty::text AS qty, quote_qty::text AS quote_qty, \
              event_time_ms, recv_time_us, source FROM trades WHERE venue = $1 AND symbol = $2 \
-             AND event_time_ms >= $3 AND event_time_ms < $4 AND (event_time_ms, trade_id) > ($5, $6) \
+             AND event_time_ms >= $3 AND event_time_ms < $4 AND (event_time_ms > $5 OR trade_id > $6) \
              ORDER BY {order} LIMIT $7"
         ))
         .bind(venue)
         .bind(symbol)
-        .bind(range.from_ms)
+        .bind(range.lower())
         .bind(range.to_ms)
         .bind(range.after.0)
         .bind(range.after.1)
@@ -332,7 +332,7 @@ impl PgStore {
         .bind(venue)
         .bind(symbol)
         .bind(interval)
-        .bind(range.from_ms)
+        .bind(range.lower())
         .bind(range.to_ms)
         .bind(range.after.0)
         .bind(range.limit)

@@ -302,11 +302,11 @@ impl SqliteStore {
         let rows = sqlx::query(&format!(
             "SELECT trade_id, side, price, qty, quote_qty, event_time_ms, recv_time_us, source, exact \
              FROM trades WHERE venue = ? AND symbol = ? AND event_time_ms >= ? AND event_time_ms < ? \
-             AND (event_time_ms, trade_id) > (?, ?) ORDER BY {order} LIMIT ?"
+             AND (event_time_ms > ? OR trade_id > ?) ORDER BY {order} LIMIT ?"
         ))
         .bind(venue)
         .bind(symbol)
-        .bind(range.from_ms)
+        .bind(range.lower())
         .bind(range.to_ms)
         .bind(range.after.0)
         .bind(range.after.1)
@@ -369,7 +369,7 @@ impl SqliteStore {
         .bind(venue)
         .bind(symbol)
         .bind(interval)
-        .bind(range.from_ms)
+        .bind(range.lower())
         .bind(range.to_ms)
         .bind(range.after.0)
         .bind(range.limit)
