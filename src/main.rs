@@ -217,6 +217,23 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// The configured database (without migrating it) and the venue name its rows carry, for the
+/// reading commands.
+async fn open_store(config: &Config) -> anyhow::Result<(mdrec::store::Store, &'static str)> {
+    let venue = mdrec::venue::venue_for(&config.venue.kind)
+        .context("unknown venue kind")?
+        .name();
+    let store = mdrec::store::Store::connect(&config.database.url)
+        .await
+        .with_context(|| {
+            format!(
+                "opening database {}",
+                mdrec::config::redact_url(&config.database.url)
+            )
+        })?;
+    Ok((store, venue))
+}
+
 /// Cancelled on SIGTERM or SIGINT.
 fn shutdown_on_signals() -> anyhow::Result<CancellationToken> {
     use tokio::signal::unix::{SignalKind, signal};
@@ -264,17 +281,7 @@ async fn run(cmd: Cmd, config: Option<Config>) -> anyhow::Result<()> {
             ..
         } => {
             let config = config.context("no configuration")?;
-            let venue = mdrec::venue::venue_for(&config.venue.kind)
-                .context("unknown venue kind")?
-                .name();
-            let store = mdrec::store::Store::connect(&config.database.url)
-                .await
-                .with_context(|| {
-                    format!(
-                        "opening database {}",
-                        mdrec::config::redact_url(&config.database.url)
-                    )
-                })?;
+            let (store, venue) = open_store(&config).await?;
             let req = mdrec::export::Request {
                 kind,
                 symbol,
@@ -312,17 +319,7 @@ async fn run(cmd: Cmd, config: Option<Config>) -> anyhow::Result<()> {
             ..
         } => {
             let config = config.context("no configuration")?;
-            let venue = mdrec::venue::venue_for(&config.venue.kind)
-                .context("unknown venue kind")?
-                .name();
-            let store = mdrec::store::Store::connect(&config.database.url)
-                .await
-                .with_context(|| {
-                    format!(
-                        "opening database {}",
-                        mdrec::config::redact_url(&config.database.url)
-                    )
-                })?;
+            let (store, venue) = open_store(&config).await?;
             let book = store.load_book(venue, &symbol, step, at).await?;
             store.close().await;
             let Some(book) = book else {
@@ -360,17 +357,7 @@ async fn run(cmd: Cmd, config: Option<Config>) -> anyhow::Result<()> {
             ..
         } => {
             let config = config.context("no configuration")?;
-            let venue = mdrec::venue::venue_for(&config.venue.kind)
-                .context("unknown venue kind")?
-                .name();
-            let store = mdrec::store::Store::connect(&config.database.url)
-                .await
-                .with_context(|| {
-                    format!(
-                        "opening database {}",
-                        mdrec::config::redact_url(&config.database.url)
-                    )
-                })?;
+            let (store, venue) = open_store(&config).await?;
             let c = mdrec::coverage::compute(&store, venue, &symbol, from, to).await?;
             store.close().await;
             if json {
