@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -11,8 +10,7 @@ use common::{recorder_config, sqlite_db, wait_for};
 use mdrec::decimal::Dec;
 use mdrec::sim::{self, SimConfig};
 use mdrec::store::Store;
-use mdrec::venue::cdc_v1::{CdcV1, NAME};
-use tokio_util::sync::CancellationToken;
+use mdrec::venue::cdc_v1::NAME;
 
 const SYMBOLS: [&str; 2] = ["btcusdt", "ethusdt"];
 
@@ -35,10 +33,7 @@ async fn run(dedupe: bool) -> (usize, usize, u64) {
     let mut cfg = recorder_config(&sim.ws_url(), &sim.rest_url(), &url, &SYMBOLS, "");
     cfg.record.depth_levels = 5;
     cfg.record.depth_dedupe = dedupe;
-    let stop = CancellationToken::new();
-    let (_store, stats, tasks) = mdrec::recorder::start(cfg, Arc::new(CdcV1), stop.clone())
-        .await
-        .unwrap();
+    let run = common::Recorder::start(&cfg).await;
     wait_for("books flowing", Duration::from_secs(30), || async {
         SYMBOLS.iter().all(|s| sim.delivered(s).len() >= 100)
     })
@@ -61,9 +56,7 @@ async fn run(dedupe: bool) -> (usize, usize, u64) {
         true
     })
     .await;
-    stop.cancel();
-    tasks.close();
-    tasks.wait().await;
+    let stats = run.stop().await;
     let Store::Sqlite(db) = &store else {
         unreachable!()
     };
@@ -127,10 +120,7 @@ async fn book_at_matches_the_venue(db: &str, mode: sim::DepthMode) {
     .await
     .unwrap();
     let cfg = recorder_config(&sim.ws_url(), &sim.rest_url(), db, &SYMBOLS, "");
-    let stop = CancellationToken::new();
-    let (_store, _stats, tasks) = mdrec::recorder::start(cfg, Arc::new(CdcV1), stop.clone())
-        .await
-        .unwrap();
+    let run = common::Recorder::start(&cfg).await;
     let store = Store::connect(db).await.unwrap();
     wait_for("books flowing", Duration::from_secs(30), || async {
         SYMBOLS.iter().all(|s| sim.delivered(s).len() >= 100)
@@ -150,9 +140,7 @@ async fn book_at_matches_the_venue(db: &str, mode: sim::DepthMode) {
         got == want
     })
     .await;
-    stop.cancel();
-    tasks.close();
-    tasks.wait().await;
+    run.stop().await;
 
     let times = change_times(&store).await;
     assert!(times.len() > 20, "{} book changes stored", times.len());

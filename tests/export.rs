@@ -6,17 +6,15 @@
 mod common;
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::{PgDb, recorder_config, sqlite_db, wait_for};
 use mdrec::export::{self, Format, Kind, Request, Val};
 use mdrec::sim::{self, SimConfig};
 use mdrec::store::Store;
-use mdrec::venue::cdc_v1::{CdcV1, NAME};
+use mdrec::venue::cdc_v1::NAME;
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::record::Field;
-use tokio_util::sync::CancellationToken;
 
 const SYMBOLS: [&str; 2] = ["btcusdt", "hpxusdt"];
 
@@ -204,10 +202,7 @@ async fn round_trip(db: &str) {
         &SYMBOLS,
         "[connection]\nreconnect_initial_ms = 200\n\n[backfill]\nrate_per_s = 50\n",
     );
-    let stop = CancellationToken::new();
-    let (_store, stats, tasks) = mdrec::recorder::start(cfg, Arc::new(CdcV1), stop.clone())
-        .await
-        .unwrap();
+    let run = common::Recorder::start(&cfg).await;
     let store = Store::connect(db).await.unwrap();
     wait_for("streaming", Duration::from_secs(30), || async {
         SYMBOLS.iter().all(|s| sim.delivered(s).len() >= 100)
@@ -240,10 +235,7 @@ async fn round_trip(db: &str) {
         },
     )
     .await;
-    stop.cancel();
-    tasks.close();
-    tasks.wait().await;
-    let _ = stats;
+    run.stop().await;
 
     let dir = tempfile::tempdir().unwrap();
     let mut checked = 0;

@@ -10,45 +10,17 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{PgDb, recorder_config, sqlite_db, stored_ids, wait_for};
+use common::{PgDb, Recorder, recorder_config, sqlite_db, stored_ids, wait_for};
 use mdrec::config::Config;
 use mdrec::decimal::Dec;
 use mdrec::model::{Gap, GapStatus, Source};
 use mdrec::recorder::RunStats;
 use mdrec::sim::{self, SimConfig, SimHandle};
 use mdrec::store::Store;
-use mdrec::venue::cdc_v1::{CdcV1, NAME};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use mdrec::venue::cdc_v1::NAME;
 
 const SYMBOLS: [&str; 2] = ["btcusdt", "ethusdt"];
 const INTERVALS: [&str; 2] = ["1min", "5min"];
-
-/// One recorder run, stopped like SIGTERM would.
-struct Run {
-    stop: CancellationToken,
-    tasks: TaskTracker,
-    stats: Arc<RunStats>,
-}
-
-impl Run {
-    async fn start(cfg: &Config) -> Run {
-        common::init_log();
-        let stop = CancellationToken::new();
-        let (_store, stats, tasks) =
-            mdrec::recorder::start(cfg.clone(), Arc::new(CdcV1), stop.clone())
-                .await
-                .expect("recorder starts");
-        Run { stop, tasks, stats }
-    }
-
-    async fn stop(self) -> Arc<RunStats> {
-        self.stop.cancel();
-        self.tasks.close();
-        self.tasks.wait().await;
-        self.stats
-    }
-}
 
 fn config(sim: &SimHandle, db: &str, extra: &str) -> Config {
     recorder_config(
@@ -78,7 +50,7 @@ async fn setup(sim_config: SimConfig, db: &str) -> (SimHandle, Store, Config) {
 }
 
 /// Stops the market, waits until the database equals the ledger (nothing lost), stops the run.
-async fn settle(sim: &SimHandle, store: &Store, run: Run) -> Arc<RunStats> {
+async fn settle(sim: &SimHandle, store: &Store, run: Recorder) -> Arc<RunStats> {
     sim.halt();
     wait_ledger(store, sim, &BTreeMap::new(), &BTreeMap::new()).await;
     run.stop().await
@@ -258,7 +230,7 @@ async fn cuts_stalls_and_restart(db: &str, label: &str) {
         db,
     )
     .await;
-    let run = Run::start(&cfg).await;
+    let run = Recorder::start(&cfg).await;
     streaming(&sim, 10).await;
 
     // a cut without close frame
@@ -309,7 +281,7 @@ async fn cuts_stalls_and_restart(db: &str, label: &str) {
     let down_from = sim.trades("btcusdt").len();
     tokio::time::sleep(Duration::from_secs(20)).await;
     let missed_while_down = sim.trades("btcusdt").len() - down_from;
-    let run = Run::start(&cfg).await;
+    let run = Recorder::start(&cfg).await;
     wait_for(
         "restarted and streaming",
         Duration::from_secs(30),
@@ -425,7 +397,7 @@ async fn outage_beyond_history(db: &str, label: &str) {
         db,
     )
     .await;
-    let run = Run::start(&cfg).await;
+    let run = Recorder::start(&cfg).await;
     streaming(&sim, 50).await;
     run.stop().await;
     // down until 400+ trades (past REST's 200) and 6+ one-minute bars (past the history) passed
@@ -438,7 +410,7 @@ async fn outage_beyond_history(db: &str, label: &str) {
             && sim.bars("btcusdt", "1min").len() >= b0 + 6
     })
     .await;
-    let run = Run::start(&cfg).await;
+    let run = Recorder::start(&cfg).await;
     wait_for(
         "start-up holes resolved",
         Duration::from_secs(60),
@@ -645,7 +617,7 @@ async fn quiet_market_records_no_gap() {
     .await;
     // the trade channel falls silent while the book moves: it is subscribed again, no hole
     cfg.connection.channel_silence_s = 1;
-    let run = Run::start(&cfg).await;
+    let run = Recorder::start(&cfg).await;
     streaming(&sim, 20).await;
     sim.quiet(true);
     let bars = sim.bars("btcusdt", "1min").len();
@@ -708,7 +680,7 @@ async fn sqlite_trade_id_jump_on_a_live_socket_is_checked_and_filled() {
         &url,
     )
     .await;
-    let run = Run::start(&cfg).await;
+    let run = Recorder::start(&cfg).await;
     streaming(&sim, 30).await;
     // the venue drops three trade frames on the live socket: ids jump
     let before = sim.delivered("btcusdt").len();
@@ -770,7 +742,7 @@ async fn sqlite_rest_errors_keep_the_hole_open_until_rest_answers() {
         &url,
     )
     .await;
-    let run = Run::start(&cfg).await;
+    let run = Recorder::start(&cfg).await;
     streaming(&sim, 10).await;
     sim.rest_errors(true); // `{"code":"10050","msg":"system busy"}`
     // a stall long enough for trades to fall into it: the silent sockets are reopened
@@ -883,7 +855,7 @@ async fn sqlite_holes_left_open_by_a_killed_run_are_resolved_at_start() {
     .await;
     // the audit would find the bar too: this test is about the rows left open
     cfg.backfill.audit_interval_s = 0;
-    let run = Run::start(&cfg).await;
+    let run = Recorder::start(&cfg).await;
     streaming(&sim, 100).await;
     run.stop().await;
     // what a run killed mid-check leaves: trades and a bar missing, their holes `open`
@@ -933,7 +905,7 @@ async fn sqlite_holes_left_open_by_a_killed_run_are_resolved_at_start() {
     batch.push(open("kline_1min", bar.open_time_ms));
     store.write(&batch).await.unwrap();
 
-    let run = Run::start(&cfg).await;
+    let run = Recorder::start(&cfg).await;
     wait_for(
         "left-open holes resolved",
         Duration::from_secs(30),
@@ -981,7 +953,7 @@ async fn sqlite_kline_audit_restores_a_bar_missing_from_the_grid() {
         &url,
     )
     .await;
-    let run = Run::start(&cfg).await;
+    let run = Recorder::start(&cfg).await;
     wait_for("a few closed bars", Duration::from_secs(30), || async {
         store
             .load_klines(NAME, "btcusdt", "1min")

@@ -4,14 +4,11 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::{recorder_config, sqlite_db, wait_for};
 use mdrec::sim::{self, SimConfig};
 use mdrec::store::Store;
-use mdrec::venue::cdc_v1::CdcV1;
-use tokio_util::sync::CancellationToken;
 
 const SYMBOLS: [&str; 2] = ["btcusdt", "ethusdt"];
 
@@ -66,13 +63,10 @@ async fn metrics_and_health_during_a_run() {
         // writer's counts can be compared with the tables one for one
         "[connection]\nsilence_timeout_s = 2\nreconnect_initial_ms = 200\n",
     );
-    let stop = CancellationToken::new();
-    let (_store, stats, tasks) = mdrec::recorder::start(cfg, Arc::new(CdcV1), stop.clone())
-        .await
-        .unwrap();
+    let run = common::Recorder::start(&cfg).await;
     let base = format!(
         "http://{}",
-        stats.metrics_addr.get().expect("metrics served")
+        run.stats.metrics_addr.get().expect("metrics served")
     );
     let store = Store::connect(&url).await.unwrap();
 
@@ -88,7 +82,7 @@ async fn metrics_and_health_during_a_run() {
     // quiet the market and let the writer catch up, so counters and tables can be compared
     sim.halt();
     wait_for("the queue to drain", Duration::from_secs(30), || async {
-        stats.queue_depth() == 0
+        run.stats.queue_depth() == 0
             && common::stored_ids(&store, "btcusdt").await == sim.delivered("btcusdt")
             && common::stored_ids(&store, "ethusdt").await == sim.delivered("ethusdt")
     })
@@ -205,9 +199,7 @@ async fn metrics_and_health_during_a_run() {
         "metrics: {} families, trades written {trades_written}, write batches {batches}",
         text.lines().filter(|l| l.starts_with("# TYPE")).count()
     );
-    stop.cancel();
-    tasks.close();
-    tasks.wait().await;
+    run.stop().await;
     store.close().await;
     sim.shutdown().await;
 }

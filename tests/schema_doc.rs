@@ -4,15 +4,13 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::{PgDb, recorder_config, sqlite_db, wait_for};
 use mdrec::sim::{self, SimConfig, SimHandle};
 use mdrec::store::Store;
-use mdrec::venue::cdc_v1::{CdcV1, NAME};
+use mdrec::venue::cdc_v1::NAME;
 use sqlx::{Column, Row, TypeInfo, ValueRef};
-use tokio_util::sync::CancellationToken;
 
 const SYMBOLS: [&str; 2] = ["btcusdt", "ethusdt"];
 const QUERIES: [&str; 12] = [
@@ -375,10 +373,7 @@ async fn record_and_check(db: &str, dialect: &str) {
         &SYMBOLS,
         "[backfill]\nrate_per_s = 50\naudit_interval_s = 0\n",
     );
-    let stop = CancellationToken::new();
-    let (_store, _stats, tasks) = mdrec::recorder::start(cfg, Arc::new(CdcV1), stop.clone())
-        .await
-        .unwrap();
+    let run = common::Recorder::start(&cfg).await;
     let store = Store::connect(db).await.unwrap();
     // a few simulated minutes of trading
     wait_for("trading", Duration::from_secs(30), || async {
@@ -406,9 +401,7 @@ async fn record_and_check(db: &str, dialect: &str) {
         },
     )
     .await;
-    stop.cancel();
-    tasks.close();
-    tasks.wait().await;
+    run.stop().await;
     check(&store, &sim, dialect).await;
     store.close().await;
     sim.shutdown().await;

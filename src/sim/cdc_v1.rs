@@ -386,17 +386,8 @@ impl Conn {
     fn frames_for(&self, u: &Update) -> anyhow::Result<Vec<(Message, Vec<i64>)>> {
         let mut out = Vec::new();
         let f = self.fmt();
-        let (muted, withhold) = {
-            let mut st = lock(&self.server.state);
-            let w = match st.withhold_trades.get_mut(&*u.symbol) {
-                Some(n) if *n > 0 && !u.out.trades.is_empty() => {
-                    *n -= 1;
-                    true
-                }
-                _ => false,
-            };
-            (st.muted_channel.clone(), w)
-        };
+        let muted = lock(&self.server.state).muted_channel.clone();
+        let withhold = u.withhold_trades;
         for (ch, sub) in &self.subs {
             if *ch.symbol != *u.symbol {
                 continue;

@@ -131,6 +131,9 @@ pub struct Update {
     /// The whole step-0 book after this step.
     pub book: Arc<Book>,
     pub ticker: Option<market::TickerStats>,
+    /// This step's trade frame is withheld from every connection (see
+    /// [`SimHandle::withhold_trade_frames`]).
+    pub withhold_trades: bool,
 }
 
 pub type Book = (
@@ -449,6 +452,15 @@ async fn market_loop(
             } else {
                 m.ticker.clone()
             };
+            // counted per market step, not per connection: a reconnect cannot change how many
+            let withhold_trades = !out.trades.is_empty()
+                && match st.withhold_trades.get_mut(&s) {
+                    Some(n) if *n > 0 => {
+                        *n -= 1;
+                        true
+                    }
+                    _ => false,
+                };
             if config.book_history && !out.book_changes.is_empty() {
                 st.book_history
                     .entry(s.clone())
@@ -461,6 +473,7 @@ async fn market_loop(
                 time_ms: now,
                 book,
                 ticker,
+                withhold_trades,
                 out,
             }));
         }

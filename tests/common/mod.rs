@@ -360,3 +360,34 @@ pub async fn session_reasons(store: &mdrec::store::Store) -> Vec<(String, Option
     }
     .expect("read sessions")
 }
+
+/// A recorder running in this test's process on the real venue code, stopped the way SIGTERM
+/// stops the daemon (intake stops, the writer drains).
+pub struct Recorder {
+    pub stop: tokio_util::sync::CancellationToken,
+    pub tasks: tokio_util::task::TaskTracker,
+    pub stats: std::sync::Arc<mdrec::recorder::RunStats>,
+}
+
+impl Recorder {
+    pub async fn start(cfg: &Config) -> Recorder {
+        init_log();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (_store, stats, tasks) = mdrec::recorder::start(
+            cfg.clone(),
+            std::sync::Arc::new(mdrec::venue::cdc_v1::CdcV1),
+            stop.clone(),
+        )
+        .await
+        .expect("recorder starts");
+        Recorder { stop, tasks, stats }
+    }
+
+    /// Stops and waits until everything received is written; returns the run's counters.
+    pub async fn stop(self) -> std::sync::Arc<mdrec::recorder::RunStats> {
+        self.stop.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+        self.stats
+    }
+}
