@@ -406,8 +406,12 @@ impl Backfill {
         let Some(need_from) = need_from else {
             // nothing recorded yet: the venue's recent bars are history, there is no hole
             let n = bars.len() as u64;
+            let forming_open = forming.as_ref().map(|f| f.open_time_ms);
             for k in bars.into_iter().chain(forming) {
                 self.send(Event::Kline(k)).await?;
+            }
+            if let Some(f) = forming_open {
+                self.marks(&c.symbol).saw_forming(iv, f);
             }
             self.stats.bars_recovered.fetch_add(n, Ordering::Relaxed);
             return Ok(());
@@ -461,6 +465,7 @@ impl Backfill {
             self.send(Event::Kline(k)).await?;
         }
         self.send(Event::Kline(forming)).await?;
+        self.marks(&c.symbol).saw_forming(iv, current);
         self.stats
             .bars_recovered
             .fetch_add(recovered as u64, Ordering::Relaxed);

@@ -96,6 +96,19 @@ struct Inner {
     /// Per recorded interval: open time of the newest bar seen (possibly still forming).
     bars: HashMap<Arc<str>, Option<i64>>,
     started: bool,
+    /// Per interval: the forming bar backfill stored from REST, until the socket moves past it.
+    rest_forming: HashMap<Arc<str>, i64>,
+    /// Per interval: the newest bar the current connection delivered.
+    conn_bars: HashMap<Arc<str>, i64>,
+}
+
+/// What one frame's events call for besides storing them.
+#[derive(Debug, Default)]
+pub struct Seen {
+    /// Trade ids skipped ahead (a hint).
+    pub id_jump: Option<HoleCheck>,
+    /// Bars backfill stored while forming are over: fetch their final versions.
+    pub seams: Option<HoleCheck>,
 }
 
 /// One symbol's marks.
@@ -130,6 +143,7 @@ impl Marks {
     pub fn check_at_connect(&self, symbol: &Arc<str>) -> HoleCheck {
         let mut m = self.lock();
         m.conn_first_trade = None;
+        m.conn_bars.clear();
         let reason = if m.started {
             Reason::Reconnect
         } else {
@@ -152,9 +166,10 @@ impl Marks {
 
     /// Moves the marks past what a websocket frame delivered. Returns an id-jump check when
     /// a trade id skipped ahead of the previous trade on this connection.
-    pub fn saw(&self, symbol: &Arc<str>, events: &[Event]) -> Option<HoleCheck> {
+    pub fn saw(&self, symbol: &Arc<str>, events: &[Event]) -> Seen {
         let mut m = self.lock();
         let mut jump = None;
+        let mut seams: Vec<(Arc<str>, Option<i64>)> = Vec::new();
         for ev in events {
             match ev {
                 Event::Trade(t) => {
@@ -182,11 +197,49 @@ impl Marks {
                 Event::Kline(k) => {
                     let slot = m.bars.entry(k.interval.clone()).or_default();
                     *slot = Some(slot.map_or(k.open_time_ms, |s| s.max(k.open_time_ms)));
+                    let seen = m
+                        .conn_bars
+                        .entry(k.interval.clone())
+                        .or_insert(k.open_time_ms);
+                    *seen = (*seen).max(k.open_time_ms);
+                    // the bar REST saw forming: the socket delivers it (and closes it when the
+                    // next one comes), or skips past it, and then its final version is only
+                    // in the venue's history
+                    if let Some(&f) = m.rest_forming.get(&k.interval) {
+                        if k.open_time_ms == f {
+                            m.rest_forming.remove(&k.interval);
+                        } else if k.open_time_ms > f {
+                            m.rest_forming.remove(&k.interval);
+                            seams.push((k.interval.clone(), Some(f)));
+                        }
+                    }
                 }
                 _ => {}
             }
         }
-        jump
+        let seams = (!seams.is_empty()).then(|| HoleCheck {
+            symbol: symbol.clone(),
+            reason: Reason::Audit,
+            trade: None,
+            trade_until: None,
+            bars: seams,
+            detected_at_ms: now_ms(),
+            row_start: None,
+        });
+        Seen {
+            id_jump: jump,
+            seams,
+        }
+    }
+
+    /// Backfill stored `open_ms` as the forming bar of `interval` (from REST, not final).
+    pub fn saw_forming(&self, interval: &Arc<str>, open_ms: i64) {
+        let mut m = self.lock();
+        // the socket got there first: it has the bar, or moved past it on its own
+        if m.conn_bars.get(interval).is_some_and(|&t| t >= open_ms) {
+            return;
+        }
+        m.rest_forming.insert(interval.clone(), open_ms);
     }
 
     /// Moves the trade mark past trades fetched over REST.

@@ -423,16 +423,21 @@ impl Reader {
                     }
                 }
             }
-            if let Some(jump) = w.marks.saw(&w.symbol, &self.events)
-                && let Some(b) = &w.backfill
-                && self
-                    .last_jump_check
-                    .is_none_or(|t| t.elapsed() >= ID_JUMP_CHECK_EVERY)
-            {
-                // venues that number trades across markets skip ids all the time: a hint,
-                // checked at most once a minute
-                self.last_jump_check = Some(Instant::now());
-                let _ = b.send(jump);
+            let seen = w.marks.saw(&w.symbol, &self.events);
+            if let Some(b) = &w.backfill {
+                if let Some(jump) = seen.id_jump
+                    && self
+                        .last_jump_check
+                        .is_none_or(|t| t.elapsed() >= ID_JUMP_CHECK_EVERY)
+                {
+                    // venues that number trades across markets skip ids all the time: a
+                    // hint, checked at most once a minute
+                    self.last_jump_check = Some(Instant::now());
+                    let _ = b.send(jump);
+                }
+                if let Some(seams) = seen.seams {
+                    let _ = b.send(seams);
+                }
             }
             let now = Instant::now();
             for ev in &self.events {
