@@ -228,11 +228,13 @@ impl Backfill {
     /// Writes the resolution of a hole.
     async fn resolved(&self, c: &HoleCheck, g: Gap) -> Result<(), WriterGone> {
         match g.status {
-            GapStatus::Filled => &self.stats.gaps_filled,
-            GapStatus::Unrecoverable => &self.stats.gaps_unrecoverable,
-            GapStatus::Open => &self.stats.runs,
-        }
-        .fetch_add(1, Ordering::Relaxed);
+            GapStatus::Filled => self.stats.gaps_filled.fetch_add(1, Ordering::Relaxed),
+            GapStatus::Unrecoverable => self
+                .stats
+                .gaps_unrecoverable
+                .fetch_add(1, Ordering::Relaxed),
+            GapStatus::Open => 0, // never passed here: a resolution is filled or unrecoverable
+        };
         if g.status == GapStatus::Unrecoverable {
             tracing::warn!(symbol = %g.symbol, stream = %g.stream, start_ms = g.start_ms,
                 end_ms = ?g.end_ms, detail = ?g.detail, "hole beyond the venue's history: recorded as unrecoverable");

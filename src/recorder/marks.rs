@@ -250,13 +250,6 @@ impl Marks {
         }
     }
 
-    /// Moves a bar mark to `open_ms` (the first bar not yet final) if that is later.
-    pub fn saw_bar(&self, interval: &Arc<str>, open_ms: i64) {
-        let mut m = self.lock();
-        let slot = m.bars.entry(interval.clone()).or_default();
-        *slot = Some(slot.map_or(open_ms, |s| s.max(open_ms)));
-    }
-
     /// The first trade the current connection delivered, if any yet.
     pub fn conn_first_trade(&self) -> Option<TradeMark> {
         self.lock().conn_first_trade
