@@ -187,15 +187,36 @@ impl Serialize for DepthSetting {
 }
 
 /// The URL with any password replaced, for logs and `Debug`.
+/// Both places a PostgreSQL URL can carry one are masked: `user:PASS@host` and
+/// `?password=PASS` (also `sslpassword`).
 pub fn redact_url(raw: &str) -> String {
-    match url::Url::parse(raw) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("****"));
-            u.to_string()
-        }
-        Ok(_) => raw.to_string(),
-        Err(_) => "<unparsable url>".to_string(),
+    let Ok(mut u) = url::Url::parse(raw) else {
+        return "<unparsable url>".to_string();
+    };
+    let secret =
+        |k: &str| k.eq_ignore_ascii_case("password") || k.eq_ignore_ascii_case("sslpassword");
+    let in_query = u.query_pairs().any(|(k, _)| secret(&k));
+    if u.password().is_none() && !in_query {
+        return raw.to_string();
     }
+    if u.password().is_some() {
+        let _ = u.set_password(Some("****"));
+    }
+    if in_query {
+        let pairs: Vec<(String, String)> = u
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if secret(&k) {
+                    "****".to_string()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        u.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    u.to_string()
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -788,5 +809,25 @@ listen = "127.0.0.1:9187"
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("s3cret"), "{dbg}");
         assert!(dbg.contains("****"));
+    }
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_are_masked_in_userinfo_and_query() {
+        let u = redact_url("postgres://rec:hunter2@db.local:5432/md");
+        assert!(!u.contains("hunter2") && u.contains("rec:****@"), "{u}");
+        let u = redact_url("postgres://rec@db.local/md?sslmode=require&password=hunter2");
+        assert!(!u.contains("hunter2"), "{u}");
+        assert!(
+            u.contains("sslmode=require") && u.contains("password=****"),
+            "{u}"
+        );
+        let u = redact_url("postgres://db.local/md?PassWord=hunter2&sslpassword=s3cret");
+        assert!(!u.contains("hunter2") && !u.contains("s3cret"), "{u}");
+        assert_eq!(redact_url("sqlite://mdrec.db"), "sqlite://mdrec.db");
     }
 }

@@ -305,6 +305,49 @@ pub fn interval_ms(interval: &str) -> Option<i64> {
     })
 }
 
+/// Longest free text (close reasons, gap details, listing names) stored, in bytes.
+pub const MAX_TEXT_BYTES: usize = 512;
+
+/// Text from the network made safe to store in either database: NUL (which PostgreSQL
+/// refuses in `text`, poisoning a whole batch) and other control characters but tab and
+/// newline become U+FFFD, and the text is cut to `cap` bytes on a character boundary
+/// (ending in an ellipsis). Invalid UTF-8 never gets this far: bytes become text through
+/// lossy decoding or a validating parser.
+pub fn safe_text(s: &str, cap: usize) -> std::borrow::Cow<'_, str> {
+    let bad = |c: char| c.is_control() && c != '\t' && c != '\n';
+    if s.len() <= cap && !s.chars().any(bad) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len().min(cap));
+    for c in s.chars() {
+        let c = if bad(c) {
+            char::REPLACEMENT_CHARACTER
+        } else {
+            c
+        };
+        if out.len() + c.len_utf8() > cap.saturating_sub(3) && s.len() > cap {
+            out.push('\u{2026}');
+            break;
+        }
+        out.push(c);
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// [`safe_text`] in place, for owned strings.
+pub fn make_safe(s: &mut String) {
+    if let std::borrow::Cow::Owned(clean) = safe_text(s, MAX_TEXT_BYTES) {
+        *s = clean;
+    }
+}
+
+/// [`safe_text`] for shared names (symbols from a listing).
+pub fn make_safe_arc(s: &mut Arc<str>) {
+    if let std::borrow::Cow::Owned(clean) = safe_text(s, MAX_TEXT_BYTES) {
+        *s = Arc::from(clean);
+    }
+}
+
 /// Microseconds since the Unix epoch, from the system clock.
 pub fn now_us() -> i64 {
     std::time::SystemTime::now()
@@ -315,4 +358,25 @@ pub fn now_us() -> i64 {
 
 pub fn now_ms() -> i64 {
     now_us() / 1000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn safe_text_replaces_nul_and_controls_and_caps_length() {
+        assert!(matches!(
+            safe_text("fine\tok\n", 64),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(safe_text("a\0b\u{7}c", 64), "a\u{fffd}b\u{fffd}c");
+        let long = "\u{e9}".repeat(600); // 2 bytes each
+        let cut = safe_text(&long, 512);
+        assert!(cut.len() <= 512, "{}", cut.len());
+        assert!(cut.ends_with('\u{2026}'));
+        assert!(cut.chars().all(|c| c == '\u{e9}' || c == '\u{2026}'));
+        // a short string with a NUL keeps its length class: no ellipsis
+        assert_eq!(safe_text("\0", 512), "\u{fffd}");
+    }
 }

@@ -27,6 +27,33 @@ pub struct Batch {
     gap_index: HashMap<(Arc<str>, String, i64), usize>,
 }
 
+/// Free text that can come from the network is made safe before it becomes a row (also
+/// for batches replayed from a spool an older version wrote).
+fn sanitize(ev: &mut Event) {
+    use crate::model::{make_safe, make_safe_arc};
+    match ev {
+        Event::Session(s) => {
+            make_safe(&mut s.session_id);
+            if let Some(r) = s.close_reason.as_mut() {
+                make_safe(r);
+            }
+        }
+        Event::Gap(g) => {
+            make_safe(&mut g.stream);
+            if let Some(d) = g.detail.as_mut() {
+                make_safe(d);
+            }
+        }
+        Event::Market(m) => {
+            make_safe_arc(&mut m.symbol);
+            for t in [m.base.as_mut(), m.quote.as_mut()].into_iter().flatten() {
+                make_safe(t);
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Ordering of kline versions: a closed bar beats an open one, then newer exchange time,
 /// then newer receive time. The SQL upsert uses the same rule.
 pub fn kline_rank(k: &Kline) -> (bool, i64, i64) {
@@ -43,7 +70,8 @@ fn merge_quote_volume(mut new: Kline, old: &Kline) -> Kline {
 }
 
 impl Batch {
-    pub fn push(&mut self, ev: Event) {
+    pub fn push(&mut self, mut ev: Event) {
+        sanitize(&mut ev);
         match ev {
             Event::Trade(t) => match self.trade_index.entry((t.symbol.clone(), t.trade_id)) {
                 // the same trade from WS and REST: one row, keeping any field only one sent

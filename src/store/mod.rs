@@ -29,6 +29,13 @@ pub enum StoreError {
     Url(String),
     #[error("stored value unreadable: {0}")]
     Corrupt(String),
+    #[error("cannot {op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl StoreError {

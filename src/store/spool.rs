@@ -101,11 +101,11 @@ impl Spool {
 
     /// Writes a batch durably as one file.
     pub fn append(&mut self, batch: &Batch) -> std::io::Result<()> {
-        std::fs::create_dir_all(&self.dir)?;
+        private_dir(&self.dir)?;
         let seq = self.next_seq;
         let tmp = self.dir.join(format!("{seq:012}.tmp"));
         let done = self.dir.join(format!("{seq:012}.spool"));
-        let file = std::fs::File::create(&tmp)?;
+        let file = private_file(&tmp)?;
         let mut w = BufWriter::new(file);
         for ev in batch.events() {
             serde_json::to_writer(&mut w, &ev)?;
@@ -148,6 +148,27 @@ impl Spool {
         self.files = self.files.saturating_sub(1);
         Ok(())
     }
+}
+
+/// Creates a directory (and its parents) readable by the owner only: spooled rows are the
+/// operator's data, whatever the umask.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Creates (truncating) a file only its owner can read and write.
+pub fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
 }
 
 fn seq_of(p: &Path) -> Option<u64> {
@@ -225,6 +246,12 @@ mod tests {
         s.append(&sample()).unwrap();
         assert_eq!(s.files(), 2);
         assert!(s.bytes() > 0);
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(dir), 0o700);
+            assert_eq!(mode(&s.pending().unwrap()[0]), 0o600);
+        }
         let files = s.pending().unwrap();
         let back = Spool::read(&files[0]).unwrap();
         let want = sample();

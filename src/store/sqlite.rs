@@ -33,8 +33,32 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
 impl SqliteStore {
     pub async fn connect(url: &str) -> Result<SqliteStore, StoreError> {
-        let opts = SqliteConnectOptions::from_str(url)
-            .map_err(StoreError::sql("parse sqlite url"))?
+        let opts =
+            SqliteConnectOptions::from_str(url).map_err(StoreError::sql("parse sqlite url"))?;
+        // SQLite gives its -wal and -shm files the database file's mode: create it 0600
+        // ourselves so market data is not world-readable under a permissive umask
+        let path = opts.get_filename();
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        if !in_memory && !path.exists() {
+            use std::os::unix::fs::OpenOptionsExt;
+            let created = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path);
+            match created {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => {
+                    return Err(StoreError::Io {
+                        op: "create the sqlite database file",
+                        path: path.to_path_buf(),
+                        source: e,
+                    });
+                }
+            }
+        }
+        let opts = opts
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
