@@ -238,6 +238,33 @@ pub struct RecordConfig {
     pub depth_dedupe: bool,
     #[serde(default)]
     pub ticker: bool,
+    /// An exchange time further ahead of the receive time than this makes the message
+    /// invalid (it is counted, not stored).
+    #[serde(default = "default_time_ahead")]
+    pub max_time_ahead_s: u64,
+    /// A live row whose exchange time is further than this from the receive time is counted
+    /// as venue clock skew (`mdrec_clock_skew_total`) and kept.
+    #[serde(default = "default_clock_skew")]
+    pub clock_skew_s: u64,
+}
+
+fn default_time_ahead() -> u64 {
+    300
+}
+
+fn default_clock_skew() -> u64 {
+    60
+}
+
+impl RecordConfig {
+    /// The venue's validation limits with this configuration's clock tolerances.
+    pub fn rules(&self, venue: crate::venue::validate::Rules) -> crate::venue::validate::Rules {
+        crate::venue::validate::Rules {
+            max_ahead_ms: (self.max_time_ahead_s as i64).saturating_mul(1000),
+            skew_ms: (self.clock_skew_s as i64).saturating_mul(1000),
+            ..venue
+        }
+    }
 }
 
 fn yes() -> bool {
@@ -567,6 +594,18 @@ impl Config {
             return Err(ConfigError::new(
                 "record",
                 "records nothing: enable trades, klines, depth or ticker",
+            ));
+        }
+        if self.record.clock_skew_s == 0 {
+            return Err(ConfigError::new(
+                "record.clock_skew_s",
+                "must be at least 1 (seconds)",
+            ));
+        }
+        if self.record.max_time_ahead_s > 86_400 * 365 {
+            return Err(ConfigError::new(
+                "record.max_time_ahead_s",
+                "must be at most a year (31536000 seconds)",
             ));
         }
         if self.record.depth_levels == 0 {

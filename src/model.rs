@@ -278,6 +278,33 @@ impl StreamKey {
 }
 
 impl Event {
+    /// The table this event becomes a row of.
+    pub fn table(&self) -> &'static str {
+        match self {
+            Event::Trade(_) => "trades",
+            Event::Kline(_) => "klines",
+            Event::BookSnapshot(_) => "book_snapshots",
+            Event::BookDelta(_) => "book_deltas",
+            Event::Ticker(_) => "tickers",
+            Event::Session(_) => "sessions",
+            Event::Market(_) => "markets",
+            Event::Gap(_) => "gaps",
+        }
+    }
+
+    pub fn venue_symbol(&self) -> (&'static str, &str) {
+        match self {
+            Event::Trade(x) => (x.venue, &x.symbol),
+            Event::Kline(x) => (x.venue, &x.symbol),
+            Event::BookSnapshot(x) => (x.venue, &x.symbol),
+            Event::BookDelta(x) => (x.venue, &x.symbol),
+            Event::Ticker(x) => (x.venue, &x.symbol),
+            Event::Session(x) => (x.venue, &x.symbol),
+            Event::Market(x) => (x.venue, &x.symbol),
+            Event::Gap(x) => (x.venue, &x.symbol),
+        }
+    }
+
     /// The market-data stream this event came from (None for control rows).
     pub fn stream(&self) -> Option<StreamKey> {
         Some(match self {

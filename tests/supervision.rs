@@ -68,10 +68,18 @@ impl Venue for Faulty {
     fn kline_history_request(&self, symbol: &str, interval: &str, since_ms: i64) -> Option<String> {
         CdcV1.kline_history_request(symbol, interval, since_ms)
     }
-    fn session(&self, symbol: Arc<str>, max_frame_bytes: usize) -> Box<dyn VenueSession> {
+    fn rules(&self) -> mdrec::venue::validate::Rules {
+        CdcV1.rules()
+    }
+    fn session(
+        &self,
+        symbol: Arc<str>,
+        max_frame_bytes: usize,
+        rules: mdrec::venue::validate::Rules,
+    ) -> Box<dyn VenueSession> {
         let armed = (&*symbol == "ethusdt").then(|| self.decoder_armed.clone());
         Box::new(FaultySession {
-            inner: CdcV1.session(symbol, max_frame_bytes),
+            inner: CdcV1.session(symbol, max_frame_bytes, rules),
             armed,
         })
     }

@@ -35,7 +35,7 @@ const WRITE_SECONDS_BUCKETS: [f64; 12] = [
 ];
 
 /// Name, unit, help: every metric this module exports.
-const DESCRIPTIONS: [(&str, Option<Unit>, &str); 27] = [
+const DESCRIPTIONS: [(&str, Option<Unit>, &str); 30] = [
     (
         "mdrec_frames_received_total",
         None,
@@ -91,7 +91,7 @@ const DESCRIPTIONS: [(&str, Option<Unit>, &str); 27] = [
     (
         "mdrec_write_errors_total",
         None,
-        "Database writes that failed or timed out.",
+        "Database writes that failed or timed out, per error class (unavailable, timeout, data, permission, schema).",
     ),
     (
         "mdrec_database_up",
@@ -125,6 +125,21 @@ const DESCRIPTIONS: [(&str, Option<Unit>, &str); 27] = [
         "Rows lost at the shutdown deadline (neither stored nor spooled).",
     ),
     ("mdrec_gaps", None, "Rows in the gaps table, per status."),
+    (
+        "mdrec_rejected_rows_total",
+        None,
+        "Rows not stored as market data, per reason (data_error: refused by the database; conflict: key stored with other content), kept in rejected_rows.",
+    ),
+    (
+        "mdrec_invalid_messages_total",
+        None,
+        "Market-data messages failing the venue's validation (never stored), per symbol and kind.",
+    ),
+    (
+        "mdrec_clock_skew_total",
+        None,
+        "Live rows kept whose exchange time was further than clock_skew_s from the receive time, per symbol.",
+    ),
     (
         "mdrec_rest_requests_total",
         None,
@@ -239,6 +254,17 @@ impl Exporter {
                     load(n),
                 );
             }
+            for (kind, n) in crate::venue::validate::Invalid::KINDS
+                .iter()
+                .zip(&w.invalid_by_kind)
+            {
+                c(
+                    "mdrec_invalid_messages_total",
+                    &[("symbol", symbol), ("kind", kind)],
+                    load(n),
+                );
+            }
+            c("mdrec_clock_skew_total", &s, load(&w.clock_skew));
             let channels: Vec<_> = crate::recorder::worker::lock(&w.channels)
                 .iter()
                 .map(|(k, v)| (k.name(), *v))
@@ -278,7 +304,18 @@ impl Exporter {
         ] {
             c("mdrec_rows_written_total", &[("table", table)], load(n));
         }
-        c("mdrec_write_errors_total", &[], load(&wr.flush_errors));
+        for class in crate::store::ErrorClass::ALL {
+            c(
+                "mdrec_write_errors_total",
+                &[("class", class.as_str())],
+                load(&wr.errors_by_class[class as usize]),
+            );
+        }
+        c(
+            "mdrec_rejected_rows_total",
+            &[("reason", "data_error")],
+            load(&wr.rejected_rows),
+        );
         c("mdrec_spooled_rows_total", &[], load(&wr.spooled_rows));
         c("mdrec_replayed_rows_total", &[], load(&wr.replayed_rows));
         c("mdrec_dropped_rows_total", &[], load(&wr.dropped_rows));

@@ -46,6 +46,8 @@ pub struct BackfillStats {
     pub history_requests: AtomicU64,
     pub gaps_filled: AtomicU64,
     pub gaps_unrecoverable: AtomicU64,
+    /// REST and history rows dropped by the venue's validation, per `Invalid::KINDS` entry.
+    pub invalid_by_kind: [AtomicU64; 5],
 }
 
 pub struct Backfill {
@@ -199,6 +201,30 @@ fn add(pending: &mut Vec<HoleCheck>, c: HoleCheck) {
 }
 
 impl Backfill {
+    /// Rows from REST that pass the venue's validation; the rest are counted and logged.
+    fn valid_only<T>(
+        &self,
+        rows: Vec<T>,
+        wrap: impl Fn(T) -> Event,
+        unwrap: impl Fn(Event) -> Option<T>,
+    ) -> Vec<T> {
+        let rules = self.config.record.rules(self.venue.rules());
+        let mut events: Vec<Event> = rows.into_iter().map(wrap).collect();
+        let mut f = crate::venue::validate::Findings::default();
+        crate::venue::validate::retain_valid(&rules, &mut events, 0, now_us() / 1000, &mut f);
+        if let Some(kind) = f.first {
+            for (i, n) in f.invalid.iter().enumerate() {
+                self.stats.invalid_by_kind[i].fetch_add(*n as u64, Ordering::Relaxed);
+            }
+            tracing::warn!(
+                kind = kind.kind(),
+                dropped = f.invalid_total(),
+                "invalid rows in a REST answer dropped (not stored)"
+            );
+        }
+        events.into_iter().filter_map(unwrap).collect()
+    }
+
     fn marks(&self, symbol: &Arc<str>) -> Arc<Marks> {
         self.marks.get(symbol).cloned().unwrap_or_default()
     }
@@ -291,7 +317,12 @@ impl Backfill {
         self.stats
             .trades_fetched
             .fetch_add(got.len() as u64, Ordering::Relaxed);
+        // counted before validation: a full answer stays full when a row of it is invalid
         let fetched = got.len();
+        let got = self.valid_only(got, Event::Trade, |e| match e {
+            Event::Trade(t) => Some(t),
+            _ => None,
+        });
         let got: Vec<(TradeMark, _)> = got.into_iter().map(|t| (mark_of(&t), t)).collect();
         let oldest = got
             .iter()
@@ -395,13 +426,17 @@ impl Backfill {
             .get(&path)
             .await
             .map_err(|e| Failed::Source(format!("{iv} bars: {e}")))?;
-        let mut bars = self
+        let bars = self
             .venue
             .parse_klines(&body, &c.symbol, iv, now_us())
             .map_err(|e| {
                 self.rest.stats.outcome(&path, "bad_body");
                 Failed::Source(format!("{iv} bars: {e}"))
             })?;
+        let mut bars = self.valid_only(bars, Event::Kline, |e| match e {
+            Event::Kline(k) => Some(k),
+            _ => None,
+        });
         // the newest bar is still forming: stored open (the socket's later pushes replace it,
         // and a socket that never sees it close leaves it to the audit)
         let forming = bars.pop();
@@ -611,7 +646,11 @@ impl Backfill {
         ws.send(Message::text(req))
             .await
             .map_err(|e| fail(e.to_string()))?;
-        let mut session = self.venue.session(symbol.clone(), c.max_frame_bytes);
+        let mut session = self.venue.session(
+            symbol.clone(),
+            c.max_frame_bytes,
+            self.config.record.rules(self.venue.rules()),
+        );
         let deadline = Instant::now() + timeout;
         let mut out = Vec::new();
         let bars = loop {

@@ -30,6 +30,10 @@ pub struct WorkerStats {
     pub decode_errors: AtomicU64,
     /// Skipped frames per `DecodeError::KINDS` entry.
     pub decode_errors_by_kind: [AtomicU64; 5],
+    /// Messages dropped by the venue's validation, per `validate::Invalid::KINDS` entry.
+    pub invalid_by_kind: [AtomicU64; 5],
+    /// Rows kept though the venue's clock was further than `clock_skew_s` from ours.
+    pub clock_skew: AtomicU64,
     pub connects: AtomicU64,
     pub pings_answered: AtomicU64,
     /// Times the supervisor restarted this worker after a panic.
@@ -188,7 +192,12 @@ impl Worker {
             last_books: HashMap::new(),
             last_jump_check: None,
             channels: Vec::new(),
-            decoder: self.venue.session(self.symbol.clone(), c.max_frame_bytes),
+            decoder: self.venue.session(
+                self.symbol.clone(),
+                c.max_frame_bytes,
+                self.config.record.rules(self.venue.rules()),
+            ),
+            invalid_burst: 0,
             events: Vec::with_capacity(64),
             last_recv_us: 0,
             fresh: false,
@@ -318,6 +327,8 @@ struct Reader {
     last_recv_us: i64,
     fresh: bool,
     error_burst: u64,
+    /// Invalid messages since the last frame without any (logged once per burst).
+    invalid_burst: u64,
 }
 
 impl Reader {
@@ -345,6 +356,31 @@ enum Handled {
 }
 
 impl Reader {
+    /// Counts what validation found; the first invalid message of a burst is logged.
+    fn tally(&mut self, w: &Worker, f: &crate::venue::validate::Findings) {
+        if f.skewed > 0 {
+            w.stats
+                .clock_skew
+                .fetch_add(f.skewed as u64, Ordering::Relaxed);
+        }
+        let Some(first) = f.first else {
+            if self.invalid_burst > 1 {
+                tracing::warn!(symbol = %w.symbol, dropped = self.invalid_burst, "burst of invalid messages ended");
+            }
+            self.invalid_burst = 0;
+            return;
+        };
+        for (i, n) in f.invalid.iter().enumerate() {
+            if *n > 0 {
+                w.stats.invalid_by_kind[i].fetch_add(*n as u64, Ordering::Relaxed);
+            }
+        }
+        if self.invalid_burst == 0 {
+            tracing::warn!(symbol = %w.symbol, kind = first.kind(), "invalid market data dropped (not stored)");
+        }
+        self.invalid_burst += f.invalid_total() as u64;
+    }
+
     async fn handle(&mut self, w: &Worker, msg: &Message) -> Handled {
         let recv = now_us().max(self.last_recv_us + 1);
         self.last_recv_us = recv;
@@ -376,9 +412,11 @@ impl Reader {
         }))
         .unwrap_or_else(|p| {
             // a decoder bug must cost one frame, not the connection: start from fresh state
-            self.decoder = w
-                .venue
-                .session(w.symbol.clone(), w.config.connection.max_frame_bytes);
+            self.decoder = w.venue.session(
+                w.symbol.clone(),
+                w.config.connection.max_frame_bytes,
+                w.config.record.rules(w.venue.rules()),
+            );
             self.events.clear();
             Err(DecodeError::Panic(panic_message(p.as_ref())))
         });
@@ -391,6 +429,7 @@ impl Reader {
                 if reaction.reply.is_some() {
                     w.stats.pings_answered.fetch_add(1, Ordering::Relaxed);
                 }
+                self.tally(w, &reaction.findings);
                 reaction.reply
             }
             Err(e) => {

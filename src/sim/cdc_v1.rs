@@ -100,7 +100,12 @@ async fn connection(server: Arc<Server>, tcp: TcpStream) -> anyhow::Result<()> {
                 _ = kick.changed() => anyhow::bail!("connection cut by fault injection"),
                 h = hostile.recv() => {
                     if let Ok(h) = h {
+                        let closing = h == Hostile::CloseWithNul;
                         ws.send(hostile_frame(h)?).await?;
+                        if closing {
+                            let _ = ws.flush().await;
+                            return Ok(());
+                        }
                     }
                 }
                 _ = ping.tick() => {
@@ -503,7 +508,45 @@ fn hostile_frame(h: Hostile) -> anyhow::Result<Message> {
         Hostile::UnknownEvent => {
             Message::text(r#"{"event":"nope","params":{"channel":"market_btcusdt_ticker"}}"#)
         }
+        Hostile::Invalid(v) => Message::binary(gzip(bad_value_frame(v).as_bytes())?),
+        Hostile::CloseWithNul => {
+            Message::Close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Away,
+                reason: "maintenance\0\u{7}\u{1b}[31m restart".into(),
+            }))
+        }
     })
+}
+
+/// A btcusdt frame that is well-formed but carries one invalid value; its trade ids are far
+/// from the simulated market's, so none can be mistaken for a ledger trade.
+fn bad_value_frame(v: super::BadValue) -> String {
+    use super::BadValue::*;
+    let now = crate::model::now_ms();
+    let trade = |id: i64, price: &str, vol: &str, ts: &str| {
+        format!(
+            r#"{{"channel":"market_btcusdt_trade_ticker","ts":{now},"tick":{{"ts":{now},"data":[{{"id":{id},"side":"BUY","price":"{price}","vol":"{vol}","amount":"1","ts":{ts}}}]}}}}"#
+        )
+    };
+    let bar = |id: &str, high: &str, low: &str| {
+        format!(
+            r#"{{"channel":"market_btcusdt_kline_1min","ts":{now},"tick":{{"id":{id},"open":"100","close":"100","high":"{high}","low":"{low}","vol":"1","amount":"100"}}}}"#
+        )
+    };
+    let huge = format!("1.{}", "7".repeat(60));
+    match v {
+        TradePriceZero => trade(9_000_000_001, "0", "1", &now.to_string()),
+        TradeQtyZero => trade(9_000_000_002, "100", "0", &now.to_string()),
+        TradeQtyNegative => trade(9_000_000_003, "100", "-1.5", &now.to_string()),
+        TradeTimeZero => trade(9_000_000_004, "100", "1", "0"),
+        TradeTimeNegative => trade(9_000_000_005, "100", "1", "-1"),
+        TradeTimeMax => trade(9_000_000_006, "100", "1", &i64::MAX.to_string()),
+        TradeHugeDecimal => trade(9_000_000_007, &huge, "1", &now.to_string()),
+        KlineOpenTimeZero => bar("0", "101", "99"),
+        KlineOpenTimeNegative => bar("-1", "101", "99"),
+        KlineHighBelowLow => bar(&(now / 60_000 * 60).to_string(), "99", "101"),
+        KlineHighZero => bar(&(now / 60_000 * 60).to_string(), "0", "99"),
+    }
 }
 
 /// Number rendering of one server personality.
@@ -682,6 +725,7 @@ fn market_reply(
 
 async fn symbols(AxState(s): AxState<Arc<Server>>) -> axum::response::Response {
     let st = lock(&s.state);
+    let hostile = st.hostile_text;
     let items: Vec<String> = st
         .markets
         .values()
@@ -691,7 +735,12 @@ async fn symbols(AxState(s): AxState<Arc<Server>>) -> axum::response::Response {
                 json_str(&m.spec.symbol),
                 json_str(&m.spec.quote),
                 m.spec.qty_scale,
-                json_str(&m.spec.base),
+                if hostile {
+                    // NUL, a bell and an ANSI escape, JSON-escaped as a venue would send them
+                    format!("\"{}\\u0000\\u0007\\u001b[0m\"", m.spec.base)
+                } else {
+                    json_str(&m.spec.base)
+                },
                 m.spec.price_scale
             )
         })

@@ -119,6 +119,58 @@ pub enum Hostile {
     Oversized(usize),
     /// An echo of an unknown client event, uncompressed, as some servers send.
     UnknownEvent,
+    /// Well-formed btcusdt market data with an invalid value (never in the ledger).
+    Invalid(BadValue),
+    /// A close frame whose reason holds NUL and control characters; the server hangs up.
+    CloseWithNul,
+}
+
+/// Invalid values a hostile venue sends in otherwise well-formed frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadValue {
+    TradePriceZero,
+    TradeQtyZero,
+    TradeQtyNegative,
+    TradeTimeZero,
+    TradeTimeNegative,
+    TradeTimeMax,
+    TradeHugeDecimal,
+    KlineOpenTimeZero,
+    KlineOpenTimeNegative,
+    KlineHighBelowLow,
+    KlineHighZero,
+}
+
+impl BadValue {
+    pub const ALL: [BadValue; 11] = [
+        BadValue::TradePriceZero,
+        BadValue::TradeQtyZero,
+        BadValue::TradeQtyNegative,
+        BadValue::TradeTimeZero,
+        BadValue::TradeTimeNegative,
+        BadValue::TradeTimeMax,
+        BadValue::TradeHugeDecimal,
+        BadValue::KlineOpenTimeZero,
+        BadValue::KlineOpenTimeNegative,
+        BadValue::KlineHighBelowLow,
+        BadValue::KlineHighZero,
+    ];
+
+    /// The validation kind the recorder must count it under.
+    pub fn kind(self) -> &'static str {
+        use BadValue::*;
+        match self {
+            TradePriceZero | KlineHighZero => "price",
+            TradeQtyZero | TradeQtyNegative => "quantity",
+            TradeTimeZero
+            | TradeTimeNegative
+            | TradeTimeMax
+            | KlineOpenTimeZero
+            | KlineOpenTimeNegative => "time",
+            TradeHugeDecimal => "digits",
+            KlineHighBelowLow => "bar_range",
+        }
+    }
 }
 
 /// One market step as broadcast to connections.
@@ -162,6 +214,8 @@ pub struct State {
     pub withhold_trades: HashMap<String, u32>,
     /// `/v1/trades` and `/v1/klines` answer an error envelope while set.
     pub rest_errors: bool,
+    /// `/v1/symbols` names and error envelopes carry NUL and control characters while set.
+    pub hostile_text: bool,
     /// Per symbol, with `book_history`: (time, whole step-0 book) after every change.
     pub book_history: HashMap<String, Vec<(i64, Arc<Book>)>>,
     clock_origin_ms: i64,
@@ -247,6 +301,11 @@ impl SimHandle {
     /// REST data endpoints answer `{"code":"10050","msg":"system busy"}` while on.
     pub fn rest_errors(&self, on: bool) {
         self.state().rest_errors = on;
+    }
+
+    /// REST texts (market listing, error messages) carry NUL and control characters.
+    pub fn hostile_text(&self, on: bool) {
+        self.state().hostile_text = on;
     }
 
     pub fn resume(&self) {
@@ -352,6 +411,7 @@ pub async fn start(config: SimConfig) -> std::io::Result<SimHandle> {
         quiet: false,
         withhold_trades: HashMap::new(),
         rest_errors: false,
+        hostile_text: false,
         book_history: HashMap::new(),
         clock_origin_ms: crate::model::now_ms(),
         wall_origin: std::time::Instant::now(),

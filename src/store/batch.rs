@@ -148,6 +148,14 @@ impl Batch {
         }
     }
 
+    pub fn from_events(events: impl IntoIterator<Item = Event>) -> Batch {
+        let mut b = Batch::default();
+        for ev in events {
+            b.push(ev);
+        }
+        b
+    }
+
     /// Every row as an event (for the spool).
     pub fn events(&self) -> impl Iterator<Item = Event> + '_ {
         let trades = self.trades.iter().cloned().map(Event::Trade);

@@ -13,7 +13,7 @@ pub mod writer;
 pub use batch::Batch;
 
 use crate::decimal::Dec;
-use crate::model::{BookSnapshot, Kline, Trade};
+use crate::model::{BookSnapshot, Event, Kline, Trade};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -43,6 +43,152 @@ impl StoreError {
     pub fn sql(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
         move |source| StoreError::Sql { op, source }
     }
+
+    /// What kind of failure this is, which decides what the writer does with the batch.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            StoreError::Sql { source, .. } => classify(source),
+            StoreError::Migrate(_) => ErrorClass::Schema,
+            StoreError::Url(_) => ErrorClass::Permission,
+            StoreError::Corrupt(_) => ErrorClass::Data,
+            StoreError::Io { .. } => ErrorClass::Unavailable,
+        }
+    }
+}
+
+/// Database failures by what can be done about them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ErrorClass {
+    /// Not reachable, connection broken, disk full, out of resources: spool and retry.
+    Unavailable,
+    /// No answer in time, locked, deadlock: spool and retry.
+    Timeout,
+    /// The database refused some row (constraint, encoding, range): split the batch, store
+    /// every good row, quarantine the bad ones.
+    Data,
+    /// Authentication or privileges: spool and retry until the operator fixes it.
+    Permission,
+    /// A table or column is missing or different: spool and retry until fixed.
+    Schema,
+}
+
+impl ErrorClass {
+    pub const ALL: [ErrorClass; 5] = [
+        ErrorClass::Unavailable,
+        ErrorClass::Timeout,
+        ErrorClass::Data,
+        ErrorClass::Permission,
+        ErrorClass::Schema,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::Unavailable => "unavailable",
+            ErrorClass::Timeout => "timeout",
+            ErrorClass::Data => "data",
+            ErrorClass::Permission => "permission",
+            ErrorClass::Schema => "schema",
+        }
+    }
+}
+
+/// Classifies by SQLSTATE (PostgreSQL) or result code (SQLite). Anything unknown counts as
+/// unavailable: retrying is safe, while quarantining a good row is not.
+pub fn classify(e: &sqlx::Error) -> ErrorClass {
+    use sqlx::Error as E;
+    match e {
+        E::Database(db) => {
+            let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+            if db
+                .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                .is_some()
+            {
+                pg_class(&code)
+            } else {
+                let primary = code.parse::<i64>().map(|c| c & 0xff).unwrap_or(-1);
+                sqlite_class(primary, db.message())
+            }
+        }
+        E::Encode(_) | E::TypeNotFound { .. } => ErrorClass::Data,
+        E::ColumnNotFound(_) | E::ColumnIndexOutOfBounds { .. } => ErrorClass::Schema,
+        E::Configuration(_) | E::Tls(_) => ErrorClass::Permission,
+        // PoolTimedOut included: no connection could be opened in time (refused, unreachable)
+        _ => ErrorClass::Unavailable,
+    }
+}
+
+fn pg_class(sqlstate: &str) -> ErrorClass {
+    match sqlstate.get(..2).unwrap_or("") {
+        // data exception, integrity constraint, program limit (e.g. index row too large)
+        "22" | "23" | "54" => ErrorClass::Data,
+        "28" => ErrorClass::Permission,
+        "42" if sqlstate == "42501" => ErrorClass::Permission,
+        "42" | "3F" => ErrorClass::Schema,
+        // query canceled (statement_timeout), transaction rollback (deadlock, serialization)
+        "57" if sqlstate == "57014" => ErrorClass::Timeout,
+        "40" | "55" => ErrorClass::Timeout,
+        _ => ErrorClass::Unavailable,
+    }
+}
+
+fn sqlite_class(primary: i64, message: &str) -> ErrorClass {
+    match primary {
+        18 | 19 | 20 | 25 => ErrorClass::Data, // TOOBIG, CONSTRAINT, MISMATCH, RANGE
+        5 | 6 => ErrorClass::Timeout,          // BUSY, LOCKED
+        3 | 8 | 23 => ErrorClass::Permission,  // PERM, READONLY, AUTH
+        1 if message.contains("no such") || message.contains("has no column") => ErrorClass::Schema,
+        _ => ErrorClass::Unavailable, // FULL, IOERR, CANTOPEN, CORRUPT, NOMEM, ...
+    }
+}
+
+/// A row the database would not store as market data, kept with the reason (the
+/// `rejected_rows` table, or the quarantine file when the database refuses even that).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Rejected {
+    pub venue: String,
+    pub symbol: String,
+    /// The table the row was meant for.
+    pub kind: String,
+    /// `data_error` or `conflict`.
+    pub reason: String,
+    pub error: Option<String>,
+    pub row_json: String,
+    pub stored_json: Option<String>,
+    pub rejected_at_ms: i64,
+}
+
+impl Rejected {
+    /// A row the database refused, with the database's message.
+    pub fn data_error(ev: &Event, error: &str) -> Rejected {
+        let (venue, symbol) = ev.venue_symbol();
+        Rejected {
+            venue: venue.to_string(),
+            symbol: crate::model::safe_text(symbol, crate::model::MAX_TEXT_BYTES).into_owned(),
+            kind: ev.table().to_string(),
+            reason: "data_error".into(),
+            error: Some(crate::model::safe_text(error, 2048).into_owned()),
+            row_json: event_json(ev),
+            stored_json: None,
+            rejected_at_ms: crate::model::now_ms(),
+        }
+    }
+
+    /// Identifies the row across replays: FNV-1a 64 over its JSON, and the JSON's length.
+    pub fn row_key(&self) -> String {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for &b in self.row_json.as_bytes() {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        format!("{h:016x}-{}", self.row_json.len())
+    }
+}
+
+/// An event as JSON text that any database takes: NUL is escaped by serde_json (`\u0000`),
+/// never raw.
+pub fn event_json(ev: &Event) -> String {
+    serde_json::to_string(ev)
+        .unwrap_or_else(|e| format!("{{\"unserializable\":{:?}}}", e.to_string()))
 }
 
 /// A page of rows by time: `from_ms <= t < to_ms`, strictly after the keyset position `after`
@@ -76,7 +222,7 @@ pub enum Store {
 }
 
 /// Row counts per table, in schema order.
-pub const TABLES: [&str; 8] = [
+pub const TABLES: [&str; 9] = [
     "markets",
     "trades",
     "klines",
@@ -85,6 +231,7 @@ pub const TABLES: [&str; 8] = [
     "tickers",
     "sessions",
     "gaps",
+    "rejected_rows",
 ];
 
 impl Store {
@@ -201,6 +348,75 @@ impl Store {
         }
     }
 
+    /// Keeps rows that are not stored as market data in `rejected_rows` (one transaction;
+    /// a row already kept, e.g. from a replayed spool file, is not added again).
+    pub async fn write_rejected(&self, rows: &[Rejected]) -> Result<(), StoreError> {
+        const SQL: &str = "INSERT INTO rejected_rows (venue, symbol, kind, reason, error, row_json, \
+                           stored_json, row_key, rejected_at_ms) \
+                           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                           ON CONFLICT (reason, row_key) DO NOTHING";
+        read::on_pool!(self, pool => {
+            let mut conn = Checked::acquire(pool).await?;
+            let mut tx = sqlx::Connection::begin(conn.conn())
+                .await
+                .map_err(StoreError::sql("begin"))?;
+            for r in rows {
+                sqlx::query(SQL)
+                    .bind(&r.venue)
+                    .bind(&r.symbol)
+                    .bind(&r.kind)
+                    .bind(&r.reason)
+                    .bind(r.error.as_deref())
+                    .bind(&r.row_json)
+                    .bind(r.stored_json.as_deref())
+                    .bind(r.row_key())
+                    .bind(r.rejected_at_ms)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StoreError::sql("insert rejected_rows"))?;
+            }
+            tx.commit().await.map_err(StoreError::sql("commit"))?;
+            conn.clean();
+            Ok(())
+        })
+    }
+
+    /// Every row in `rejected_rows`, oldest first (tests and tools).
+    pub async fn rejected_rows(&self) -> Result<Vec<Rejected>, StoreError> {
+        type Row = (
+            String,
+            String,
+            String,
+            String,
+            Option<String>,
+            String,
+            Option<String>,
+            i64,
+        );
+        let sql = "SELECT venue, symbol, kind, reason, error, row_json, stored_json, rejected_at_ms \
+                   FROM rejected_rows ORDER BY id";
+        let rows: Vec<Row> =
+            read::on_pool!(self, pool => sqlx::query_as(sql).fetch_all(pool).await)
+                .map_err(StoreError::sql("select rejected_rows"))?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(venue, symbol, kind, reason, error, row_json, stored_json, rejected_at_ms)| {
+                    Rejected {
+                        venue,
+                        symbol,
+                        kind,
+                        reason,
+                        error,
+                        row_json,
+                        stored_json,
+                        rejected_at_ms,
+                    }
+                },
+            )
+            .collect())
+    }
+
     pub async fn close(&self) {
         match self {
             Store::Sqlite(s) => s.pool().close().await,
@@ -254,6 +470,42 @@ pub fn apply_delta(book: &mut BookSnapshot, side: crate::model::BookSide, price:
                 })
                 .unwrap_or(levels.len());
             levels.insert(at, (price, qty));
+        }
+    }
+}
+
+/// A pooled connection that goes back to the pool only when the work on it finished cleanly:
+/// after an error, or a write abandoned at a timeout, its state is unknown (a transaction
+/// the database may have rolled back by itself, a half-read reply), so it is closed and the
+/// pool opens a fresh one.
+pub(crate) struct Checked<DB: sqlx::Database> {
+    conn: sqlx::pool::PoolConnection<DB>,
+    clean: bool,
+}
+
+impl<DB: sqlx::Database> Checked<DB> {
+    pub async fn acquire(pool: &sqlx::Pool<DB>) -> Result<Self, StoreError> {
+        let conn = pool
+            .acquire()
+            .await
+            .map_err(StoreError::sql("acquire a connection"))?;
+        Ok(Checked { conn, clean: false })
+    }
+
+    /// The work finished (committed or cleanly rolled back): the connection may be reused.
+    pub fn clean(&mut self) {
+        self.clean = true;
+    }
+
+    pub fn conn(&mut self) -> &mut DB::Connection {
+        &mut self.conn
+    }
+}
+
+impl<DB: sqlx::Database> Drop for Checked<DB> {
+    fn drop(&mut self) {
+        if !self.clean {
+            self.conn.close_on_drop();
         }
     }
 }

@@ -50,7 +50,10 @@ impl PgStore {
     }
 
     pub async fn write(&self, batch: &Batch) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.map_err(StoreError::sql("begin"))?;
+        let mut conn = super::Checked::acquire(&self.pool).await?;
+        let mut tx = sqlx::Connection::begin(conn.conn())
+            .await
+            .map_err(StoreError::sql("begin"))?;
         if !batch.trades.is_empty() {
             let t = &batch.trades;
             sqlx::query::<Postgres>(
@@ -242,6 +245,7 @@ impl PgStore {
             .map_err(StoreError::sql("upsert markets"))?;
         }
         tx.commit().await.map_err(StoreError::sql("commit"))?;
+        conn.clean();
         Ok(())
     }
 

@@ -82,7 +82,10 @@ impl SqliteStore {
     }
 
     pub async fn write(&self, batch: &Batch) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.map_err(StoreError::sql("begin"))?;
+        let mut conn = super::Checked::acquire(&self.pool).await?;
+        let mut tx = sqlx::Connection::begin(conn.conn())
+            .await
+            .map_err(StoreError::sql("begin"))?;
         for chunk in batch.trades.chunks(MAX_PARAMS / 11) {
             let mut qb = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO trades (venue, symbol, trade_id, side, price, qty, quote_qty, \
@@ -297,6 +300,7 @@ impl SqliteStore {
                 .map_err(StoreError::sql("upsert markets"))?;
         }
         tx.commit().await.map_err(StoreError::sql("commit"))?;
+        conn.clean();
         Ok(())
     }
 

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::spool::Spool;
-use super::{Batch, Store};
+use super::{Batch, ErrorClass, Rejected, Store};
 use crate::config::WriterConfig;
 use crate::model::Event;
 use crate::recorder::backoff::ReconnectPolicy;
@@ -37,6 +37,13 @@ pub struct WriterStats {
     pub sessions: AtomicU64,
     pub flushes: AtomicU64,
     pub flush_errors: AtomicU64,
+    /// Failed writes per [`ErrorClass::ALL`] entry.
+    pub errors_by_class: [AtomicU64; 5],
+    /// Rows the database refused (isolated by splitting the batch) and kept in
+    /// `rejected_rows` or the quarantine file instead.
+    pub rejected_rows: AtomicU64,
+    /// Of those, rows only the quarantine file holds (the database refused them there too).
+    pub quarantined_to_file: AtomicU64,
     /// Rows written to the spool, and rows replayed from it into the database.
     pub spooled_rows: AtomicU64,
     pub replayed_rows: AtomicU64,
@@ -86,6 +93,37 @@ struct Writer {
     next_probe: Option<Instant>,
     /// Shutdown deadline: bounds every write once shutdown has started.
     deadline: Arc<crate::recorder::deadline::Deadline>,
+    /// Tables for which a refused row was logged already (logged once per table).
+    logged_rejects: std::collections::HashSet<String>,
+}
+
+/// Why a write did not commit.
+struct WriteFail {
+    class: ErrorClass,
+    error: String,
+}
+
+/// Refused rows the database would not take into `rejected_rows` either, one JSON line each.
+pub const QUARANTINE_FILE: &str = "quarantine.jsonl";
+
+fn append_quarantine(path: &std::path::Path, rows: &[Rejected]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        super::spool::private_dir(dir)?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)?;
+    let mut buf = Vec::new();
+    for r in rows {
+        serde_json::to_writer(&mut buf, r)?;
+        buf.push(b'\n');
+    }
+    f.write_all(&buf)?;
+    f.sync_all()
 }
 
 pub async fn run(
@@ -109,6 +147,7 @@ pub async fn run(
         probe_delays: Box::new(probe.delays(None)),
         next_probe: None,
         deadline,
+        logged_rejects: Default::default(),
     };
     if let Some(s) = &w.spool {
         w.stats.spool_gauges(s);
@@ -175,22 +214,26 @@ impl Writer {
     }
 
     /// One database write, bounded by `write_timeout_s`.
-    async fn write(&self, batch: &Batch) -> Result<(), String> {
+    async fn write(&self, batch: &Batch) -> Result<(), WriteFail> {
         let limit = self
             .deadline
             .cap(Duration::from_secs(self.cfg.write_timeout_s));
+        let timeout = |error: String| WriteFail {
+            class: ErrorClass::Timeout,
+            error,
+        };
         if limit.is_zero() {
-            return Err("shutdown deadline reached".into());
+            return Err(timeout("shutdown deadline reached".into()));
         }
         let started = Instant::now();
         let r = tokio::select! {
             r = tokio::time::timeout(limit, self.store.write(batch)) => match r {
                 Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err(format!("no answer within {limit:?}")),
+                Ok(Err(e)) => Err(WriteFail { class: e.class(), error: e.to_string() }),
+                Err(_) => Err(timeout(format!("no answer within {limit:?}"))),
             },
             // a write that began before shutdown must not outlive the deadline either
-            _ = self.deadline.reached() => Err("shutdown deadline reached".into()),
+            _ = self.deadline.reached() => Err(timeout("shutdown deadline reached".into())),
         };
         let failing = &self.stats.failing_since_ms;
         match &r {
@@ -201,16 +244,114 @@ impl Writer {
                     seconds.record(started.elapsed().as_secs_f64());
                 }
             }
-            Err(_) => {
-                let _ = failing.compare_exchange(
-                    0,
-                    crate::model::now_ms(),
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                );
+            Err(f) => {
+                self.stats.flush_errors.fetch_add(1, Ordering::Relaxed);
+                self.stats.errors_by_class[f.class as usize].fetch_add(1, Ordering::Relaxed);
+                // a refused row says nothing about the database being up
+                if f.class != ErrorClass::Data {
+                    let _ = failing.compare_exchange(
+                        0,
+                        crate::model::now_ms(),
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
+                }
             }
         }
         r
+    }
+
+    /// Stores a batch. When the database refuses it for a data reason (a constraint, an
+    /// encoding, a value out of range), the batch is split in halves until the refused rows
+    /// are alone: every other row is stored and the refused ones are quarantined with the
+    /// database's message, so one bad row can never block the rest. Any other failure is
+    /// returned and the caller spools the whole batch (statements are idempotent, so rows
+    /// already committed by a half are harmless to write again).
+    async fn commit(&mut self, batch: &Batch) -> Result<(), WriteFail> {
+        let first = match self.write(batch).await {
+            Ok(()) => {
+                self.stats.record(batch);
+                return Ok(());
+            }
+            Err(f) if f.class != ErrorClass::Data => return Err(f),
+            Err(f) => f.error,
+        };
+        let mut stack: Vec<(Vec<crate::model::Event>, Option<String>)> =
+            vec![(batch.events().collect(), Some(first))];
+        let mut refused = Vec::new();
+        while let Some((events, known)) = stack.pop() {
+            let error = match known {
+                Some(e) => e,
+                None => {
+                    let part = Batch::from_events(events.iter().cloned());
+                    match self.write(&part).await {
+                        Ok(()) => {
+                            self.stats.record(&part);
+                            continue;
+                        }
+                        Err(f) if f.class != ErrorClass::Data => return Err(f),
+                        Err(f) => f.error,
+                    }
+                }
+            };
+            if events.len() == 1 {
+                refused.push(Rejected::data_error(&events[0], &error));
+            } else {
+                let mut left = events;
+                let right = left.split_off(left.len() / 2);
+                stack.push((right, None));
+                stack.push((left, None));
+            }
+        }
+        self.quarantine(refused).await;
+        Ok(())
+    }
+
+    /// Keeps refused rows in `rejected_rows`, or in the quarantine file next to the spool
+    /// when the database will not take them there either.
+    async fn quarantine(&mut self, rows: Vec<Rejected>) {
+        if rows.is_empty() {
+            return;
+        }
+        self.stats
+            .rejected_rows
+            .fetch_add(rows.len() as u64, Ordering::Relaxed);
+        for r in &rows {
+            if self.logged_rejects.insert(r.kind.clone()) {
+                tracing::warn!(table = %r.kind, symbol = %r.symbol, error = r.error.as_deref().unwrap_or(""),
+                    "the database refused a row; stored the rest and kept it in rejected_rows (logged once per table)");
+            }
+        }
+        let limit = Duration::from_secs(self.cfg.write_timeout_s);
+        let kept = match tokio::time::timeout(limit, self.store.write_rejected(&rows)).await {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {limit:?}"),
+        };
+        let file = self.quarantine_file();
+        match append_quarantine(&file, &rows) {
+            Ok(()) => {
+                self.stats
+                    .quarantined_to_file
+                    .fetch_add(rows.len() as u64, Ordering::Relaxed);
+                tracing::error!(error = %kept, file = %file.display(), rows = rows.len(),
+                    "rejected_rows refused too; refused rows written to the quarantine file");
+            }
+            Err(e) => {
+                self.stats
+                    .dropped_rows
+                    .fetch_add(rows.len() as u64, Ordering::Relaxed);
+                tracing::error!(error = %e, file = %file.display(), rows = rows.len(),
+                    "cannot write the quarantine file either: refused rows are lost");
+            }
+        }
+    }
+
+    fn quarantine_file(&self) -> std::path::PathBuf {
+        match &self.spool {
+            Some(s) => s.dir().join(QUARANTINE_FILE),
+            None => std::path::PathBuf::from(QUARANTINE_FILE),
+        }
     }
 
     fn spooling(&self) -> bool {
@@ -224,15 +365,13 @@ impl Writer {
         // While the spool holds data the database is considered down: straight to disk, and
         // the probe timer finds out when it is back.
         if !self.spooling() {
-            match self.write(batch).await {
+            match self.commit(batch).await {
                 Ok(()) => {
-                    self.stats.record(batch);
                     batch.clear();
                     return;
                 }
-                Err(e) => {
-                    self.stats.flush_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(error = %e, rows = batch.rows(), "database write failed; spooling to disk and recording on");
+                Err(f) => {
+                    tracing::warn!(class = f.class.as_str(), error = %f.error, rows = batch.rows(), "database write failed; spooling to disk and recording on");
                 }
             }
         }
@@ -265,12 +404,10 @@ impl Writer {
                     }
                     tokio::time::sleep(delays.next().unwrap_or(self.probe.cap)).await;
                     self.beat();
-                    if self.write(batch).await.is_ok() {
-                        self.stats.record(batch);
+                    if self.commit(batch).await.is_ok() {
                         batch.clear();
                         return;
                     }
-                    self.stats.flush_errors.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
@@ -324,14 +461,14 @@ impl Writer {
                     continue;
                 }
             };
-            if let Err(e) = self.write(&batch).await {
-                self.stats.flush_errors.fetch_add(1, Ordering::Relaxed);
+            // a spooled batch with a row the database refuses is split like a live one: a
+            // poisoned file can never block the replay
+            if let Err(f) = self.commit(&batch).await {
                 let delay = self.probe_delays.next().unwrap_or(self.probe.cap);
-                tracing::debug!(error = %e, ?delay, "database still unavailable");
+                tracing::debug!(class = f.class.as_str(), error = %f.error, ?delay, "database still unavailable");
                 self.next_probe = Some(Instant::now() + delay);
                 return;
             }
-            self.stats.record(&batch);
             self.stats
                 .replayed_rows
                 .fetch_add(batch.rows() as u64, Ordering::Relaxed);

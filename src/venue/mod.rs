@@ -2,6 +2,7 @@
 //! what to send (subscriptions, pongs). The worker, writer and store know nothing venue-specific.
 
 pub mod cdc_v1;
+pub mod validate;
 
 use std::sync::Arc;
 
@@ -57,6 +58,8 @@ pub struct Reaction {
     pub reply: Option<String>,
     /// The frame was a heartbeat, a subscription ack or similar: alive, but no market data.
     pub control: bool,
+    /// Messages dropped as invalid, and rows kept though the venue clock is far off.
+    pub findings: validate::Findings,
 }
 
 /// A venue protocol family.
@@ -95,8 +98,17 @@ pub trait Venue: Send + Sync + 'static {
     /// A websocket request for the bars from `since_ms` on (older history than REST keeps);
     /// its reply is decoded by a [`VenueSession`] like any frame.
     fn kline_history_request(&self, symbol: &str, interval: &str, since_ms: i64) -> Option<String>;
-    /// Per-connection decoding state (decompressor, open kline bars).
-    fn session(&self, symbol: Arc<str>, max_frame_bytes: usize) -> Box<dyn VenueSession>;
+    /// The venue's validation limits (the configuration may tighten or widen the clock
+    /// tolerances: [`RecordConfig::rules`]).
+    fn rules(&self) -> validate::Rules;
+    /// Per-connection decoding state (decompressor, open kline bars); every event it emits
+    /// passed `rules`.
+    fn session(
+        &self,
+        symbol: Arc<str>,
+        max_frame_bytes: usize,
+        rules: validate::Rules,
+    ) -> Box<dyn VenueSession>;
 }
 
 pub trait VenueSession: Send {

@@ -22,9 +22,20 @@ use crate::decimal::Dec;
 use crate::model::{
     BookDelta, BookSide, BookSnapshot, Event, Kline, Side, Source, StreamKey, Ticker, Trade,
 };
+use crate::venue::validate::{Findings, Rules, Verdict};
 use crate::venue::{DecodeError, Frame, Reaction, Venue, VenueSession};
 
 pub const NAME: &str = "cdc-v1";
+
+/// v1's limits: no exchange time before 2010 (the protocol family's servers started later;
+/// this catches 0, -1 and seconds read as milliseconds); prices and amounts carry at most
+/// 40 digits (live servers pad to 16 decimals; 28-digit prices are seen).
+pub const RULES: Rules = Rules {
+    earliest_ms: 1_262_304_000_000,
+    max_ahead_ms: 300_000,
+    skew_ms: 60_000,
+    max_digits: 40,
+};
 
 pub struct CdcV1;
 
@@ -148,14 +159,24 @@ impl Venue for CdcV1 {
         ))
     }
 
-    fn session(&self, symbol: Arc<str>, max_frame_bytes: usize) -> Box<dyn VenueSession> {
-        Box::new(CdcSession::new(symbol, max_frame_bytes))
+    fn rules(&self) -> Rules {
+        RULES
+    }
+
+    fn session(
+        &self,
+        symbol: Arc<str>,
+        max_frame_bytes: usize,
+        rules: Rules,
+    ) -> Box<dyn VenueSession> {
+        Box::new(CdcSession::new(symbol, max_frame_bytes).with_rules(rules))
     }
 }
 
 /// Decoding state of one connection.
 pub struct CdcSession {
     symbol: Arc<str>,
+    rules: Rules,
     inflater: Inflater,
     /// Latest bar per interval: the venue has no closed flag, a bar is final when a later
     /// bar arrives, and then we emit it once more with `closed = true`.
@@ -166,9 +187,15 @@ impl CdcSession {
     pub fn new(symbol: Arc<str>, max_frame_bytes: usize) -> CdcSession {
         CdcSession {
             symbol,
+            rules: RULES,
             inflater: Inflater::new(max_frame_bytes),
             open_bars: HashMap::new(),
         }
+    }
+
+    pub fn with_rules(mut self, rules: Rules) -> CdcSession {
+        self.rules = rules;
+        self
     }
 }
 
@@ -187,8 +214,12 @@ impl VenueSession for CdcSession {
             symbol: &self.symbol,
             recv_time_us,
             open_bars: &mut self.open_bars,
+            rules: &self.rules,
+            findings: Findings::default(),
         };
-        ctx.message(json, out)
+        let mut r = ctx.message(json, out)?;
+        r.findings = ctx.findings;
+        Ok(r)
     }
 }
 
@@ -196,6 +227,8 @@ struct Normalizer<'s> {
     symbol: &'s Arc<str>,
     recv_time_us: i64,
     open_bars: &'s mut HashMap<String, Kline>,
+    rules: &'s Rules,
+    findings: Findings,
 }
 
 fn json_err(e: serde_json::Error) -> DecodeError {
@@ -221,6 +254,28 @@ pub fn to_ms(t: i64) -> i64 {
 }
 
 impl Normalizer<'_> {
+    /// Validates an event; true when it may be emitted (invalid ones are only counted).
+    fn valid(&mut self, ev: &Event) -> bool {
+        match self.rules.check(ev, self.recv_time_us / 1000) {
+            Verdict::Valid => true,
+            Verdict::Skewed => {
+                self.findings.skewed += 1;
+                true
+            }
+            Verdict::Invalid(kind) => {
+                self.findings.invalid[kind.index()] += 1;
+                self.findings.first.get_or_insert(kind);
+                false
+            }
+        }
+    }
+
+    fn emit(&mut self, ev: Event, out: &mut Vec<Event>) {
+        if self.valid(&ev) {
+            out.push(ev);
+        }
+    }
+
     fn message(&mut self, json: &[u8], out: &mut Vec<Event>) -> Result<Reaction, DecodeError> {
         let env: Envelope = serde_json::from_slice(json).map_err(json_err)?;
         if let Some(n) = env.ping {
@@ -228,6 +283,7 @@ impl Normalizer<'_> {
             return Ok(Reaction {
                 reply: Some(format!("{{\"pong\":{}}}", n.get())),
                 control: true,
+                ..Reaction::default()
             });
         }
         if env.pong.is_some() {
@@ -311,7 +367,7 @@ impl Normalizer<'_> {
                     synthetic_trade_id(time_ms, &t.price.0, &t.vol.0, side, *n)
                 }
             };
-            out.push(Event::Trade(Trade {
+            let trade = Event::Trade(Trade {
                 venue: NAME,
                 symbol: self.symbol.clone(),
                 trade_id,
@@ -322,7 +378,8 @@ impl Normalizer<'_> {
                 event_time_ms: time_ms,
                 recv_time_us: self.recv_time_us,
                 source: Source::Ws,
-            }));
+            });
+            self.emit(trade, out);
         }
         Ok(())
     }
@@ -357,7 +414,13 @@ impl Normalizer<'_> {
                 recv_time_us: self.recv_time_us,
                 source: Source::Ws,
             };
-            self.push_bar(k, out);
+            // before the bar can become this connection's open bar
+            let k = Event::Kline(k);
+            if self.valid(&k)
+                && let Event::Kline(k) = k
+            {
+                self.push_bar(k, out);
+            }
         }
         Ok(())
     }
@@ -429,7 +492,7 @@ impl Normalizer<'_> {
                     }
                     other => return Err(unexpected(format!("book side {:?}", wire::short(other)))),
                 };
-                out.push(Event::BookDelta(BookDelta {
+                let delta = Event::BookDelta(BookDelta {
                     venue: NAME,
                     symbol: self.symbol.clone(),
                     depth_step: step,
@@ -439,7 +502,8 @@ impl Normalizer<'_> {
                     side,
                     price: price.0,
                     qty: volume.0,
-                }));
+                });
+                self.emit(delta, out);
             }
             DepthTick {
                 asks: None,
@@ -454,7 +518,7 @@ impl Normalizer<'_> {
                     buys: buys.unwrap_or_default(),
                 };
                 let levels = |v: Vec<(Num, Num)>| v.into_iter().map(|(p, q)| (p.0, q.0)).collect();
-                out.push(Event::BookSnapshot(BookSnapshot {
+                let snapshot = Event::BookSnapshot(BookSnapshot {
                     venue: NAME,
                     symbol: self.symbol.clone(),
                     depth_step: step,
@@ -462,7 +526,8 @@ impl Normalizer<'_> {
                     recv_time_us: self.recv_time_us,
                     bids: levels(book.buys),
                     asks: levels(book.asks),
-                }));
+                });
+                self.emit(snapshot, out);
             }
         }
         Ok(())
@@ -480,7 +545,7 @@ impl Normalizer<'_> {
         };
         let t: WireTicker = serde_json::from_str(raw.get()).map_err(json_err)?;
         let d = |n: Option<Num>| n.map(|n| n.0);
-        out.push(Event::Ticker(Ticker {
+        let ticker = Event::Ticker(Ticker {
             venue: NAME,
             symbol: self.symbol.clone(),
             event_time_ms: t.ts.map(|x| to_ms(x.0)).unwrap_or(event_ms),
@@ -492,7 +557,8 @@ impl Normalizer<'_> {
             volume: d(t.vol),
             quote_volume: d(t.amount),
             change: d(t.rose),
-        }));
+        });
+        self.emit(ticker, out);
         Ok(())
     }
 }
@@ -506,8 +572,8 @@ enum Payload<'a> {
 
 fn control() -> Reaction {
     Reaction {
-        reply: None,
         control: true,
+        ..Reaction::default()
     }
 }
 
