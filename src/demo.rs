@@ -35,6 +35,8 @@ trades = true
 klines = ["1min", "5min"]
 depth = "step0"
 ticker = true
+# the simulator's clock runs 60x the wall clock, ahead of ours
+max_time_ahead_s = 31536000
 
 [metrics]
 listen = ""

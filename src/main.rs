@@ -234,29 +234,43 @@ async fn open_store(config: &Config) -> anyhow::Result<(mdrec::store::Store, &'s
     Ok((store, venue))
 }
 
-/// Cancelled on SIGTERM or SIGINT.
-fn shutdown_on_signals() -> anyhow::Result<CancellationToken> {
+/// Stop tokens: the first SIGTERM, SIGINT or SIGHUP cancels `stop` (an orderly shutdown; until
+/// reloading exists SIGHUP stops too, since systemd would not restart a process it killed);
+/// a second signal cancels `hurry` (a fast stop that still spools what is unwritten).
+fn shutdown_on_signals() -> anyhow::Result<(CancellationToken, CancellationToken)> {
     use tokio::signal::unix::{SignalKind, signal};
-    let token = CancellationToken::new();
+    let (stop, hurry) = (CancellationToken::new(), CancellationToken::new());
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let t = token.clone();
+    let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    let (s, h) = (stop.clone(), hurry.clone());
     tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received"),
-            _ = int.recv() => tracing::info!("SIGINT received"),
+        for n in 0.. {
+            let name = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+                _ = hup.recv() => "SIGHUP",
+            };
+            if n == 0 {
+                tracing::info!(signal = name, "stopping (a second signal stops at once)");
+                s.cancel();
+            } else {
+                tracing::warn!(signal = name, "second signal: fast stop");
+                h.cancel();
+            }
         }
-        t.cancel();
     });
-    Ok(token)
+    Ok((stop, hurry))
 }
 
 async fn run(cmd: Cmd, config: Option<Config>) -> anyhow::Result<()> {
     match cmd {
         Cmd::Run { .. } => {
             let config = config.context("no configuration")?;
-            let stop = shutdown_on_signals()?;
-            mdrec::recorder::run(config, stop).await?;
+            let (stop, hurry) = shutdown_on_signals()?;
+            let venue = mdrec::venue::venue_for(&config.venue.kind)
+                .with_context(|| format!("unknown venue {:?}", config.venue.kind))?;
+            mdrec::recorder::run_until(config, venue, stop, hurry).await?;
             Ok(())
         }
         Cmd::Migrate { .. } => {
@@ -368,7 +382,7 @@ async fn run(cmd: Cmd, config: Option<Config>) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Demo { seconds, db } => {
-            let stop = shutdown_on_signals()?;
+            let (stop, _) = shutdown_on_signals()?;
             let report = mdrec::demo::run(seconds, &db, stop).await?;
             print!("{report}");
             Ok(())
@@ -386,7 +400,7 @@ async fn run(cmd: Cmd, config: Option<Config>) -> anyhow::Result<()> {
             speed,
             ping_interval_s,
         } => {
-            let stop = shutdown_on_signals()?;
+            let (stop, _) = shutdown_on_signals()?;
             let handle = sim::start(SimConfig {
                 seed,
                 symbols,

@@ -29,6 +29,7 @@ trades = true
 klines = ["1min"]
 depth = "step0"
 ticker = false
+max_time_ahead_s = 86400
 
 [connection]
 silence_timeout_s = 30

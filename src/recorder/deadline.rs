@@ -2,7 +2,7 @@
 //! writer's last writes shrink to fit it, so the process exits in time (what is not written by
 //! then is in the spool, and the next start replays it).
 
-use std::sync::OnceLock;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -13,21 +13,40 @@ const MARGIN: Duration = Duration::from_millis(300);
 
 #[derive(Debug, Default)]
 pub struct Deadline {
-    at: OnceLock<Instant>,
-    started: Notify,
+    at: Mutex<Option<Instant>>,
+    changed: Notify,
 }
 
 impl Deadline {
     /// Starts the clock (later calls keep the first deadline).
     pub fn start(&self, within: Duration) {
-        let _ = self.at.set(Instant::now() + within);
-        self.started.notify_waiters();
+        {
+            let mut at = crate::recorder::worker::lock(&self.at);
+            if at.is_none() {
+                *at = Some(Instant::now() + within);
+            }
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// A fast stop (a second SIGINT): the deadline is now. Close handshakes end and writes
+    /// are abandoned at once; what is unwritten goes to the spool.
+    pub fn hurry(&self) {
+        {
+            let mut at = crate::recorder::worker::lock(&self.at);
+            let now = Instant::now();
+            *at = Some(at.map_or(now, |a| a.min(now)));
+        }
+        self.changed.notify_waiters();
+    }
+
+    fn at(&self) -> Option<Instant> {
+        *crate::recorder::worker::lock(&self.at)
     }
 
     /// Time left, or None while no shutdown is under way.
     pub fn remaining(&self) -> Option<Duration> {
-        self.at
-            .get()
+        self.at()
             .map(|d| d.saturating_duration_since(Instant::now()))
     }
 
@@ -35,14 +54,18 @@ impl Deadline {
     /// Races a write that began before shutdown, so it cannot outlive the deadline.
     pub async fn reached(&self) {
         loop {
-            let started = self.started.notified();
-            tokio::pin!(started);
-            started.as_mut().enable();
-            if let Some(at) = self.at.get() {
-                tokio::time::sleep_until(at.checked_sub(MARGIN).unwrap_or(*at)).await;
-                return;
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            match self.at() {
+                Some(at) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(at.checked_sub(MARGIN).unwrap_or(at)) => return,
+                        _ = changed => {}
+                    }
+                }
+                None => changed.await,
             }
-            started.await;
         }
     }
 
@@ -86,5 +109,24 @@ mod tests {
         d.start(Duration::from_secs(2));
         let at = waiter.await.unwrap();
         assert_eq!(at - t0, Duration::from_secs(102) - MARGIN);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hurry_brings_the_deadline_forward() {
+        let d = std::sync::Arc::new(Deadline::default());
+        d.start(Duration::from_secs(20));
+        let t0 = Instant::now();
+        let waiter = tokio::spawn({
+            let d = d.clone();
+            async move {
+                d.reached().await;
+                Instant::now()
+            }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        d.hurry();
+        let at = waiter.await.unwrap();
+        assert_eq!(at - t0, Duration::from_secs(1));
+        assert_eq!(d.cap(Duration::from_secs(10)), Duration::ZERO);
     }
 }

@@ -40,6 +40,8 @@ pub struct RunStats {
     queue: Option<mpsc::WeakSender<crate::model::Event>>,
     /// Where `/metrics` and `/healthz` are served (unset: `[metrics] listen` is empty).
     pub metrics_addr: std::sync::OnceLock<std::net::SocketAddr>,
+    /// The shutdown deadline of this run.
+    pub deadline: Arc<deadline::Deadline>,
 }
 
 impl RunStats {
@@ -66,8 +68,36 @@ pub async fn run_with(
     venue: Arc<dyn Venue>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Arc<RunStats>> {
+    run_until(config, venue, shutdown, CancellationToken::new()).await
+}
+
+/// [`run_with`], plus `hurry`: cancelled after shutdown began (a second SIGINT), it brings
+/// the shutdown deadline forward to now: close handshakes end, unwritten rows are spooled.
+/// Shutdown is honoured in every phase: a signal while the database connects, migrates or
+/// replays the spool stops the start-up there.
+pub async fn run_until(
+    config: Config,
+    venue: Arc<dyn Venue>,
+    shutdown: CancellationToken,
+    hurry: CancellationToken,
+) -> anyhow::Result<Arc<RunStats>> {
     let symbols = config.record.symbols.len();
-    let (store, stats, tasks) = start(config, venue, shutdown.clone()).await?;
+    let started = tokio::select! {
+        r = start(config, venue, shutdown.clone()) => r?,
+        _ = shutdown.cancelled() => {
+            tracing::info!("shutdown requested during start-up; nothing was recording yet");
+            return Ok(Arc::new(RunStats::default()));
+        }
+    };
+    let (store, stats, tasks) = started;
+    {
+        let (stats, hurry) = (stats.clone(), hurry.clone());
+        tokio::spawn(async move {
+            hurry.cancelled().await;
+            tracing::warn!("fast stop: closing sockets now, unwritten rows go to the spool");
+            stats.deadline.hurry();
+        });
+    }
     crate::ops::systemd::ready(symbols);
     tokio::spawn(crate::ops::systemd::watchdog(
         stats.clone(),
@@ -129,7 +159,7 @@ pub async fn start(
     }
     let tasks = TaskTracker::new();
     let workers = TaskTracker::new();
-    let deadline = Arc::new(deadline::Deadline::default());
+    let deadline = stats.deadline.clone();
     {
         let (deadline, shutdown, within) = (
             deadline.clone(),
@@ -142,6 +172,36 @@ pub async fn start(
         });
     }
     let stagger = Arc::new(Stagger::new(config.connection.connect_rate_per_s));
+    // rows an earlier run spooled count for where the streams end: replayed before the marks
+    let spool = writer::replay_spool(
+        store.clone(),
+        spool,
+        config.writer.clone(),
+        stats.writer.clone(),
+        deadline.clone(),
+    )
+    .await;
+    let orphans = store
+        .orphan_sessions(venue.name(), &config.record.symbols)
+        .await
+        .context("reading sessions an earlier run left open")?;
+    if !orphans.is_empty() {
+        tracing::warn!(
+            sessions = orphans.len(),
+            "closing sessions an earlier run left open (it was killed or crashed) at its last stored row"
+        );
+    }
+    {
+        // the writer starts below: send from a task so a long list cannot fill the queue first
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            for s in orphans {
+                if tx.send(crate::model::Event::Session(s)).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
     let (marks, leftovers) = marks::load(
         &store,
         venue.as_ref(),
@@ -231,15 +291,7 @@ pub async fn start(
     let writer_store = store.clone();
     let writer_cfg = config.writer.clone();
     tasks.spawn(async move {
-        writer::run(
-            writer_store,
-            rx,
-            writer_cfg,
-            writer_stats,
-            Some(spool),
-            deadline,
-        )
-        .await;
+        writer::run(writer_store, rx, writer_cfg, writer_stats, spool, deadline).await;
         workers.wait().await;
     });
     let stats = Arc::new(stats);

@@ -173,4 +173,76 @@ impl Store {
         .map_err(StoreError::sql("select gaps"))?;
         rows.into_iter().map(|r| gap_from_row(venue, r)).collect()
     }
+
+    /// Sessions a run that ended without closing them (SIGKILL, a crash, power loss) left
+    /// open for these symbols, each closed at the last time that run is known to have been
+    /// alive: its newest row received on the symbol after the connection opened (and before
+    /// the symbol's next connection), else the connection time.
+    pub async fn orphan_sessions(
+        &self,
+        venue: &'static str,
+        symbols: &[String],
+    ) -> Result<Vec<crate::model::Session>, StoreError> {
+        let open: Vec<(String, String, i64)> = on_pool!(self, p => sqlx::query_as(
+            "SELECT symbol, session_id, connected_at_us FROM sessions \
+             WHERE venue = $1 AND disconnected_at_us IS NULL ORDER BY symbol, connected_at_us")
+            .bind(venue)
+            .fetch_all(p)
+            .await)
+        .map_err(StoreError::sql("select open sessions"))?;
+        let mut out = Vec::new();
+        for (symbol, session_id, connected_at_us) in open {
+            if !symbols.contains(&symbol) {
+                continue; // another recorder's symbols are its own business
+            }
+            let next: Option<i64> = on_pool!(self, p => sqlx::query_scalar(
+                "SELECT MIN(connected_at_us) FROM sessions WHERE venue = $1 AND symbol = $2 \
+                 AND connected_at_us > $3")
+                .bind(venue)
+                .bind(&symbol)
+                .bind(connected_at_us)
+                .fetch_one(p)
+                .await)
+            .map_err(StoreError::sql("select next session"))?;
+            let upper = next.unwrap_or(i64::MAX);
+            let mut last = connected_at_us;
+            // trades through their time index: a trade is received within an hour of its time
+            for (table, extra) in [
+                ("trades", "AND event_time_ms >= $5"),
+                ("tickers", ""),
+                ("book_snapshots", ""),
+                ("book_deltas", ""),
+                ("klines", "AND open_time_ms >= $5"),
+            ] {
+                let sql = format!(
+                    "SELECT MAX(recv_time_us) FROM {table} WHERE venue = $1 AND symbol = $2 \
+                     AND recv_time_us >= $3 AND recv_time_us < $4 {extra}"
+                );
+                let from_ms = connected_at_us / 1000 - 86_400_000;
+                let t: Option<i64> = on_pool!(self, p => {
+                    let q = sqlx::query_scalar(&sql)
+                        .bind(venue)
+                        .bind(&symbol)
+                        .bind(connected_at_us)
+                        .bind(upper);
+                    let q = if extra.is_empty() { q } else { q.bind(from_ms) };
+                    q.fetch_one(p).await
+                })
+                .map_err(StoreError::sql("select last row of a session"))?;
+                last = last.max(t.unwrap_or(connected_at_us));
+            }
+            out.push(crate::model::Session {
+                venue,
+                symbol: Arc::from(symbol),
+                session_id,
+                connected_at_us,
+                disconnected_at_us: Some(last),
+                close_reason: Some(ORPHAN_REASON.into()),
+            });
+        }
+        Ok(out)
+    }
 }
+
+/// Close reason of a session closed at the next start (see [`Store::orphan_sessions`]).
+pub const ORPHAN_REASON: &str = "recorder ended without closing the connection (killed or crashed); closed at its last stored row";

@@ -126,6 +126,53 @@ fn append_quarantine(path: &std::path::Path, rows: &[Rejected]) -> std::io::Resu
     f.sync_all()
 }
 
+impl Writer {
+    fn new(
+        store: Arc<Store>,
+        cfg: WriterConfig,
+        stats: Arc<WriterStats>,
+        spool: Option<Spool>,
+        deadline: Arc<crate::recorder::deadline::Deadline>,
+    ) -> Writer {
+        let probe = ReconnectPolicy {
+            initial: Duration::from_millis(200),
+            cap: Duration::from_secs(10),
+        };
+        Writer {
+            store,
+            cfg,
+            stats,
+            spool,
+            probe,
+            probe_delays: Box::new(probe.delays(None)),
+            next_probe: None,
+            deadline,
+            logged_rejects: Default::default(),
+        }
+    }
+}
+
+/// Replays what an earlier run spooled before anything else reads the database, so that
+/// where the stored streams end (the marks, and with them the holes) accounts for it. Stops
+/// at the first write the database does not take; the writer retries the rest.
+pub async fn replay_spool(
+    store: Arc<Store>,
+    spool: Spool,
+    cfg: WriterConfig,
+    stats: Arc<WriterStats>,
+    deadline: Arc<crate::recorder::deadline::Deadline>,
+) -> Option<Spool> {
+    let mut w = Writer::new(store, cfg, stats, Some(spool), deadline);
+    if let Some(s) = &w.spool {
+        w.stats.spool_gauges(s);
+        if !s.is_empty() {
+            tracing::info!(files = s.files(), bytes = s.bytes(), dir = %s.dir().display(), "replaying the spool left by an earlier run");
+            w.replay().await;
+        }
+    }
+    w.spool.take()
+}
+
 pub async fn run(
     store: Arc<Store>,
     mut rx: mpsc::Receiver<Event>,
@@ -134,21 +181,7 @@ pub async fn run(
     spool: Option<Spool>,
     deadline: Arc<crate::recorder::deadline::Deadline>,
 ) {
-    let probe = ReconnectPolicy {
-        initial: Duration::from_millis(200),
-        cap: Duration::from_secs(10),
-    };
-    let mut w = Writer {
-        store,
-        cfg,
-        stats,
-        spool,
-        probe,
-        probe_delays: Box::new(probe.delays(None)),
-        next_probe: None,
-        deadline,
-        logged_rejects: Default::default(),
-    };
+    let mut w = Writer::new(store, cfg, stats, spool, deadline);
     if let Some(s) = &w.spool {
         w.stats.spool_gauges(s);
         if !s.is_empty() {

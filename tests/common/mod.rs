@@ -135,6 +135,8 @@ trades = true
 klines = ["1min", "5min"]
 depth = "step0"
 ticker = true
+# the simulator's clock runs ahead of the wall clock (60x by default)
+max_time_ahead_s = 86400
 
 [writer]
 flush_interval_ms = 50

@@ -1,0 +1,344 @@
+//! Every way the daemon ends leaves no session open and loses nothing received: SIGHUP
+//! stops it like SIGTERM (exit 0), a second SIGINT stops it at once (unwritten rows go to the
+//! spool, replayed at the next start), SIGTERM while the database has not answered yet is
+//! honoured at once, and sessions a SIGKILLed run left open are closed at the next start at
+//! that run's last stored row, so coverage's live share is true.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use mdrec::sim::{self, SimConfig};
+use mdrec::store::Store;
+use tokio::process::{Child, Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_mdrec");
+const SYMBOLS: [&str; 2] = ["btcusdt", "ethusdt"];
+
+fn config(dir: &std::path::Path, ws: &str, rest: &str, db_url: &str) -> std::path::PathBuf {
+    let text = format!(
+        "[venue]\nws_url = \"{ws}\"\nrest_url = \"{rest}\"\n[database]\nurl = \"{db_url}\"\n\
+         [record]\nsymbols = [\"btcusdt\", \"ethusdt\"]\nklines = [\"1min\"]\nmax_time_ahead_s = 86400\n\
+         [metrics]\nlisten = \"\"\n[backfill]\nenabled = false\n[writer]\nspool_dir = {:?}\n\
+         [shutdown]\ntimeout_s = 10\n",
+        dir.join("spool")
+    );
+    let path = dir.join("mdrec.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn spawn(cfg: &std::path::Path) -> Child {
+    Command::new(BIN)
+        .args(["run", "-c", cfg.to_str().unwrap()])
+        .env_remove("MDREC_DATABASE_URL")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+fn signal(child: &Child, sig: &str) {
+    let pid = child.id().expect("child pid").to_string();
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{sig}"), &pid])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+/// The child's stderr, collected as it is written (read it any time).
+#[derive(Clone, Default)]
+struct Log(std::sync::Arc<std::sync::Mutex<String>>);
+
+impl Log {
+    fn follow(child: &mut Child) -> Log {
+        let log = Log::default();
+        if let Some(e) = child.stderr.take() {
+            let l = log.clone();
+            tokio::spawn(async move {
+                use tokio::io::AsyncBufReadExt;
+                let mut lines = tokio::io::BufReader::new(e).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let mut s = l.0.lock().unwrap();
+                    s.push_str(&line);
+                    s.push('\n');
+                }
+            });
+        }
+        log
+    }
+
+    fn text(&self) -> String {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+async fn stderr_of(child: &mut Child) -> String {
+    let mut s = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use tokio::io::AsyncReadExt;
+        let _ = e.read_to_string(&mut s).await;
+    }
+    s
+}
+
+/// Waits until the recorder has stored `n` trades (read-only, so it never races creation).
+async fn wait_stored(child: &mut Child, db: &std::path::Path, n: i64) {
+    let ro = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(db)
+        .read_only(true);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "recorder exited early with {status}: {}",
+                stderr_of(child).await
+            );
+        }
+        let got: i64 = match sqlx::SqlitePool::connect_with(ro.clone()).await {
+            Ok(pool) => {
+                let got = sqlx::query_scalar("SELECT count(*) FROM trades")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap_or(0);
+                pool.close().await;
+                got
+            }
+            Err(_) => 0,
+        };
+        if got >= n {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {got} trades in 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn sessions(store: &Store) -> Vec<(String, i64, Option<i64>, Option<String>)> {
+    let Store::Sqlite(s) = store else {
+        unreachable!()
+    };
+    sqlx::query_as(
+        "SELECT symbol, connected_at_us, disconnected_at_us, close_reason FROM sessions \
+         ORDER BY symbol, connected_at_us",
+    )
+    .fetch_all(s.pool())
+    .await
+    .unwrap()
+}
+
+/// Runs the daemon until it stored some trades, sends `signals` (a short pause between), and
+/// returns its exit status, stderr and the store.
+async fn stop_with(
+    signals: &[&str],
+) -> (
+    Option<i32>,
+    String,
+    Store,
+    sim::SimHandle,
+    tempfile::TempDir,
+) {
+    let sim = sim::start(SimConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("rec.db");
+    let db_url = format!("sqlite://{}", db.display());
+    let cfg = config(dir.path(), &sim.ws_url(), &sim.rest_url(), &db_url);
+    let mut child = spawn(&cfg);
+    wait_stored(&mut child, &db, 100).await;
+    let log = Log::follow(&mut child);
+    for (i, s) in signals.iter().enumerate() {
+        if i > 0 {
+            // signals can coalesce: send the next once the first one's shutdown has begun
+            common::wait_for(
+                "the first signal handled",
+                Duration::from_secs(10),
+                || async { log.text().contains("stopping") },
+            )
+            .await;
+        }
+        signal(&child, s);
+    }
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("exits within 20 s")
+        .unwrap();
+    // the log reader ends with the pipe
+    common::wait_for("the log to end", Duration::from_secs(5), || async {
+        log.text().contains("shutdown complete") || log.text().contains("second signal")
+    })
+    .await;
+    let stderr = log.text();
+    sim.halt();
+    let store = Store::connect(&db_url).await.unwrap();
+    (status.code(), stderr, store, sim, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_stops_cleanly_and_closes_every_session() {
+    let (code, stderr, store, sim, _dir) = stop_with(&["HUP"]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("SIGHUP"), "{stderr}");
+    let rows = sessions(&store).await;
+    assert_eq!(rows.len(), SYMBOLS.len(), "{rows:?}");
+    for (sym, _, end, reason) in &rows {
+        assert!(end.is_some(), "{sym}: session closed");
+        assert_eq!(reason.as_deref(), Some("shutdown"), "{sym}");
+    }
+    for s in SYMBOLS {
+        assert_eq!(common::stored_ids(&store, s).await, sim.delivered(s), "{s}");
+    }
+    store.close().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigint_stops_at_once_and_loses_nothing() {
+    let (code, stderr, store, sim, dir) = stop_with(&["INT", "INT"]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("second signal"), "{stderr}");
+    // whatever the fast stop did not write is in the spool: the next start replays it first
+    let spool = mdrec::store::spool::Spool::open(&dir.path().join("spool")).unwrap();
+    let spooled = spool.files();
+    let writer = mdrec::store::writer::replay_spool(
+        std::sync::Arc::new(
+            Store::connect(&format!("sqlite://{}", dir.path().join("rec.db").display()))
+                .await
+                .unwrap(),
+        ),
+        spool,
+        Default::default(),
+        Default::default(),
+        Default::default(),
+    )
+    .await;
+    assert!(writer.is_some_and(|s| s.is_empty()), "spool replayed");
+    for (sym, _, end, _) in sessions(&store).await {
+        assert!(end.is_some(), "{sym}: session closed");
+    }
+    for s in SYMBOLS {
+        assert_eq!(common::stored_ids(&store, s).await, sim.delivered(s), "{s}");
+    }
+    println!(
+        "second SIGINT: exit 0, {spooled} spool files replayed after, every delivered trade stored"
+    );
+    store.close().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_the_database_does_not_answer_is_honoured() {
+    // a "PostgreSQL" that accepts connections and never says a word
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = accepted.clone();
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        "ws://127.0.0.1:9/ws",
+        "http://127.0.0.1:9",
+        &format!("postgres://mdrec@{addr}/mdrec"),
+    );
+    let mut child = spawn(&cfg);
+    // wait until it is connecting: the listener has a client
+    common::wait_for("the daemon to connect", Duration::from_secs(20), || async {
+        accepted.load(std::sync::atomic::Ordering::SeqCst) > 0
+    })
+    .await;
+    let started = tokio::time::Instant::now();
+    signal(&child, "TERM");
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("SIGTERM honoured while connecting")
+        .unwrap();
+    let took = started.elapsed();
+    let stderr = stderr_of(&mut child).await;
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    holder.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_a_killed_run_left_open_are_closed_at_its_last_row() {
+    let sim = sim::start(SimConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("rec.db");
+    let db_url = format!("sqlite://{}", db.display());
+    let cfg = config(dir.path(), &sim.ws_url(), &sim.rest_url(), &db_url);
+    let mut child = spawn(&cfg);
+    wait_stored(&mut child, &db, 100).await;
+    signal(&child, "KILL");
+    let _ = child.wait().await;
+    let killed_at_us = mdrec::model::now_us();
+    let store = Store::connect(&db_url).await.unwrap();
+    let before = sessions(&store).await;
+    assert!(
+        before.iter().all(|s| s.2.is_none()),
+        "SIGKILL leaves them open: {before:?}"
+    );
+    // the newest row each symbol received: the last time the killed run is known alive
+    let mut last_row = std::collections::HashMap::new();
+    for s in SYMBOLS {
+        let t: Option<i64> = {
+            let Store::Sqlite(p) = &store else {
+                unreachable!()
+            };
+            sqlx::query_scalar(
+                "SELECT max(t) FROM (SELECT max(recv_time_us) t FROM trades WHERE symbol = $1 \
+                 UNION ALL SELECT max(recv_time_us) FROM klines WHERE symbol = $1 \
+                 UNION ALL SELECT max(recv_time_us) FROM book_snapshots WHERE symbol = $1 \
+                 UNION ALL SELECT max(recv_time_us) FROM tickers WHERE symbol = $1)",
+            )
+            .bind(s)
+            .fetch_one(p.pool())
+            .await
+            .unwrap()
+        };
+        last_row.insert(s, t.unwrap());
+    }
+
+    // restart: the next run closes them, then records on
+    let mut child = spawn(&cfg);
+    common::wait_for("orphans closed", Duration::from_secs(30), || async {
+        let rows = sessions(&store).await;
+        rows.iter()
+            .filter(|r| r.1 < killed_at_us)
+            .all(|r| r.2.is_some())
+    })
+    .await;
+    signal(&child, "TERM");
+    let status = child.wait().await.unwrap();
+    assert_eq!(status.code(), Some(0), "{}", stderr_of(&mut child).await);
+    let rows = sessions(&store).await;
+    for (sym, connected, end, reason) in rows.iter().filter(|r| r.1 < killed_at_us) {
+        assert_eq!(
+            reason.as_deref(),
+            Some(mdrec::store::read::ORPHAN_REASON),
+            "{sym}"
+        );
+        assert_eq!(
+            *end,
+            Some(last_row[sym.as_str()]),
+            "{sym}: closed at its last row"
+        );
+        assert!(end.unwrap() >= *connected && end.unwrap() <= killed_at_us);
+    }
+    assert_eq!(rows.len(), 2 * SYMBOLS.len(), "{rows:?}");
+    assert!(rows.iter().all(|r| r.2.is_some()), "{rows:?}");
+    store.close().await;
+    sim.shutdown().await;
+}
