@@ -172,7 +172,7 @@ impl Rules {
             Event::Ticker(t) => t.event_time_ms,
             _ => return false,
         };
-        (t - recv_ms).abs() > self.skew_ms
+        t.abs_diff(recv_ms) > self.skew_ms.unsigned_abs()
     }
 }
 

@@ -246,7 +246,8 @@ fn non_null(v: Option<&RawValue>) -> Option<&RawValue> {
 
 /// Venue timestamps are milliseconds on most servers, whole seconds on some.
 pub fn to_ms(t: i64) -> i64 {
-    if t.abs() < 100_000_000_000 {
+    // unsigned_abs: `abs` overflows on i64::MIN, which a hostile venue can send
+    if t.unsigned_abs() < 100_000_000_000 {
         t * 1000
     } else {
         t
