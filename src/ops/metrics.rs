@@ -35,7 +35,7 @@ const WRITE_SECONDS_BUCKETS: [f64; 12] = [
 ];
 
 /// Name, unit, help: every metric this module exports.
-const DESCRIPTIONS: [(&str, Option<Unit>, &str); 30] = [
+const DESCRIPTIONS: [(&str, Option<Unit>, &str); 31] = [
     (
         "mdrec_frames_received_total",
         None,
@@ -134,6 +134,11 @@ const DESCRIPTIONS: [(&str, Option<Unit>, &str); 30] = [
         "mdrec_invalid_messages_total",
         None,
         "Market-data messages failing the venue's validation (never stored), per symbol and kind.",
+    ),
+    (
+        "mdrec_trade_id_resets_total",
+        None,
+        "Times a symbol's trade ids went backwards on newer trades (the venue renumbered), per symbol.",
     ),
     (
         "mdrec_clock_skew_total",
@@ -265,6 +270,7 @@ impl Exporter {
                 );
             }
             c("mdrec_clock_skew_total", &s, load(&w.clock_skew));
+            c("mdrec_trade_id_resets_total", &s, load(&w.id_resets));
             let channels: Vec<_> = crate::recorder::worker::lock(&w.channels)
                 .iter()
                 .map(|(k, v)| (k.name(), *v))
@@ -315,6 +321,11 @@ impl Exporter {
             "mdrec_rejected_rows_total",
             &[("reason", "data_error")],
             load(&wr.rejected_rows),
+        );
+        c(
+            "mdrec_rejected_rows_total",
+            &[("reason", "conflict")],
+            load(&wr.conflicts),
         );
         c("mdrec_spooled_rows_total", &[], load(&wr.spooled_rows));
         c("mdrec_replayed_rows_total", &[], load(&wr.replayed_rows));

@@ -109,6 +109,9 @@ pub struct Seen {
     pub id_jump: Option<HoleCheck>,
     /// Bars backfill stored while forming are over: fetch their final versions.
     pub seams: Option<HoleCheck>,
+    /// The venue's trade ids went backwards: a newer trade (second) with a smaller id than
+    /// the last one known (first). Later trades may reuse ids stored before.
+    pub id_reset: Option<(TradeMark, TradeMark)>,
 }
 
 /// One symbol's marks.
@@ -169,11 +172,26 @@ impl Marks {
     pub fn saw(&self, symbol: &Arc<str>, events: &[Event]) -> Seen {
         let mut m = self.lock();
         let mut jump = None;
+        let mut reset = None;
         let mut seams: Vec<(Arc<str>, Option<i64>)> = Vec::new();
         for ev in events {
             match ev {
                 Event::Trade(t) => {
                     let mark = mark_of(t);
+                    // a smaller id on a strictly newer trade: the venue renumbered (an older
+                    // trade delivered late has a smaller id and an older time)
+                    if let Some(prev) = m.last_trade
+                        && prev.trade_id >= 0
+                        && mark.trade_id >= 0
+                        && mark.trade_id < prev.trade_id
+                        && mark.time_ms > prev.time_ms
+                        && reset.is_none()
+                    {
+                        reset = Some((prev, mark));
+                        m.last_trade = Some(mark);
+                        m.conn_first_trade.get_or_insert(mark);
+                        continue;
+                    }
                     if let (Some(prev), Some(_)) = (m.last_trade, m.conn_first_trade)
                         && prev.trade_id >= 0
                         && mark.trade_id > prev.trade_id + 1
@@ -227,6 +245,7 @@ impl Marks {
             row_start: None,
         });
         Seen {
+            id_reset: reset,
             id_jump: jump,
             seams,
         }

@@ -34,6 +34,8 @@ pub struct WorkerStats {
     pub invalid_by_kind: [AtomicU64; 5],
     /// Rows kept though the venue's clock was further than `clock_skew_s` from ours.
     pub clock_skew: AtomicU64,
+    /// Times the venue's trade ids went backwards (renumbered).
+    pub id_resets: AtomicU64,
     pub connects: AtomicU64,
     pub pings_answered: AtomicU64,
     /// Times the supervisor restarted this worker after a panic.
@@ -463,6 +465,32 @@ impl Reader {
                 }
             }
             let seen = w.marks.saw(&w.symbol, &self.events);
+            if let Some((before, after)) = seen.id_reset {
+                // on record before the trades that may reuse ids are
+                w.stats.id_resets.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(symbol = %w.symbol, last_id = before.trade_id, new_id = after.trade_id,
+                    "trade ids went backwards: the venue renumbered; trades reusing stored ids are kept as conflicts");
+                let now = crate::model::now_ms();
+                let gap = crate::model::Gap {
+                    venue: w.venue.name(),
+                    symbol: w.symbol.clone(),
+                    stream: "trades".into(),
+                    start_ms: before.time_ms,
+                    end_ms: Some(after.time_ms),
+                    status: crate::model::GapStatus::Unrecoverable,
+                    detected_at_ms: now,
+                    resolved_at_ms: Some(now),
+                    rows_recovered: 0,
+                    detail: Some(format!(
+                        "trade id reset: id {} at {} ms came after id {} at {} ms; later trades \
+                         reusing ids stored before are kept as conflicts in rejected_rows",
+                        after.trade_id, after.time_ms, before.trade_id, before.time_ms
+                    )),
+                };
+                if w.tx.send(Event::Gap(gap)).await.is_err() {
+                    return Handled::WriterGone;
+                }
+            }
             if let Some(b) = &w.backfill {
                 if let Some(jump) = seen.id_jump
                     && self

@@ -159,6 +159,12 @@ impl Market {
     }
 
     /// Whole step-0 book, best first: (bids, asks).
+    /// The venue renumbers its trades: the next trade gets id `next` (fault injection: a
+    /// venue restart that reuses ids).
+    pub fn reset_trade_ids(&mut self, next: i64) {
+        self.next_trade_id = next;
+    }
+
     pub fn book(&self) -> SimBook {
         let bids = self
             .bids

@@ -303,6 +303,13 @@ impl SimHandle {
         self.state().rest_errors = on;
     }
 
+    /// The venue renumbers `symbol`'s trades from `next` on (ids it used before come again).
+    pub fn reset_trade_ids(&self, symbol: &str, next: i64) {
+        if let Some(m) = self.state().markets.get_mut(symbol) {
+            m.reset_trade_ids(next);
+        }
+    }
+
     /// REST texts (market listing, error messages) carry NUL and control characters.
     pub fn hostile_text(&self, on: bool) {
         self.state().hostile_text = on;

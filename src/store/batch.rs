@@ -13,6 +13,9 @@ use crate::model::{BookDelta, BookSnapshot, Event, Gap, Kline, Market, Session, 
 #[derive(Debug, Default)]
 pub struct Batch {
     pub trades: Vec<Trade>,
+    /// Trades whose key came twice in this batch with other content: (the later copy, the
+    /// copy kept). Kept as conflicts in `rejected_rows`, never dropped.
+    pub trade_conflicts: Vec<(Trade, Trade)>,
     trade_index: HashMap<(Arc<str>, i64), usize>,
     pub klines: Vec<Kline>,
     kline_index: HashMap<(Arc<str>, Arc<str>, i64), usize>,
@@ -54,6 +57,12 @@ fn sanitize(ev: &mut Event) {
     }
 }
 
+/// Whether two copies of a trade key are the same trade (what the venue published: side,
+/// price, quantity, time; receive time and source differ between copies by nature).
+pub fn same_trade(a: &Trade, b: &Trade) -> bool {
+    a.side == b.side && a.price == b.price && a.qty == b.qty && a.event_time_ms == b.event_time_ms
+}
+
 /// Ordering of kline versions: a closed bar beats an open one, then newer exchange time,
 /// then newer receive time. The SQL upsert uses the same rule.
 pub fn kline_rank(k: &Kline) -> (bool, i64, i64) {
@@ -77,7 +86,9 @@ impl Batch {
                 // the same trade from WS and REST: one row, keeping any field only one sent
                 Entry::Occupied(e) => {
                     let slot = &mut self.trades[*e.get()];
-                    if slot.quote_qty.is_none() {
+                    if !same_trade(slot, &t) {
+                        self.trade_conflicts.push((t, slot.clone()));
+                    } else if slot.quote_qty.is_none() {
                         slot.quote_qty = t.quote_qty;
                     }
                 }
@@ -158,7 +169,12 @@ impl Batch {
 
     /// Every row as an event (for the spool).
     pub fn events(&self) -> impl Iterator<Item = Event> + '_ {
-        let trades = self.trades.iter().cloned().map(Event::Trade);
+        let trades = self
+            .trades
+            .iter()
+            .chain(self.trade_conflicts.iter().map(|(t, _)| t))
+            .cloned()
+            .map(Event::Trade);
         let klines = self.klines.iter().cloned().map(Event::Kline);
         let snaps = self.snapshots.iter().cloned().map(Event::BookSnapshot);
         let deltas = self.deltas.iter().cloned().map(Event::BookDelta);
@@ -194,6 +210,7 @@ impl Batch {
 
     pub fn clear(&mut self) {
         self.trades.clear();
+        self.trade_conflicts.clear();
         self.trade_index.clear();
         self.klines.clear();
         self.kline_index.clear();
@@ -212,7 +229,7 @@ impl Batch {
 mod tests {
     use super::*;
     use crate::decimal::Dec;
-    use crate::model::Source;
+    use crate::model::{Source, Trade};
 
     fn bar(close: &str, closed: bool, ev: i64, recv: i64) -> Event {
         let d = |s: &str| Dec::parse(s).unwrap();
@@ -232,6 +249,38 @@ mod tests {
             recv_time_us: recv,
             source: Source::Ws,
         })
+    }
+
+    #[test]
+    fn a_key_repeated_with_other_content_is_a_conflict_not_a_drop() {
+        let d = |s: &str| Dec::parse(s).unwrap();
+        let t = |price: &str, quote: Option<&str>, src: Source| {
+            Event::Trade(Trade {
+                venue: "cdc-v1",
+                symbol: "btcusdt".into(),
+                trade_id: 7,
+                side: crate::model::Side::Buy,
+                price: d(price),
+                qty: d("1"),
+                quote_qty: quote.map(d),
+                event_time_ms: 5,
+                recv_time_us: 6,
+                source: src,
+            })
+        };
+        let mut b = Batch::default();
+        b.push(t("10", None, Source::Rest));
+        b.push(t("10", Some("10"), Source::Ws)); // the same trade: fills the amount
+        b.push(t("11", Some("11"), Source::Ws)); // same id, other price: a conflict
+        assert_eq!(b.trades.len(), 1);
+        assert_eq!(b.trades[0].quote_qty, Some(d("10")));
+        assert_eq!(b.trade_conflicts.len(), 1);
+        assert_eq!(b.trade_conflicts[0].0.price, d("11"));
+        // the spool keeps both versions
+        assert_eq!(
+            b.events().filter(|e| matches!(e, Event::Trade(_))).count(),
+            2
+        );
     }
 
     #[test]

@@ -141,6 +141,33 @@ fn sqlite_class(primary: i64, message: &str) -> ErrorClass {
     }
 }
 
+const REJECT_SQL: &str = "INSERT INTO rejected_rows (venue, symbol, kind, reason, error, row_json, \
+                          stored_json, row_key, rejected_at_ms) \
+                          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                          ON CONFLICT (reason, row_key) DO NOTHING";
+
+/// Inserts `Rejected` rows in an open transaction of either backend.
+macro_rules! insert_rejected {
+    ($tx:expr, $rows:expr) => {
+        for r in $rows {
+            sqlx::query($crate::store::REJECT_SQL)
+                .bind(&r.venue)
+                .bind(&r.symbol)
+                .bind(&r.kind)
+                .bind(&r.reason)
+                .bind(r.error.as_deref())
+                .bind(&r.row_json)
+                .bind(r.stored_json.as_deref())
+                .bind(r.row_key())
+                .bind(r.rejected_at_ms)
+                .execute(&mut *$tx)
+                .await
+                .map_err($crate::store::StoreError::sql("insert rejected_rows"))?;
+        }
+    };
+}
+pub(crate) use insert_rejected;
+
 /// A row the database would not store as market data, kept with the reason (the
 /// `rejected_rows` table, or the quarantine file when the database refuses even that).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -169,6 +196,52 @@ impl Rejected {
             error: Some(crate::model::safe_text(error, 2048).into_owned()),
             row_json: event_json(ev),
             stored_json: None,
+            rejected_at_ms: crate::model::now_ms(),
+        }
+    }
+
+    /// A trade whose key is stored with other content: both versions kept.
+    pub fn conflict(new: &Trade, stored: &Trade) -> Rejected {
+        let mut what = Vec::new();
+        if new.side != stored.side {
+            what.push(format!(
+                "side {} -> {}",
+                stored.side.as_str(),
+                new.side.as_str()
+            ));
+        }
+        if new.price != stored.price {
+            what.push(format!(
+                "price {} -> {}",
+                stored.price.as_str(),
+                new.price.as_str()
+            ));
+        }
+        if new.qty != stored.qty {
+            what.push(format!(
+                "qty {} -> {}",
+                stored.qty.as_str(),
+                new.qty.as_str()
+            ));
+        }
+        if new.event_time_ms != stored.event_time_ms {
+            what.push(format!(
+                "event_time_ms {} -> {}",
+                stored.event_time_ms, new.event_time_ms
+            ));
+        }
+        Rejected {
+            venue: new.venue.to_string(),
+            symbol: new.symbol.to_string(),
+            kind: "trades".into(),
+            reason: "conflict".into(),
+            error: Some(format!(
+                "trade id {} is stored with other content: {}",
+                new.trade_id,
+                what.join(", ")
+            )),
+            row_json: event_json(&Event::Trade(new.clone())),
+            stored_json: Some(event_json(&Event::Trade(stored.clone()))),
             rejected_at_ms: crate::model::now_ms(),
         }
     }
@@ -252,8 +325,10 @@ impl Store {
         }
     }
 
-    /// Writes a batch in one transaction.
-    pub async fn write(&self, batch: &Batch) -> Result<(), StoreError> {
+    /// Writes a batch in one transaction. Returns the trade conflicts it found (keys stored,
+    /// or repeated in the batch, with other content), kept in `rejected_rows` by the same
+    /// transaction.
+    pub async fn write(&self, batch: &Batch) -> Result<Vec<Rejected>, StoreError> {
         match self {
             Store::Sqlite(s) => s.write(batch).await,
             Store::Postgres(s) => s.write(batch).await,
@@ -351,30 +426,12 @@ impl Store {
     /// Keeps rows that are not stored as market data in `rejected_rows` (one transaction;
     /// a row already kept, e.g. from a replayed spool file, is not added again).
     pub async fn write_rejected(&self, rows: &[Rejected]) -> Result<(), StoreError> {
-        const SQL: &str = "INSERT INTO rejected_rows (venue, symbol, kind, reason, error, row_json, \
-                           stored_json, row_key, rejected_at_ms) \
-                           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-                           ON CONFLICT (reason, row_key) DO NOTHING";
         read::on_pool!(self, pool => {
             let mut conn = Checked::acquire(pool).await?;
             let mut tx = sqlx::Connection::begin(conn.conn())
                 .await
                 .map_err(StoreError::sql("begin"))?;
-            for r in rows {
-                sqlx::query(SQL)
-                    .bind(&r.venue)
-                    .bind(&r.symbol)
-                    .bind(&r.kind)
-                    .bind(&r.reason)
-                    .bind(r.error.as_deref())
-                    .bind(&r.row_json)
-                    .bind(r.stored_json.as_deref())
-                    .bind(r.row_key())
-                    .bind(r.rejected_at_ms)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(StoreError::sql("insert rejected_rows"))?;
-            }
+            insert_rejected!(tx, rows);
             tx.commit().await.map_err(StoreError::sql("commit"))?;
             conn.clean();
             Ok(())

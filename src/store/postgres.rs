@@ -29,6 +29,23 @@ fn opt_text(d: Option<&Dec>) -> Option<String> {
     d.map(text)
 }
 
+/// A `trades` row with decimals read as text (`price::text AS price`, ...).
+fn trade_row(r: &PgRow, venue: &'static str, sym: &Arc<str>) -> Result<Trade, StoreError> {
+    let e = StoreError::sql;
+    Ok(Trade {
+        venue,
+        symbol: sym.clone(),
+        trade_id: r.try_get("trade_id").map_err(e("read trade"))?,
+        side: parse_side(r.try_get("side").map_err(e("read trade"))?)?,
+        price: req(dec(r, "price")?, "price")?,
+        qty: req(dec(r, "qty")?, "qty")?,
+        quote_qty: dec(r, "quote_qty")?,
+        event_time_ms: r.try_get("event_time_ms").map_err(e("read trade"))?,
+        recv_time_us: r.try_get("recv_time_us").map_err(e("read trade"))?,
+        source: parse_source(r.try_get("source").map_err(e("read trade"))?)?,
+    })
+}
+
 impl PgStore {
     pub async fn connect(url: &str) -> Result<PgStore, StoreError> {
         let pool = PgPoolOptions::new()
@@ -49,20 +66,28 @@ impl PgStore {
         Ok(())
     }
 
-    pub async fn write(&self, batch: &Batch) -> Result<(), StoreError> {
+    pub async fn write(&self, batch: &Batch) -> Result<Vec<super::Rejected>, StoreError> {
         let mut conn = super::Checked::acquire(&self.pool).await?;
         let mut tx = sqlx::Connection::begin(conn.conn())
             .await
             .map_err(StoreError::sql("begin"))?;
+        let mut conflicts: Vec<super::Rejected> = batch
+            .trade_conflicts
+            .iter()
+            .map(|(new, kept)| super::Rejected::conflict(new, kept))
+            .collect();
         if !batch.trades.is_empty() {
             let t = &batch.trades;
-            sqlx::query::<Postgres>(
+            let rows = sqlx::query::<Postgres>(
                 "INSERT INTO trades (venue, symbol, trade_id, side, price, qty, quote_qty, event_time_ms, \
                  recv_time_us, source) \
                  SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[]::numeric[], \
                  $6::text[]::numeric[], $7::text[]::numeric[], $8::bigint[], $9::bigint[], $10::text[]) \
                  ON CONFLICT (venue, symbol, trade_id) DO UPDATE SET quote_qty = excluded.quote_qty \
-                 WHERE trades.quote_qty IS NULL AND excluded.quote_qty IS NOT NULL",
+                 WHERE trades.quote_qty IS NULL AND excluded.quote_qty IS NOT NULL \
+                 AND trades.side = excluded.side AND trades.price = excluded.price \
+                 AND trades.qty = excluded.qty AND trades.event_time_ms = excluded.event_time_ms \
+                 RETURNING symbol, trade_id",
             )
             .bind(t.iter().map(|x| x.venue).collect::<Vec<_>>())
             .bind(t.iter().map(|x| x.symbol.to_string()).collect::<Vec<_>>())
@@ -74,10 +99,49 @@ impl PgStore {
             .bind(t.iter().map(|x| x.event_time_ms).collect::<Vec<_>>())
             .bind(t.iter().map(|x| x.recv_time_us).collect::<Vec<_>>())
             .bind(t.iter().map(|x| x.source.as_str()).collect::<Vec<_>>())
-            .execute(&mut *tx)
+            .fetch_all(&mut *tx)
             .await
             .map_err(StoreError::sql("insert trades"))?;
+            // rows inserted or updated come back; any other key was stored already, as the
+            // same trade or as a conflict
+            if rows.len() < t.len() {
+                let written: std::collections::HashSet<(String, i64)> = rows
+                    .iter()
+                    .map(|r| Ok((r.try_get("symbol")?, r.try_get("trade_id")?)))
+                    .collect::<Result<_, sqlx::Error>>()
+                    .map_err(StoreError::sql("read inserted trades"))?;
+                let before: Vec<&Trade> = t
+                    .iter()
+                    .filter(|x| !written.contains(&(x.symbol.to_string(), x.trade_id)))
+                    .collect();
+                let stored = sqlx::query::<Postgres>(
+                    "SELECT t.symbol, t.trade_id, t.side, t.price::text AS price, t.qty::text AS qty, \
+                     t.quote_qty::text AS quote_qty, t.event_time_ms, t.recv_time_us, t.source \
+                     FROM trades t JOIN UNNEST($2::text[], $3::bigint[]) AS k(symbol, trade_id) \
+                     ON t.symbol = k.symbol AND t.trade_id = k.trade_id WHERE t.venue = $1",
+                )
+                .bind(t[0].venue)
+                .bind(before.iter().map(|x| x.symbol.to_string()).collect::<Vec<_>>())
+                .bind(before.iter().map(|x| x.trade_id).collect::<Vec<_>>())
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(StoreError::sql("select stored trades"))?;
+                let mut by_key = std::collections::HashMap::new();
+                for r in &stored {
+                    let sym: String = r.try_get("symbol").map_err(StoreError::sql("read trade"))?;
+                    let tr = trade_row(r, t[0].venue, &Arc::from(sym.as_str()))?;
+                    by_key.insert((sym, tr.trade_id), tr);
+                }
+                for x in before {
+                    if let Some(old) = by_key.get(&(x.symbol.to_string(), x.trade_id))
+                        && !super::batch::same_trade(old, x)
+                    {
+                        conflicts.push(super::Rejected::conflict(x, old));
+                    }
+                }
+            }
         }
+        super::insert_rejected!(tx, &conflicts);
         if !batch.klines.is_empty() {
             let k = &batch.klines;
             sqlx::query::<Postgres>(
@@ -246,7 +310,7 @@ impl PgStore {
         }
         tx.commit().await.map_err(StoreError::sql("commit"))?;
         conn.clean();
-        Ok(())
+        Ok(conflicts)
     }
 
     pub async fn load_trades(&self, venue: &str, symbol: &str) -> Result<Vec<Trade>, StoreError> {
@@ -291,22 +355,7 @@ impl PgStore {
         .map_err(e("select trades"))?;
         let venue = static_venue(venue);
         let sym: Arc<str> = Arc::from(symbol);
-        rows.iter()
-            .map(|r| {
-                Ok(Trade {
-                    venue,
-                    symbol: sym.clone(),
-                    trade_id: r.try_get("trade_id").map_err(e("read trade"))?,
-                    side: parse_side(r.try_get("side").map_err(e("read trade"))?)?,
-                    price: req(dec(r, "price")?, "price")?,
-                    qty: req(dec(r, "qty")?, "qty")?,
-                    quote_qty: dec(r, "quote_qty")?,
-                    event_time_ms: r.try_get("event_time_ms").map_err(e("read trade"))?,
-                    recv_time_us: r.try_get("recv_time_us").map_err(e("read trade"))?,
-                    source: parse_source(r.try_get("source").map_err(e("read trade"))?)?,
-                })
-            })
-            .collect()
+        rows.iter().map(|r| trade_row(r, venue, &sym)).collect()
     }
 
     pub async fn load_klines(

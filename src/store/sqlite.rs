@@ -81,11 +81,13 @@ impl SqliteStore {
         Ok(())
     }
 
-    pub async fn write(&self, batch: &Batch) -> Result<(), StoreError> {
+    pub async fn write(&self, batch: &Batch) -> Result<Vec<super::Rejected>, StoreError> {
         let mut conn = super::Checked::acquire(&self.pool).await?;
         let mut tx = sqlx::Connection::begin(conn.conn())
             .await
             .map_err(StoreError::sql("begin"))?;
+        // trades whose key was stored already: the same trade, or a conflict
+        let mut seen_before: Vec<&Trade> = Vec::new();
         for chunk in batch.trades.chunks(MAX_PARAMS / 11) {
             let mut qb = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO trades (venue, symbol, trade_id, side, price, qty, quote_qty, \
@@ -105,19 +107,57 @@ impl SqliteStore {
                     .push_bind(t.source.as_str())
                     .push_bind(ex.finish());
             });
-            // a trade is stored once; a later copy only fills the quote amount a REST copy lacked
+            // a trade is stored once; a later copy of the same trade only fills the quote
+            // amount a REST copy lacked. Rows inserted or so updated come back: any other key
+            // was stored already, as the same trade or as a conflict (checked below)
             qb.push(
                 " ON CONFLICT (venue, symbol, trade_id) DO UPDATE SET quote_qty = excluded.quote_qty, \
                  exact = CASE WHEN trades.exact IS NULL THEN excluded.exact \
                               WHEN excluded.exact IS NULL THEN trades.exact \
                               ELSE json_patch(trades.exact, excluded.exact) END \
-                 WHERE trades.quote_qty IS NULL AND excluded.quote_qty IS NOT NULL",
+                 WHERE trades.quote_qty IS NULL AND excluded.quote_qty IS NOT NULL \
+                 AND trades.side = excluded.side AND trades.price = excluded.price \
+                 AND trades.qty = excluded.qty AND trades.event_time_ms = excluded.event_time_ms \
+                 RETURNING symbol, trade_id",
             );
-            qb.build()
-                .execute(&mut *tx)
+            let rows: Vec<(String, i64)> = qb
+                .build_query_as()
+                .fetch_all(&mut *tx)
                 .await
                 .map_err(StoreError::sql("insert trades"))?;
+            if rows.len() < chunk.len() {
+                let written: std::collections::HashSet<(String, i64)> = rows.into_iter().collect();
+                for t in chunk {
+                    if !written.contains(&(t.symbol.to_string(), t.trade_id)) {
+                        seen_before.push(t);
+                    }
+                }
+            }
         }
+        let mut conflicts: Vec<super::Rejected> = batch
+            .trade_conflicts
+            .iter()
+            .map(|(new, kept)| super::Rejected::conflict(new, kept))
+            .collect();
+        for t in seen_before {
+            let r = sqlx::query(
+                "SELECT trade_id, side, price, qty, quote_qty, event_time_ms, recv_time_us, source, exact \
+                 FROM trades WHERE venue = ? AND symbol = ? AND trade_id = ?",
+            )
+            .bind(t.venue)
+            .bind(&*t.symbol)
+            .bind(t.trade_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(StoreError::sql("select stored trade"))?;
+            if let Some(r) = r {
+                let stored = trade_row(&r, t.venue, &t.symbol)?;
+                if !super::batch::same_trade(&stored, t) {
+                    conflicts.push(super::Rejected::conflict(t, &stored));
+                }
+            }
+        }
+        super::insert_rejected!(tx, &conflicts);
         for chunk in batch.klines.chunks(MAX_PARAMS / 15) {
             let mut qb = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO klines (venue, symbol, interval, open_time_ms, open, high, low, close, \
@@ -301,7 +341,7 @@ impl SqliteStore {
         }
         tx.commit().await.map_err(StoreError::sql("commit"))?;
         conn.clean();
-        Ok(())
+        Ok(conflicts)
     }
 
     pub async fn load_trades(&self, venue: &str, symbol: &str) -> Result<Vec<Trade>, StoreError> {
@@ -344,31 +384,7 @@ impl SqliteStore {
         .map_err(StoreError::sql("select trades"))?;
         let venue = static_venue(venue);
         let sym: Arc<str> = Arc::from(symbol);
-        rows.iter()
-            .map(|r| {
-                let ex = exact_map(r)?;
-                Ok(Trade {
-                    venue,
-                    symbol: sym.clone(),
-                    trade_id: r
-                        .try_get("trade_id")
-                        .map_err(StoreError::sql("read trade"))?,
-                    side: parse_side(r.try_get("side").map_err(StoreError::sql("read trade"))?)?,
-                    price: req(get_dec(r, "price", &ex)?, "price")?,
-                    qty: req(get_dec(r, "qty", &ex)?, "qty")?,
-                    quote_qty: get_dec(r, "quote_qty", &ex)?,
-                    event_time_ms: r
-                        .try_get("event_time_ms")
-                        .map_err(StoreError::sql("read trade"))?,
-                    recv_time_us: r
-                        .try_get("recv_time_us")
-                        .map_err(StoreError::sql("read trade"))?,
-                    source: parse_source(
-                        r.try_get("source").map_err(StoreError::sql("read trade"))?,
-                    )?,
-                })
-            })
-            .collect()
+        rows.iter().map(|r| trade_row(r, venue, &sym)).collect()
     }
 
     pub async fn load_klines(
@@ -567,6 +583,25 @@ fn bind_dec<'q>(
             }
         }
     }
+}
+
+/// A `trades` row (columns trade_id, side, price, qty, quote_qty, event_time_ms,
+/// recv_time_us, source, exact) with exact decimals.
+fn trade_row(r: &SqliteRow, venue: &'static str, sym: &Arc<str>) -> Result<Trade, StoreError> {
+    let e = StoreError::sql;
+    let ex = exact_map(r)?;
+    Ok(Trade {
+        venue,
+        symbol: sym.clone(),
+        trade_id: r.try_get("trade_id").map_err(e("read trade"))?,
+        side: parse_side(r.try_get("side").map_err(e("read trade"))?)?,
+        price: req(get_dec(r, "price", &ex)?, "price")?,
+        qty: req(get_dec(r, "qty", &ex)?, "qty")?,
+        quote_qty: get_dec(r, "quote_qty", &ex)?,
+        event_time_ms: r.try_get("event_time_ms").map_err(e("read trade"))?,
+        recv_time_us: r.try_get("recv_time_us").map_err(e("read trade"))?,
+        source: parse_source(r.try_get("source").map_err(e("read trade"))?)?,
+    })
 }
 
 fn exact_map(r: &SqliteRow) -> Result<Option<HashMap<String, String>>, StoreError> {

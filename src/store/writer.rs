@@ -44,6 +44,9 @@ pub struct WriterStats {
     pub rejected_rows: AtomicU64,
     /// Of those, rows only the quarantine file holds (the database refused them there too).
     pub quarantined_to_file: AtomicU64,
+    /// Trades whose key was stored (or repeated in a batch) with other content, kept with
+    /// both versions in `rejected_rows`.
+    pub conflicts: AtomicU64,
     /// Rows written to the spool, and rows replayed from it into the database.
     pub spooled_rows: AtomicU64,
     pub replayed_rows: AtomicU64,
@@ -95,6 +98,8 @@ struct Writer {
     deadline: Arc<crate::recorder::deadline::Deadline>,
     /// Tables for which a refused row was logged already (logged once per table).
     logged_rejects: std::collections::HashSet<String>,
+    /// Symbols for which a trade conflict was logged already.
+    logged_conflicts: std::collections::HashSet<String>,
 }
 
 /// Why a write did not commit.
@@ -148,6 +153,7 @@ impl Writer {
             next_probe: None,
             deadline,
             logged_rejects: Default::default(),
+            logged_conflicts: Default::default(),
         }
     }
 }
@@ -247,7 +253,7 @@ impl Writer {
     }
 
     /// One database write, bounded by `write_timeout_s`.
-    async fn write(&self, batch: &Batch) -> Result<(), WriteFail> {
+    async fn write(&self, batch: &Batch) -> Result<Vec<Rejected>, WriteFail> {
         let limit = self
             .deadline
             .cap(Duration::from_secs(self.cfg.write_timeout_s));
@@ -261,7 +267,7 @@ impl Writer {
         let started = Instant::now();
         let r = tokio::select! {
             r = tokio::time::timeout(limit, self.store.write(batch)) => match r {
-                Ok(Ok(())) => Ok(()),
+                Ok(Ok(conflicts)) => Ok(conflicts),
                 Ok(Err(e)) => Err(WriteFail { class: e.class(), error: e.to_string() }),
                 Err(_) => Err(timeout(format!("no answer within {limit:?}"))),
             },
@@ -270,7 +276,7 @@ impl Writer {
         };
         let failing = &self.stats.failing_since_ms;
         match &r {
-            Ok(()) => {
+            Ok(_) => {
                 failing.store(0, Ordering::Relaxed);
                 if let Some((rows, seconds)) = self.stats.histograms.get() {
                     rows.record(batch.rows() as f64);
@@ -302,8 +308,9 @@ impl Writer {
     /// already committed by a half are harmless to write again).
     async fn commit(&mut self, batch: &Batch) -> Result<(), WriteFail> {
         let first = match self.write(batch).await {
-            Ok(()) => {
+            Ok(conflicts) => {
                 self.stats.record(batch);
+                self.conflicts(&conflicts);
                 return Ok(());
             }
             Err(f) if f.class != ErrorClass::Data => return Err(f),
@@ -318,8 +325,9 @@ impl Writer {
                 None => {
                     let part = Batch::from_events(events.iter().cloned());
                     match self.write(&part).await {
-                        Ok(()) => {
+                        Ok(conflicts) => {
                             self.stats.record(&part);
+                            self.conflicts(&conflicts);
                             continue;
                         }
                         Err(f) if f.class != ErrorClass::Data => return Err(f),
@@ -338,6 +346,23 @@ impl Writer {
         }
         self.quarantine(refused).await;
         Ok(())
+    }
+
+    /// Counts and logs (once per symbol) trades whose key was stored with other content; the
+    /// write kept both versions in `rejected_rows`.
+    fn conflicts(&mut self, rows: &[Rejected]) {
+        if rows.is_empty() {
+            return;
+        }
+        self.stats
+            .conflicts
+            .fetch_add(rows.len() as u64, Ordering::Relaxed);
+        for r in rows {
+            if self.logged_conflicts.insert(r.symbol.clone()) {
+                tracing::warn!(symbol = %r.symbol, detail = r.error.as_deref().unwrap_or(""),
+                    "trade key stored with other content: both versions kept in rejected_rows (logged once per symbol)");
+            }
+        }
     }
 
     /// Keeps refused rows in `rejected_rows`, or in the quarantine file next to the spool
