@@ -190,11 +190,9 @@ async fn sleep_until(t: Option<Instant>) {
 }
 
 fn add(pending: &mut Vec<HoleCheck>, c: HoleCheck) {
-    let mergeable = |p: &HoleCheck| p.symbol == c.symbol && p.row_start.is_none();
-    match pending
-        .iter_mut()
-        .find(|p| c.row_start.is_none() && mergeable(p))
-    {
+    let alone = |p: &HoleCheck| p.row_start.is_some() || p.recorded;
+    let mergeable = |p: &HoleCheck| p.symbol == c.symbol && !alone(p);
+    match pending.iter_mut().find(|p| !alone(&c) && mergeable(p)) {
         Some(p) => p.merge(c),
         None => pending.push(c),
     }
@@ -234,21 +232,7 @@ impl Backfill {
     }
 
     fn gap(&self, c: &HoleCheck, stream: &str, start_ms: i64) -> Gap {
-        Gap {
-            venue: self.venue.name(),
-            symbol: c.symbol.clone(),
-            stream: stream.to_string(),
-            start_ms: c.row_start.unwrap_or(start_ms),
-            end_ms: None,
-            status: GapStatus::Open,
-            detected_at_ms: c.detected_at_ms,
-            resolved_at_ms: None,
-            rows_recovered: 0,
-            detail: Some(match c.row_start {
-                Some(_) => format!("{}: left open by a previous run", c.reason.as_str()),
-                None => format!("{}: socket was down", c.reason.as_str()),
-            }),
-        }
+        c.row(self.venue.name(), stream, start_ms)
     }
 
     /// Writes the resolution of a hole.
@@ -274,18 +258,10 @@ impl Backfill {
     async fn resolve(&self, c: &HoleCheck) -> Result<(), Failed> {
         let record = &self.config.record;
         // rows saying "checking" first, so a hole whose check never finishes is still on record
-        if !c.reason.is_hint() {
-            if record.trades
-                && let Some(a) = c.trade
-            {
-                self.send(Event::Gap(self.gap(c, "trades", a.time_ms)))
-                    .await?;
-            }
-            for (iv, from) in &c.bars {
-                if let Some(from) = from {
-                    self.send(Event::Gap(self.gap(c, &format!("kline_{iv}"), *from)))
-                        .await?;
-                }
+        // (a connection's worker wrote them already, ahead of its first rows)
+        if !c.recorded {
+            for g in c.open_rows(self.venue.name(), record) {
+                self.send(Event::Gap(g)).await?;
             }
         }
         if record.trades && (c.trade.is_some() || c.reason != Reason::Audit) {
@@ -607,6 +583,7 @@ impl Backfill {
                         bars: vec![(iv.clone(), Some(p))],
                         detected_at_ms: now_ms(),
                         row_start: None,
+                        recorded: false,
                     };
                     add(&mut out, c);
                 }

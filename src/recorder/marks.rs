@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::model::{Event, GapStatus, Trade, now_ms};
+use crate::model::{Event, Gap, GapStatus, Trade, now_ms};
 use crate::store::Store;
 use crate::store::read::TradeMark;
 use crate::venue::Venue;
@@ -57,9 +57,52 @@ pub struct HoleCheck {
     /// Set when this check resolves a row a previous run left `open` (it stopped before
     /// backfill answered): the row's start. Such a check is never merged with another.
     pub row_start: Option<i64>,
+    /// Its `open` rows are on record already: the worker wrote them ahead of the first rows
+    /// of the connection, so a crash at any moment leaves the hole on record. Never merged
+    /// (a merged check would resolve rows under another start and leave these open).
+    pub recorded: bool,
 }
 
 impl HoleCheck {
+    /// A gap row for this hole in one stream, `open` until backfill resolves it.
+    pub fn row(&self, venue: &'static str, stream: &str, start_ms: i64) -> Gap {
+        Gap {
+            venue,
+            symbol: self.symbol.clone(),
+            stream: stream.to_string(),
+            start_ms: self.row_start.unwrap_or(start_ms),
+            end_ms: None,
+            status: GapStatus::Open,
+            detected_at_ms: self.detected_at_ms,
+            resolved_at_ms: None,
+            rows_recovered: 0,
+            detail: Some(match self.row_start {
+                Some(_) => format!("{}: left open by a previous run", self.reason.as_str()),
+                None => format!("{}: socket was down", self.reason.as_str()),
+            }),
+        }
+    }
+
+    /// The rows saying "checking" for this hole, one per stream it touches (hints have none:
+    /// they are recorded only if the venue had rows the database lacked).
+    pub fn open_rows(&self, venue: &'static str, record: &crate::config::RecordConfig) -> Vec<Gap> {
+        let mut out = Vec::new();
+        if self.reason.is_hint() {
+            return out;
+        }
+        if record.trades
+            && let Some(a) = self.trade
+        {
+            out.push(self.row(venue, "trades", a.time_ms));
+        }
+        for (iv, from) in &self.bars {
+            if let Some(from) = from {
+                out.push(self.row(venue, &format!("kline_{iv}"), *from));
+            }
+        }
+        out
+    }
+
     /// Folds a later check of the same symbol into this one: the union of both holes.
     pub fn merge(&mut self, other: HoleCheck) {
         self.trade = match (self.trade, other.trade) {
@@ -164,6 +207,7 @@ impl Marks {
             bars,
             detected_at_ms: now_ms(),
             row_start: None,
+            recorded: false,
         }
     }
 
@@ -205,6 +249,7 @@ impl Marks {
                             bars: Vec::new(),
                             detected_at_ms: now_ms(),
                             row_start: None,
+                            recorded: false,
                         });
                     }
                     m.conn_first_trade.get_or_insert(mark);
@@ -243,6 +288,7 @@ impl Marks {
             bars: seams,
             detected_at_ms: now_ms(),
             row_start: None,
+            recorded: false,
         });
         Seen {
             id_reset: reset,
@@ -318,6 +364,7 @@ pub async fn load(
                 bars: Vec::new(),
                 detected_at_ms: g.detected_at_ms,
                 row_start: Some(g.start_ms),
+                recorded: true,
             };
             if g.stream == "trades" {
                 // the hole lies between the trade it was anchored on and the next one stored

@@ -403,8 +403,17 @@ impl Reader {
             // the socket is live and subscribed: data from now on arrives here, the hole
             // behind the marks is backfill's (taken before this frame moves the marks)
             self.backfill_asked = true;
-            let check = w.marks.check_at_connect(&w.symbol);
+            let mut check = w.marks.check_at_connect(&w.symbol);
             if let Some(b) = &w.backfill {
+                // the hole goes on record ahead of anything this connection delivers: the
+                // queue is FIFO and a batch one transaction, so a crash at any moment leaves
+                // the hole recorded or nothing after it stored
+                for g in check.open_rows(w.venue.name(), &w.config.record) {
+                    if w.tx.send(Event::Gap(g)).await.is_err() {
+                        return Handled::WriterGone;
+                    }
+                }
+                check.recorded = true;
                 let _ = b.send(check);
             }
         }

@@ -755,7 +755,7 @@ async fn trades(
     let n = s
         .trade_requests
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    if n < s.config.rest_throttle_first {
+    if n < s.config.rest_throttle_first || lock(&s.state).rest_throttled {
         // what throttling proxies send: HTML, not the JSON envelope
         return (
             axum::http::StatusCode::TOO_MANY_REQUESTS,

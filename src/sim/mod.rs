@@ -216,6 +216,8 @@ pub struct State {
     pub rest_errors: bool,
     /// `/v1/symbols` names and error envelopes carry NUL and control characters while set.
     pub hostile_text: bool,
+    /// `/v1/trades` answers 429 (Retry-After: 1) while set.
+    pub rest_throttled: bool,
     /// Per symbol, with `book_history`: (time, whole step-0 book) after every change.
     pub book_history: HashMap<String, Vec<(i64, Arc<Book>)>>,
     clock_origin_ms: i64,
@@ -308,6 +310,11 @@ impl SimHandle {
         if let Some(m) = self.state().markets.get_mut(symbol) {
             m.reset_trade_ids(next);
         }
+    }
+
+    /// `/v1/trades` answers 429 with Retry-After while on (a throttled REST: backfill waits).
+    pub fn throttle_rest(&self, on: bool) {
+        self.state().rest_throttled = on;
     }
 
     /// REST texts (market listing, error messages) carry NUL and control characters.
@@ -419,6 +426,7 @@ pub async fn start(config: SimConfig) -> std::io::Result<SimHandle> {
         withhold_trades: HashMap::new(),
         rest_errors: false,
         hostile_text: false,
+        rest_throttled: false,
         book_history: HashMap::new(),
         clock_origin_ms: crate::model::now_ms(),
         wall_origin: std::time::Instant::now(),

@@ -182,14 +182,15 @@ impl Batch {
         let sessions = self.sessions.iter().cloned().map(Event::Session);
         let markets = self.markets.iter().cloned().map(Event::Market);
         let gaps = self.gaps.iter().cloned().map(Event::Gap);
-        trades
+        // holes and sessions first: a batch split to isolate a refused row commits them
+        // before the market data that follows them
+        gaps.chain(sessions)
+            .chain(markets)
+            .chain(trades)
             .chain(klines)
             .chain(snaps)
             .chain(deltas)
             .chain(tickers)
-            .chain(sessions)
-            .chain(markets)
-            .chain(gaps)
     }
 
     /// Rows this batch will write (book levels count as one row per snapshot).
