@@ -406,7 +406,12 @@ pub fn health(stats: &RunStats, config: &Config) -> Health {
     let now = now_ms();
     let mut problems = Vec::new();
     let failing = stats.writer.failing_since_ms.load(Ordering::Relaxed);
-    if failing != 0 {
+    if stats.writer.db_pending.load(Ordering::Relaxed) {
+        problems.push(format!(
+            "database: not answering since start-up {:.1} s ago (recording into the spool)",
+            (now - failing) as f64 / 1000.0
+        ));
+    } else if failing != 0 {
         problems.push(format!(
             "database: writes failing for {:.1} s (rows go to the spool)",
             (now - failing) as f64 / 1000.0

@@ -20,8 +20,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, redact_url};
-use crate::store::Store;
 use crate::store::writer::{self, WriterStats};
+use crate::store::{ErrorClass, Store};
 use crate::venue::{Venue, venue_for};
 use stagger::Stagger;
 use worker::{Worker, WorkerStats};
@@ -130,12 +130,28 @@ pub async fn start(
     let _ = rustls::crypto::ring::default_provider().install_default();
     let config = Arc::new(config);
     let url = &config.database.url;
-    let store = Store::connect(url)
-        .await
-        .with_context(|| format!("opening database {}", redact_url(url)))?;
-    store.migrate().await.context("migrating database")?;
-    let store = Arc::new(store);
-    tracing::info!(database = %redact_url(url), symbols = config.record.symbols.len(), "database ready");
+    let store = Arc::new(
+        Store::connect_lazy(url)
+            .with_context(|| format!("opening database {}", redact_url(url)))?,
+    );
+    // a database that does not answer yet (a reboot where it comes up later, a remote one)
+    // is no reason not to record: the spool takes the rows until it does
+    let limit = Duration::from_secs(config.writer.write_timeout_s.max(1));
+    let db_up = match tokio::time::timeout(limit, store.migrate()).await {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) if matches!(e.class(), ErrorClass::Unavailable | ErrorClass::Timeout) => {
+            tracing::warn!(database = %redact_url(url), error = %e, "database not answering at start-up: recording into the spool until it does");
+            false
+        }
+        Ok(Err(e)) => return Err(anyhow::Error::new(e).context("migrating database")),
+        Err(_) => {
+            tracing::warn!(database = %redact_url(url), timeout_s = limit.as_secs(), "database not answering at start-up: recording into the spool until it does");
+            false
+        }
+    };
+    if db_up {
+        tracing::info!(database = %redact_url(url), symbols = config.record.symbols.len(), "database ready");
+    }
 
     let spool_dir = config.spool_dir();
     let spool = crate::store::spool::Spool::open(&spool_dir)
@@ -172,45 +188,68 @@ pub async fn start(
         });
     }
     let stagger = Arc::new(Stagger::new(config.connection.connect_rate_per_s));
-    // rows an earlier run spooled count for where the streams end: replayed before the marks
-    let spool = writer::replay_spool(
-        store.clone(),
-        spool,
-        config.writer.clone(),
-        stats.writer.clone(),
-        deadline.clone(),
-    )
-    .await;
-    let orphans = store
-        .orphan_sessions(venue.name(), &config.record.symbols)
-        .await
-        .context("reading sessions an earlier run left open")?;
-    if !orphans.is_empty() {
-        tracing::warn!(
-            sessions = orphans.len(),
-            "closing sessions an earlier run left open (it was killed or crashed) at its last stored row"
-        );
-    }
-    {
-        // the writer starts below: send from a task so a long list cannot fill the queue first
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            for s in orphans {
-                if tx.send(crate::model::Event::Session(s)).await.is_err() {
-                    return;
+    let (spool, marks, leftovers, startup) = if db_up {
+        // rows an earlier run spooled count for where the streams end: replayed before the
+        // marks are read
+        let spool = writer::replay_spool(
+            store.clone(),
+            spool,
+            config.writer.clone(),
+            stats.writer.clone(),
+            deadline.clone(),
+        )
+        .await;
+        let orphans = store
+            .orphan_sessions(venue.name(), &config.record.symbols)
+            .await
+            .context("reading sessions an earlier run left open")?;
+        if !orphans.is_empty() {
+            tracing::warn!(
+                sessions = orphans.len(),
+                "closing sessions an earlier run left open (it was killed or crashed) at its last stored row"
+            );
+        }
+        {
+            // the writer starts below: send from a task so a long list cannot fill the queue
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                for s in orphans {
+                    if tx.send(crate::model::Event::Session(s)).await.is_err() {
+                        return;
+                    }
                 }
-            }
-        });
-    }
-    let (marks, leftovers) = marks::load(
-        &store,
-        venue.as_ref(),
-        &config.record.symbols,
-        &config.record.klines,
-        crate::model::interval_ms,
-    )
-    .await
-    .context("reading where the stored streams end")?;
+            });
+        }
+        let (marks, leftovers) = marks::load(
+            &store,
+            venue.as_ref(),
+            &config.record.symbols,
+            &config.record.klines,
+            crate::model::interval_ms,
+        )
+        .await
+        .context("reading where the stored streams end")?;
+        (spool, marks, leftovers, None)
+    } else {
+        // where the stored streams end is read once the database answers (`after_start`);
+        // until then the sockets record from nothing known
+        let (ready, ready_rx) = tokio::sync::oneshot::channel();
+        let gate = writer::Startup {
+            first_seq: spool.next_seq(),
+            ready,
+        };
+        let marks = config
+            .record
+            .symbols
+            .iter()
+            .map(|s| (Arc::from(s.as_str()), Arc::new(marks::Marks::default())))
+            .collect();
+        (Some(spool), marks, Vec::new(), Some((gate, ready_rx)))
+    };
+    let (gate, ready_rx) = match startup {
+        Some((g, r)) => (Some(g), Some(r)),
+        None => (None, None),
+    };
     let marks = Arc::new(marks);
     // one client for every REST call: one request budget per venue
     let client = Arc::new(
@@ -283,6 +322,15 @@ pub async fn start(
             }
         });
     }
+    if let Some(ready) = ready_rx {
+        tokio::spawn(after_start(
+            store.clone(),
+            venue.clone(),
+            config.clone(),
+            backfill_tx.clone(),
+            ready,
+        ));
+    }
     // The writer ends when the last sender (held by the workers) is dropped, so it drains
     // everything the workers received before they stopped.
     drop(tx);
@@ -291,7 +339,16 @@ pub async fn start(
     let writer_store = store.clone();
     let writer_cfg = config.writer.clone();
     tasks.spawn(async move {
-        writer::run(writer_store, rx, writer_cfg, writer_stats, spool, deadline).await;
+        writer::run_from(
+            writer_store,
+            rx,
+            writer_cfg,
+            writer_stats,
+            spool,
+            deadline,
+            gate,
+        )
+        .await;
         workers.wait().await;
     });
     let stats = Arc::new(stats);
@@ -309,4 +366,60 @@ pub async fn start(
         let _ = stats.metrics_addr.set(addr);
     }
     Ok((store, stats, tasks))
+}
+
+/// Once a database that did not answer at start-up does (the writer migrated it and replayed
+/// earlier runs' spool): closes sessions killed runs left open, reads where the stored streams
+/// end and hands backfill the hole from there to this run's data, and returns the rows that
+/// must be committed before this run's spooled rows (those sessions, the holes' `open` rows).
+async fn after_start(
+    store: Arc<Store>,
+    venue: Arc<dyn Venue>,
+    config: Arc<Config>,
+    backfill: Option<mpsc::UnboundedSender<marks::HoleCheck>>,
+    ready: tokio::sync::oneshot::Receiver<tokio::sync::oneshot::Sender<Vec<crate::model::Event>>>,
+) {
+    // not cut short by shutdown: the writer asks at its last turn too
+    let Ok(reply) = ready.await else {
+        return;
+    };
+    let mut first = Vec::new();
+    match store
+        .orphan_sessions(venue.name(), &config.record.symbols)
+        .await
+    {
+        Ok(o) => first.extend(o.into_iter().map(crate::model::Event::Session)),
+        Err(e) => tracing::warn!(error = %e, "could not read sessions an earlier run left open"),
+    }
+    match marks::load(
+        &store,
+        venue.as_ref(),
+        &config.record.symbols,
+        &config.record.klines,
+        crate::model::interval_ms,
+    )
+    .await
+    {
+        Ok((stored, leftovers)) => {
+            if let Some(b) = &backfill {
+                let mut symbols: Vec<_> = stored.into_iter().collect();
+                symbols.sort_by(|a, b| a.0.cmp(&b.0));
+                for (symbol, m) in symbols {
+                    // the hole from the stored end to what this run recorded
+                    let mut check = m.check_at_connect(&symbol);
+                    let rows = check.open_rows(venue.name(), &config.record);
+                    first.extend(rows.into_iter().map(crate::model::Event::Gap));
+                    check.recorded = true;
+                    let _ = b.send(check);
+                }
+                for c in leftovers {
+                    let _ = b.send(c);
+                }
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "could not read where the stored streams end: the hole before this start is not checked")
+        }
+    }
+    let _ = reply.send(first);
 }

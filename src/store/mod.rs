@@ -48,6 +48,11 @@ impl StoreError {
     pub fn class(&self) -> ErrorClass {
         match self {
             StoreError::Sql { source, .. } => classify(source),
+            // a migration that could not run because the database is away is no schema fault
+            StoreError::Migrate(
+                sqlx::migrate::MigrateError::Execute(e)
+                | sqlx::migrate::MigrateError::ExecuteMigration(e, _),
+            ) => classify(e),
             StoreError::Migrate(_) => ErrorClass::Schema,
             StoreError::Url(_) => ErrorClass::Permission,
             StoreError::Corrupt(_) => ErrorClass::Data,
@@ -313,6 +318,18 @@ impl Store {
             Ok(Store::Sqlite(sqlite::SqliteStore::connect(url).await?))
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             Ok(Store::Postgres(postgres::PgStore::connect(url).await?))
+        } else {
+            Err(StoreError::Url(crate::config::redact_url(url)))
+        }
+    }
+
+    /// Like [`Store::connect`], but nothing is opened until first use: only the URL can be
+    /// wrong here.
+    pub fn connect_lazy(url: &str) -> Result<Store, StoreError> {
+        if url.starts_with("sqlite:") {
+            Ok(Store::Sqlite(sqlite::SqliteStore::connect_lazy(url)?))
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Ok(Store::Postgres(postgres::PgStore::connect_lazy(url)?))
         } else {
             Err(StoreError::Url(crate::config::redact_url(url)))
         }

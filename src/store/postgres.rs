@@ -57,6 +57,16 @@ impl PgStore {
         Ok(PgStore { pool })
     }
 
+    /// A pool that connects on first use (the recorder starts while the server is down).
+    pub fn connect_lazy(url: &str) -> Result<PgStore, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_lazy(url)
+            .map_err(StoreError::sql("parse postgres url"))?;
+        Ok(PgStore { pool })
+    }
+
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }

@@ -86,6 +86,16 @@ impl Spool {
         self.files
     }
 
+    /// The number a spool file was written under (files are replayed in this order).
+    pub fn seq(path: &Path) -> Option<u64> {
+        seq_of(path)
+    }
+
+    /// The number the next file will get: files below it were written before now.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
     /// Pending files, oldest first.
     pub fn pending(&self) -> std::io::Result<Vec<PathBuf>> {
         if self.files == 0 {

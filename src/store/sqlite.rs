@@ -33,26 +33,52 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
 impl SqliteStore {
     pub async fn connect(url: &str) -> Result<SqliteStore, StoreError> {
+        let (opts, created) = Self::options(url)?;
+        created?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await
+            .map_err(StoreError::sql("open sqlite database"))?;
+        Ok(SqliteStore { pool })
+    }
+
+    /// A pool that opens the file on first use (the recorder starts while it cannot be
+    /// opened yet, e.g. its directory is not mounted).
+    pub fn connect_lazy(url: &str) -> Result<SqliteStore, StoreError> {
+        let (opts, created) = Self::options(url)?;
+        if let Err(e) = created {
+            tracing::debug!(error = %e, "sqlite file not created yet");
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_lazy_with(opts);
+        Ok(SqliteStore { pool })
+    }
+
+    /// Connect options, and the outcome of creating the file 0600 ahead of SQLite: SQLite
+    /// gives its -wal and -shm files the database file's mode, so market data is not
+    /// world-readable under a permissive umask.
+    fn options(url: &str) -> Result<(SqliteConnectOptions, Result<(), StoreError>), StoreError> {
         let opts =
             SqliteConnectOptions::from_str(url).map_err(StoreError::sql("parse sqlite url"))?;
-        // SQLite gives its -wal and -shm files the database file's mode: create it 0600
-        // ourselves so market data is not world-readable under a permissive umask
-        let path = opts.get_filename();
+        let path = opts.get_filename().to_path_buf();
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let mut created = Ok(());
         if !in_memory && !path.exists() {
             use std::os::unix::fs::OpenOptionsExt;
-            let created = std::fs::OpenOptions::new()
+            let r = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
-                .open(path);
-            match created {
+                .open(&path);
+            match r {
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
                 Err(e) => {
-                    return Err(StoreError::Io {
+                    created = Err(StoreError::Io {
                         op: "create the sqlite database file",
-                        path: path.to_path_buf(),
+                        path,
                         source: e,
                     });
                 }
@@ -64,12 +90,7 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(opts)
-            .await
-            .map_err(StoreError::sql("open sqlite database"))?;
-        Ok(SqliteStore { pool })
+        Ok((opts, created))
     }
 
     pub fn pool(&self) -> &SqlitePool {

@@ -50,6 +50,8 @@ pub struct WriterStats {
     /// Rows written to the spool, and rows replayed from it into the database.
     pub spooled_rows: AtomicU64,
     pub replayed_rows: AtomicU64,
+    /// Set while the database has not answered since start-up (rows go to the spool).
+    pub db_pending: std::sync::atomic::AtomicBool,
     /// Current spool size (gauge).
     pub spool_bytes: AtomicU64,
     pub spool_files: AtomicU64,
@@ -100,6 +102,18 @@ struct Writer {
     logged_rejects: std::collections::HashSet<String>,
     /// Symbols for which a trade conflict was logged already.
     logged_conflicts: std::collections::HashSet<String>,
+    /// Set while the database has not answered since start-up.
+    startup: Option<Startup>,
+}
+
+/// The database did not answer at start-up. Until it does the writer spools everything;
+/// then it migrates the database, replays what earlier runs spooled (files numbered below
+/// `first_seq`), and asks `ready` for the rows that must be on record before this run's
+/// (the holes of this start, sessions killed runs left open), which it commits first;
+/// only then does it replay this run's spool.
+pub struct Startup {
+    pub first_seq: u64,
+    pub ready: tokio::sync::oneshot::Sender<tokio::sync::oneshot::Sender<Vec<Event>>>,
 }
 
 /// Why a write did not commit.
@@ -154,6 +168,7 @@ impl Writer {
             deadline,
             logged_rejects: Default::default(),
             logged_conflicts: Default::default(),
+            startup: None,
         }
     }
 }
@@ -181,16 +196,40 @@ pub async fn replay_spool(
 
 pub async fn run(
     store: Arc<Store>,
-    mut rx: mpsc::Receiver<Event>,
+    rx: mpsc::Receiver<Event>,
     cfg: WriterConfig,
     stats: Arc<WriterStats>,
     spool: Option<Spool>,
     deadline: Arc<crate::recorder::deadline::Deadline>,
 ) {
+    run_from(store, rx, cfg, stats, spool, deadline, None).await
+}
+
+/// [`run`], starting while the database has not answered yet (see [`Startup`]).
+pub async fn run_from(
+    store: Arc<Store>,
+    mut rx: mpsc::Receiver<Event>,
+    cfg: WriterConfig,
+    stats: Arc<WriterStats>,
+    spool: Option<Spool>,
+    deadline: Arc<crate::recorder::deadline::Deadline>,
+    startup: Option<Startup>,
+) {
     let mut w = Writer::new(store, cfg, stats, spool, deadline);
+    if startup.is_some() {
+        w.startup = startup;
+        w.stats.db_pending.store(true, Ordering::Relaxed);
+        let _ = w.stats.failing_since_ms.compare_exchange(
+            0,
+            crate::model::now_ms(),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+        w.next_probe = Some(Instant::now() + w.probe.initial);
+    }
     if let Some(s) = &w.spool {
         w.stats.spool_gauges(s);
-        if !s.is_empty() {
+        if !s.is_empty() && w.startup.is_none() {
             tracing::info!(files = s.files(), bytes = s.bytes(), dir = %s.dir().display(), "replaying the spool left by an earlier run");
             w.replay().await;
         }
@@ -224,12 +263,21 @@ pub async fn run(
                 w.flush(&mut batch).await;
                 deadline = None;
             }
-            _ = probe_timer => w.replay().await,
+            _ = probe_timer => {
+                if w.startup.is_some() {
+                    w.try_start().await;
+                } else {
+                    w.replay().await;
+                }
+            }
             _ = heartbeat.tick() => {}
         }
     }
     w.flush(&mut batch).await;
-    if w.spool.as_ref().is_some_and(|s| !s.is_empty()) {
+    if w.startup.is_some() {
+        w.try_start().await;
+    }
+    if w.startup.is_none() && w.spool.as_ref().is_some_and(|s| !s.is_empty()) {
         w.replay().await;
     }
     if let Some(s) = w.spool.as_ref().filter(|s| !s.is_empty()) {
@@ -413,7 +461,54 @@ impl Writer {
     }
 
     fn spooling(&self) -> bool {
-        self.spool.as_ref().is_some_and(|s| !s.is_empty())
+        self.startup.is_some() || self.spool.as_ref().is_some_and(|s| !s.is_empty())
+    }
+
+    /// While the database has not answered since start-up: tries to migrate it; once that
+    /// works, replays earlier runs' spool files, commits the rows the recorder needs on record
+    /// first, and goes on as usual (this run's spool is replayed next).
+    async fn try_start(&mut self) {
+        let Some(first_seq) = self.startup.as_ref().map(|s| s.first_seq) else {
+            return;
+        };
+        let limit = self
+            .deadline
+            .cap(Duration::from_secs(self.cfg.write_timeout_s));
+        let migrated = if limit.is_zero() {
+            Err("shutdown deadline reached".to_string())
+        } else {
+            match tokio::time::timeout(limit, self.store.migrate()).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(format!("{} ({})", e, e.class().as_str())),
+                Err(_) => Err(format!("no answer within {limit:?}")),
+            }
+        };
+        if let Err(e) = migrated {
+            let delay = self.probe_delays.next().unwrap_or(self.probe.cap);
+            tracing::debug!(error = %e, ?delay, "database still not answering");
+            self.next_probe = Some(Instant::now() + delay);
+            return;
+        }
+        tracing::info!("database answers: migrated; replaying the spool");
+        if !self.replay_before(Some(first_seq)).await {
+            return; // failed again: the probe retries
+        }
+        let Some(startup) = self.startup.take() else {
+            return;
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let first = if startup.ready.send(tx).is_ok() {
+            rx.await.unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        self.stats.db_pending.store(false, Ordering::Relaxed);
+        let mut batch = Batch::from_events(first);
+        if !batch.is_empty() && self.commit(&batch).await.is_err() {
+            let _ = self.spool_batch(&batch);
+        }
+        batch.clear();
+        self.replay().await;
     }
 
     async fn flush(&mut self, batch: &mut Batch) {
@@ -488,18 +583,27 @@ impl Writer {
 
     /// Writes spooled batches oldest first; stops at the first failure and schedules a probe.
     async fn replay(&mut self) {
+        self.replay_before(None).await;
+    }
+
+    /// [`Writer::replay`] of the files numbered below `before` (None: all). True when every
+    /// such file is replayed.
+    async fn replay_before(&mut self, before: Option<u64>) -> bool {
         self.next_probe = None;
         let pending = match self.spool.as_ref().map(|s| s.pending()) {
-            Some(Ok(p)) => p,
+            Some(Ok(p)) => p
+                .into_iter()
+                .filter(|p| before.is_none_or(|b| Spool::seq(p).is_some_and(|s| s < b)))
+                .collect::<Vec<_>>(),
             Some(Err(e)) => {
                 tracing::error!(error = %e, "cannot list the spool");
                 self.next_probe = Some(Instant::now() + self.probe.cap);
-                return;
+                return false;
             }
-            None => return,
+            None => return true,
         };
         if pending.is_empty() {
-            return;
+            return true;
         }
         let mut rows = 0usize;
         for path in &pending {
@@ -525,7 +629,7 @@ impl Writer {
                 let delay = self.probe_delays.next().unwrap_or(self.probe.cap);
                 tracing::debug!(class = f.class.as_str(), error = %f.error, ?delay, "database still unavailable");
                 self.next_probe = Some(Instant::now() + delay);
-                return;
+                return false;
             }
             self.stats
                 .replayed_rows
@@ -544,5 +648,6 @@ impl Writer {
             rows,
             "database accepts writes again; spool replayed"
         );
+        true
     }
 }
