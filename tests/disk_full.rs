@@ -1,0 +1,143 @@
+//! Disk full: the SQLite database on a small tmpfs fills up while the market streams. Writes
+//! fail with SQLITE_FULL, the writer discards the connection and spools (the spool is on
+//! another disk), recording goes on; once there is room again the spool is replayed, and a row
+//! counts as written only after its commit: the database ends up holding exactly the trades
+//! the sockets delivered, and the replayed-row counter agrees with what is stored.
+//! Needs root (mount); CI runs as root.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::{Recorder, wait_for};
+use mdrec::sim::{self, SimConfig};
+use mdrec::store::Store;
+
+const SYMBOLS: [&str; 2] = ["btcusdt", "ethusdt"];
+
+/// A tmpfs of a given size mounted on a fresh directory, unmounted on drop.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size_kb: u64) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size_kb}k,mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir.path())
+            .status()
+            .expect("run mount");
+        assert!(
+            ok.success(),
+            "mounting a tmpfs failed: this test needs root (CI runs as root)"
+        );
+        Tmpfs { dir }
+    }
+
+    fn resize(&self, size_kb: u64) {
+        let ok = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size_kb}k"), "tmpfs"])
+            .arg(self.dir.path())
+            .status()
+            .expect("run mount");
+        assert!(ok.success());
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_on_a_full_disk_loses_nothing() {
+    let disk = Tmpfs::mount(640);
+    let sim = sim::start(SimConfig {
+        seed: 81,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let db = disk.dir.path().join("rec.db");
+    let db_url = format!("sqlite://{}", db.display());
+    let text = format!(
+        "[venue]\nws_url = \"{}\"\nrest_url = \"{}\"\n[database]\nurl = \"{db_url}\"\n\
+         [record]\nsymbols = [\"btcusdt\", \"ethusdt\"]\nklines = [\"1min\"]\ndepth = \"step0\"\n\
+         depth_levels = 20\nticker = true\nmax_time_ahead_s = 86400\n[metrics]\nlisten = \"\"\n\
+         [writer]\nflush_interval_ms = 50\nspool_dir = {:?}\nwrite_timeout_s = 5\n\
+         [backfill]\nenabled = false\n",
+        sim.ws_url(),
+        sim.rest_url(),
+        spool.path()
+    );
+    let cfg = mdrec::config::Config::parse(&text).unwrap();
+    cfg.validate().unwrap();
+    let rec = Recorder::start(&cfg).await;
+    // books fill the 640 KB quickly
+    wait_for("the disk to fill", Duration::from_secs(60), || async {
+        rec.stats.writer.spooled_rows.load(Ordering::Relaxed) > 0
+    })
+    .await;
+    let spooled_at_full = rec.stats.writer.spooled_rows.load(Ordering::Relaxed);
+    let before: Vec<usize> = SYMBOLS.iter().map(|s| sim.delivered(s).len()).collect();
+    // recording goes on while the disk is full
+    wait_for(
+        "recording on a full disk",
+        Duration::from_secs(30),
+        || async {
+            SYMBOLS
+                .iter()
+                .zip(&before)
+                .all(|(s, n)| sim.delivered(s).len() >= n + 30)
+                && rec.stats.writer.spooled_rows.load(Ordering::Relaxed) > spooled_at_full
+        },
+    )
+    .await;
+    // room again
+    disk.resize(64 * 1024);
+    wait_for("the spool replayed", Duration::from_secs(60), || async {
+        rec.stats.writer.spool_files.load(Ordering::Relaxed) == 0
+            && rec.stats.writer.failing_since_ms.load(Ordering::Relaxed) == 0
+    })
+    .await;
+    sim.halt();
+    let store = Store::connect(&db_url).await.unwrap();
+    common::wait_stored_equals_delivered(&store, &sim, &SYMBOLS).await;
+    let stats = rec.stop().await;
+    let mut stored_total = 0;
+    for s in SYMBOLS {
+        let stored = common::stored_ids(&store, s).await;
+        assert_eq!(stored, sim.delivered(s), "{s}: every delivered trade, once");
+        stored_total += stored.len();
+    }
+    let w = &stats.writer;
+    let spooled = w.spooled_rows.load(Ordering::Relaxed);
+    let replayed = w.replayed_rows.load(Ordering::Relaxed);
+    assert!(spooled > 0);
+    assert_eq!(
+        replayed, spooled,
+        "every spooled row replayed, counted once"
+    );
+    assert_eq!(w.dropped_rows.load(Ordering::Relaxed), 0);
+    let full =
+        w.errors_by_class[mdrec::store::ErrorClass::Unavailable as usize].load(Ordering::Relaxed);
+    assert!(full > 0, "SQLITE_FULL is an unavailable database");
+    println!(
+        "disk full (SQLite on a 640 KB tmpfs): {full} writes failed, {spooled} rows spooled and {replayed} replayed, {stored_total} trades delivered and stored, 0 dropped"
+    );
+    store.close().await;
+    sim.shutdown().await;
+}
