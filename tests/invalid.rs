@@ -137,6 +137,18 @@ async fn invalid_values_never_stored(db_url: &str) {
     for b in bases.iter().flatten() {
         assert!(!b.contains('\0') && b.contains('\u{fffd}'), "{b:?}");
     }
+    // invalid UTF-8 in the listing's quote currencies: replaced, not refused
+    let quotes: Vec<Option<String>> = {
+        let sql = "SELECT quote FROM markets ORDER BY symbol";
+        match &store {
+            Store::Sqlite(s) => sqlx::query_scalar(sql).fetch_all(s.pool()).await,
+            Store::Postgres(s) => sqlx::query_scalar(sql).fetch_all(s.pool()).await,
+        }
+        .unwrap()
+    };
+    for q in quotes.iter().flatten() {
+        assert!(q.starts_with("\u{fffd}\u{fffd}x"), "{q:?}");
+    }
     assert_eq!(
         stats.writer.spooled_rows.load(Ordering::Relaxed),
         0,

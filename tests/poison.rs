@@ -239,8 +239,98 @@ async fn read_reasons(store: &Store) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_poison_rows_are_isolated_and_kept() {
-    let (_dir, url) = sqlite_db();
+    let (dir, url) = sqlite_db();
     poison_is_isolated(&url).await;
+    // the database and its WAL are the operator's alone, whatever the umask
+    use std::os::unix::fs::PermissionsExt;
+    for f in ["test.db", "test.db-wal"] {
+        let p = dir.path().join(f);
+        if p.exists() {
+            let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{f}");
+        }
+    }
+}
+
+/// When the database refuses even `rejected_rows`, refused rows go to the quarantine file
+/// beside the spool, one JSON line each, and the good rows are still stored.
+async fn refused_twice_goes_to_the_quarantine_file(url: &str) {
+    let store = Arc::new(Store::connect(url).await.unwrap());
+    store.migrate().await.unwrap();
+    add_poison_trigger(&store).await;
+    let refuse_all = match &*store {
+        Store::Sqlite(_) => vec![
+            "CREATE TRIGGER no_rejects BEFORE INSERT ON rejected_rows \
+             BEGIN SELECT RAISE(ABORT, 'rejected_rows refused too'); END"
+                .to_string(),
+        ],
+        Store::Postgres(_) => vec![
+            "CREATE FUNCTION no_rejects() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+             RAISE EXCEPTION 'rejected_rows refused too' USING ERRCODE = 'check_violation'; END $$"
+                .to_string(),
+            "CREATE TRIGGER no_rejects BEFORE INSERT ON rejected_rows FOR EACH ROW \
+             EXECUTE FUNCTION no_rejects()"
+                .to_string(),
+        ],
+    };
+    for sql in refuse_all {
+        match &*store {
+            Store::Sqlite(s) => sqlx::query(&sql).execute(s.pool()).await.map(|_| ()),
+            Store::Postgres(s) => sqlx::query(&sql).execute(s.pool()).await.map(|_| ()),
+        }
+        .unwrap();
+    }
+    let spool_dir = tempfile::tempdir().unwrap();
+    let (tx, rx) = mpsc::channel(1024);
+    let stats = Arc::new(WriterStats::default());
+    let task = tokio::spawn(writer::run(
+        store.clone(),
+        rx,
+        cfg(),
+        stats.clone(),
+        Some(Spool::open(spool_dir.path()).unwrap()),
+        Default::default(),
+    ));
+    let (evs, good, bad) = trades();
+    for ev in evs {
+        tx.send(ev).await.unwrap();
+    }
+    drop(tx);
+    task.await.unwrap();
+    assert_eq!(stored_ids(&store).await, good);
+    let file = spool_dir.path().join(writer::QUARANTINE_FILE);
+    let text = std::fs::read_to_string(&file).unwrap();
+    let kept: Vec<mdrec::store::Rejected> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(kept.len(), bad.len(), "one line per refused row");
+    assert!(kept.iter().all(|r| r.row_json.contains(POISON)));
+    assert_eq!(
+        stats.quarantined_to_file.load(Ordering::Relaxed),
+        bad.len() as u64
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_refused_twice_goes_to_the_quarantine_file() {
+    let (_dir, url) = sqlite_db();
+    refused_twice_goes_to_the_quarantine_file(&url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_refused_twice_goes_to_the_quarantine_file() {
+    let Some(db) = PgDb::create().await else {
+        return;
+    };
+    refused_twice_goes_to_the_quarantine_file(&db.url).await;
+    db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

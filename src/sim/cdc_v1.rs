@@ -685,7 +685,7 @@ impl Server {
 fn ok_body(data: String) -> axum::response::Response {
     (
         [(axum::http::header::CONTENT_TYPE, "application/json")],
-        format!("{{\"code\":\"0\",\"msg\":\"suc\",\"data\":{data}}}"),
+        ok_body_text(data),
     )
         .into_response()
 }
@@ -745,7 +745,35 @@ async fn symbols(AxState(s): AxState<Arc<Server>>) -> axum::response::Response {
             )
         })
         .collect();
-    ok_body(format!("[{}]", items.join(",")))
+    let body = ok_body_text(format!("[{}]", items.join(",")));
+    if !hostile {
+        return (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response();
+    }
+    // bytes that are not UTF-8 inside the quote currencies, as a broken proxy may send
+    let mut bytes = body.into_bytes();
+    let mut at = 0;
+    while let Some(i) = find(&bytes[at..], br#""count_coin":""#) {
+        let pos = at + i + br#""count_coin":""#.len();
+        bytes.splice(pos..pos, [0xff, 0xfe, b'x']);
+        at = pos + 3;
+    }
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        bytes,
+    )
+        .into_response()
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn ok_body_text(data: String) -> String {
+    format!("{{\"code\":\"0\",\"msg\":\"suc\",\"data\":{data}}}")
 }
 
 async fn trades(
