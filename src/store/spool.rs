@@ -109,23 +109,34 @@ impl Spool {
         Ok(v.into_iter().map(|(_, p)| p).collect())
     }
 
-    /// Writes a batch durably as one file.
+    /// Writes a batch durably as one file. A write that fails (a full disk) leaves nothing
+    /// behind: the partial file would hold space that a smaller batch could use.
     pub fn append(&mut self, batch: &Batch) -> std::io::Result<()> {
         private_dir(&self.dir)?;
         let seq = self.next_seq;
         let tmp = self.dir.join(format!("{seq:012}.tmp"));
         let done = self.dir.join(format!("{seq:012}.spool"));
-        let file = private_file(&tmp)?;
-        let mut w = BufWriter::new(file);
-        for ev in batch.events() {
-            serde_json::to_writer(&mut w, &ev)?;
-            w.write_all(b"\n")?;
-        }
-        let file = w.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        let len = file.metadata()?.len();
-        drop(file);
-        std::fs::rename(&tmp, &done)?;
+        let written = (|| {
+            let file = private_file(&tmp)?;
+            let mut w = BufWriter::new(file);
+            for ev in batch.events() {
+                serde_json::to_writer(&mut w, &ev)?;
+                w.write_all(b"\n")?;
+            }
+            let file = w.into_inner().map_err(|e| e.into_error())?;
+            file.sync_all()?;
+            let len = file.metadata()?.len();
+            drop(file);
+            std::fs::rename(&tmp, &done)?;
+            Ok(len)
+        })();
+        let len = match written {
+            Ok(len) => len,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
         self.next_seq += 1;
         self.bytes += len;
         self.files += 1;
