@@ -96,8 +96,7 @@ impl PgStore {
                  ON CONFLICT (venue, symbol, trade_id) DO UPDATE SET quote_qty = excluded.quote_qty \
                  WHERE trades.quote_qty IS NULL AND excluded.quote_qty IS NOT NULL \
                  AND trades.side = excluded.side AND trades.price = excluded.price \
-                 AND trades.qty = excluded.qty AND trades.event_time_ms = excluded.event_time_ms \
-                 RETURNING symbol, trade_id",
+                 AND trades.qty = excluded.qty AND trades.event_time_ms = excluded.event_time_ms",
             )
             .bind(t.iter().map(|x| x.venue).collect::<Vec<_>>())
             .bind(t.iter().map(|x| x.symbol.to_string()).collect::<Vec<_>>())
@@ -109,21 +108,14 @@ impl PgStore {
             .bind(t.iter().map(|x| x.event_time_ms).collect::<Vec<_>>())
             .bind(t.iter().map(|x| x.recv_time_us).collect::<Vec<_>>())
             .bind(t.iter().map(|x| x.source.as_str()).collect::<Vec<_>>())
-            .fetch_all(&mut *tx)
+            .execute(&mut *tx)
             .await
-            .map_err(StoreError::sql("insert trades"))?;
-            // rows inserted or updated come back; any other key was stored already, as the
-            // same trade or as a conflict
-            if rows.len() < t.len() {
-                let written: std::collections::HashSet<(String, i64)> = rows
-                    .iter()
-                    .map(|r| Ok((r.try_get("symbol")?, r.try_get("trade_id")?)))
-                    .collect::<Result<_, sqlx::Error>>()
-                    .map_err(StoreError::sql("read inserted trades"))?;
-                let before: Vec<&Trade> = t
-                    .iter()
-                    .filter(|x| !written.contains(&(x.symbol.to_string(), x.trade_id)))
-                    .collect();
+            .map_err(StoreError::sql("insert trades"))?
+            .rows_affected();
+            // fewer rows changed than sent: some key was stored already, as the same trade or
+            // as a conflict; the stored versions are read back only then
+            if (rows as usize) < t.len() {
+                let before: Vec<&Trade> = t.iter().collect();
                 let stored = sqlx::query::<Postgres>(
                     "SELECT t.symbol, t.trade_id, t.side, t.price::text AS price, t.qty::text AS qty, \
                      t.quote_qty::text AS quote_qty, t.event_time_ms, t.recv_time_us, t.source \

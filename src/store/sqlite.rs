@@ -129,8 +129,9 @@ impl SqliteStore {
                     .push_bind(ex.finish());
             });
             // a trade is stored once; a later copy of the same trade only fills the quote
-            // amount a REST copy lacked. Rows inserted or so updated come back: any other key
-            // was stored already, as the same trade or as a conflict (checked below)
+            // amount a REST copy lacked. When fewer rows changed than were sent, some key was
+            // stored already, as the same trade or as a conflict (checked below); reading
+            // back only then keeps the common batch as cheap as a plain insert
             qb.push(
                 " ON CONFLICT (venue, symbol, trade_id) DO UPDATE SET quote_qty = excluded.quote_qty, \
                  exact = CASE WHEN trades.exact IS NULL THEN excluded.exact \
@@ -138,21 +139,16 @@ impl SqliteStore {
                               ELSE json_patch(trades.exact, excluded.exact) END \
                  WHERE trades.quote_qty IS NULL AND excluded.quote_qty IS NOT NULL \
                  AND trades.side = excluded.side AND trades.price = excluded.price \
-                 AND trades.qty = excluded.qty AND trades.event_time_ms = excluded.event_time_ms \
-                 RETURNING symbol, trade_id",
+                 AND trades.qty = excluded.qty AND trades.event_time_ms = excluded.event_time_ms",
             );
-            let rows: Vec<(String, i64)> = qb
-                .build_query_as()
-                .fetch_all(&mut *tx)
+            let changed = qb
+                .build()
+                .execute(&mut *tx)
                 .await
-                .map_err(StoreError::sql("insert trades"))?;
-            if rows.len() < chunk.len() {
-                let written: std::collections::HashSet<(String, i64)> = rows.into_iter().collect();
-                for t in chunk {
-                    if !written.contains(&(t.symbol.to_string(), t.trade_id)) {
-                        seen_before.push(t);
-                    }
-                }
+                .map_err(StoreError::sql("insert trades"))?
+                .rows_affected();
+            if (changed as usize) < chunk.len() {
+                seen_before.extend(chunk);
             }
         }
         let mut conflicts: Vec<super::Rejected> = batch
