@@ -239,6 +239,30 @@ async fn crash_loop(db_url: &str) {
         );
         unseen_total += unseen.len();
     }
+    // and no hole is wider than the loss: every trade strictly inside a filled hole came from
+    // REST (a row stored from a socket inside it would mean the row began too early)
+    let mut inside_rest = 0;
+    for s in SYMBOLS {
+        let trades = store.load_trades("cdc-v1", s).await.unwrap();
+        for g in gaps
+            .iter()
+            .filter(|g| &*g.symbol == s && g.stream == "trades" && g.status == GapStatus::Filled)
+        {
+            let end = g.end_ms.unwrap_or(i64::MAX);
+            for t in trades
+                .iter()
+                .filter(|t| t.event_time_ms > g.start_ms && t.event_time_ms < end)
+            {
+                assert_eq!(
+                    t.source,
+                    mdrec::model::Source::Rest,
+                    "{s}: trade {} inside {g:?} came from a socket",
+                    t.trade_id
+                );
+                inside_rest += 1;
+            }
+        }
+    }
     let mut total = 0;
     for s in SYMBOLS {
         let got = stored(&store, s).await;
@@ -251,7 +275,7 @@ async fn crash_loop(db_url: &str) {
         total += got.len();
     }
     println!(
-        "crash loop ({}): {KILLS} SIGKILLs after {delays:?} ms, {total} trades published since the first stored, {total} stored, 0 lost; {unseen_total} no socket delivered, each inside one of {} gap rows, all filled",
+        "crash loop ({}): {KILLS} SIGKILLs after {delays:?} ms, {total} trades published since the first stored, {total} stored, 0 lost; {unseen_total} no socket delivered, each inside one of {} gap rows, all filled; the {inside_rest} trades strictly inside the holes all came from REST",
         if db_url.starts_with("sqlite") {
             "SQLite"
         } else {
