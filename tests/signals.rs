@@ -9,6 +9,7 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
+use common::PgDb;
 use mdrec::sim::{self, SimConfig};
 use mdrec::store::Store;
 use tokio::process::{Child, Command};
@@ -86,11 +87,35 @@ async fn stderr_of(child: &mut Child) -> String {
     s
 }
 
-/// Waits until the recorder has stored `n` trades (read-only, so it never races creation).
-async fn wait_stored(child: &mut Child, db: &std::path::Path, n: i64) {
-    let ro = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(db)
-        .read_only(true);
+/// Trades stored so far (SQLite read-only, so the test never races the file's creation).
+async fn count_trades(db_url: &str) -> i64 {
+    let sql = "SELECT count(*) FROM trades";
+    if let Some(path) = db_url.strip_prefix("sqlite://") {
+        let ro = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(path)
+            .read_only(true);
+        match sqlx::SqlitePool::connect_with(ro).await {
+            Ok(pool) => {
+                let n = sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap_or(0);
+                pool.close().await;
+                n
+            }
+            Err(_) => 0,
+        }
+    } else {
+        match sqlx::PgPool::connect(db_url).await {
+            Ok(pool) => {
+                let n = sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap_or(0);
+                pool.close().await;
+                n
+            }
+            Err(_) => 0,
+        }
+    }
+}
+
+/// Waits until the recorder has stored `n` trades.
+async fn wait_stored(child: &mut Child, db_url: &str, n: i64) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -99,17 +124,7 @@ async fn wait_stored(child: &mut Child, db: &std::path::Path, n: i64) {
                 stderr_of(child).await
             );
         }
-        let got: i64 = match sqlx::SqlitePool::connect_with(ro.clone()).await {
-            Ok(pool) => {
-                let got = sqlx::query_scalar("SELECT count(*) FROM trades")
-                    .fetch_one(&pool)
-                    .await
-                    .unwrap_or(0);
-                pool.close().await;
-                got
-            }
-            Err(_) => 0,
-        };
+        let got = count_trades(db_url).await;
         if got >= n {
             return;
         }
@@ -122,36 +137,38 @@ async fn wait_stored(child: &mut Child, db: &std::path::Path, n: i64) {
 }
 
 async fn sessions(store: &Store) -> Vec<(String, i64, Option<i64>, Option<String>)> {
-    let Store::Sqlite(s) = store else {
-        unreachable!()
-    };
-    sqlx::query_as(
-        "SELECT symbol, connected_at_us, disconnected_at_us, close_reason FROM sessions \
-         ORDER BY symbol, connected_at_us",
-    )
-    .fetch_all(s.pool())
-    .await
+    let sql = "SELECT symbol, connected_at_us, disconnected_at_us, close_reason FROM sessions \
+               ORDER BY symbol, connected_at_us";
+    match store {
+        Store::Sqlite(s) => sqlx::query_as(sql).fetch_all(s.pool()).await,
+        Store::Postgres(s) => sqlx::query_as(sql).fetch_all(s.pool()).await,
+    }
     .unwrap()
+}
+
+/// A fresh database of either kind for one test: SQLite in the test's directory, or a fresh
+/// PostgreSQL database (None: PostgreSQL not there and not required).
+async fn database(kind: &str, dir: &std::path::Path) -> Option<(String, Option<PgDb>)> {
+    match kind {
+        "sqlite" => Some((format!("sqlite://{}", dir.join("rec.db").display()), None)),
+        _ => {
+            let db = PgDb::create().await?;
+            Some((db.url.clone(), Some(db)))
+        }
+    }
 }
 
 /// Runs the daemon until it stored some trades, sends `signals` (a short pause between), and
 /// returns its exit status, stderr and the store.
 async fn stop_with(
     signals: &[&str],
-) -> (
-    Option<i32>,
-    String,
-    Store,
-    sim::SimHandle,
-    tempfile::TempDir,
-) {
+    dir: &std::path::Path,
+    db_url: &str,
+) -> (Option<i32>, String, Store, sim::SimHandle) {
     let sim = sim::start(SimConfig::default()).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("rec.db");
-    let db_url = format!("sqlite://{}", db.display());
-    let cfg = config(dir.path(), &sim.ws_url(), &sim.rest_url(), &db_url);
+    let cfg = config(dir, &sim.ws_url(), &sim.rest_url(), db_url);
     let mut child = spawn(&cfg);
-    wait_stored(&mut child, &db, 100).await;
+    wait_stored(&mut child, db_url, 100).await;
     let log = Log::follow(&mut child);
     for (i, s) in signals.iter().enumerate() {
         if i > 0 {
@@ -176,13 +193,16 @@ async fn stop_with(
     .await;
     let stderr = log.text();
     sim.halt();
-    let store = Store::connect(&db_url).await.unwrap();
-    (status.code(), stderr, store, sim, dir)
+    let store = Store::connect(db_url).await.unwrap();
+    (status.code(), stderr, store, sim)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sighup_stops_cleanly_and_closes_every_session() {
-    let (code, stderr, store, sim, _dir) = stop_with(&["HUP"]).await;
+async fn sighup_stops_cleanly_and_closes_every_session(kind: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((db_url, pg)) = database(kind, dir.path()).await else {
+        return;
+    };
+    let (code, stderr, store, sim) = stop_with(&["HUP"], dir.path(), &db_url).await;
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains("SIGHUP"), "{stderr}");
     let rows = sessions(&store).await;
@@ -196,22 +216,24 @@ async fn sighup_stops_cleanly_and_closes_every_session() {
     }
     store.close().await;
     sim.shutdown().await;
+    if let Some(pg) = pg {
+        pg.drop_db().await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_sigint_stops_at_once_and_loses_nothing() {
-    let (code, stderr, store, sim, dir) = stop_with(&["INT", "INT"]).await;
+async fn a_second_sigint_stops_at_once_and_loses_nothing(kind: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((db_url, pg)) = database(kind, dir.path()).await else {
+        return;
+    };
+    let (code, stderr, store, sim) = stop_with(&["INT", "INT"], dir.path(), &db_url).await;
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains("second signal"), "{stderr}");
     // whatever the fast stop did not write is in the spool: the next start replays it first
     let spool = mdrec::store::spool::Spool::open(&dir.path().join("spool")).unwrap();
     let spooled = spool.files();
     let writer = mdrec::store::writer::replay_spool(
-        std::sync::Arc::new(
-            Store::connect(&format!("sqlite://{}", dir.path().join("rec.db").display()))
-                .await
-                .unwrap(),
-        ),
+        std::sync::Arc::new(Store::connect(&db_url).await.unwrap()),
         spool,
         Default::default(),
         Default::default(),
@@ -226,10 +248,13 @@ async fn a_second_sigint_stops_at_once_and_loses_nothing() {
         assert_eq!(common::stored_ids(&store, s).await, sim.delivered(s), "{s}");
     }
     println!(
-        "second SIGINT: exit 0, {spooled} spool files replayed after, every delivered trade stored"
+        "second SIGINT ({kind}): exit 0, {spooled} spool files replayed after, every delivered trade stored"
     );
     store.close().await;
     sim.shutdown().await;
+    if let Some(pg) = pg {
+        pg.drop_db().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -272,15 +297,15 @@ async fn sigterm_while_the_database_does_not_answer_is_honoured() {
     holder.abort();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sessions_a_killed_run_left_open_are_closed_at_its_last_row() {
-    let sim = sim::start(SimConfig::default()).await.unwrap();
+async fn sessions_a_killed_run_left_open_are_closed_at_its_last_row(kind: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("rec.db");
-    let db_url = format!("sqlite://{}", db.display());
+    let Some((db_url, pg)) = database(kind, dir.path()).await else {
+        return;
+    };
+    let sim = sim::start(SimConfig::default()).await.unwrap();
     let cfg = config(dir.path(), &sim.ws_url(), &sim.rest_url(), &db_url);
     let mut child = spawn(&cfg);
-    wait_stored(&mut child, &db, 100).await;
+    wait_stored(&mut child, &db_url, 100).await;
     signal(&child, "KILL");
     let _ = child.wait().await;
     let killed_at_us = mdrec::model::now_us();
@@ -293,21 +318,15 @@ async fn sessions_a_killed_run_left_open_are_closed_at_its_last_row() {
     // the newest row each symbol received: the last time the killed run is known alive
     let mut last_row = std::collections::HashMap::new();
     for s in SYMBOLS {
-        let t: Option<i64> = {
-            let Store::Sqlite(p) = &store else {
-                unreachable!()
-            };
-            sqlx::query_scalar(
-                "SELECT max(t) FROM (SELECT max(recv_time_us) t FROM trades WHERE symbol = $1 \
-                 UNION ALL SELECT max(recv_time_us) FROM klines WHERE symbol = $1 \
-                 UNION ALL SELECT max(recv_time_us) FROM book_snapshots WHERE symbol = $1 \
-                 UNION ALL SELECT max(recv_time_us) FROM tickers WHERE symbol = $1)",
-            )
-            .bind(s)
-            .fetch_one(p.pool())
-            .await
-            .unwrap()
-        };
+        let sql = "SELECT max(t) FROM (SELECT max(recv_time_us) t FROM trades WHERE symbol = $1 \
+                   UNION ALL SELECT max(recv_time_us) FROM klines WHERE symbol = $1 \
+                   UNION ALL SELECT max(recv_time_us) FROM book_snapshots WHERE symbol = $1 \
+                   UNION ALL SELECT max(recv_time_us) FROM tickers WHERE symbol = $1) AS x";
+        let t: Option<i64> = match &store {
+            Store::Sqlite(p) => sqlx::query_scalar(sql).bind(s).fetch_one(p.pool()).await,
+            Store::Postgres(p) => sqlx::query_scalar(sql).bind(s).fetch_one(p.pool()).await,
+        }
+        .unwrap();
         last_row.insert(s, t.unwrap());
     }
 
@@ -341,4 +360,37 @@ async fn sessions_a_killed_run_left_open_are_closed_at_its_last_row() {
     assert!(rows.iter().all(|r| r.2.is_some()), "{rows:?}");
     store.close().await;
     sim.shutdown().await;
+    if let Some(pg) = pg {
+        pg.drop_db().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_sighup_stops_cleanly_and_closes_every_session() {
+    sighup_stops_cleanly_and_closes_every_session("sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_sighup_stops_cleanly_and_closes_every_session() {
+    sighup_stops_cleanly_and_closes_every_session("postgres").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_second_sigint_stops_at_once_and_loses_nothing() {
+    a_second_sigint_stops_at_once_and_loses_nothing("sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_second_sigint_stops_at_once_and_loses_nothing() {
+    a_second_sigint_stops_at_once_and_loses_nothing("postgres").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_sessions_a_killed_run_left_open_are_closed_at_its_last_row() {
+    sessions_a_killed_run_left_open_are_closed_at_its_last_row("sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_sessions_a_killed_run_left_open_are_closed_at_its_last_row() {
+    sessions_a_killed_run_left_open_are_closed_at_its_last_row("postgres").await;
 }
