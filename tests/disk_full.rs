@@ -64,18 +64,16 @@ impl Drop for Tmpfs {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_on_a_full_disk_loses_nothing() {
-    let disk = Tmpfs::mount(640);
+/// Records until the database's disk is full, goes on into the spool, makes room, and checks
+/// that the database ends up with exactly the delivered trades and every spooled row replayed.
+async fn full_database_disk(db_url: &str, disk: &Tmpfs, what: &str, seed: u64) {
     let sim = sim::start(SimConfig {
-        seed: 81,
+        seed,
         ..SimConfig::default()
     })
     .await
     .unwrap();
     let spool = tempfile::tempdir().unwrap();
-    let db = disk.dir.path().join("rec.db");
-    let db_url = format!("sqlite://{}", db.display());
     let text = format!(
         "[venue]\nws_url = \"{}\"\nrest_url = \"{}\"\n[database]\nurl = \"{db_url}\"\n\
          [record]\nsymbols = [\"btcusdt\", \"ethusdt\"]\nklines = [\"1min\"]\ndepth = \"step0\"\n\
@@ -89,8 +87,8 @@ async fn sqlite_on_a_full_disk_loses_nothing() {
     let cfg = mdrec::config::Config::parse(&text).unwrap();
     cfg.validate().unwrap();
     let rec = Recorder::start(&cfg).await;
-    // books fill the 640 KB quickly
-    wait_for("the disk to fill", Duration::from_secs(60), || async {
+    // books fill the small disk quickly
+    wait_for("the disk to fill", Duration::from_secs(120), || async {
         rec.stats.writer.spooled_rows.load(Ordering::Relaxed) > 0
     })
     .await;
@@ -110,14 +108,14 @@ async fn sqlite_on_a_full_disk_loses_nothing() {
     )
     .await;
     // room again
-    disk.resize(64 * 1024);
+    disk.resize(256 * 1024);
     wait_for("the spool replayed", Duration::from_secs(60), || async {
         rec.stats.writer.spool_files.load(Ordering::Relaxed) == 0
             && rec.stats.writer.failing_since_ms.load(Ordering::Relaxed) == 0
     })
     .await;
     sim.halt();
-    let store = Store::connect(&db_url).await.unwrap();
+    let store = Store::connect(db_url).await.unwrap();
     common::wait_stored_equals_delivered(&store, &sim, &SYMBOLS).await;
     let stats = rec.stop().await;
     let mut stored_total = 0;
@@ -137,12 +135,19 @@ async fn sqlite_on_a_full_disk_loses_nothing() {
     assert_eq!(w.dropped_rows.load(Ordering::Relaxed), 0);
     let full =
         w.errors_by_class[mdrec::store::ErrorClass::Unavailable as usize].load(Ordering::Relaxed);
-    assert!(full > 0, "SQLITE_FULL is an unavailable database");
+    assert!(full > 0, "a full disk is an unavailable database");
     println!(
-        "disk full (SQLite on a 640 KB tmpfs): {full} writes failed, {spooled} rows spooled and {replayed} replayed, {stored_total} trades delivered and stored, 0 dropped"
+        "disk full ({what}): {full} writes failed, {spooled} rows spooled and {replayed} replayed, {stored_total} trades delivered and stored, 0 dropped"
     );
     store.close().await;
     sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_on_a_full_disk_loses_nothing() {
+    let disk = Tmpfs::mount(640);
+    let db_url = format!("sqlite://{}", disk.dir.path().join("rec.db").display());
+    full_database_disk(&db_url, &disk, "SQLite on a 640 KB tmpfs", 81).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -258,69 +263,12 @@ async fn postgres_on_a_full_disk_loses_nothing() {
         }
     }
     let db_url = format!("{}/rec", pg.url().rsplit_once('/').unwrap().0);
-    let sim = sim::start(SimConfig {
-        seed: 83,
-        ..SimConfig::default()
-    })
-    .await
-    .unwrap();
-    let spool = tempfile::tempdir().unwrap();
-    let text = format!(
-        "[venue]\nws_url = \"{}\"\nrest_url = \"{}\"\n[database]\nurl = \"{db_url}\"\n\
-         [record]\nsymbols = [\"btcusdt\", \"ethusdt\"]\nklines = [\"1min\"]\ndepth = \"step0\"\n\
-         depth_levels = 20\nticker = true\nmax_time_ahead_s = 86400\n[metrics]\nlisten = \"\"\n\
-         [writer]\nflush_interval_ms = 50\nspool_dir = {:?}\nwrite_timeout_s = 5\n\
-         [backfill]\nenabled = false\n",
-        sim.ws_url(),
-        sim.rest_url(),
-        spool.path()
-    );
-    let cfg = mdrec::config::Config::parse(&text).unwrap();
-    cfg.validate().unwrap();
-    let rec = Recorder::start(&cfg).await;
-    wait_for("the disk to fill", Duration::from_secs(120), || async {
-        rec.stats.writer.spooled_rows.load(Ordering::Relaxed) > 0
-    })
-    .await;
-    let spooled_at_full = rec.stats.writer.spooled_rows.load(Ordering::Relaxed);
-    wait_for(
-        "recording on a full disk",
-        Duration::from_secs(30),
-        || async { rec.stats.writer.spooled_rows.load(Ordering::Relaxed) > spooled_at_full + 50 },
+    full_database_disk(
+        &db_url,
+        &disk,
+        "PostgreSQL tables on a 1 MB tmpfs tablespace",
+        83,
     )
     .await;
-    disk.resize(256 * 1024);
-    wait_for("the spool replayed", Duration::from_secs(60), || async {
-        rec.stats.writer.spool_files.load(Ordering::Relaxed) == 0
-            && rec.stats.writer.failing_since_ms.load(Ordering::Relaxed) == 0
-    })
-    .await;
-    sim.halt();
-    let store = Store::connect(&db_url).await.unwrap();
-    common::wait_stored_equals_delivered(&store, &sim, &SYMBOLS).await;
-    let stats = rec.stop().await;
-    let mut stored_total = 0;
-    for s in SYMBOLS {
-        let stored = common::stored_ids(&store, s).await;
-        assert_eq!(stored, sim.delivered(s), "{s}: every delivered trade, once");
-        stored_total += stored.len();
-    }
-    let w = &stats.writer;
-    let spooled = w.spooled_rows.load(Ordering::Relaxed);
-    let replayed = w.replayed_rows.load(Ordering::Relaxed);
-    assert_eq!(
-        replayed, spooled,
-        "every spooled row replayed, counted once"
-    );
-    assert_eq!(w.dropped_rows.load(Ordering::Relaxed), 0);
-    let full =
-        w.errors_by_class[mdrec::store::ErrorClass::Unavailable as usize].load(Ordering::Relaxed);
-    assert!(full > 0, "disk full is an unavailable database");
-    println!(
-        "disk full (PostgreSQL tablespace on a 1 MB tmpfs): {full} writes failed, {spooled} rows spooled and {replayed} replayed, {stored_total} trades delivered and stored, 0 dropped"
-    );
-    store.close().await;
-    drop(store);
-    sim.shutdown().await;
     drop(pg); // stops the server before the tmpfs goes
 }

@@ -6,53 +6,15 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::{OwnPg, Recorder, wait_for};
-use mdrec::decimal::Dec;
-use mdrec::model::{GapStatus, Side};
+use mdrec::model::GapStatus;
 use mdrec::sim::{self, SimConfig};
 use mdrec::store::Store;
 
 const SYMBOLS: [&str; 2] = ["btcusdt", "ethusdt"];
-
-type Content = (i64, Side, Dec, Dec, i64);
-
-async fn stored(store: &Store, s: &str) -> BTreeMap<i64, Content> {
-    store
-        .load_trades("cdc-v1", s)
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .map(|t| {
-            (
-                t.trade_id,
-                (t.trade_id, t.side, t.price, t.qty, t.event_time_ms),
-            )
-        })
-        .collect()
-}
-
-fn ledger_from(sim: &sim::SimHandle, s: &str, first: i64) -> BTreeMap<i64, Content> {
-    sim.trades(s)
-        .into_iter()
-        .filter(|t| t.id >= first)
-        .map(|t| {
-            (
-                t.id,
-                (
-                    t.id,
-                    t.side,
-                    Dec::from(t.price),
-                    Dec::from(t.qty),
-                    t.time_ms,
-                ),
-            )
-        })
-        .collect()
-}
 
 async fn healthz(rec: &Recorder) -> (u16, String) {
     let addr = rec.stats.metrics_addr.get().expect("metrics served");
@@ -137,14 +99,8 @@ async fn postgres_down_at_start_then_up_loses_nothing() {
         "the database to equal the ledger",
         Duration::from_secs(60),
         || async {
-            for s in SYMBOLS {
-                let got = stored(&store, s).await;
-                let Some(first) = got.keys().next().copied() else {
-                    return false;
-                };
-                if got != ledger_from(&sim, s, first) {
-                    return false;
-                }
+            if !common::stored_equals_ledger(&store, &sim, &SYMBOLS).await {
+                return false;
             }
             // and every hole checked
             let gaps = store.load_gaps("cdc-v1", None).await.unwrap_or_default();
@@ -212,15 +168,12 @@ async fn sqlite_directory_missing_at_start_then_there_loses_nothing() {
         "the database to equal the ledger",
         Duration::from_secs(60),
         || async {
+            if !common::stored_equals_ledger(&store, &sim, &SYMBOLS).await {
+                return false;
+            }
+            // every trade a socket delivered is among them
             for s in SYMBOLS {
-                let got = stored(&store, s).await;
-                let Some(first) = got.keys().next().copied() else {
-                    return false;
-                };
-                if got != ledger_from(&sim, s, first) {
-                    return false;
-                }
-                // every trade a socket delivered is among them
+                let got = common::stored_trades(&store, s).await;
                 if !sim.delivered(s).iter().all(|id| got.contains_key(id)) {
                     return false;
                 }

@@ -393,3 +393,73 @@ impl Recorder {
         self.stats
     }
 }
+
+/// A trade as the venue published it: id, side, price, quantity, exchange time.
+pub type TradeContent = (
+    i64,
+    mdrec::model::Side,
+    mdrec::decimal::Dec,
+    mdrec::decimal::Dec,
+    i64,
+);
+
+/// A symbol's stored trades by id (empty while the database cannot be read).
+pub async fn stored_trades(
+    store: &mdrec::store::Store,
+    symbol: &str,
+) -> std::collections::BTreeMap<i64, TradeContent> {
+    store
+        .load_trades("cdc-v1", symbol)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|t| {
+            (
+                t.trade_id,
+                (t.trade_id, t.side, t.price, t.qty, t.event_time_ms),
+            )
+        })
+        .collect()
+}
+
+/// The simulator's ledger of a symbol from trade id `first` on, by id.
+pub fn ledger_from(
+    sim: &mdrec::sim::SimHandle,
+    symbol: &str,
+    first: i64,
+) -> std::collections::BTreeMap<i64, TradeContent> {
+    sim.trades(symbol)
+        .into_iter()
+        .filter(|t| t.id >= first)
+        .map(|t| {
+            (
+                t.id,
+                (
+                    t.id,
+                    t.side,
+                    mdrec::decimal::Dec::from(t.price),
+                    mdrec::decimal::Dec::from(t.qty),
+                    t.time_ms,
+                ),
+            )
+        })
+        .collect()
+}
+
+/// True when every symbol's stored trades equal the ledger from the first stored one on.
+pub async fn stored_equals_ledger(
+    store: &mdrec::store::Store,
+    sim: &mdrec::sim::SimHandle,
+    symbols: &[&str],
+) -> bool {
+    for s in symbols {
+        let got = stored_trades(store, s).await;
+        let Some(first) = got.keys().next().copied() else {
+            return false;
+        };
+        if got != ledger_from(sim, s, first) {
+            return false;
+        }
+    }
+    true
+}
