@@ -529,10 +529,14 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.venue.kind != "cdc-v1" {
+        if crate::venue::static_name(&self.venue.kind).is_none() {
             return Err(ConfigError::new(
                 "venue.kind",
-                format!("unknown venue {:?}; supported: \"cdc-v1\"", self.venue.kind),
+                format!(
+                    "unknown venue {:?}; supported: {}",
+                    self.venue.kind,
+                    crate::venue::kinds()
+                ),
             ));
         }
         check_url("venue.ws_url", &self.venue.ws_url, &["ws", "wss"])?;

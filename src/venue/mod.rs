@@ -121,18 +121,31 @@ pub trait VenueSession: Send {
     ) -> Result<Reaction, DecodeError>;
 }
 
+/// Builds a venue's implementation.
+pub type MakeVenue = fn() -> Arc<dyn Venue>;
+
+/// Every venue: its `venue.kind` (the `venue` column value) and its constructor. The one
+/// place a new venue is registered.
+pub const REGISTRY: &[(&str, MakeVenue)] = &[(cdc_v1::NAME, || Arc::new(cdc_v1::CdcV1))];
+
 /// The venue named by `venue.kind` (validated in config).
 pub fn venue_for(kind: &str) -> Option<Arc<dyn Venue>> {
-    match kind {
-        cdc_v1::NAME => Some(Arc::new(cdc_v1::CdcV1)),
-        _ => None,
-    }
+    REGISTRY
+        .iter()
+        .find(|(n, _)| *n == kind)
+        .map(|(_, make)| make())
 }
 
 /// The static name of a known venue (rows read back from storage carry `&'static str`).
 pub fn static_name(name: &str) -> Option<&'static str> {
-    match name {
-        cdc_v1::NAME => Some(cdc_v1::NAME),
-        _ => None,
-    }
+    REGISTRY.iter().map(|(n, _)| *n).find(|n| *n == name)
+}
+
+/// The registered kinds, quoted, for messages: `"cdc-v1"`.
+pub fn kinds() -> String {
+    REGISTRY
+        .iter()
+        .map(|(n, _)| format!("{n:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
