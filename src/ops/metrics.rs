@@ -271,7 +271,7 @@ impl Exporter {
             }
             c("mdrec_clock_skew_total", &s, load(&w.clock_skew));
             c("mdrec_trade_id_resets_total", &s, load(&w.id_resets));
-            let channels: Vec<_> = crate::recorder::worker::lock(&w.channels)
+            let channels: Vec<_> = crate::runtime::lock(&w.channels)
                 .iter()
                 .map(|(k, v)| (k.name(), *v))
                 .collect();
@@ -284,7 +284,7 @@ impl Exporter {
                     st.last.elapsed().as_secs_f64(),
                 );
             }
-            let reconnects: Vec<_> = crate::recorder::worker::lock(&w.reconnects)
+            let reconnects: Vec<_> = crate::runtime::lock(&w.reconnects)
                 .iter()
                 .map(|(k, v)| (*k, *v))
                 .collect();

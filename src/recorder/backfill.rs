@@ -22,10 +22,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::marks::{HoleCheck, Marks, Reason, is_after, mark_of};
 use super::rest::RestClient;
-use super::stagger::Stagger;
 use crate::config::Config;
 use crate::coverage::format_time;
 use crate::model::{Event, Gap, GapStatus, Kline, interval_ms, now_ms, now_us};
+use crate::runtime::stagger::Stagger;
 use crate::store::Store;
 use crate::store::read::TradeMark;
 use crate::venue::{Frame, Venue};

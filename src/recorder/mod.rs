@@ -2,12 +2,9 @@
 //! shutdown stops intake, lets the writer drain the queue, and returns.
 
 pub mod backfill;
-pub mod backoff;
-pub mod deadline;
 pub mod markets;
 pub mod marks;
 pub mod rest;
-pub mod stagger;
 pub mod worker;
 
 use std::collections::BTreeMap;
@@ -20,10 +17,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, redact_url};
+use crate::runtime::deadline;
+use crate::runtime::stagger::Stagger;
 use crate::store::writer::{self, WriterStats};
 use crate::store::{ErrorClass, Store};
 use crate::venue::{Venue, venue_for};
-use stagger::Stagger;
 use worker::{Worker, WorkerStats};
 
 /// Counters of a run, for the demo summary, tests and (later) metrics.

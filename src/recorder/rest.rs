@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::backoff::ReconnectPolicy;
-use super::stagger::Stagger;
 use crate::config::BackfillConfig;
+use crate::runtime::backoff::ReconnectPolicy;
+use crate::runtime::stagger::Stagger;
 
 #[derive(Debug, Default)]
 pub struct RestStats {

@@ -13,11 +13,11 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 
-use super::backoff::ReconnectPolicy;
 use super::marks::{HoleCheck, Marks};
-use super::stagger::Stagger;
 use crate::config::Config;
 use crate::model::{Event, Session, StreamKey, now_us};
+use crate::runtime::backoff::ReconnectPolicy;
+use crate::runtime::stagger::Stagger;
 use crate::venue::{DecodeError, Frame, Venue, VenueSession};
 
 /// Counters one worker keeps; shared so tests, the demo and metrics can read them.
@@ -97,7 +97,7 @@ pub struct Worker {
     /// The open connection's session row, so the supervisor can close it if this task dies.
     pub current: Arc<std::sync::Mutex<Option<Session>>>,
     /// Set when shutdown starts; the close handshake fits in it.
-    pub deadline: Arc<super::deadline::Deadline>,
+    pub deadline: Arc<crate::runtime::deadline::Deadline>,
     /// Hands holes to the backfill task (None: backfill off).
     pub backfill: Option<mpsc::UnboundedSender<HoleCheck>>,
     /// How far this symbol's streams are known complete (shared with backfill).
@@ -561,9 +561,7 @@ impl Reader {
     }
 }
 
-pub fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+pub use crate::runtime::lock;
 
 /// The text of a panic payload.
 pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {

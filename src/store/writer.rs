@@ -23,7 +23,7 @@ use super::spool::Spool;
 use super::{Batch, ErrorClass, Rejected, Store};
 use crate::config::WriterConfig;
 use crate::model::Event;
-use crate::recorder::backoff::ReconnectPolicy;
+use crate::runtime::backoff::ReconnectPolicy;
 
 /// Rows handed to the database, per table (after in-batch merging; duplicates of stored rows
 /// are counted here but not stored twice), and the spool's state.
@@ -97,7 +97,7 @@ struct Writer {
     probe_delays: Box<dyn Iterator<Item = Duration> + Send + Sync>,
     next_probe: Option<Instant>,
     /// Shutdown deadline: bounds every write once shutdown has started.
-    deadline: Arc<crate::recorder::deadline::Deadline>,
+    deadline: Arc<crate::runtime::deadline::Deadline>,
     /// Tables for which a refused row was logged already (logged once per table).
     logged_rejects: std::collections::HashSet<String>,
     /// Symbols for which a trade conflict was logged already.
@@ -151,7 +151,7 @@ impl Writer {
         cfg: WriterConfig,
         stats: Arc<WriterStats>,
         spool: Option<Spool>,
-        deadline: Arc<crate::recorder::deadline::Deadline>,
+        deadline: Arc<crate::runtime::deadline::Deadline>,
     ) -> Writer {
         let probe = ReconnectPolicy {
             initial: Duration::from_millis(200),
@@ -181,7 +181,7 @@ pub async fn replay_spool(
     spool: Spool,
     cfg: WriterConfig,
     stats: Arc<WriterStats>,
-    deadline: Arc<crate::recorder::deadline::Deadline>,
+    deadline: Arc<crate::runtime::deadline::Deadline>,
 ) -> Option<Spool> {
     let mut w = Writer::new(store, cfg, stats, Some(spool), deadline);
     if let Some(s) = &w.spool {
@@ -200,7 +200,7 @@ pub async fn run(
     cfg: WriterConfig,
     stats: Arc<WriterStats>,
     spool: Option<Spool>,
-    deadline: Arc<crate::recorder::deadline::Deadline>,
+    deadline: Arc<crate::runtime::deadline::Deadline>,
 ) {
     run_from(store, rx, cfg, stats, spool, deadline, None).await
 }
@@ -212,7 +212,7 @@ pub async fn run_from(
     cfg: WriterConfig,
     stats: Arc<WriterStats>,
     spool: Option<Spool>,
-    deadline: Arc<crate::recorder::deadline::Deadline>,
+    deadline: Arc<crate::runtime::deadline::Deadline>,
     startup: Option<Startup>,
 ) {
     let mut w = Writer::new(store, cfg, stats, spool, deadline);

@@ -21,7 +21,7 @@ impl Deadline {
     /// Starts the clock (later calls keep the first deadline).
     pub fn start(&self, within: Duration) {
         {
-            let mut at = crate::recorder::worker::lock(&self.at);
+            let mut at = crate::runtime::lock(&self.at);
             if at.is_none() {
                 *at = Some(Instant::now() + within);
             }
@@ -33,7 +33,7 @@ impl Deadline {
     /// are abandoned at once; what is unwritten goes to the spool.
     pub fn hurry(&self) {
         {
-            let mut at = crate::recorder::worker::lock(&self.at);
+            let mut at = crate::runtime::lock(&self.at);
             let now = Instant::now();
             *at = Some(at.map_or(now, |a| a.min(now)));
         }
@@ -41,7 +41,7 @@ impl Deadline {
     }
 
     fn at(&self) -> Option<Instant> {
-        *crate::recorder::worker::lock(&self.at)
+        *crate::runtime::lock(&self.at)
     }
 
     /// Time left, or None while no shutdown is under way.
