@@ -41,6 +41,15 @@ fn config(sim: &sim::SimHandle, db_url: &str, spool: &std::path::Path) -> mdrec:
     c
 }
 
+/// Waits until the database answered, was migrated and took the whole spool.
+async fn migrated_and_replayed(rec: &Recorder) {
+    wait_for("migrated and replayed", Duration::from_secs(60), || async {
+        !rec.stats.writer.db_pending.load(Ordering::Relaxed)
+            && rec.stats.writer.spool_files.load(Ordering::Relaxed) == 0
+    })
+    .await;
+}
+
 /// Waits until the recorder has spooled rows while the database is away, and checks health.
 async fn records_into_the_spool(rec: &Recorder, sim: &sim::SimHandle) {
     let before: Vec<usize> = SYMBOLS.iter().map(|s| sim.delivered(s).len()).collect();
@@ -88,11 +97,7 @@ async fn postgres_down_at_start_then_up_loses_nothing() {
     let rec = Recorder::start(&cfg).await;
     records_into_the_spool(&rec, &sim).await;
     pg.start();
-    wait_for("migrated and replayed", Duration::from_secs(60), || async {
-        !rec.stats.writer.db_pending.load(Ordering::Relaxed)
-            && rec.stats.writer.spool_files.load(Ordering::Relaxed) == 0
-    })
-    .await;
+    migrated_and_replayed(&rec).await;
     sim.halt();
     let store = Store::connect(&pg.url()).await.unwrap();
     wait_for(
@@ -153,11 +158,7 @@ async fn sqlite_directory_missing_at_start_then_there_loses_nothing() {
     let rec = Recorder::start(&cfg).await;
     records_into_the_spool(&rec, &sim).await;
     std::fs::create_dir(&later).unwrap();
-    wait_for("migrated and replayed", Duration::from_secs(60), || async {
-        !rec.stats.writer.db_pending.load(Ordering::Relaxed)
-            && rec.stats.writer.spool_files.load(Ordering::Relaxed) == 0
-    })
-    .await;
+    migrated_and_replayed(&rec).await;
     wait_for("healthy again", Duration::from_secs(30), || async {
         healthz(&rec).await.0 == 200
     })

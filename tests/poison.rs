@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -101,39 +102,53 @@ async fn stored_ids(store: &Store) -> Vec<i64> {
         .collect()
 }
 
-async fn poison_is_isolated(url: &str) {
+/// A migrated store whose trades table refuses the poison price.
+async fn poisoned_store(url: &str) -> Arc<Store> {
     let store = Arc::new(Store::connect(url).await.unwrap());
     store.migrate().await.unwrap();
     add_poison_trigger(&store).await;
-    let spool_dir = tempfile::tempdir().unwrap();
-    let spool = Spool::open(spool_dir.path()).unwrap();
-    let (tx, rx) = mpsc::channel(1024);
+    store
+}
+
+/// Runs the writer (spool in `spool_dir`) over `events` until the queue closes: it replays
+/// what the spool holds first, writes the events, and drains.
+async fn write_through(
+    store: &Arc<Store>,
+    spool_dir: &Path,
+    events: Vec<Event>,
+) -> Arc<WriterStats> {
+    let (tx, rx) = mpsc::channel(events.len().max(1));
+    for ev in events {
+        tx.send(ev).await.unwrap();
+    }
+    drop(tx);
     let stats = Arc::new(WriterStats::default());
-    let task = tokio::spawn(writer::run(
+    writer::run(
         store.clone(),
         rx,
         cfg(),
         stats.clone(),
-        Some(spool),
+        Some(Spool::open(spool_dir).unwrap()),
         Default::default(),
-    ));
-    let (evs, good, bad) = trades();
-    for ev in evs {
-        tx.send(ev).await.unwrap();
-    }
+    )
+    .await;
+    stats
+}
+
+async fn poison_is_isolated(url: &str) {
+    let store = poisoned_store(url).await;
+    let spool_dir = tempfile::tempdir().unwrap();
+    let (mut evs, good, bad) = trades();
     // a close reason with NUL and a bell, as a hostile venue may send: stored, made safe
-    tx.send(Event::Session(Session {
+    evs.push(Event::Session(Session {
         venue: "cdc-v1",
         symbol: Arc::from("btcusdt"),
         session_id: "s1".into(),
         connected_at_us: 1,
         disconnected_at_us: Some(2),
         close_reason: Some("closed by venue: 1000 bye\0\u{7}".into()),
-    }))
-    .await
-    .unwrap();
-    drop(tx);
-    task.await.unwrap();
+    }));
+    let stats = write_through(&store, spool_dir.path(), evs).await;
 
     assert_eq!(stored_ids(&store).await, good, "every good trade stored");
     let rejected = store.rejected_rows().await.unwrap();
@@ -189,18 +204,7 @@ async fn poison_is_isolated(url: &str) {
     }
     spool.append(&b).unwrap();
     spool.append(&b).unwrap(); // the same rows twice, as after a crash mid-replay
-    let (tx, rx) = mpsc::channel(16);
-    let stats = Arc::new(WriterStats::default());
-    drop(tx);
-    writer::run(
-        store.clone(),
-        rx,
-        cfg(),
-        stats.clone(),
-        Some(Spool::open(spool_dir.path()).unwrap()),
-        Default::default(),
-    )
-    .await;
+    let stats = write_through(&store, spool_dir.path(), Vec::new()).await;
     let ids = stored_ids(&store).await;
     let replayed: Vec<i64> = ids.iter().copied().filter(|i| *i >= 1000).collect();
     let want: Vec<i64> = (1000..1050).filter(|i| i % 25 != 0).collect();
@@ -255,9 +259,7 @@ async fn sqlite_poison_rows_are_isolated_and_kept() {
 /// When the database refuses even `rejected_rows`, refused rows go to the quarantine file
 /// beside the spool, one JSON line each, and the good rows are still stored.
 async fn refused_twice_goes_to_the_quarantine_file(url: &str) {
-    let store = Arc::new(Store::connect(url).await.unwrap());
-    store.migrate().await.unwrap();
-    add_poison_trigger(&store).await;
+    let store = poisoned_store(url).await;
     let refuse_all = match &*store {
         Store::Sqlite(_) => vec![
             "CREATE TRIGGER no_rejects BEFORE INSERT ON rejected_rows \
@@ -281,22 +283,8 @@ async fn refused_twice_goes_to_the_quarantine_file(url: &str) {
         .unwrap();
     }
     let spool_dir = tempfile::tempdir().unwrap();
-    let (tx, rx) = mpsc::channel(1024);
-    let stats = Arc::new(WriterStats::default());
-    let task = tokio::spawn(writer::run(
-        store.clone(),
-        rx,
-        cfg(),
-        stats.clone(),
-        Some(Spool::open(spool_dir.path()).unwrap()),
-        Default::default(),
-    ));
     let (evs, good, bad) = trades();
-    for ev in evs {
-        tx.send(ev).await.unwrap();
-    }
-    drop(tx);
-    task.await.unwrap();
+    let stats = write_through(&store, spool_dir.path(), evs).await;
     assert_eq!(stored_ids(&store).await, good);
     let file = spool_dir.path().join(writer::QUARANTINE_FILE);
     let text = std::fs::read_to_string(&file).unwrap();

@@ -321,6 +321,9 @@ impl Marks {
     }
 }
 
+/// The marks per symbol, and a check for each gap row a previous run left open.
+pub type Loaded = (HashMap<Arc<str>, Arc<Marks>>, Vec<HoleCheck>);
+
 /// The marks of every symbol, loaded from what is stored, and one check for every gap row a
 /// previous run left `open`, bounded by what is stored around it.
 pub async fn load(
@@ -329,7 +332,7 @@ pub async fn load(
     symbols: &[String],
     intervals: &[String],
     interval_ms: impl Fn(&str) -> Option<i64>,
-) -> Result<(HashMap<Arc<str>, Arc<Marks>>, Vec<HoleCheck>), crate::store::StoreError> {
+) -> Result<Loaded, crate::store::StoreError> {
     let mut marks = HashMap::new();
     let mut checks = Vec::new();
     for s in symbols {

@@ -218,15 +218,9 @@ pub async fn start(
                 }
             });
         }
-        let (marks, leftovers) = marks::load(
-            &store,
-            venue.as_ref(),
-            &config.record.symbols,
-            &config.record.klines,
-            crate::model::interval_ms,
-        )
-        .await
-        .context("reading where the stored streams end")?;
+        let (marks, leftovers) = stored_marks(&store, venue.as_ref(), &config)
+            .await
+            .context("reading where the stored streams end")?;
         (spool, marks, leftovers, None)
     } else {
         // where the stored streams end is read once the database answers (`after_start`);
@@ -366,6 +360,22 @@ pub async fn start(
     Ok((store, stats, tasks))
 }
 
+/// Where the configured streams end in the database, and the holes earlier runs left open.
+async fn stored_marks(
+    store: &Store,
+    venue: &dyn Venue,
+    config: &Config,
+) -> Result<marks::Loaded, crate::store::StoreError> {
+    marks::load(
+        store,
+        venue,
+        &config.record.symbols,
+        &config.record.klines,
+        crate::model::interval_ms,
+    )
+    .await
+}
+
 /// Once a database that did not answer at start-up does (the writer migrated it and replayed
 /// earlier runs' spool): closes sessions killed runs left open, reads where the stored streams
 /// end and hands backfill the hole from there to this run's data, and returns the rows that
@@ -389,15 +399,7 @@ async fn after_start(
         Ok(o) => first.extend(o.into_iter().map(crate::model::Event::Session)),
         Err(e) => tracing::warn!(error = %e, "could not read sessions an earlier run left open"),
     }
-    match marks::load(
-        &store,
-        venue.as_ref(),
-        &config.record.symbols,
-        &config.record.klines,
-        crate::model::interval_ms,
-    )
-    .await
-    {
+    match stored_marks(&store, venue.as_ref(), &config).await {
         Ok((stored, leftovers)) => {
             if let Some(b) = &backfill {
                 let mut symbols: Vec<_> = stored.into_iter().collect();

@@ -186,10 +186,6 @@ pub struct Findings {
 }
 
 impl Findings {
-    pub fn is_empty(&self) -> bool {
-        self.first.is_none() && self.skewed == 0
-    }
-
     pub fn invalid_total(&self) -> u32 {
         self.invalid.iter().sum()
     }
