@@ -13,7 +13,9 @@ use mdrec::model::{Event, Market, StreamKey};
 use mdrec::sim::{self, SimConfig};
 use mdrec::store::Store;
 use mdrec::venue::cdc_v1::CdcV1;
-use mdrec::venue::{DecodeError, Frame, Reaction, Venue, VenueSession};
+use mdrec::venue::{
+    ConnectionPlan, DecodeError, Frame, Reaction, SocketLimits, Subscription, Venue, VenueSession,
+};
 use tokio_util::sync::CancellationToken;
 
 /// v1, except: btcusdt's first subscription panics (kills the worker task), and ethusdt's
@@ -27,11 +29,19 @@ impl Venue for Faulty {
     fn name(&self) -> &'static str {
         CdcV1.name()
     }
-    fn subscribe_frames(&self, symbol: &str, record: &RecordConfig) -> Vec<(StreamKey, String)> {
-        if symbol == "btcusdt" && self.subscribe_armed.swap(false, Ordering::SeqCst) {
+    fn streams(&self, symbol: &str, record: &RecordConfig) -> Vec<StreamKey> {
+        CdcV1.streams(symbol, record)
+    }
+    fn socket_limits(&self) -> SocketLimits {
+        CdcV1.socket_limits()
+    }
+    fn subscribe_frames(&self, conn: &ConnectionPlan, record: &RecordConfig) -> Vec<Subscription> {
+        if conn.symbols.iter().any(|s| &**s == "btcusdt")
+            && self.subscribe_armed.swap(false, Ordering::SeqCst)
+        {
             panic!("injected worker panic");
         }
-        CdcV1.subscribe_frames(symbol, record)
+        CdcV1.subscribe_frames(conn, record)
     }
     fn markets_path(&self) -> &'static str {
         CdcV1.markets_path()
@@ -73,13 +83,16 @@ impl Venue for Faulty {
     }
     fn session(
         &self,
-        symbol: Arc<str>,
+        symbols: &[Arc<str>],
         max_frame_bytes: usize,
         rules: mdrec::venue::validate::Rules,
     ) -> Box<dyn VenueSession> {
-        let armed = (&*symbol == "ethusdt").then(|| self.decoder_armed.clone());
+        let armed = symbols
+            .iter()
+            .any(|s| &**s == "ethusdt")
+            .then(|| self.decoder_armed.clone());
         Box::new(FaultySession {
-            inner: CdcV1.session(symbol, max_frame_bytes, rules),
+            inner: CdcV1.session(symbols, max_frame_bytes, rules),
             armed,
         })
     }

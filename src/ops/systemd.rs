@@ -31,21 +31,23 @@ pub fn stopping() {
 }
 
 /// Why the daemon is not healthy enough to pet the watchdog, if it is not.
-pub fn stalled(stats: &RunStats, symbols: usize, stall: Duration) -> Option<String> {
+pub fn stalled(stats: &RunStats, connections: usize, stall: Duration) -> Option<String> {
     let beat = stats.writer.heartbeat_ms.load(Ordering::Relaxed);
     let age = now_ms() - beat;
     if beat == 0 || age > stall.as_millis() as i64 {
         return Some(format!("writer made no progress for {age} ms"));
     }
     let alive = stats.supervisors_alive.load(Ordering::Relaxed);
-    if alive < symbols {
-        return Some(format!("{alive} of {symbols} symbol supervisors running"));
+    if alive < connections {
+        return Some(format!(
+            "{alive} of {connections} connection supervisors running"
+        ));
     }
     None
 }
 
 /// Pets the watchdog at half its interval while [`stalled`] finds nothing; stops at shutdown.
-pub async fn watchdog(stats: Arc<RunStats>, symbols: usize, shutdown: CancellationToken) {
+pub async fn watchdog(stats: Arc<RunStats>, connections: usize, shutdown: CancellationToken) {
     let Some(interval) = sd_notify::watchdog_enabled() else {
         return;
     };
@@ -57,7 +59,7 @@ pub async fn watchdog(stats: Arc<RunStats>, symbols: usize, shutdown: Cancellati
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        match stalled(&stats, symbols, interval) {
+        match stalled(&stats, connections, interval) {
             None => {
                 reported = false;
                 send(&[NotifyState::Watchdog]);

@@ -624,7 +624,7 @@ impl Backfill {
             .await
             .map_err(|e| fail(e.to_string()))?;
         let mut session = self.venue.session(
-            symbol.clone(),
+            std::slice::from_ref(symbol),
             c.max_frame_bytes,
             self.config.record.rules(self.venue.rules()),
         );

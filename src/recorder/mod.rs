@@ -1,4 +1,5 @@
-//! The recorder: migrates the database, starts the writer and one worker per symbol, and on
+//! The recorder: migrates the database, starts the writer and one worker per planned
+//! connection, and on
 //! shutdown stops intake, lets the writer drain the queue, and returns.
 
 pub mod backfill;
@@ -32,8 +33,10 @@ pub struct RunStats {
     pub backfill: Arc<backfill::BackfillStats>,
     /// The REST client's counters (market listing and backfill).
     pub rest: Option<Arc<rest::RestStats>>,
-    /// Worker supervisors still running (one per symbol until shutdown).
+    /// Worker supervisors still running (one per connection until shutdown).
     pub supervisors_alive: Arc<std::sync::atomic::AtomicUsize>,
+    /// Connections the venue's plan asked for (one worker each).
+    pub connections: usize,
     /// Observes the writer's queue without keeping it open.
     queue: Option<mpsc::WeakSender<crate::model::Event>>,
     /// Where `/metrics` and `/healthz` are served (unset: `[metrics] listen` is empty).
@@ -99,7 +102,7 @@ pub async fn run_until(
     crate::ops::systemd::ready(symbols);
     tokio::spawn(crate::ops::systemd::watchdog(
         stats.clone(),
-        symbols,
+        stats.connections,
         shutdown.clone(),
     ));
     shutdown.cancelled().await;
@@ -280,22 +283,43 @@ pub async fn start(
     } else {
         None
     };
-    for symbol in &config.record.symbols {
-        let ws = Arc::new(WorkerStats::default());
-        stats.workers.insert(symbol.clone(), ws.clone());
-        let w = Worker {
-            venue: venue.clone(),
-            symbol: Arc::from(symbol.as_str()),
-            config: config.clone(),
-            tx: tx.clone(),
-            shutdown: shutdown.clone(),
-            stats: ws,
-            stagger: stagger.clone(),
-            current: Default::default(),
-            deadline: deadline.clone(),
-            backfill: backfill_tx.clone(),
-            marks: marks.get(symbol.as_str()).cloned().unwrap_or_default(),
-        };
+    let shared = worker::Shared {
+        venue: venue.clone(),
+        config: config.clone(),
+        tx: tx.clone(),
+        shutdown: shutdown.clone(),
+        stagger: stagger.clone(),
+        deadline: deadline.clone(),
+        backfill: backfill_tx.clone(),
+    };
+    let symbols: Vec<Arc<str>> = config
+        .record
+        .symbols
+        .iter()
+        .map(|s| Arc::from(s.as_str()))
+        .collect();
+    let plan = venue.plan(&symbols, &config.record);
+    tracing::info!(
+        symbols = symbols.len(),
+        connections = plan.len(),
+        "connections planned"
+    );
+    stats.connections = plan.len();
+    for conn in plan {
+        let feeds = conn
+            .symbols
+            .iter()
+            .map(|s| {
+                let ws = Arc::new(WorkerStats::default());
+                stats.workers.insert(s.to_string(), ws.clone());
+                worker::Feed {
+                    symbol: s.clone(),
+                    stats: ws,
+                    marks: marks.get(s).cloned().unwrap_or_default(),
+                }
+            })
+            .collect();
+        let w = Worker::new(&shared, Arc::new(conn), feeds);
         let alive = stats.supervisors_alive.clone();
         alive.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         workers.spawn(async move {
@@ -303,6 +327,7 @@ pub async fn start(
             alive.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         });
     }
+    drop(shared);
     {
         let (venue, config, tx, stop) =
             (venue.clone(), config.clone(), tx.clone(), shutdown.clone());

@@ -1,5 +1,7 @@
-//! One websocket connection per symbol: connect, subscribe, read frames, answer pings,
-//! hand events to the writer, reconnect with backoff when the socket drops or goes silent.
+//! One websocket connection, carrying the symbols and streams the venue's plan put on it:
+//! connect, subscribe (paced as the venue asks), read frames, answer pings, route each event
+//! to its symbol's marks and counters, hand events to the writer, reconnect with backoff
+//! when the socket drops or goes silent.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -18,9 +20,10 @@ use crate::config::Config;
 use crate::model::{Event, Session, StreamKey, now_us};
 use crate::runtime::backoff::ReconnectPolicy;
 use crate::runtime::stagger::Stagger;
-use crate::venue::{DecodeError, Frame, Venue, VenueSession};
+use crate::venue::{ConnectionPlan, DecodeError, Frame, Subscription, Venue, VenueSession};
 
-/// Counters one worker keeps; shared so tests, the demo and metrics can read them.
+/// Counters of one symbol; shared so tests, the demo and metrics can read them. What happens
+/// to a connection (connects, reconnects, skipped frames) counts for every symbol it carries.
 #[derive(Debug, Default)]
 pub struct WorkerStats {
     pub frames: AtomicU64,
@@ -83,25 +86,48 @@ pub fn reason_class(reason: &str) -> &'static str {
         .map_or("other", |(_, class)| class)
 }
 
+/// One symbol a connection carries: its counters and its marks.
+#[derive(Clone)]
+pub struct Feed {
+    pub symbol: Arc<str>,
+    pub stats: Arc<WorkerStats>,
+    /// How far this symbol's streams are known complete (shared with backfill).
+    pub marks: Arc<Marks>,
+}
+
+/// One connection: the symbols and streams the venue's plan put on it.
 #[derive(Clone)]
 pub struct Worker {
     pub venue: Arc<dyn Venue>,
-    pub symbol: Arc<str>,
+    pub plan: Arc<ConnectionPlan>,
+    /// One per symbol of the plan, in its order.
+    pub feeds: Arc<[Feed]>,
+    /// Symbol -> index into `feeds`.
+    index: Arc<HashMap<Arc<str>, usize>>,
     pub config: Arc<Config>,
     /// Into the writer; a full queue makes this worker wait (backpressure).
     pub tx: mpsc::Sender<Event>,
     pub shutdown: CancellationToken,
-    pub stats: Arc<WorkerStats>,
     /// Connection attempts of all workers share this rate.
     pub stagger: Arc<Stagger>,
-    /// The open connection's session row, so the supervisor can close it if this task dies.
-    pub current: Arc<std::sync::Mutex<Option<Session>>>,
+    /// The open connection's session rows (one per symbol), so the supervisor can close them
+    /// if this task dies.
+    pub current: Arc<std::sync::Mutex<Vec<Session>>>,
     /// Set when shutdown starts; the close handshake fits in it.
     pub deadline: Arc<crate::runtime::deadline::Deadline>,
     /// Hands holes to the backfill task (None: backfill off).
     pub backfill: Option<mpsc::UnboundedSender<HoleCheck>>,
-    /// How far this symbol's streams are known complete (shared with backfill).
-    pub marks: Arc<Marks>,
+}
+
+/// What a worker shares with the rest of the run.
+pub struct Shared {
+    pub venue: Arc<dyn Venue>,
+    pub config: Arc<Config>,
+    pub tx: mpsc::Sender<Event>,
+    pub shutdown: CancellationToken,
+    pub stagger: Arc<Stagger>,
+    pub deadline: Arc<crate::runtime::deadline::Deadline>,
+    pub backfill: Option<mpsc::UnboundedSender<HoleCheck>>,
 }
 
 /// Trade-id jumps on a live socket are checked over REST at most this often.
@@ -117,6 +143,43 @@ enum End {
 }
 
 impl Worker {
+    pub fn new(shared: &Shared, plan: Arc<ConnectionPlan>, feeds: Vec<Feed>) -> Worker {
+        let index = feeds
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.symbol.clone(), i))
+            .collect();
+        Worker {
+            venue: shared.venue.clone(),
+            plan,
+            feeds: feeds.into(),
+            index: Arc::new(index),
+            config: shared.config.clone(),
+            tx: shared.tx.clone(),
+            shutdown: shared.shutdown.clone(),
+            stagger: shared.stagger.clone(),
+            current: Default::default(),
+            deadline: shared.deadline.clone(),
+            backfill: shared.backfill.clone(),
+        }
+    }
+
+    /// Counts a happening of the connection for every symbol it carries (each of their feeds
+    /// saw it: a reconnect, a skipped frame).
+    fn each(&self, f: impl Fn(&WorkerStats)) {
+        for feed in self.feeds.iter() {
+            f(&feed.stats);
+        }
+    }
+
+    fn decoder(&self) -> Box<dyn VenueSession> {
+        self.venue.session(
+            &self.plan.symbols,
+            self.config.connection.max_frame_bytes,
+            self.config.record.rules(self.venue.rules()),
+        )
+    }
+
     pub async fn run(self) {
         let policy = ReconnectPolicy::from_config(&self.config.connection);
         let mut delays = policy.delays(None);
@@ -135,7 +198,7 @@ impl Worker {
             let delay = delays
                 .next()
                 .unwrap_or(Duration::from_secs(self.config.connection.reconnect_max_s));
-            tracing::debug!(symbol = %self.symbol, ?delay, "reconnecting after delay");
+            tracing::debug!(connection = %self.plan.name, ?delay, "reconnecting after delay");
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
                 _ = tokio::time::sleep(delay) => {}
@@ -146,6 +209,11 @@ impl Worker {
     async fn session(&self) -> End {
         let c = &self.config.connection;
         let url = &self.config.venue.ws_url;
+        let conn = &self.plan.name;
+        tokio::select! {
+            _ = self.shutdown.cancelled() => return End::Shutdown,
+            _ = self.stagger.wait() => {}
+        }
         let ws_config = WebSocketConfig::default()
             .max_message_size(Some(c.max_frame_bytes))
             .max_frame_size(Some(c.max_frame_bytes));
@@ -156,70 +224,82 @@ impl Worker {
             r = tokio::time::timeout(Duration::from_secs(c.connect_timeout_s), connect) => match r {
                 Ok(Ok((ws, _))) => ws,
                 Ok(Err(e)) => {
-                    tracing::warn!(symbol = %self.symbol, error = %e, "connect failed");
-                    self.stats.reconnect("connect_failed");
+                    tracing::warn!(connection = %conn, error = %e, "connect failed");
+                    self.each(|s| s.reconnect("connect_failed"));
                     return End::Dropped { fresh: false };
                 }
                 Err(_) => {
-                    tracing::warn!(symbol = %self.symbol, timeout_s = c.connect_timeout_s, "connect timed out");
-                    self.stats.reconnect("connect_timeout");
+                    tracing::warn!(connection = %conn, timeout_s = c.connect_timeout_s, "connect timed out");
+                    self.each(|s| s.reconnect("connect_timeout"));
                     return End::Dropped { fresh: false };
                 }
             }
         };
-        self.stats.connects.fetch_add(1, Ordering::Relaxed);
+        self.each(|s| {
+            s.connects.fetch_add(1, Ordering::Relaxed);
+        });
         let connected_at_us = now_us();
         let session_id = format!("{connected_at_us:016x}-{:08x}", fastrand::u32(..));
-        let mut session_row = Session {
-            venue: self.venue.name(),
-            symbol: self.symbol.clone(),
-            session_id,
-            connected_at_us,
-            disconnected_at_us: None,
-            close_reason: None,
-        };
-        if self
-            .tx
-            .send(Event::Session(session_row.clone()))
-            .await
-            .is_err()
-        {
-            return End::WriterGone;
+        // one row per symbol: analysts ask when a symbol was live, not a socket
+        let mut rows: Vec<Session> = self
+            .feeds
+            .iter()
+            .map(|f| Session {
+                venue: self.venue.name(),
+                symbol: f.symbol.clone(),
+                session_id: session_id.clone(),
+                connected_at_us,
+                disconnected_at_us: None,
+                close_reason: None,
+            })
+            .collect();
+        for row in &rows {
+            if self.tx.send(Event::Session(row.clone())).await.is_err() {
+                return End::WriterGone;
+            }
         }
-        *lock(&self.current) = Some(session_row.clone());
-        tracing::info!(symbol = %self.symbol, session = %session_row.session_id, "connected");
+        *lock(&self.current) = rows.clone();
+        tracing::info!(connection = %conn, symbols = self.feeds.len(), session = %session_id, "connected");
 
+        let subscriptions = self.venue.subscribe_frames(&self.plan, &self.config.record);
+        let mut subscribed = vec![true; self.feeds.len()];
+        for sub in &subscriptions {
+            for i in self.feeds_of(sub) {
+                subscribed[i] = false;
+            }
+        }
+        let n = self.feeds.len();
         let mut reader = Reader {
-            backfill_asked: false,
+            to_check: (0..n).filter(|&i| subscribed[i]).collect(),
+            subscribed,
             last_books: HashMap::new(),
-            last_jump_check: None,
+            last_jump_check: vec![None; n],
             channels: Vec::new(),
-            decoder: self.venue.session(
-                self.symbol.clone(),
-                c.max_frame_bytes,
-                self.config.record.rules(self.venue.rules()),
-            ),
+            decoder: self.decoder(),
             invalid_burst: 0,
             events: Vec::with_capacity(64),
+            by_feed: vec![Vec::new(); if n > 1 { n } else { 0 }],
             last_recv_us: 0,
             fresh: false,
             error_burst: 0,
+            unknown_symbols: 0,
         };
+        let limits = self.venue.socket_limits();
+        let mut pending: std::collections::VecDeque<Subscription> = subscriptions.into();
+        let pace = limits
+            .sends_per_s
+            .map(|r| Duration::from_secs(1) / r.max(1));
+        let mut next_send = Instant::now() + limits.settle;
         let mut reason = String::new();
-        let subscribed_at = Instant::now();
-        for (key, frame) in self
-            .venue
-            .subscribe_frames(&self.symbol, &self.config.record)
-        {
-            if let Err(e) = ws.send(Message::text(frame.clone())).await {
-                reason = format!("subscribe failed: {e}");
-                break;
+        if pace.is_none() && limits.settle.is_zero() {
+            // nothing to wait for: every subscription before the first read
+            while let Some(sub) = pending.pop_front() {
+                if let Err(e) = ws.send(Message::text(sub.frame.clone())).await {
+                    reason = format!("subscribe failed: {e}");
+                    break;
+                }
+                reader.sent(self, sub);
             }
-            reader.channels.push(ChannelSeen {
-                key,
-                frame,
-                seen: subscribed_at,
-            });
         }
         let silence = c.silence_timeout();
         let channel_silence = Duration::from_secs(c.channel_silence_s);
@@ -236,9 +316,19 @@ impl Worker {
                     reason = format!("silent for {}s", silence.as_secs());
                     break;
                 }
+                _ = tokio::time::sleep_until(next_send), if !pending.is_empty() => {
+                    if let Some(sub) = pending.pop_front() {
+                        if let Err(e) = ws.send(Message::text(sub.frame.clone())).await {
+                            reason = format!("subscribe failed: {e}");
+                        }
+                        reader.sent(self, sub);
+                    }
+                    next_send = Instant::now() + pace.unwrap_or_default();
+                    continue;
+                }
                 _ = check.tick() => {
                     for frame in reader.stale_channels(channel_silence) {
-                        self.stats.resubscribes.fetch_add(1, Ordering::Relaxed);
+                        self.feeds_of_frame(&reader, &frame);
                         if let Err(e) = ws.send(Message::text(frame)).await {
                             reason = format!("resubscribe failed: {e}");
                         }
@@ -290,40 +380,78 @@ impl Worker {
                 }
             }
         }
-        lock(&self.current).take();
-        session_row.disconnected_at_us = Some(now_us().max(connected_at_us));
-        session_row.close_reason = Some(reason.clone());
-        tracing::info!(symbol = %self.symbol, session = %session_row.session_id, reason = %reason, "disconnected");
-        if writer_gone || self.tx.send(Event::Session(session_row)).await.is_err() {
+        lock(&self.current).clear();
+        let closed_at = now_us().max(connected_at_us);
+        tracing::info!(connection = %conn, session = %session_id, reason = %reason, "disconnected");
+        for row in &mut rows {
+            row.disconnected_at_us = Some(closed_at);
+            row.close_reason = Some(reason.clone());
+        }
+        if writer_gone {
             return End::WriterGone;
+        }
+        for row in rows {
+            if self.tx.send(Event::Session(row)).await.is_err() {
+                return End::WriterGone;
+            }
         }
         if shutdown {
             End::Shutdown
         } else {
-            self.stats.reconnect(reason_class(&reason));
+            self.each(|s| s.reconnect(reason_class(&reason)));
             End::Dropped {
                 fresh: reader.fresh,
             }
+        }
+    }
+
+    /// The feeds a subscription opens streams of, each once.
+    fn feeds_of(&self, sub: &Subscription) -> Vec<usize> {
+        let mut out: Vec<usize> = sub
+            .streams
+            .iter()
+            .filter_map(|(s, _)| self.index.get(s).copied())
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// Counts a resubscription for the symbols whose channel fell silent.
+    fn feeds_of_frame(&self, reader: &Reader, frame: &str) {
+        for ch in reader.channels.iter().filter(|c| c.frame == frame) {
+            self.feeds[ch.feed]
+                .stats
+                .resubscribes
+                .fetch_add(1, Ordering::Relaxed);
         }
     }
 }
 
 /// When a subscribed channel last delivered, and how to subscribe to it again.
 struct ChannelSeen {
+    feed: usize,
     key: StreamKey,
     frame: String,
     seen: Instant,
 }
 
 struct Reader {
-    /// Set once this connection asked for a REST backfill (at its first frame).
-    backfill_asked: bool,
-    /// Per depth step: the last full book stored on this connection (for `depth_dedupe`).
-    last_books: HashMap<i16, (Vec<crate::model::Level>, Vec<crate::model::Level>)>,
-    last_jump_check: Option<Instant>,
+    /// Per feed: a subscription frame of it went out. Its hole is checked at the next frame
+    /// read, before that frame's events can move its marks (from then on its data arrives
+    /// on this socket).
+    subscribed: Vec<bool>,
+    /// Feeds subscribed whose hole is to be checked at the next frame.
+    to_check: Vec<usize>,
+    /// Per (feed, depth step): the last full book stored on this connection (`depth_dedupe`).
+    last_books: HashMap<(usize, i16), (Vec<crate::model::Level>, Vec<crate::model::Level>)>,
+    /// Per feed: when its trade-id jump was last handed to backfill.
+    last_jump_check: Vec<Option<Instant>>,
     channels: Vec<ChannelSeen>,
     decoder: Box<dyn VenueSession>,
     events: Vec<Event>,
+    /// Per feed, when the connection carries several: the frame's events of that symbol.
+    by_feed: Vec<Vec<Event>>,
     /// Receive times strictly increase per connection, so rows keyed by receive time
     /// (book snapshots, deltas, tickers) never collide when frames arrive in the same µs.
     last_recv_us: i64,
@@ -331,9 +459,32 @@ struct Reader {
     error_burst: u64,
     /// Invalid messages since the last frame without any (logged once per burst).
     invalid_burst: u64,
+    /// Events for symbols this connection does not carry (dropped; logged once).
+    unknown_symbols: u64,
 }
 
 impl Reader {
+    /// A subscription frame went out: its streams are watched from now on.
+    fn sent(&mut self, w: &Worker, sub: Subscription) {
+        let now = Instant::now();
+        for i in w.feeds_of(&sub) {
+            if !self.subscribed[i] {
+                self.subscribed[i] = true;
+                self.to_check.push(i);
+            }
+        }
+        for (symbol, key) in sub.streams {
+            if let Some(&feed) = w.index.get(&symbol) {
+                self.channels.push(ChannelSeen {
+                    feed,
+                    key,
+                    frame: sub.frame.clone(),
+                    seen: now,
+                });
+            }
+        }
+    }
+
     /// Frames to resend for channels silent past `limit` while another channel delivers
     /// (a wholly silent socket is the silence timeout's business). Marks them as just asked.
     fn stale_channels(&mut self, limit: Duration) -> Vec<String> {
@@ -341,11 +492,13 @@ impl Reader {
         if !self.channels.iter().any(|c| now - c.seen < limit) {
             return Vec::new();
         }
-        let mut out = Vec::new();
+        let mut out: Vec<String> = Vec::new();
         for c in self.channels.iter_mut().filter(|c| now - c.seen >= limit) {
             tracing::warn!(channel = ?c.key, silent_s = (now - c.seen).as_secs(), "channel silent while others deliver; subscribing again");
             c.seen = now;
-            out.push(c.frame.clone());
+            if !out.contains(&c.frame) {
+                out.push(c.frame.clone());
+            }
         }
         out
     }
@@ -358,27 +511,30 @@ enum Handled {
 }
 
 impl Reader {
-    /// Counts what validation found; the first invalid message of a burst is logged.
+    /// Counts what validation found (for every symbol of the connection: the decoder's
+    /// findings are per frame); the first invalid message of a burst is logged.
     fn tally(&mut self, w: &Worker, f: &crate::venue::validate::Findings) {
         if f.skewed > 0 {
-            w.stats
-                .clock_skew
-                .fetch_add(f.skewed as u64, Ordering::Relaxed);
+            w.each(|s| {
+                s.clock_skew.fetch_add(f.skewed as u64, Ordering::Relaxed);
+            });
         }
         let Some(first) = f.first else {
             if self.invalid_burst > 1 {
-                tracing::warn!(symbol = %w.symbol, dropped = self.invalid_burst, "burst of invalid messages ended");
+                tracing::warn!(connection = %w.plan.name, dropped = self.invalid_burst, "burst of invalid messages ended");
             }
             self.invalid_burst = 0;
             return;
         };
         for (i, n) in f.invalid.iter().enumerate() {
             if *n > 0 {
-                w.stats.invalid_by_kind[i].fetch_add(*n as u64, Ordering::Relaxed);
+                w.each(|s| {
+                    s.invalid_by_kind[i].fetch_add(*n as u64, Ordering::Relaxed);
+                });
             }
         }
         if self.invalid_burst == 0 {
-            tracing::warn!(symbol = %w.symbol, kind = first.kind(), "invalid market data dropped (not stored)");
+            tracing::warn!(connection = %w.plan.name, kind = first.kind(), "invalid market data dropped (not stored)");
         }
         self.invalid_burst += f.invalid_total() as u64;
     }
@@ -398,12 +554,11 @@ impl Reader {
             // tungstenite answers websocket pings itself
             _ => return Handled::Continue(None),
         };
-        w.stats.frames.fetch_add(1, Ordering::Relaxed);
-        if !self.backfill_asked {
-            // the socket is live and subscribed: data from now on arrives here, the hole
-            // behind the marks is backfill's (taken before this frame moves the marks)
-            self.backfill_asked = true;
-            let mut check = w.marks.check_at_connect(&w.symbol);
+        for i in std::mem::take(&mut self.to_check) {
+            // the symbol is live and subscribed: its data from now on arrives here, the hole
+            // behind its marks is backfill's (taken before this frame moves the marks)
+            let feed = &w.feeds[i];
+            let mut check = feed.marks.check_at_connect(&feed.symbol);
             if let Some(b) = &w.backfill {
                 // the hole goes on record ahead of anything this connection delivers: the
                 // queue is FIFO and a batch one transaction, so a crash at any moment leaves
@@ -423,141 +578,196 @@ impl Reader {
         }))
         .unwrap_or_else(|p| {
             // a decoder bug must cost one frame, not the connection: start from fresh state
-            self.decoder = w.venue.session(
-                w.symbol.clone(),
-                w.config.connection.max_frame_bytes,
-                w.config.record.rules(w.venue.rules()),
-            );
+            self.decoder = w.decoder();
             self.events.clear();
             Err(DecodeError::Panic(panic_message(p.as_ref())))
         });
         let reply = match decoded {
             Ok(reaction) => {
                 if self.error_burst > 1 {
-                    tracing::warn!(symbol = %w.symbol, skipped = self.error_burst, "burst of bad frames ended");
+                    tracing::warn!(connection = %w.plan.name, skipped = self.error_burst, "burst of bad frames ended");
                 }
                 self.error_burst = 0;
                 if reaction.reply.is_some() {
-                    w.stats.pings_answered.fetch_add(1, Ordering::Relaxed);
+                    w.each(|s| {
+                        s.pings_answered.fetch_add(1, Ordering::Relaxed);
+                    });
                 }
                 self.tally(w, &reaction.findings);
                 reaction.reply
             }
             Err(e) => {
-                w.stats.decode_errors.fetch_add(1, Ordering::Relaxed);
-                w.stats.decode_errors_by_kind[e.index()].fetch_add(1, Ordering::Relaxed);
+                w.each(|s| {
+                    s.decode_errors.fetch_add(1, Ordering::Relaxed);
+                    s.decode_errors_by_kind[e.index()].fetch_add(1, Ordering::Relaxed);
+                });
                 self.error_burst += 1;
                 // the first bad frame of a burst is logged; the burst's size when it ends
                 if self.error_burst == 1 {
-                    tracing::warn!(symbol = %w.symbol, kind = e.kind(), error = %e, "frame skipped");
+                    tracing::warn!(connection = %w.plan.name, kind = e.kind(), error = %e, "frame skipped");
                 }
                 None
             }
         };
-        if !self.events.is_empty() {
-            self.fresh = true;
-            w.stats
-                .last_data_ms
-                .store(crate::model::now_ms(), Ordering::Relaxed);
-            {
-                let now = Instant::now();
-                let mut channels = lock(&w.stats.channels);
-                for ev in &self.events {
-                    if let Some(key) = ev.stream() {
-                        let c = channels.entry(key).or_insert(ChannelStats {
-                            messages: 0,
-                            last: now,
-                        });
-                        c.messages += 1;
-                        c.last = now;
-                    }
-                }
+        if self.events.is_empty() {
+            // a heartbeat, an ack, a skipped frame: a frame on every symbol's socket
+            w.each(|s| {
+                s.frames.fetch_add(1, Ordering::Relaxed);
+            });
+            return Handled::Continue(reply);
+        }
+        self.fresh = true;
+        if w.feeds.len() == 1 {
+            let mut events = std::mem::take(&mut self.events);
+            let r = self.deliver(w, 0, &mut events).await;
+            self.events = events;
+            if let Err(gone) = r {
+                return gone;
             }
-            let seen = w.marks.saw(&w.symbol, &self.events);
-            if let Some((before, after)) = seen.id_reset {
-                // on record before the trades that may reuse ids are
-                w.stats.id_resets.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(symbol = %w.symbol, last_id = before.trade_id, new_id = after.trade_id,
-                    "trade ids went backwards: the venue renumbered; trades reusing stored ids are kept as conflicts");
-                let now = crate::model::now_ms();
-                let gap = crate::model::Gap {
-                    venue: w.venue.name(),
-                    symbol: w.symbol.clone(),
-                    stream: "trades".into(),
-                    start_ms: before.time_ms,
-                    end_ms: Some(after.time_ms),
-                    status: crate::model::GapStatus::Unrecoverable,
-                    detected_at_ms: now,
-                    resolved_at_ms: Some(now),
-                    rows_recovered: 0,
-                    detail: Some(format!(
-                        "trade id reset: id {} at {} ms came after id {} at {} ms; later trades \
-                         reusing ids stored before are kept as conflicts in rejected_rows",
-                        after.trade_id, after.time_ms, before.trade_id, before.time_ms
-                    )),
-                };
-                if w.tx.send(Event::Gap(gap)).await.is_err() {
-                    return Handled::WriterGone;
-                }
-            }
-            if let Some(b) = &w.backfill {
-                if let Some(jump) = seen.id_jump
-                    && self
-                        .last_jump_check
-                        .is_none_or(|t| t.elapsed() >= ID_JUMP_CHECK_EVERY)
-                {
-                    // venues that number trades across markets skip ids all the time: a
-                    // hint, checked at most once a minute
-                    self.last_jump_check = Some(Instant::now());
-                    let _ = b.send(jump);
-                }
-                if let Some(seams) = seen.seams {
-                    let _ = b.send(seams);
-                }
-            }
-            let now = Instant::now();
-            for ev in &self.events {
-                if matches!(ev, Event::Trade(_)) {
-                    w.stats.trades.fetch_add(1, Ordering::Relaxed);
-                }
-                if let Some(key) = ev.stream()
-                    && let Some(ch) = self.channels.iter_mut().find(|c| c.key == key)
-                {
-                    ch.seen = now;
-                }
-            }
-            w.stats
-                .events
-                .fetch_add(self.events.len() as u64, Ordering::Relaxed);
-            if w.config.record.depth_dedupe {
-                let books = &mut self.last_books;
-                self.events.retain(|ev| match ev {
-                    Event::BookSnapshot(b) => match books.get(&b.depth_step) {
-                        Some((bids, asks)) if *bids == b.bids && *asks == b.asks => {
-                            w.stats.books_deduped.fetch_add(1, Ordering::Relaxed);
-                            false
-                        }
-                        _ => {
-                            books.insert(b.depth_step, (b.bids.clone(), b.asks.clone()));
-                            true
-                        }
-                    },
-                    // after a delta the book differs from the last snapshot stored
-                    Event::BookDelta(d) => {
-                        books.remove(&d.depth_step);
-                        true
-                    }
-                    _ => true,
-                });
-            }
-            // a resent, unchanged book still proved the channel alive (counted above)
+        } else {
+            // route by symbol: marks, stats and sessions are per symbol
+            let mut touched: Vec<usize> = Vec::new();
             for ev in self.events.drain(..) {
-                if w.tx.send(ev).await.is_err() {
-                    return Handled::WriterGone;
+                let (_, symbol) = ev.venue_symbol();
+                match w.index.get(symbol) {
+                    Some(&i) => {
+                        if self.by_feed[i].is_empty() {
+                            touched.push(i);
+                        }
+                        self.by_feed[i].push(ev);
+                    }
+                    None => {
+                        if self.unknown_symbols == 0 {
+                            tracing::warn!(connection = %w.plan.name, %symbol, "data for a symbol this connection did not subscribe to (dropped)");
+                        }
+                        self.unknown_symbols += 1;
+                    }
+                }
+            }
+            for i in touched {
+                let mut events = std::mem::take(&mut self.by_feed[i]);
+                let r = self.deliver(w, i, &mut events).await;
+                events.clear();
+                self.by_feed[i] = events;
+                if let Err(gone) = r {
+                    return gone;
                 }
             }
         }
         Handled::Continue(reply)
+    }
+
+    /// One symbol's events of a frame: counters, marks, hole hints, then the writer.
+    async fn deliver(
+        &mut self,
+        w: &Worker,
+        i: usize,
+        events: &mut Vec<Event>,
+    ) -> Result<(), Handled> {
+        let feed = &w.feeds[i];
+        let stats = &feed.stats;
+        stats.frames.fetch_add(1, Ordering::Relaxed);
+        stats
+            .last_data_ms
+            .store(crate::model::now_ms(), Ordering::Relaxed);
+        let now = Instant::now();
+        {
+            let mut channels = lock(&stats.channels);
+            for ev in events.iter() {
+                if let Some(key) = ev.stream() {
+                    let c = channels.entry(key).or_insert(ChannelStats {
+                        messages: 0,
+                        last: now,
+                    });
+                    c.messages += 1;
+                    c.last = now;
+                }
+            }
+        }
+        let seen = feed.marks.saw(&feed.symbol, events);
+        if let Some((before, after)) = seen.id_reset {
+            // on record before the trades that may reuse ids are
+            stats.id_resets.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(symbol = %feed.symbol, last_id = before.trade_id, new_id = after.trade_id,
+                "trade ids went backwards: the venue renumbered; trades reusing stored ids are kept as conflicts");
+            let now = crate::model::now_ms();
+            let gap = crate::model::Gap {
+                venue: w.venue.name(),
+                symbol: feed.symbol.clone(),
+                stream: StreamKey::Trades.name(),
+                start_ms: before.time_ms,
+                end_ms: Some(after.time_ms),
+                status: crate::model::GapStatus::Unrecoverable,
+                detected_at_ms: now,
+                resolved_at_ms: Some(now),
+                rows_recovered: 0,
+                detail: Some(format!(
+                    "trade id reset: id {} at {} ms came after id {} at {} ms; later trades \
+                     reusing ids stored before are kept as conflicts in rejected_rows",
+                    after.trade_id, after.time_ms, before.trade_id, before.time_ms
+                )),
+            };
+            if w.tx.send(Event::Gap(gap)).await.is_err() {
+                return Err(Handled::WriterGone);
+            }
+        }
+        if let Some(b) = &w.backfill {
+            if let Some(jump) = seen.id_jump
+                && self.last_jump_check[i].is_none_or(|t| t.elapsed() >= ID_JUMP_CHECK_EVERY)
+            {
+                // venues that number trades across markets skip ids all the time: a
+                // hint, checked at most once a minute
+                self.last_jump_check[i] = Some(Instant::now());
+                let _ = b.send(jump);
+            }
+            if let Some(seams) = seen.seams {
+                let _ = b.send(seams);
+            }
+        }
+        for ev in events.iter() {
+            if matches!(ev, Event::Trade(_)) {
+                stats.trades.fetch_add(1, Ordering::Relaxed);
+            }
+            if let Some(key) = ev.stream()
+                && let Some(ch) = self
+                    .channels
+                    .iter_mut()
+                    .find(|c| c.feed == i && c.key == key)
+            {
+                ch.seen = now;
+            }
+        }
+        stats
+            .events
+            .fetch_add(events.len() as u64, Ordering::Relaxed);
+        if w.config.record.depth_dedupe {
+            let books = &mut self.last_books;
+            events.retain(|ev| match ev {
+                Event::BookSnapshot(b) => match books.get(&(i, b.depth_step)) {
+                    Some((bids, asks)) if *bids == b.bids && *asks == b.asks => {
+                        stats.books_deduped.fetch_add(1, Ordering::Relaxed);
+                        false
+                    }
+                    _ => {
+                        books.insert((i, b.depth_step), (b.bids.clone(), b.asks.clone()));
+                        true
+                    }
+                },
+                // after a delta the book differs from the last snapshot stored
+                Event::BookDelta(d) => {
+                    books.remove(&(i, d.depth_step));
+                    true
+                }
+                _ => true,
+            });
+        }
+        // a resent, unchanged book still proved the channel alive (counted above)
+        for ev in events.drain(..) {
+            if w.tx.send(ev).await.is_err() {
+                return Err(Handled::WriterGone);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -572,7 +782,7 @@ pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// Runs a worker, restarting it after a panic with backoff; the other workers never notice.
-/// A session row the dead task left open is closed with the panic as its reason.
+/// Session rows the dead task left open are closed with the panic as their reason.
 pub async fn supervise(w: Worker) {
     let mut delays = ReconnectPolicy::from_config(&w.config.connection).delays(None);
     loop {
@@ -582,11 +792,13 @@ pub async fn supervise(w: Worker) {
             Err(e) if e.is_panic() => panic_message(e.into_panic().as_ref()),
             Err(_) => return, // cancelled: the runtime is shutting down
         };
-        w.stats.restarts.fetch_add(1, Ordering::Relaxed);
-        w.stats.reconnect("panic");
-        tracing::error!(symbol = %w.symbol, error = %err, "worker panicked; restarting it");
-        let open = lock(&w.current).take();
-        if let Some(mut s) = open {
+        w.each(|s| {
+            s.restarts.fetch_add(1, Ordering::Relaxed);
+            s.reconnect("panic");
+        });
+        tracing::error!(connection = %w.plan.name, error = %err, "worker panicked; restarting it");
+        let open = std::mem::take(&mut *lock(&w.current));
+        for mut s in open {
             s.disconnected_at_us = Some(now_us().max(s.connected_at_us));
             s.close_reason = Some(format!("worker panicked: {err}"));
             if w.tx.send(Event::Session(s)).await.is_err() {

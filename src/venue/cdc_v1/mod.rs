@@ -23,7 +23,9 @@ use crate::model::{
     BookDelta, BookSide, BookSnapshot, Event, Kline, Side, Source, StreamKey, Ticker, Trade,
 };
 use crate::venue::validate::{Findings, Rules, Verdict};
-use crate::venue::{DecodeError, Frame, Reaction, Venue, VenueSession};
+use crate::venue::{
+    ConnectionPlan, DecodeError, Frame, Reaction, SocketLimits, Subscription, Venue, VenueSession,
+};
 
 pub const NAME: &str = "cdc-v1";
 
@@ -57,6 +59,16 @@ pub fn channels(symbol: &str, record: &RecordConfig) -> Vec<Channel> {
     out
 }
 
+/// The neutral stream a v1 channel carries.
+fn stream_key(c: &Channel) -> StreamKey {
+    match &c.stream {
+        Stream::Trades => StreamKey::Trades,
+        Stream::Kline(iv) => StreamKey::Kline(Arc::from(iv.as_str())),
+        Stream::Depth(n) => StreamKey::Book(*n as i16),
+        Stream::Ticker => StreamKey::Ticker,
+    }
+}
+
 /// `{"event":"sub","params":{"channel":...,"cb_id":...}}`, with book sizes for depth.
 pub fn sub_request(channel: &Channel, depth_levels: u32) -> String {
     let name = channel.name();
@@ -82,17 +94,23 @@ impl Venue for CdcV1 {
         NAME
     }
 
-    fn subscribe_frames(&self, symbol: &str, record: &RecordConfig) -> Vec<(StreamKey, String)> {
-        channels(symbol, record)
+    fn streams(&self, symbol: &str, record: &RecordConfig) -> Vec<StreamKey> {
+        channels(symbol, record).iter().map(stream_key).collect()
+    }
+
+    fn socket_limits(&self) -> SocketLimits {
+        // a v1 socket carries one symbol (`cb_id` names it, the server keys by it)
+        SocketLimits::ONE_SYMBOL
+    }
+
+    fn subscribe_frames(&self, conn: &ConnectionPlan, record: &RecordConfig) -> Vec<Subscription> {
+        conn.symbols
             .iter()
-            .map(|c| {
-                let key = match &c.stream {
-                    Stream::Trades => StreamKey::Trades,
-                    Stream::Kline(iv) => StreamKey::Kline(Arc::from(iv.as_str())),
-                    Stream::Depth(n) => StreamKey::Book(*n as i16),
-                    Stream::Ticker => StreamKey::Ticker,
-                };
-                (key, sub_request(c, record.depth_levels))
+            .flat_map(|symbol| {
+                channels(symbol, record).into_iter().map(|c| Subscription {
+                    frame: sub_request(&c, record.depth_levels),
+                    streams: vec![(symbol.clone(), stream_key(&c))],
+                })
             })
             .collect()
     }
@@ -165,31 +183,37 @@ impl Venue for CdcV1 {
 
     fn session(
         &self,
-        symbol: Arc<str>,
+        symbols: &[Arc<str>],
         max_frame_bytes: usize,
         rules: Rules,
     ) -> Box<dyn VenueSession> {
-        Box::new(CdcSession::new(symbol, max_frame_bytes).with_rules(rules))
+        Box::new(CdcSession::for_symbols(symbols.to_vec(), max_frame_bytes).with_rules(rules))
     }
 }
 
 /// Decoding state of one connection.
 pub struct CdcSession {
-    symbol: Arc<str>,
+    /// The symbols the connection subscribed (a channel of another is unexpected).
+    symbols: Vec<Arc<str>>,
     rules: Rules,
     inflater: Inflater,
-    /// Latest bar per interval: the venue has no closed flag, a bar is final when a later
-    /// bar arrives, and then we emit it once more with `closed = true`.
-    open_bars: HashMap<String, Kline>,
+    /// Per symbol, the latest bar per interval: the venue has no closed flag, a bar is final
+    /// when a later bar arrives, and then we emit it once more with `closed = true`.
+    open_bars: Vec<HashMap<String, Kline>>,
 }
 
 impl CdcSession {
     pub fn new(symbol: Arc<str>, max_frame_bytes: usize) -> CdcSession {
+        CdcSession::for_symbols(vec![symbol], max_frame_bytes)
+    }
+
+    /// A connection carrying several symbols (each channel names its symbol).
+    pub fn for_symbols(symbols: Vec<Arc<str>>, max_frame_bytes: usize) -> CdcSession {
         CdcSession {
-            symbol,
+            open_bars: symbols.iter().map(|_| HashMap::new()).collect(),
+            symbols,
             rules: RULES,
             inflater: Inflater::new(max_frame_bytes),
-            open_bars: HashMap::new(),
         }
     }
 
@@ -211,7 +235,8 @@ impl VenueSession for CdcSession {
             Frame::Binary(b) => self.inflater.inflate(b)?,
         };
         let mut ctx = Normalizer {
-            symbol: &self.symbol,
+            symbols: &self.symbols,
+            at: 0,
             recv_time_us,
             open_bars: &mut self.open_bars,
             rules: &self.rules,
@@ -224,9 +249,11 @@ impl VenueSession for CdcSession {
 }
 
 struct Normalizer<'s> {
-    symbol: &'s Arc<str>,
+    symbols: &'s [Arc<str>],
+    /// The message's symbol, as an index into `symbols` (and `open_bars`).
+    at: usize,
     recv_time_us: i64,
-    open_bars: &'s mut HashMap<String, Kline>,
+    open_bars: &'s mut [HashMap<String, Kline>],
     rules: &'s Rules,
     findings: Findings,
 }
@@ -307,12 +334,16 @@ impl Normalizer<'_> {
         }
         let ch =
             Channel::parse(&name).ok_or_else(|| unexpected(format!("unknown channel {name:?}")))?;
-        if *ch.symbol != **self.symbol {
-            return Err(unexpected(format!(
-                "channel {name:?} on the {} connection",
-                self.symbol
-            )));
-        }
+        self.at = self
+            .symbols
+            .iter()
+            .position(|s| **s == *ch.symbol)
+            .ok_or_else(|| {
+                unexpected(format!(
+                    "channel {name:?} on the {} connection",
+                    self.symbols.join(",")
+                ))
+            })?;
         let payload = match (tick, data) {
             (Some(t), _) => Payload::Tick(t),
             (None, Some(d)) => Payload::Reply(d),
@@ -370,7 +401,7 @@ impl Normalizer<'_> {
             };
             let trade = Event::Trade(Trade {
                 venue: NAME,
-                symbol: self.symbol.clone(),
+                symbol: self.symbols[self.at].clone(),
                 trade_id,
                 side,
                 price: t.price.0,
@@ -401,7 +432,7 @@ impl Normalizer<'_> {
         for b in bars {
             let k = Kline {
                 venue: NAME,
-                symbol: self.symbol.clone(),
+                symbol: self.symbols[self.at].clone(),
                 interval: iv.clone(),
                 open_time_ms: to_ms(b.id.0),
                 open: b.open.0,
@@ -427,7 +458,7 @@ impl Normalizer<'_> {
     }
 
     fn push_bar(&mut self, mut k: Kline, out: &mut Vec<Event>) {
-        match self.open_bars.get_mut(&*k.interval) {
+        match self.open_bars[self.at].get_mut(&*k.interval) {
             Some(last) if last.open_time_ms < k.open_time_ms => {
                 let mut done = std::mem::replace(last, k.clone());
                 done.closed = true;
@@ -443,7 +474,7 @@ impl Normalizer<'_> {
                 out.push(Event::Kline(k));
             }
             None => {
-                self.open_bars.insert(k.interval.to_string(), k.clone());
+                self.open_bars[self.at].insert(k.interval.to_string(), k.clone());
                 out.push(Event::Kline(k));
             }
         }
@@ -495,7 +526,7 @@ impl Normalizer<'_> {
                 };
                 let delta = Event::BookDelta(BookDelta {
                     venue: NAME,
-                    symbol: self.symbol.clone(),
+                    symbol: self.symbols[self.at].clone(),
                     depth_step: step,
                     event_time_ms: event_ms,
                     recv_time_us: self.recv_time_us,
@@ -521,7 +552,7 @@ impl Normalizer<'_> {
                 let levels = |v: Vec<(Num, Num)>| v.into_iter().map(|(p, q)| (p.0, q.0)).collect();
                 let snapshot = Event::BookSnapshot(BookSnapshot {
                     venue: NAME,
-                    symbol: self.symbol.clone(),
+                    symbol: self.symbols[self.at].clone(),
                     depth_step: step,
                     event_time_ms: event_ms,
                     recv_time_us: self.recv_time_us,
@@ -548,7 +579,7 @@ impl Normalizer<'_> {
         let d = |n: Option<Num>| n.map(|n| n.0);
         let ticker = Event::Ticker(Ticker {
             venue: NAME,
-            symbol: self.symbol.clone(),
+            symbol: self.symbols[self.at].clone(),
             event_time_ms: t.ts.map(|x| to_ms(x.0)).unwrap_or(event_ms),
             recv_time_us: self.recv_time_us,
             open: d(t.open),
