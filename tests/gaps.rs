@@ -604,6 +604,107 @@ async fn postgres_outage_beyond_history_is_one_unrecoverable_gap_per_stream() {
     db.drop_db().await;
 }
 
+/// A kline hole longer than REST's window plus one websocket history page: the history is
+/// paged until it meets REST, the database ends equal to the ledger, and a gap is `filled`
+/// only with every bar slot present.
+async fn deep_kline_hole(db: &str, label: &str) {
+    // REST keeps 3 bars and one history reply 4, so 12+ missing 1min bars take 3+ pages
+    let (sim, store, mut cfg) = setup(
+        SimConfig {
+            seed: 47,
+            step: Duration::from_millis(250),
+            rest_kline_limit: 3,
+            history_page: 4,
+            ..SimConfig::default()
+        },
+        db,
+    )
+    .await;
+    // the hole check alone must get it right: no audit to mend it later
+    cfg.backfill.audit_interval_s = 0;
+    let run = Recorder::start(&cfg).await;
+    streaming(&sim, 10).await;
+    run.stop().await;
+    let bars_before = sim.bars("btcusdt", "1min").len();
+    wait_for(
+        "12 one-minute bars while the recorder is down",
+        Duration::from_secs(60),
+        || async { sim.bars("btcusdt", "1min").len() >= bars_before + 12 },
+    )
+    .await;
+    let run = Recorder::start(&cfg).await;
+    wait_for(
+        "start-up holes resolved",
+        Duration::from_secs(60),
+        || async {
+            let g = gaps(&store).await;
+            g.iter().filter(|g| g.stream == "kline_1min").count() >= SYMBOLS.len()
+                && g.iter().all(|g| g.status != GapStatus::Open)
+        },
+    )
+    .await;
+    sim.halt();
+    wait_ledger(&store, &sim, &BTreeMap::new(), &BTreeMap::new()).await;
+    let stats = run.stop().await;
+    let all = gaps(&store).await;
+    for g in &all {
+        assert_eq!(g.status, GapStatus::Filled, "{g:?}");
+    }
+    // no filled kline gap lacks a bar of the ledger
+    for g in all.iter().filter(|g| g.stream.starts_with("kline_")) {
+        let iv = g.stream.trim_start_matches("kline_");
+        let end = g.end_ms.expect("resolved");
+        let stored: BTreeSet<i64> = store
+            .load_klines(NAME, &g.symbol, iv)
+            .await
+            .expect("klines")
+            .into_iter()
+            .filter(|k| k.closed)
+            .map(|k| k.open_time_ms)
+            .collect();
+        for b in sim.bars(&g.symbol, iv) {
+            if b.open_time_ms >= g.start_ms && b.open_time_ms < end {
+                assert!(
+                    stored.contains(&b.open_time_ms),
+                    "{g:?}: bar {} missing",
+                    b.open_time_ms
+                );
+            }
+        }
+    }
+    let pages = stats.backfill.history_requests.load(Ordering::Relaxed);
+    assert!(
+        pages >= 3 * SYMBOLS.len() as u64,
+        "history pages asked: {pages}"
+    );
+    let one_min: Vec<_> = all.iter().filter(|g| g.stream == "kline_1min").collect();
+    eprintln!(
+        "{label} deep kline hole: 1min gaps {:?}, history pages {pages}, bars recovered {}",
+        one_min
+            .iter()
+            .map(|g| (g.symbol.to_string(), g.rows_recovered, g.status.as_str()))
+            .collect::<Vec<_>>(),
+        stats.backfill.bars_recovered.load(Ordering::Relaxed)
+    );
+    store.close().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_kline_hole_deeper_than_one_history_page_is_paged_and_filled() {
+    let (_dir, url) = sqlite_db();
+    deep_kline_hole(&url, "sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_kline_hole_deeper_than_one_history_page_is_paged_and_filled() {
+    let Some(db) = PgDb::create().await else {
+        return;
+    };
+    deep_kline_hole(&db.url, "postgres").await;
+    db.drop_db().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quiet_market_records_no_gap() {
     let (_dir, url) = sqlite_db();

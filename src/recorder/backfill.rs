@@ -112,6 +112,60 @@ fn first_problem(rows: &[(i64, bool)], len: i64, known: &[(i64, i64)]) -> Option
     None
 }
 
+/// Websocket history pages one kline check asks for at most (a page is up to 300 bars on v1).
+const MAX_HISTORY_PAGES: usize = 200;
+
+/// Slots of a kline hole the venue did not answer for.
+#[derive(Debug, PartialEq, Eq)]
+struct Missing {
+    first: i64,
+    last: i64,
+    count: usize,
+}
+
+/// The slots in `[from, until)` with no bar in `have` and outside every range the venue
+/// answered (`answered`: first and last bar of one reply; a slot between them without a bar
+/// is one the venue has none for). Calendar intervals (`len` None) have no slots to walk:
+/// covered when an answer reaches back to `from`.
+fn missing_slots(
+    from: i64,
+    until: i64,
+    len: Option<i64>,
+    have: &BTreeMap<i64, Kline>,
+    answered: &[(i64, i64)],
+) -> Option<Missing> {
+    let inside = |t: i64| answered.iter().any(|&(a, b)| a <= t && t <= b);
+    let Some(len) = len.filter(|l| *l > 0) else {
+        let reached = have.contains_key(&from) || answered.iter().any(|&(a, _)| a <= from);
+        return (!reached && from < until).then_some(Missing {
+            first: from,
+            last: from,
+            count: 1,
+        });
+    };
+    let mut out: Option<Missing> = None;
+    let mut t = from;
+    while t < until {
+        if !have.contains_key(&t) && !inside(t) {
+            match &mut out {
+                Some(m) => {
+                    m.last = t;
+                    m.count += 1;
+                }
+                None => {
+                    out = Some(Missing {
+                        first: t,
+                        last: t,
+                        count: 1,
+                    })
+                }
+            }
+        }
+        t += len;
+    }
+    out
+}
+
 /// First retry of a failed check after this; doubles up to `RETRY_MAX`.
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(600);
@@ -441,26 +495,44 @@ impl Backfill {
             return Ok(());
         };
         let current = forming.open_time_ms;
-        let mut covered_from = bars.first().map_or(current, |b| b.open_time_ms);
+        let len = interval_ms(iv);
+        // what the venue answered for: every slot from its first bar to its last in one
+        // reply either has a bar or the venue has none there
+        let rest_first = bars.first().map_or(current, |b| b.open_time_ms);
+        let mut answered: Vec<(i64, i64)> = vec![(rest_first, current)];
         let mut have: BTreeMap<i64, Kline> = bars
             .into_iter()
             .filter(|b| b.open_time_ms >= need_from)
             .map(|b| (b.open_time_ms, b))
             .collect();
-        if covered_from > need_from && need_from < current {
-            // REST keeps fewer bars than the hole: ask the websocket for history
-            let older = self.history(&c.symbol, iv, need_from).await?;
-            if let Some(first) = older.first() {
-                covered_from = covered_from.min(first.open_time_ms);
-            }
-            for mut k in older {
-                if k.open_time_ms >= need_from && k.open_time_ms < current {
-                    k.closed = true;
-                    // websocket history carries the quote volume REST lacks
-                    have.insert(k.open_time_ms, k);
+        if rest_first > need_from && need_from < current {
+            // REST keeps fewer bars than the hole: page the websocket history forward from
+            // the hole's start until it meets REST's window
+            let mut since = need_from;
+            for _ in 0..MAX_HISTORY_PAGES {
+                let page = self.history(&c.symbol, iv, since).await?;
+                let (Some(first), Some(last)) = (
+                    page.first().map(|k| k.open_time_ms),
+                    page.last().map(|k| k.open_time_ms),
+                ) else {
+                    break;
+                };
+                answered.push((first, last));
+                for mut k in page {
+                    if k.open_time_ms >= need_from && k.open_time_ms < current {
+                        k.closed = true;
+                        // websocket history carries the quote volume REST lacks
+                        have.insert(k.open_time_ms, k);
+                    }
                 }
+                let next = last + len.unwrap_or(1);
+                if last >= rest_first || next <= since {
+                    break;
+                }
+                since = next;
             }
         }
+        let missing = missing_slots(need_from, current, len, &have, &answered);
         // a hint counts only bars the database did not hold final
         let held: std::collections::HashSet<i64> = if c.reason.is_hint() {
             self.store
@@ -474,8 +546,8 @@ impl Backfill {
             Default::default()
         };
         let recovered = have.keys().filter(|t| !held.contains(t)).count() as i64;
-        for (_, k) in have {
-            self.send(Event::Kline(k)).await?;
+        for k in have.values() {
+            self.send(Event::Kline(k.clone())).await?;
         }
         self.send(Event::Kline(forming)).await?;
         self.marks(&c.symbol).saw_forming(iv, current);
@@ -483,7 +555,7 @@ impl Backfill {
             .bars_recovered
             .fetch_add(recovered as u64, Ordering::Relaxed);
         g.rows_recovered = recovered;
-        let complete = covered_from <= need_from || need_from >= current;
+        let complete = missing.is_none();
         if c.reason.is_hint() && complete && recovered == 0 {
             // the venue has no bar there either: not a hole, and not worth asking again
             lock(&self.empty_slots)
@@ -492,22 +564,28 @@ impl Backfill {
                 .insert(need_from);
             return Ok(());
         }
-        if complete {
-            g.status = GapStatus::Filled;
-            g.end_ms = Some(current);
-            g.detail = Some(format!(
-                "{}: {recovered} final bars from the venue's history",
-                c.reason.as_str()
-            ));
-        } else {
-            g.status = GapStatus::Unrecoverable;
-            g.end_ms = Some(covered_from.min(current));
-            g.detail = Some(format!(
-                "{}: bars before {} are older than the venue's REST and websocket history; \
-                 {recovered} recovered after them",
-                c.reason.as_str(),
-                format_time(covered_from)
-            ));
+        match missing {
+            None => {
+                g.status = GapStatus::Filled;
+                g.end_ms = Some(current);
+                g.detail = Some(format!(
+                    "{}: {recovered} final bars from the venue's history",
+                    c.reason.as_str()
+                ));
+            }
+            Some(m) => {
+                g.status = GapStatus::Unrecoverable;
+                // up to the first bar recovered after the last slot the venue did not answer
+                g.end_ms = Some(have.range(m.last + 1..).next().map_or(current, |(t, _)| *t));
+                g.detail = Some(format!(
+                    "{}: {} bar slots from {} to {} are beyond the venue's REST and websocket \
+                     history; {recovered} recovered",
+                    c.reason.as_str(),
+                    m.count,
+                    format_time(m.first),
+                    format_time(m.last)
+                ));
+            }
         }
         self.resolved(c, g).await?;
         Ok(())
@@ -671,7 +749,70 @@ impl Backfill {
 
 #[cfg(test)]
 mod tests {
-    use super::first_problem;
+    use super::{BTreeMap, Missing, first_problem, missing_slots};
+
+    fn bars(opens: &[i64]) -> BTreeMap<i64, crate::model::Kline> {
+        let d = |s: &str| crate::decimal::Dec::parse(s).unwrap();
+        opens
+            .iter()
+            .map(|&t| {
+                let k = crate::model::Kline {
+                    venue: "cdc-v1",
+                    symbol: "x".into(),
+                    interval: "1min".into(),
+                    open_time_ms: t,
+                    open: d("1"),
+                    high: d("1"),
+                    low: d("1"),
+                    close: d("1"),
+                    volume: d("1"),
+                    quote_volume: None,
+                    closed: true,
+                    event_time_ms: t,
+                    recv_time_us: 1,
+                    source: crate::model::Source::Rest,
+                };
+                (t, k)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_kline_hole_is_covered_only_when_every_slot_is_answered() {
+        // REST answered 80..=100, a history page 0..=20: 30..70 is nobody's answer
+        let have = bars(&[0, 10, 20, 80, 90]);
+        let answered = [(80, 100), (0, 20)];
+        assert_eq!(
+            missing_slots(0, 100, Some(10), &have, &answered),
+            Some(Missing {
+                first: 30,
+                last: 70,
+                count: 5
+            })
+        );
+        // a page meeting REST's window: covered, and a slot without a bar inside a reply is
+        // one the venue has none for
+        let have = bars(&[0, 10, 30, 40, 50, 60, 70, 80, 90]);
+        assert_eq!(
+            missing_slots(0, 100, Some(10), &have, &[(80, 100), (0, 70)]),
+            None
+        );
+        // history that starts after the hole: the front is beyond it
+        let have = bars(&[40, 50, 90]);
+        assert_eq!(
+            missing_slots(0, 100, Some(10), &have, &[(90, 100), (40, 80)]),
+            Some(Missing {
+                first: 0,
+                last: 30,
+                count: 4
+            })
+        );
+        // nothing to cover
+        assert_eq!(missing_slots(100, 100, Some(10), &have, &[]), None);
+        // calendar bars: covered when an answer reaches back to the start
+        assert_eq!(missing_slots(0, 100, None, &bars(&[]), &[(0, 100)]), None);
+        assert!(missing_slots(0, 100, None, &bars(&[]), &[(50, 100)]).is_some());
+    }
 
     #[test]
     fn audit_finds_the_first_missing_or_open_bar_behind_the_forming_one() {

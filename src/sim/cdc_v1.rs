@@ -333,6 +333,7 @@ impl Conn {
                     })
                     .map(|s| s * 1000);
                 let keep = self.cfg().history_kline_limit.unwrap_or(usize::MAX);
+                let page = self.cfg().history_page.max(1);
                 let bars: Vec<&Bar> = m
                     .bars
                     .get(iv.as_str())
@@ -346,7 +347,7 @@ impl Conn {
                             .into_iter()
                             .rev()
                             .filter(|b| b.open_time_ms >= t)
-                            .take(300)
+                            .take(page)
                             .collect(),
                         None => s
                             .values()

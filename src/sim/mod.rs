@@ -74,6 +74,8 @@ pub struct SimConfig {
     /// How many of the newest bars a websocket `req` can reach (live servers keep about an
     /// hour of 1min bars); None: all.
     pub history_kline_limit: Option<usize>,
+    /// Bars one websocket `req` with `since` answers with at most (v1 documents 300).
+    pub history_page: usize,
     /// Keep every book the market had, with its time, for [`SimHandle::book_at`] (tests).
     pub book_history: bool,
     pub ws_addr: SocketAddr,
@@ -99,6 +101,7 @@ impl Default for SimConfig {
             start_halted: false,
             rest_kline_limit: 300,
             history_kline_limit: None,
+            history_page: 300,
             book_history: false,
             ws_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             rest_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
