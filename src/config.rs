@@ -12,11 +12,6 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// Environment variable that overrides `database.url` (keeps passwords out of the config file).
 pub const DATABASE_URL_ENV: &str = "MDREC_DATABASE_URL";
 
-/// Kline intervals the v1 venue offers, by its own names.
-pub const KLINE_INTERVALS: [&str; 8] = [
-    "1min", "5min", "15min", "30min", "60min", "1day", "1week", "1month",
-];
-
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("config key `{key}`: {message}")]
 pub struct ConfigError {
@@ -25,7 +20,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(key: &str, message: impl Into<String>) -> Self {
+    pub fn new(key: &str, message: impl Into<String>) -> Self {
         ConfigError {
             key: key.to_string(),
             message: message.into(),
@@ -124,25 +119,30 @@ impl Default for ShutdownConfig {
     }
 }
 
+/// A venue's own `[venue]` keys, checked by the venue ([`crate::venue::Venue::check_options`]).
+pub type VenueOptions = std::collections::BTreeMap<String, toml::Value>;
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
 pub struct VenueConfig {
+    /// One of the registered venues; default: the first registered.
     #[serde(default = "default_kind")]
     pub kind: String,
-    #[serde(default = "default_ws_url")]
+    /// Default: the venue's.
+    #[serde(default)]
     pub ws_url: String,
-    #[serde(default = "default_rest_url")]
+    /// Default: the venue's.
+    #[serde(default)]
     pub rest_url: String,
+    /// Every other key: the venue's own (unknown ones are refused by the venue).
+    #[serde(flatten)]
+    pub options: VenueOptions,
 }
 
 fn default_kind() -> String {
-    "cdc-v1".into()
-}
-fn default_ws_url() -> String {
-    "wss://ws.crypto.com/kline-api/ws".into()
-}
-fn default_rest_url() -> String {
-    "https://api.crypto.com".into()
+    crate::venue::REGISTRY
+        .first()
+        .map(|(n, _)| n.to_string())
+        .unwrap_or_default()
 }
 
 #[derive(Clone, Deserialize, Serialize)]
@@ -181,7 +181,9 @@ impl Serialize for DepthSetting {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
             DepthSetting::Off => s.serialize_bool(false),
-            DepthSetting::Step(n) => s.serialize_str(&format!("step{n}")),
+            DepthSetting::On => s.serialize_bool(true),
+            DepthSetting::Word(w) => s.serialize_str(w),
+            DepthSetting::Number(n) => s.serialize_i64(*n),
         }
     }
 }
@@ -222,13 +224,16 @@ pub fn redact_url(raw: &str) -> String {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RecordConfig {
+    /// As the venue spells them (the venue checks them).
     pub symbols: Vec<String>,
     #[serde(default = "yes")]
     pub trades: bool,
-    #[serde(default = "default_klines")]
-    pub klines: Vec<String>,
-    #[serde(default = "default_depth")]
-    pub depth: DepthSetting,
+    /// The venue's interval names; left out: the venue's default ([`RecordConfig::klines`]).
+    #[serde(default)]
+    pub klines: Option<Vec<String>>,
+    /// The venue's book variant; left out: the venue's default ([`RecordConfig::depth`]).
+    #[serde(default)]
+    pub depth: Option<DepthSetting>,
     /// Book levels per side asked for in the depth subscription.
     #[serde(default = "default_depth_levels")]
     pub depth_levels: u32,
@@ -257,6 +262,16 @@ fn default_clock_skew() -> u64 {
 }
 
 impl RecordConfig {
+    /// The configured intervals (the venue's default once parsed).
+    pub fn klines(&self) -> &[String] {
+        self.klines.as_deref().unwrap_or(&[])
+    }
+
+    /// The configured book variant (the venue's default once parsed).
+    pub fn depth(&self) -> &DepthSetting {
+        self.depth.as_ref().unwrap_or(&DepthSetting::Off)
+    }
+
     /// The venue's validation limits with this configuration's clock tolerances.
     pub fn rules(&self, venue: crate::venue::validate::Rules) -> crate::venue::validate::Rules {
         crate::venue::validate::Rules {
@@ -270,21 +285,18 @@ impl RecordConfig {
 fn yes() -> bool {
     true
 }
-fn default_klines() -> Vec<String> {
-    vec!["1min".into()]
-}
-fn default_depth() -> DepthSetting {
-    DepthSetting::Step(0)
-}
 fn default_depth_levels() -> u32 {
     150
 }
 
-/// `depth = "step0" | "step1" | "step2" | false`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `depth`: `false` (no book), `true` (the venue's default book), or one of the venue's
+/// words or numbers for its book variants; the venue reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DepthSetting {
     Off,
-    Step(u8),
+    On,
+    Word(String),
+    Number(i64),
 }
 
 impl<'de> Deserialize<'de> for DepthSetting {
@@ -293,20 +305,15 @@ impl<'de> Deserialize<'de> for DepthSetting {
         #[serde(untagged)]
         enum Raw {
             Flag(bool),
+            Number(i64),
             Name(String),
         }
-        match Raw::deserialize(d)? {
-            Raw::Flag(false) => Ok(DepthSetting::Off),
-            Raw::Flag(true) => Ok(DepthSetting::Step(0)),
-            Raw::Name(n) => match n.as_str() {
-                "step0" => Ok(DepthSetting::Step(0)),
-                "step1" => Ok(DepthSetting::Step(1)),
-                "step2" => Ok(DepthSetting::Step(2)),
-                other => Err(serde::de::Error::custom(format!(
-                    "expected \"step0\", \"step1\", \"step2\" or false, got {other:?}"
-                ))),
-            },
-        }
+        Ok(match Raw::deserialize(d)? {
+            Raw::Flag(false) => DepthSetting::Off,
+            Raw::Flag(true) => DepthSetting::On,
+            Raw::Number(n) => DepthSetting::Number(n),
+            Raw::Name(n) => DepthSetting::Word(n),
+        })
     }
 }
 
@@ -517,19 +524,32 @@ impl Config {
         Ok(cfg)
     }
 
-    /// Parses TOML text (no validation, no environment).
+    /// Parses TOML text (no validation, no environment); keys left out take the venue's
+    /// defaults.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let de = toml::Deserializer::parse(text)
             .map_err(|e| ConfigError::new("(file)", format!("invalid TOML: {e}")))?;
-        serde_path_to_error::deserialize(de).map_err(|e| {
+        let mut cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
             let message = e.inner().message().to_string();
             ConfigError::new(&key, message)
-        })
+        })?;
+        if let Some(venue) = crate::venue::venue_for(&cfg.venue.kind) {
+            let d = venue.defaults();
+            if cfg.venue.ws_url.is_empty() {
+                cfg.venue.ws_url = d.ws_url.to_string();
+            }
+            if cfg.venue.rest_url.is_empty() {
+                cfg.venue.rest_url = d.rest_url.to_string();
+            }
+            cfg.record.klines.get_or_insert(d.klines);
+            cfg.record.depth.get_or_insert(d.depth);
+        }
+        Ok(cfg)
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if crate::venue::static_name(&self.venue.kind).is_none() {
+        let Some(venue) = crate::venue::venue_for(&self.venue.kind) else {
             return Err(ConfigError::new(
                 "venue.kind",
                 format!(
@@ -538,7 +558,8 @@ impl Config {
                     crate::venue::kinds()
                 ),
             ));
-        }
+        };
+        venue.check_options(&self.venue.options)?;
         check_url("venue.ws_url", &self.venue.ws_url, &["ws", "wss"])?;
         check_url("venue.rest_url", &self.venue.rest_url, &["http", "https"])?;
         let db = &self.database.url;
@@ -562,16 +583,6 @@ impl Config {
         }
         let mut seen = std::collections::HashSet::new();
         for s in &self.record.symbols {
-            if s.is_empty()
-                || !s
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-            {
-                return Err(ConfigError::new(
-                    "record.symbols",
-                    format!("{s:?} is not a lowercase venue symbol like \"btcusdt\""),
-                ));
-            }
             if !seen.insert(s) {
                 return Err(ConfigError::new(
                     "record.symbols",
@@ -579,20 +590,10 @@ impl Config {
                 ));
             }
         }
-        for k in &self.record.klines {
-            if !KLINE_INTERVALS.contains(&k.as_str()) {
-                return Err(ConfigError::new(
-                    "record.klines",
-                    format!(
-                        "unknown interval {k:?}; one of {}",
-                        KLINE_INTERVALS.join(" ")
-                    ),
-                ));
-            }
-        }
+        venue.check_record(&self.record)?;
         if !self.record.trades
-            && self.record.klines.is_empty()
-            && self.record.depth == DepthSetting::Off
+            && self.record.klines().is_empty()
+            && *self.record.depth() == DepthSetting::Off
             && !self.record.ticker
         {
             return Err(ConfigError::new(
@@ -767,7 +768,7 @@ listen = "127.0.0.1:9187"
         let c = Config::parse(GOOD).unwrap();
         c.validate().unwrap();
         assert_eq!(c.record.symbols, ["btcusdt", "ethusdt"]);
-        assert_eq!(c.record.depth, DepthSetting::Step(0));
+        assert_eq!(c.record.depth(), &DepthSetting::Word("step0".into()));
         assert_eq!(c.connection.silence_timeout_s, 30);
     }
 
@@ -838,9 +839,27 @@ listen = "127.0.0.1:9187"
     }
 
     #[test]
+    fn left_out_keys_take_the_venues_defaults_and_its_options_are_its_own() {
+        let c = Config::parse("[venue]\n[record]\nsymbols = [\"btcusdt\"]\n").unwrap();
+        c.validate().unwrap();
+        let d = crate::venue::venue_for(&c.venue.kind).unwrap().defaults();
+        assert_eq!(c.venue.ws_url, d.ws_url);
+        assert_eq!(c.venue.rest_url, d.rest_url);
+        assert_eq!(c.record.klines(), d.klines);
+        assert_eq!(c.record.depth(), &d.depth);
+        // a key the venue does not know is named in the error
+        let text = GOOD.replace("[venue]\n", "[venue]\nbook_updates = \"delta\"\n");
+        assert_eq!(err_key(&text), "venue.book_updates");
+        // depth words are the venue's: a number means nothing to v1
+        let c = Config::parse(&GOOD.replace("depth = \"step0\"", "depth = 10")).unwrap();
+        assert_eq!(c.record.depth(), &DepthSetting::Number(10));
+        assert_eq!(c.validate().unwrap_err().key, "record.depth");
+    }
+
+    #[test]
     fn depth_false_disables() {
         let c = Config::parse(&GOOD.replace("depth = \"step0\"", "depth = false")).unwrap();
-        assert_eq!(c.record.depth, DepthSetting::Off);
+        assert_eq!(c.record.depth(), &DepthSetting::Off);
     }
 
     #[test]

@@ -6,8 +6,9 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::model::{Gap, GapStatus, now_ms};
-use crate::store::read::on_pool;
+use std::sync::Arc;
+
+use crate::model::{Gap, GapStatus, StreamKey, now_ms};
 use crate::store::{Store, StoreError};
 
 /// Epoch milliseconds from RFC 3339 (`2026-11-21T10:00:00Z`) or a plain integer of ms.
@@ -30,7 +31,7 @@ pub fn format_time(ms: i64) -> String {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct StreamCoverage {
-    /// `trades`, `kline_<interval>`, `book_step<N>`, `ticker`.
+    /// `trades`, `kline_<interval>`, `book_<depth_step>`, `ticker`.
     pub stream: String,
     pub rows: i64,
     /// Exchange time of the first and last row (receive time for books and tickers).
@@ -64,26 +65,6 @@ pub struct Coverage {
     pub symbols: Vec<SymbolCoverage>,
 }
 
-/// One aggregate row: rows, first, last.
-type Span = (i64, Option<i64>, Option<i64>);
-
-async fn span(
-    store: &Store,
-    sql: &str,
-    venue: &str,
-    symbol: &str,
-    extra: Option<&str>,
-    from: i64,
-    to: i64,
-) -> Result<Span, StoreError> {
-    on_pool!(store, p => {
-        let q = sqlx::query_as::<_, Span>(sql).bind(venue).bind(symbol).bind(from).bind(to);
-        let q = match extra { Some(x) => q.bind(x.to_string()), None => q };
-        q.fetch_one(p).await
-    })
-    .map_err(StoreError::sql("coverage"))
-}
-
 /// Coverage of `symbols` (all symbols with data when empty) between `from` and `to`
 /// (defaults: the first session or row, and now).
 pub async fn compute(
@@ -94,10 +75,7 @@ pub async fn compute(
     to: Option<i64>,
 ) -> Result<Coverage, StoreError> {
     let symbols: Vec<String> = if symbols.is_empty() {
-        let sql = "SELECT symbol FROM sessions WHERE venue = $1 UNION SELECT symbol FROM trades \
-                   WHERE venue = $1 UNION SELECT symbol FROM klines WHERE venue = $1 ORDER BY 1";
-        on_pool!(store, p => sqlx::query_scalar::<_, String>(sql).bind(venue).fetch_all(p).await)
-            .map_err(StoreError::sql("coverage symbols"))?
+        store.symbols_with_data(venue).await?
     } else {
         symbols.to_vec()
     };
@@ -110,90 +88,31 @@ pub async fn compute(
     let to = to.unwrap_or_else(now_ms);
     let from = match from {
         Some(f) => f,
-        None => {
-            let sql = "SELECT MIN(connected_at_us) / 1000 FROM sessions WHERE venue = $1";
-            let first: Option<i64> = on_pool!(store, p => sqlx::query_scalar::<_, Option<i64>>(sql)
-                .bind(venue)
-                .fetch_one(p)
-                .await)
-            .map_err(StoreError::sql("coverage window"))?;
-            first.unwrap_or(to)
-        }
+        None => store.first_session_ms(venue).await?.unwrap_or(to),
     };
     let all_gaps = store.load_gaps(venue, None).await?;
     let mut out = Vec::new();
     for symbol in symbols {
         let mut streams = Vec::new();
-        let trades = span(
-            store,
-            "SELECT COUNT(*), MIN(event_time_ms), MAX(event_time_ms) FROM trades \
-             WHERE venue = $1 AND symbol = $2 AND event_time_ms >= $3 AND event_time_ms <= $4",
-            venue,
-            &symbol,
-            None,
-            q_from,
-            q_to,
-        )
-        .await?;
-        streams.push(("trades".to_string(), trades));
-        let sql =
-            "SELECT DISTINCT interval FROM klines WHERE venue = $1 AND symbol = $2 ORDER BY 1";
-        let intervals: Vec<String> = on_pool!(store, p => sqlx::query_scalar::<_, String>(sql)
-            .bind(venue)
-            .bind(&symbol)
-            .fetch_all(p)
-            .await)
-        .map_err(StoreError::sql("coverage intervals"))?;
-        for iv in intervals {
-            let s = span(
-                store,
-                "SELECT COUNT(*), MIN(open_time_ms), MAX(open_time_ms) FROM klines WHERE venue = $1 \
-                 AND symbol = $2 AND open_time_ms >= $3 AND open_time_ms <= $4 AND interval = $5",
-                venue,
-                &symbol,
-                Some(&iv),
-                q_from,
-                q_to,
-            )
-            .await?;
-            streams.push((format!("kline_{iv}"), s));
+        let mut keys = vec![StreamKey::Trades];
+        for iv in store.stored_intervals(venue, &symbol).await? {
+            keys.push(StreamKey::Kline(Arc::from(iv.as_str())));
         }
-        let sql = "SELECT DISTINCT CAST(depth_step AS BIGINT) FROM book_snapshots WHERE venue = $1 \
-                   AND symbol = $2 ORDER BY 1";
-        let steps: Vec<i64> = on_pool!(store, p => sqlx::query_scalar::<_, i64>(sql)
-            .bind(venue)
-            .bind(&symbol)
-            .fetch_all(p)
-            .await)
-        .map_err(StoreError::sql("coverage depth steps"))?;
-        for step in steps {
-            let s = span(
-                store,
-                "SELECT COUNT(*), MIN(recv_time_us) / 1000, MAX(recv_time_us) / 1000 FROM book_snapshots \
-                 WHERE venue = $1 AND symbol = $2 AND recv_time_us >= $3 * 1000 \
-                 AND recv_time_us <= $4 * 1000 AND CAST(depth_step AS TEXT) = $5",
-                venue,
-                &symbol,
-                Some(&step.to_string()),
-                q_from,
-                q_to,
-            )
-            .await?;
-            streams.push((format!("book_step{step}"), s));
+        for step in store.stored_depth_steps(venue, &symbol).await? {
+            if let Ok(d) = i16::try_from(step) {
+                keys.push(StreamKey::Book(d));
+            }
         }
-        let tickers = span(
-            store,
-            "SELECT COUNT(*), MIN(recv_time_us) / 1000, MAX(recv_time_us) / 1000 FROM tickers \
-             WHERE venue = $1 AND symbol = $2 AND recv_time_us >= $3 * 1000 AND recv_time_us <= $4 * 1000",
-            venue,
-            &symbol,
-            None,
-            q_from,
-            q_to,
-        )
-        .await?;
-        if tickers.0 > 0 {
-            streams.push(("ticker".to_string(), tickers));
+        keys.push(StreamKey::Ticker);
+        for key in keys {
+            let s = store
+                .stream_span(venue, &symbol, &key, q_from, q_to)
+                .await?;
+            // trades are always listed; a ticker only when recorded
+            if key == StreamKey::Ticker && s.0 == 0 {
+                continue;
+            }
+            streams.push((key.name(), s));
         }
         let mut by_stream: BTreeMap<&str, Vec<&Gap>> = BTreeMap::new();
         for g in all_gaps.iter().filter(|g| *g.symbol == *symbol) {
@@ -254,14 +173,7 @@ async fn live(
     from: i64,
     to: i64,
 ) -> Result<(usize, i64), StoreError> {
-    let sql = "SELECT connected_at_us / 1000, disconnected_at_us / 1000 FROM sessions \
-               WHERE venue = $1 AND symbol = $2 ORDER BY connected_at_us";
-    let rows: Vec<(i64, Option<i64>)> = on_pool!(store, p => sqlx::query_as(sql)
-        .bind(venue)
-        .bind(symbol)
-        .fetch_all(p)
-        .await)
-    .map_err(StoreError::sql("coverage sessions"))?;
+    let rows = store.session_spans(venue, symbol).await?;
     let now = now_ms();
     let mut spans: Vec<(i64, i64)> = rows
         .into_iter()
@@ -350,6 +262,62 @@ pub fn render(c: &Coverage) -> String {
 }
 
 /// `mdrec book --json`: the top `depth` levels per side as exact strings.
+/// What can be said of a book at a time.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BookAt {
+    /// Rebuilt from the last full book at or before the time and the deltas after it.
+    Book(crate::model::BookSnapshot),
+    /// No full book stored at or before the time.
+    Missing,
+    /// The book stream broke (updates lost, recorded in `gaps`) after the last full book and
+    /// before the time: no book can be rebuilt there.
+    Broken {
+        snapshot_ms: i64,
+        break_from_ms: i64,
+        break_to_ms: Option<i64>,
+    },
+}
+
+/// The book of `symbol` at exchange time `at_ms` (None: the newest), never rebuilt across
+/// a recorded sequence break.
+pub async fn book_at(
+    store: &Store,
+    venue: &'static str,
+    symbol: &str,
+    depth_step: i16,
+    at_ms: Option<i64>,
+) -> Result<BookAt, StoreError> {
+    let Some(snapshot_ms) = store
+        .snapshot_time(venue, symbol, depth_step, at_ms)
+        .await?
+    else {
+        return Ok(BookAt::Missing);
+    };
+    let stream = StreamKey::Book(depth_step).name();
+    let broken = store
+        .load_gaps(venue, Some(symbol))
+        .await?
+        .into_iter()
+        .find(|g| {
+            g.stream == stream
+                && g.start_ms >= snapshot_ms
+                && at_ms.is_none_or(|at| g.start_ms < at)
+        });
+    if let Some(g) = broken {
+        return Ok(BookAt::Broken {
+            snapshot_ms,
+            break_from_ms: g.start_ms,
+            break_to_ms: g.end_ms,
+        });
+    }
+    Ok(
+        match store.load_book(venue, symbol, depth_step, at_ms).await? {
+            Some(b) => BookAt::Book(b),
+            None => BookAt::Missing,
+        },
+    )
+}
+
 pub fn book_json(b: &crate::model::BookSnapshot, depth: usize) -> serde_json::Value {
     let side = |v: &[(crate::decimal::Dec, crate::decimal::Dec)]| -> Vec<[String; 2]> {
         v.iter()

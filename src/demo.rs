@@ -22,7 +22,7 @@ pub fn demo_config(
     let text = format!(
         r#"
 [venue]
-kind = "cdc-v1"
+kind = "{venue}"
 ws_url = "{ws_url}"
 rest_url = "{rest_url}"
 
@@ -32,8 +32,7 @@ url = "{db_url}"
 [record]
 symbols = [{}]
 trades = true
-klines = ["1min", "5min"]
-depth = "step0"
+{record}
 ticker = true
 # the simulator's clock runs 60x the wall clock, ahead of ours
 max_time_ahead_s = 31536000
@@ -44,7 +43,9 @@ listen = ""
 [writer]
 flush_interval_ms = 200
 "#,
-        symbols.join(", ")
+        symbols.join(", "),
+        venue = sim::VENUE,
+        record = sim::DEMO_RECORD,
     );
     let cfg = Config::parse(&text)?;
     cfg.validate()?;
@@ -88,7 +89,7 @@ pub async fn run(seconds: u64, db_path: &Path, stop: CancellationToken) -> anyho
     }
     writeln!(out, "\nper symbol:")?;
     for (s, generated) in DEMO_SYMBOLS.into_iter().zip(generated) {
-        let trades = store.load_trades(crate::venue::cdc_v1::NAME, s).await?;
+        let trades = store.load_trades(sim::VENUE, s).await?;
         let first = trades.iter().map(|t| t.event_time_ms).min().unwrap_or(0);
         let last = trades.iter().map(|t| t.event_time_ms).max().unwrap_or(0);
         let frames = stats
@@ -107,8 +108,7 @@ pub async fn run(seconds: u64, db_path: &Path, stop: CancellationToken) -> anyho
         "\n(trades before the first subscription come from REST backfill, source = 'rest')\n"
     )?;
     let symbols: Vec<String> = DEMO_SYMBOLS.iter().map(|s| s.to_string()).collect();
-    let cov =
-        crate::coverage::compute(&store, crate::venue::cdc_v1::NAME, &symbols, None, None).await?;
+    let cov = crate::coverage::compute(&store, sim::VENUE, &symbols, None, None).await?;
     out.push_str(&crate::coverage::render(&cov));
     store.close().await;
     Ok(out)

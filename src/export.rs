@@ -17,8 +17,8 @@ use parquet::data_type::{BoolType, ByteArray, ByteArrayType, Int64Type};
 use parquet::file::properties::WriterProperties;
 use parquet::file::writer::SerializedFileWriter;
 
+use crate::model::Table;
 use crate::model::{Kline, Trade};
-use crate::store::read::on_pool;
 use crate::store::{Range, Store, StoreError};
 
 /// Rows read per database round trip.
@@ -44,7 +44,7 @@ pub enum Format {
 pub struct Request {
     pub kind: Kind,
     pub symbol: String,
-    /// Klines only (default `1min`).
+    /// Klines only: the venue's interval name.
     pub interval: String,
     /// `from_ms <= t < to_ms` on exchange time (bars: open time; holes: overlapping).
     pub from_ms: i64,
@@ -170,37 +170,23 @@ fn kline_row(k: Kline) -> Vec<Val> {
 
 /// Rows in the range, for the progress bar.
 pub async fn count(store: &Store, venue: &str, req: &Request) -> Result<u64, StoreError> {
-    let (sql, extra) = match req.kind {
-        Kind::Trades => (
-            "SELECT COUNT(*) FROM trades WHERE venue = $1 AND symbol = $2 \
-             AND event_time_ms >= $3 AND event_time_ms < $4 AND $5 = $5",
-            "",
-        ),
-        Kind::Klines => (
-            "SELECT COUNT(*) FROM klines WHERE venue = $1 AND symbol = $2 \
-             AND open_time_ms >= $3 AND open_time_ms < $4 AND interval = $5",
-            req.interval.as_str(),
-        ),
-        Kind::Book => (
-            "SELECT COUNT(*) FROM book_snapshots WHERE venue = $1 AND symbol = $2 \
-             AND event_time_ms >= $3 AND event_time_ms < $4 AND $5 = $5",
-            "",
-        ),
+    let table = match req.kind {
+        Kind::Trades => Table::Trades,
+        Kind::Klines => Table::Klines,
+        Kind::Book => Table::BookSnapshots,
         Kind::Gaps => return Ok(0),
     };
-    let n: i64 = on_pool!(store, p => sqlx::query_scalar(sql)
-        .bind(venue)
-        .bind(&req.symbol)
-        .bind(req.from_ms)
-        .bind(req.to_ms)
-        .bind(extra)
-        .fetch_one(p)
-        .await)
-    .map_err(StoreError::sql("count rows to export"))?;
-    Ok(n.max(0) as u64)
+    store
+        .rows_between(
+            table,
+            venue,
+            &req.symbol,
+            &req.interval,
+            req.from_ms,
+            req.to_ms,
+        )
+        .await
 }
-
-type BookRow = (i64, i64, i64, String, String);
 
 /// Reads the export page after `after`; returns the rows and the next keyset position.
 async fn page(
@@ -231,22 +217,17 @@ async fn page(
         Kind::Book => {
             // one depth step at a time (`after` = (step, receive time)): the key's order,
             // so every page is an index seek
-            let sql = "SELECT recv_time_us, event_time_ms, CAST(depth_step AS BIGINT), \
-                       CAST(bids AS TEXT), CAST(asks AS TEXT) FROM book_snapshots \
-                       WHERE venue = $1 AND symbol = $2 AND depth_step = $3 \
-                       AND recv_time_us > $4 AND event_time_ms >= $5 AND event_time_ms < $6 \
-                       ORDER BY recv_time_us LIMIT $7";
-            let rows: Vec<BookRow> = on_pool!(store, p => sqlx::query_as(sql)
-                .bind(venue)
-                .bind(&req.symbol)
-                .bind(after.0 as i16)
-                .bind(after.1)
-                .bind(req.from_ms)
-                .bind(req.to_ms)
-                .bind(PAGE)
-                .fetch_all(p)
-                .await)
-            .map_err(StoreError::sql("select book_snapshots"))?;
+            let rows = store
+                .book_rows_page(
+                    venue,
+                    &req.symbol,
+                    after.0 as i16,
+                    after.1,
+                    req.from_ms,
+                    req.to_ms,
+                    PAGE,
+                )
+                .await?;
             let next = rows.last().map(|r| (after.0, r.0));
             let rows = rows
                 .into_iter()
@@ -438,14 +419,7 @@ pub async fn export(
     };
     // books are paged per depth step; everything else in one pass
     let starts: Vec<(i64, i64)> = if req.kind == Kind::Book {
-        let sql = "SELECT DISTINCT CAST(depth_step AS BIGINT) FROM book_snapshots \
-                   WHERE venue = $1 AND symbol = $2 ORDER BY 1";
-        let steps: Vec<i64> = on_pool!(store, p => sqlx::query_scalar(sql)
-            .bind(venue)
-            .bind(&req.symbol)
-            .fetch_all(p)
-            .await)
-        .map_err(StoreError::sql("select depth steps"))?;
+        let steps = store.stored_depth_steps(venue, &req.symbol).await?;
         steps.into_iter().map(|s| (s, i64::MIN)).collect()
     } else {
         vec![(i64::MIN, i64::MIN)]

@@ -13,5 +13,6 @@ pub mod ops;
 pub mod recorder;
 pub mod runtime;
 pub mod sim;
+pub mod stats;
 pub mod store;
 pub mod venue;

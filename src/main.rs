@@ -90,9 +90,9 @@ enum Cmd {
         kind: mdrec::export::Kind,
         #[arg(long)]
         symbol: String,
-        /// Bar interval (klines only).
-        #[arg(long, default_value = "1min")]
-        interval: String,
+        /// Bar interval (klines only); default: the first of `[record] klines`.
+        #[arg(long)]
+        interval: Option<String>,
         /// Start (inclusive), exchange time: RFC 3339 or epoch ms (default: the beginning).
         #[arg(long, value_parser = mdrec::coverage::parse_time)]
         from: Option<i64>,
@@ -296,6 +296,9 @@ async fn run(cmd: Cmd, config: Option<Config>) -> anyhow::Result<()> {
         } => {
             let config = config.context("no configuration")?;
             let (store, venue) = open_store(&config).await?;
+            let interval = interval
+                .or_else(|| config.record.klines().first().cloned())
+                .unwrap_or_default();
             let req = mdrec::export::Request {
                 kind,
                 symbol,
@@ -334,10 +337,24 @@ async fn run(cmd: Cmd, config: Option<Config>) -> anyhow::Result<()> {
         } => {
             let config = config.context("no configuration")?;
             let (store, venue) = open_store(&config).await?;
-            let book = store.load_book(venue, &symbol, step, at).await?;
+            let book = mdrec::coverage::book_at(&store, venue, &symbol, step, at).await?;
             store.close().await;
-            let Some(book) = book else {
-                anyhow::bail!("no {symbol} book stored at or before that time (step {step})");
+            let book = match book {
+                mdrec::coverage::BookAt::Book(b) => b,
+                mdrec::coverage::BookAt::Missing => {
+                    anyhow::bail!("no {symbol} book stored at or before that time (step {step})")
+                }
+                mdrec::coverage::BookAt::Broken {
+                    snapshot_ms,
+                    break_from_ms,
+                    ..
+                } => anyhow::bail!(
+                    "the {symbol} book (step {step}) lost updates after {} (recorded in gaps), \
+                     after its last full book at {}: it cannot be rebuilt at that time; the \
+                     next full book after the break makes it whole again",
+                    mdrec::coverage::format_time(break_from_ms),
+                    mdrec::coverage::format_time(snapshot_ms)
+                ),
             };
             if json {
                 println!(

@@ -74,12 +74,20 @@ impl Source {
     }
 }
 
+/// A trade as a position in its stream: exchange time and the venue's id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TradeMark {
+    pub time_ms: i64,
+    pub trade_id: i64,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Trade {
     #[serde(deserialize_with = "venue_name")]
     pub venue: &'static str,
     pub symbol: Arc<str>,
-    /// The venue's id; negative when the venue sent none (see `venue::cdc_v1::synthetic_trade_id`).
+    /// The venue's id; negative when the venue sent none (synthesized by the venue's normalizer
+    /// from the trade's content, so a replay dedupes).
     pub trade_id: i64,
     pub side: Side,
     pub price: Dec,
@@ -95,7 +103,7 @@ pub struct Kline {
     #[serde(deserialize_with = "venue_name")]
     pub venue: &'static str,
     pub symbol: Arc<str>,
-    /// The venue's own interval name as configured (`1min`, `60min`, `1day`).
+    /// The venue's own interval name as configured ([`Interval::name`]).
     pub interval: Arc<str>,
     pub open_time_ms: i64,
     pub open: Dec,
@@ -141,6 +149,12 @@ pub struct BookDelta {
     pub price: Dec,
     /// Zero removes the level.
     pub qty: Dec,
+    /// The venue's number for the update this change belongs to (None: the venue numbers none).
+    #[serde(default)]
+    pub update_id: Option<i64>,
+    /// The update it follows; a break in the chain means updates were lost.
+    #[serde(default)]
+    pub prev_update_id: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -224,7 +238,7 @@ pub struct Gap {
     #[serde(deserialize_with = "venue_name")]
     pub venue: &'static str,
     pub symbol: Arc<str>,
-    /// `trades` or `kline_<interval>`.
+    /// [`StreamKey::name`]: `trades`, `kline_<interval>`, `book_<depth_step>`.
     pub stream: String,
     pub start_ms: i64,
     pub end_ms: Option<i64>,
@@ -243,6 +257,58 @@ impl Gap {
     }
 }
 
+/// The schema's tables: the one list batches, writer counters, row counts and metrics
+/// walk (a match over it does not compile while a table is left out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Table {
+    Markets,
+    Trades,
+    Klines,
+    BookSnapshots,
+    BookDeltas,
+    Tickers,
+    Sessions,
+    Gaps,
+    RejectedRows,
+}
+
+impl Table {
+    /// Every table, in schema order.
+    pub const ALL: [Table; 9] = [
+        Table::Markets,
+        Table::Trades,
+        Table::Klines,
+        Table::BookSnapshots,
+        Table::BookDeltas,
+        Table::Tickers,
+        Table::Sessions,
+        Table::Gaps,
+        Table::RejectedRows,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Table::Markets => "markets",
+            Table::Trades => "trades",
+            Table::Klines => "klines",
+            Table::BookSnapshots => "book_snapshots",
+            Table::BookDeltas => "book_deltas",
+            Table::Tickers => "tickers",
+            Table::Sessions => "sessions",
+            Table::Gaps => "gaps",
+            Table::RejectedRows => "rejected_rows",
+        }
+    }
+
+    /// Position in [`Table::ALL`] (for per-table counters).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+// a table added to the enum but not to `ALL` stops the build
+const _: () = assert!(Table::ALL.len() == Table::RejectedRows as usize + 1);
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(bound(deserialize = "'de: 'static"))]
 pub enum Event {
@@ -256,39 +322,66 @@ pub enum Event {
     Gap(Gap),
 }
 
-/// Which subscribed stream an event belongs to (venue-neutral), for per-channel liveness.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// One stream of a symbol (venue-neutral): what is subscribed, watched for liveness, named
+/// in `gaps.stream`, coverage and metrics. Names are made and read only here.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum StreamKey {
     Trades,
+    /// Bars of one interval, by the venue's name for it.
     Kline(Arc<str>),
+    /// The book kept at one `depth_step` (the venue's book variant: an aggregation step, a
+    /// depth).
     Book(i16),
     Ticker,
 }
 
 impl StreamKey {
-    /// The stream's name in gap rows and metrics: `trades`, `kline_1min`, `book_step0`, `ticker`.
+    /// The stream's name: `trades`, `kline_<interval>`, `book_<depth_step>`, `ticker`.
     pub fn name(&self) -> String {
         match self {
             StreamKey::Trades => "trades".into(),
             StreamKey::Kline(iv) => format!("kline_{iv}"),
-            StreamKey::Book(step) => format!("book_step{step}"),
+            StreamKey::Book(step) => format!("book_{step}"),
             StreamKey::Ticker => "ticker".into(),
+        }
+    }
+
+    /// Reads a name [`StreamKey::name`] made.
+    pub fn parse(name: &str) -> Option<StreamKey> {
+        Some(match name {
+            "trades" => StreamKey::Trades,
+            "ticker" => StreamKey::Ticker,
+            _ => {
+                if let Some(iv) = name.strip_prefix("kline_").filter(|s| !s.is_empty()) {
+                    StreamKey::Kline(Arc::from(iv))
+                } else {
+                    StreamKey::Book(name.strip_prefix("book_")?.parse().ok()?)
+                }
+            }
+        })
+    }
+
+    /// The interval of a kline stream.
+    pub fn interval(&self) -> Option<&Arc<str>> {
+        match self {
+            StreamKey::Kline(iv) => Some(iv),
+            _ => None,
         }
     }
 }
 
 impl Event {
     /// The table this event becomes a row of.
-    pub fn table(&self) -> &'static str {
+    pub fn table(&self) -> Table {
         match self {
-            Event::Trade(_) => "trades",
-            Event::Kline(_) => "klines",
-            Event::BookSnapshot(_) => "book_snapshots",
-            Event::BookDelta(_) => "book_deltas",
-            Event::Ticker(_) => "tickers",
-            Event::Session(_) => "sessions",
-            Event::Market(_) => "markets",
-            Event::Gap(_) => "gaps",
+            Event::Trade(_) => Table::Trades,
+            Event::Kline(_) => Table::Klines,
+            Event::BookSnapshot(_) => Table::BookSnapshots,
+            Event::BookDelta(_) => Table::BookDeltas,
+            Event::Ticker(_) => Table::Tickers,
+            Event::Session(_) => Table::Sessions,
+            Event::Market(_) => Table::Markets,
+            Event::Gap(_) => Table::Gaps,
         }
     }
 
@@ -318,18 +411,41 @@ impl Event {
     }
 }
 
-/// Length of a kline interval whose bars sit on a fixed grid (None for `1month`: calendar).
-pub fn interval_ms(interval: &str) -> Option<i64> {
-    Some(match interval {
-        "1min" => 60_000,
-        "5min" => 300_000,
-        "15min" => 900_000,
-        "30min" => 1_800_000,
-        "60min" => 3_600_000,
-        "1day" => 86_400_000,
-        "1week" => 604_800_000,
-        _ => return None,
-    })
+/// How long a kline bar lasts: a fixed length (bars on a grid from the epoch) or a calendar
+/// period (no fixed grid: months have different lengths, weeks may start on a weekday).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Span {
+    Fixed {
+        ms: i64,
+    },
+    /// Calendar months, starting on the 1st at 00:00 UTC.
+    Months(u32),
+    /// Calendar weeks, starting on Monday at 00:00 UTC.
+    Weeks(u32),
+}
+
+/// A kline interval: the venue's own name (stored as `interval`) and what it means.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Interval {
+    pub name: Arc<str>,
+    pub span: Span,
+}
+
+impl Interval {
+    pub fn fixed(name: &str, ms: i64) -> Interval {
+        Interval {
+            name: Arc::from(name),
+            span: Span::Fixed { ms },
+        }
+    }
+
+    /// The grid step when bars sit on a fixed grid (None for calendar periods).
+    pub fn fixed_ms(&self) -> Option<i64> {
+        match self.span {
+            Span::Fixed { ms } if ms > 0 => Some(ms),
+            _ => None,
+        }
+    }
 }
 
 /// Longest free text (close reasons, gap details, listing names) stored, in bytes.
@@ -390,6 +506,30 @@ pub fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_table_list_is_in_index_order() {
+        for (i, t) in Table::ALL.iter().enumerate() {
+            assert_eq!(t.index(), i, "{t:?}");
+        }
+    }
+
+    #[test]
+    fn stream_names_read_back() {
+        for k in [
+            StreamKey::Trades,
+            StreamKey::Ticker,
+            StreamKey::Kline(Arc::from("1h")),
+            StreamKey::Kline(Arc::from("kline_x")),
+            StreamKey::Book(0),
+            StreamKey::Book(50),
+        ] {
+            assert_eq!(StreamKey::parse(&k.name()), Some(k));
+        }
+        for bad in ["", "kline_", "book_", "book_x", "trade", "book_99999"] {
+            assert_eq!(StreamKey::parse(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn safe_text_replaces_nul_and_controls_and_caps_length() {

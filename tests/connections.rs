@@ -9,21 +9,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::venue::TestVenue;
 use common::{PgDb, recorder_config, sqlite_db, stored_equals_ledger, wait_for};
-use mdrec::config::RecordConfig;
-use mdrec::model::{Kline, Market, StreamKey, Trade};
 use mdrec::sim::{self, SimConfig};
 use mdrec::store::Store;
-use mdrec::venue::cdc_v1::CdcV1;
-use mdrec::venue::{ConnectionPlan, SocketLimits, Subscription, Venue, VenueSession};
+use mdrec::venue::{SocketLimits, Venue};
 use tokio_util::sync::CancellationToken;
 
 const SYMBOLS: [&str; 5] = ["btcusdt", "ethusdt", "hpxusdt", "solusdt", "xrpusdt"];
 /// trades, 2 kline intervals, depth, ticker
 const STREAMS_PER_SYMBOL: usize = 5;
-
-/// v1 on the wire, but three symbols to a socket, 40 frames a second, 100 ms after connecting.
-struct Multiplexed;
 
 const LIMITS: SocketLimits = SocketLimits {
     symbols: 3,
@@ -32,64 +27,11 @@ const LIMITS: SocketLimits = SocketLimits {
     settle: Duration::from_millis(100),
 };
 
-impl Venue for Multiplexed {
-    fn name(&self) -> &'static str {
-        CdcV1.name()
-    }
-    fn streams(&self, symbol: &str, record: &RecordConfig) -> Vec<StreamKey> {
-        CdcV1.streams(symbol, record)
-    }
-    fn socket_limits(&self) -> SocketLimits {
-        LIMITS
-    }
-    fn subscribe_frames(&self, conn: &ConnectionPlan, record: &RecordConfig) -> Vec<Subscription> {
-        CdcV1.subscribe_frames(conn, record)
-    }
-    fn markets_path(&self) -> &'static str {
-        CdcV1.markets_path()
-    }
-    fn parse_markets(&self, body: &str, now_ms: i64) -> Result<Vec<Market>, String> {
-        CdcV1.parse_markets(body, now_ms)
-    }
-    fn recent_trades_path(&self, symbol: &str) -> String {
-        CdcV1.recent_trades_path(symbol)
-    }
-    fn parse_recent_trades(
-        &self,
-        body: &str,
-        symbol: &Arc<str>,
-        recv: i64,
-    ) -> Result<Vec<Trade>, String> {
-        CdcV1.parse_recent_trades(body, symbol, recv)
-    }
-    fn recent_trades_limit(&self) -> usize {
-        CdcV1.recent_trades_limit()
-    }
-    fn klines_path(&self, symbol: &str, interval: &str) -> Option<String> {
-        CdcV1.klines_path(symbol, interval)
-    }
-    fn parse_klines(
-        &self,
-        body: &str,
-        symbol: &Arc<str>,
-        interval: &Arc<str>,
-        recv: i64,
-    ) -> Result<Vec<Kline>, String> {
-        CdcV1.parse_klines(body, symbol, interval, recv)
-    }
-    fn kline_history_request(&self, symbol: &str, interval: &str, since_ms: i64) -> Option<String> {
-        CdcV1.kline_history_request(symbol, interval, since_ms)
-    }
-    fn rules(&self) -> mdrec::venue::validate::Rules {
-        CdcV1.rules()
-    }
-    fn session(
-        &self,
-        symbols: &[Arc<str>],
-        max_frame_bytes: usize,
-        rules: mdrec::venue::validate::Rules,
-    ) -> Box<dyn VenueSession> {
-        CdcV1.session(symbols, max_frame_bytes, rules)
+/// v1 on the wire, but three symbols to a socket, 40 frames a second, 100 ms after connecting.
+fn multiplexed() -> TestVenue {
+    TestVenue {
+        limits: Some(LIMITS),
+        ..TestVenue::default()
     }
 }
 
@@ -114,7 +56,7 @@ fn by_session(rows: &[(String, String, Option<String>)]) -> BTreeMap<String, BTr
 }
 
 async fn several_symbols_per_connection(db_url: &str) {
-    let plan = Multiplexed.plan(
+    let plan = multiplexed().plan(
         &SYMBOLS.map(Arc::<str>::from),
         &recorder_config("ws://x", "http://x", db_url, &SYMBOLS, "").record,
     );
@@ -146,7 +88,7 @@ async fn several_symbols_per_connection(db_url: &str) {
     );
     let stop = CancellationToken::new();
     common::init_log();
-    let (_, stats, tasks) = mdrec::recorder::start(cfg, Arc::new(Multiplexed), stop.clone())
+    let (_, stats, tasks) = mdrec::recorder::start(cfg, Arc::new(multiplexed()), stop.clone())
         .await
         .expect("recorder starts");
     assert_eq!(stats.connections, 2);

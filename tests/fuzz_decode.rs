@@ -159,15 +159,24 @@ proptest! {
         let sym: Arc<str> = Arc::from("btcusdt");
         let iv: Arc<str> = Arc::from("1min");
         let _ = v.parse_markets(&body, 1);
-        let _ = v.parse_recent_trades(&body, &sym, RECV_US);
-        let _ = v.parse_klines(&body, &sym, &iv, RECV_US);
+        let mut history = v.trade_history(&sym, None);
+        let _ = history.next_request();
+        let _ = history.take(&body, RECV_US);
+        if let Some(mut bars) = v.kline_history(&sym, &iv, Some(0)) {
+            let _ = bars.next_request();
+            let _ = bars.take_rest(&body, RECV_US);
+            let _ = bars.next_request();
+            bars.take_socket(&[]);
+            let _ = bars.answered();
+        }
         let items: Vec<String> = trades
             .into_iter()
             .enumerate()
             .map(|(i, (p, a, t, s))| format!(r#"{{"id":{i},"price":{p},"amount":{a},"ctime":{t},"side":{s}}}"#))
             .collect();
         let reply = format!(r#"{{"code":"0","msg":"suc","data":[{}]}}"#, items.join(","));
-        let _ = v.parse_recent_trades(&reply, &sym, RECV_US);
+        let _ = history.take(&reply, RECV_US);
+        let _ = history.reach(None);
     }
 }
 

@@ -183,7 +183,10 @@ async fn poison_is_isolated(url: &str) {
         stats.rejected_rows.load(Ordering::Relaxed),
         bad.len() as u64
     );
-    assert_eq!(stats.trades.load(Ordering::Relaxed), good.len() as u64);
+    assert_eq!(
+        stats.rows_of(mdrec::model::Table::Trades),
+        good.len() as u64
+    );
     assert_eq!(
         stats.spooled_rows.load(Ordering::Relaxed),
         0,

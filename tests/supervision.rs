@@ -7,94 +7,34 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use common::venue::TestVenue;
 use common::{recorder_config, sqlite_db, wait_for};
-use mdrec::config::RecordConfig;
-use mdrec::model::{Event, Market, StreamKey};
+use mdrec::model::Event;
 use mdrec::sim::{self, SimConfig};
 use mdrec::store::Store;
-use mdrec::venue::cdc_v1::CdcV1;
-use mdrec::venue::{
-    ConnectionPlan, DecodeError, Frame, Reaction, SocketLimits, Subscription, Venue, VenueSession,
-};
+use mdrec::venue::{DecodeError, Frame, Reaction, VenueSession};
 use tokio_util::sync::CancellationToken;
 
 /// v1, except: btcusdt's first subscription panics (kills the worker task), and ethusdt's
 /// decoder panics once on a book snapshot.
-struct Faulty {
-    subscribe_armed: AtomicBool,
-    decoder_armed: Arc<AtomicBool>,
-}
-
-impl Venue for Faulty {
-    fn name(&self) -> &'static str {
-        CdcV1.name()
-    }
-    fn streams(&self, symbol: &str, record: &RecordConfig) -> Vec<StreamKey> {
-        CdcV1.streams(symbol, record)
-    }
-    fn socket_limits(&self) -> SocketLimits {
-        CdcV1.socket_limits()
-    }
-    fn subscribe_frames(&self, conn: &ConnectionPlan, record: &RecordConfig) -> Vec<Subscription> {
-        if conn.symbols.iter().any(|s| &**s == "btcusdt")
-            && self.subscribe_armed.swap(false, Ordering::SeqCst)
-        {
-            panic!("injected worker panic");
-        }
-        CdcV1.subscribe_frames(conn, record)
-    }
-    fn markets_path(&self) -> &'static str {
-        CdcV1.markets_path()
-    }
-    fn parse_markets(&self, body: &str, now_ms: i64) -> Result<Vec<Market>, String> {
-        CdcV1.parse_markets(body, now_ms)
-    }
-    fn recent_trades_path(&self, symbol: &str) -> String {
-        CdcV1.recent_trades_path(symbol)
-    }
-    fn parse_recent_trades(
-        &self,
-        body: &str,
-        symbol: &Arc<str>,
-        recv: i64,
-    ) -> Result<Vec<mdrec::model::Trade>, String> {
-        CdcV1.parse_recent_trades(body, symbol, recv)
-    }
-    fn recent_trades_limit(&self) -> usize {
-        CdcV1.recent_trades_limit()
-    }
-    fn klines_path(&self, symbol: &str, interval: &str) -> Option<String> {
-        CdcV1.klines_path(symbol, interval)
-    }
-    fn parse_klines(
-        &self,
-        body: &str,
-        symbol: &Arc<str>,
-        interval: &Arc<str>,
-        recv: i64,
-    ) -> Result<Vec<mdrec::model::Kline>, String> {
-        CdcV1.parse_klines(body, symbol, interval, recv)
-    }
-    fn kline_history_request(&self, symbol: &str, interval: &str, since_ms: i64) -> Option<String> {
-        CdcV1.kline_history_request(symbol, interval, since_ms)
-    }
-    fn rules(&self) -> mdrec::venue::validate::Rules {
-        CdcV1.rules()
-    }
-    fn session(
-        &self,
-        symbols: &[Arc<str>],
-        max_frame_bytes: usize,
-        rules: mdrec::venue::validate::Rules,
-    ) -> Box<dyn VenueSession> {
-        let armed = symbols
-            .iter()
-            .any(|s| &**s == "ethusdt")
-            .then(|| self.decoder_armed.clone());
-        Box::new(FaultySession {
-            inner: CdcV1.session(symbols, max_frame_bytes, rules),
-            armed,
-        })
+fn faulty(decoder_armed: Arc<AtomicBool>) -> TestVenue {
+    let subscribe_armed = AtomicBool::new(true);
+    TestVenue {
+        on_subscribe: Some(Box::new(move |conn| {
+            if conn.symbols.iter().any(|s| &**s == "btcusdt")
+                && subscribe_armed.swap(false, Ordering::SeqCst)
+            {
+                panic!("injected worker panic");
+            }
+        })),
+        wrap_session: Some(Box::new(move |symbols, inner| {
+            let armed = symbols
+                .iter()
+                .any(|s| &**s == "ethusdt")
+                .then(|| decoder_armed.clone());
+            Box::new(FaultySession { inner, armed })
+        })),
+        ..TestVenue::default()
     }
 }
 
@@ -142,10 +82,7 @@ async fn panics_are_isolated_per_symbol_and_per_frame() {
         "[connection]\nreconnect_initial_ms = 50",
     );
     let decoder_armed = Arc::new(AtomicBool::new(true));
-    let venue = Arc::new(Faulty {
-        subscribe_armed: AtomicBool::new(true),
-        decoder_armed: decoder_armed.clone(),
-    });
+    let venue = Arc::new(faulty(decoder_armed.clone()));
     let stop = CancellationToken::new();
     let recorder = tokio::spawn(mdrec::recorder::run_with(cfg, venue, stop.clone()));
     wait_for(

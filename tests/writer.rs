@@ -121,5 +121,5 @@ async fn flushes_the_rest_on_shutdown() {
     drop(tx); // all senders gone: the writer drains and returns
     task.await.unwrap();
     assert_eq!(count(&store).await, 4);
-    assert_eq!(stats.trades.load(std::sync::atomic::Ordering::Relaxed), 4);
+    assert_eq!(stats.rows_of(mdrec::model::Table::Trades), 4);
 }

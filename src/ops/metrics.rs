@@ -21,9 +21,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::model::now_ms;
-use crate::recorder::RunStats;
+use crate::stats::RunStats;
 use crate::store::Store;
-use crate::store::read::on_pool;
 
 static META: Metadata<'static> = Metadata::new("mdrec", Level::INFO, Some("mdrec::ops::metrics"));
 
@@ -35,7 +34,7 @@ const WRITE_SECONDS_BUCKETS: [f64; 12] = [
 ];
 
 /// Name, unit, help: every metric this module exports.
-const DESCRIPTIONS: [(&str, Option<Unit>, &str); 31] = [
+const DESCRIPTIONS: [(&str, Option<Unit>, &str); 32] = [
     (
         "mdrec_frames_received_total",
         None,
@@ -139,6 +138,11 @@ const DESCRIPTIONS: [(&str, Option<Unit>, &str); 31] = [
         "mdrec_trade_id_resets_total",
         None,
         "Times a symbol's trade ids went backwards on newer trades (the venue renumbered), per symbol.",
+    ),
+    (
+        "mdrec_book_breaks_total",
+        None,
+        "Times a book stream's update sequence broke (updates lost; recorded in gaps and re-synced), per symbol.",
     ),
     (
         "mdrec_clock_skew_total",
@@ -271,6 +275,7 @@ impl Exporter {
             }
             c("mdrec_clock_skew_total", &s, load(&w.clock_skew));
             c("mdrec_trade_id_resets_total", &s, load(&w.id_resets));
+            c("mdrec_book_breaks_total", &s, load(&w.book_breaks));
             let channels: Vec<_> = crate::runtime::lock(&w.channels)
                 .iter()
                 .map(|(k, v)| (k.name(), *v))
@@ -298,17 +303,16 @@ impl Exporter {
         }
         let wr = &stats.writer;
         let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-        for (table, n) in [
-            ("trades", &wr.trades),
-            ("klines", &wr.klines),
-            ("book_snapshots", &wr.book_snapshots),
-            ("book_deltas", &wr.book_deltas),
-            ("tickers", &wr.tickers),
-            ("sessions", &wr.sessions),
-            ("markets", &wr.markets),
-            ("gaps", &wr.gaps),
-        ] {
-            c("mdrec_rows_written_total", &[("table", table)], load(n));
+        // rejected rows are counted by reason below
+        for t in crate::model::Table::ALL
+            .into_iter()
+            .filter(|t| *t != crate::model::Table::RejectedRows)
+        {
+            c(
+                "mdrec_rows_written_total",
+                &[("table", t.as_str())],
+                load(&wr.rows[t.index()]),
+            );
         }
         for class in crate::store::ErrorClass::ALL {
             c(
@@ -375,11 +379,7 @@ impl Exporter {
         }
         // gaps by status: the table is small and indexed by its key; a slow database must
         // not hold the scrape
-        let sql = "SELECT status, COUNT(*) FROM gaps GROUP BY status";
-        let counts = tokio::time::timeout(Duration::from_secs(1), async {
-            on_pool!(store, p => sqlx::query_as::<_, (String, i64)>(sql).fetch_all(p).await)
-        })
-        .await;
+        let counts = tokio::time::timeout(Duration::from_secs(1), store.gap_counts()).await;
         if let Ok(Ok(rows)) = counts {
             for status in ["open", "filled", "unrecoverable"] {
                 let n = rows.iter().find(|r| r.0 == status).map_or(0, |r| r.1);

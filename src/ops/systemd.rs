@@ -10,7 +10,7 @@ use sd_notify::NotifyState;
 use tokio_util::sync::CancellationToken;
 
 use crate::model::now_ms;
-use crate::recorder::RunStats;
+use crate::stats::RunStats;
 
 fn send(states: &[NotifyState]) {
     if let Err(e) = sd_notify::notify(states) {

@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -20,35 +20,17 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use super::marks::{HoleCheck, Marks, Reason, is_after, mark_of};
+use super::marks::{HoleCheck, Marks, Reason, mark_of};
 use super::rest::RestClient;
 use crate::config::Config;
 use crate::coverage::format_time;
-use crate::model::{Event, Gap, GapStatus, Kline, interval_ms, now_ms, now_us};
+use crate::model::{Event, Gap, GapStatus, Kline, StreamKey, now_ms, now_us};
 use crate::runtime::stagger::Stagger;
 use crate::store::Store;
 use crate::store::read::TradeMark;
-use crate::venue::{Frame, Venue};
+use crate::venue::{FetchError, Frame, HistoryRequest, Reach, Venue};
 
-#[derive(Debug, Default)]
-pub struct BackfillStats {
-    /// Holes checked (one per check, whatever it covered).
-    pub runs: AtomicU64,
-    /// Checks that failed (REST or history unreachable) and were put back for later.
-    pub failures: AtomicU64,
-    /// Trades fetched over REST and handed to the writer (most are duplicates of stored ones).
-    pub trades_fetched: AtomicU64,
-    /// Trades inside holes, i.e. not delivered by any socket.
-    pub trades_recovered: AtomicU64,
-    /// Final bars written for holes (from REST or websocket history).
-    pub bars_recovered: AtomicU64,
-    /// Websocket history requests made because REST did not reach back far enough.
-    pub history_requests: AtomicU64,
-    pub gaps_filled: AtomicU64,
-    pub gaps_unrecoverable: AtomicU64,
-    /// REST and history rows dropped by the venue's validation, per `Invalid::KINDS` entry.
-    pub invalid_by_kind: [AtomicU64; 5],
-}
+pub use crate::stats::BackfillStats;
 
 pub struct Backfill {
     pub venue: Arc<dyn Venue>,
@@ -77,8 +59,10 @@ struct WriterGone;
 
 enum Failed {
     Writer(WriterGone),
-    /// REST or history failed: retry the check later.
-    Source(String),
+    /// REST or history failed: retry the check later (soon when the error is retryable).
+    Source(FetchError),
+    /// Reading the database failed (the audit's and hints' reads): retry later.
+    Store(String),
 }
 
 impl From<WriterGone> for Failed {
@@ -111,9 +95,6 @@ fn first_problem(rows: &[(i64, bool)], len: i64, known: &[(i64, i64)]) -> Option
     }
     None
 }
-
-/// Websocket history pages one kline check asks for at most (a page is up to 300 bars on v1).
-const MAX_HISTORY_PAGES: usize = 200;
 
 /// Slots of a kline hole the venue did not answer for.
 #[derive(Debug, PartialEq, Eq)]
@@ -227,9 +208,30 @@ pub async fn run(b: Backfill, mut requests: mpsc::UnboundedReceiver<HoleCheck>) 
             Err(Failed::Source(e)) => {
                 b.stats.failures.fetch_add(1, Ordering::Relaxed);
                 let n = attempts.remove(&check.symbol).unwrap_or(0);
+                // a venue's "no" (a 4xx, a refusal it does not call busy, a body it should
+                // not send) will not change soon: ask again, but rarely
+                let mut wait = if e.retryable() {
+                    RETRY_FIRST.saturating_mul(1 << n.min(10)).min(RETRY_MAX)
+                } else {
+                    RETRY_MAX
+                };
+                if let FetchError::RateLimited {
+                    retry_after: Some(after),
+                } = &e
+                {
+                    wait = wait.max(*after);
+                }
+                tracing::warn!(symbol = %check.symbol, kind = e.kind(), retryable = e.retryable(),
+                    error = %e, retry_in_s = wait.as_secs(),
+                    "backfill failed; the hole stays open and the socket keeps recording");
+                retries.push((Instant::now() + wait, n + 1, check));
+            }
+            Err(Failed::Store(e)) => {
+                b.stats.failures.fetch_add(1, Ordering::Relaxed);
+                let n = attempts.remove(&check.symbol).unwrap_or(0);
                 let wait = RETRY_FIRST.saturating_mul(1 << n.min(10)).min(RETRY_MAX);
                 tracing::warn!(symbol = %check.symbol, error = %e, retry_in_s = wait.as_secs(),
-                    "backfill failed; the hole stays open and the socket keeps recording");
+                    "backfill could not read the database; the hole stays open");
                 retries.push((Instant::now() + wait, n + 1, check));
             }
         }
@@ -278,7 +280,10 @@ impl Backfill {
     }
 
     fn marks(&self, symbol: &Arc<str>) -> Arc<Marks> {
-        self.marks.get(symbol).cloned().unwrap_or_default()
+        self.marks
+            .get(symbol)
+            .cloned()
+            .unwrap_or_else(|| Arc::new(Marks::new(self.venue.trade_ids())))
     }
 
     async fn send(&self, ev: Event) -> Result<(), WriterGone> {
@@ -322,7 +327,7 @@ impl Backfill {
             self.trades(c).await?;
         }
         for (iv, from) in &c.bars {
-            if record.klines.iter().any(|k| k.as_str() == &**iv) {
+            if record.klines().iter().any(|k| k.as_str() == &**iv) {
                 self.klines(c, iv, *from).await?;
             }
         }
@@ -331,24 +336,24 @@ impl Backfill {
 
     async fn trades(&self, c: &HoleCheck) -> Result<(), Failed> {
         let marks = self.marks(&c.symbol);
-        let body = self
-            .rest
-            .get(&self.venue.recent_trades_path(&c.symbol))
-            .await
-            .map_err(|e| Failed::Source(format!("recent trades: {e}")))?;
-        let path = self.venue.recent_trades_path(&c.symbol);
-        let got = self
-            .venue
-            .parse_recent_trades(&body, &c.symbol, now_us())
-            .map_err(|e| {
+        let ids = self.venue.trade_ids();
+        let mut history = self.venue.trade_history(&c.symbol, c.trade);
+        let mut got = Vec::new();
+        while let Some(path) = history.next_request() {
+            let body = self
+                .rest
+                .get(&path)
+                .await
+                .map_err(|e| Failed::Source(e.context("trades")))?;
+            let page = history.take(&body, now_us()).map_err(|e| {
                 self.rest.stats.outcome(&path, "bad_body");
-                Failed::Source(format!("recent trades: {e}"))
+                Failed::Source(e.context("trades"))
             })?;
+            got.extend(page);
+        }
         self.stats
             .trades_fetched
             .fetch_add(got.len() as u64, Ordering::Relaxed);
-        // counted before validation: a full answer stays full when a row of it is invalid
-        let fetched = got.len();
         let got = self.valid_only(got, Event::Trade, |e| match e {
             Event::Trade(t) => Some(t),
             _ => None,
@@ -357,20 +362,20 @@ impl Backfill {
         let oldest = got
             .iter()
             .map(|g| g.0)
-            .reduce(|a, b| if is_after(a, b) { b } else { a });
+            .reduce(|a, b| if ids.is_after(a, b) { b } else { a });
         let newest = got
             .iter()
             .map(|g| g.0)
-            .reduce(|a, b| if is_after(b, a) { b } else { a });
+            .reduce(|a, b| if ids.is_after(b, a) { b } else { a });
         let until = c
             .trade_until
             .or_else(|| marks.conn_first_trade())
-            .filter(|u| c.trade.is_none_or(|a| is_after(*u, a)));
+            .filter(|u| c.trade.is_none_or(|a| ids.is_after(*u, a)));
         let mut recovered = 0i64;
         for (m, t) in got {
             if let Some(a) = c.trade
-                && is_after(m, a)
-                && until.is_none_or(|u| is_after(u, m))
+                && ids.is_after(m, a)
+                && until.is_none_or(|u| ids.is_after(u, m))
             {
                 recovered += 1;
             }
@@ -389,17 +394,11 @@ impl Backfill {
         let first_after = [oldest, until]
             .into_iter()
             .flatten()
-            .filter(|m| is_after(*m, anchor))
-            .reduce(|a, b| if is_after(a, b) { b } else { a });
-        let complete = oldest.is_none()
-            || oldest.is_some_and(|o| !is_after(o, anchor))
-            || first_after.is_some_and(|f| {
-                // the next id after the anchor: nothing can lie between them
-                anchor.trade_id >= 0 && f.trade_id == anchor.trade_id + 1
-            })
-            // fewer than the venue's limit: that is every trade it still has
-            || fetched < self.venue.recent_trades_limit();
-        let mut g = self.gap(c, "trades", anchor.time_ms);
+            .filter(|m| ids.is_after(*m, anchor))
+            .reduce(|a, b| if ids.is_after(a, b) { b } else { a });
+        let reach = history.reach(until);
+        let complete = reach == Reach::Anchor;
+        let mut g = self.gap(c, &StreamKey::Trades.name(), anchor.time_ms);
         g.resolved_at_ms = Some(now_ms());
         g.rows_recovered = recovered;
         if complete {
@@ -429,13 +428,15 @@ impl Backfill {
             }
             g.status = GapStatus::Unrecoverable;
             g.end_ms = Some(first.time_ms);
+            let why = match &reach {
+                Reach::Short { why } => why.as_str(),
+                Reach::Anchor => "beyond the venue's history",
+            };
             g.detail = Some(format!(
-                "{}: trades after id {} up to id {} are older than the venue's last {} trades; \
-                 {recovered} recovered after them",
+                "{}: trades after id {} up to id {} are {why}; {recovered} recovered after them",
                 c.reason.as_str(),
                 anchor.trade_id,
                 first.trade_id,
-                self.venue.recent_trades_limit()
             ));
         }
         self.resolved(c, g).await?;
@@ -448,33 +449,54 @@ impl Backfill {
         iv: &Arc<str>,
         need_from: Option<i64>,
     ) -> Result<(), Failed> {
-        let Some(path) = self.venue.klines_path(&c.symbol, iv) else {
+        let Some(mut history) = self.venue.kline_history(&c.symbol, iv, need_from) else {
             return Ok(());
         };
-        let body = self
-            .rest
-            .get(&path)
-            .await
-            .map_err(|e| Failed::Source(format!("{iv} bars: {e}")))?;
-        let bars = self
-            .venue
-            .parse_klines(&body, &c.symbol, iv, now_us())
-            .map_err(|e| {
-                self.rest.stats.outcome(&path, "bad_body");
-                Failed::Source(format!("{iv} bars: {e}"))
-            })?;
-        let mut bars = self.valid_only(bars, Event::Kline, |e| match e {
-            Event::Kline(k) => Some(k),
-            _ => None,
-        });
+        // in answer order: a later answer's version of a bar replaces an earlier one's (the
+        // venue's socket history carries the quote volume REST lacks)
+        let mut all: BTreeMap<i64, Kline> = BTreeMap::new();
+        while let Some(req) = history.next_request() {
+            let bars = match req {
+                HistoryRequest::Rest(path) => {
+                    let body = self
+                        .rest
+                        .get(&path)
+                        .await
+                        .map_err(|e| Failed::Source(e.context(&format!("{iv} bars"))))?;
+                    let bars = history.take_rest(&body, now_us()).map_err(|e| {
+                        self.rest.stats.outcome(&path, "bad_body");
+                        Failed::Source(e.context(&format!("{iv} bars")))
+                    })?;
+                    self.valid_only(bars, Event::Kline, |e| match e {
+                        Event::Kline(k) => Some(k),
+                        _ => None,
+                    })
+                }
+                HistoryRequest::Socket(frame) => {
+                    // decoded (and validated) by the venue's session
+                    let bars = self.socket_history(&c.symbol, iv, frame).await?;
+                    history.take_socket(&bars);
+                    bars
+                }
+            };
+            for k in bars {
+                all.insert(k.open_time_ms, k);
+            }
+        }
         // the newest bar is still forming: stored open (the socket's later pushes replace it,
-        // and a socket that never sees it close leaves it to the audit)
-        let forming = bars.pop();
+        // and a socket that never sees it close leaves it to the audit); the rest are final
+        let forming = all.pop_last().map(|(_, mut k)| {
+            k.closed = false;
+            k
+        });
+        for k in all.values_mut() {
+            k.closed = true;
+        }
         let Some(need_from) = need_from else {
             // nothing recorded yet: the venue's recent bars are history, there is no hole
-            let n = bars.len() as u64;
+            let n = all.len() as u64;
             let forming_open = forming.as_ref().map(|f| f.open_time_ms);
-            for k in bars.into_iter().chain(forming) {
+            for k in all.into_values().chain(forming) {
                 self.send(Event::Kline(k)).await?;
             }
             if let Some(f) = forming_open {
@@ -483,7 +505,7 @@ impl Backfill {
             self.stats.bars_recovered.fetch_add(n, Ordering::Relaxed);
             return Ok(());
         };
-        let stream = format!("kline_{iv}");
+        let stream = StreamKey::Kline(iv.clone()).name();
         let mut g = self.gap(c, &stream, need_from);
         g.resolved_at_ms = Some(now_ms());
         let Some(forming) = forming else {
@@ -495,50 +517,16 @@ impl Backfill {
             return Ok(());
         };
         let current = forming.open_time_ms;
-        let len = interval_ms(iv);
-        // what the venue answered for: every slot from its first bar to its last in one
-        // reply either has a bar or the venue has none there
-        let rest_first = bars.first().map_or(current, |b| b.open_time_ms);
-        let mut answered: Vec<(i64, i64)> = vec![(rest_first, current)];
-        let mut have: BTreeMap<i64, Kline> = bars
-            .into_iter()
-            .filter(|b| b.open_time_ms >= need_from)
-            .map(|b| (b.open_time_ms, b))
-            .collect();
-        if rest_first > need_from && need_from < current {
-            // REST keeps fewer bars than the hole: page the websocket history forward from
-            // the hole's start until it meets REST's window
-            let mut since = need_from;
-            for _ in 0..MAX_HISTORY_PAGES {
-                let page = self.history(&c.symbol, iv, since).await?;
-                let (Some(first), Some(last)) = (
-                    page.first().map(|k| k.open_time_ms),
-                    page.last().map(|k| k.open_time_ms),
-                ) else {
-                    break;
-                };
-                answered.push((first, last));
-                for mut k in page {
-                    if k.open_time_ms >= need_from && k.open_time_ms < current {
-                        k.closed = true;
-                        // websocket history carries the quote volume REST lacks
-                        have.insert(k.open_time_ms, k);
-                    }
-                }
-                let next = last + len.unwrap_or(1);
-                if last >= rest_first || next <= since {
-                    break;
-                }
-                since = next;
-            }
-        }
+        let len = self.venue.interval(iv).and_then(|i| i.fixed_ms());
+        let answered = history.answered();
+        let have: BTreeMap<i64, Kline> = all.split_off(&need_from);
         let missing = missing_slots(need_from, current, len, &have, &answered);
         // a hint counts only bars the database did not hold final
         let held: std::collections::HashSet<i64> = if c.reason.is_hint() {
             self.store
                 .bar_states(self.venue.name(), &c.symbol, iv, need_from, 100_000)
                 .await
-                .map_err(|e| Failed::Source(format!("reading stored {iv} bars: {e}")))?
+                .map_err(|e| Failed::Store(format!("reading stored {iv} bars: {e}")))?
                 .into_iter()
                 .filter_map(|(t, closed)| closed.then_some(t))
                 .collect()
@@ -605,9 +593,9 @@ impl Backfill {
         };
         for symbol in &self.config.record.symbols {
             let symbol: Arc<str> = Arc::from(symbol.as_str());
-            for iv in &self.config.record.klines {
-                let Some(len) = interval_ms(iv) else {
-                    continue; // calendar months: no fixed grid
+            for iv in self.config.record.klines() {
+                let Some(len) = self.venue.interval(iv).and_then(|i| i.fixed_ms()) else {
+                    continue; // calendar periods: no fixed grid
                 };
                 let iv: Arc<str> = Arc::from(iv.as_str());
                 let key = (symbol.clone(), iv.clone());
@@ -633,7 +621,7 @@ impl Backfill {
                 if rows.is_empty() {
                     continue;
                 }
-                let stream = format!("kline_{iv}");
+                let stream = StreamKey::Kline(iv.clone()).name();
                 let mut known: Vec<(i64, i64)> = gaps
                     .iter()
                     .filter(|g| {
@@ -670,19 +658,18 @@ impl Backfill {
         out
     }
 
-    /// Bars from `since_ms` on, over a short-lived websocket: the venue answers a `req` with
-    /// history REST no longer has.
-    async fn history(
+    /// The bars a venue's history request brings over a short-lived websocket (history REST
+    /// no longer has), decoded by the venue's session.
+    async fn socket_history(
         &self,
         symbol: &Arc<str>,
         iv: &Arc<str>,
-        since_ms: i64,
+        req: String,
     ) -> Result<Vec<Kline>, Failed> {
-        let Some(req) = self.venue.kline_history_request(symbol, iv, since_ms) else {
-            return Ok(Vec::new());
-        };
         self.stats.history_requests.fetch_add(1, Ordering::Relaxed);
-        let fail = |e: String| Failed::Source(format!("{iv} history over websocket: {e}"));
+        let what = format!("{iv} history over websocket");
+        let fail = |e: String| Failed::Source(FetchError::Transport(format!("{what}: {e}")));
+        let bad = |e: String| Failed::Source(FetchError::BadBody(format!("{what}: {e}")));
         let c = &self.config.connection;
         let timeout = Duration::from_secs(self.config.backfill.timeout_s);
         self.stagger.wait().await;
@@ -727,7 +714,7 @@ impl Backfill {
                         let _ = ws.send(Message::text(reply)).await;
                     }
                 }
-                Err(e) => break Err(fail(e.to_string())),
+                Err(e) => break Err(bad(e.to_string())),
             }
             let mut got: Vec<Kline> = out
                 .drain(..)

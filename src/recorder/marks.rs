@@ -6,10 +6,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::model::{Event, Gap, GapStatus, Trade, now_ms};
+use crate::model::{Event, Gap, GapStatus, StreamKey, Trade, now_ms};
 use crate::store::Store;
 use crate::store::read::TradeMark;
-use crate::venue::Venue;
+use crate::venue::{TradeIds, Venue};
 
 /// Why a hole is being checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,11 +93,11 @@ impl HoleCheck {
         if record.trades
             && let Some(a) = self.trade
         {
-            out.push(self.row(venue, "trades", a.time_ms));
+            out.push(self.row(venue, &StreamKey::Trades.name(), a.time_ms));
         }
         for (iv, from) in &self.bars {
             if let Some(from) = from {
-                out.push(self.row(venue, &format!("kline_{iv}"), *from));
+                out.push(self.row(venue, &StreamKey::Kline(iv.clone()).name(), *from));
             }
         }
         out
@@ -158,9 +158,11 @@ pub struct Seen {
 }
 
 /// One symbol's marks.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Marks {
     inner: Mutex<Inner>,
+    /// What the venue's trade ids promise (order, consecutiveness).
+    ids: TradeIds,
 }
 
 /// A trade as a mark.
@@ -171,16 +173,15 @@ pub fn mark_of(t: &Trade) -> TradeMark {
     }
 }
 
-/// Whether `t` comes after `m` in the stream: by id where both are venue ids, else by time.
-pub fn is_after(t: TradeMark, m: TradeMark) -> bool {
-    if t.trade_id >= 0 && m.trade_id >= 0 {
-        t.trade_id > m.trade_id
-    } else {
-        (t.time_ms, t.trade_id) > (m.time_ms, m.trade_id)
-    }
-}
-
 impl Marks {
+    /// Nothing known yet.
+    pub fn new(ids: TradeIds) -> Marks {
+        Marks {
+            inner: Mutex::default(),
+            ids,
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -225,6 +226,7 @@ impl Marks {
                     // a smaller id on a strictly newer trade: the venue renumbered (an older
                     // trade delivered late has a smaller id and an older time)
                     if let Some(prev) = m.last_trade
+                        && self.ids != TradeIds::Unordered
                         && prev.trade_id >= 0
                         && mark.trade_id >= 0
                         && mark.trade_id < prev.trade_id
@@ -236,7 +238,9 @@ impl Marks {
                         m.conn_first_trade.get_or_insert(mark);
                         continue;
                     }
+                    // a skipped id is a missed trade only where ids are consecutive
                     if let (Some(prev), Some(_)) = (m.last_trade, m.conn_first_trade)
+                        && self.ids == TradeIds::Consecutive
                         && prev.trade_id >= 0
                         && mark.trade_id > prev.trade_id + 1
                         && jump.is_none()
@@ -253,7 +257,7 @@ impl Marks {
                         });
                     }
                     m.conn_first_trade.get_or_insert(mark);
-                    if m.last_trade.is_none_or(|l| is_after(mark, l)) {
+                    if m.last_trade.is_none_or(|l| self.ids.is_after(mark, l)) {
                         m.last_trade = Some(mark);
                     }
                 }
@@ -310,7 +314,7 @@ impl Marks {
     /// Moves the trade mark past trades fetched over REST.
     pub fn saw_rest_trade(&self, t: TradeMark) {
         let mut m = self.lock();
-        if m.last_trade.is_none_or(|l| is_after(t, l)) {
+        if m.last_trade.is_none_or(|l| self.ids.is_after(t, l)) {
             m.last_trade = Some(t);
         }
     }
@@ -331,7 +335,6 @@ pub async fn load(
     venue: &dyn Venue,
     symbols: &[String],
     intervals: &[String],
-    interval_ms: impl Fn(&str) -> Option<i64>,
 ) -> Result<Loaded, crate::store::StoreError> {
     let mut marks = HashMap::new();
     let mut checks = Vec::new();
@@ -343,7 +346,8 @@ pub async fn load(
         };
         for iv in intervals {
             let stored = store.last_bar(venue.name(), s, iv).await?;
-            let need = stored.map(|(open, closed)| match (closed, interval_ms(iv)) {
+            let len = venue.interval(iv).and_then(|i| i.fixed_ms());
+            let need = stored.map(|(open, closed)| match (closed, len) {
                 (true, Some(len)) => open + len,
                 _ => open,
             });
@@ -353,6 +357,7 @@ pub async fn load(
             symbol.clone(),
             Arc::new(Marks {
                 inner: Mutex::new(inner),
+                ids: venue.trade_ids(),
             }),
         );
         for g in store.load_gaps(venue.name(), Some(s)).await? {
@@ -369,7 +374,8 @@ pub async fn load(
                 row_start: Some(g.start_ms),
                 recorded: true,
             };
-            if g.stream == "trades" {
+            let stream = StreamKey::parse(&g.stream);
+            if stream == Some(StreamKey::Trades) {
                 // the hole lies between the trade it was anchored on and the next one stored
                 let Some(anchor) = store.last_trade(venue.name(), s, Some(g.start_ms)).await?
                 else {
@@ -377,10 +383,10 @@ pub async fn load(
                 };
                 c.trade = Some(anchor);
                 c.trade_until = store.next_trade(venue.name(), s, anchor).await?;
-            } else if let Some(iv) = g.stream.strip_prefix("kline_")
-                && intervals.iter().any(|i| i == iv)
+            } else if let Some(iv) = stream.as_ref().and_then(|k| k.interval())
+                && intervals.iter().any(|i| **i == **iv)
             {
-                c.bars.push((Arc::from(iv), Some(g.start_ms)));
+                c.bars.push((iv.clone(), Some(g.start_ms)));
             } else {
                 continue;
             }

@@ -8,7 +8,6 @@ pub mod marks;
 pub mod rest;
 pub mod worker;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,43 +17,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, redact_url};
-use crate::runtime::deadline;
 use crate::runtime::stagger::Stagger;
-use crate::store::writer::{self, WriterStats};
+use crate::store::writer;
 use crate::store::{ErrorClass, Store};
 use crate::venue::{Venue, venue_for};
 use worker::{Worker, WorkerStats};
 
-/// Counters of a run, for the demo summary, tests and (later) metrics.
-#[derive(Debug, Default)]
-pub struct RunStats {
-    pub writer: Arc<WriterStats>,
-    pub workers: BTreeMap<String, Arc<WorkerStats>>,
-    pub backfill: Arc<backfill::BackfillStats>,
-    /// The REST client's counters (market listing and backfill).
-    pub rest: Option<Arc<rest::RestStats>>,
-    /// Worker supervisors still running (one per connection until shutdown).
-    pub supervisors_alive: Arc<std::sync::atomic::AtomicUsize>,
-    /// Connections the venue's plan asked for (one worker each).
-    pub connections: usize,
-    /// Observes the writer's queue without keeping it open.
-    queue: Option<mpsc::WeakSender<crate::model::Event>>,
-    /// Where `/metrics` and `/healthz` are served (unset: `[metrics] listen` is empty).
-    pub metrics_addr: std::sync::OnceLock<std::net::SocketAddr>,
-    /// The shutdown deadline of this run.
-    pub deadline: Arc<deadline::Deadline>,
-}
-
-impl RunStats {
-    /// Events waiting in the writer's queue now.
-    pub fn queue_depth(&self) -> usize {
-        self.queue
-            .as_ref()
-            .and_then(|w| w.upgrade())
-            .map(|tx| tx.max_capacity() - tx.capacity())
-            .unwrap_or(0)
-    }
-}
+pub use crate::stats::RunStats;
 
 /// Runs until `shutdown` is cancelled, then drains and returns. Errors only at start-up.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<Arc<RunStats>> {
@@ -237,7 +206,12 @@ pub async fn start(
             .record
             .symbols
             .iter()
-            .map(|s| (Arc::from(s.as_str()), Arc::new(marks::Marks::default())))
+            .map(|s| {
+                (
+                    Arc::from(s.as_str()),
+                    Arc::new(marks::Marks::new(venue.trade_ids())),
+                )
+            })
             .collect();
         (Some(spool), marks, Vec::new(), Some((gate, ready_rx)))
     };
@@ -315,7 +289,10 @@ pub async fn start(
                 worker::Feed {
                     symbol: s.clone(),
                     stats: ws,
-                    marks: marks.get(s).cloned().unwrap_or_default(),
+                    marks: marks
+                        .get(s)
+                        .cloned()
+                        .unwrap_or_else(|| Arc::new(marks::Marks::new(venue.trade_ids()))),
                 }
             })
             .collect();
@@ -391,14 +368,7 @@ async fn stored_marks(
     venue: &dyn Venue,
     config: &Config,
 ) -> Result<marks::Loaded, crate::store::StoreError> {
-    marks::load(
-        store,
-        venue,
-        &config.record.symbols,
-        &config.record.klines,
-        crate::model::interval_ms,
-    )
-    .await
+    marks::load(store, venue, &config.record.symbols, config.record.klines()).await
 }
 
 /// Once a database that did not answer at start-up does (the writer migrated it and replayed

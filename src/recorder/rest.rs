@@ -2,36 +2,15 @@
 //! non-JSON error bodies reported (never parsed as data). A failure is returned, never panics.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::config::BackfillConfig;
 use crate::runtime::backoff::ReconnectPolicy;
 use crate::runtime::stagger::Stagger;
+use crate::venue::FetchError;
 
-#[derive(Debug, Default)]
-pub struct RestStats {
-    pub requests: AtomicU64,
-    pub ok: AtomicU64,
-    pub throttled: AtomicU64,
-    pub failed: AtomicU64,
-    /// Attempts per (endpoint path, outcome): ok, throttled, http_error, transport_error,
-    /// bad_body (a 200 whose body was an error envelope or malformed).
-    pub by_endpoint: std::sync::Mutex<std::collections::BTreeMap<(String, &'static str), u64>>,
-}
-
-impl RestStats {
-    /// Counts one attempt's outcome for `path` (its query string dropped).
-    pub fn outcome(&self, path: &str, outcome: &'static str) {
-        let endpoint = path.split('?').next().unwrap_or(path).to_string();
-        *self
-            .by_endpoint
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry((endpoint, outcome))
-            .or_insert(0) += 1;
-    }
-}
+pub use crate::stats::RestStats;
 
 pub struct RestClient {
     http: reqwest::Client,
@@ -58,14 +37,14 @@ impl RestClient {
     }
 
     /// GET `path`, retrying 429s (after Retry-After, else backoff), 5xx and transport errors.
-    pub async fn get(&self, path: &str) -> Result<String, String> {
+    pub async fn get(&self, path: &str) -> Result<String, FetchError> {
         let url = format!("{}{path}", self.base);
         let mut delays = ReconnectPolicy {
             initial: Duration::from_millis(500),
             cap: Duration::from_secs(30),
         }
         .delays(None);
-        let mut last = String::new();
+        let mut last = FetchError::Transport("no attempt made".into());
         for attempt in 1..=self.attempts {
             self.budget.wait().await;
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
@@ -85,12 +64,23 @@ impl RestClient {
                             return Ok(body);
                         }
                         Ok(body) => {
-                            let snippet: String = body.chars().take(80).collect();
-                            last = format!("HTTP {status}: {snippet}");
+                            last = FetchError::Http {
+                                status: status.as_u16(),
+                                snippet: body.chars().take(80).collect(),
+                            };
                         }
-                        Err(e) => last = format!("HTTP {status}, body unreadable: {e}"),
+                        Err(e) if status.is_success() => {
+                            last = FetchError::Transport(format!("body unreadable: {e}"));
+                        }
+                        Err(e) => {
+                            last = FetchError::Http {
+                                status: status.as_u16(),
+                                snippet: format!("body unreadable: {e}"),
+                            };
+                        }
                     }
                     if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+                        last = FetchError::RateLimited { retry_after };
                         self.stats.throttled.fetch_add(1, Ordering::Relaxed);
                         self.stats.outcome(path, "throttled");
                         retry_after
@@ -108,7 +98,7 @@ impl RestClient {
                 }
                 Err(e) => {
                     self.stats.outcome(path, "transport_error");
-                    last = e.to_string();
+                    last = FetchError::Transport(e.to_string());
                     delays.next().unwrap_or(Duration::from_secs(30))
                 }
             };

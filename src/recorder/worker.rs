@@ -3,9 +3,9 @@
 //! to its symbol's marks and counters, hand events to the writer, reconnect with backoff
 //! when the socket drops or goes silent.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -22,50 +22,7 @@ use crate::runtime::backoff::ReconnectPolicy;
 use crate::runtime::stagger::Stagger;
 use crate::venue::{ConnectionPlan, DecodeError, Frame, Subscription, Venue, VenueSession};
 
-/// Counters of one symbol; shared so tests, the demo and metrics can read them. What happens
-/// to a connection (connects, reconnects, skipped frames) counts for every symbol it carries.
-#[derive(Debug, Default)]
-pub struct WorkerStats {
-    pub frames: AtomicU64,
-    pub events: AtomicU64,
-    /// Trades among `events` (what the database must end up holding, duplicates aside).
-    pub trades: AtomicU64,
-    pub decode_errors: AtomicU64,
-    /// Skipped frames per `DecodeError::KINDS` entry.
-    pub decode_errors_by_kind: [AtomicU64; 5],
-    /// Messages dropped by the venue's validation, per `validate::Invalid::KINDS` entry.
-    pub invalid_by_kind: [AtomicU64; 5],
-    /// Rows kept though the venue's clock was further than `clock_skew_s` from ours.
-    pub clock_skew: AtomicU64,
-    /// Times the venue's trade ids went backwards (renumbered).
-    pub id_resets: AtomicU64,
-    pub connects: AtomicU64,
-    pub pings_answered: AtomicU64,
-    /// Times the supervisor restarted this worker after a panic.
-    pub restarts: AtomicU64,
-    /// Subscriptions sent again because their channel fell silent.
-    pub resubscribes: AtomicU64,
-    /// Full books not stored because they equal the previous one (`depth_dedupe`).
-    pub books_deduped: AtomicU64,
-    /// Wall-clock ms of the last frame that carried market data (0: none yet).
-    pub last_data_ms: std::sync::atomic::AtomicI64,
-    /// Per stream: messages (events) received and when the last one came.
-    pub channels: std::sync::Mutex<HashMap<StreamKey, ChannelStats>>,
-    /// Connections that ended (or never opened) and were retried, by reason class.
-    pub reconnects: std::sync::Mutex<BTreeMap<&'static str, u64>>,
-}
-
-#[derive(Debug, Clone, Copy)]
-pub struct ChannelStats {
-    pub messages: u64,
-    pub last: Instant,
-}
-
-impl WorkerStats {
-    fn reconnect(&self, class: &'static str) {
-        *lock(&self.reconnects).entry(class).or_insert(0) += 1;
-    }
-}
+pub use crate::stats::{ChannelStats, WorkerStats};
 
 /// A close reason as a short label for metrics.
 pub fn reason_class(reason: &str) -> &'static str {
@@ -349,12 +306,14 @@ impl Worker {
                 Some(Ok(m)) => m,
             };
             match reader.handle(self, &msg).await {
-                Handled::Continue(Some(reply)) => {
-                    if let Err(e) = ws.send(Message::text(reply)).await {
-                        reason = format!("send failed: {e}");
+                Handled::Continue(replies) => {
+                    for reply in replies {
+                        if let Err(e) = ws.send(Message::text(reply)).await {
+                            reason = format!("send failed: {e}");
+                            break;
+                        }
                     }
                 }
-                Handled::Continue(None) => {}
                 Handled::Closed(r) => reason = r,
                 Handled::WriterGone => {
                     writer_gone = true;
@@ -505,7 +464,8 @@ impl Reader {
 }
 
 enum Handled {
-    Continue(Option<String>),
+    /// Frames to send back (a pong, re-sync requests).
+    Continue(Vec<String>),
     Closed(String),
     WriterGone,
 }
@@ -552,7 +512,7 @@ impl Reader {
                 });
             }
             // tungstenite answers websocket pings itself
-            _ => return Handled::Continue(None),
+            _ => return Handled::Continue(Vec::new()),
         };
         for i in std::mem::take(&mut self.to_check) {
             // the symbol is live and subscribed: its data from now on arrives here, the hole
@@ -582,7 +542,8 @@ impl Reader {
             self.events.clear();
             Err(DecodeError::Panic(panic_message(p.as_ref())))
         });
-        let reply = match decoded {
+        let mut send = Vec::new();
+        match decoded {
             Ok(reaction) => {
                 if self.error_burst > 1 {
                     tracing::warn!(connection = %w.plan.name, skipped = self.error_burst, "burst of bad frames ended");
@@ -594,7 +555,13 @@ impl Reader {
                     });
                 }
                 self.tally(w, &reaction.findings);
-                reaction.reply
+                send.extend(reaction.reply);
+                for b in reaction.breaks {
+                    match self.book_break(w, b).await {
+                        Ok(frames) => send.extend(frames),
+                        Err(gone) => return gone,
+                    }
+                }
             }
             Err(e) => {
                 w.each(|s| {
@@ -606,15 +573,14 @@ impl Reader {
                 if self.error_burst == 1 {
                     tracing::warn!(connection = %w.plan.name, kind = e.kind(), error = %e, "frame skipped");
                 }
-                None
             }
-        };
+        }
         if self.events.is_empty() {
             // a heartbeat, an ack, a skipped frame: a frame on every symbol's socket
             w.each(|s| {
                 s.frames.fetch_add(1, Ordering::Relaxed);
             });
-            return Handled::Continue(reply);
+            return Handled::Continue(send);
         }
         self.fresh = true;
         if w.feeds.len() == 1 {
@@ -654,7 +620,59 @@ impl Reader {
                 }
             }
         }
-        Handled::Continue(reply)
+        Handled::Continue(send)
+    }
+
+    /// A book stream lost updates: the stretch goes on record as an unrecoverable hole of
+    /// that stream (books cannot be fetched back), and the frames that re-sync it are
+    /// returned (the venue's, else the stream's subscription again).
+    async fn book_break(
+        &mut self,
+        w: &Worker,
+        b: crate::venue::BookBreak,
+    ) -> Result<Vec<String>, Handled> {
+        let Some(&i) = w.index.get(&b.symbol) else {
+            return Ok(Vec::new());
+        };
+        let feed = &w.feeds[i];
+        feed.stats.book_breaks.fetch_add(1, Ordering::Relaxed);
+        let key = StreamKey::Book(b.depth_step);
+        tracing::warn!(symbol = %b.symbol, stream = %key.name(), detail = %b.detail,
+            "book updates lost: recorded as a hole, re-syncing the book");
+        let now = crate::model::now_ms();
+        let gap = crate::model::Gap {
+            venue: w.venue.name(),
+            symbol: feed.symbol.clone(),
+            stream: key.name(),
+            start_ms: b.last_ms,
+            end_ms: Some(b.at_ms.max(b.last_ms)),
+            status: crate::model::GapStatus::Unrecoverable,
+            detected_at_ms: now,
+            resolved_at_ms: Some(now),
+            rows_recovered: 0,
+            detail: Some(format!(
+                "book sequence break: {}; the book is whole again from the next snapshot",
+                b.detail
+            )),
+        };
+        if w.tx.send(Event::Gap(gap)).await.is_err() {
+            return Err(Handled::WriterGone);
+        }
+        // the snapshot that re-syncs is stored even if it equals the last one
+        self.last_books.remove(&(i, b.depth_step));
+        if !b.resync.is_empty() {
+            return Ok(b.resync);
+        }
+        let mut frames: Vec<String> = Vec::new();
+        for c in self.channels.iter().filter(|c| c.feed == i && c.key == key) {
+            if !frames.contains(&c.frame) {
+                frames.push(c.frame.clone());
+            }
+        }
+        feed.stats
+            .resubscribes
+            .fetch_add(frames.len() as u64, Ordering::Relaxed);
+        Ok(frames)
     }
 
     /// One symbol's events of a frame: counters, marks, hole hints, then the writer.

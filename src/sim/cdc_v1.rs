@@ -17,10 +17,29 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::market::{Bar, INTERVALS, SimTrade, merge_book};
+use super::market::{Bar, SimTrade, merge_book};
 use super::{Compression, DepthMode, Hostile, NumberStyle, SimConfig, State, Update, lock};
 use crate::model::{BookSide, Side};
 use crate::venue::cdc_v1::channel::{Channel, Stream};
+
+/// The venue this personality speaks.
+pub const VENUE: &str = crate::venue::cdc_v1::NAME;
+
+/// v1's intervals with the lengths bars are built on (`1month` as 30 days: the simulator
+/// keeps a fixed grid).
+pub const INTERVALS: &[(&str, i64)] = &[
+    ("1min", 60_000),
+    ("5min", 300_000),
+    ("15min", 900_000),
+    ("30min", 1_800_000),
+    ("60min", 3_600_000),
+    ("1day", 86_400_000),
+    ("1week", 604_800_000),
+    ("1month", 2_592_000_000),
+];
+
+/// What `mdrec demo` records from this personality, besides trades and tickers.
+pub const DEMO_RECORD: &str = "klines = [\"1min\", \"5min\"]\ndepth = \"step0\"";
 
 pub struct Server {
     pub config: SimConfig,
@@ -38,6 +57,15 @@ pub struct Server {
     pub tasks: TaskTracker,
     /// `/v1/trades` requests answered so far (for the 429 switch).
     pub trade_requests: std::sync::atomic::AtomicU32,
+}
+
+/// Serves this personality's websocket and REST APIs on the listeners, as tasks of the
+/// simulator.
+pub fn serve(server: Server, ws: TcpListener, rest: TcpListener) {
+    let server = Arc::new(server);
+    let tasks = server.tasks.clone();
+    tasks.spawn(serve_ws(server.clone(), ws));
+    tasks.spawn(serve_rest(server, rest));
 }
 
 pub async fn serve_ws(server: Arc<Server>, listener: TcpListener) {

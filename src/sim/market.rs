@@ -7,17 +7,9 @@ use rust_decimal::Decimal;
 
 use crate::model::{BookSide, Side};
 
-/// Interval names and lengths the simulator builds bars for.
-pub const INTERVALS: [(&str, i64); 8] = [
-    ("1min", 60_000),
-    ("5min", 300_000),
-    ("15min", 900_000),
-    ("30min", 1_800_000),
-    ("60min", 3_600_000),
-    ("1day", 86_400_000),
-    ("1week", 604_800_000),
-    ("1month", 2_592_000_000),
-];
+/// Kline intervals a market builds bars for: the venue's names and lengths (the simulator's
+/// venue personality gives them).
+pub type Intervals = &'static [(&'static str, i64)];
 
 /// Price and quantity levels, best first.
 pub type SimLevels = Vec<(Decimal, Decimal)>;
@@ -115,13 +107,14 @@ pub struct Market {
     bids: BTreeMap<i64, i64>,
     asks: BTreeMap<i64, i64>,
     pub bars: HashMap<&'static str, BTreeMap<i64, Bar>>,
+    intervals: Intervals,
     pub trades: Vec<SimTrade>,
     pub ticker: Option<TickerStats>,
     last_price: Decimal,
 }
 
 impl Market {
-    pub fn new(spec: MarketSpec, seed: u64) -> Market {
+    pub fn new(spec: MarketSpec, seed: u64, intervals: Intervals) -> Market {
         let mut rng = fastrand::Rng::with_seed(seed);
         let mid = spec.start_price_ticks;
         let mut bids = BTreeMap::new();
@@ -144,6 +137,7 @@ impl Market {
             bids,
             asks,
             bars: HashMap::new(),
+            intervals,
             trades: Vec::new(),
             ticker: None,
             last_price,
@@ -182,7 +176,7 @@ impl Market {
 
     /// Opens the bars containing `now_ms` (so quiet periods have zero-volume bars).
     pub fn roll_bars(&mut self, now_ms: i64, out: &mut StepOutput) {
-        for (name, len) in INTERVALS {
+        for &(name, len) in self.intervals {
             let start = now_ms - now_ms.rem_euclid(len);
             let series = self.bars.entry(name).or_default();
             if let std::collections::btree_map::Entry::Vacant(slot) = series.entry(start) {
@@ -263,7 +257,7 @@ impl Market {
     }
 
     fn apply_trade_to_bars(&mut self, t: &SimTrade, out: &mut StepOutput) {
-        for (name, len) in INTERVALS {
+        for &(name, len) in self.intervals {
             let start = t.time_ms - t.time_ms.rem_euclid(len);
             let series = self.bars.entry(name).or_default();
             let bar = series.entry(start).or_insert_with(|| Bar {
@@ -449,8 +443,8 @@ mod tests {
     #[test]
     fn deterministic_and_consistent() {
         let spec = MarketSpec::for_symbol("btcusdt");
-        let mut a = Market::new(spec.clone(), 7);
-        let mut b = Market::new(spec, 7);
+        let mut a = Market::new(spec.clone(), 7, crate::sim::INTERVALS);
+        let mut b = Market::new(spec, 7, crate::sim::INTERVALS);
         for i in 0..500 {
             let t = 1_700_000_000_000 + i * 1000;
             a.step(t);
@@ -471,7 +465,7 @@ mod tests {
 
     #[test]
     fn high_precision_market_has_long_amounts() {
-        let mut m = Market::new(MarketSpec::for_symbol("hpxusdt"), 3);
+        let mut m = Market::new(MarketSpec::for_symbol("hpxusdt"), 3, crate::sim::INTERVALS);
         for i in 0..50 {
             m.step(1_700_000_000_000 + i);
         }

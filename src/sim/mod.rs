@@ -1,11 +1,16 @@
 //! The exchange simulator: a deterministic market per symbol, served over loopback with the
-//! venue's own protocol (`cdc_v1`: gzip websocket frames and REST), plus a ledger of everything
+//! venue's own protocol (its personality module: websocket frames and REST), plus a ledger of everything
 //! it generated and delivered, which tests compare with the database.
 //!
 //! The market steps on a timer whether or not anyone listens. Simulated time runs `speed`
 //! times faster than the wall clock so that bars of several intervals complete in a short run.
 
 pub mod cdc_v1;
+
+/// The simulator's venue personality (the one line naming it): the venue it speaks, its
+/// intervals, what the demo records from it, its servers.
+pub use cdc_v1 as personality;
+pub use personality::{DEMO_RECORD, INTERVALS, VENUE};
 pub mod market;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -72,7 +77,7 @@ pub struct SimConfig {
     /// Bars per interval `/v1/klines` answers with (the newest ones).
     pub rest_kline_limit: usize,
     /// How many of the newest bars a websocket `req` can reach (live servers keep about an
-    /// hour of 1min bars); None: all.
+    /// hour of one-minute bars); None: all.
     pub history_kline_limit: Option<usize>,
     /// Bars one websocket `req` with `since` answers with at most (v1 documents 300).
     pub history_page: usize,
@@ -415,7 +420,10 @@ pub async fn start(config: SimConfig) -> std::io::Result<SimHandle> {
     let mut markets = BTreeMap::new();
     for (i, s) in config.symbols.iter().enumerate() {
         let seed = config.seed.wrapping_mul(1_000_003).wrapping_add(i as u64);
-        markets.insert(s.clone(), Market::new(MarketSpec::for_symbol(s), seed));
+        markets.insert(
+            s.clone(),
+            Market::new(MarketSpec::for_symbol(s), seed, INTERVALS),
+        );
     }
     let state = Arc::new(Mutex::new(State {
         markets,
@@ -454,26 +462,28 @@ pub async fn start(config: SimConfig) -> std::io::Result<SimHandle> {
     let (hostile, _) = broadcast::channel(64);
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
-    tasks.spawn(market_loop(
+    tasks.spawn(run_market(
         state.clone(),
         config.clone(),
         running_rx,
         updates.clone(),
         cancel.clone(),
     ));
-    let server = Arc::new(cdc_v1::Server {
-        config: config.clone(),
-        state: state.clone(),
-        updates,
-        kick: kick.clone(),
-        muted: muted.clone(),
-        hostile: hostile.clone(),
-        cancel: cancel.clone(),
-        tasks: tasks.clone(),
-        trade_requests: Default::default(),
-    });
-    tasks.spawn(cdc_v1::serve_ws(server.clone(), ws_listener));
-    tasks.spawn(cdc_v1::serve_rest(server, rest_listener));
+    personality::serve(
+        personality::Server {
+            config: config.clone(),
+            state: state.clone(),
+            updates,
+            kick: kick.clone(),
+            muted: muted.clone(),
+            hostile: hostile.clone(),
+            cancel: cancel.clone(),
+            tasks: tasks.clone(),
+            trade_requests: Default::default(),
+        },
+        ws_listener,
+        rest_listener,
+    );
     Ok(SimHandle {
         ws_addr,
         rest_addr,
@@ -488,7 +498,7 @@ pub async fn start(config: SimConfig) -> std::io::Result<SimHandle> {
     })
 }
 
-async fn market_loop(
+async fn run_market(
     state: Arc<Mutex<State>>,
     config: SimConfig,
     mut running: watch::Receiver<bool>,

@@ -8,7 +8,9 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
-use crate::model::{BookDelta, BookSnapshot, Event, Gap, Kline, Market, Session, Ticker, Trade};
+use crate::model::{
+    BookDelta, BookSnapshot, Event, Gap, Kline, Market, Session, Table, Ticker, Trade,
+};
 
 #[derive(Debug, Default)]
 pub struct Batch {
@@ -28,6 +30,23 @@ pub struct Batch {
     pub markets: Vec<Market>,
     pub gaps: Vec<Gap>,
     gap_index: HashMap<(Arc<str>, String, i64), usize>,
+}
+
+impl Batch {
+    /// Rows waiting for `table` (rejected rows are made by the writer, never batched).
+    pub fn len_of(&self, table: Table) -> usize {
+        match table {
+            Table::Markets => self.markets.len(),
+            Table::Trades => self.trades.len(),
+            Table::Klines => self.klines.len(),
+            Table::BookSnapshots => self.snapshots.len(),
+            Table::BookDeltas => self.deltas.len(),
+            Table::Tickers => self.tickers.len(),
+            Table::Sessions => self.sessions.len(),
+            Table::Gaps => self.gaps.len(),
+            Table::RejectedRows => 0,
+        }
+    }
 }
 
 /// Free text that can come from the network is made safe before it becomes a row (also

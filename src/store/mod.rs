@@ -4,6 +4,7 @@
 //! batch, a trade seen on both WS and REST, or two recorders on the same symbols store one row.
 
 pub mod batch;
+pub mod figures;
 pub mod postgres;
 pub mod read;
 pub mod spool;
@@ -196,7 +197,7 @@ impl Rejected {
         Rejected {
             venue: venue.to_string(),
             symbol: crate::model::safe_text(symbol, crate::model::MAX_TEXT_BYTES).into_owned(),
-            kind: ev.table().to_string(),
+            kind: ev.table().as_str().to_string(),
             reason: "data_error".into(),
             error: Some(crate::model::safe_text(error, 2048).into_owned()),
             row_json: event_json(ev),
@@ -299,19 +300,6 @@ pub enum Store {
     Postgres(postgres::PgStore),
 }
 
-/// Row counts per table, in schema order.
-pub const TABLES: [&str; 9] = [
-    "markets",
-    "trades",
-    "klines",
-    "book_snapshots",
-    "book_deltas",
-    "tickers",
-    "sessions",
-    "gaps",
-    "rejected_rows",
-];
-
 impl Store {
     pub async fn connect(url: &str) -> Result<Store, StoreError> {
         if url.starts_with("sqlite:") {
@@ -354,7 +342,7 @@ impl Store {
 
     pub async fn table_counts(&self) -> Result<Vec<(&'static str, i64)>, StoreError> {
         let mut out = Vec::new();
-        for t in TABLES {
+        for t in crate::model::Table::ALL.map(|t| t.as_str()) {
             let sql = format!("SELECT COUNT(*) FROM {t}");
             let n: i64 = match self {
                 Store::Sqlite(s) => sqlx::query_scalar(&sql).fetch_one(s.pool()).await,

@@ -201,9 +201,11 @@ impl PgStore {
         if !batch.deltas.is_empty() {
             let d = &batch.deltas;
             sqlx::query::<Postgres>(
-                "INSERT INTO book_deltas (venue, symbol, depth_step, recv_time_us, seq, event_time_ms, side, price, qty) \
+                "INSERT INTO book_deltas (venue, symbol, depth_step, recv_time_us, seq, event_time_ms, side, price, qty, \
+                 update_id, prev_update_id) \
                  SELECT * FROM UNNEST($1::text[], $2::text[], $3::smallint[], $4::bigint[], $5::int[], \
-                 $6::bigint[], $7::text[], $8::text[]::numeric[], $9::text[]::numeric[]) ON CONFLICT DO NOTHING",
+                 $6::bigint[], $7::text[], $8::text[]::numeric[], $9::text[]::numeric[], $10::bigint[], \
+                 $11::bigint[]) ON CONFLICT DO NOTHING",
             )
             .bind(d.iter().map(|x| x.venue).collect::<Vec<_>>())
             .bind(d.iter().map(|x| x.symbol.to_string()).collect::<Vec<_>>())
@@ -214,6 +216,8 @@ impl PgStore {
             .bind(d.iter().map(|x| x.side.as_str()).collect::<Vec<_>>())
             .bind(d.iter().map(|x| text(&x.price)).collect::<Vec<_>>())
             .bind(d.iter().map(|x| text(&x.qty)).collect::<Vec<_>>())
+            .bind(d.iter().map(|x| x.update_id).collect::<Vec<_>>())
+            .bind(d.iter().map(|x| x.prev_update_id).collect::<Vec<_>>())
             .execute(&mut *tx)
             .await
             .map_err(StoreError::sql("insert book_deltas"))?;

@@ -23,12 +23,7 @@ macro_rules! on_pool {
 }
 pub(crate) use on_pool;
 
-/// A trade as a position in the stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct TradeMark {
-    pub time_ms: i64,
-    pub trade_id: i64,
-}
+pub use crate::model::TradeMark;
 
 type GapRow = (
     String,
@@ -128,6 +123,26 @@ impl Store {
             .await)
         .map_err(StoreError::sql("select last bar"))?;
         Ok(row.map(|(t, c)| (t, c != 0)))
+    }
+
+    /// Exchange time of the newest stored full book at or before `at_ms` (None: any).
+    pub async fn snapshot_time(
+        &self,
+        venue: &str,
+        symbol: &str,
+        depth_step: i16,
+        at_ms: Option<i64>,
+    ) -> Result<Option<i64>, StoreError> {
+        let sql = "SELECT MAX(event_time_ms) FROM book_snapshots WHERE venue = $1 AND symbol = $2 \
+                   AND depth_step = $3 AND event_time_ms <= $4";
+        on_pool!(self, p => sqlx::query_scalar::<_, Option<i64>>(sql)
+            .bind(venue)
+            .bind(symbol)
+            .bind(depth_step)
+            .bind(at_ms.unwrap_or(i64::MAX))
+            .fetch_one(p)
+            .await)
+        .map_err(StoreError::sql("select snapshot time"))
     }
 
     /// (open time, final) of the stored bars of a symbol and interval from `from_ms` on,

@@ -238,10 +238,10 @@ impl SqliteStore {
                 .await
                 .map_err(StoreError::sql("insert book_snapshots"))?;
         }
-        for chunk in batch.deltas.chunks(MAX_PARAMS / 10) {
+        for chunk in batch.deltas.chunks(MAX_PARAMS / 12) {
             let mut qb = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO book_deltas (venue, symbol, depth_step, recv_time_us, seq, event_time_ms, \
-                 side, price, qty, exact) ",
+                 side, price, qty, exact, update_id, prev_update_id) ",
             );
             qb.push_values(chunk, |mut b, d| {
                 let mut ex = Exact::default();
@@ -254,7 +254,9 @@ impl SqliteStore {
                     .push_bind(d.side.as_str());
                 bind_dec(&mut b, &mut ex, "price", Some(&d.price));
                 bind_dec(&mut b, &mut ex, "qty", Some(&d.qty));
-                b.push_bind(ex.finish());
+                b.push_bind(ex.finish())
+                    .push_bind(d.update_id)
+                    .push_bind(d.prev_update_id);
             });
             qb.push(" ON CONFLICT DO NOTHING");
             qb.build()

@@ -22,19 +22,15 @@ use tokio::time::Instant;
 use super::spool::Spool;
 use super::{Batch, ErrorClass, Rejected, Store};
 use crate::config::WriterConfig;
-use crate::model::Event;
+use crate::model::{Event, Table};
 use crate::runtime::backoff::ReconnectPolicy;
 
 /// Rows handed to the database, per table (after in-batch merging; duplicates of stored rows
 /// are counted here but not stored twice), and the spool's state.
 #[derive(Debug, Default)]
 pub struct WriterStats {
-    pub trades: AtomicU64,
-    pub klines: AtomicU64,
-    pub book_snapshots: AtomicU64,
-    pub book_deltas: AtomicU64,
-    pub tickers: AtomicU64,
-    pub sessions: AtomicU64,
+    /// Per [`Table::ALL`] entry.
+    pub rows: [AtomicU64; Table::ALL.len()],
     pub flushes: AtomicU64,
     pub flush_errors: AtomicU64,
     /// Failed writes per [`ErrorClass::ALL`] entry.
@@ -57,8 +53,6 @@ pub struct WriterStats {
     pub spool_files: AtomicU64,
     /// Rows lost because at the shutdown deadline neither the database nor the spool took them.
     pub dropped_rows: AtomicU64,
-    pub markets: AtomicU64,
-    pub gaps: AtomicU64,
     /// Wall-clock ms of the writer loop's last turn (the watchdog's progress signal).
     pub heartbeat_ms: std::sync::atomic::AtomicI64,
     /// Wall-clock ms since which database writes fail (0: the last write succeeded).
@@ -68,16 +62,15 @@ pub struct WriterStats {
 }
 
 impl WriterStats {
+    /// Rows handed to the database for `table` so far.
+    pub fn rows_of(&self, table: Table) -> u64 {
+        self.rows[table.index()].load(Ordering::Relaxed)
+    }
+
     fn record(&self, b: &Batch) {
-        let add = |c: &AtomicU64, n: usize| c.fetch_add(n as u64, Ordering::Relaxed);
-        add(&self.trades, b.trades.len());
-        add(&self.klines, b.klines.len());
-        add(&self.book_snapshots, b.snapshots.len());
-        add(&self.book_deltas, b.deltas.len());
-        add(&self.tickers, b.tickers.len());
-        add(&self.sessions, b.sessions.len());
-        add(&self.markets, b.markets.len());
-        add(&self.gaps, b.gaps.len());
+        for t in Table::ALL {
+            self.rows[t.index()].fetch_add(b.len_of(t) as u64, Ordering::Relaxed);
+        }
         self.flushes.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -236,12 +229,14 @@ pub async fn run_from(
     }
     let mut batch = Batch::default();
     let mut buf: Vec<Event> = Vec::with_capacity(1024);
-    let interval = Duration::from_millis(w.cfg.flush_interval_ms);
-    let mut deadline: Option<Instant> = None;
+    let mut policy = FlushPolicy::new(
+        w.cfg.batch_rows,
+        Duration::from_millis(w.cfg.flush_interval_ms),
+    );
     let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
     loop {
         w.beat();
-        let flush_timer = sleep_until_opt(deadline);
+        let flush_timer = sleep_until_opt(policy.due());
         let probe_timer = sleep_until_opt(w.next_probe);
         tokio::select! {
             n = rx.recv_many(&mut buf, 1024) => {
@@ -251,17 +246,14 @@ pub async fn run_from(
                 for ev in buf.drain(..) {
                     batch.push(ev);
                 }
-                if deadline.is_none() {
-                    deadline = Some(Instant::now() + interval);
-                }
-                if batch.rows() >= w.cfg.batch_rows {
+                if policy.added(batch.rows(), Instant::now()) {
                     w.flush(&mut batch).await;
-                    deadline = None;
+                    policy.flushed();
                 }
             }
             _ = flush_timer => {
                 w.flush(&mut batch).await;
-                deadline = None;
+                policy.flushed();
             }
             _ = probe_timer => {
                 if w.startup.is_some() {
@@ -284,6 +276,45 @@ pub async fn run_from(
         tracing::warn!(files = s.files(), bytes = s.bytes(), dir = %s.dir().display(), "database still unavailable at shutdown; the spool will be replayed at the next start");
     }
     tracing::debug!("writer drained and stopped");
+}
+
+/// When the writer flushes: once the batch holds `rows` rows, or `interval` after its first
+/// row arrived, whichever comes first (so a quiet feed is still written promptly).
+#[derive(Debug, Clone)]
+pub struct FlushPolicy {
+    rows: usize,
+    interval: Duration,
+    due: Option<Instant>,
+}
+
+impl FlushPolicy {
+    pub fn new(rows: usize, interval: Duration) -> FlushPolicy {
+        FlushPolicy {
+            rows: rows.max(1),
+            interval,
+            due: None,
+        }
+    }
+
+    /// Events went into the batch, which now holds `held` rows: true when it is to be
+    /// flushed now. The first rows of a batch start its timer.
+    pub fn added(&mut self, held: usize, now: Instant) -> bool {
+        if held == 0 {
+            return false;
+        }
+        self.due.get_or_insert(now + self.interval);
+        held >= self.rows
+    }
+
+    /// When the batch is due by time (None: nothing waits).
+    pub fn due(&self) -> Option<Instant> {
+        self.due
+    }
+
+    /// The batch was written (or spooled): the next rows start a new timer.
+    pub fn flushed(&mut self) {
+        self.due = None;
+    }
 }
 
 async fn sleep_until_opt(t: Option<Instant>) {
@@ -649,5 +680,41 @@ impl Writer {
             "database accepts writes again; spool replayed"
         );
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn flushes_when_full_or_when_the_first_row_is_old_enough() {
+        let mut p = FlushPolicy::new(3, Duration::from_millis(250));
+        let t0 = Instant::now();
+        assert!(!p.added(0, t0), "nothing held: no timer");
+        assert_eq!(p.due(), None);
+        assert!(!p.added(1, t0));
+        assert_eq!(p.due(), Some(t0 + Duration::from_millis(250)));
+        // later rows do not move the first row's deadline
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert!(!p.added(2, Instant::now()));
+        assert_eq!(p.due(), Some(t0 + Duration::from_millis(250)));
+        // the timer fires at the deadline, not before
+        let fired =
+            tokio::time::timeout(Duration::from_millis(149), sleep_until_opt(p.due())).await;
+        assert!(fired.is_err());
+        sleep_until_opt(p.due()).await;
+        assert_eq!(Instant::now(), t0 + Duration::from_millis(250));
+        p.flushed();
+        assert_eq!(p.due(), None);
+        // full before the timer: flush at once
+        let t1 = Instant::now();
+        assert!(!p.added(2, t1));
+        assert!(p.added(3, t1));
+        assert!(p.added(10, t1), "a burst past the size is one flush");
+        p.flushed();
+        // an idle writer waits on nothing
+        let idle = tokio::time::timeout(Duration::from_secs(3600), sleep_until_opt(p.due())).await;
+        assert!(idle.is_err());
     }
 }

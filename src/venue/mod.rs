@@ -7,8 +7,8 @@ pub mod validate;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::RecordConfig;
-use crate::model::{Event, Kline, Market, StreamKey, Trade};
+use crate::config::{ConfigError, DepthSetting, RecordConfig, VenueOptions};
+use crate::model::{Event, Interval, Kline, Market, StreamKey, Trade, TradeMark};
 
 /// A websocket frame as read from the socket.
 #[derive(Debug, Clone, Copy)]
@@ -52,6 +52,151 @@ impl DecodeError {
     }
 }
 
+/// What a venue's trade ids promise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TradeIds {
+    /// Each trade's id is the previous one's plus one: a skipped id on a live socket is a
+    /// missed trade (a hint worth a check), and the id after the anchor closes a hole.
+    Consecutive,
+    /// Ids grow with the trades but skip (numbered across markets).
+    Increasing,
+    /// Ids name trades but do not order them: order is by exchange time.
+    Unordered,
+}
+
+impl TradeIds {
+    /// Whether `t` comes after `m` in the stream: by id where ids order trades and both are
+    /// the venue's (negative ids are synthesized), else by time.
+    pub fn is_after(self, t: TradeMark, m: TradeMark) -> bool {
+        if self != TradeIds::Unordered && t.trade_id >= 0 && m.trade_id >= 0 {
+            t.trade_id > m.trade_id
+        } else {
+            (t.time_ms, t.trade_id) > (m.time_ms, m.trade_id)
+        }
+    }
+}
+
+/// How far back a trade history answer reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reach {
+    /// To the anchor: every trade the venue published after it is in the answer (or the
+    /// venue has no older trades than those it gave).
+    Anchor,
+    /// Not to the anchor: trades before the answer's oldest are beyond the venue's history
+    /// (the venue says why, for the gap row).
+    Short { why: String },
+}
+
+/// A venue's paged answer for a stretch of trades. The recorder does the IO: it asks for
+/// the next request, fetches it, hands back the body, until there is none; then asks how far
+/// the pages reached.
+pub trait TradeHistory: Send {
+    /// The next REST path (under `rest_url`) to fetch; None when done.
+    fn next_request(&mut self) -> Option<String>;
+    /// Reads the reply to the last request: its trades (`source = rest`), oldest first.
+    fn take(&mut self, body: &str, recv_time_us: i64) -> Result<Vec<Trade>, FetchError>;
+    /// After the last page: how far back it reached. `until` is the first trade known after
+    /// the hole (the socket's), which may close it on venues with consecutive ids.
+    fn reach(&self, until: Option<TradeMark>) -> Reach;
+}
+
+/// One request of a history: a REST path (under `rest_url`), or a text frame sent on a
+/// short-lived socket whose replies the venue's session decodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HistoryRequest {
+    Rest(String),
+    Socket(String),
+}
+
+/// A venue's paged answer for bars of one interval. The recorder does the IO (REST, or a
+/// short-lived socket for `Socket` requests) and hands each reply back. The newest bar over
+/// all replies is the venue's forming bar (stored open); every other bar is final.
+pub trait KlineHistory: Send {
+    /// The next request; None when done.
+    fn next_request(&mut self) -> Option<HistoryRequest>;
+    /// Reads the reply to the last `Rest` request: its bars, oldest first.
+    fn take_rest(&mut self, body: &str, recv_time_us: i64) -> Result<Vec<Kline>, FetchError>;
+    /// The bars the venue's session decoded from the reply to the last `Socket` request.
+    fn take_socket(&mut self, bars: &[Kline]);
+    /// The stretches the replies answered for, as (first, last) open times: a bar slot
+    /// inside one without a bar is one the venue has none for; a slot outside all of them
+    /// is beyond the venue's history.
+    fn answered(&self) -> Vec<(i64, i64)>;
+}
+
+/// Why a REST (or history) fetch gave no rows: the REST client and the venue's parsers
+/// return it, backfill decides on the kind ([`FetchError::retryable`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FetchError {
+    /// The venue answered with its own error.
+    #[error("refused by the venue (code {code}): {message}")]
+    Refused {
+        code: String,
+        message: String,
+        /// The venue says asking again may work (busy, maintenance).
+        retryable: bool,
+    },
+    /// Rate limited (HTTP 429 or the venue's code), after the client's own retries.
+    #[error("rate limited{}", .retry_after.map(|d| format!(", retry after {} s", d.as_secs())).unwrap_or_default())]
+    RateLimited { retry_after: Option<Duration> },
+    /// An HTTP status other than success or 429.
+    #[error("HTTP {status}: {snippet}")]
+    Http { status: u16, snippet: String },
+    /// No answer: connect, TLS, timeout, a connection cut mid-body.
+    #[error("transport: {0}")]
+    Transport(String),
+    /// An answer that is not what the venue documents (malformed, wrong shape).
+    #[error("bad body: {0}")]
+    BadBody(String),
+}
+
+impl FetchError {
+    /// Worth asking again soon: 5xx, transport, rate limits, refusals the venue calls busy.
+    /// Others (4xx, bad bodies, refusals such as an unknown symbol) will not change by
+    /// themselves.
+    pub fn retryable(&self) -> bool {
+        match self {
+            FetchError::Refused { retryable, .. } => *retryable,
+            FetchError::RateLimited { .. } | FetchError::Transport(_) => true,
+            FetchError::Http { status, .. } => *status >= 500,
+            FetchError::BadBody(_) => false,
+        }
+    }
+
+    /// Short label for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FetchError::Refused { .. } => "refused",
+            FetchError::RateLimited { .. } => "rate_limited",
+            FetchError::Http { .. } => "http",
+            FetchError::Transport(_) => "transport",
+            FetchError::BadBody(_) => "bad_body",
+        }
+    }
+
+    /// The same error with what was being fetched in front of its message.
+    pub fn context(self, what: &str) -> FetchError {
+        match self {
+            FetchError::Refused {
+                code,
+                message,
+                retryable,
+            } => FetchError::Refused {
+                code,
+                message: format!("{what}: {message}"),
+                retryable,
+            },
+            FetchError::Http { status, snippet } => FetchError::Http {
+                status,
+                snippet: format!("{what}: {snippet}"),
+            },
+            FetchError::Transport(m) => FetchError::Transport(format!("{what}: {m}")),
+            FetchError::BadBody(m) => FetchError::BadBody(format!("{what}: {m}")),
+            r @ FetchError::RateLimited { .. } => r,
+        }
+    }
+}
+
 /// What a frame asks of the worker besides the events it produced.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Reaction {
@@ -61,12 +206,40 @@ pub struct Reaction {
     pub control: bool,
     /// Messages dropped as invalid, and rows kept though the venue clock is far off.
     pub findings: validate::Findings,
+    /// Book streams whose update sequence broke in this frame: each is recorded as a hole of
+    /// that stream and re-synced on the connection; the session emits none of the stream's
+    /// deltas until its next snapshot.
+    pub breaks: Vec<BookBreak>,
+}
+
+/// A book stream that lost updates (the venue's sequence numbers skipped).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BookBreak {
+    pub symbol: Arc<str>,
+    pub depth_step: i16,
+    /// Exchange time of the last update applied before the break.
+    pub last_ms: i64,
+    /// Exchange time of the update that showed the break.
+    pub at_ms: i64,
+    /// What was seen, for the gap row (`expected prev 41, got 44`).
+    pub detail: String,
+    /// Frames that re-sync the stream (empty: its subscription is sent again).
+    pub resync: Vec<String>,
 }
 
 /// A venue protocol family.
 pub trait Venue: Send + Sync + 'static {
     /// The `venue` column value (`cdc-v1`).
     fn name(&self) -> &'static str;
+    /// What one of the venue's interval names means (None: not one of its names).
+    fn interval(&self, name: &str) -> Option<Interval>;
+    /// What the configuration means where it leaves out the URLs, `klines` or `depth`.
+    fn defaults(&self) -> Defaults;
+    /// Checks `[record]` in the venue's words: symbol spelling, interval names, depth; the
+    /// error names the key.
+    fn check_record(&self, record: &RecordConfig) -> Result<(), ConfigError>;
+    /// Checks the venue's own keys in `[venue]` (beyond kind and the URLs).
+    fn check_options(&self, options: &VenueOptions) -> Result<(), ConfigError>;
     /// The streams one symbol is subscribed to, by the configuration.
     fn streams(&self, symbol: &str, record: &RecordConfig) -> Vec<StreamKey>;
     /// What one socket of this venue carries and how fast it may be asked.
@@ -84,32 +257,21 @@ pub trait Venue: Send + Sync + 'static {
     /// REST path (under `rest_url`) that lists the venue's markets.
     fn markets_path(&self) -> &'static str;
     /// Parses that listing.
-    fn parse_markets(&self, body: &str, now_ms: i64) -> Result<Vec<Market>, String>;
-    /// REST path (under `rest_url`) of the most recent trades of a symbol.
-    fn recent_trades_path(&self, symbol: &str) -> String;
-    /// Parses that reply into trades (`source = rest`), oldest first.
-    fn parse_recent_trades(
+    fn parse_markets(&self, body: &str, now_ms: i64) -> Result<Vec<Market>, FetchError>;
+    /// What the venue's trade ids say about order and completeness.
+    fn trade_ids(&self) -> TradeIds;
+    /// The trades of `symbol` after `anchor` (the last one known before a hole; None: nothing
+    /// recorded yet), fetched page by page as the venue pages them.
+    fn trade_history(&self, symbol: &Arc<str>, anchor: Option<TradeMark>) -> Box<dyn TradeHistory>;
+    /// The bars of one interval of `symbol` from `from_ms` on (the first bar not held final;
+    /// None: nothing recorded yet, the venue's recent bars are history), fetched as the venue
+    /// pages them (None: the venue has no history for this interval).
+    fn kline_history(
         &self,
-        body: &str,
-        symbol: &Arc<str>,
-        recv_time_us: i64,
-    ) -> Result<Vec<Trade>, String>;
-    /// How many trades `recent_trades_path` answers with at most: a full answer may not
-    /// reach back to the start of a hole, a shorter one holds everything the venue has.
-    fn recent_trades_limit(&self) -> usize;
-    /// REST path of a symbol's recent bars of one interval (None: no such interval).
-    fn klines_path(&self, symbol: &str, interval: &str) -> Option<String>;
-    /// Parses that reply, oldest first; the newest bar is left open.
-    fn parse_klines(
-        &self,
-        body: &str,
         symbol: &Arc<str>,
         interval: &Arc<str>,
-        recv_time_us: i64,
-    ) -> Result<Vec<Kline>, String>;
-    /// A websocket request for the bars from `since_ms` on (older history than REST keeps);
-    /// its reply is decoded by a [`VenueSession`] like any frame.
-    fn kline_history_request(&self, symbol: &str, interval: &str, since_ms: i64) -> Option<String>;
+        from_ms: Option<i64>,
+    ) -> Option<Box<dyn KlineHistory>>;
     /// The venue's validation limits (the configuration may tighten or widen the clock
     /// tolerances: [`RecordConfig::rules`]).
     fn rules(&self) -> validate::Rules;
@@ -131,6 +293,15 @@ pub trait VenueSession: Send {
         recv_time_us: i64,
         out: &mut Vec<Event>,
     ) -> Result<Reaction, DecodeError>;
+}
+
+/// A venue's values for keys the configuration leaves out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Defaults {
+    pub ws_url: &'static str,
+    pub rest_url: &'static str,
+    pub klines: Vec<String>,
+    pub depth: DepthSetting,
 }
 
 /// One frame to send after connecting and the streams (symbol, stream) it opens.
@@ -258,6 +429,32 @@ mod tests {
         plan.iter()
             .map(|c| (c.name.to_string(), c.symbols.len(), c.streams.len()))
             .collect()
+    }
+
+    #[test]
+    fn fetch_errors_say_whether_asking_again_helps() {
+        let http = |status| FetchError::Http {
+            status,
+            snippet: String::new(),
+        };
+        assert!(http(503).retryable() && http(500).retryable());
+        assert!(!http(404).retryable() && !http(400).retryable());
+        assert!(FetchError::Transport("reset".into()).retryable());
+        assert!(FetchError::RateLimited { retry_after: None }.retryable());
+        assert!(!FetchError::BadBody("x".into()).retryable());
+        let refused = |retryable| FetchError::Refused {
+            code: "10001".into(),
+            message: "no".into(),
+            retryable,
+        };
+        assert!(refused(true).retryable() && !refused(false).retryable());
+        let e = http(502).context("recent trades");
+        assert_eq!(e.to_string(), "HTTP 502: recent trades: ");
+        assert_eq!(e.kind(), "http");
+        let limited = FetchError::RateLimited {
+            retry_after: Some(Duration::from_secs(3)),
+        };
+        assert_eq!(limited.to_string(), "rate limited, retry after 3 s");
     }
 
     #[test]

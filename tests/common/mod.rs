@@ -1,6 +1,8 @@
 //! Shared test harness: fresh databases, the simulator, waiting on conditions with deadlines.
 #![allow(dead_code)]
 
+pub mod venue;
+
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;

@@ -39,7 +39,7 @@ impl Channel {
                 _ => return None,
             }
         } else if let Some((sym, iv)) = rest.rsplit_once("_kline_") {
-            if !crate::config::KLINE_INTERVALS.contains(&iv) {
+            if !super::INTERVALS.contains(&iv) {
                 return None;
             }
             (sym, Stream::Kline(iv.to_string()))

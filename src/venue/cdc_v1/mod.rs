@@ -17,14 +17,16 @@ use serde_json::value::RawValue;
 use self::channel::{Channel, Stream};
 use self::inflate::Inflater;
 use self::wire::{Envelope, Int, Num, TradeTick, WireBook, WireKline, WireTicker, WireTrade};
-use crate::config::{DepthSetting, RecordConfig};
+use crate::config::{ConfigError, DepthSetting, RecordConfig, VenueOptions};
 use crate::decimal::Dec;
 use crate::model::{
-    BookDelta, BookSide, BookSnapshot, Event, Kline, Side, Source, StreamKey, Ticker, Trade,
+    BookDelta, BookSide, BookSnapshot, Event, Interval, Kline, Side, Source, Span, StreamKey,
+    Ticker, Trade, TradeMark,
 };
 use crate::venue::validate::{Findings, Rules, Verdict};
 use crate::venue::{
-    ConnectionPlan, DecodeError, Frame, Reaction, SocketLimits, Subscription, Venue, VenueSession,
+    ConnectionPlan, DecodeError, Defaults, FetchError, Frame, HistoryRequest, KlineHistory, Reach,
+    Reaction, SocketLimits, Subscription, TradeHistory, TradeIds, Venue, VenueSession,
 };
 
 pub const NAME: &str = "cdc-v1";
@@ -41,16 +43,69 @@ pub const RULES: Rules = Rules {
 
 pub struct CdcV1;
 
+/// v1's kline intervals, by its own names; `1month` is a calendar month.
+pub const INTERVALS: [&str; 8] = [
+    "1min", "5min", "15min", "30min", "60min", "1day", "1week", "1month",
+];
+
+/// What a v1 interval name means.
+pub fn interval(name: &str) -> Option<Interval> {
+    let minutes: i64 = match name {
+        "1month" => {
+            return Some(Interval {
+                name: Arc::from(name),
+                span: Span::Months(1),
+            });
+        }
+        _ => rest::kline_period_minutes(name)?.into(),
+    };
+    Some(Interval::fixed(name, minutes * 60_000))
+}
+
+/// v1's book variants: `depth = "step0" | "step1" | "step2"` (aggregation steps), `true`
+/// for step0, `false` for none. The step is the stored `depth_step`.
+pub fn depth_step(d: &DepthSetting) -> Result<Option<u8>, String> {
+    match d {
+        DepthSetting::Off => Ok(None),
+        DepthSetting::On => Ok(Some(0)),
+        DepthSetting::Word(w) => match w.as_str() {
+            "step0" => Ok(Some(0)),
+            "step1" => Ok(Some(1)),
+            "step2" => Ok(Some(2)),
+            other => Err(format!(
+                "expected \"step0\", \"step1\", \"step2\" or false, got {other:?}"
+            )),
+        },
+        DepthSetting::Number(n) => Err(format!(
+            "expected \"step0\", \"step1\", \"step2\" or false, got {n}"
+        )),
+    }
+}
+
+/// v1 symbols are lowercase (`btcusdt`, `e_btcusdt`).
+pub fn check_symbol(s: &str) -> Result<(), String> {
+    let ok = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{s:?} is not a lowercase v1 symbol like \"btcusdt\""
+        ))
+    }
+}
+
 /// The channels a worker subscribes to for one symbol.
 pub fn channels(symbol: &str, record: &RecordConfig) -> Vec<Channel> {
     let mut out = Vec::new();
     if record.trades {
         out.push(Channel::new(symbol, Stream::Trades));
     }
-    for iv in &record.klines {
+    for iv in record.klines() {
         out.push(Channel::new(symbol, Stream::Kline(iv.clone())));
     }
-    if let DepthSetting::Step(n) = record.depth {
+    if let Ok(Some(n)) = depth_step(record.depth()) {
         out.push(Channel::new(symbol, Stream::Depth(n)));
     }
     if record.ticker {
@@ -98,6 +153,45 @@ impl Venue for CdcV1 {
         channels(symbol, record).iter().map(stream_key).collect()
     }
 
+    fn interval(&self, name: &str) -> Option<Interval> {
+        interval(name)
+    }
+
+    fn defaults(&self) -> Defaults {
+        Defaults {
+            ws_url: "wss://ws.crypto.com/kline-api/ws",
+            rest_url: "https://api.crypto.com",
+            klines: vec!["1min".into()],
+            depth: DepthSetting::Word("step0".into()),
+        }
+    }
+
+    fn check_record(&self, record: &RecordConfig) -> Result<(), ConfigError> {
+        for s in &record.symbols {
+            check_symbol(s).map_err(|m| ConfigError::new("record.symbols", m))?;
+        }
+        for k in record.klines() {
+            if interval(k).is_none() {
+                return Err(ConfigError::new(
+                    "record.klines",
+                    format!("unknown interval {k:?}; one of {}", INTERVALS.join(" ")),
+                ));
+            }
+        }
+        depth_step(record.depth()).map_err(|m| ConfigError::new("record.depth", m))?;
+        Ok(())
+    }
+
+    fn check_options(&self, options: &VenueOptions) -> Result<(), ConfigError> {
+        match options.keys().next() {
+            Some(k) => Err(ConfigError::new(
+                &format!("venue.{k}"),
+                "unknown field; cdc-v1 has no options beyond kind, ws_url and rest_url",
+            )),
+            None => Ok(()),
+        }
+    }
+
     fn socket_limits(&self) -> SocketLimits {
         // a v1 socket carries one symbol (`cb_id` names it, the server keys by it)
         SocketLimits::ONE_SYMBOL
@@ -119,8 +213,12 @@ impl Venue for CdcV1 {
         "/v1/symbols"
     }
 
-    fn parse_markets(&self, body: &str, now_ms: i64) -> Result<Vec<crate::model::Market>, String> {
-        let list = rest::parse_symbols(body).map_err(|e| e.to_string())?;
+    fn parse_markets(
+        &self,
+        body: &str,
+        now_ms: i64,
+    ) -> Result<Vec<crate::model::Market>, FetchError> {
+        let list = rest::parse_symbols(body)?;
         Ok(list
             .into_iter()
             .map(|s| crate::model::Market {
@@ -135,46 +233,39 @@ impl Venue for CdcV1 {
             .collect())
     }
 
-    fn recent_trades_path(&self, symbol: &str) -> String {
-        format!("/v1/trades?symbol={symbol}")
+    fn trade_ids(&self) -> TradeIds {
+        TradeIds::Consecutive
     }
 
-    fn parse_recent_trades(
+    fn trade_history(&self, symbol: &Arc<str>, anchor: Option<TradeMark>) -> Box<dyn TradeHistory> {
+        Box::new(RecentTrades {
+            symbol: symbol.clone(),
+            anchor,
+            asked: false,
+            fetched: 0,
+            oldest: None,
+        })
+    }
+
+    fn kline_history(
         &self,
-        body: &str,
-        symbol: &Arc<str>,
-        recv_time_us: i64,
-    ) -> Result<Vec<Trade>, String> {
-        rest::parse_trades(body, symbol, recv_time_us).map_err(|e| e.to_string())
-    }
-
-    fn recent_trades_limit(&self) -> usize {
-        200
-    }
-
-    fn klines_path(&self, symbol: &str, interval: &str) -> Option<String> {
-        let p = rest::kline_period_minutes(interval)?;
-        Some(format!("/v1/klines?symbol={symbol}&period={p}"))
-    }
-
-    fn parse_klines(
-        &self,
-        body: &str,
         symbol: &Arc<str>,
         interval: &Arc<str>,
-        recv_time_us: i64,
-    ) -> Result<Vec<Kline>, String> {
-        rest::parse_klines(body, symbol, interval, recv_time_us).map_err(|e| e.to_string())
-    }
-
-    fn kline_history_request(&self, symbol: &str, interval: &str, since_ms: i64) -> Option<String> {
-        let ch = Channel::parse(&format!("market_{symbol}_kline_{interval}"))?;
-        // `since` is in seconds; round down so the bar starting at `since_ms` is included
-        Some(kline_history_request(
-            &ch,
-            "history",
-            since_ms.div_euclid(1000),
-        ))
+        from_ms: Option<i64>,
+    ) -> Option<Box<dyn KlineHistory>> {
+        let period = rest::kline_period_minutes(interval)?;
+        let channel = Channel::parse(&format!("market_{symbol}_kline_{interval}"))?;
+        Some(Box::new(V1Klines {
+            symbol: symbol.clone(),
+            interval: interval.clone(),
+            len: self::interval(interval).and_then(|i| i.fixed_ms()),
+            rest_path: format!("/v1/klines?symbol={symbol}&period={period}"),
+            channel,
+            from_ms,
+            stage: KlineStage::Rest,
+            rest_first: None,
+            answered: Vec::new(),
+        }))
     }
 
     fn rules(&self) -> Rules {
@@ -188,6 +279,179 @@ impl Venue for CdcV1 {
         rules: Rules,
     ) -> Box<dyn VenueSession> {
         Box::new(CdcSession::for_symbols(symbols.to_vec(), max_frame_bytes).with_rules(rules))
+    }
+}
+
+/// Websocket history pages one v1 kline check asks for at most (a page is up to 300 bars).
+const MAX_HISTORY_PAGES: usize = 100;
+
+/// Where a v1 kline history stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KlineStage {
+    /// `/v1/klines`: the venue's recent bars, the newest forming.
+    Rest,
+    /// Waiting for a reply to the request just handed out.
+    Waiting,
+    /// Older than REST keeps: a websocket `req` with `since` (seconds), paged forward from
+    /// the hole's start until a page meets REST's window.
+    Socket {
+        since_ms: i64,
+        pages: usize,
+    },
+    Done,
+}
+
+/// v1's kline history: `/v1/klines` first, then websocket `req` pages for what is older.
+struct V1Klines {
+    symbol: Arc<str>,
+    interval: Arc<str>,
+    len: Option<i64>,
+    rest_path: String,
+    channel: Channel,
+    from_ms: Option<i64>,
+    stage: KlineStage,
+    /// The oldest bar REST answered with.
+    rest_first: Option<i64>,
+    answered: Vec<(i64, i64)>,
+}
+
+impl KlineHistory for V1Klines {
+    fn next_request(&mut self) -> Option<HistoryRequest> {
+        match self.stage {
+            KlineStage::Rest => {
+                self.stage = KlineStage::Waiting;
+                Some(HistoryRequest::Rest(self.rest_path.clone()))
+            }
+            KlineStage::Socket { since_ms, pages } if pages < MAX_HISTORY_PAGES => {
+                self.stage = KlineStage::Socket {
+                    since_ms,
+                    pages: pages + 1,
+                };
+                // `since` is in seconds; round down so the bar starting at `since_ms` is in
+                Some(HistoryRequest::Socket(kline_history_request(
+                    &self.channel,
+                    "history",
+                    since_ms.div_euclid(1000),
+                )))
+            }
+            _ => None,
+        }
+    }
+
+    fn take_rest(&mut self, body: &str, recv_time_us: i64) -> Result<Vec<Kline>, FetchError> {
+        let bars = rest::parse_klines(body, &self.symbol, &self.interval, recv_time_us)?;
+        self.stage = KlineStage::Done;
+        let (Some(first), Some(newest)) = (bars.first(), bars.last()) else {
+            return Ok(bars);
+        };
+        let (first, newest) = (first.open_time_ms, newest.open_time_ms);
+        self.answered.push((first, newest));
+        self.rest_first = Some(first);
+        if let Some(from) = self.from_ms
+            && first > from
+            && from < newest
+        {
+            // REST keeps fewer bars than the hole
+            self.stage = KlineStage::Socket {
+                since_ms: from,
+                pages: 0,
+            };
+        }
+        Ok(bars)
+    }
+
+    fn take_socket(&mut self, bars: &[Kline]) {
+        let KlineStage::Socket { since_ms, pages } = self.stage else {
+            return;
+        };
+        let (Some(first), Some(last)) = (
+            bars.first().map(|k| k.open_time_ms),
+            bars.last().map(|k| k.open_time_ms),
+        ) else {
+            self.stage = KlineStage::Done;
+            return;
+        };
+        self.answered.push((first, last));
+        let next = last + self.len.unwrap_or(1);
+        if self.rest_first.is_none_or(|r| last >= r) || next <= since_ms {
+            self.stage = KlineStage::Done;
+        } else {
+            self.stage = KlineStage::Socket {
+                since_ms: next,
+                pages,
+            };
+        }
+    }
+
+    fn answered(&self) -> Vec<(i64, i64)> {
+        self.answered.clone()
+    }
+}
+
+/// Trades v1's `/v1/trades` keeps: the newest ones, no paging.
+pub const RECENT_TRADES: usize = 200;
+
+/// v1's trade history: one `/v1/trades` answer, the venue's last [`RECENT_TRADES`].
+struct RecentTrades {
+    symbol: Arc<str>,
+    anchor: Option<TradeMark>,
+    asked: bool,
+    /// Trades in the answer, valid or not (a full answer stays full).
+    fetched: usize,
+    oldest: Option<TradeMark>,
+}
+
+impl TradeHistory for RecentTrades {
+    fn next_request(&mut self) -> Option<String> {
+        if self.asked {
+            return None;
+        }
+        self.asked = true;
+        Some(format!("/v1/trades?symbol={}", self.symbol))
+    }
+
+    fn take(&mut self, body: &str, recv_time_us: i64) -> Result<Vec<Trade>, FetchError> {
+        let trades = rest::parse_trades(body, &self.symbol, recv_time_us)?;
+        self.fetched = trades.len();
+        self.oldest = trades
+            .iter()
+            .map(|t| TradeMark {
+                time_ms: t.event_time_ms,
+                trade_id: t.trade_id,
+            })
+            .reduce(|a, b| {
+                if TradeIds::Consecutive.is_after(a, b) {
+                    b
+                } else {
+                    a
+                }
+            });
+        Ok(trades)
+    }
+
+    fn reach(&self, until: Option<TradeMark>) -> Reach {
+        let ids = TradeIds::Consecutive;
+        let (Some(anchor), Some(oldest)) = (self.anchor, self.oldest) else {
+            return Reach::Anchor; // nothing known before, or nothing traded
+        };
+        // the first trade known after the anchor: the answer's oldest or the socket's first
+        let first_after = [Some(oldest), until]
+            .into_iter()
+            .flatten()
+            .filter(|m| ids.is_after(*m, anchor))
+            .reduce(|a, b| if ids.is_after(a, b) { b } else { a });
+        let reached = !ids.is_after(oldest, anchor)
+            // the next id after the anchor: nothing can lie between them
+            || first_after.is_some_and(|f| anchor.trade_id >= 0 && f.trade_id == anchor.trade_id + 1)
+            // fewer than the venue keeps: that is every trade it still has
+            || self.fetched < RECENT_TRADES;
+        if reached {
+            Reach::Anchor
+        } else {
+            Reach::Short {
+                why: format!("older than the venue's last {RECENT_TRADES} trades"),
+            }
+        }
     }
 }
 
@@ -534,6 +798,9 @@ impl Normalizer<'_> {
                     side,
                     price: price.0,
                     qty: volume.0,
+                    // v1 numbers no book updates
+                    update_id: None,
+                    prev_update_id: None,
                 });
                 self.emit(delta, out);
             }
@@ -634,4 +901,165 @@ pub fn synthetic_trade_id(
     eat(side.as_str().as_bytes());
     eat(&occurrence.to_le_bytes());
     -((h >> 1) as i64) - 1
+}
+
+#[cfg(test)]
+mod history_tests {
+    use super::*;
+
+    /// A `/v1/trades` answer with ids `from..from + n`, newest first as the venue sends them.
+    fn answer(from: i64, n: i64) -> String {
+        let items: Vec<String> = (from..from + n)
+            .rev()
+            .map(|id| {
+                format!(
+                    r#"{{"id":{id},"price":"1.5","amount":"2","type":"buy","ctime":{}}}"#,
+                    1_700_000_000_000 + id
+                )
+            })
+            .collect();
+        format!(r#"{{"code":"0","msg":"suc","data":[{}]}}"#, items.join(","))
+    }
+
+    fn mark(id: i64) -> TradeMark {
+        TradeMark {
+            time_ms: 1_700_000_000_000 + id,
+            trade_id: id,
+        }
+    }
+
+    fn reach(anchor: Option<i64>, from: i64, n: i64, until: Option<i64>) -> Reach {
+        let mut h = CdcV1.trade_history(&Arc::from("btcusdt"), anchor.map(mark));
+        let path = h.next_request().expect("one request");
+        assert_eq!(path, "/v1/trades?symbol=btcusdt");
+        let trades = h.take(&answer(from, n), 1).expect("parses");
+        assert_eq!(trades.len() as i64, n);
+        assert!(
+            trades.windows(2).all(|w| w[0].trade_id < w[1].trade_id),
+            "oldest first"
+        );
+        assert_eq!(h.next_request(), None, "v1 does not page");
+        h.reach(until.map(mark))
+    }
+
+    #[test]
+    fn recent_trades_verdicts() {
+        let full = RECENT_TRADES as i64;
+        // nothing recorded before: no hole to reach
+        assert_eq!(reach(None, 500, full, None), Reach::Anchor);
+        // reaches back over the anchor
+        assert_eq!(reach(Some(100), 90, full, None), Reach::Anchor);
+        // a short answer is everything the venue has
+        assert_eq!(reach(Some(100), 300, 10, None), Reach::Anchor);
+        // the next id after the anchor: nothing lies between (REST's or the socket's first)
+        assert_eq!(reach(Some(100), 101, full, None), Reach::Anchor);
+        assert_eq!(reach(Some(100), 150, full, Some(101)), Reach::Anchor);
+        // a full answer starting past the anchor: the trades before it are gone
+        assert!(matches!(
+            reach(Some(100), 150, full, Some(400)),
+            Reach::Short { why } if why.contains("200")
+        ));
+    }
+}
+
+#[cfg(test)]
+mod kline_history_tests {
+    use super::*;
+
+    const MIN: i64 = 60_000;
+    const T0: i64 = 1_700_000_040_000; // on the minute grid
+
+    /// A `/v1/klines` answer with bars at the given minutes after `T0`.
+    fn rest_answer(minutes: &[i64]) -> String {
+        let rows: Vec<String> = minutes
+            .iter()
+            .map(|m| format!(r#"[{},"1","2","0.5","1.5","3"]"#, (T0 + m * MIN) / 1000))
+            .collect();
+        format!(r#"{{"code":"0","msg":"suc","data":[{}]}}"#, rows.join(","))
+    }
+
+    fn bars(minutes: std::ops::Range<i64>) -> Vec<Kline> {
+        let body = rest_answer(&minutes.collect::<Vec<_>>());
+        rest::parse_klines(&body, &Arc::from("btcusdt"), &Arc::from("1min"), 1).unwrap()
+    }
+
+    fn since_of(req: Option<HistoryRequest>) -> i64 {
+        match req {
+            Some(HistoryRequest::Socket(f)) => {
+                let v: serde_json::Value = serde_json::from_str(&f).unwrap();
+                v["params"]["since"]
+                    .as_str()
+                    .unwrap()
+                    .parse::<i64>()
+                    .unwrap()
+                    * 1000
+            }
+            other => panic!("expected a socket request, got {other:?}"),
+        }
+    }
+
+    fn history(from: Option<i64>) -> Box<dyn KlineHistory> {
+        CdcV1
+            .kline_history(&Arc::from("btcusdt"), &Arc::from("1min"), from)
+            .expect("1min has history")
+    }
+
+    #[test]
+    fn rest_then_socket_pages_until_they_meet_rest() {
+        // a hole from minute 0; REST keeps minutes 20..=22 (22 forming)
+        let mut h = history(Some(T0));
+        assert_eq!(
+            h.next_request(),
+            Some(HistoryRequest::Rest(
+                "/v1/klines?symbol=btcusdt&period=1".into()
+            ))
+        );
+        let got = h.take_rest(&rest_answer(&[20, 21, 22]), 1).unwrap();
+        assert_eq!(got.len(), 3);
+        // pages of 8 from the hole's start, each from after the last
+        assert_eq!(since_of(h.next_request()), T0);
+        h.take_socket(&bars(0..8));
+        assert_eq!(since_of(h.next_request()), T0 + 8 * MIN);
+        h.take_socket(&bars(8..16));
+        assert_eq!(since_of(h.next_request()), T0 + 16 * MIN);
+        h.take_socket(&bars(16..22));
+        assert_eq!(h.next_request(), None, "the page met REST's window");
+        assert_eq!(
+            h.answered(),
+            [
+                (T0 + 20 * MIN, T0 + 22 * MIN),
+                (T0, T0 + 7 * MIN),
+                (T0 + 8 * MIN, T0 + 15 * MIN),
+                (T0 + 16 * MIN, T0 + 21 * MIN)
+            ]
+        );
+    }
+
+    #[test]
+    fn history_stops_where_the_venue_has_nothing_and_rest_alone_when_it_reaches() {
+        // the venue's history has nothing from the hole's start: an empty page ends it
+        let mut h = history(Some(T0));
+        h.next_request();
+        h.take_rest(&rest_answer(&[20, 21]), 1).unwrap();
+        assert_eq!(since_of(h.next_request()), T0);
+        h.take_socket(&[]);
+        assert_eq!(h.next_request(), None);
+        assert_eq!(h.answered(), [(T0 + 20 * MIN, T0 + 21 * MIN)]);
+        // REST reaches back over the hole: no socket request
+        let mut h = history(Some(T0 + 20 * MIN));
+        h.next_request();
+        h.take_rest(&rest_answer(&[19, 20, 21]), 1).unwrap();
+        assert_eq!(h.next_request(), None);
+        // nothing recorded yet: REST's recent bars only
+        let mut h = history(None);
+        h.next_request();
+        h.take_rest(&rest_answer(&[19, 20, 21]), 1).unwrap();
+        assert_eq!(h.next_request(), None);
+        // an interval v1 has no REST period for has no history
+        assert!(
+            CdcV1
+                .kline_history(&Arc::from("btcusdt"), &Arc::from("2min"), None)
+                .is_none()
+        );
+    }
 }

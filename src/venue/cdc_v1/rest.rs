@@ -17,6 +17,21 @@ pub enum RestError {
     Venue { code: i64, msg: String },
 }
 
+impl From<RestError> for crate::venue::FetchError {
+    fn from(e: RestError) -> Self {
+        match e {
+            RestError::Malformed(m) => crate::venue::FetchError::BadBody(m),
+            RestError::Venue { code, msg } => crate::venue::FetchError::Refused {
+                code: code.to_string(),
+                message: msg,
+                // v1 documents no error codes (servers answer "system busy" and the like):
+                // a refusal may pass, so the hole is asked about again
+                retryable: true,
+            },
+        }
+    }
+}
+
 /// Period parameter of `/v1/klines` for a configured interval name.
 pub fn kline_period_minutes(interval: &str) -> Option<u32> {
     Some(match interval {

@@ -1,0 +1,137 @@
+//! The run's counters, in one place: workers, writer, backfill and the REST client update
+//! them; metrics, health, the watchdog, the demo and tests read them (so `ops` needs nothing
+//! from the recorder).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::model::StreamKey;
+use crate::runtime::{deadline, lock};
+use crate::store::writer::WriterStats;
+
+/// Counters of a run, for the demo summary, tests, metrics and the watchdog.
+#[derive(Debug, Default)]
+pub struct RunStats {
+    pub writer: Arc<WriterStats>,
+    pub workers: BTreeMap<String, Arc<WorkerStats>>,
+    pub backfill: Arc<BackfillStats>,
+    /// The REST client's counters (market listing and backfill).
+    pub rest: Option<Arc<RestStats>>,
+    /// Worker supervisors still running (one per connection until shutdown).
+    pub supervisors_alive: Arc<std::sync::atomic::AtomicUsize>,
+    /// Connections the venue's plan asked for (one worker each).
+    pub connections: usize,
+    /// Observes the writer's queue without keeping it open.
+    pub(crate) queue: Option<mpsc::WeakSender<crate::model::Event>>,
+    /// Where `/metrics` and `/healthz` are served (unset: `[metrics] listen` is empty).
+    pub metrics_addr: std::sync::OnceLock<std::net::SocketAddr>,
+    /// The shutdown deadline of this run.
+    pub deadline: Arc<deadline::Deadline>,
+}
+
+impl RunStats {
+    /// Events waiting in the writer's queue now.
+    pub fn queue_depth(&self) -> usize {
+        self.queue
+            .as_ref()
+            .and_then(|w| w.upgrade())
+            .map(|tx| tx.max_capacity() - tx.capacity())
+            .unwrap_or(0)
+    }
+}
+
+/// Counters of one symbol; shared so tests, the demo and metrics can read them. What happens
+/// to a connection (connects, reconnects, skipped frames) counts for every symbol it carries.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    pub frames: AtomicU64,
+    pub events: AtomicU64,
+    /// Trades among `events` (what the database must end up holding, duplicates aside).
+    pub trades: AtomicU64,
+    pub decode_errors: AtomicU64,
+    /// Skipped frames per `DecodeError::KINDS` entry.
+    pub decode_errors_by_kind: [AtomicU64; 5],
+    /// Messages dropped by the venue's validation, per `validate::Invalid::KINDS` entry.
+    pub invalid_by_kind: [AtomicU64; 5],
+    /// Rows kept though the venue's clock was further than `clock_skew_s` from ours.
+    pub clock_skew: AtomicU64,
+    /// Times the venue's trade ids went backwards (renumbered).
+    pub id_resets: AtomicU64,
+    pub connects: AtomicU64,
+    pub pings_answered: AtomicU64,
+    /// Times the supervisor restarted this worker after a panic.
+    pub restarts: AtomicU64,
+    /// Subscriptions sent again because their channel fell silent.
+    pub resubscribes: AtomicU64,
+    /// Full books not stored because they equal the previous one (`depth_dedupe`).
+    pub books_deduped: AtomicU64,
+    /// Book streams whose update sequence broke (recorded in `gaps`, re-synced).
+    pub book_breaks: AtomicU64,
+    /// Wall-clock ms of the last frame that carried market data (0: none yet).
+    pub last_data_ms: std::sync::atomic::AtomicI64,
+    /// Per stream: messages (events) received and when the last one came.
+    pub channels: std::sync::Mutex<HashMap<StreamKey, ChannelStats>>,
+    /// Connections that ended (or never opened) and were retried, by reason class.
+    pub reconnects: std::sync::Mutex<BTreeMap<&'static str, u64>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ChannelStats {
+    pub messages: u64,
+    pub last: Instant,
+}
+
+impl WorkerStats {
+    /// Counts a connection that ended (or never opened) by its reason class.
+    pub fn reconnect(&self, class: &'static str) {
+        *lock(&self.reconnects).entry(class).or_insert(0) += 1;
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct BackfillStats {
+    /// Holes checked (one per check, whatever it covered).
+    pub runs: AtomicU64,
+    /// Checks that failed (REST or history unreachable) and were put back for later.
+    pub failures: AtomicU64,
+    /// Trades fetched over REST and handed to the writer (most are duplicates of stored ones).
+    pub trades_fetched: AtomicU64,
+    /// Trades inside holes, i.e. not delivered by any socket.
+    pub trades_recovered: AtomicU64,
+    /// Final bars written for holes (from REST or websocket history).
+    pub bars_recovered: AtomicU64,
+    /// Websocket history requests made because REST did not reach back far enough.
+    pub history_requests: AtomicU64,
+    pub gaps_filled: AtomicU64,
+    pub gaps_unrecoverable: AtomicU64,
+    /// REST and history rows dropped by the venue's validation, per `Invalid::KINDS` entry.
+    pub invalid_by_kind: [AtomicU64; 5],
+}
+
+#[derive(Debug, Default)]
+pub struct RestStats {
+    pub requests: AtomicU64,
+    pub ok: AtomicU64,
+    pub throttled: AtomicU64,
+    pub failed: AtomicU64,
+    /// Attempts per (endpoint path, outcome): ok, throttled, http_error, transport_error,
+    /// bad_body (a 200 whose body was an error envelope or malformed).
+    pub by_endpoint: std::sync::Mutex<std::collections::BTreeMap<(String, &'static str), u64>>,
+}
+
+impl RestStats {
+    /// Counts one attempt's outcome for `path` (its query string dropped).
+    pub fn outcome(&self, path: &str, outcome: &'static str) {
+        let endpoint = path.split('?').next().unwrap_or(path).to_string();
+        *self
+            .by_endpoint
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((endpoint, outcome))
+            .or_insert(0) += 1;
+    }
+}

@@ -1,0 +1,199 @@
+//! Reads for the analyst commands and metrics (coverage, export, `/metrics`): figures, not
+//! rows to rebuild state from. Like `read.rs`, one SQL text for both backends.
+
+use super::read::on_pool;
+use super::{Store, StoreError};
+use crate::model::StreamKey;
+
+/// Rows of one stream in a window, and the first and last time among them.
+pub type Span = (i64, Option<i64>, Option<i64>);
+
+/// One stored full book: receive time, exchange time, depth step, bids and asks as JSON.
+pub type BookRow = (i64, i64, i64, String, String);
+
+impl Store {
+    /// Symbols with sessions, trades or bars.
+    pub async fn symbols_with_data(&self, venue: &str) -> Result<Vec<String>, StoreError> {
+        let sql = "SELECT symbol FROM sessions WHERE venue = $1 UNION SELECT symbol FROM trades \
+                   WHERE venue = $1 UNION SELECT symbol FROM klines WHERE venue = $1 ORDER BY 1";
+        on_pool!(self, p => sqlx::query_scalar::<_, String>(sql).bind(venue).fetch_all(p).await)
+            .map_err(StoreError::sql("symbols with data"))
+    }
+
+    /// When the first session of the venue began, in ms.
+    pub async fn first_session_ms(&self, venue: &str) -> Result<Option<i64>, StoreError> {
+        let sql = "SELECT MIN(connected_at_us) / 1000 FROM sessions WHERE venue = $1";
+        on_pool!(self, p => sqlx::query_scalar::<_, Option<i64>>(sql)
+            .bind(venue)
+            .fetch_one(p)
+            .await)
+        .map_err(StoreError::sql("first session"))
+    }
+
+    /// Stored kline intervals of a symbol.
+    pub async fn stored_intervals(
+        &self,
+        venue: &str,
+        symbol: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        let sql =
+            "SELECT DISTINCT interval FROM klines WHERE venue = $1 AND symbol = $2 ORDER BY 1";
+        on_pool!(self, p => sqlx::query_scalar::<_, String>(sql)
+            .bind(venue)
+            .bind(symbol)
+            .fetch_all(p)
+            .await)
+        .map_err(StoreError::sql("stored intervals"))
+    }
+
+    /// Depth steps with stored full books for a symbol.
+    pub async fn stored_depth_steps(
+        &self,
+        venue: &str,
+        symbol: &str,
+    ) -> Result<Vec<i64>, StoreError> {
+        let sql = "SELECT DISTINCT CAST(depth_step AS BIGINT) FROM book_snapshots WHERE venue = $1 \
+                   AND symbol = $2 ORDER BY 1";
+        on_pool!(self, p => sqlx::query_scalar::<_, i64>(sql)
+            .bind(venue)
+            .bind(symbol)
+            .fetch_all(p)
+            .await)
+        .map_err(StoreError::sql("stored depth steps"))
+    }
+
+    /// Rows of one stream of a symbol between `from` and `to` ms (both inclusive), with the
+    /// first and last time: exchange time for trades, open time for bars, receive time for
+    /// books and tickers.
+    pub async fn stream_span(
+        &self,
+        venue: &str,
+        symbol: &str,
+        stream: &StreamKey,
+        from: i64,
+        to: i64,
+    ) -> Result<Span, StoreError> {
+        let (sql, extra) = match stream {
+            StreamKey::Trades => (
+                "SELECT COUNT(*), MIN(event_time_ms), MAX(event_time_ms) FROM trades \
+                 WHERE venue = $1 AND symbol = $2 AND event_time_ms >= $3 AND event_time_ms <= $4",
+                None,
+            ),
+            StreamKey::Kline(iv) => (
+                "SELECT COUNT(*), MIN(open_time_ms), MAX(open_time_ms) FROM klines WHERE venue = $1 \
+                 AND symbol = $2 AND open_time_ms >= $3 AND open_time_ms <= $4 AND interval = $5",
+                Some(iv.to_string()),
+            ),
+            StreamKey::Book(step) => (
+                "SELECT COUNT(*), MIN(recv_time_us) / 1000, MAX(recv_time_us) / 1000 FROM book_snapshots \
+                 WHERE venue = $1 AND symbol = $2 AND recv_time_us >= $3 * 1000 \
+                 AND recv_time_us <= $4 * 1000 AND CAST(depth_step AS TEXT) = $5",
+                Some(step.to_string()),
+            ),
+            StreamKey::Ticker => (
+                "SELECT COUNT(*), MIN(recv_time_us) / 1000, MAX(recv_time_us) / 1000 FROM tickers \
+                 WHERE venue = $1 AND symbol = $2 AND recv_time_us >= $3 * 1000 AND recv_time_us <= $4 * 1000",
+                None,
+            ),
+        };
+        on_pool!(self, p => {
+            let q = sqlx::query_as::<_, Span>(sql).bind(venue).bind(symbol).bind(from).bind(to);
+            let q = match extra { Some(x) => q.bind(x), None => q };
+            q.fetch_one(p).await
+        })
+        .map_err(StoreError::sql("stream span"))
+    }
+
+    /// (connected, disconnected) ms of a symbol's sessions, oldest first (None: still open).
+    pub async fn session_spans(
+        &self,
+        venue: &str,
+        symbol: &str,
+    ) -> Result<Vec<(i64, Option<i64>)>, StoreError> {
+        let sql = "SELECT connected_at_us / 1000, disconnected_at_us / 1000 FROM sessions \
+                   WHERE venue = $1 AND symbol = $2 ORDER BY connected_at_us";
+        on_pool!(self, p => sqlx::query_as(sql)
+            .bind(venue)
+            .bind(symbol)
+            .fetch_all(p)
+            .await)
+        .map_err(StoreError::sql("session spans"))
+    }
+
+    /// Rows of `table` for a symbol in `[from, to)` by its time column (`interval` narrows
+    /// klines), for an export's progress.
+    pub async fn rows_between(
+        &self,
+        table: crate::model::Table,
+        venue: &str,
+        symbol: &str,
+        interval: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<u64, StoreError> {
+        use crate::model::Table;
+        let sql = match table {
+            Table::Trades => {
+                "SELECT COUNT(*) FROM trades WHERE venue = $1 AND symbol = $2 \
+                 AND event_time_ms >= $3 AND event_time_ms < $4 AND $5 = $5"
+            }
+            Table::Klines => {
+                "SELECT COUNT(*) FROM klines WHERE venue = $1 AND symbol = $2 \
+                 AND open_time_ms >= $3 AND open_time_ms < $4 AND interval = $5"
+            }
+            Table::BookSnapshots => {
+                "SELECT COUNT(*) FROM book_snapshots WHERE venue = $1 AND symbol = $2 \
+                 AND event_time_ms >= $3 AND event_time_ms < $4 AND $5 = $5"
+            }
+            _ => return Ok(0),
+        };
+        let n: i64 = on_pool!(self, p => sqlx::query_scalar(sql)
+            .bind(venue)
+            .bind(symbol)
+            .bind(from)
+            .bind(to)
+            .bind(interval)
+            .fetch_one(p)
+            .await)
+        .map_err(StoreError::sql("count rows"))?;
+        Ok(n.max(0) as u64)
+    }
+
+    /// Up to `limit` full books of one depth step received after `after_us`, with exchange
+    /// time in `[from, to)`, in receive order (the key's order: every page an index seek).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn book_rows_page(
+        &self,
+        venue: &str,
+        symbol: &str,
+        depth_step: i16,
+        after_us: i64,
+        from: i64,
+        to: i64,
+        limit: i64,
+    ) -> Result<Vec<BookRow>, StoreError> {
+        let sql = "SELECT recv_time_us, event_time_ms, CAST(depth_step AS BIGINT), \
+                   CAST(bids AS TEXT), CAST(asks AS TEXT) FROM book_snapshots \
+                   WHERE venue = $1 AND symbol = $2 AND depth_step = $3 \
+                   AND recv_time_us > $4 AND event_time_ms >= $5 AND event_time_ms < $6 \
+                   ORDER BY recv_time_us LIMIT $7";
+        on_pool!(self, p => sqlx::query_as(sql)
+            .bind(venue)
+            .bind(symbol)
+            .bind(depth_step)
+            .bind(after_us)
+            .bind(from)
+            .bind(to)
+            .bind(limit)
+            .fetch_all(p)
+            .await)
+        .map_err(StoreError::sql("select book_snapshots"))
+    }
+
+    /// Gap rows per status.
+    pub async fn gap_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let sql = "SELECT status, COUNT(*) FROM gaps GROUP BY status";
+        on_pool!(self, p => sqlx::query_as::<_, (String, i64)>(sql).fetch_all(p).await)
+            .map_err(StoreError::sql("gap counts"))
+    }
+}
