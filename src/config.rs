@@ -119,7 +119,7 @@ impl Default for ShutdownConfig {
     }
 }
 
-/// A venue's own `[venue]` keys, checked by the venue ([`crate::venue::Venue::check_options`]).
+/// A venue's own `[venue]` keys, read and checked by its constructor ([`crate::venue::MakeVenue`]).
 pub type VenueOptions = std::collections::BTreeMap<String, toml::Value>;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -549,17 +549,7 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let Some(venue) = crate::venue::venue_for(&self.venue.kind) else {
-            return Err(ConfigError::new(
-                "venue.kind",
-                format!(
-                    "unknown venue {:?}; supported: {}",
-                    self.venue.kind,
-                    crate::venue::kinds()
-                ),
-            ));
-        };
-        venue.check_options(&self.venue.options)?;
+        let venue = crate::venue::configured(&self.venue)?;
         check_url("venue.ws_url", &self.venue.ws_url, &["ws", "wss"])?;
         check_url("venue.rest_url", &self.venue.rest_url, &["http", "https"])?;
         let db = &self.database.url;

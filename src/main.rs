@@ -268,8 +268,7 @@ async fn run(cmd: Cmd, config: Option<Config>) -> anyhow::Result<()> {
         Cmd::Run { .. } => {
             let config = config.context("no configuration")?;
             let (stop, hurry) = shutdown_on_signals()?;
-            let venue = mdrec::venue::venue_for(&config.venue.kind)
-                .with_context(|| format!("unknown venue {:?}", config.venue.kind))?;
+            let venue = mdrec::venue::configured(&config.venue)?;
             mdrec::recorder::run_until(config, venue, stop, hurry).await?;
             Ok(())
         }

@@ -20,15 +20,14 @@ use crate::config::{Config, redact_url};
 use crate::runtime::stagger::Stagger;
 use crate::store::writer;
 use crate::store::{ErrorClass, Store};
-use crate::venue::{Venue, venue_for};
+use crate::venue::Venue;
 use worker::{Worker, WorkerStats};
 
 pub use crate::stats::RunStats;
 
 /// Runs until `shutdown` is cancelled, then drains and returns. Errors only at start-up.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<Arc<RunStats>> {
-    let venue = venue_for(&config.venue.kind)
-        .with_context(|| format!("unknown venue {:?}", config.venue.kind))?;
+    let venue = crate::venue::configured(&config.venue)?;
     run_with(config, venue, shutdown).await
 }
 

@@ -240,8 +240,6 @@ pub trait Venue: Send + Sync + 'static {
     /// Checks `[record]` in the venue's words: symbol spelling, interval names, depth; the
     /// error names the key.
     fn check_record(&self, record: &RecordConfig) -> Result<(), ConfigError>;
-    /// Checks the venue's own keys in `[venue]` (beyond kind and the URLs).
-    fn check_options(&self, options: &VenueOptions) -> Result<(), ConfigError>;
     /// The streams one symbol is subscribed to, by the configuration.
     fn streams(&self, symbol: &str, record: &RecordConfig) -> Vec<StreamKey>;
     /// What one socket of this venue carries and how fast it may be asked.
@@ -382,19 +380,29 @@ pub fn pack(
     out
 }
 
-/// Builds a venue's implementation.
-pub type MakeVenue = fn() -> Arc<dyn Venue>;
+/// Builds a venue's implementation from its own `[venue]` keys (beyond kind and the URLs),
+/// refusing keys it does not know (the error names the key).
+pub type MakeVenue = fn(&VenueOptions) -> Result<Arc<dyn Venue>, ConfigError>;
 
 /// Every venue: its `venue.kind` (the `venue` column value) and its constructor. The one
 /// place a new venue is registered.
-pub const REGISTRY: &[(&str, MakeVenue)] = &[(cdc_v1::NAME, || Arc::new(cdc_v1::CdcV1))];
+pub const REGISTRY: &[(&str, MakeVenue)] = &[(cdc_v1::NAME, cdc_v1::make)];
 
-/// The venue named by `venue.kind` (validated in config).
+/// The venue named by `venue.kind` with its options left at their defaults.
 pub fn venue_for(kind: &str) -> Option<Arc<dyn Venue>> {
-    REGISTRY
-        .iter()
-        .find(|(n, _)| *n == kind)
-        .map(|(_, make)| make())
+    let (_, make) = REGISTRY.iter().find(|(n, _)| *n == kind)?;
+    make(&VenueOptions::new()).ok()
+}
+
+/// The venue a configuration names, built with its options.
+pub fn configured(venue: &crate::config::VenueConfig) -> Result<Arc<dyn Venue>, ConfigError> {
+    let Some((_, make)) = REGISTRY.iter().find(|(n, _)| *n == venue.kind) else {
+        return Err(ConfigError::new(
+            "venue.kind",
+            format!("unknown venue {:?}; supported: {}", venue.kind, kinds()),
+        ));
+    };
+    make(&venue.options)
 }
 
 /// The static name of a known venue (rows read back from storage carry `&'static str`).

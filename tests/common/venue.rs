@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use mdrec::config::{ConfigError, RecordConfig, VenueOptions};
+use mdrec::config::{ConfigError, RecordConfig};
 use mdrec::model::{Interval, Market, StreamKey, TradeMark};
 use mdrec::venue::cdc_v1::CdcV1;
 use mdrec::venue::validate::Rules;
@@ -39,9 +39,6 @@ impl Venue for TestVenue {
     }
     fn check_record(&self, record: &RecordConfig) -> Result<(), ConfigError> {
         CdcV1.check_record(record)
-    }
-    fn check_options(&self, options: &VenueOptions) -> Result<(), ConfigError> {
-        CdcV1.check_options(options)
     }
     fn streams(&self, symbol: &str, record: &RecordConfig) -> Vec<StreamKey> {
         CdcV1.streams(symbol, record)

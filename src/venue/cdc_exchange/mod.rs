@@ -7,7 +7,10 @@
 //! registry yet: the venue's REST history, listing and simulator personality come next.
 
 pub mod rest;
+pub mod venue;
 pub mod wire;
+
+pub use venue::{CdcExchange, make_exchange, make_v2};
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -43,6 +43,17 @@ pub const RULES: Rules = Rules {
 
 pub struct CdcV1;
 
+/// The registry's constructor: v1 has no options of its own.
+pub fn make(options: &VenueOptions) -> Result<Arc<dyn Venue>, ConfigError> {
+    match options.keys().next() {
+        Some(k) => Err(ConfigError::new(
+            &format!("venue.{k}"),
+            "unknown field; cdc-v1 has no options beyond kind, ws_url and rest_url",
+        )),
+        None => Ok(Arc::new(CdcV1)),
+    }
+}
+
 /// v1's kline intervals, by its own names; `1month` is a calendar month.
 pub const INTERVALS: [&str; 8] = [
     "1min", "5min", "15min", "30min", "60min", "1day", "1week", "1month",
@@ -180,16 +191,6 @@ impl Venue for CdcV1 {
         }
         depth_step(record.depth()).map_err(|m| ConfigError::new("record.depth", m))?;
         Ok(())
-    }
-
-    fn check_options(&self, options: &VenueOptions) -> Result<(), ConfigError> {
-        match options.keys().next() {
-            Some(k) => Err(ConfigError::new(
-                &format!("venue.{k}"),
-                "unknown field; cdc-v1 has no options beyond kind, ws_url and rest_url",
-            )),
-            None => Ok(()),
-        }
     }
 
     fn socket_limits(&self) -> SocketLimits {
