@@ -497,6 +497,14 @@ fn books_keep_exact_levels_and_chain_deltas_by_u_and_pu() {
     decode_in(&mut s, &snapshot).unwrap();
     let (r, ev) = decode_in(&mut s, &empty).unwrap();
     assert!(ev.is_empty() && r.breaks.is_empty() && r.control);
+    assert_eq!(
+        r.alive,
+        [(
+            Arc::<str>::from("NVDAUSD-PERP"),
+            mdrec::model::StreamKey::Book(50)
+        )],
+        "the book's channel is alive, not silent"
+    );
 }
 
 #[test]

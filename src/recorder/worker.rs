@@ -555,6 +555,7 @@ impl Reader {
                     });
                 }
                 self.tally(w, &reaction.findings);
+                self.alive(w, &reaction.alive);
                 send.extend(reaction.reply);
                 for b in reaction.breaks {
                     match self.book_break(w, b).await {
@@ -621,6 +622,26 @@ impl Reader {
             }
         }
         Handled::Continue(send)
+    }
+
+    /// Streams the venue showed alive without rows are not silent: no resubscription.
+    fn alive(&mut self, w: &Worker, streams: &[(Arc<str>, StreamKey)]) {
+        if streams.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        for (symbol, key) in streams {
+            let Some(&i) = w.index.get(symbol) else {
+                continue;
+            };
+            for c in self
+                .channels
+                .iter_mut()
+                .filter(|c| c.feed == i && c.key == *key)
+            {
+                c.seen = now;
+            }
+        }
     }
 
     /// A book stream lost updates: the stretch goes on record as an unrecoverable hole of

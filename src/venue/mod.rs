@@ -212,6 +212,9 @@ pub struct Reaction {
     /// that stream and re-synced on the connection; the session emits none of the stream's
     /// deltas until its next snapshot.
     pub breaks: Vec<BookBreak>,
+    /// Streams (symbol, stream) this frame proved alive without rows (an idle book's empty
+    /// delta): they are not silent channels to subscribe again.
+    pub alive: Vec<(Arc<str>, StreamKey)>,
 }
 
 /// A book stream that lost updates (the venue's sequence numbers skipped).

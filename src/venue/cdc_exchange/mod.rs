@@ -17,8 +17,8 @@ use std::sync::Arc;
 
 use crate::decimal::Dec;
 use crate::model::{
-    BookDelta, BookSide, BookSnapshot, Event, Interval, Kline, Level, Side, Source, Span, Ticker,
-    Trade,
+    BookDelta, BookSide, BookSnapshot, Event, Interval, Kline, Level, Side, Source, Span,
+    StreamKey, Ticker, Trade,
 };
 use crate::venue::numbers::short;
 use crate::venue::validate::{Findings, Rules, Verdict};
@@ -313,14 +313,15 @@ impl VenueSession for ExchangeSession {
             recv_time_us,
             findings: Findings::default(),
             breaks: Vec::new(),
-            alive: false,
+            alive: Vec::new(),
         };
         n.push(&push, data, out)?;
         let (findings, breaks, alive) = (n.findings, n.breaks, n.alive);
         Ok(Reaction {
             findings,
             breaks,
-            control: alive,
+            control: !alive.is_empty() && out.is_empty(),
+            alive,
             ..Reaction::default()
         })
     }
@@ -331,8 +332,8 @@ struct Normalizer<'s> {
     recv_time_us: i64,
     findings: Findings,
     breaks: Vec<BookBreak>,
-    /// The frame was a legal message without rows (an idle book's empty delta).
-    alive: bool,
+    /// Streams the frame proved alive without rows (an idle book's empty delta).
+    alive: Vec<(Arc<str>, StreamKey)>,
 }
 
 fn levels(v: Vec<WireLevel>) -> Vec<Level> {
@@ -500,7 +501,9 @@ impl Normalizer<'_> {
             state.last_u = Some(d.u.0);
             state.last_ms = d.t.0;
             if d.update.bids.is_empty() && d.update.asks.is_empty() {
-                self.alive = true; // an idle book's heartbeat
+                // an idle book's heartbeat
+                self.alive
+                    .push((self.s.symbols[at].clone(), StreamKey::Book(depth)));
                 continue;
             }
             let changes = levels(d.update.bids)
