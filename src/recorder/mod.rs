@@ -159,7 +159,22 @@ pub async fn start(
     let stagger = Arc::new(Stagger::new(config.connection.connect_rate_per_s));
     let (spool, marks, leftovers, startup) = if db_up {
         // rows an earlier run spooled count for where the streams end: replayed before the
-        // marks are read
+        // marks are read. Where a file moves a stream's end, the run that wrote it may have
+        // been killed before its own start-up hole went on record: that stretch is checked
+        // again (below), from the last trade stored before the replay
+        let before_replay = if spool.is_empty() {
+            Vec::new()
+        } else {
+            let mut v = Vec::new();
+            for sym in &config.record.symbols {
+                let last = store
+                    .last_trade(venue.name(), sym, None)
+                    .await
+                    .context("reading where the stored trades end")?;
+                v.push((Arc::<str>::from(sym.as_str()), last));
+            }
+            v
+        };
         let spool = writer::replay_spool(
             store.clone(),
             spool,
@@ -189,9 +204,36 @@ pub async fn start(
                 }
             });
         }
-        let (marks, leftovers) = stored_marks(&store, venue.as_ref(), &config)
+        let (marks, mut leftovers) = stored_marks(&store, venue.as_ref(), &config)
             .await
             .context("reading where the stored streams end")?;
+        for (symbol, before) in before_replay {
+            let Some(anchor) = before else {
+                continue; // nothing stored before: nothing to hold a hole against
+            };
+            let after = store
+                .last_trade(venue.name(), &symbol, None)
+                .await
+                .context("reading where the stored trades end")?;
+            if after == Some(anchor) {
+                continue;
+            }
+            let until = store
+                .next_trade(venue.name(), &symbol, anchor)
+                .await
+                .context("reading where the stored trades end")?;
+            tracing::info!(%symbol, after_id = anchor.trade_id, "spooled rows of an earlier run moved the stored trades on: checking the stretch before them");
+            leftovers.push(marks::HoleCheck {
+                symbol,
+                reason: marks::Reason::Startup,
+                trade: Some(anchor),
+                trade_until: until,
+                bars: Vec::new(),
+                detected_at_ms: crate::model::now_ms(),
+                row_start: None,
+                recorded: false,
+            });
+        }
         (spool, marks, leftovers, None)
     } else {
         // where the stored streams end is read once the database answers (`after_start`);
