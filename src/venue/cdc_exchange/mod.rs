@@ -17,15 +17,14 @@ use std::sync::Arc;
 
 use crate::decimal::Dec;
 use crate::model::{
-    BookDelta, BookSide, BookSnapshot, Event, Interval, Kline, Level, Side, Source, Span,
-    StreamKey, Ticker, Trade,
+    BookDelta, BookSide, BookSnapshot, Event, Interval, Kline, Source, Span, StreamKey, Ticker,
 };
 use crate::venue::numbers::short;
 use crate::venue::validate::{Findings, Rules, Verdict};
 use crate::venue::{BookBreak, DecodeError, Frame, Reaction, VenueSession};
 
 use self::wire::{
-    Envelope, Push, WireBar, WireBook, WireBookUpdate, WireLevel, WireTicker, WireTrade,
+    Envelope, Push, WireBar, WireBook, WireBookUpdate, WireTicker, WireTrade, levels,
 };
 
 /// The `venue` column values.
@@ -336,10 +335,6 @@ struct Normalizer<'s> {
     alive: Vec<(Arc<str>, StreamKey)>,
 }
 
-fn levels(v: Vec<WireLevel>) -> Vec<Level> {
-    v.into_iter().map(|l| (l.0.0, l.1.0)).collect()
-}
-
 impl Normalizer<'_> {
     fn emit(&mut self, ev: Event, out: &mut Vec<Event>) {
         match self.s.rules.check(&ev, self.recv_time_us / 1000) {
@@ -400,20 +395,15 @@ impl Normalizer<'_> {
         let symbol = self.s.symbols[at].clone();
         let mut trades = Vec::with_capacity(rows.len());
         for t in rows {
-            let side = Side::parse(&t.s)
-                .ok_or_else(|| unexpected(format!("trade side {:?}", short(&t.s))))?;
-            trades.push(Trade {
-                venue: self.s.dialect.name(),
-                symbol: symbol.clone(),
-                trade_id: t.d.0,
-                side,
-                price: t.p.0,
-                qty: t.q.0,
-                quote_qty: None,
-                event_time_ms: t.t.0,
-                recv_time_us: self.recv_time_us,
-                source: Source::Ws,
-            });
+            let t = t
+                .into_trade(
+                    self.s.dialect.name(),
+                    &symbol,
+                    self.recv_time_us,
+                    Source::Ws,
+                )
+                .map_err(unexpected)?;
+            trades.push(t);
         }
         // newest first on the wire: stored oldest first
         trades.sort_by_key(|t| (t.event_time_ms, t.trade_id));

@@ -9,8 +9,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::Dialect;
-use super::wire::{WireBar, WireLevel, WireTicker, WireTrade};
-use crate::model::{Kline, Level, Market, Side, Source, Ticker, Trade};
+use super::wire::{WireBar, WireLevel, WireTicker, WireTrade, levels};
+use crate::model::{Kline, Level, Market, Source, Ticker, Trade};
 use crate::venue::FetchError;
 use crate::venue::numbers::{Int, Num, short};
 
@@ -71,20 +71,10 @@ pub fn parse_trades(
     let rows: DataOf<WireTrade<'_>> = result(body)?;
     let mut out = Vec::with_capacity(rows.data.len());
     for t in rows.data {
-        let side = Side::parse(&t.s)
-            .ok_or_else(|| FetchError::BadBody(format!("trade side {:?}", short(&t.s))))?;
-        out.push(Trade {
-            venue: dialect.name(),
-            symbol: symbol.clone(),
-            trade_id: t.d.0,
-            side,
-            price: t.p.0,
-            qty: t.q.0,
-            quote_qty: None,
-            event_time_ms: t.t.0,
-            recv_time_us,
-            source: Source::Rest,
-        });
+        out.push(
+            t.into_trade(dialect.name(), symbol, recv_time_us, Source::Rest)
+                .map_err(FetchError::BadBody)?,
+        );
     }
     out.sort_by_key(|t| (t.event_time_ms, t.trade_id));
     out.dedup_by_key(|t| t.trade_id);
@@ -153,8 +143,7 @@ pub fn parse_book(body: &str) -> Result<(Vec<Level>, Vec<Level>, i64), FetchErro
         .into_iter()
         .next()
         .ok_or_else(|| FetchError::BadBody("book reply without data".into()))?;
-    let lv = |v: Vec<WireLevel>| v.into_iter().map(|l| (l.0.0, l.1.0)).collect();
-    Ok((lv(b.bids), lv(b.asks), b.t.0))
+    Ok((levels(b.bids), levels(b.asks), b.t.0))
 }
 
 /// `public/get-tickers`: one per instrument.

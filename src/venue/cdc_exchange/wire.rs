@@ -55,6 +55,37 @@ pub struct WireTrade<'a> {
     pub i: Option<Cow<'a, str>>,
 }
 
+impl WireTrade<'_> {
+    /// The trade as a row (the venue names the taker's side; ids kept exact).
+    pub fn into_trade(
+        self,
+        venue: &'static str,
+        symbol: &std::sync::Arc<str>,
+        recv_time_us: i64,
+        source: crate::model::Source,
+    ) -> Result<crate::model::Trade, String> {
+        let side = crate::model::Side::parse(&self.s)
+            .ok_or_else(|| format!("trade side {:?}", crate::venue::numbers::short(&self.s)))?;
+        Ok(crate::model::Trade {
+            venue,
+            symbol: symbol.clone(),
+            trade_id: self.d.0,
+            side,
+            price: self.p.0,
+            qty: self.q.0,
+            quote_qty: None,
+            event_time_ms: self.t.0,
+            recv_time_us,
+            source,
+        })
+    }
+}
+
+/// Book levels as rows: price and quantity (the orders count is dropped).
+pub fn levels(v: Vec<WireLevel>) -> Vec<crate::model::Level> {
+    v.into_iter().map(|l| (l.0.0, l.1.0)).collect()
+}
+
 /// A book level: `[price, qty, orders]` (orders ignored; may read 0).
 #[derive(Debug, Deserialize)]
 pub struct WireLevel(
