@@ -830,8 +830,12 @@ listen = "127.0.0.1:9187"
 
     #[test]
     fn left_out_keys_take_the_venues_defaults_and_its_options_are_its_own() {
-        let c = Config::parse("[venue]\n[record]\nsymbols = [\"btcusdt\"]\n").unwrap();
+        let c = Config::parse("[venue]\n[record]\nsymbols = [\"BTC_USD\"]\n").unwrap();
         c.validate().unwrap();
+        assert_eq!(
+            c.venue.kind, "cdc-exchange",
+            "today's exchange is the default"
+        );
         let d = crate::venue::venue_for(&c.venue.kind).unwrap().defaults();
         assert_eq!(c.venue.ws_url, d.ws_url);
         assert_eq!(c.venue.rest_url, d.rest_url);

@@ -7,18 +7,17 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::sim::{self, SimConfig};
+use crate::sim::{self, Personality, SimConfig};
 use crate::store::Store;
 
-pub const DEMO_SYMBOLS: [&str; 3] = ["btcusdt", "ethusdt", "hpxusdt"];
-
-/// The recorder configuration the demo uses against a simulator.
+/// The recorder configuration the demo uses against a simulator speaking `p`.
 pub fn demo_config(
+    p: &Personality,
     ws_url: &str,
     rest_url: &str,
     db_url: &str,
 ) -> Result<Config, crate::config::ConfigError> {
-    let symbols: Vec<String> = DEMO_SYMBOLS.iter().map(|s| format!("{s:?}")).collect();
+    let symbols: Vec<String> = p.demo_symbols.iter().map(|s| format!("{s:?}")).collect();
     let text = format!(
         r#"
 [venue]
@@ -44,24 +43,35 @@ listen = ""
 flush_interval_ms = 200
 "#,
         symbols.join(", "),
-        venue = sim::VENUE,
-        record = sim::DEMO_RECORD,
+        venue = p.venue,
+        record = p.demo_record,
     );
     let cfg = Config::parse(&text)?;
     cfg.validate()?;
     Ok(cfg)
 }
 
-/// Runs the simulator and the recorder for `seconds` (or until `stop`), then prints a summary.
-pub async fn run(seconds: u64, db_path: &Path, stop: CancellationToken) -> anyhow::Result<String> {
-    let sim = sim::start(SimConfig {
-        symbols: DEMO_SYMBOLS.iter().map(|s| s.to_string()).collect(),
-        ..SimConfig::default()
-    })
-    .await
-    .context("starting the simulator")?;
+/// Runs the simulator speaking `venue` and the recorder for `seconds` (or until `stop`), then
+/// prints a summary.
+pub async fn run(
+    venue: &str,
+    seconds: u64,
+    db_path: &Path,
+    stop: CancellationToken,
+) -> anyhow::Result<String> {
+    let Some(sim_cfg) = SimConfig::for_venue(venue) else {
+        anyhow::bail!(
+            "the simulator does not speak {venue:?}; one of {}",
+            sim::venues()
+        );
+    };
+    let p = sim_cfg.personality();
+    let symbols: Vec<&str> = p.demo_symbols.to_vec();
+    let sim = sim::start(sim_cfg)
+        .await
+        .context("starting the simulator")?;
     let db_url = format!("sqlite://{}", db_path.display());
-    let cfg = demo_config(&sim.ws_url(), &sim.rest_url(), &db_url)?;
+    let cfg = demo_config(p, &sim.ws_url(), &sim.rest_url(), &db_url)?;
     let token = CancellationToken::new();
     let recorder = tokio::spawn(crate::recorder::run(cfg, token.clone()));
     tokio::select! {
@@ -72,7 +82,7 @@ pub async fn run(seconds: u64, db_path: &Path, stop: CancellationToken) -> anyho
     sim.halt();
     token.cancel();
     let stats = recorder.await.context("recorder task")??;
-    let generated: Vec<usize> = DEMO_SYMBOLS.iter().map(|s| sim.trades(s).len()).collect();
+    let generated: Vec<usize> = symbols.iter().map(|s| sim.trades(s).len()).collect();
     sim.shutdown().await;
 
     let store = Store::connect(&db_url).await?;
@@ -80,7 +90,8 @@ pub async fn run(seconds: u64, db_path: &Path, stop: CancellationToken) -> anyho
     use std::fmt::Write;
     writeln!(
         out,
-        "Recorded {seconds} s of the simulator into {}",
+        "Recorded {seconds} s of the simulator ({}) into {}",
+        p.venue,
         db_path.display()
     )?;
     writeln!(out, "\nrows per table:")?;
@@ -88,8 +99,8 @@ pub async fn run(seconds: u64, db_path: &Path, stop: CancellationToken) -> anyho
         writeln!(out, "  {table:<15} {n:>8}")?;
     }
     writeln!(out, "\nper symbol:")?;
-    for (s, generated) in DEMO_SYMBOLS.into_iter().zip(generated) {
-        let trades = store.load_trades(sim::VENUE, s).await?;
+    for (&s, generated) in symbols.iter().zip(generated) {
+        let trades = store.load_trades(p.venue, s).await?;
         let first = trades.iter().map(|t| t.event_time_ms).min().unwrap_or(0);
         let last = trades.iter().map(|t| t.event_time_ms).max().unwrap_or(0);
         let frames = stats
@@ -99,7 +110,7 @@ pub async fn run(seconds: u64, db_path: &Path, stop: CancellationToken) -> anyho
             .unwrap_or(0);
         writeln!(
             out,
-            "  {s:<10} trades stored {:>6} of {generated:>6} generated  exchange time {first}..{last} ms  frames {frames}",
+            "  {s:<12} trades stored {:>6} of {generated:>6} generated  exchange time {first}..{last} ms  frames {frames}",
             trades.len()
         )?;
     }
@@ -107,8 +118,8 @@ pub async fn run(seconds: u64, db_path: &Path, stop: CancellationToken) -> anyho
         out,
         "\n(trades before the first subscription come from REST backfill, source = 'rest')\n"
     )?;
-    let symbols: Vec<String> = DEMO_SYMBOLS.iter().map(|s| s.to_string()).collect();
-    let cov = crate::coverage::compute(&store, sim::VENUE, &symbols, None, None).await?;
+    let symbols: Vec<String> = symbols.iter().map(|s| s.to_string()).collect();
+    let cov = crate::coverage::compute(&store, p.venue, &symbols, None, None).await?;
     out.push_str(&crate::coverage::render(&cov));
     store.close().await;
     Ok(out)

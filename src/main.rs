@@ -40,6 +40,10 @@ enum Cmd {
     },
     /// Offline showcase: record the built-in simulator into a local SQLite file.
     Demo {
+        /// The venue the simulator speaks: cdc-exchange (today's Crypto.com Exchange), cdc-v2
+        /// (its v2 dialect) or cdc-v1 (the kline-api protocol).
+        #[arg(long, default_value = "cdc-exchange")]
+        venue: String,
         #[arg(long, default_value_t = 10)]
         seconds: u64,
         /// SQLite file to record into (created if missing).
@@ -48,11 +52,15 @@ enum Cmd {
     },
     /// Run the exchange simulator as a standalone server (websocket + REST).
     Simulate {
+        /// The venue spoken: cdc-exchange, cdc-v2 or cdc-v1.
+        #[arg(long, default_value = "cdc-exchange")]
+        venue: String,
         #[arg(long, default_value = "127.0.0.1:9443")]
         ws_listen: std::net::SocketAddr,
         #[arg(long, default_value = "127.0.0.1:9444")]
         rest_listen: std::net::SocketAddr,
-        #[arg(long, value_delimiter = ',', default_value = "btcusdt,ethusdt")]
+        /// Default: the venue's demo symbols.
+        #[arg(long, value_delimiter = ',')]
         symbols: Vec<String>,
         #[arg(long, default_value_t = 1)]
         seed: u64,
@@ -117,9 +125,10 @@ enum Cmd {
         /// Levels per side to print.
         #[arg(long, default_value_t = 10)]
         depth: usize,
-        /// Depth step (0 = full precision).
-        #[arg(long, default_value_t = 0)]
-        step: i16,
+        /// The book stream: v1's depth step (0 = full precision), the exchange's depth
+        /// (10, 50, 150). Default: the one `[record] depth` records.
+        #[arg(long)]
+        step: Option<i16>,
         /// JSON for scripts instead of the table.
         #[arg(long)]
         json: bool,
@@ -335,6 +344,17 @@ async fn run(cmd: Cmd, config: Option<Config>) -> anyhow::Result<()> {
             ..
         } => {
             let config = config.context("no configuration")?;
+            let step = match step {
+                Some(s) => s,
+                None => mdrec::venue::configured(&config.venue)?
+                    .streams(&symbol, &config.record)
+                    .into_iter()
+                    .find_map(|k| match k {
+                        mdrec::model::StreamKey::Book(d) => Some(d),
+                        _ => None,
+                    })
+                    .context("[record] depth records no book: name one with --step")?,
+            };
             let (store, venue) = open_store(&config).await?;
             let book = mdrec::coverage::book_at(&store, venue, &symbol, step, at).await?;
             store.close().await;
@@ -397,13 +417,14 @@ async fn run(cmd: Cmd, config: Option<Config>) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::Demo { seconds, db } => {
+        Cmd::Demo { venue, seconds, db } => {
             let (stop, _) = shutdown_on_signals()?;
-            let report = mdrec::demo::run(seconds, &db, stop).await?;
+            let report = mdrec::demo::run(&venue, seconds, &db, stop).await?;
             print!("{report}");
             Ok(())
         }
         Cmd::Simulate {
+            venue,
             ws_listen,
             rest_listen,
             symbols,
@@ -416,6 +437,17 @@ async fn run(cmd: Cmd, config: Option<Config>) -> anyhow::Result<()> {
             speed,
             ping_interval_s,
         } => {
+            let Some(base) = SimConfig::for_venue(&venue) else {
+                anyhow::bail!(
+                    "--venue: the simulator does not speak {venue:?}; one of {}",
+                    sim::venues()
+                );
+            };
+            let symbols = if symbols.is_empty() {
+                base.symbols.clone()
+            } else {
+                symbols
+            };
             let (stop, _) = shutdown_on_signals()?;
             let handle = sim::start(SimConfig {
                 seed,
@@ -441,7 +473,7 @@ async fn run(cmd: Cmd, config: Option<Config>) -> anyhow::Result<()> {
                 ping_interval: Duration::from_secs(ping_interval_s.max(1)),
                 ws_addr: ws_listen,
                 rest_addr: rest_listen,
-                ..SimConfig::default()
+                ..base
             })
             .await
             .context("starting the simulator")?;

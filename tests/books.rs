@@ -195,7 +195,7 @@ async fn book_at_matches_the_venue(db: &str, mode: sim::DepthMode) {
     let cfg_path = dir.path().join("c.toml");
     std::fs::write(
         &cfg_path,
-        format!("[venue]\n[database]\nurl = \"{db}\"\n[record]\nsymbols = [\"btcusdt\"]\n"),
+        format!("[venue]\nkind = \"cdc-v1\"\n[database]\nurl = \"{db}\"\n[record]\nsymbols = [\"btcusdt\"]\n"),
     )
     .unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_mdrec"))

@@ -187,7 +187,7 @@ fn trades_are_paged_back_by_time_to_the_anchor() {
         trade_id: 1_000_000_007,
     };
     // the venue has one trade a millisecond up to 1400: three pages back to the anchor
-    let mut h = venue.trade_history(&Arc::from("BTC_USD"), Some(anchor));
+    let mut h = venue.trade_history(&Arc::from("BTC_USD"), Some(anchor), None);
     let mut got = Vec::new();
     let mut pages = 0;
     while let Some(path) = h.next_request() {
@@ -210,7 +210,7 @@ fn trades_are_paged_back_by_time_to_the_anchor() {
     );
 
     // the venue's history ends before the anchor: an empty page, the hole is short of it
-    let mut h = venue.trade_history(&Arc::from("BTC_USD"), Some(anchor));
+    let mut h = venue.trade_history(&Arc::from("BTC_USD"), Some(anchor), None);
     let path = h.next_request().unwrap();
     assert_eq!(param(&path, "end_ts"), None);
     h.take(&trades_page(1_250, 1_400), 1).unwrap();
@@ -220,8 +220,28 @@ fn trades_are_paged_back_by_time_to_the_anchor() {
     assert_eq!(h.next_request(), None);
     assert!(matches!(h.reach(None), Reach::Short { .. }));
 
+    // a venue whose window begins after the anchor answers from its edge: a short page
+    // without the anchor is short of it too
+    let mut h = venue.trade_history(&Arc::from("BTC_USD"), Some(anchor), None);
+    h.next_request().unwrap();
+    h.take(&trades_page(1_300, 1_400), 1).unwrap();
+    assert_eq!(h.next_request(), None);
+    assert!(matches!(h.reach(None), Reach::Short { .. }));
+
+    // the hole's far end known (the socket's first trade): the walk starts there
+    let until = TradeMark {
+        time_ms: 1_300,
+        trade_id: 5,
+    };
+    let mut h = venue.trade_history(&Arc::from("BTC_USD"), Some(anchor), Some(until));
+    let path = h.next_request().unwrap();
+    assert_eq!(param(&path, "end_ts"), Some(1_301));
+    h.take(&trades_page(1_000, 1_101), 1).unwrap();
+    assert_eq!(h.next_request(), None);
+    assert_eq!(h.reach(Some(until)), Reach::Anchor);
+
     // nothing recorded before: the newest page is history, no walk
-    let mut h = venue.trade_history(&Arc::from("BTC_USD"), None);
+    let mut h = venue.trade_history(&Arc::from("BTC_USD"), None, None);
     let path = h.next_request().unwrap();
     assert_eq!(param(&path, "start_ts"), None);
     h.take(&trades_page(1_250, 1_400), 1).unwrap();

@@ -61,7 +61,7 @@ async fn crash_loop(db_url: &str) {
     std::fs::write(
         &cfg,
         format!(
-            "[venue]\nws_url = \"{}\"\nrest_url = \"{}\"\n[database]\nurl = \"{db_url}\"\n\
+            "[venue]\nkind = \"cdc-v1\"\nws_url = \"{}\"\nrest_url = \"{}\"\n[database]\nurl = \"{db_url}\"\n\
              [record]\nsymbols = [\"btcusdt\", \"ethusdt\"]\nklines = [\"1min\"]\ndepth = false\n\
              max_time_ahead_s = 86400\n[metrics]\nlisten = \"\"\n[writer]\nflush_interval_ms = 50\n\
              spool_dir = {:?}\n[backfill]\naudit_interval_s = 0\n",

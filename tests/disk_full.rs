@@ -75,7 +75,7 @@ async fn full_database_disk(db_url: &str, disk: &Tmpfs, what: &str, seed: u64) {
     .unwrap();
     let spool = tempfile::tempdir().unwrap();
     let text = format!(
-        "[venue]\nws_url = \"{}\"\nrest_url = \"{}\"\n[database]\nurl = \"{db_url}\"\n\
+        "[venue]\nkind = \"cdc-v1\"\nws_url = \"{}\"\nrest_url = \"{}\"\n[database]\nurl = \"{db_url}\"\n\
          [record]\nsymbols = [\"btcusdt\", \"ethusdt\"]\nklines = [\"1min\"]\ndepth = \"step0\"\n\
          depth_levels = 20\nticker = true\nmax_time_ahead_s = 86400\n[metrics]\nlisten = \"\"\n\
          [writer]\nflush_interval_ms = 50\nspool_dir = {:?}\nwrite_timeout_s = 5\n\
@@ -162,7 +162,7 @@ async fn spool_on_a_full_disk_while_the_database_is_down_loses_nothing_read() {
     .await
     .unwrap();
     let text = format!(
-        "[venue]\nws_url = \"{}\"\nrest_url = \"{}\"\n[database]\nurl = \"{}\"\n\
+        "[venue]\nkind = \"cdc-v1\"\nws_url = \"{}\"\nrest_url = \"{}\"\n[database]\nurl = \"{}\"\n\
          [record]\nsymbols = [\"btcusdt\", \"ethusdt\"]\nklines = [\"1min\"]\ndepth = \"step0\"\n\
          ticker = true\nmax_time_ahead_s = 86400\n[metrics]\nlisten = \"\"\n\
          [writer]\nflush_interval_ms = 50\nqueue_capacity = 512\nspool_dir = {:?}\nwrite_timeout_s = 2\n\

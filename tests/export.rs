@@ -299,7 +299,7 @@ async fn round_trip(db: &str) {
     let cfg_path = dir.path().join("c.toml");
     std::fs::write(
         &cfg_path,
-        format!("[venue]\n[database]\nurl = \"{db}\"\n[record]\nsymbols = [\"btcusdt\"]\n"),
+        format!("[venue]\nkind = \"cdc-v1\"\n[database]\nurl = \"{db}\"\n[record]\nsymbols = [\"btcusdt\"]\n"),
     )
     .unwrap();
     let out = dir.path().join("range.csv");

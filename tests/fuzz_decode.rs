@@ -159,7 +159,7 @@ proptest! {
         let sym: Arc<str> = Arc::from("btcusdt");
         let iv: Arc<str> = Arc::from("1min");
         let _ = v.parse_markets(&body, 1);
-        let mut history = v.trade_history(&sym, None);
+        let mut history = v.trade_history(&sym, None, None);
         let _ = history.next_request();
         let _ = history.take(&body, RECV_US);
         if let Some(mut bars) = v.kline_history(&sym, &iv, Some(0)) {

@@ -530,7 +530,7 @@ async fn coverage_cli_agrees(db: &str, store: &Store, gaps: &[Gap]) {
     std::fs::write(
         &cfg,
         format!(
-            "[venue]\nws_url = \"ws://127.0.0.1:9/ws\"\nrest_url = \"http://127.0.0.1:9\"\n\
+            "[venue]\nkind = \"cdc-v1\"\nws_url = \"ws://127.0.0.1:9/ws\"\nrest_url = \"http://127.0.0.1:9\"\n\
              [database]\nurl = \"{db}\"\n[record]\nsymbols = [\"btcusdt\"]\n"
         ),
     )

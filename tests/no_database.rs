@@ -27,7 +27,7 @@ async fn healthz(rec: &Recorder) -> (u16, String) {
 
 fn config(sim: &sim::SimHandle, db_url: &str, spool: &std::path::Path) -> mdrec::config::Config {
     let text = format!(
-        "[venue]\nws_url = \"{}\"\nrest_url = \"{}\"\n[database]\nurl = \"{db_url}\"\n\
+        "[venue]\nkind = \"cdc-v1\"\nws_url = \"{}\"\nrest_url = \"{}\"\n[database]\nurl = \"{db_url}\"\n\
          [record]\nsymbols = [\"btcusdt\", \"ethusdt\"]\nklines = [\"1min\"]\ndepth = false\n\
          max_time_ahead_s = 86400\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
          [writer]\nflush_interval_ms = 50\nspool_dir = {:?}\nwrite_timeout_s = 2\n\

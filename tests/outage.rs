@@ -54,7 +54,7 @@ where
     .unwrap();
     let mut cfg = recorder_config(&sim.ws_url(), &sim.rest_url(), db_url, &SYMBOLS, "");
     let over = mdrec::config::Config::parse(&format!(
-        "[venue]\n[record]\nsymbols = [\"x\"]\n{}",
+        "[venue]\nkind = \"cdc-v1\"\n[record]\nsymbols = [\"x\"]\n{}",
         extra(spool)
     ))
     .unwrap();
@@ -194,7 +194,7 @@ async fn sigkill_with_a_full_spool_then_restart_replays_it() {
     std::fs::write(
         &cfg_path,
         format!(
-            "[venue]\nws_url = \"{}\"\nrest_url = \"{}\"\n[database]\nurl = \"{db_url}\"\n[record]\nsymbols = [{}]\nklines = [\"1min\"]\nmax_time_ahead_s = 86400\n[metrics]\nlisten = \"127.0.0.1:0\"\n{}",
+            "[venue]\nkind = \"cdc-v1\"\nws_url = \"{}\"\nrest_url = \"{}\"\n[database]\nurl = \"{db_url}\"\n[record]\nsymbols = [{}]\nklines = [\"1min\"]\nmax_time_ahead_s = 86400\n[metrics]\nlisten = \"127.0.0.1:0\"\n{}",
             sim.ws_url(),
             sim.rest_url(),
             syms.join(", "),
@@ -430,7 +430,7 @@ async fn sigterm_with_a_stuck_database_exits_within_the_deadline() {
     std::fs::write(
         &cfg_path,
         format!(
-            "[venue]\nws_url = \"{}\"\nrest_url = \"{}\"\n[database]\nurl = \"sqlite://{}\"\n[record]\nsymbols = [\"btcusdt\"]\nmax_time_ahead_s = 86400\n[metrics]\nlisten = \"127.0.0.1:0\"\n[writer]\nwrite_timeout_s = 60\nspool_dir = {:?}\n[shutdown]\ntimeout_s = 3\n",
+            "[venue]\nkind = \"cdc-v1\"\nws_url = \"{}\"\nrest_url = \"{}\"\n[database]\nurl = \"sqlite://{}\"\n[record]\nsymbols = [\"btcusdt\"]\nmax_time_ahead_s = 86400\n[metrics]\nlisten = \"127.0.0.1:0\"\n[writer]\nwrite_timeout_s = 60\nspool_dir = {:?}\n[shutdown]\ntimeout_s = 3\n",
             sim.ws_url(),
             sim.rest_url(),
             db.display(),

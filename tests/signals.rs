@@ -19,7 +19,7 @@ const SYMBOLS: [&str; 2] = ["btcusdt", "ethusdt"];
 
 fn config(dir: &std::path::Path, ws: &str, rest: &str, db_url: &str) -> std::path::PathBuf {
     let text = format!(
-        "[venue]\nws_url = \"{ws}\"\nrest_url = \"{rest}\"\n[database]\nurl = \"{db_url}\"\n\
+        "[venue]\nkind = \"cdc-v1\"\nws_url = \"{ws}\"\nrest_url = \"{rest}\"\n[database]\nurl = \"{db_url}\"\n\
          [record]\nsymbols = [\"btcusdt\", \"ethusdt\"]\nklines = [\"1min\"]\nmax_time_ahead_s = 86400\n\
          [metrics]\nlisten = \"\"\n[backfill]\nenabled = false\n[writer]\nspool_dir = {:?}\n\
          [shutdown]\ntimeout_s = 10\n",

@@ -17,7 +17,7 @@ async fn ready_watchdog_stopping() {
     std::fs::write(
         &cfg,
         format!(
-            "[venue]\nws_url = \"{}\"\nrest_url = \"{}\"\n[database]\nurl = \"sqlite://{}\"\n[record]\nsymbols = [\"btcusdt\"]\nmax_time_ahead_s = 86400\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
+            "[venue]\nkind = \"cdc-v1\"\nws_url = \"{}\"\nrest_url = \"{}\"\n[database]\nurl = \"sqlite://{}\"\n[record]\nsymbols = [\"btcusdt\"]\nmax_time_ahead_s = 86400\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
             sim.ws_url(),
             sim.rest_url(),
             db.display()

@@ -515,7 +515,7 @@ mod tests {
     fn config(symbols: &[&str]) -> Config {
         let list: Vec<String> = symbols.iter().map(|s| format!("{s:?}")).collect();
         let c = Config::parse(&format!(
-            "[venue]\n[record]\nsymbols = [{}]\n[connection]\nsilence_timeout_s = 10\n",
+            "[venue]\nkind = \"cdc-v1\"\n[record]\nsymbols = [{}]\n[connection]\nsilence_timeout_s = 10\n",
             list.join(", ")
         ))
         .unwrap();

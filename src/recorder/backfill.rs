@@ -337,7 +337,11 @@ impl Backfill {
     async fn trades(&self, c: &HoleCheck) -> Result<(), Failed> {
         let marks = self.marks(&c.symbol);
         let ids = self.venue.trade_ids();
-        let mut history = self.venue.trade_history(&c.symbol, c.trade);
+        let until = c
+            .trade_until
+            .or_else(|| marks.conn_first_trade())
+            .filter(|u| c.trade.is_none_or(|a| ids.is_after(*u, a)));
+        let mut history = self.venue.trade_history(&c.symbol, c.trade, until);
         let mut got = Vec::new();
         while let Some(path) = history.next_request() {
             let body = self
@@ -367,10 +371,6 @@ impl Backfill {
             .iter()
             .map(|g| g.0)
             .reduce(|a, b| if ids.is_after(b, a) { b } else { a });
-        let until = c
-            .trade_until
-            .or_else(|| marks.conn_first_trade())
-            .filter(|u| c.trade.is_none_or(|a| ids.is_after(*u, a)));
         let mut recovered = 0i64;
         for (m, t) in got {
             if let Some(a) = c.trade
@@ -381,8 +381,14 @@ impl Backfill {
             }
             self.send(Event::Trade(t)).await?;
         }
+        let reach = history.reach(until);
         if let Some(n) = newest {
-            marks.saw_rest_trade(n);
+            let from = if reach == Reach::Anchor {
+                c.trade
+            } else {
+                None
+            };
+            marks.saw_rest_trade(from, n);
         }
         self.stats
             .trades_recovered
@@ -396,7 +402,6 @@ impl Backfill {
             .flatten()
             .filter(|m| ids.is_after(*m, anchor))
             .reduce(|a, b| if ids.is_after(a, b) { b } else { a });
-        let reach = history.reach(until);
         let complete = reach == Reach::Anchor;
         let mut g = self.gap(c, &StreamKey::Trades.name(), anchor.time_ms);
         g.resolved_at_ms = Some(now_ms());

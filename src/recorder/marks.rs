@@ -311,10 +311,18 @@ impl Marks {
         m.rest_forming.insert(interval.clone(), open_ms);
     }
 
-    /// Moves the trade mark past trades fetched over REST.
-    pub fn saw_rest_trade(&self, t: TradeMark) {
+    /// Moves the trade mark to `t`, the newest of trades fetched over REST that are complete
+    /// from `from` on (None: complete from nothing known). Only where they join the mark: a
+    /// fetch for another stretch (an older hole, a leftover check) must not carry the mark
+    /// over a stretch nobody checked.
+    pub fn saw_rest_trade(&self, from: Option<TradeMark>, t: TradeMark) {
         let mut m = self.lock();
-        if m.last_trade.is_none_or(|l| self.ids.is_after(t, l)) {
+        let joins = match (m.last_trade, from) {
+            (None, _) => true,
+            (Some(l), Some(f)) => !self.ids.is_after(l, f),
+            (Some(_), None) => false,
+        };
+        if joins && m.last_trade.is_none_or(|l| self.ids.is_after(t, l)) {
             m.last_trade = Some(t);
         }
     }

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::extract::{Query, State as AxState};
 use axum::response::IntoResponse;
@@ -14,11 +14,9 @@ use rust_decimal::Decimal;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use super::market::{Bar, SimTrade, merge_book};
-use super::{Compression, DepthMode, Hostile, NumberStyle, SimConfig, State, Update, lock};
+use super::{Compression, DepthMode, Hostile, NumberStyle, Server, SimConfig, State, Update, lock};
 use crate::model::{BookSide, Side};
 use crate::venue::cdc_v1::channel::{Channel, Stream};
 
@@ -38,26 +36,18 @@ pub const INTERVALS: &[(&str, i64)] = &[
     ("1month", 2_592_000_000),
 ];
 
-/// What `mdrec demo` records from this personality, besides trades and tickers.
-pub const DEMO_RECORD: &str = "klines = [\"1min\", \"5min\"]\ndepth = \"step0\"";
-
-pub struct Server {
-    pub config: SimConfig,
-    pub state: Arc<Mutex<State>>,
-    /// Market steps; each connection holds a receiver. A receiver that lags is hung up on,
-    /// as a real server drops slow consumers.
-    pub updates: broadcast::Sender<Arc<Update>>,
-    /// Bumped to cut every open connection (fault injection).
-    pub kick: tokio::sync::watch::Sender<u64>,
-    /// Hostile frames to send to every connection (fault injection).
-    pub hostile: broadcast::Sender<Hostile>,
-    /// True: connections send nothing but stay open (fault injection).
-    pub muted: tokio::sync::watch::Sender<bool>,
-    pub cancel: CancellationToken,
-    pub tasks: TaskTracker,
-    /// `/v1/trades` requests answered so far (for the 429 switch).
-    pub trade_requests: std::sync::atomic::AtomicU32,
-}
+/// The simulator speaking v1.
+pub const PERSONALITY: super::Personality = super::Personality {
+    venue: VENUE,
+    intervals: INTERVALS,
+    demo_record: "klines = [\"1min\", \"5min\"]\ndepth = \"step0\"",
+    demo_symbols: &["btcusdt", "ethusdt", "hpxusdt"],
+    book_levels: super::market::BOOK_LEVELS,
+    id_jumps: false,
+    ws_path: "/kline-api/ws",
+    rest_path: "",
+    serve,
+};
 
 /// Serves this personality's websocket and REST APIs on the listeners, as tasks of the
 /// simulator.

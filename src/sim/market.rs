@@ -68,11 +68,23 @@ impl MarketSpec {
     /// prices with 8 decimals and quantities with 8, so amounts carry 16 decimals and 20+
     /// significant digits.
     pub fn for_symbol(symbol: &str) -> MarketSpec {
-        let (quote, base) = match symbol.strip_suffix("usdt") {
-            Some(b) => ("usdt", b),
-            None => ("btc", symbol.strip_suffix("btc").unwrap_or(symbol)),
+        // v1 names (`btcusdt`) and the exchange's (`BTC_USD`, `BTCUSD-PERP`)
+        let lower = symbol.to_ascii_lowercase();
+        let (quote, base) = if let Some((b, q)) = lower.split_once('_') {
+            (q.to_string(), b.to_string())
+        } else if let Some((pair, _)) = lower.split_once('-') {
+            let b = pair.strip_suffix("usd").unwrap_or(pair);
+            ("usd".to_string(), b.to_string())
+        } else {
+            match lower.strip_suffix("usdt") {
+                Some(b) => ("usdt".to_string(), b.to_string()),
+                None => (
+                    "btc".to_string(),
+                    lower.strip_suffix("btc").unwrap_or(&lower).to_string(),
+                ),
+            }
         };
-        let (price_scale, qty_scale, start) = match base {
+        let (price_scale, qty_scale, start) = match base.as_str() {
             "btc" => (2, 5, 8_669_194),
             "eth" => (2, 4, 312_456),
             b if b.starts_with("hpx") => (8, 8, 123_456_789_012),
@@ -80,8 +92,8 @@ impl MarketSpec {
         };
         MarketSpec {
             symbol: symbol.to_string(),
-            base: base.to_string(),
-            quote: quote.to_string(),
+            base,
+            quote,
             price_scale,
             qty_scale,
             start_price_ticks: start,
@@ -111,15 +123,30 @@ pub struct Market {
     pub trades: Vec<SimTrade>,
     pub ticker: Option<TickerStats>,
     last_price: Decimal,
+    /// Levels kept per side (the book never grows past `levels + 5`).
+    levels: usize,
+    /// Trade ids grow by a random step (venues numbering trades across markets) instead of 1.
+    id_jumps: bool,
 }
 
 impl Market {
     pub fn new(spec: MarketSpec, seed: u64, intervals: Intervals) -> Market {
+        Market::with_shape(spec, seed, intervals, BOOK_LEVELS, false)
+    }
+
+    /// A market with `levels` book levels per side, numbering trades by `id_jumps`.
+    pub fn with_shape(
+        spec: MarketSpec,
+        seed: u64,
+        intervals: Intervals,
+        levels: usize,
+        id_jumps: bool,
+    ) -> Market {
         let mut rng = fastrand::Rng::with_seed(seed);
         let mid = spec.start_price_ticks;
         let mut bids = BTreeMap::new();
         let mut asks = BTreeMap::new();
-        for i in 1..=BOOK_LEVELS as i64 {
+        for i in 1..=levels as i64 {
             asks.insert(
                 mid + i,
                 rng.i64(1..5_000) * 10i64.pow(spec.qty_scale.saturating_sub(3)),
@@ -131,7 +158,12 @@ impl Market {
         }
         let last_price = Decimal::new(mid, spec.price_scale);
         Market {
-            next_trade_id: 1_000_000 + rng.i64(0..1000),
+            // today's exchange: 19-digit ids, as the wire shows them
+            next_trade_id: if id_jumps {
+                2_008_994_977_608_713_094 + rng.i64(0..1000)
+            } else {
+                1_000_000 + rng.i64(0..1000)
+            },
             spec,
             rng,
             bids,
@@ -141,6 +173,8 @@ impl Market {
             trades: Vec::new(),
             ticker: None,
             last_price,
+            levels,
+            id_jumps,
         }
     }
 
@@ -245,7 +279,11 @@ impl Market {
                 amount: price * qty,
                 time_ms: now_ms,
             };
-            self.next_trade_id += 1;
+            self.next_trade_id += if self.id_jumps {
+                self.rng.i64(1..1_000)
+            } else {
+                1
+            };
             self.last_price = price;
             self.apply_trade_to_bars(&t, &mut out);
             self.apply_trade_to_ticker(&t);
@@ -316,7 +354,7 @@ impl Market {
             let (Some(bb), Some(ba)) = (best_bid, best_ask) else {
                 break;
             };
-            let off = self.rng.i64(0..BOOK_LEVELS as i64);
+            let off = self.rng.i64(0..self.levels as i64);
             let (p, side) = if bid_side {
                 (bb - off, BookSide::Bid)
             } else {
@@ -343,7 +381,7 @@ impl Market {
                 Decimal::new(q, self.spec.qty_scale),
             ));
         }
-        // refill to BOOK_LEVELS behind the worst level; trim past BOOK_LEVELS + 5
+        // refill to `levels` behind the worst level; trim past `levels + 5`
         for bid_side in [true, false] {
             loop {
                 let book = if bid_side {
@@ -351,7 +389,7 @@ impl Market {
                 } else {
                     &mut self.asks
                 };
-                if book.len() >= BOOK_LEVELS {
+                if book.len() >= self.levels {
                     break;
                 }
                 let p = if bid_side {
@@ -387,7 +425,7 @@ impl Market {
             } else {
                 &mut self.asks
             };
-            while book.len() > BOOK_LEVELS + 5 {
+            while book.len() > self.levels + 5 {
                 let worst = if bid_side {
                     book.pop_first()
                 } else {
@@ -443,8 +481,8 @@ mod tests {
     #[test]
     fn deterministic_and_consistent() {
         let spec = MarketSpec::for_symbol("btcusdt");
-        let mut a = Market::new(spec.clone(), 7, crate::sim::INTERVALS);
-        let mut b = Market::new(spec, 7, crate::sim::INTERVALS);
+        let mut a = Market::new(spec.clone(), 7, crate::sim::cdc_v1::INTERVALS);
+        let mut b = Market::new(spec, 7, crate::sim::cdc_v1::INTERVALS);
         for i in 0..500 {
             let t = 1_700_000_000_000 + i * 1000;
             a.step(t);
@@ -465,7 +503,11 @@ mod tests {
 
     #[test]
     fn high_precision_market_has_long_amounts() {
-        let mut m = Market::new(MarketSpec::for_symbol("hpxusdt"), 3, crate::sim::INTERVALS);
+        let mut m = Market::new(
+            MarketSpec::for_symbol("hpxusdt"),
+            3,
+            crate::sim::cdc_v1::INTERVALS,
+        );
         for i in 0..50 {
             m.step(1_700_000_000_000 + i);
         }

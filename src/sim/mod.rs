@@ -1,16 +1,12 @@
 //! The exchange simulator: a deterministic market per symbol, served over loopback with the
-//! venue's own protocol (its personality module: websocket frames and REST), plus a ledger of everything
-//! it generated and delivered, which tests compare with the database.
+//! venue's own protocol (a personality module per venue: websocket frames and REST), plus a
+//! ledger of everything it generated and delivered, which tests compare with the database.
 //!
 //! The market steps on a timer whether or not anyone listens. Simulated time runs `speed`
 //! times faster than the wall clock so that bars of several intervals complete in a short run.
 
+pub mod cdc_exchange;
 pub mod cdc_v1;
-
-/// The simulator's venue personality (the one line naming it): the venue it speaks, its
-/// intervals, what the demo records from it, its servers.
-pub use cdc_v1 as personality;
-pub use personality::{DEMO_RECORD, INTERVALS, VENUE};
 pub mod market;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -22,7 +18,69 @@ use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use market::{Bar, Market, MarketSpec, SimTrade, StepOutput};
+use market::{Bar, Intervals, Market, MarketSpec, SimTrade, StepOutput};
+
+/// A venue the simulator speaks: its servers and what its markets look like.
+pub struct Personality {
+    /// The `venue.kind` it speaks.
+    pub venue: &'static str,
+    /// Interval names with the lengths bars are built on.
+    pub intervals: Intervals,
+    /// What `mdrec demo` records from it besides trades and tickers (`[record]` lines).
+    pub demo_record: &'static str,
+    /// The symbols `mdrec demo` and `mdrec simulate` use by default.
+    pub demo_symbols: &'static [&'static str],
+    /// Book levels per side.
+    pub book_levels: usize,
+    /// Trade ids grow by random steps (numbered across markets), not by one.
+    pub id_jumps: bool,
+    /// Path of the websocket URL and the REST root.
+    pub ws_path: &'static str,
+    pub rest_path: &'static str,
+    /// Serves the websocket and REST APIs on the listeners, as tasks of the simulator.
+    pub serve: fn(Server, tokio::net::TcpListener, tokio::net::TcpListener),
+}
+
+/// Every personality; the demo's default first.
+pub const PERSONALITIES: &[&Personality] = &[
+    &cdc_exchange::EXCHANGE,
+    &cdc_exchange::V2,
+    &cdc_v1::PERSONALITY,
+];
+
+/// The personality speaking `venue` (a `venue.kind`).
+pub fn personality(venue: &str) -> Option<&'static Personality> {
+    PERSONALITIES.iter().copied().find(|p| p.venue == venue)
+}
+
+/// The kinds the simulator speaks, for messages.
+pub fn venues() -> String {
+    PERSONALITIES
+        .iter()
+        .map(|p| p.venue)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// What every personality's server shares with the market and the handle.
+pub struct Server {
+    pub config: SimConfig,
+    pub personality: &'static Personality,
+    pub state: Arc<Mutex<State>>,
+    /// Market steps; each connection holds a receiver. A receiver that lags is hung up on,
+    /// as a real server drops slow consumers.
+    pub updates: broadcast::Sender<Arc<Update>>,
+    /// Bumped to cut every open connection (fault injection).
+    pub kick: watch::Sender<u64>,
+    /// Hostile frames to send to every connection (fault injection).
+    pub hostile: broadcast::Sender<Hostile>,
+    /// True: connections send nothing but stay open (fault injection).
+    pub muted: watch::Sender<bool>,
+    pub cancel: CancellationToken,
+    pub tasks: TaskTracker,
+    /// Trade history requests answered so far (for the 429 switch).
+    pub trade_requests: std::sync::atomic::AtomicU32,
+}
 
 /// How numbers appear on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +111,8 @@ pub enum Compression {
 
 #[derive(Debug, Clone)]
 pub struct SimConfig {
+    /// The venue kind spoken (see [`PERSONALITIES`]).
+    pub venue: &'static str,
     pub seed: u64,
     pub symbols: Vec<String>,
     pub numbers: NumberStyle,
@@ -83,13 +143,45 @@ pub struct SimConfig {
     pub history_page: usize,
     /// Keep every book the market had, with its time, for [`SimHandle::book_at`] (tests).
     pub book_history: bool,
+    /// Exchange API: time between `public/heartbeat`s, and how long an answer may take
+    /// before the server closes the socket (1000).
+    pub heartbeat_interval: Duration,
+    pub heartbeat_timeout: Duration,
+    /// Exchange API: a delta book unchanged this long gets an empty delta (liveness).
+    pub empty_delta_interval: Duration,
+    /// Exchange API: after connecting, requests are refused this long (the calendar-second
+    /// rule), then at most `requests_per_s` a second per connection.
+    pub connect_settle: Duration,
+    pub requests_per_s: usize,
+    /// Exchange API: channels one connection may hold (the 401st is refused with 40107).
+    pub max_subscriptions: usize,
+    /// Exchange API: how far back (simulated ms) `public/get-trades` reaches; None: all.
+    pub trade_history_ms: Option<i64>,
     pub ws_addr: SocketAddr,
     pub rest_addr: SocketAddr,
+}
+
+impl SimConfig {
+    /// The defaults for a personality, with its demo symbols (None: not a kind the
+    /// simulator speaks).
+    pub fn for_venue(venue: &str) -> Option<SimConfig> {
+        let p = personality(venue)?;
+        Some(SimConfig {
+            venue: p.venue,
+            symbols: p.demo_symbols.iter().map(|s| s.to_string()).collect(),
+            ..SimConfig::default()
+        })
+    }
+
+    pub fn personality(&self) -> &'static Personality {
+        personality(self.venue).unwrap_or(&cdc_v1::PERSONALITY)
+    }
 }
 
 impl Default for SimConfig {
     fn default() -> Self {
         SimConfig {
+            venue: cdc_v1::VENUE,
             seed: 1,
             symbols: vec!["btcusdt".into(), "ethusdt".into()],
             numbers: NumberStyle::Strings,
@@ -108,6 +200,13 @@ impl Default for SimConfig {
             history_kline_limit: None,
             history_page: 300,
             book_history: false,
+            heartbeat_interval: Duration::from_secs(30),
+            heartbeat_timeout: Duration::from_secs(5),
+            empty_delta_interval: Duration::from_secs(5),
+            connect_settle: Duration::from_secs(1),
+            requests_per_s: 100,
+            max_subscriptions: 400,
+            trade_history_ms: None,
             ws_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             rest_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         }
@@ -194,6 +293,9 @@ pub struct Update {
     /// This step's trade frame is withheld from every connection (see
     /// [`SimHandle::withhold_trade_frames`]).
     pub withhold_trades: bool,
+    /// This step's book deltas skip a sequence number on every connection (see
+    /// [`SimHandle::break_book_sequence`]).
+    pub break_books: bool,
 }
 
 pub type Book = (
@@ -228,6 +330,20 @@ pub struct State {
     pub rest_throttled: bool,
     /// Per symbol, with `book_history`: (time, whole step-0 book) after every change.
     pub book_history: HashMap<String, Vec<(i64, Arc<Book>)>>,
+    /// Requests refused for the request rate (the connect-second rule included).
+    pub rate_refusals: u64,
+    /// Channels refused for the per-connection cap (40107).
+    pub cap_refusals: u64,
+    /// Channels refused as unknown (instrument or channel name).
+    pub bad_channel_refusals: u64,
+    /// Connections closed for an unanswered heartbeat.
+    pub heartbeat_closes: u64,
+    /// Heartbeat answers are lost on the way in while set (the server closes the socket).
+    pub lose_heartbeat_answers: bool,
+    /// Per symbol: book sequence breaks still to inject (a delta the server skips).
+    pub book_breaks: HashMap<String, u32>,
+    /// Most channels one connection held at once.
+    pub max_conn_subscriptions: usize,
     clock_origin_ms: i64,
     wall_origin: std::time::Instant,
     speed: u32,
@@ -276,13 +392,34 @@ impl SimHandle {
         self.kick.send_modify(|n| *n += 1);
     }
 
-    /// `ws://127.0.0.1:PORT/kline-api/ws`
+    /// `ws://127.0.0.1:PORT/kline-api/ws` (the personality's path)
     pub fn ws_url(&self) -> String {
-        format!("ws://{}/kline-api/ws", self.ws_addr)
+        format!("ws://{}{}", self.ws_addr, self.config.personality().ws_path)
     }
 
+    /// The REST root the venue's methods are appended to.
     pub fn rest_url(&self) -> String {
-        format!("http://{}", self.rest_addr)
+        format!(
+            "http://{}{}",
+            self.rest_addr,
+            self.config.personality().rest_path
+        )
+    }
+
+    /// Heartbeat answers are lost on the way in while on: the server closes each socket at
+    /// its next unanswered heartbeat (Exchange API).
+    pub fn lose_heartbeat_answers(&self, on: bool) {
+        self.state().lose_heartbeat_answers = on;
+    }
+
+    /// The next `n` book deltas of `symbol` skip a sequence number on every connection
+    /// (Exchange API: the recorder sees `pu` that is not its last `u`).
+    pub fn break_book_sequence(&self, symbol: &str, n: u32) {
+        *self
+            .state()
+            .book_breaks
+            .entry(symbol.to_string())
+            .or_default() += n;
     }
 
     /// Locks the ledger for reading.
@@ -418,11 +555,18 @@ pub async fn start(config: SimConfig) -> std::io::Result<SimHandle> {
     let ws_addr = ws_listener.local_addr()?;
     let rest_addr = rest_listener.local_addr()?;
     let mut markets = BTreeMap::new();
+    let personality = config.personality();
     for (i, s) in config.symbols.iter().enumerate() {
         let seed = config.seed.wrapping_mul(1_000_003).wrapping_add(i as u64);
         markets.insert(
             s.clone(),
-            Market::new(MarketSpec::for_symbol(s), seed, INTERVALS),
+            Market::with_shape(
+                MarketSpec::for_symbol(s),
+                seed,
+                personality.intervals,
+                personality.book_levels,
+                personality.id_jumps,
+            ),
         );
     }
     let state = Arc::new(Mutex::new(State {
@@ -439,6 +583,13 @@ pub async fn start(config: SimConfig) -> std::io::Result<SimHandle> {
         hostile_text: false,
         rest_throttled: false,
         book_history: HashMap::new(),
+        rate_refusals: 0,
+        cap_refusals: 0,
+        bad_channel_refusals: 0,
+        heartbeat_closes: 0,
+        lose_heartbeat_answers: false,
+        book_breaks: HashMap::new(),
+        max_conn_subscriptions: 0,
         clock_origin_ms: crate::model::now_ms(),
         wall_origin: std::time::Instant::now(),
         speed: config.speed.max(1),
@@ -469,9 +620,10 @@ pub async fn start(config: SimConfig) -> std::io::Result<SimHandle> {
         updates.clone(),
         cancel.clone(),
     ));
-    personality::serve(
-        personality::Server {
+    (personality.serve)(
+        Server {
             config: config.clone(),
+            personality,
             state: state.clone(),
             updates,
             kick: kick.clone(),
@@ -549,6 +701,14 @@ async fn run_market(
                     }
                     _ => false,
                 };
+            let break_books = !out.book_changes.is_empty()
+                && match st.book_breaks.get_mut(&s) {
+                    Some(n) if *n > 0 => {
+                        *n -= 1;
+                        true
+                    }
+                    _ => false,
+                };
             if config.book_history && !out.book_changes.is_empty() {
                 st.book_history
                     .entry(s.clone())
@@ -562,6 +722,7 @@ async fn run_market(
                 book,
                 ticker,
                 withhold_trades,
+                break_books,
                 out,
             }));
         }

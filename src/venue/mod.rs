@@ -264,8 +264,14 @@ pub trait Venue: Send + Sync + 'static {
     /// What the venue's trade ids say about order and completeness.
     fn trade_ids(&self) -> TradeIds;
     /// The trades of `symbol` after `anchor` (the last one known before a hole; None: nothing
-    /// recorded yet), fetched page by page as the venue pages them.
-    fn trade_history(&self, symbol: &Arc<str>, anchor: Option<TradeMark>) -> Box<dyn TradeHistory>;
+    /// recorded yet) and, where known, before `until` (the first one known after it), fetched
+    /// page by page as the venue pages them.
+    fn trade_history(
+        &self,
+        symbol: &Arc<str>,
+        anchor: Option<TradeMark>,
+        until: Option<TradeMark>,
+    ) -> Box<dyn TradeHistory>;
     /// The bars of one interval of `symbol` from `from_ms` on (the first bar not held final;
     /// None: nothing recorded yet, the venue's recent bars are history), fetched as the venue
     /// pages them (None: the venue has no history for this interval).
@@ -389,7 +395,12 @@ pub type MakeVenue = fn(&VenueOptions) -> Result<Arc<dyn Venue>, ConfigError>;
 
 /// Every venue: its `venue.kind` (the `venue` column value) and its constructor. The one
 /// place a new venue is registered.
-pub const REGISTRY: &[(&str, MakeVenue)] = &[(cdc_v1::NAME, cdc_v1::make)];
+/// The first is the default `venue.kind`.
+pub const REGISTRY: &[(&str, MakeVenue)] = &[
+    (cdc_exchange::EXCHANGE, cdc_exchange::make_exchange),
+    (cdc_exchange::V2, cdc_exchange::make_v2),
+    (cdc_v1::NAME, cdc_v1::make),
+];
 
 /// The venue named by `venue.kind` with its options left at their defaults.
 pub fn venue_for(kind: &str) -> Option<Arc<dyn Venue>> {

@@ -125,6 +125,7 @@ pub fn recorder_config(
     let text = format!(
         r#"
 [venue]
+kind = "cdc-v1"
 ws_url = "{ws_url}"
 rest_url = "{rest_url}"
 
@@ -311,8 +312,17 @@ pub async fn stored_ids(
     store: &mdrec::store::Store,
     symbol: &str,
 ) -> std::collections::BTreeSet<i64> {
+    stored_ids_of(store, mdrec::venue::cdc_v1::NAME, symbol).await
+}
+
+/// Trade ids stored for a venue's symbol (empty while the database cannot be read).
+pub async fn stored_ids_of(
+    store: &mdrec::store::Store,
+    venue: &str,
+    symbol: &str,
+) -> std::collections::BTreeSet<i64> {
     store
-        .load_trades(mdrec::venue::cdc_v1::NAME, symbol)
+        .load_trades(venue, symbol)
         .await
         .map(|v| v.iter().map(|t| t.trade_id).collect())
         .unwrap_or_default()
@@ -377,13 +387,10 @@ impl Recorder {
     pub async fn start(cfg: &Config) -> Recorder {
         init_log();
         let stop = tokio_util::sync::CancellationToken::new();
-        let (_store, stats, tasks) = mdrec::recorder::start(
-            cfg.clone(),
-            std::sync::Arc::new(mdrec::venue::cdc_v1::CdcV1),
-            stop.clone(),
-        )
-        .await
-        .expect("recorder starts");
+        let venue = mdrec::venue::configured(&cfg.venue).expect("a known venue");
+        let (_store, stats, tasks) = mdrec::recorder::start(cfg.clone(), venue, stop.clone())
+            .await
+            .expect("recorder starts");
         Recorder { stop, tasks, stats }
     }
 
@@ -410,8 +417,17 @@ pub async fn stored_trades(
     store: &mdrec::store::Store,
     symbol: &str,
 ) -> std::collections::BTreeMap<i64, TradeContent> {
+    stored_trades_of(store, "cdc-v1", symbol).await
+}
+
+/// A venue's symbol's stored trades by id (empty while the database cannot be read).
+pub async fn stored_trades_of(
+    store: &mdrec::store::Store,
+    venue: &str,
+    symbol: &str,
+) -> std::collections::BTreeMap<i64, TradeContent> {
     store
-        .load_trades("cdc-v1", symbol)
+        .load_trades(venue, symbol)
         .await
         .unwrap_or_default()
         .into_iter()

@@ -61,8 +61,13 @@ impl Venue for TestVenue {
     fn trade_ids(&self) -> TradeIds {
         CdcV1.trade_ids()
     }
-    fn trade_history(&self, symbol: &Arc<str>, anchor: Option<TradeMark>) -> Box<dyn TradeHistory> {
-        CdcV1.trade_history(symbol, anchor)
+    fn trade_history(
+        &self,
+        symbol: &Arc<str>,
+        anchor: Option<TradeMark>,
+        until: Option<TradeMark>,
+    ) -> Box<dyn TradeHistory> {
+        CdcV1.trade_history(symbol, anchor, until)
     }
     fn kline_history(
         &self,

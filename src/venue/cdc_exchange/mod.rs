@@ -3,8 +3,8 @@
 //! `book.update` deltas chained by `u`/`pu` today, snapshots only in v2),
 //! `candlestick.{tf}.{I}`, `ticker.{I}`. See `../shared/brief/PROTOCOL-NOTES.md`, "Venue 2".
 //!
-//! This module decodes frames and builds requests; it does no IO. It is not in the venue
-//! registry yet: the venue's REST history, listing and simulator personality come next.
+//! This module decodes frames and builds requests; it does no IO (the recorder does it, as
+//! for every venue). Its simulator personality is `crate::sim::cdc_exchange`.
 
 pub mod rest;
 pub mod venue;

@@ -226,12 +226,19 @@ impl Venue for CdcExchange {
         TradeIds::Unordered
     }
 
-    fn trade_history(&self, symbol: &Arc<str>, anchor: Option<TradeMark>) -> Box<dyn TradeHistory> {
+    fn trade_history(
+        &self,
+        symbol: &Arc<str>,
+        anchor: Option<TradeMark>,
+        until: Option<TradeMark>,
+    ) -> Box<dyn TradeHistory> {
         Box::new(TradesByTime {
             dialect: self.dialect,
             symbol: symbol.clone(),
             anchor,
-            end_ms: None,
+            // the walk starts at the hole's far end (its millisecond again: `end_ts` is
+            // exclusive), not at now: what the socket delivered since is not asked again
+            end_ms: anchor.and(until).map(|u| u.time_ms + 1),
             pages: 0,
             done: false,
             reached: anchor.is_none(),
@@ -322,9 +329,14 @@ impl TradeHistory for TradesByTime {
         match self.anchor {
             None => self.done = true, // nothing recorded before: the newest page is history
             Some(a) => {
-                if page_oldest.time_ms <= a.time_ms || trades.len() < TRADES_PER_PAGE {
-                    // at the anchor's millisecond, or fewer than a page: all there is after it
+                if page_oldest.time_ms <= a.time_ms {
+                    // at the anchor's millisecond (`start_ts` is inclusive: a venue that
+                    // still has the anchor answers with it)
                     self.reached = true;
+                    self.done = true;
+                } else if trades.len() < TRADES_PER_PAGE {
+                    // all the venue has from `start_ts` on, without the anchor: a venue
+                    // whose history window begins after it answers from the window's edge
                     self.done = true;
                 } else if !progressed {
                     self.done = true; // a millisecond with more trades than a page

@@ -238,7 +238,12 @@ impl Venue for CdcV1 {
         TradeIds::Consecutive
     }
 
-    fn trade_history(&self, symbol: &Arc<str>, anchor: Option<TradeMark>) -> Box<dyn TradeHistory> {
+    fn trade_history(
+        &self,
+        symbol: &Arc<str>,
+        anchor: Option<TradeMark>,
+        _until: Option<TradeMark>,
+    ) -> Box<dyn TradeHistory> {
         Box::new(RecentTrades {
             symbol: symbol.clone(),
             anchor,
@@ -930,7 +935,7 @@ mod history_tests {
     }
 
     fn reach(anchor: Option<i64>, from: i64, n: i64, until: Option<i64>) -> Reach {
-        let mut h = CdcV1.trade_history(&Arc::from("btcusdt"), anchor.map(mark));
+        let mut h = CdcV1.trade_history(&Arc::from("btcusdt"), anchor.map(mark), None);
         let path = h.next_request().expect("one request");
         assert_eq!(path, "/v1/trades?symbol=btcusdt");
         let trades = h.take(&answer(from, n), 1).expect("parses");
