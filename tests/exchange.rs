@@ -430,8 +430,17 @@ async fn faults(kind: &'static str, db_url: &str, label: &str) {
     let g = grown(30);
     wait_for("trading", Duration::from_secs(20), || async { g(&sim) }).await;
     sim.cut_connections();
-    let g = grown(60);
-    wait_for("trading", Duration::from_secs(20), || async { g(&sim) }).await;
+    wait_for(
+        "the reconnect's backfill throttled",
+        Duration::from_secs(20),
+        || async {
+            run.stats
+                .rest
+                .as_ref()
+                .is_some_and(|r| r.throttled.load(Ordering::Relaxed) > 0)
+        },
+    )
+    .await;
     sim.throttle_rest(false);
     // a stall: open but silent past the silence timeout
     sim.mute(true);
@@ -492,6 +501,11 @@ async fn faults(kind: &'static str, db_url: &str, label: &str) {
         .map(|g| g.rows_recovered)
         .sum();
     assert!(recovered > 0, "REST recovered trades");
+    let throttled = stats
+        .rest
+        .as_ref()
+        .map_or(0, |r| r.throttled.load(Ordering::Relaxed));
+    assert!(throttled > 0, "the 429s were waited out");
     eprintln!(
         "{label} {kind} faults: connections {}, heartbeat closes {}, gaps {} (trades filled, rows recovered {recovered}), \
          book breaks {}, decode errors {decode}, invalid {invalid}, rest throttled requests {}",
@@ -499,10 +513,7 @@ async fn faults(kind: &'static str, db_url: &str, label: &str) {
         heartbeat_closes,
         all.len(),
         all.iter().filter(|g| g.stream.starts_with("book_")).count(),
-        stats
-            .rest
-            .as_ref()
-            .map_or(0, |r| r.throttled.load(Ordering::Relaxed)),
+        throttled,
     );
     store.close().await;
     sim.shutdown().await;
