@@ -224,8 +224,21 @@ pub fn redact_url(raw: &str) -> String {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RecordConfig {
-    /// As the venue spells them (the venue checks them).
+    /// As the venue spells them (the venue checks them). `symbols = "all"` in the file leaves
+    /// this empty and sets `all`: the recorder fills it from the venue's listing.
     pub symbols: Vec<String>,
+    /// `symbols = "all"`: every instrument the venue lists (and lists later), by
+    /// `instrument_types`.
+    #[serde(skip)]
+    pub all: bool,
+    /// With `symbols = "all"`: the instrument types to record (`spot`, `perpetual`,
+    /// `future`, `other`); left out: all of them.
+    #[serde(default)]
+    pub instrument_types: Option<Vec<String>>,
+    /// With `symbols = "all"`: seconds between listings (new instruments are picked up,
+    /// delisted ones closed).
+    #[serde(default = "default_relist")]
+    pub relist_interval_s: u64,
     #[serde(default = "yes")]
     pub trades: bool,
     /// The venue's interval names; left out: the venue's default ([`RecordConfig::klines`]).
@@ -253,6 +266,10 @@ pub struct RecordConfig {
     pub clock_skew_s: u64,
 }
 
+fn default_relist() -> u64 {
+    600
+}
+
 fn default_time_ahead() -> u64 {
     300
 }
@@ -270,6 +287,13 @@ impl RecordConfig {
     /// The configured book variant (the venue's default once parsed).
     pub fn depth(&self) -> &DepthSetting {
         self.depth.as_ref().unwrap_or(&DepthSetting::Off)
+    }
+
+    /// Whether `symbols = "all"` records an instrument of this type.
+    pub fn records_type(&self, kind: crate::venue::InstrumentType) -> bool {
+        self.instrument_types
+            .as_ref()
+            .is_none_or(|t| t.iter().any(|n| n == kind.name()))
     }
 
     /// The venue's validation limits with this configuration's clock tolerances.
@@ -527,13 +551,29 @@ impl Config {
     /// Parses TOML text (no validation, no environment); keys left out take the venue's
     /// defaults.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let de = toml::Deserializer::parse(text)
+        let mut table: toml::Table = toml::from_str(text)
             .map_err(|e| ConfigError::new("(file)", format!("invalid TOML: {e}")))?;
-        let mut cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string();
-            let message = e.inner().message().to_string();
-            ConfigError::new(&key, message)
-        })?;
+        // `symbols = "all"`: the one word the list may be
+        let mut all = false;
+        if let Some(toml::Value::Table(record)) = table.get_mut("record")
+            && let Some(toml::Value::String(word)) = record.get("symbols")
+        {
+            if word != "all" {
+                return Err(ConfigError::new(
+                    "record.symbols",
+                    format!("expected a list of symbols or \"all\", got {word:?}"),
+                ));
+            }
+            all = true;
+            record.insert("symbols".into(), toml::Value::Array(Vec::new()));
+        }
+        let mut cfg: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                let key = e.path().to_string();
+                let message = e.inner().message().to_string();
+                ConfigError::new(&key, message)
+            })?;
+        cfg.record.all = all;
         if let Some(venue) = crate::venue::venue_for(&cfg.venue.kind) {
             let d = venue.defaults();
             if cfg.venue.ws_url.is_empty() {
@@ -565,10 +605,33 @@ impl Config {
                 ),
             ));
         }
-        if self.record.symbols.is_empty() {
+        if self.record.symbols.is_empty() && !self.record.all {
             return Err(ConfigError::new(
                 "record.symbols",
-                "must name at least one symbol",
+                "must name at least one symbol (or be \"all\")",
+            ));
+        }
+        if let Some(types) = &self.record.instrument_types {
+            if !self.record.all {
+                return Err(ConfigError::new(
+                    "record.instrument_types",
+                    "only with symbols = \"all\"",
+                ));
+            }
+            let names = crate::venue::InstrumentType::ALL.map(|t| t.name());
+            for t in types {
+                if !names.contains(&t.as_str()) {
+                    return Err(ConfigError::new(
+                        "record.instrument_types",
+                        format!("unknown type {t:?}; one of {}", names.join(" ")),
+                    ));
+                }
+            }
+        }
+        if self.record.relist_interval_s < 1 {
+            return Err(ConfigError::new(
+                "record.relist_interval_s",
+                "must be at least 1 (seconds)",
             ));
         }
         let mut seen = std::collections::HashSet::new();
@@ -770,6 +833,23 @@ listen = "127.0.0.1:9187"
     }
 
     #[test]
+    fn all_symbols_is_a_word_the_list_may_be() {
+        let text = GOOD.replace(
+            "symbols = [\"btcusdt\", \"ethusdt\"]",
+            "symbols = \"all\"\ninstrument_types = [\"spot\", \"perpetual\"]",
+        );
+        let c = Config::parse(&text).unwrap();
+        c.validate().unwrap();
+        assert!(c.record.all && c.record.symbols.is_empty());
+        assert_eq!(c.record.relist_interval_s, 600);
+        use crate::venue::InstrumentType::*;
+        assert!(c.record.records_type(Spot) && c.record.records_type(Perpetual));
+        assert!(!c.record.records_type(Future));
+        let listed = Config::parse(GOOD).unwrap();
+        assert!(!listed.record.all && listed.record.records_type(Future));
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let cases = [
             (GOOD.replace("symbols =", "symbls ="), "record.symbls"),
@@ -807,6 +887,28 @@ listen = "127.0.0.1:9187"
             (
                 GOOD.replace("kind = \"cdc-v1\"", "kind = \"binance\""),
                 "venue.kind",
+            ),
+            (
+                GOOD.replace("symbols = [\"btcusdt\", \"ethusdt\"]", "symbols = \"some\""),
+                "record.symbols",
+            ),
+            (
+                GOOD.replace("ticker = ", "instrument_types = [\"spot\"]\nticker = "),
+                "record.instrument_types",
+            ),
+            (
+                GOOD.replace(
+                    "symbols = [\"btcusdt\", \"ethusdt\"]",
+                    "symbols = \"all\"\ninstrument_types = [\"swap\"]",
+                ),
+                "record.instrument_types",
+            ),
+            (
+                GOOD.replace(
+                    "symbols = [\"btcusdt\", \"ethusdt\"]",
+                    "symbols = \"all\"\nrelist_interval_s = 0",
+                ),
+                "record.relist_interval_s",
             ),
         ];
         for (text, key) in cases {

@@ -17,14 +17,16 @@ use crate::store::writer::WriterStats;
 #[derive(Debug, Default)]
 pub struct RunStats {
     pub writer: Arc<WriterStats>,
-    pub workers: BTreeMap<String, Arc<WorkerStats>>,
+    /// Per symbol recorded now (symbols listed later join, delisted ones leave).
+    pub workers: Arc<Feeds>,
     pub backfill: Arc<BackfillStats>,
     /// The REST client's counters (market listing and backfill).
     pub rest: Option<Arc<RestStats>>,
     /// Worker supervisors still running (one per connection until shutdown).
     pub supervisors_alive: Arc<std::sync::atomic::AtomicUsize>,
-    /// Connections the venue's plan asked for (one worker each).
-    pub connections: usize,
+    /// Connections open or reconnecting (one worker each): the venue's plan, plus those
+    /// split off or opened for instruments listed later, less those whose symbols all left.
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
     /// Observes the writer's queue without keeping it open.
     pub(crate) queue: Option<mpsc::WeakSender<crate::model::Event>>,
     /// Where `/metrics` and `/healthz` are served (unset: `[metrics] listen` is empty).
@@ -41,6 +43,69 @@ impl RunStats {
             .and_then(|w| w.upgrade())
             .map(|tx| tx.max_capacity() - tx.capacity())
             .unwrap_or(0)
+    }
+}
+
+/// The symbols being recorded and their counters.
+#[derive(Debug, Default)]
+pub struct Feeds(std::sync::RwLock<BTreeMap<String, Arc<WorkerStats>>>);
+
+impl Feeds {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<WorkerStats>>> {
+        self.0.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<WorkerStats>>> {
+        self.0.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn get(&self, symbol: &str) -> Option<Arc<WorkerStats>> {
+        self.read().get(symbol).cloned()
+    }
+
+    /// Every symbol's counters, by symbol.
+    pub fn all(&self) -> Vec<(String, Arc<WorkerStats>)> {
+        self.read()
+            .iter()
+            .map(|(s, w)| (s.clone(), w.clone()))
+            .collect()
+    }
+
+    pub fn symbols(&self) -> Vec<String> {
+        self.read().keys().cloned().collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.read().is_empty()
+    }
+
+    pub fn insert(&self, symbol: &str, w: Arc<WorkerStats>) {
+        self.write().insert(symbol.to_string(), w);
+    }
+
+    pub fn remove(&self, symbol: &str) {
+        self.write().remove(symbol);
+    }
+}
+
+impl RunStats {
+    /// The counters of `symbol`.
+    ///
+    /// # Panics
+    /// When the run does not record `symbol` (for tests, which know what they record).
+    pub fn worker(&self, symbol: &str) -> Arc<WorkerStats> {
+        match self.workers.get(symbol) {
+            Some(w) => w,
+            None => panic!("{symbol} is not recorded"),
+        }
+    }
+
+    pub fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -71,6 +136,8 @@ pub struct WorkerStats {
     pub books_deduped: AtomicU64,
     /// Book streams whose update sequence broke (recorded in `gaps`, re-synced).
     pub book_breaks: AtomicU64,
+    /// Requests the venue refused, by [`crate::venue::RefusalKind::index`].
+    pub refusals_by_kind: [AtomicU64; 4],
     /// Wall-clock ms of the last frame that carried market data (0: none yet).
     pub last_data_ms: std::sync::atomic::AtomicI64,
     /// Per stream: messages (events) received and when the last one came.

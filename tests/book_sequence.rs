@@ -210,7 +210,7 @@ async fn break_and_resync(db_url: &str) {
     tasks.close();
     tasks.wait().await;
 
-    let w = &stats.workers[SYMBOL];
+    let w = &stats.worker(SYMBOL);
     assert_eq!(w.book_breaks.load(Ordering::Relaxed), 1);
     assert!(w.resubscribes.load(Ordering::Relaxed) >= 1);
     let gaps = store.load_gaps(NAME, Some(SYMBOL)).await.expect("gaps");

@@ -74,7 +74,9 @@ async fn run(dedupe: bool) -> (usize, usize, u64) {
     }
     let deduped = stats
         .workers
-        .values()
+        .all()
+        .into_iter()
+        .map(|(_, w)| w)
         .map(|w| w.books_deduped.load(Ordering::Relaxed))
         .sum();
     store.close().await;

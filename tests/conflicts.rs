@@ -160,7 +160,7 @@ async fn renumbered_trades_are_kept(db_url: &str) {
         stats.writer.conflicts.load(Ordering::Relaxed),
         collide.len() as u64
     );
-    assert_eq!(stats.workers[SYMBOL].id_resets.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.worker(SYMBOL).id_resets.load(Ordering::Relaxed), 1);
 
     let gaps = store.load_gaps("cdc-v1", Some(SYMBOL)).await.unwrap();
     let resets: Vec<_> = gaps

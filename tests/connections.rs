@@ -91,7 +91,7 @@ async fn several_symbols_per_connection(db_url: &str) {
     let (_, stats, tasks) = mdrec::recorder::start(cfg, Arc::new(multiplexed()), stop.clone())
         .await
         .expect("recorder starts");
-    assert_eq!(stats.connections, 2);
+    assert_eq!(stats.connections(), 2);
     assert!(
         sim.wait_subscriptions(SYMBOLS.len() * STREAMS_PER_SYMBOL, Duration::from_secs(20))
             .await,
@@ -170,7 +170,7 @@ async fn several_symbols_per_connection(db_url: &str) {
     }
     // counters per symbol, routed by each event's symbol
     for s in SYMBOLS {
-        let w = &stats.workers[s];
+        let w = &stats.worker(s);
         let trades = w.trades.load(std::sync::atomic::Ordering::Relaxed) as usize;
         assert!(
             trades >= sim.delivered(s).len(),
@@ -207,7 +207,7 @@ async fn several_symbols_per_connection(db_url: &str) {
     eprintln!(
         "several symbols per connection: {} symbols on {} sockets, {} session rows, {} trades stored",
         SYMBOLS.len(),
-        stats.connections,
+        stats.connections(),
         rows.len(),
         {
             let mut n = 0;

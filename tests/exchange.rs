@@ -225,7 +225,7 @@ async fn record_and_compare(kind: &'static str, db_url: &str, label: &str) {
         );
     }
     let mut pings = 0;
-    for (s, w) in &stats.workers {
+    for (s, w) in stats.workers.all() {
         assert_eq!(
             w.decode_errors.load(Ordering::Relaxed),
             0,
@@ -402,7 +402,9 @@ async fn faults(kind: &'static str, db_url: &str, label: &str) {
         wait_for("the book re-synced", Duration::from_secs(20), || async {
             run.stats
                 .workers
-                .values()
+                .all()
+                .into_iter()
+                .map(|(_, w)| w)
                 .any(|w| w.resubscribes.load(Ordering::Relaxed) > 0)
         })
         .await;
@@ -474,13 +476,17 @@ async fn faults(kind: &'static str, db_url: &str, label: &str) {
     let all = gaps(&store).await;
     let decode: u64 = stats
         .workers
-        .values()
+        .all()
+        .into_iter()
+        .map(|(_, w)| w)
         .map(|w| w.decode_errors.load(Ordering::Relaxed))
         .max()
         .unwrap_or(0);
     let invalid: u64 = stats
         .workers
-        .values()
+        .all()
+        .into_iter()
+        .map(|(_, w)| w)
         .map(|w| {
             w.invalid_by_kind
                 .iter()

@@ -746,7 +746,9 @@ async fn quiet_market_records_no_gap() {
     assert_eq!(sessions.len(), SYMBOLS.len(), "no reconnect: {sessions:?}");
     let resubscribes: u64 = stats
         .workers
-        .values()
+        .all()
+        .into_iter()
+        .map(|(_, w)| w)
         .map(|w| w.resubscribes.load(Ordering::Relaxed))
         .sum();
     assert!(

@@ -56,7 +56,7 @@ async fn hostile_frames_are_counted_and_skipped() {
     }
     let kind = |s: &str, k: &str| {
         let i = DecodeError::KINDS.iter().position(|x| *x == k).unwrap();
-        stats.workers[s].decode_errors_by_kind[i].load(Ordering::Relaxed)
+        stats.worker(s).decode_errors_by_kind[i].load(Ordering::Relaxed)
     };
     wait_for(
         "every hostile frame counted",
@@ -64,7 +64,7 @@ async fn hostile_frames_are_counted_and_skipped() {
         || async {
             SYMBOLS
                 .iter()
-                .all(|s| stats.workers[*s].decode_errors.load(Ordering::Relaxed) == 4 * rounds)
+                .all(|s| stats.worker(s).decode_errors.load(Ordering::Relaxed) == 4 * rounds)
         },
     )
     .await;

@@ -52,7 +52,7 @@ async fn invalid_values_never_stored(db_url: &str) {
         *want.entry(v.kind()).or_default() += ROUNDS;
     }
     let total: u64 = want.values().sum();
-    let w = rec.stats.workers["btcusdt"].clone();
+    let w = rec.stats.worker("btcusdt").clone();
     let counted = |k: &str| {
         let i = Invalid::KINDS.iter().position(|x| *x == k).unwrap();
         w.invalid_by_kind[i].load(Ordering::Relaxed)

@@ -383,7 +383,7 @@ async fn backpressure_when_the_spool_is_unusable() {
     let decoded = || -> u64 {
         SYMBOLS
             .iter()
-            .map(|s| stats.workers[*s].trades.load(Ordering::Relaxed))
+            .map(|s| stats.worker(s).trades.load(Ordering::Relaxed))
             .sum()
     };
     wait_for(

@@ -6,11 +6,11 @@
 use std::sync::Arc;
 
 use mdrec::decimal::Dec;
-use mdrec::model::{BookSide, Event, Side};
+use mdrec::model::{BookSide, Event, Side, StreamKey};
 use mdrec::venue::cdc_exchange::{
     self, BookUpdates, Channel, Dialect, ExchangeSession, RULES, check_symbol, interval,
 };
-use mdrec::venue::{DecodeError, Frame, Reaction, VenueSession};
+use mdrec::venue::{DecodeError, Frame, Reaction, RefusalKind, VenueSession};
 
 const DIR: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -113,6 +113,14 @@ enum Want {
     Break,
     /// Refused with this kind and a message containing the text.
     Rejected(&'static str, &'static str),
+    /// The venue's refusal of one of our requests: its kind, the request id, the stream it
+    /// names, and text in its detail.
+    Refused(
+        RefusalKind,
+        Option<u64>,
+        Option<(&'static str, StreamKey)>,
+        &'static str,
+    ),
     /// A client request: checked against the venue's builder below.
     Request,
 }
@@ -206,22 +214,37 @@ const TABLE: &[Case] = &[
         },
     ),
     ("p2_ws_error_invalid_channel_ccxt_comment.json", V2, || {
-        Want::Rejected("unexpected", "venue error 10004")
+        // v2 answers with id 0: not one of ours (ours start at 1)
+        Want::Refused(RefusalKind::BadRequest, None, None, "venue error 10004")
     }),
     (
         "p2_ws_error_max_subscriptions_nemanull_captured.json",
         Exchange,
-        || Want::Rejected("unexpected", "venue error 40107"),
+        || {
+            Want::Refused(
+                RefusalKind::TooManyStreams,
+                Some(9),
+                None,
+                "venue error 40107",
+            )
+        },
     ),
     (
         "p2_ws_error_unknown_method_nemanull_captured.json",
         Exchange,
-        || Want::Rejected("unexpected", "No such method"),
+        || Want::Refused(RefusalKind::BadRequest, None, None, "No such method"),
     ),
     (
         "p2_ws_error_unknown_symbol_nemanull_captured.json",
         Exchange,
-        || Want::Rejected("unexpected", "book.NOPEUSD-PERP.50"),
+        || {
+            Want::Refused(
+                RefusalKind::BadRequest,
+                Some(11),
+                Some(("NOPEUSD-PERP", StreamKey::Book(50))),
+                "Unknown symbol",
+            )
+        },
     ),
     ("p2_ws_heartbeat_live2026_cryptocogs.json", Exchange, || {
         Want::Reply(r#"{"id":1782032467342,"method":"public/respond-heartbeat"}"#)
@@ -376,6 +399,17 @@ fn every_ws_sample_comes_to_what_the_table_says() {
             (Want::Rejected(kind, text), Err(e)) => {
                 assert_eq!(e.kind(), kind, "{name}: {e}");
                 assert!(e.to_string().contains(text), "{name}: {e}");
+            }
+            (Want::Refused(kind, request, stream, text), Ok((r, events))) => {
+                assert!(r.control && events.is_empty(), "{name}");
+                let [f] = &r.refusals[..] else {
+                    panic!("{name}: one refusal wanted, got {:?}", r.refusals)
+                };
+                assert_eq!((f.kind, f.request), (kind, request), "{name}");
+                let named: Vec<(&str, StreamKey)> =
+                    f.streams.iter().map(|(s, k)| (&**s, k.clone())).collect();
+                assert_eq!(named, stream.into_iter().collect::<Vec<_>>(), "{name}");
+                assert!(f.detail.contains(text), "{name}: {}", f.detail);
             }
             (Want::Request, Err(e)) => {
                 // a client frame is not something a server sends

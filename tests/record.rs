@@ -73,7 +73,7 @@ async fn record_and_compare(db_url: &str, sim_cfg: SimConfig) {
         .await
         .expect("recorder task")
         .expect("recorder run");
-    for (s, w) in &stats.workers {
+    for (s, w) in stats.workers.all() {
         assert_eq!(
             w.decode_errors.load(std::sync::atomic::Ordering::Relaxed),
             0,
@@ -472,7 +472,8 @@ async fn a_silent_channel_is_subscribed_again() {
     .await;
     sim.mute_channel(None);
     assert!(
-        stats.workers["btcusdt"]
+        stats
+            .worker("btcusdt")
             .resubscribes
             .load(std::sync::atomic::Ordering::Relaxed)
             >= 1

@@ -100,8 +100,8 @@ async fn panics_are_isolated_per_symbol_and_per_frame() {
     stop.cancel();
     let stats = recorder.await.unwrap().unwrap();
 
-    let btc = &stats.workers["btcusdt"];
-    let eth = &stats.workers["ethusdt"];
+    let btc = &stats.worker("btcusdt");
+    let eth = &stats.worker("ethusdt");
     assert_eq!(
         btc.restarts.load(Ordering::Relaxed),
         1,

@@ -34,7 +34,7 @@ const WRITE_SECONDS_BUCKETS: [f64; 12] = [
 ];
 
 /// Name, unit, help: every metric this module exports.
-const DESCRIPTIONS: [(&str, Option<Unit>, &str); 32] = [
+const DESCRIPTIONS: [(&str, Option<Unit>, &str); 33] = [
     (
         "mdrec_frames_received_total",
         None,
@@ -145,6 +145,11 @@ const DESCRIPTIONS: [(&str, Option<Unit>, &str); 32] = [
         "Times a book stream's update sequence broke (updates lost; recorded in gaps and re-synced), per symbol.",
     ),
     (
+        "mdrec_venue_refusals_total",
+        None,
+        "Subscription requests the venue refused, per symbol and kind (rate_limited: sent again after a back-off; too_many_streams: moved to another connection; bad_request: never sent again).",
+    ),
+    (
         "mdrec_clock_skew_total",
         None,
         "Live rows kept whose exchange time was further than clock_skew_s from the receive time, per symbol.",
@@ -245,7 +250,8 @@ impl Exporter {
         let c =
             |name, labels: &[(&'static str, &str)], v: u64| self.counter(name, labels).absolute(v);
         let g = |name, labels: &[(&'static str, &str)], v: f64| self.gauge(name, labels).set(v);
-        for (symbol, w) in &stats.workers {
+        for (name, w) in stats.workers.all() {
+            let symbol = &name;
             let s = [("symbol", symbol.as_str())];
             let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
             c("mdrec_frames_received_total", &s, load(&w.frames));
@@ -276,6 +282,16 @@ impl Exporter {
             c("mdrec_clock_skew_total", &s, load(&w.clock_skew));
             c("mdrec_trade_id_resets_total", &s, load(&w.id_resets));
             c("mdrec_book_breaks_total", &s, load(&w.book_breaks));
+            for (kind, n) in crate::venue::RefusalKind::KINDS
+                .iter()
+                .zip(&w.refusals_by_kind)
+            {
+                c(
+                    "mdrec_venue_refusals_total",
+                    &[("symbol", symbol.as_str()), ("kind", kind)],
+                    load(n),
+                );
+            }
             let channels: Vec<_> = crate::runtime::lock(&w.channels)
                 .iter()
                 .map(|(k, v)| (k.name(), *v))
@@ -419,10 +435,10 @@ pub fn health(stats: &RunStats, config: &Config) -> Health {
     }
     let limit = config.connection.silence_timeout().as_secs_f64();
     let mut last_data_s = std::collections::BTreeMap::new();
-    for symbol in &config.record.symbols {
+    for symbol in stats.workers.symbols() {
         let last = stats
             .workers
-            .get(symbol)
+            .get(&symbol)
             .map(|w| w.last_data_ms.load(Ordering::Relaxed))
             .filter(|&t| t > 0);
         let age = last.map(|t| (now - t).max(0) as f64 / 1000.0);
@@ -526,18 +542,19 @@ mod tests {
     #[test]
     fn health_needs_database_writes_and_fresh_data_for_every_symbol() {
         let cfg = config(&["btcusdt", "ethusdt"]);
-        let mut stats = RunStats::default();
+        let stats = RunStats::default();
         for s in ["btcusdt", "ethusdt"] {
-            stats.workers.insert(s.into(), Arc::default());
+            stats.workers.insert(s, Arc::default());
         }
         let h = health(&stats, &cfg);
         assert!(!h.healthy);
         assert_eq!(h.problems.len(), 2, "no data yet: {:?}", h.problems);
-        for w in stats.workers.values() {
+        for (_, w) in stats.workers.all() {
             w.last_data_ms.store(now_ms() - 2_000, Ordering::Relaxed);
         }
         assert!(health(&stats, &cfg).healthy);
-        stats.workers["ethusdt"]
+        stats
+            .worker("ethusdt")
             .last_data_ms
             .store(now_ms() - 11_000, Ordering::Relaxed);
         let h = health(&stats, &cfg);
@@ -547,7 +564,8 @@ mod tests {
             "{:?}",
             h.problems
         );
-        stats.workers["ethusdt"]
+        stats
+            .worker("ethusdt")
             .last_data_ms
             .store(now_ms(), Ordering::Relaxed);
         stats

@@ -31,7 +31,8 @@ pub fn stopping() {
 }
 
 /// Why the daemon is not healthy enough to pet the watchdog, if it is not.
-pub fn stalled(stats: &RunStats, connections: usize, stall: Duration) -> Option<String> {
+pub fn stalled(stats: &RunStats, stall: Duration) -> Option<String> {
+    let connections = stats.connections();
     let beat = stats.writer.heartbeat_ms.load(Ordering::Relaxed);
     let age = now_ms() - beat;
     if beat == 0 || age > stall.as_millis() as i64 {
@@ -47,7 +48,7 @@ pub fn stalled(stats: &RunStats, connections: usize, stall: Duration) -> Option<
 }
 
 /// Pets the watchdog at half its interval while [`stalled`] finds nothing; stops at shutdown.
-pub async fn watchdog(stats: Arc<RunStats>, connections: usize, shutdown: CancellationToken) {
+pub async fn watchdog(stats: Arc<RunStats>, shutdown: CancellationToken) {
     let Some(interval) = sd_notify::watchdog_enabled() else {
         return;
     };
@@ -59,7 +60,7 @@ pub async fn watchdog(stats: Arc<RunStats>, connections: usize, shutdown: Cancel
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        match stalled(&stats, connections, interval) {
+        match stalled(&stats, interval) {
             None => {
                 reported = false;
                 send(&[NotifyState::Watchdog]);
@@ -80,19 +81,20 @@ mod tests {
     #[test]
     fn watchdog_health() {
         let stats = RunStats::default();
+        stats.connections.store(1, Ordering::Relaxed);
         let stall = Duration::from_secs(2);
         assert!(
-            stalled(&stats, 1, stall).unwrap().contains("writer"),
+            stalled(&stats, stall).unwrap().contains("writer"),
             "no heartbeat yet"
         );
         stats.writer.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
-        assert!(stalled(&stats, 1, stall).unwrap().contains("supervisors"));
+        assert!(stalled(&stats, stall).unwrap().contains("supervisors"));
         stats.supervisors_alive.store(1, Ordering::Relaxed);
-        assert_eq!(stalled(&stats, 1, stall), None);
+        assert_eq!(stalled(&stats, stall), None);
         stats
             .writer
             .heartbeat_ms
             .store(now_ms() - 5_000, Ordering::Relaxed);
-        assert!(stalled(&stats, 1, stall).unwrap().contains("no progress"));
+        assert!(stalled(&stats, stall).unwrap().contains("no progress"));
     }
 }

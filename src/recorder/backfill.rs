@@ -37,7 +37,7 @@ pub struct Backfill {
     pub rest: Arc<RestClient>,
     pub config: Arc<Config>,
     pub tx: mpsc::Sender<Event>,
-    pub marks: Arc<HashMap<Arc<str>, Arc<Marks>>>,
+    pub marks: super::fleet::MarksMap,
     pub stagger: Arc<Stagger>,
     pub stats: Arc<BackfillStats>,
     pub shutdown: CancellationToken,
@@ -280,10 +280,7 @@ impl Backfill {
     }
 
     fn marks(&self, symbol: &Arc<str>) -> Arc<Marks> {
-        self.marks
-            .get(symbol)
-            .cloned()
-            .unwrap_or_else(|| Arc::new(Marks::new(self.venue.trade_ids())))
+        super::fleet::marks_of(&self.marks, symbol, self.venue.trade_ids())
     }
 
     async fn send(&self, ev: Event) -> Result<(), WriterGone> {
@@ -596,8 +593,16 @@ impl Backfill {
                 return out;
             }
         };
-        for symbol in &self.config.record.symbols {
-            let symbol: Arc<str> = Arc::from(symbol.as_str());
+        // the symbols recorded now (listed later included, delisted ones not)
+        let mut symbols: Vec<Arc<str>> = self
+            .marks
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        symbols.sort();
+        for symbol in symbols {
             for iv in self.config.record.klines() {
                 let Some(len) = self.venue.interval(iv).and_then(|i| i.fixed_ms()) else {
                     continue; // calendar periods: no fixed grid

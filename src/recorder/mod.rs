@@ -3,6 +3,7 @@
 //! shutdown stops intake, lets the writer drain the queue, and returns.
 
 pub mod backfill;
+pub mod fleet;
 pub mod markets;
 pub mod marks;
 pub mod rest;
@@ -21,7 +22,6 @@ use crate::runtime::stagger::Stagger;
 use crate::store::writer;
 use crate::store::{ErrorClass, Store};
 use crate::venue::Venue;
-use worker::{Worker, WorkerStats};
 
 pub use crate::stats::RunStats;
 
@@ -50,7 +50,6 @@ pub async fn run_until(
     shutdown: CancellationToken,
     hurry: CancellationToken,
 ) -> anyhow::Result<Arc<RunStats>> {
-    let symbols = config.record.symbols.len();
     let started = tokio::select! {
         r = start(config, venue, shutdown.clone()) => r?,
         _ = shutdown.cancelled() => {
@@ -67,10 +66,9 @@ pub async fn run_until(
             stats.deadline.hurry();
         });
     }
-    crate::ops::systemd::ready(symbols);
+    crate::ops::systemd::ready(stats.workers.len());
     tokio::spawn(crate::ops::systemd::watchdog(
         stats.clone(),
-        stats.connections,
         shutdown.clone(),
     ));
     shutdown.cancelled().await;
@@ -97,6 +95,16 @@ pub async fn start(
 ) -> anyhow::Result<(Arc<Store>, Arc<RunStats>, TaskTracker)> {
     // reqwest and tungstenite use rustls without a built-in provider choice: pick ring once
     let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut config = config;
+    // one client for every REST call: one request budget per venue
+    let client = Arc::new(
+        rest::RestClient::new(&config.venue.rest_url, &config.backfill)
+            .map_err(|e| anyhow::anyhow!("REST client: {e}"))?,
+    );
+    if config.record.all {
+        // what "all" means is the venue's listing: nothing to plan without it
+        config.record.symbols = markets::list_all(&venue, &config, &client, &shutdown).await?;
+    }
     let config = Arc::new(config);
     let url = &config.database.url;
     let store = Arc::new(
@@ -260,13 +268,9 @@ pub async fn start(
         Some((g, r)) => (Some(g), Some(r)),
         None => (None, None),
     };
-    let marks = Arc::new(marks);
-    // one client for every REST call: one request budget per venue
-    let client = Arc::new(
-        rest::RestClient::new(&config.venue.rest_url, &config.backfill)
-            .map_err(|e| anyhow::anyhow!("REST client: {e}"))?,
-    );
+    let marks: fleet::MarksMap = Arc::new(std::sync::RwLock::new(marks));
     stats.rest = Some(client.stats.clone());
+    let stats = Arc::new(stats);
     let backfill_tx = if config.backfill.enabled {
         let client = client.clone();
         let (btx, brx) = mpsc::unbounded_channel();
@@ -298,6 +302,7 @@ pub async fn start(
     } else {
         None
     };
+    let (fleet_tx, fleet_rx) = mpsc::unbounded_channel();
     let shared = worker::Shared {
         venue: venue.clone(),
         config: config.clone(),
@@ -306,6 +311,7 @@ pub async fn start(
         stagger: stagger.clone(),
         deadline: deadline.clone(),
         backfill: backfill_tx.clone(),
+        fleet: Some(fleet_tx.clone()),
     };
     let symbols: Vec<Arc<str>> = config
         .record
@@ -319,33 +325,15 @@ pub async fn start(
         connections = plan.len(),
         "connections planned"
     );
-    stats.connections = plan.len();
-    for conn in plan {
-        let feeds = conn
-            .symbols
-            .iter()
-            .map(|s| {
-                let ws = Arc::new(WorkerStats::default());
-                stats.workers.insert(s.to_string(), ws.clone());
-                worker::Feed {
-                    symbol: s.clone(),
-                    stats: ws,
-                    marks: marks
-                        .get(s)
-                        .cloned()
-                        .unwrap_or_else(|| Arc::new(marks::Marks::new(venue.trade_ids()))),
-                }
-            })
-            .collect();
-        let w = Worker::new(&shared, Arc::new(conn), feeds);
-        let alive = stats.supervisors_alive.clone();
-        alive.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        workers.spawn(async move {
-            worker::supervise(w).await;
-            alive.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        });
-    }
-    drop(shared);
+    let mut fleet = fleet::Fleet::new(
+        shared,
+        stats.clone(),
+        marks.clone(),
+        store.clone(),
+        workers.clone(),
+    );
+    fleet.start(plan, Default::default());
+    workers.spawn(fleet.run(fleet_rx));
     {
         let (venue, config, tx, stop) =
             (venue.clone(), config.clone(), tx.clone(), shutdown.clone());
@@ -353,7 +341,14 @@ pub async fn start(
         workers.spawn(async move {
             tokio::select! {
                 _ = stop.cancelled() => {}
-                _ = markets::sync(&venue, &config, &client, &tx) => {}
+                _ = async {
+                    if config.record.all {
+                        markets::relist(&venue, &config, &client, &tx, &fleet_tx).await
+                    } else {
+                        drop(fleet_tx);
+                        markets::sync(&venue, &config, &client, &tx).await;
+                    }
+                } => {}
             }
         });
     }
@@ -386,7 +381,6 @@ pub async fn start(
         .await;
         workers.wait().await;
     });
-    let stats = Arc::new(stats);
     if let Some(exporter) = exporter {
         let addr = crate::ops::metrics::serve(
             &config.metrics.listen,

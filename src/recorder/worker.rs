@@ -3,9 +3,9 @@
 //! to its symbol's marks and counters, hand events to the writer, reconnect with backoff
 //! when the socket drops or goes silent.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -20,7 +20,9 @@ use crate::config::Config;
 use crate::model::{Event, Session, StreamKey, now_us};
 use crate::runtime::backoff::ReconnectPolicy;
 use crate::runtime::stagger::Stagger;
-use crate::venue::{ConnectionPlan, DecodeError, Frame, Subscription, Venue, VenueSession};
+use crate::venue::{
+    ConnectionPlan, DecodeError, Frame, Refusal, RefusalKind, Subscription, Venue, VenueSession,
+};
 
 pub use crate::stats::{ChannelStats, WorkerStats};
 
@@ -44,7 +46,7 @@ pub fn reason_class(reason: &str) -> &'static str {
 }
 
 /// One symbol a connection carries: its counters and its marks.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Feed {
     pub symbol: Arc<str>,
     pub stats: Arc<WorkerStats>,
@@ -74,6 +76,26 @@ pub struct Worker {
     pub deadline: Arc<crate::runtime::deadline::Deadline>,
     /// Hands holes to the backfill task (None: backfill off).
     pub backfill: Option<mpsc::UnboundedSender<HoleCheck>>,
+    /// Per feed: still carried here (a symbol delisted or moved to another connection is
+    /// not; it is neither subscribed nor counted here again).
+    active: Arc<[AtomicBool]>,
+    /// Streams the venue refused as bad requests: never asked for again.
+    refused: Arc<std::sync::Mutex<HashSet<Stream>>>,
+    /// Orders from the fleet; one receiver, kept across panics.
+    control: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Control>>>,
+    /// Asks for new connections (symbols the venue would not take more streams of here).
+    fleet: Option<mpsc::UnboundedSender<super::fleet::Request>>,
+}
+
+/// One stream of one symbol.
+type Stream = (Arc<str>, StreamKey);
+
+/// What the fleet tells a running worker.
+#[derive(Debug)]
+pub enum Control {
+    /// Stop carrying these symbols (delisted): their streams are unsubscribed and their
+    /// sessions closed with the reason; a worker left with none ends.
+    Retire(Vec<Arc<str>>, String),
 }
 
 /// What a worker shares with the rest of the run.
@@ -85,6 +107,8 @@ pub struct Shared {
     pub stagger: Arc<Stagger>,
     pub deadline: Arc<crate::runtime::deadline::Deadline>,
     pub backfill: Option<mpsc::UnboundedSender<HoleCheck>>,
+    /// Where workers ask for new connections (None: they cannot split).
+    pub fleet: Option<mpsc::UnboundedSender<super::fleet::Request>>,
 }
 
 /// Trade-id jumps on a live socket are checked over REST at most this often.
@@ -97,16 +121,35 @@ enum End {
     Dropped { fresh: bool },
     /// The writer is gone; nothing to record into.
     WriterGone,
+    /// Every symbol left this connection (delisted or moved): the worker ends.
+    Retired,
 }
 
+/// Back-off after the venue refused a request for the request rate: doubled per refusal
+/// within a connection, up to the cap.
+const RATE_BACKOFF_FIRST: Duration = Duration::from_secs(1);
+const RATE_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Ids of unsubscribe requests start here, clear of the venue's subscription ids.
+const UNSUBSCRIBE_IDS: u64 = 1 << 32;
+
 impl Worker {
-    pub fn new(shared: &Shared, plan: Arc<ConnectionPlan>, feeds: Vec<Feed>) -> Worker {
+    /// The worker and the sender the fleet controls it with.
+    pub fn new(
+        shared: &Shared,
+        plan: Arc<ConnectionPlan>,
+        feeds: Vec<Feed>,
+    ) -> (Worker, mpsc::UnboundedSender<Control>) {
         let index = feeds
             .iter()
             .enumerate()
             .map(|(i, f)| (f.symbol.clone(), i))
             .collect();
-        Worker {
+        let (control_tx, control) = mpsc::unbounded_channel();
+        let w = Worker {
+            active: feeds.iter().map(|_| AtomicBool::new(true)).collect(),
+            refused: Default::default(),
+            control: Arc::new(tokio::sync::Mutex::new(control)),
+            fleet: shared.fleet.clone(),
             venue: shared.venue.clone(),
             plan,
             feeds: feeds.into(),
@@ -118,20 +161,50 @@ impl Worker {
             current: Default::default(),
             deadline: shared.deadline.clone(),
             backfill: shared.backfill.clone(),
-        }
+        };
+        (w, control_tx)
+    }
+
+    fn is_active(&self, i: usize) -> bool {
+        self.active[i].load(Ordering::Relaxed)
     }
 
     /// Counts a happening of the connection for every symbol it carries (each of their feeds
     /// saw it: a reconnect, a skipped frame).
     fn each(&self, f: impl Fn(&WorkerStats)) {
-        for feed in self.feeds.iter() {
-            f(&feed.stats);
+        for (i, feed) in self.feeds.iter().enumerate() {
+            if self.is_active(i) {
+                f(&feed.stats);
+            }
+        }
+    }
+
+    /// The plan as it stands: symbols still carried, streams not refused.
+    fn live_plan(&self) -> ConnectionPlan {
+        let refused = lock(&self.refused);
+        let carried = |s: &Arc<str>| self.index.get(s).is_some_and(|&i| self.is_active(i));
+        ConnectionPlan {
+            name: self.plan.name.clone(),
+            symbols: self
+                .plan
+                .symbols
+                .iter()
+                .filter(|s| carried(s))
+                .cloned()
+                .collect(),
+            streams: self
+                .plan
+                .streams
+                .iter()
+                .filter(|(s, k)| carried(s) && !refused.contains(&(s.clone(), k.clone())))
+                .cloned()
+                .collect(),
         }
     }
 
     fn decoder(&self) -> Box<dyn VenueSession> {
         self.venue.session(
-            &self.plan.symbols,
+            &self.live_plan().symbols,
             self.config.connection.max_frame_bytes,
             self.config.record.rules(self.venue.rules()),
         )
@@ -145,7 +218,7 @@ impl Worker {
                 return;
             }
             match self.session().await {
-                End::Shutdown | End::WriterGone => return,
+                End::Shutdown | End::WriterGone | End::Retired => return,
                 End::Dropped { fresh } => {
                     if fresh {
                         delays = policy.delays(None);
@@ -164,6 +237,11 @@ impl Worker {
     }
 
     async fn session(&self) -> End {
+        let mut control = self.control.lock().await;
+        let plan = self.live_plan();
+        if plan.symbols.is_empty() {
+            return End::Retired;
+        }
         let c = &self.config.connection;
         let url = &self.config.venue.ws_url;
         let conn = &self.plan.name;
@@ -201,7 +279,9 @@ impl Worker {
         let mut rows: Vec<Session> = self
             .feeds
             .iter()
-            .map(|f| Session {
+            .enumerate()
+            .filter(|(i, _)| self.is_active(*i))
+            .map(|(_, f)| Session {
                 venue: self.venue.name(),
                 symbol: f.symbol.clone(),
                 session_id: session_id.clone(),
@@ -216,10 +296,10 @@ impl Worker {
             }
         }
         *lock(&self.current) = rows.clone();
-        tracing::info!(connection = %conn, symbols = self.feeds.len(), session = %session_id, "connected");
+        tracing::info!(connection = %conn, symbols = rows.len(), session = %session_id, "connected");
 
-        let subscriptions = self.venue.subscribe_frames(&self.plan, &self.config.record);
-        let mut subscribed = vec![true; self.feeds.len()];
+        let subscriptions = self.venue.subscribe_frames(&plan, &self.config.record);
+        let mut subscribed: Vec<bool> = (0..self.feeds.len()).map(|i| self.is_active(i)).collect();
         for sub in &subscriptions {
             for i in self.feeds_of(sub) {
                 subscribed[i] = false;
@@ -227,7 +307,15 @@ impl Worker {
         }
         let n = self.feeds.len();
         let mut reader = Reader {
-            to_check: (0..n).filter(|&i| subscribed[i]).collect(),
+            to_check: (0..n)
+                .filter(|&i| subscribed[i] && self.is_active(i))
+                .collect(),
+            requests: HashMap::new(),
+            retry: Vec::new(),
+            rate_backoff: RATE_BACKOFF_FIRST,
+            rate_until: None,
+            over_cap: Vec::new(),
+            next_unsubscribe: UNSUBSCRIBE_IDS,
             subscribed,
             last_books: HashMap::new(),
             last_jump_check: vec![None; n],
@@ -264,6 +352,7 @@ impl Worker {
         let mut last_frame = Instant::now();
         let mut writer_gone = false;
         let mut shutdown = false;
+        let mut retired = false;
         while reason.is_empty() {
             let next = tokio::select! {
                 biased;
@@ -283,7 +372,42 @@ impl Worker {
                     next_send = Instant::now() + pace.unwrap_or_default();
                     continue;
                 }
+                Some(cmd) = control.recv() => {
+                    let Control::Retire(symbols, why) = cmd;
+                    let feeds = symbols.iter().filter_map(|s| self.index.get(s).copied()).collect();
+                    match self.retire(&mut reader, &mut rows, feeds, &why).await {
+                        Ok(frames) => {
+                            for f in frames {
+                                if let Err(e) = ws.send(Message::text(f)).await {
+                                    reason = format!("send failed: {e}");
+                                }
+                            }
+                        }
+                        Err(()) => { writer_gone = true; reason = "writer stopped".into(); }
+                    }
+                    if reason.is_empty() && rows.is_empty() {
+                        retired = true;
+                        reason = format!("no symbols left: {why}");
+                    }
+                    continue;
+                }
                 _ = check.tick() => {
+                    if !reader.over_cap.is_empty() {
+                        match self.shed(&mut reader, &mut rows, &mut pending).await {
+                            Ok(frames) => {
+                                for f in frames {
+                                    if let Err(e) = ws.send(Message::text(f)).await {
+                                        reason = format!("send failed: {e}");
+                                    }
+                                }
+                            }
+                            Err(()) => { writer_gone = true; reason = "writer stopped".into(); }
+                        }
+                        if reason.is_empty() && rows.is_empty() {
+                            retired = true;
+                            reason = "no symbols left: all moved to other connections".into();
+                        }
+                    }
                     for frame in reader.stale_channels(channel_silence) {
                         self.feeds_of_frame(&reader, &frame);
                         if let Err(e) = ws.send(Message::text(frame)).await {
@@ -312,6 +436,20 @@ impl Worker {
                             reason = format!("send failed: {e}");
                             break;
                         }
+                    }
+                    if !reader.retry.is_empty() {
+                        // refused for the request rate: asked again, later, in order; the
+                        // refusals of one burst (answers to requests already sent) make one
+                        // back-off, a refusal of a request sent after it doubles it
+                        for sub in reader.retry.drain(..).rev() {
+                            pending.push_front(sub);
+                        }
+                        let now = Instant::now();
+                        if reader.rate_until.is_none_or(|t| now >= t) {
+                            reader.rate_until = Some(now + reader.rate_backoff);
+                            reader.rate_backoff = (reader.rate_backoff * 2).min(RATE_BACKOFF_MAX);
+                        }
+                        next_send = next_send.max(reader.rate_until.unwrap_or(now));
                     }
                 }
                 Handled::Closed(r) => reason = r,
@@ -356,12 +494,150 @@ impl Worker {
         }
         if shutdown {
             End::Shutdown
+        } else if retired {
+            End::Retired
         } else {
             self.each(|s| s.reconnect(reason_class(&reason)));
             End::Dropped {
                 fresh: reader.fresh,
             }
         }
+    }
+
+    /// Stops carrying `feeds` on this connection: their channels are no longer watched, their
+    /// session rows close with `why`; returns the frame that unsubscribes their streams.
+    /// Err: the writer is gone.
+    async fn retire(
+        &self,
+        reader: &mut Reader,
+        rows: &mut Vec<Session>,
+        feeds: Vec<usize>,
+        why: &str,
+    ) -> Result<Vec<String>, ()> {
+        let mut streams: Vec<(Arc<str>, StreamKey)> = Vec::new();
+        let closed_at = now_us();
+        for i in feeds {
+            if !self.active[i].swap(false, Ordering::Relaxed) {
+                continue;
+            }
+            let symbol = &self.feeds[i].symbol;
+            for c in reader.channels.iter().filter(|c| c.feed == i) {
+                let s = (symbol.clone(), c.key.clone());
+                if !streams.contains(&s) {
+                    streams.push(s);
+                }
+            }
+            reader.channels.retain(|c| c.feed != i);
+            reader.to_check.retain(|&j| j != i);
+            reader.last_books.retain(|(j, _), _| *j != i);
+            lock(&self.current).retain(|r| r.symbol != *symbol);
+            tracing::info!(connection = %self.plan.name, %symbol, reason = why, "symbol leaves this connection");
+            if let Some(pos) = rows.iter().position(|r| r.symbol == *symbol) {
+                let mut row = rows.remove(pos);
+                row.disconnected_at_us = Some(closed_at.max(row.connected_at_us));
+                row.close_reason = Some(why.to_string());
+                if self.tx.send(Event::Session(row)).await.is_err() {
+                    return Err(());
+                }
+            }
+        }
+        if streams.is_empty() || rows.is_empty() {
+            return Ok(Vec::new()); // a connection left with nothing closes instead
+        }
+        reader.next_unsubscribe += 1;
+        Ok(self
+            .venue
+            .unsubscribe_frame(reader.next_unsubscribe, &streams)
+            .into_iter()
+            .collect())
+    }
+
+    /// The venue refused streams for its subscription cap: this connection keeps, in plan
+    /// order, as many symbols as the streams it holds cover (their refused streams asked for
+    /// again once the others leave); the rest move to new connections carrying at most as
+    /// many streams as this one holds.
+    async fn shed(
+        &self,
+        reader: &mut Reader,
+        rows: &mut Vec<Session>,
+        pending: &mut std::collections::VecDeque<Subscription>,
+    ) -> Result<Vec<String>, ()> {
+        let over: HashSet<(Arc<str>, StreamKey)> = reader.over_cap.drain(..).collect();
+        let Some(fleet) = &self.fleet else {
+            return Ok(Vec::new());
+        };
+        let plan = self.live_plan();
+        let sent = reader.channels.len();
+        let held = sent.saturating_sub(over.len()).max(1);
+        let mut kept = 0;
+        let mut moving: Vec<usize> = Vec::new();
+        for symbol in &plan.symbols {
+            let Some(&i) = self.index.get(symbol) else {
+                continue;
+            };
+            let n = plan.streams.iter().filter(|(s, _)| s == symbol).count();
+            if moving.is_empty() && kept + n <= held {
+                kept += n;
+            } else {
+                moving.push(i);
+            }
+        }
+        if moving.len() == plan.symbols.len() {
+            moving.remove(0); // the first symbol stays, whatever it holds
+        }
+        if moving.is_empty() {
+            // everything fits by the count, yet the venue refused: asking again would loop
+            let mut refused = lock(&self.refused);
+            for (symbol, key) in over {
+                tracing::error!(connection = %self.plan.name, %symbol, stream = %key.name(),
+                    "the venue refused this stream for its subscription cap though the connection holds fewer: not asked for again");
+                reader
+                    .channels
+                    .retain(|c| !(self.feeds[c.feed].symbol == symbol && c.key == key));
+                refused.insert((symbol, key));
+            }
+            return Ok(Vec::new());
+        }
+        let moved: Vec<Feed> = moving.iter().map(|&i| self.feeds[i].clone()).collect();
+        tracing::warn!(connection = %self.plan.name, moving = moved.len(), streams_held = held,
+            "the venue refused more subscriptions on this connection: moving symbols to a new one");
+        let frames = self
+            .retire(
+                reader,
+                rows,
+                moving,
+                "moved to another connection (the venue refused more subscriptions on this one)",
+            )
+            .await?;
+        // what is still to be sent, and what was refused, for the symbols that stay
+        let carried = |s: &Arc<str>| self.index.get(s).is_some_and(|&i| self.is_active(i));
+        let mut again: Vec<(Arc<str>, StreamKey)> =
+            over.into_iter().filter(|(s, _)| carried(s)).collect();
+        for sub in pending.drain(..) {
+            again.extend(sub.streams.into_iter().filter(|(s, _)| carried(s)));
+        }
+        again.sort_by(|a, b| (&*a.0, a.1.name()).cmp(&(&*b.0, b.1.name())));
+        again.dedup();
+        if !again.is_empty() {
+            let conn = ConnectionPlan {
+                name: plan.name.clone(),
+                symbols: plan
+                    .symbols
+                    .iter()
+                    .filter(|s| carried(s))
+                    .cloned()
+                    .collect(),
+                streams: again,
+            };
+            pending.extend(self.venue.subscribe_frames(&conn, &self.config.record));
+        }
+        if !moved.is_empty() {
+            let _ = fleet.send(super::fleet::Request::Move {
+                feeds: moved,
+                streams: held,
+            });
+        }
+        Ok(frames)
     }
 
     /// The feeds a subscription opens streams of, each once.
@@ -396,6 +672,18 @@ struct ChannelSeen {
 }
 
 struct Reader {
+    /// Subscriptions sent, by request id: what a refusal naming the id refused.
+    requests: HashMap<u64, Subscription>,
+    /// Subscriptions refused for the request rate, to send again after `rate_backoff`.
+    retry: Vec<Subscription>,
+    rate_backoff: Duration,
+    /// End of the back-off the last burst of rate refusals started.
+    rate_until: Option<Instant>,
+    /// Streams the venue refused for the subscription cap, dealt with at the next tick
+    /// (refusals come one per channel: they are gathered first).
+    over_cap: Vec<(Arc<str>, StreamKey)>,
+    /// Id of the last unsubscribe request.
+    next_unsubscribe: u64,
     /// Per feed: a subscription frame of it went out. Its hole is checked at the next frame
     /// read, before that frame's events can move its marks (from then on its data arrives
     /// on this socket).
@@ -426,6 +714,9 @@ impl Reader {
     /// A subscription frame went out: its streams are watched from now on.
     fn sent(&mut self, w: &Worker, sub: Subscription) {
         let now = Instant::now();
+        if let Some(id) = sub.id {
+            self.requests.insert(id, sub.clone());
+        }
         for i in w.feeds_of(&sub) {
             if !self.subscribed[i] {
                 self.subscribed[i] = true;
@@ -433,13 +724,25 @@ impl Reader {
             }
         }
         for (symbol, key) in sub.streams {
-            if let Some(&feed) = w.index.get(&symbol) {
-                self.channels.push(ChannelSeen {
+            let Some(&feed) = w.index.get(&symbol) else {
+                continue;
+            };
+            // a request sent again (after a rate refusal) watches the same channels
+            match self
+                .channels
+                .iter_mut()
+                .find(|c| c.feed == feed && c.key == key)
+            {
+                Some(c) => {
+                    c.frame = sub.frame.clone();
+                    c.seen = now;
+                }
+                None => self.channels.push(ChannelSeen {
                     feed,
                     key,
                     frame: sub.frame.clone(),
                     seen: now,
-                });
+                }),
             }
         }
     }
@@ -556,6 +859,9 @@ impl Reader {
                 }
                 self.tally(w, &reaction.findings);
                 self.alive(w, &reaction.alive);
+                for r in reaction.refusals {
+                    self.refusal(w, r);
+                }
                 send.extend(reaction.reply);
                 for b in reaction.breaks {
                     match self.book_break(w, b).await {
@@ -597,6 +903,7 @@ impl Reader {
             for ev in self.events.drain(..) {
                 let (_, symbol) = ev.venue_symbol();
                 match w.index.get(symbol) {
+                    Some(&i) if !w.is_active(i) => {} // left this connection; unsubscribed
                     Some(&i) => {
                         if self.by_feed[i].is_empty() {
                             touched.push(i);
@@ -622,6 +929,72 @@ impl Reader {
             }
         }
         Handled::Continue(send)
+    }
+
+    /// A request the venue refused: sent again later (request rate), its symbols moved
+    /// (subscription cap), or its streams never asked for again (bad request).
+    fn refusal(&mut self, w: &Worker, r: Refusal) {
+        let sub = r.request.and_then(|id| self.requests.get(&id));
+        let streams: Vec<(Arc<str>, StreamKey)> = if r.streams.is_empty() {
+            sub.map(|s| s.streams.clone()).unwrap_or_default()
+        } else {
+            r.streams.clone()
+        };
+        let mut feeds: Vec<usize> = streams
+            .iter()
+            .filter_map(|(s, _)| w.index.get(s).copied())
+            .collect();
+        feeds.sort_unstable();
+        feeds.dedup();
+        if !streams.is_empty() && !feeds.iter().any(|&i| w.is_active(i)) {
+            return; // about symbols that left this connection
+        }
+        feeds.retain(|&i| w.is_active(i));
+        let k = r.kind.index();
+        if feeds.is_empty() {
+            w.each(|s| {
+                s.refusals_by_kind[k].fetch_add(1, Ordering::Relaxed);
+            });
+        }
+        for &i in &feeds {
+            w.feeds[i].stats.refusals_by_kind[k].fetch_add(1, Ordering::Relaxed);
+        }
+        let active = (0..w.feeds.len()).filter(|&i| w.is_active(i)).count();
+        match r.kind {
+            RefusalKind::RateLimited => {
+                if let Some(sub) = sub
+                    && !self.retry.iter().any(|s| s.id == sub.id)
+                {
+                    if self.retry.is_empty() {
+                        tracing::warn!(connection = %w.plan.name, detail = %r.detail, backoff_ms = self.rate_backoff.as_millis() as u64,
+                            "the venue refused a request for the request rate: asking again after a back-off");
+                    }
+                    self.retry.push(sub.clone());
+                }
+            }
+            RefusalKind::TooManyStreams if active > 1 && !feeds.is_empty() => {
+                self.over_cap.extend(streams);
+            }
+            RefusalKind::TooManyStreams | RefusalKind::BadRequest => {
+                let mut refused = lock(&w.refused);
+                for (symbol, key) in streams {
+                    let Some(&i) = w.index.get(&symbol) else {
+                        continue;
+                    };
+                    if refused.insert((symbol.clone(), key.clone())) {
+                        tracing::error!(connection = %w.plan.name, %symbol, stream = %key.name(), detail = %r.detail,
+                            "the venue refused this stream: not asked for again (check the symbol and the [record] keys)");
+                    }
+                    self.channels.retain(|c| !(c.feed == i && c.key == key));
+                }
+                if feeds.is_empty() {
+                    tracing::error!(connection = %w.plan.name, detail = %r.detail, "the venue refused a request");
+                }
+            }
+            RefusalKind::Other => {
+                tracing::warn!(connection = %w.plan.name, detail = %r.detail, "the venue answered a request with an error");
+            }
+        }
     }
 
     /// Streams the venue showed alive without rows are not silent: no resubscription.

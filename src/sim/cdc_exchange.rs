@@ -275,6 +275,9 @@ struct Conn {
 
 async fn connection(ex: Arc<Ex>, tcp: TcpStream) -> anyhow::Result<()> {
     let _ = tcp.set_nodelay(true);
+    // the connect-second rule runs from the server's side of the handshake, which the
+    // client sees complete only after it (a busy test machine must not move it later)
+    let connected = Instant::now();
     let mut ws = tokio_tungstenite::accept_async(tcp).await?;
     let server = &ex.server;
     let cfg = &server.config;
@@ -291,7 +294,7 @@ async fn connection(ex: Arc<Ex>, tcp: TcpStream) -> anyhow::Result<()> {
         wire: Wire(ex.dialect),
         subs: HashMap::new(),
         by_symbol: HashMap::new(),
-        connected: Instant::now(),
+        connected,
         requests: VecDeque::new(),
         rng: fastrand::Rng::with_seed(seed),
     };

@@ -422,6 +422,36 @@ impl SimHandle {
             .or_default() += n;
     }
 
+    /// The venue lists a new market (it trades from the next step; the listing names it).
+    pub fn list(&self, symbol: &str) {
+        let p = self.config.personality();
+        let seed = self.config.seed.wrapping_mul(1_000_003).wrapping_add(
+            symbol
+                .bytes()
+                .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64)),
+        );
+        let market = Market::with_shape(
+            MarketSpec::for_symbol(symbol),
+            seed,
+            p.intervals,
+            p.book_levels,
+            p.id_jumps,
+        );
+        let mut st = self.state();
+        if self.config.book_history {
+            let now = st.now_ms();
+            st.book_history
+                .insert(symbol.to_string(), vec![(now, Arc::new(market.book()))]);
+        }
+        st.markets.insert(symbol.to_string(), market);
+    }
+
+    /// The venue delists a market: it stops trading and leaves the listing; subscribing to
+    /// it is refused as an unknown instrument. Its ledger is returned.
+    pub fn delist(&self, symbol: &str) -> Option<Market> {
+        self.state().markets.remove(symbol)
+    }
+
     /// Locks the ledger for reading.
     pub fn state(&self) -> MutexGuard<'_, State> {
         lock(&self.state)

@@ -215,6 +215,48 @@ pub struct Reaction {
     /// Streams (symbol, stream) this frame proved alive without rows (an idle book's empty
     /// delta): they are not silent channels to subscribe again.
     pub alive: Vec<(Arc<str>, StreamKey)>,
+    /// Requests of ours the venue refused (a reply with an error code).
+    pub refusals: Vec<Refusal>,
+}
+
+/// A request of ours the venue refused, and what the worker does about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The refused request's id ([`Subscription::id`]); None when the reply names none.
+    pub request: Option<u64>,
+    /// The streams the reply names (empty: all of the request's).
+    pub streams: Vec<(Arc<str>, StreamKey)>,
+    pub kind: RefusalKind,
+    /// The venue's code and message, for logs.
+    pub detail: String,
+}
+
+/// What a refusal means for the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalKind {
+    /// Too many requests: sent again after a back-off.
+    RateLimited,
+    /// Too many subscriptions on this connection: its symbols move to another connection.
+    TooManyStreams,
+    /// An unknown instrument or channel, a bad argument: will not pass on retry, so it is
+    /// never sent again (logged once, named).
+    BadRequest,
+    /// Anything else: logged and counted.
+    Other,
+}
+
+impl RefusalKind {
+    /// Labels of [`RefusalKind::label`], in [`RefusalKind::index`] order.
+    pub const KINDS: [&'static str; 4] =
+        ["rate_limited", "too_many_streams", "bad_request", "other"];
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    pub fn label(self) -> &'static str {
+        Self::KINDS[self.index()]
+    }
 }
 
 /// A book stream that lost updates (the venue's sequence numbers skipped).
@@ -257,10 +299,23 @@ pub trait Venue: Send + Sync + 'static {
     /// Text frames to send after connecting, with the streams each opens (a stream silent
     /// while others flow is subscribed again with its frame).
     fn subscribe_frames(&self, conn: &ConnectionPlan, record: &RecordConfig) -> Vec<Subscription>;
+    /// A frame that closes `streams` on a live socket (request id `id`), where the venue has
+    /// one (None: the streams' symbols leave only with their socket).
+    fn unsubscribe_frame(&self, _id: u64, _streams: &[(Arc<str>, StreamKey)]) -> Option<String> {
+        None
+    }
     /// REST path (under `rest_url`) that lists the venue's markets.
     fn markets_path(&self) -> &'static str;
     /// Parses that listing.
-    fn parse_markets(&self, body: &str, now_ms: i64) -> Result<Vec<Market>, FetchError>;
+    fn parse_markets(&self, body: &str, now_ms: i64) -> Result<Vec<Market>, FetchError> {
+        Ok(self
+            .parse_listing(body, now_ms)?
+            .into_iter()
+            .map(|l| l.market)
+            .collect())
+    }
+    /// Parses that listing with each market's type and whether it trades (`symbols = "all"`).
+    fn parse_listing(&self, body: &str, now_ms: i64) -> Result<Vec<Listing>, FetchError>;
     /// What the venue's trade ids say about order and completeness.
     fn trade_ids(&self) -> TradeIds;
     /// The trades of `symbol` after `anchor` (the last one known before a hole; None: nothing
@@ -313,9 +368,53 @@ pub struct Defaults {
     pub depth: DepthSetting,
 }
 
+/// One market as the venue lists it, in neutral words.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listing {
+    pub market: Market,
+    pub kind: InstrumentType,
+    /// Listed but not trading (suspended): not recorded under `symbols = "all"`.
+    pub tradable: bool,
+}
+
+/// What kind of instrument a market is (`[record] instrument_types`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum InstrumentType {
+    Spot,
+    Perpetual,
+    Future,
+    /// Indices, options and whatever else a venue lists.
+    Other,
+}
+
+impl InstrumentType {
+    pub const ALL: [InstrumentType; 4] = [
+        InstrumentType::Spot,
+        InstrumentType::Perpetual,
+        InstrumentType::Future,
+        InstrumentType::Other,
+    ];
+
+    /// The word the configuration uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            InstrumentType::Spot => "spot",
+            InstrumentType::Perpetual => "perpetual",
+            InstrumentType::Future => "future",
+            InstrumentType::Other => "other",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<InstrumentType> {
+        Self::ALL.into_iter().find(|t| t.name() == s)
+    }
+}
+
 /// One frame to send after connecting and the streams (symbol, stream) it opens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subscription {
+    /// The request id the venue's replies name (None: the venue's replies name none).
+    pub id: Option<u64>,
     pub frame: String,
     pub streams: Vec<(Arc<str>, StreamKey)>,
 }

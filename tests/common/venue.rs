@@ -4,12 +4,12 @@
 use std::sync::Arc;
 
 use mdrec::config::{ConfigError, RecordConfig};
-use mdrec::model::{Interval, Market, StreamKey, TradeMark};
+use mdrec::model::{Interval, StreamKey, TradeMark};
 use mdrec::venue::cdc_v1::CdcV1;
 use mdrec::venue::validate::Rules;
 use mdrec::venue::{
-    ConnectionPlan, Defaults, FetchError, KlineHistory, SocketLimits, Subscription, TradeHistory,
-    TradeIds, Venue, VenueSession,
+    ConnectionPlan, Defaults, FetchError, KlineHistory, Listing, SocketLimits, Subscription,
+    TradeHistory, TradeIds, Venue, VenueSession,
 };
 
 type OnSubscribe = Box<dyn Fn(&ConnectionPlan) + Send + Sync>;
@@ -55,8 +55,8 @@ impl Venue for TestVenue {
     fn markets_path(&self) -> &'static str {
         CdcV1.markets_path()
     }
-    fn parse_markets(&self, body: &str, now_ms: i64) -> Result<Vec<Market>, FetchError> {
-        CdcV1.parse_markets(body, now_ms)
+    fn parse_listing(&self, body: &str, now_ms: i64) -> Result<Vec<Listing>, FetchError> {
+        CdcV1.parse_listing(body, now_ms)
     }
     fn trade_ids(&self) -> TradeIds {
         CdcV1.trade_ids()

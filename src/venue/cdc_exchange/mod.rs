@@ -21,7 +21,7 @@ use crate::model::{
 };
 use crate::venue::numbers::short;
 use crate::venue::validate::{Findings, Rules, Verdict};
-use crate::venue::{BookBreak, DecodeError, Frame, Reaction, VenueSession};
+use crate::venue::{BookBreak, DecodeError, Frame, Reaction, Refusal, RefusalKind, VenueSession};
 
 use self::wire::{
     Envelope, Push, WireBar, WireBook, WireBookUpdate, WireTicker, WireTrade, levels,
@@ -148,6 +148,12 @@ pub fn subscribe_request(
         .to_string()
 }
 
+/// `{id, method: unsubscribe, params: {channels}, nonce}`.
+pub fn unsubscribe_request(id: u64, channels: &[String], nonce_ms: i64) -> String {
+    serde_json::json!({"id": id, "method": "unsubscribe", "params": {"channels": channels}, "nonce": nonce_ms})
+        .to_string()
+}
+
 /// The answer to a heartbeat: its id copied digit for digit.
 pub fn respond_heartbeat(id_text: &str) -> String {
     format!("{{\"id\":{id_text},\"method\":\"public/respond-heartbeat\"}}")
@@ -254,6 +260,63 @@ fn control() -> Reaction {
     }
 }
 
+/// What an error code says about the request it answers: today's codes and v2's.
+pub fn refusal_kind(code: i64) -> RefusalKind {
+    match code {
+        42901 | 10006 => RefusalKind::RateLimited,
+        40107 => RefusalKind::TooManyStreams,
+        // bad request, bad argument, unknown method (docs 40002, wire 40003); v2's 10xxx
+        40001..=40006 | 10001..=10005 | 10008 => RefusalKind::BadRequest,
+        _ => RefusalKind::Other,
+    }
+}
+
+/// The stream a channel name opens, for a symbol this connection carries.
+pub fn stream_of(symbols: &[Arc<str>], name: &str) -> Option<(Arc<str>, StreamKey)> {
+    let ch = Channel::parse(name)?;
+    let symbol = symbols.iter().find(|s| ***s == *ch.instrument())?.clone();
+    let key = match ch {
+        Channel::Trade { .. } => StreamKey::Trades,
+        Channel::Book { depth, .. } => StreamKey::Book(depth),
+        Channel::Candlestick { timeframe, .. } => StreamKey::Kline(Arc::from(timeframe)),
+        Channel::Ticker { .. } => StreamKey::Ticker,
+    };
+    Some((symbol, key))
+}
+
+impl ExchangeSession {
+    fn refusal(&self, env: &Envelope<'_>, code: i64, method: &str) -> Refusal {
+        // requests without an id are answered with -1 (today) or 0 (v2): none of ours
+        let request = env
+            .id
+            .and_then(|r| r.get().parse::<u64>().ok())
+            .filter(|&id| id > 0);
+        let channel = env.channel.as_deref();
+        let streams = channel
+            .and_then(|c| stream_of(&self.symbols, c))
+            .into_iter()
+            .collect();
+        Refusal {
+            request,
+            streams,
+            kind: refusal_kind(code),
+            detail: format!(
+                "venue error {code} on {} request {}: {}{}",
+                if method.is_empty() {
+                    "a".into()
+                } else {
+                    short(method)
+                },
+                env.id.map_or("-", |r| r.get()),
+                env.message.as_deref().map(short).unwrap_or_default(),
+                channel
+                    .map(|c| format!(" (channel {})", short(c)))
+                    .unwrap_or_default()
+            ),
+        }
+    }
+}
+
 impl VenueSession for ExchangeSession {
     fn on_frame(
         &mut self,
@@ -284,15 +347,11 @@ impl VenueSession for ExchangeSession {
         }
         let code = env.code.map_or(0, |c| c.0);
         if code != 0 {
-            return Err(unexpected(format!(
-                "venue error {code} on {method} request {}: {}{}",
-                env.id.map_or("-", |r| r.get()),
-                env.message.as_deref().map(short).unwrap_or_default(),
-                env.channel
-                    .as_deref()
-                    .map(|c| format!(" (channel {})", short(c)))
-                    .unwrap_or_default()
-            )));
+            return Ok(Reaction {
+                control: true,
+                refusals: vec![self.refusal(&env, code, method)],
+                ..Reaction::default()
+            });
         }
         let Some(push) = env.result else {
             // acks: a bare `{id, method, code:0[, channel]}` per request or per book channel

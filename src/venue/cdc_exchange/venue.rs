@@ -8,11 +8,11 @@ use std::time::Duration;
 use super::rest;
 use super::{BookUpdates, Dialect, ExchangeSession, RULES, check_symbol, interval};
 use crate::config::{ConfigError, DepthSetting, RecordConfig, VenueOptions};
-use crate::model::{Interval, Kline, Market, StreamKey, Trade, TradeMark};
+use crate::model::{Interval, Kline, StreamKey, Trade, TradeMark};
 use crate::venue::validate::Rules;
 use crate::venue::{
-    ConnectionPlan, Defaults, FetchError, HistoryRequest, KlineHistory, Reach, SocketLimits,
-    Subscription, TradeHistory, TradeIds, Venue, VenueSession,
+    ConnectionPlan, Defaults, FetchError, HistoryRequest, InstrumentType, KlineHistory, Listing,
+    Reach, SocketLimits, Subscription, TradeHistory, TradeIds, Venue, VenueSession,
 };
 
 /// Channels one socket takes (the venue refuses the 401st with 40107); kept below it.
@@ -182,8 +182,9 @@ impl Venue for CdcExchange {
             symbols: usize::MAX,
             streams: CHANNELS_PER_SOCKET,
             sends_per_s: Some(SENDS_PER_S),
-            // requests count against the calendar second of the connect: wait it out
-            settle: Duration::from_secs(1),
+            // requests count against the calendar second of the connect: wait it out, with
+            // a margin for the server's clock reading the connect earlier than ours
+            settle: Duration::from_millis(1_100),
         }
     }
 
@@ -202,6 +203,7 @@ impl Venue for CdcExchange {
                     chunk.iter().map(|(s, k)| self.channel_name(s, k)).collect();
                 let id = out.len() as u64 + 1;
                 out.push(Subscription {
+                    id: Some(id),
                     frame: super::subscribe_request(id, &channels, self.book_updates, nonce),
                     streams: chunk.to_vec(),
                 });
@@ -210,14 +212,36 @@ impl Venue for CdcExchange {
         out
     }
 
+    fn unsubscribe_frame(&self, id: u64, streams: &[(Arc<str>, StreamKey)]) -> Option<String> {
+        let channels: Vec<String> = streams
+            .iter()
+            .map(|(s, k)| self.channel_name(s, k))
+            .collect();
+        Some(super::unsubscribe_request(
+            id,
+            &channels,
+            crate::model::now_ms(),
+        ))
+    }
+
     fn markets_path(&self) -> &'static str {
         "/public/get-instruments"
     }
 
-    fn parse_markets(&self, body: &str, now_ms: i64) -> Result<Vec<Market>, FetchError> {
+    fn parse_listing(&self, body: &str, now_ms: i64) -> Result<Vec<Listing>, FetchError> {
         Ok(rest::parse_instruments(self.dialect, body, now_ms)?
             .into_iter()
-            .map(|l| l.market)
+            .map(|l| Listing {
+                // v2 lists spot pairs only, without a type
+                kind: match l.kind.as_deref() {
+                    None | Some("CCY_PAIR") | Some("SPOT") => InstrumentType::Spot,
+                    Some("PERPETUAL_SWAP") => InstrumentType::Perpetual,
+                    Some("FUTURE") => InstrumentType::Future,
+                    Some(_) => InstrumentType::Other,
+                },
+                market: l.market,
+                tradable: l.tradable,
+            })
             .collect())
     }
 

@@ -203,6 +203,7 @@ impl Venue for CdcV1 {
             .iter()
             .flat_map(|symbol| {
                 channels(symbol, record).into_iter().map(|c| Subscription {
+                    id: None,
                     frame: sub_request(&c, record.depth_levels),
                     streams: vec![(symbol.clone(), stream_key(&c))],
                 })
@@ -214,22 +215,27 @@ impl Venue for CdcV1 {
         "/v1/symbols"
     }
 
-    fn parse_markets(
+    fn parse_listing(
         &self,
         body: &str,
         now_ms: i64,
-    ) -> Result<Vec<crate::model::Market>, FetchError> {
+    ) -> Result<Vec<crate::venue::Listing>, FetchError> {
         let list = rest::parse_symbols(body)?;
         Ok(list
             .into_iter()
-            .map(|s| crate::model::Market {
-                venue: NAME,
-                symbol: Arc::from(s.symbol.as_str()),
-                base: s.base_coin,
-                quote: s.count_coin,
-                price_precision: s.price_precision.and_then(|p| i32::try_from(p.0).ok()),
-                qty_precision: s.amount_precision.and_then(|p| i32::try_from(p.0).ok()),
-                updated_at_ms: now_ms,
+            .map(|s| crate::venue::Listing {
+                market: crate::model::Market {
+                    venue: NAME,
+                    symbol: Arc::from(s.symbol.as_str()),
+                    base: s.base_coin,
+                    quote: s.count_coin,
+                    price_precision: s.price_precision.and_then(|p| i32::try_from(p.0).ok()),
+                    qty_precision: s.amount_precision.and_then(|p| i32::try_from(p.0).ok()),
+                    updated_at_ms: now_ms,
+                },
+                // the kline-api lists spot pairs only
+                kind: crate::venue::InstrumentType::Spot,
+                tradable: true,
             })
             .collect())
     }
