@@ -48,27 +48,16 @@ async fn all_have_trades(store: &Store, symbols: &[String]) -> bool {
     true
 }
 
-fn refusals(run: &Recorder, symbol: &str, kind: RefusalKind) -> u64 {
-    run.stats.worker(symbol).refusals_by_kind[kind.index()].load(Ordering::Relaxed)
-}
-
-/// The venue takes 100 channels a socket where the plan put 240 on one: the refused symbols
-/// move to new connections until every channel is subscribed, and nothing is asked again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lower_subscription_cap_splits_the_connection() {
-    let symbols = names(60);
-    let sim = sim::start(SimConfig {
-        symbols: symbols.clone(),
-        step: Duration::from_millis(100),
-        max_subscriptions: 100,
-        ..SimConfig::for_venue(KIND).expect("exchange")
-    })
-    .await
-    .expect("simulator starts");
-    let (_dir, url) = sqlite_db();
+/// 60 instruments x 4 channels on `sim`, recorded until every channel is subscribed and
+/// every instrument has trades stored.
+async fn recorded(sim: SimConfig) -> (SimHandle, tempfile::TempDir, Recorder, Store) {
+    let symbols = sim.symbols.clone();
+    let sim = sim::start(sim).await.expect("simulator starts");
+    let (dir, url) = sqlite_db();
     let run = Recorder::start(&config(&sim, &url, &list(&symbols), "")).await;
     assert!(
-        sim.wait_subscriptions(240, Duration::from_secs(60)).await,
+        sim.wait_subscriptions(4 * symbols.len(), Duration::from_secs(60))
+            .await,
         "every channel subscribed: {}",
         sim.state().subscriptions
     );
@@ -78,6 +67,25 @@ async fn a_lower_subscription_cap_splits_the_connection() {
         Duration::from_secs(60),
         || all_have_trades(&store, &symbols),
     )
+    .await;
+    (sim, dir, run, store)
+}
+
+fn refusals(run: &Recorder, symbol: &str, kind: RefusalKind) -> u64 {
+    run.stats.worker(symbol).refusals_by_kind[kind.index()].load(Ordering::Relaxed)
+}
+
+/// The venue takes 100 channels a socket where the plan put 240 on one: the refused symbols
+/// move to new connections until every channel is subscribed, and nothing is asked again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lower_subscription_cap_splits_the_connection() {
+    let symbols = names(60);
+    let (sim, _dir, run, store) = recorded(SimConfig {
+        symbols: symbols.clone(),
+        step: Duration::from_millis(100),
+        max_subscriptions: 100,
+        ..SimConfig::for_venue(KIND).expect("exchange")
+    })
     .await;
     let (refused, sockets, most) = {
         let st = sim.state();
@@ -219,26 +227,11 @@ async fn an_unknown_instrument_is_refused_once_and_never_asked_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_over_the_rate_are_asked_again_after_a_back_off() {
     let symbols = names(60);
-    let sim = sim::start(SimConfig {
+    let (sim, _dir, run, store) = recorded(SimConfig {
         symbols: symbols.clone(),
         requests_per_s: 2,
         ..SimConfig::for_venue(KIND).expect("exchange")
     })
-    .await
-    .expect("simulator starts");
-    let (_dir, url) = sqlite_db();
-    let run = Recorder::start(&config(&sim, &url, &list(&symbols), "")).await;
-    assert!(
-        sim.wait_subscriptions(240, Duration::from_secs(60)).await,
-        "every channel subscribed: {}",
-        sim.state().subscriptions
-    );
-    let store = Store::connect(&url).await.expect("open db");
-    wait_for(
-        "every instrument's trades stored",
-        Duration::from_secs(60),
-        || all_have_trades(&store, &symbols),
-    )
     .await;
     let (limited, sockets) = {
         let st = sim.state();

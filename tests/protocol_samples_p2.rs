@@ -566,6 +566,26 @@ fn candlesticks_close_when_a_later_bar_arrives() {
         })
         .collect();
     assert_eq!(closed, [(1782014460000, true), (1782014520000, false)]);
+    let bars = |ev: &[Event]| -> Vec<(i64, bool)> {
+        ev.iter()
+            .filter_map(|e| match e {
+                Event::Kline(k) => Some((k.open_time_ms, k.closed)),
+                _ => None,
+            })
+            .collect()
+    };
+    // an invalid later bar (its high below its open) still closes the one before, and is
+    // dropped once: it is not kept to be closed (and dropped again) by the next
+    let invalid = push
+        .replace("1782014460000", "1782014580000")
+        .replace("\"h\":\"64356.28\"", "\"h\":\"1\"");
+    let (r, ev) = decode_in(&mut s, &invalid).unwrap();
+    assert_eq!(bars(&ev), [(1782014520000, true)]);
+    assert_eq!(r.findings.invalid_total(), 1);
+    let next = push.replace("1782014460000", "1782014640000");
+    let (r, ev) = decode_in(&mut s, &next).unwrap();
+    assert_eq!(bars(&ev), [(1782014640000, false)]);
+    assert_eq!(r.findings.invalid_total(), 0);
 }
 
 #[test]

@@ -390,7 +390,9 @@ pub async fn load(
                     continue;
                 };
                 c.trade = Some(anchor);
-                c.trade_until = store.next_trade(venue.name(), s, anchor).await?;
+                c.trade_until = store
+                    .next_trade(venue.name(), s, anchor, venue.trade_ids())
+                    .await?;
             } else if let Some(iv) = stream.as_ref().and_then(|k| k.interval())
                 && intervals.iter().any(|i| **i == **iv)
             {

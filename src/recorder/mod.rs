@@ -227,7 +227,7 @@ pub async fn start(
                 continue;
             }
             let until = store
-                .next_trade(venue.name(), &symbol, anchor)
+                .next_trade(venue.name(), &symbol, anchor, venue.trade_ids())
                 .await
                 .context("reading where the stored trades end")?;
             tracing::info!(%symbol, after_id = anchor.trade_id, "spooled rows of an earlier run moved the stored trades on: checking the stretch before them");

@@ -375,37 +375,19 @@ impl Worker {
                 Some(cmd) = control.recv() => {
                     let Control::Retire(symbols, why) = cmd;
                     let feeds = symbols.iter().filter_map(|s| self.index.get(s).copied()).collect();
-                    match self.retire(&mut reader, &mut rows, feeds, &why).await {
-                        Ok(frames) => {
-                            for f in frames {
-                                if let Err(e) = ws.send(Message::text(f)).await {
-                                    reason = format!("send failed: {e}");
-                                }
-                            }
-                        }
-                        Err(()) => { writer_gone = true; reason = "writer stopped".into(); }
-                    }
-                    if reason.is_empty() && rows.is_empty() {
-                        retired = true;
-                        reason = format!("no symbols left: {why}");
+                    let left = self.retire(&mut reader, &mut rows, feeds, &why).await;
+                    let end = departed(&mut ws, left, rows.is_empty(), &why).await;
+                    if let Some(end) = end {
+                        (reason, writer_gone, retired) = end;
                     }
                     continue;
                 }
                 _ = check.tick() => {
                     if !reader.over_cap.is_empty() {
-                        match self.shed(&mut reader, &mut rows, &mut pending).await {
-                            Ok(frames) => {
-                                for f in frames {
-                                    if let Err(e) = ws.send(Message::text(f)).await {
-                                        reason = format!("send failed: {e}");
-                                    }
-                                }
-                            }
-                            Err(()) => { writer_gone = true; reason = "writer stopped".into(); }
-                        }
-                        if reason.is_empty() && rows.is_empty() {
-                            retired = true;
-                            reason = "no symbols left: all moved to other connections".into();
+                        let left = self.shed(&mut reader, &mut rows, &mut pending).await;
+                        let why = "all moved to other connections";
+                        if let Some(end) = departed(&mut ws, left, rows.is_empty(), why).await {
+                            (reason, writer_gone, retired) = end;
                         }
                     }
                     for frame in reader.stale_channels(channel_silence) {
@@ -1181,6 +1163,29 @@ impl Reader {
         }
         Ok(())
     }
+}
+
+/// Sends the frames symbols leaving a connection asked for (their unsubscribe); how the
+/// connection ends, if it does: (close reason, writer gone, no symbols left).
+async fn departed<S>(
+    ws: &mut S,
+    left: Result<Vec<String>, ()>,
+    none_left: bool,
+    why: &str,
+) -> Option<(String, bool, bool)>
+where
+    S: futures_util::Sink<Message> + Unpin,
+    S::Error: std::fmt::Display,
+{
+    let Ok(frames) = left else {
+        return Some(("writer stopped".into(), true, false));
+    };
+    for f in frames {
+        if let Err(e) = ws.send(Message::text(f)).await {
+            return Some((format!("send failed: {e}"), false, false));
+        }
+    }
+    none_left.then(|| (format!("no symbols left: {why}"), false, true))
 }
 
 pub use crate::runtime::lock;

@@ -11,10 +11,8 @@ use std::time::Duration;
 use axum::extract::{Query, State as AxState};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use futures_util::{SinkExt, StreamExt};
 use rust_decimal::Decimal;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::broadcast;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -104,23 +102,7 @@ fn serve(server: Server, dialect: Dialect, ws: TcpListener, rest: TcpListener) {
 }
 
 async fn serve_ws(ex: Arc<Ex>, listener: TcpListener) {
-    loop {
-        let accepted = tokio::select! {
-            _ = ex.server.cancel.cancelled() => return,
-            a = listener.accept() => a,
-        };
-        match accepted {
-            Ok((tcp, _)) => {
-                let e = ex.clone();
-                ex.server.tasks.spawn(async move {
-                    if let Err(err) = connection(e, tcp).await {
-                        tracing::debug!(error = %err, "simulator connection ended");
-                    }
-                });
-            }
-            Err(e) => tracing::warn!(error = %e, "simulator accept failed"),
-        }
-    }
+    super::accept(&ex.server, listener, |tcp| connection(ex.clone(), tcp)).await
 }
 
 /// How numbers look on the wire: today's API quotes decimals (and trade ids), v2 sends
@@ -271,6 +253,12 @@ struct Conn {
     connected: Instant,
     requests: VecDeque<Instant>,
     rng: fastrand::Rng,
+    next_heartbeat: Instant,
+    /// The heartbeat waiting for its answer, and when the server gives up on it.
+    outstanding: Option<(String, Instant)>,
+    /// How often quiet books are looked at for their empty delta.
+    quiet_every: Duration,
+    next_quiet: Instant,
 }
 
 async fn connection(ex: Arc<Ex>, tcp: TcpStream) -> anyhow::Result<()> {
@@ -278,17 +266,18 @@ async fn connection(ex: Arc<Ex>, tcp: TcpStream) -> anyhow::Result<()> {
     // the connect-second rule runs from the server's side of the handshake, which the
     // client sees complete only after it (a busy test machine must not move it later)
     let connected = Instant::now();
-    let mut ws = tokio_tungstenite::accept_async(tcp).await?;
+    let ws = tokio_tungstenite::accept_async(tcp).await?;
     let server = &ex.server;
     let cfg = &server.config;
-    let mut updates = server.updates.subscribe();
-    let mut kick = server.kick.subscribe();
-    let mut hostile = server.hostile.subscribe();
     let seed = {
         let mut st = lock(&server.state);
         st.connections_total += 1;
         cfg.seed ^ st.connections_total.wrapping_mul(0x9e37_79b9)
     };
+    let quiet_every = cfg
+        .empty_delta_interval
+        .min(Duration::from_millis(100))
+        .max(Duration::from_millis(5));
     let mut conn = Conn {
         ex: ex.clone(),
         wire: Wire(ex.dialect),
@@ -297,112 +286,83 @@ async fn connection(ex: Arc<Ex>, tcp: TcpStream) -> anyhow::Result<()> {
         connected,
         requests: VecDeque::new(),
         rng: fastrand::Rng::with_seed(seed),
+        next_heartbeat: Instant::now() + cfg.heartbeat_interval,
+        outstanding: None,
+        quiet_every,
+        next_quiet: Instant::now() + quiet_every,
     };
-    let mut heartbeat = tokio::time::interval_at(
-        Instant::now() + cfg.heartbeat_interval,
-        cfg.heartbeat_interval,
-    );
-    let tick = cfg.empty_delta_interval.min(Duration::from_millis(100));
-    let mut quiet_books = tokio::time::interval(tick.max(Duration::from_millis(5)));
-    // the heartbeat waiting for its answer, and when the server gives up on it
-    let mut outstanding: Option<(String, Instant)> = None;
-    let result: anyhow::Result<()> = async {
-        loop {
-            let hb_deadline = outstanding.as_ref().map(|(_, d)| *d);
-            tokio::select! {
-                _ = server.cancel.cancelled() => {
-                    let _ = ws.close(None).await;
-                    return Ok(());
-                }
-                _ = kick.changed() => anyhow::bail!("connection cut by fault injection"),
-                h = hostile.recv() => {
-                    if let Ok(h) = h {
-                        let closing = h == Hostile::CloseWithNul;
-                        ws.send(conn.hostile_frame(h)).await?;
-                        if closing {
-                            let _ = ws.flush().await;
-                            return Ok(());
-                        }
-                    }
-                }
-                _ = tokio::time::sleep_until(hb_deadline.unwrap_or_else(Instant::now)), if hb_deadline.is_some() => {
-                    if *server.muted.borrow() {
-                        outstanding = None;
-                        continue;
-                    }
-                    lock(&server.state).heartbeat_closes += 1;
-                    // what the venue does: a normal close, at the heartbeat it missed
-                    ws.send(Message::Close(Some(CloseFrame {
-                        code: CloseCode::Normal,
-                        reason: "heartbeat not answered".into(),
-                    }))).await?;
-                    let _ = ws.flush().await;
-                    return Ok(());
-                }
-                _ = heartbeat.tick() => {
-                    if *server.muted.borrow() {
-                        continue;
-                    }
-                    let id = lock(&server.state).now_ms().to_string();
-                    ws.send(Message::text(format!(
-                        "{{\"id\":{id},\"method\":\"public/heartbeat\",\"code\":0}}"
-                    ))).await?;
-                    if outstanding.is_none() {
-                        outstanding = Some((id, Instant::now() + cfg.heartbeat_timeout));
-                    }
-                }
-                _ = quiet_books.tick() => {
-                    if *server.muted.borrow() {
-                        continue;
-                    }
-                    for frame in conn.empty_deltas() {
-                        ws.send(frame).await?;
-                    }
-                }
-                msg = ws.next() => {
-                    let Some(msg) = msg else { return Ok(()) };
-                    match msg? {
-                        Message::Text(t) => {
-                            if let Some(id) = heartbeat_answer(&t) {
-                                let lost = lock(&server.state).lose_heartbeat_answers;
-                                if !lost && outstanding.as_ref().is_some_and(|(o, _)| *o == id) {
-                                    outstanding = None;
-                                }
-                                continue;
-                            }
-                            for frame in conn.client_request(&t) {
-                                ws.send(frame).await?;
-                            }
-                        }
-                        Message::Close(_) => {
-                            let _ = ws.flush().await;
-                            return Ok(());
-                        }
-                        _ => {}
-                    }
-                }
-                u = updates.recv() => {
-                    let u = match u {
-                        Ok(u) => u,
-                        Err(broadcast::error::RecvError::Lagged(n)) => anyhow::bail!("client too slow, {n} updates behind"),
-                        Err(broadcast::error::RecvError::Closed) => return Ok(()),
-                    };
-                    if *server.muted.borrow() {
-                        continue;
-                    }
-                    for (frame, trade_ids) in conn.frames_for(&u) {
-                        ws.send(frame).await?;
-                        if !trade_ids.is_empty() {
-                            lock(&server.state).delivered.entry(u.symbol.to_string()).or_default().extend(trade_ids);
-                        }
-                    }
+    super::drive(server, ws, &mut conn).await
+}
+
+impl super::Handler for Conn {
+    fn next_timer(&self) -> Option<Instant> {
+        let hb = self.outstanding.as_ref().map(|(_, d)| *d);
+        Some(
+            self.next_heartbeat
+                .min(self.next_quiet)
+                .min(hb.unwrap_or(self.next_heartbeat)),
+        )
+    }
+
+    fn on_timer(&mut self, muted: bool) -> anyhow::Result<super::Reply> {
+        let now = Instant::now();
+        let cfg = &self.ex.server.config;
+        let mut out = Vec::new();
+        if self.outstanding.as_ref().is_some_and(|(_, d)| *d <= now) {
+            if muted {
+                self.outstanding = None;
+            } else {
+                self.state().heartbeat_closes += 1;
+                // what the venue does: a normal close, at the heartbeat it missed
+                return Ok(super::Reply::Close(Message::Close(Some(CloseFrame {
+                    code: CloseCode::Normal,
+                    reason: "heartbeat not answered".into(),
+                }))));
+            }
+        }
+        if self.next_heartbeat <= now {
+            self.next_heartbeat = now + cfg.heartbeat_interval;
+            if !muted {
+                let id = self.state().now_ms().to_string();
+                out.push(Message::text(format!(
+                    "{{\"id\":{id},\"method\":\"public/heartbeat\",\"code\":0}}"
+                )));
+                if self.outstanding.is_none() {
+                    self.outstanding = Some((id, now + cfg.heartbeat_timeout));
                 }
             }
         }
+        if self.next_quiet <= now {
+            self.next_quiet = now + self.quiet_every;
+            if !muted {
+                out.extend(self.empty_deltas());
+            }
+        }
+        Ok(super::Reply::Send(out))
     }
-    .await;
-    lock(&server.state).subscriptions -= conn.subs.len();
-    result
+
+    fn on_text(&mut self, text: &str) -> anyhow::Result<Vec<Message>> {
+        if let Some(id) = heartbeat_answer(text) {
+            let lost = self.state().lose_heartbeat_answers;
+            if !lost && self.outstanding.as_ref().is_some_and(|(o, _)| *o == id) {
+                self.outstanding = None;
+            }
+            return Ok(Vec::new());
+        }
+        Ok(self.client_request(text))
+    }
+
+    fn on_update(&mut self, u: &Update) -> anyhow::Result<Vec<(Message, Vec<i64>)>> {
+        Ok(self.frames_for(u))
+    }
+
+    fn hostile_frame(&self, h: Hostile) -> anyhow::Result<Message> {
+        Ok(self.hostile_message(h))
+    }
+
+    fn subscriptions(&self) -> usize {
+        self.subs.len()
+    }
 }
 
 /// The id of a `public/respond-heartbeat`, as its digits.
@@ -897,7 +857,7 @@ impl Conn {
             .unwrap_or_default()
     }
 
-    fn hostile_frame(&self, h: Hostile) -> Message {
+    fn hostile_message(&self, h: Hostile) -> Message {
         match h {
             // the venue sends text: binary garbage is what a broken proxy would pass on
             Hostile::CorruptGzip => {
@@ -1009,12 +969,7 @@ async fn serve_rest(ex: Arc<Ex>, listener: TcpListener) {
         .route(&format!("{root}/public/get-book"), get(book))
         .route(&format!("{root}/public/get-tickers"), get(tickers))
         .with_state(ex);
-    let r = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { cancel.cancelled().await })
-        .await;
-    if let Err(e) = r {
-        tracing::warn!(error = %e, "simulator REST server stopped");
-    }
+    super::serve_http(cancel, listener, app).await
 }
 
 #[derive(serde::Deserialize)]
@@ -1082,6 +1037,11 @@ impl Ex {
         None
     }
 
+    /// The market a request names.
+    fn market<'s>(&self, st: &'s State, p: &Params) -> Option<&'s Market> {
+        p.instrument_name.as_deref().and_then(|s| st.markets.get(s))
+    }
+
     fn unknown(&self, method: &str) -> axum::response::Response {
         refuse(
             400,
@@ -1141,7 +1101,7 @@ async fn trades(
         return r;
     }
     let st = lock(&ex.server.state);
-    let Some(m) = p.instrument_name.as_deref().and_then(|s| st.markets.get(s)) else {
+    let Some(m) = ex.market(&st, &p) else {
         return ex.unknown(METHOD);
     };
     let now = st.now_ms();
@@ -1190,7 +1150,7 @@ async fn candles(
         return r;
     }
     let st = lock(&ex.server.state);
-    let Some(m) = p.instrument_name.as_deref().and_then(|s| st.markets.get(s)) else {
+    let Some(m) = ex.market(&st, &p) else {
         return ex.unknown(METHOD);
     };
     let Some(tf) = p.timeframe.as_deref() else {
@@ -1233,7 +1193,7 @@ async fn candles(
 async fn book(AxState(ex): AxState<Arc<Ex>>, Query(p): Query<Params>) -> axum::response::Response {
     const METHOD: &str = "public/get-book";
     let st = lock(&ex.server.state);
-    let Some(m) = p.instrument_name.as_deref().and_then(|s| st.markets.get(s)) else {
+    let Some(m) = ex.market(&st, &p) else {
         return ex.unknown(METHOD);
     };
     let depth = p.depth.unwrap_or(150);

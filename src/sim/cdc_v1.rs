@@ -9,10 +9,8 @@ use std::sync::Arc;
 use axum::extract::{Query, State as AxState};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use futures_util::{SinkExt, StreamExt};
 use rust_decimal::Decimal;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::broadcast;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::market::{Bar, SimTrade, merge_book};
@@ -59,23 +57,7 @@ pub fn serve(server: Server, ws: TcpListener, rest: TcpListener) {
 }
 
 pub async fn serve_ws(server: Arc<Server>, listener: TcpListener) {
-    loop {
-        let accepted = tokio::select! {
-            _ = server.cancel.cancelled() => return,
-            a = listener.accept() => a,
-        };
-        match accepted {
-            Ok((tcp, _)) => {
-                let s = server.clone();
-                server.tasks.spawn(async move {
-                    if let Err(e) = connection(s, tcp).await {
-                        tracing::debug!(error = %e, "simulator connection ended");
-                    }
-                });
-            }
-            Err(e) => tracing::warn!(error = %e, "simulator accept failed"),
-        }
-    }
+    super::accept(&server, listener, |tcp| connection(server.clone(), tcp)).await
 }
 
 /// A channel subscription of one connection.
@@ -88,104 +70,72 @@ struct Sub {
 struct Conn {
     server: Arc<Server>,
     subs: HashMap<Channel, Sub>,
+    next_ping: tokio::time::Instant,
+    /// The last ping's value while unanswered, and pings missed in a row.
+    outstanding: Option<String>,
+    missed: u32,
 }
 
 async fn connection(server: Arc<Server>, tcp: TcpStream) -> anyhow::Result<()> {
     let _ = tcp.set_nodelay(true);
-    let mut ws = tokio_tungstenite::accept_async(tcp).await?;
-    let mut updates = server.updates.subscribe();
-    let mut kick = server.kick.subscribe();
-    let mut hostile = server.hostile.subscribe();
+    let ws = tokio_tungstenite::accept_async(tcp).await?;
     lock(&server.state).connections_total += 1;
     let mut conn = Conn {
         server: server.clone(),
         subs: HashMap::new(),
+        next_ping: tokio::time::Instant::now() + server.config.ping_interval,
+        outstanding: None,
+        missed: 0,
     };
-    let cfg = &server.config;
-    let mut ping = tokio::time::interval_at(
-        tokio::time::Instant::now() + cfg.ping_interval,
-        cfg.ping_interval,
-    );
-    let mut outstanding: Option<String> = None;
-    let mut missed = 0u32;
-    let result: anyhow::Result<()> = async {
-        loop {
-            tokio::select! {
-                _ = server.cancel.cancelled() => {
-                    let _ = ws.close(None).await;
-                    return Ok(());
-                }
-                _ = kick.changed() => anyhow::bail!("connection cut by fault injection"),
-                h = hostile.recv() => {
-                    if let Ok(h) = h {
-                        let closing = h == Hostile::CloseWithNul;
-                        ws.send(hostile_frame(h)?).await?;
-                        if closing {
-                            let _ = ws.flush().await;
-                            return Ok(());
-                        }
-                    }
-                }
-                _ = ping.tick() => {
-                    if *server.muted.borrow() {
-                        continue;
-                    }
-                    if outstanding.is_some() {
-                        missed += 1;
-                        if missed >= cfg.max_missed_pongs {
-                            // hang up without a close frame, as real servers do
-                            anyhow::bail!("client missed {missed} pongs");
-                        }
-                    }
-                    let n = lock(&server.state).now_ms().to_string();
-                    ws.send(conn.frame(&format!("{{\"ping\":{n}}}"))?).await?;
-                    outstanding = Some(n);
-                }
-                msg = ws.next() => {
-                    let Some(msg) = msg else { return Ok(()) };
-                    match msg? {
-                        Message::Text(t) => {
-                            if let Some(v) = pong_value(&t) {
-                                if outstanding.as_deref() == Some(v.as_str()) {
-                                    outstanding = None;
-                                    missed = 0;
-                                }
-                                continue;
-                            }
-                            for frame in conn.client_request(&t)? {
-                                ws.send(frame).await?;
-                            }
-                        }
-                        Message::Close(_) => {
-                            // tungstenite queues the close reply; flush it and stop sending
-                            let _ = ws.flush().await;
-                            return Ok(());
-                        }
-                        _ => {}
-                    }
-                }
-                u = updates.recv() => {
-                    let u = match u {
-                        Ok(u) => u,
-                        Err(broadcast::error::RecvError::Lagged(n)) => anyhow::bail!("client too slow, {n} updates behind"),
-                        Err(broadcast::error::RecvError::Closed) => return Ok(()),
-                    };
-                    if *server.muted.borrow() {
-                        continue;
-                    }
-                    for (frame, trade_ids) in conn.frames_for(&u)? {
-                        ws.send(frame).await?;
-                        if !trade_ids.is_empty() {
-                            lock(&server.state).delivered.entry(u.symbol.to_string()).or_default().extend(trade_ids);
-                        }
-                    }
-                }
+    super::drive(&server, ws, &mut conn).await
+}
+
+impl super::Handler for Conn {
+    fn next_timer(&self) -> Option<tokio::time::Instant> {
+        Some(self.next_ping)
+    }
+
+    fn on_timer(&mut self, muted: bool) -> anyhow::Result<super::Reply> {
+        let cfg = &self.server.config;
+        self.next_ping = tokio::time::Instant::now() + cfg.ping_interval;
+        if muted {
+            return Ok(super::Reply::Send(Vec::new()));
+        }
+        if self.outstanding.is_some() {
+            self.missed += 1;
+            if self.missed >= cfg.max_missed_pongs {
+                // hang up without a close frame, as real servers do
+                anyhow::bail!("client missed {} pongs", self.missed);
             }
         }
+        let n = lock(&self.server.state).now_ms().to_string();
+        let ping = self.frame(&format!("{{\"ping\":{n}}}"))?;
+        self.outstanding = Some(n);
+        Ok(super::Reply::Send(vec![ping]))
     }
-    .await;
-    lock(&server.state).subscriptions -= conn.subs.len();
-    result
+
+    fn on_text(&mut self, text: &str) -> anyhow::Result<Vec<Message>> {
+        if let Some(v) = pong_value(text) {
+            if self.outstanding.as_deref() == Some(v.as_str()) {
+                self.outstanding = None;
+                self.missed = 0;
+            }
+            return Ok(Vec::new());
+        }
+        self.client_request(text)
+    }
+
+    fn on_update(&mut self, u: &Update) -> anyhow::Result<Vec<(Message, Vec<i64>)>> {
+        self.frames_for(u)
+    }
+
+    fn hostile_frame(&self, h: Hostile) -> anyhow::Result<Message> {
+        hostile_frame(h)
+    }
+
+    fn subscriptions(&self) -> usize {
+        self.subs.len()
+    }
 }
 
 fn pong_value(t: &str) -> Option<String> {
@@ -677,12 +627,7 @@ pub async fn serve_rest(server: Arc<Server>, listener: TcpListener) {
         .route("/v1/depth", get(depth))
         .route("/v1/ticker", get(ticker))
         .with_state(server);
-    let r = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { cancel.cancelled().await })
-        .await;
-    if let Err(e) = r {
-        tracing::warn!(error = %e, "simulator REST server stopped");
-    }
+    super::serve_http(cancel, listener, app).await
 }
 
 #[derive(serde::Deserialize)]

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::{broadcast, watch};
+use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -80,6 +81,157 @@ pub struct Server {
     pub tasks: TaskTracker,
     /// Trade history requests answered so far (for the 429 switch).
     pub trade_requests: std::sync::atomic::AtomicU32,
+}
+
+/// What one simulated connection of a personality answers; [`drive`] runs what every
+/// connection shares (shutdown, cuts, hostile frames, the mute switch, market steps, the
+/// client's close).
+pub(crate) trait Handler: Send {
+    /// When the personality's own timer (pings, heartbeats, quiet books) fires next.
+    fn next_timer(&self) -> Option<tokio::time::Instant>;
+    /// That timer fired; `muted`: the server sends nothing now.
+    fn on_timer(&mut self, muted: bool) -> anyhow::Result<Reply>;
+    /// A text frame from the client.
+    fn on_text(&mut self, text: &str) -> anyhow::Result<Vec<Message>>;
+    /// One market step: the frames to send, each with the trade ids it delivers.
+    fn on_update(&mut self, u: &Update) -> anyhow::Result<Vec<(Message, Vec<i64>)>>;
+    fn hostile_frame(&self, h: Hostile) -> anyhow::Result<Message>;
+    /// Channels the connection holds (released from the count when it ends).
+    fn subscriptions(&self) -> usize;
+}
+
+/// What a handler's timer asks for.
+pub(crate) enum Reply {
+    Send(Vec<Message>),
+    /// Send this frame, then end the connection.
+    Close(Message),
+}
+
+/// Accepts websocket connections until the simulator stops, each run by `connection` in a
+/// task of its own.
+pub(crate) async fn accept<F, Fut>(
+    server: &Server,
+    listener: tokio::net::TcpListener,
+    connection: F,
+) where
+    F: Fn(tokio::net::TcpStream) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    loop {
+        let accepted = tokio::select! {
+            _ = server.cancel.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((tcp, _)) => {
+                let conn = connection(tcp);
+                server.tasks.spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "simulator connection ended");
+                    }
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "simulator accept failed"),
+        }
+    }
+}
+
+/// Serves a personality's REST routes until the simulator stops.
+pub(crate) async fn serve_http(
+    cancel: CancellationToken,
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+) {
+    let r = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { cancel.cancelled().await })
+        .await;
+    if let Err(e) = r {
+        tracing::warn!(error = %e, "simulator REST server stopped");
+    }
+}
+
+/// Runs one accepted connection with its personality's handler until either side ends it.
+pub(crate) async fn drive<S>(server: &Server, mut ws: S, h: &mut dyn Handler) -> anyhow::Result<()>
+where
+    S: futures_util::Sink<Message, Error = tokio_tungstenite::tungstenite::Error>
+        + futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>>
+        + Unpin,
+{
+    use futures_util::{SinkExt, StreamExt};
+    let mut updates = server.updates.subscribe();
+    let mut kick = server.kick.subscribe();
+    let mut hostile = server.hostile.subscribe();
+    let result: anyhow::Result<()> = async {
+        loop {
+            let timer = h.next_timer();
+            tokio::select! {
+                _ = server.cancel.cancelled() => {
+                    let _ = ws.close().await;
+                    return Ok(());
+                }
+                _ = kick.changed() => anyhow::bail!("connection cut by fault injection"),
+                m = hostile.recv() => {
+                    if let Ok(m) = m {
+                        ws.send(h.hostile_frame(m)?).await?;
+                        if m == Hostile::CloseWithNul {
+                            let _ = ws.flush().await;
+                            return Ok(());
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(timer.unwrap_or_else(tokio::time::Instant::now)), if timer.is_some() => {
+                    let muted = *server.muted.borrow();
+                    match h.on_timer(muted)? {
+                        Reply::Send(frames) => {
+                            for f in frames {
+                                ws.send(f).await?;
+                            }
+                        }
+                        Reply::Close(f) => {
+                            ws.send(f).await?;
+                            let _ = ws.flush().await;
+                            return Ok(());
+                        }
+                    }
+                }
+                msg = ws.next() => {
+                    let Some(msg) = msg else { return Ok(()) };
+                    match msg? {
+                        Message::Text(t) => {
+                            for f in h.on_text(&t)? {
+                                ws.send(f).await?;
+                            }
+                        }
+                        Message::Close(_) => {
+                            // tungstenite queues the close reply; flush it and stop sending
+                            let _ = ws.flush().await;
+                            return Ok(());
+                        }
+                        _ => {}
+                    }
+                }
+                u = updates.recv() => {
+                    let u = match u {
+                        Ok(u) => u,
+                        Err(broadcast::error::RecvError::Lagged(n)) => anyhow::bail!("client too slow, {n} updates behind"),
+                        Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                    };
+                    if *server.muted.borrow() {
+                        continue;
+                    }
+                    for (frame, trade_ids) in h.on_update(&u)? {
+                        ws.send(frame).await?;
+                        if !trade_ids.is_empty() {
+                            lock(&server.state).delivered.entry(u.symbol.to_string()).or_default().extend(trade_ids);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    .await;
+    lock(&server.state).subscriptions -= h.subscriptions();
+    result
 }
 
 /// How numbers appear on the wire.

@@ -79,14 +79,16 @@ impl Store {
         Ok(row.map(|(time_ms, trade_id)| TradeMark { time_ms, trade_id }))
     }
 
-    /// The first stored trade after `m` (by id for venue ids, else by time).
+    /// The first stored trade after `m` (by id where the venue's ids order its trades, else
+    /// by time: [`crate::venue::TradeIds::is_after`]).
     pub async fn next_trade(
         &self,
         venue: &str,
         symbol: &str,
         m: TradeMark,
+        ids: crate::venue::TradeIds,
     ) -> Result<Option<TradeMark>, StoreError> {
-        let sql = if m.trade_id >= 0 {
+        let sql = if m.trade_id >= 0 && ids != crate::venue::TradeIds::Unordered {
             "SELECT event_time_ms, trade_id FROM trades WHERE venue = $1 AND symbol = $2 \
              AND trade_id > $4 AND $3 = $3 ORDER BY trade_id LIMIT 1"
         } else {

@@ -395,7 +395,8 @@ struct Normalizer<'s> {
 }
 
 impl Normalizer<'_> {
-    fn emit(&mut self, ev: Event, out: &mut Vec<Event>) {
+    /// Passes `ev` on if it is valid; false: dropped (counted).
+    fn emit(&mut self, ev: Event, out: &mut Vec<Event>) -> bool {
         match self.s.rules.check(&ev, self.recv_time_us / 1000) {
             Verdict::Valid => out.push(ev),
             Verdict::Skewed => {
@@ -405,8 +406,10 @@ impl Normalizer<'_> {
             Verdict::Invalid(kind) => {
                 self.findings.invalid[kind.index()] += 1;
                 self.findings.first.get_or_insert(kind);
+                return false;
             }
         }
+        true
     }
 
     fn push(
@@ -612,22 +615,26 @@ impl Normalizer<'_> {
             };
             // no closed flag: the previous bar is final once a later one arrives
             let key = (at, timeframe.to_string());
+            let mut closed_prev = false;
             if let Some(prev) = self.s.open_bars.get(&key)
                 && prev.open_time_ms < k.open_time_ms
             {
                 let mut done = prev.clone();
                 done.closed = true;
                 self.emit(Event::Kline(done), out);
+                closed_prev = true;
             }
             let newer = self
                 .s
                 .open_bars
                 .get(&key)
                 .is_none_or(|p| p.open_time_ms <= k.open_time_ms);
-            if newer {
-                self.s.open_bars.insert(key, k.clone());
+            // an invalid bar is dropped once, not kept to be closed (and dropped) again
+            if self.emit(Event::Kline(k.clone()), out) && newer {
+                self.s.open_bars.insert(key, k);
+            } else if closed_prev {
+                self.s.open_bars.remove(&key);
             }
-            self.emit(Event::Kline(k), out);
         }
         Ok(())
     }
