@@ -202,3 +202,139 @@ impl RestStats {
             .or_insert(0) += 1;
     }
 }
+
+/// Upper bounds, in seconds, of the frame-to-commit histogram's buckets.
+pub const COMMIT_LATENCY_BUCKETS: [f64; 16] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// How long rows waited from the frame that carried them being read to the commit that
+/// stored them: counts per bucket (the last is beyond every bound), kept as plain counters
+/// (a per-row sample store would grow between scrapes).
+#[derive(Debug, Default)]
+pub struct LatencyHistogram {
+    buckets: [AtomicU64; COMMIT_LATENCY_BUCKETS.len() + 1],
+    sum_us: AtomicU64,
+}
+
+/// One batch's latencies, summed before they are added to the shared counters.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LatencyCounts {
+    pub buckets: [u64; COMMIT_LATENCY_BUCKETS.len() + 1],
+    pub sum_us: u64,
+}
+
+impl LatencyCounts {
+    pub fn record_us(&mut self, us: i64) {
+        let us = us.max(0);
+        let s = us as f64 / 1e6;
+        let i = COMMIT_LATENCY_BUCKETS.partition_point(|b| *b < s);
+        self.buckets[i] += 1;
+        self.sum_us = self.sum_us.saturating_add(us as u64);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
+
+    /// The bucket bound under which a share `q` of the rows fall (None: no rows; infinity:
+    /// beyond the last bound).
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let n = self.count();
+        if n == 0 {
+            return None;
+        }
+        let want = (q * n as f64).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, c) in self.buckets.iter().enumerate() {
+            seen += c;
+            if seen >= want {
+                return Some(
+                    COMMIT_LATENCY_BUCKETS
+                        .get(i)
+                        .copied()
+                        .unwrap_or(f64::INFINITY),
+                );
+            }
+        }
+        Some(f64::INFINITY)
+    }
+
+    /// What happened between `earlier` and this reading.
+    pub fn since(&self, earlier: &LatencyCounts) -> LatencyCounts {
+        let mut d = *self;
+        for (b, e) in d.buckets.iter_mut().zip(earlier.buckets) {
+            *b = b.saturating_sub(e);
+        }
+        d.sum_us = d.sum_us.saturating_sub(earlier.sum_us);
+        d
+    }
+}
+
+impl LatencyHistogram {
+    pub fn add(&self, c: &LatencyCounts) {
+        use std::sync::atomic::Ordering::Relaxed;
+        for (b, n) in self.buckets.iter().zip(c.buckets) {
+            if n > 0 {
+                b.fetch_add(n, Relaxed);
+            }
+        }
+        self.sum_us.fetch_add(c.sum_us, Relaxed);
+    }
+
+    pub fn read(&self) -> LatencyCounts {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut c = LatencyCounts::default();
+        for (o, b) in c.buckets.iter_mut().zip(&self.buckets) {
+            *o = b.load(Relaxed);
+        }
+        c.sum_us = self.sum_us.load(Relaxed);
+        c
+    }
+
+    /// The Prometheus text of this histogram (cumulative buckets, sum, count).
+    pub fn render(&self, name: &str, help: &str) -> String {
+        use std::fmt::Write as _;
+        let c = self.read();
+        let mut out = format!("# HELP {name} {help}\n# TYPE {name} histogram\n");
+        let mut cum = 0;
+        for (i, n) in c.buckets.iter().enumerate() {
+            cum += n;
+            let le = COMMIT_LATENCY_BUCKETS
+                .get(i)
+                .map_or("+Inf".to_string(), |b| b.to_string());
+            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cum}");
+        }
+        let _ = writeln!(out, "{name}_sum {}", c.sum_us as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count {cum}");
+        out
+    }
+}
+
+#[cfg(test)]
+mod latency_tests {
+    use super::*;
+
+    #[test]
+    fn latencies_fall_into_buckets_and_quantiles_read_back() {
+        let mut c = LatencyCounts::default();
+        for us in [1_000, 4_000, 60_000, 60_000, 2_000_000, 40_000_000] {
+            c.record_us(us);
+        }
+        assert_eq!(c.count(), 6);
+        assert_eq!(c.quantile(0.5), Some(0.1), "3rd of 6 in (0.05, 0.1]");
+        assert_eq!(c.quantile(0.99), Some(f64::INFINITY));
+        let h = LatencyHistogram::default();
+        h.add(&c);
+        h.add(&c);
+        let twice = h.read();
+        assert_eq!(twice.since(&c).count(), 6);
+        let text = h.render("x_seconds", "help");
+        assert!(
+            text.contains("x_seconds_bucket{le=\"0.005\"} 4\n"),
+            "{text}"
+        );
+        assert!(text.contains("x_seconds_bucket{le=\"+Inf\"} 12\n"));
+        assert!(text.contains("x_seconds_count 12\n"));
+    }
+}

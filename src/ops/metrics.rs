@@ -403,7 +403,12 @@ impl Exporter {
             }
         }
         self.handle.run_upkeep();
-        self.handle.render()
+        let mut text = self.handle.render();
+        text.push_str(&stats.writer.frame_to_commit.render(
+            "mdrec_frame_to_commit_seconds",
+            "Seconds from reading the frame that carried a market-data row to the commit that stored it, per row.",
+        ));
+        text
     }
 }
 

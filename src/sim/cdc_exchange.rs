@@ -245,6 +245,8 @@ struct Sub {
 }
 
 struct Conn {
+    /// Where the market sends the steps of the symbols subscribed here.
+    tap: super::Tap,
     ex: Arc<Ex>,
     wire: Wire,
     subs: HashMap<String, Sub>,
@@ -278,7 +280,9 @@ async fn connection(ex: Arc<Ex>, tcp: TcpStream) -> anyhow::Result<()> {
         .empty_delta_interval
         .min(Duration::from_millis(100))
         .max(Duration::from_millis(5));
+    let (tap, steps) = super::Tap::new(server);
     let mut conn = Conn {
+        tap,
         ex: ex.clone(),
         wire: Wire(ex.dialect),
         subs: HashMap::new(),
@@ -291,7 +295,7 @@ async fn connection(ex: Arc<Ex>, tcp: TcpStream) -> anyhow::Result<()> {
         quiet_every,
         next_quiet: Instant::now() + quiet_every,
     };
-    super::drive(server, ws, &mut conn).await
+    super::drive(server, ws, &mut conn, steps).await
 }
 
 impl super::Handler for Conn {
@@ -543,7 +547,10 @@ impl Conn {
             .map(|c| c.instrument().to_string())
             .unwrap_or_default();
         let cfg = &self.ex.server.config;
-        let st = lock(&self.ex.server.state);
+        let mut st = lock(&self.ex.server.state);
+        if st.markets.contains_key(&symbol) {
+            self.tap.watch(&mut st, &symbol);
+        }
         let kind = st
             .markets
             .get(&symbol)

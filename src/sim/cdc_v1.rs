@@ -68,6 +68,8 @@ struct Sub {
 }
 
 struct Conn {
+    /// Where the market sends the steps of the symbols subscribed here.
+    tap: super::Tap,
     server: Arc<Server>,
     subs: HashMap<Channel, Sub>,
     next_ping: tokio::time::Instant,
@@ -80,14 +82,16 @@ async fn connection(server: Arc<Server>, tcp: TcpStream) -> anyhow::Result<()> {
     let _ = tcp.set_nodelay(true);
     let ws = tokio_tungstenite::accept_async(tcp).await?;
     lock(&server.state).connections_total += 1;
+    let (tap, steps) = super::Tap::new(&server);
     let mut conn = Conn {
+        tap,
         server: server.clone(),
         subs: HashMap::new(),
         next_ping: tokio::time::Instant::now() + server.config.ping_interval,
         outstanding: None,
         missed: 0,
     };
-    super::drive(&server, ws, &mut conn).await
+    super::drive(&server, ws, &mut conn, steps).await
 }
 
 impl super::Handler for Conn {
@@ -219,6 +223,8 @@ impl Conn {
                     }
                     return Ok(vec![]);
                 };
+                // before the book's snapshot below: no step after it is missed
+                self.tap.watch(&mut lock(&self.server.state), &ch.symbol);
                 let levels = params
                     .get("asks")
                     .and_then(|a| a.as_u64())

@@ -68,9 +68,6 @@ pub struct Server {
     pub config: SimConfig,
     pub personality: &'static Personality,
     pub state: Arc<Mutex<State>>,
-    /// Market steps; each connection holds a receiver. A receiver that lags is hung up on,
-    /// as a real server drops slow consumers.
-    pub updates: broadcast::Sender<Arc<Update>>,
     /// Bumped to cut every open connection (fault injection).
     pub kick: watch::Sender<u64>,
     /// Hostile frames to send to every connection (fault injection).
@@ -81,6 +78,8 @@ pub struct Server {
     pub tasks: TaskTracker,
     /// Trade history requests answered so far (for the 429 switch).
     pub trade_requests: std::sync::atomic::AtomicU32,
+    /// Websocket frames written to clients (a load generator's output).
+    pub frames_sent: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// What one simulated connection of a personality answers; [`drive`] runs what every
@@ -150,15 +149,70 @@ pub(crate) async fn serve_http(
     }
 }
 
+/// Steps a connection may have waiting before it is hung up on as too slow (as a real server
+/// drops slow consumers).
+const TAP_CAPACITY: usize = 16_384;
+
+/// A connection's place in the market's fan-out: each market step goes only to the
+/// connections holding a channel of its symbol (not to every connection to filter), so the
+/// simulator's cost grows with what is subscribed, not with symbols times connections.
+#[derive(Clone)]
+pub(crate) struct Tap {
+    id: u64,
+    tx: tokio::sync::mpsc::Sender<Arc<Update>>,
+    /// Cancelled when the connection fell [`TAP_CAPACITY`] steps behind.
+    slow: CancellationToken,
+}
+
+/// What [`drive`] reads a connection's market steps from.
+pub(crate) struct TapRx {
+    id: u64,
+    rx: tokio::sync::mpsc::Receiver<Arc<Update>>,
+    slow: CancellationToken,
+}
+
+impl Tap {
+    pub(crate) fn new(server: &Server) -> (Tap, TapRx) {
+        let (tx, rx) = tokio::sync::mpsc::channel(TAP_CAPACITY);
+        let id = {
+            let mut st = lock(&server.state);
+            st.next_tap += 1;
+            st.next_tap
+        };
+        let slow = CancellationToken::new();
+        (
+            Tap {
+                id,
+                tx,
+                slow: slow.clone(),
+            },
+            TapRx { id, rx, slow },
+        )
+    }
+
+    /// From now on this connection gets `symbol`'s steps. Called under the state lock before
+    /// a subscription's snapshot is read, so no step after the snapshot is missed.
+    pub(crate) fn watch(&self, st: &mut State, symbol: &str) {
+        let taps = st.taps.entry(symbol.to_string()).or_default();
+        if !taps.iter().any(|t| t.id == self.id) {
+            taps.push(self.clone());
+        }
+    }
+}
+
 /// Runs one accepted connection with its personality's handler until either side ends it.
-pub(crate) async fn drive<S>(server: &Server, mut ws: S, h: &mut dyn Handler) -> anyhow::Result<()>
+pub(crate) async fn drive<S>(
+    server: &Server,
+    mut ws: S,
+    h: &mut dyn Handler,
+    mut steps: TapRx,
+) -> anyhow::Result<()>
 where
     S: futures_util::Sink<Message, Error = tokio_tungstenite::tungstenite::Error>
         + futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>>
         + Unpin,
 {
     use futures_util::{SinkExt, StreamExt};
-    let mut updates = server.updates.subscribe();
     let mut kick = server.kick.subscribe();
     let mut hostile = server.hostile.subscribe();
     let result: anyhow::Result<()> = async {
@@ -170,6 +224,7 @@ where
                     return Ok(());
                 }
                 _ = kick.changed() => anyhow::bail!("connection cut by fault injection"),
+                _ = steps.slow.cancelled() => anyhow::bail!("client too slow, {TAP_CAPACITY} steps behind"),
                 m = hostile.recv() => {
                     if let Ok(m) = m {
                         ws.send(h.hostile_frame(m)?).await?;
@@ -210,27 +265,30 @@ where
                         _ => {}
                     }
                 }
-                u = updates.recv() => {
-                    let u = match u {
-                        Ok(u) => u,
-                        Err(broadcast::error::RecvError::Lagged(n)) => anyhow::bail!("client too slow, {n} updates behind"),
-                        Err(broadcast::error::RecvError::Closed) => return Ok(()),
-                    };
+                u = steps.rx.recv() => {
+                    let Some(u) = u else { return Ok(()) };
                     if *server.muted.borrow() {
                         continue;
                     }
                     for (frame, trade_ids) in h.on_update(&u)? {
-                        ws.send(frame).await?;
+                        ws.feed(frame).await?;
+                        server.frames_sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         if !trade_ids.is_empty() {
                             lock(&server.state).delivered.entry(u.symbol.to_string()).or_default().extend(trade_ids);
                         }
                     }
+                    // one write for the step's frames
+                    ws.flush().await?;
                 }
             }
         }
     }
     .await;
-    lock(&server.state).subscriptions -= h.subscriptions();
+    let mut st = lock(&server.state);
+    st.subscriptions -= h.subscriptions();
+    for taps in st.taps.values_mut() {
+        taps.retain(|t| t.id != steps.id);
+    }
     result
 }
 
@@ -496,6 +554,11 @@ pub struct State {
     pub book_breaks: HashMap<String, u32>,
     /// Most channels one connection held at once.
     pub max_conn_subscriptions: usize,
+    /// Per symbol: the connections holding a channel of it.
+    taps: HashMap<String, Vec<Tap>>,
+    next_tap: u64,
+    /// Market steps taken (each steps every market).
+    pub ticks: u64,
     clock_origin_ms: i64,
     wall_origin: std::time::Instant,
     speed: u32,
@@ -520,9 +583,20 @@ pub struct SimHandle {
     hostile: broadcast::Sender<Hostile>,
     cancel: CancellationToken,
     tasks: TaskTracker,
+    frames_sent: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl SimHandle {
+    /// Market-data frames written to clients so far.
+    pub fn frames_sent(&self) -> u64 {
+        self.frames_sent.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Market steps taken so far (one a `step` while the market runs and keeps up).
+    pub fn ticks(&self) -> u64 {
+        self.state().ticks
+    }
+
     /// While muted, open connections send nothing at all (no data, no pings) but stay open:
     /// a silent-but-open socket.
     pub fn mute(&self, on: bool) {
@@ -772,6 +846,9 @@ pub async fn start(config: SimConfig) -> std::io::Result<SimHandle> {
         lose_heartbeat_answers: false,
         book_breaks: HashMap::new(),
         max_conn_subscriptions: 0,
+        taps: HashMap::new(),
+        next_tap: 0,
+        ticks: 0,
         clock_origin_ms: crate::model::now_ms(),
         wall_origin: std::time::Instant::now(),
         speed: config.speed.max(1),
@@ -789,17 +866,16 @@ pub async fn start(config: SimConfig) -> std::io::Result<SimHandle> {
         }
     }
     let (running, running_rx) = watch::channel(!config.start_halted);
-    let (updates, _) = broadcast::channel::<Arc<Update>>(16_384);
     let (kick, _) = watch::channel(0u64);
     let (muted, _) = watch::channel(false);
     let (hostile, _) = broadcast::channel(64);
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
+    let frames_sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
     tasks.spawn(run_market(
         state.clone(),
         config.clone(),
         running_rx,
-        updates.clone(),
         cancel.clone(),
     ));
     (personality.serve)(
@@ -807,13 +883,13 @@ pub async fn start(config: SimConfig) -> std::io::Result<SimHandle> {
             config: config.clone(),
             personality,
             state: state.clone(),
-            updates,
             kick: kick.clone(),
             muted: muted.clone(),
             hostile: hostile.clone(),
             cancel: cancel.clone(),
             tasks: tasks.clone(),
             trade_requests: Default::default(),
+            frames_sent: frames_sent.clone(),
         },
         ws_listener,
         rest_listener,
@@ -829,6 +905,7 @@ pub async fn start(config: SimConfig) -> std::io::Result<SimHandle> {
         hostile,
         cancel,
         tasks,
+        frames_sent,
     })
 }
 
@@ -836,7 +913,6 @@ async fn run_market(
     state: Arc<Mutex<State>>,
     config: SimConfig,
     mut running: watch::Receiver<bool>,
-    updates: broadcast::Sender<Arc<Update>>,
     cancel: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(config.step);
@@ -854,6 +930,7 @@ async fn run_market(
             continue;
         }
         let mut st = lock(&state);
+        st.ticks += 1;
         let now = st.now_ms();
         let mut batch = Vec::new();
         let symbols: Vec<String> = st.markets.keys().cloned().collect();
@@ -911,7 +988,15 @@ async fn run_market(
         // send while holding the lock, so a connection's snapshot (taken under the lock)
         // is ordered exactly against the updates
         for u in batch {
-            let _ = updates.send(u);
+            if let Some(taps) = st.taps.get(&*u.symbol) {
+                for t in taps {
+                    if let Err(tokio::sync::mpsc::error::TrySendError::Full(_)) =
+                        t.tx.try_send(u.clone())
+                    {
+                        t.slow.cancel();
+                    }
+                }
+            }
         }
         drop(st);
     }

@@ -33,6 +33,17 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// The receive times of the market-data rows (trades, bars, books, tickers).
+    pub fn recv_times(&self) -> impl Iterator<Item = i64> + '_ {
+        self.trades
+            .iter()
+            .map(|t| t.recv_time_us)
+            .chain(self.klines.iter().map(|k| k.recv_time_us))
+            .chain(self.snapshots.iter().map(|b| b.recv_time_us))
+            .chain(self.deltas.iter().map(|d| d.recv_time_us))
+            .chain(self.tickers.iter().map(|t| t.recv_time_us))
+    }
+
     /// Rows waiting for `table` (rejected rows are made by the writer, never batched).
     pub fn len_of(&self, table: Table) -> usize {
         match table {

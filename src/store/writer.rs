@@ -59,6 +59,8 @@ pub struct WriterStats {
     pub failing_since_ms: std::sync::atomic::AtomicI64,
     /// Rows per successful write and its duration in seconds (metrics; unset: not recorded).
     pub histograms: std::sync::OnceLock<(metrics::Histogram, metrics::Histogram)>,
+    /// Per row of market data: from its frame's receive time to its commit.
+    pub frame_to_commit: crate::stats::LatencyHistogram,
 }
 
 impl WriterStats {
@@ -357,6 +359,12 @@ impl Writer {
         match &r {
             Ok(_) => {
                 failing.store(0, Ordering::Relaxed);
+                let committed = crate::model::now_us();
+                let mut waited = crate::stats::LatencyCounts::default();
+                for t in batch.recv_times() {
+                    waited.record_us(committed - t);
+                }
+                self.stats.frame_to_commit.add(&waited);
                 if let Some((rows, seconds)) = self.stats.histograms.get() {
                     rows.record(batch.rows() as f64);
                     seconds.record(started.elapsed().as_secs_f64());

@@ -1,0 +1,545 @@
+//! End to end under load: the project's simulator (the load generator, in this process) ->
+//! the release `mdrec run` (a child process, as in production) -> SQLite or PostgreSQL, for
+//! a fixed time after a warm-up.
+//!
+//! ```text
+//! cargo bench --bench e2e -- --venue cdc-exchange --symbols 100 --db sqlite --seconds 20
+//! ```
+//!
+//! Reports frames/s and rows/s per table, the recorder's CPU-seconds per million frames and
+//! per million rows (the kernel's per-process accounting: /proc/PID/stat over the measured
+//! window, getrusage(RUSAGE_CHILDREN) over the whole run), PostgreSQL's server CPU, the
+//! recorder's peak RSS, the writer's queue depth, and frame-to-commit latency (from the
+//! recorder's `mdrec_frame_to_commit_seconds` histogram). It says when the load generator,
+//! not the recorder, was the limit: the market fell behind its step, or the generator used
+//! most of the cores it had.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use mdrec::sim::{self, SimConfig};
+use mdrec::stats::{COMMIT_LATENCY_BUCKETS, LatencyCounts};
+
+#[derive(Parser, Debug)]
+#[command(about = "mdrec end-to-end load harness")]
+struct Args {
+    /// Venue kind the simulator speaks and the recorder records.
+    #[arg(long, default_value = "cdc-exchange")]
+    venue: String,
+    /// Instruments.
+    #[arg(long, default_value_t = 100)]
+    symbols: usize,
+    /// `sqlite` or `postgres` (a fresh database on `--pg`).
+    #[arg(long, default_value = "sqlite")]
+    db: String,
+    /// PostgreSQL server to create the database on.
+    #[arg(
+        long,
+        env = "MDREC_TEST_PG_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    pg: String,
+    /// Milliseconds between market steps (every market steps: trades, book, bars, ticker).
+    #[arg(long, default_value_t = 100)]
+    step_ms: u64,
+    /// Book depth (exchange: 10 or 50; v2: 10 or 150; v1: step0).
+    #[arg(long)]
+    depth: Option<String>,
+    /// Kline timeframes in the venue's words (default: its 1-minute and 1-hour bars).
+    #[arg(long, value_delimiter = ',')]
+    klines: Option<Vec<String>>,
+    /// Leave the ticker out.
+    #[arg(long)]
+    no_ticker: bool,
+    /// Seconds recorded before measuring.
+    #[arg(long, default_value_t = 10)]
+    warmup: u64,
+    /// Seconds measured.
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+    /// Extra TOML appended to the recorder's configuration (e.g. `[writer]` keys).
+    #[arg(long, default_value = "")]
+    extra: String,
+    /// Print one JSON line as well.
+    #[arg(long)]
+    json: bool,
+    /// Options cargo bench passes on.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+/// CPU seconds a process used, by the kernel's count (utime + stime of every thread).
+fn cpu_of(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // fields after the command name, which is in parentheses and may hold spaces
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / clock_ticks())
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf reads a constant of the running system
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as f64 } else { 100.0 }
+}
+
+/// CPU seconds of every PostgreSQL server process (postmaster, backends, workers).
+fn postgres_cpu() -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim_end() == "postgres")
+        })
+        .filter_map(cpu_of)
+        .sum()
+}
+
+/// This process's CPU seconds (the load generator).
+fn self_cpu() -> f64 {
+    cpu_of(std::process::id()).unwrap_or(0.0)
+}
+
+/// A `key: N kB` line of /proc/PID/status, in MiB.
+fn status_mib(pid: u32, key: &str) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = s.lines().find(|l| l.starts_with(key))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// The recorder's counters, as `/metrics` shows them.
+#[derive(Debug, Default, Clone)]
+struct Scrape {
+    rows: BTreeMap<String, f64>,
+    frames: f64,
+    queue: f64,
+    latency: LatencyCounts,
+    reconnects: f64,
+}
+
+fn parse_metrics(text: &str) -> Scrape {
+    let mut s = Scrape::default();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((name, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(v) = value.parse::<f64>() else {
+            continue;
+        };
+        let label = |key: &str| -> Option<String> {
+            let start = name.find(&format!("{key}=\""))? + key.len() + 2;
+            let end = start + name[start..].find('"')?;
+            Some(name[start..end].to_string())
+        };
+        if name.starts_with("mdrec_rows_written_total{") {
+            if let Some(t) = label("table") {
+                s.rows.insert(t, v);
+            }
+        } else if name.starts_with("mdrec_frames_received_total{") {
+            s.frames += v;
+        } else if name.starts_with("mdrec_reconnects_total{") {
+            s.reconnects += v;
+        } else if name == "mdrec_queue_depth" {
+            s.queue = v;
+        } else if name.starts_with("mdrec_frame_to_commit_seconds_bucket{") {
+            let Some(le) = label("le") else { continue };
+            let i = if le == "+Inf" {
+                COMMIT_LATENCY_BUCKETS.len()
+            } else {
+                match le.parse::<f64>() {
+                    Ok(b) => COMMIT_LATENCY_BUCKETS.partition_point(|x| *x < b),
+                    Err(_) => continue,
+                }
+            };
+            // cumulative in the text: kept so, made per bucket below
+            s.latency.buckets[i] = v as u64;
+        }
+    }
+    for i in (1..s.latency.buckets.len()).rev() {
+        s.latency.buckets[i] = s.latency.buckets[i].saturating_sub(s.latency.buckets[i - 1]);
+    }
+    s
+}
+
+async fn scrape(client: &reqwest::Client, url: &str) -> Option<Scrape> {
+    let r = client.get(url).send().await.ok()?;
+    Some(parse_metrics(&r.text().await.ok()?))
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn symbols(venue: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| match venue {
+            "cdc-v1" => format!("c{i:03}usdt"),
+            _ => format!("C{i:03}_USD"),
+        })
+        .collect()
+}
+
+fn config_text(args: &Args, sim: &sim::SimHandle, db_url: &str, port: u16) -> String {
+    let v1 = args.venue == "cdc-v1";
+    let syms: Vec<String> = symbols(&args.venue, args.symbols)
+        .iter()
+        .map(|s| format!("{s:?}"))
+        .collect();
+    let klines = args.klines.clone().unwrap_or_else(|| {
+        if v1 {
+            vec!["1min".into(), "60min".into()]
+        } else {
+            vec!["1m".into(), "1h".into()]
+        }
+    });
+    let klines: Vec<String> = klines.iter().map(|k| format!("{k:?}")).collect();
+    let depth = match (&args.depth, v1) {
+        (Some(d), _) if d.parse::<i64>().is_ok() || d == "false" => d.clone(),
+        (Some(d), _) => format!("{d:?}"),
+        (None, true) => "\"step0\"".into(),
+        (None, false) => "50".into(),
+    };
+    format!(
+        "[venue]\nkind = {:?}\nws_url = {:?}\nrest_url = {:?}\n\
+         [database]\nurl = {db_url:?}\n\
+         [record]\nsymbols = [{}]\ntrades = true\nklines = [{}]\ndepth = {depth}\nticker = {}\n\
+         max_time_ahead_s = 86400\n\
+         [connection]\nconnect_rate_per_s = 50\n\
+         [metrics]\nlisten = \"127.0.0.1:{port}\"\n{}\n",
+        args.venue,
+        sim.ws_url(),
+        sim.rest_url(),
+        syms.join(", "),
+        klines.join(", "),
+        !args.no_ticker,
+        args.extra,
+    )
+}
+
+/// Sends SIGTERM and waits for the exit (SIGKILL after 30 s).
+fn stop(child: &mut Child) {
+    // SAFETY: kill(2) on our own child's pid
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// CPU seconds and peak RSS (MiB) of the children that have exited.
+fn children_usage() -> (f64, f64) {
+    // SAFETY: getrusage fills the struct it is given
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe {
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut u);
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    (
+        secs(u.ru_utime) + secs(u.ru_stime),
+        u.ru_maxrss as f64 / 1024.0,
+    )
+}
+
+async fn pg_database(admin: &str) -> anyhow::Result<(String, String)> {
+    use sqlx::Connection;
+    let name = format!("mdrec_bench_{}", std::process::id());
+    let mut c = sqlx::PgConnection::connect(admin).await?;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name}"))
+        .execute(&mut c)
+        .await?;
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut c)
+        .await?;
+    let mut url = url::Url::parse(admin)?;
+    url.set_path(&format!("/{name}"));
+    Ok((name, url.to_string()))
+}
+
+async fn pg_drop(admin: &str, name: &str) {
+    use sqlx::Connection;
+    if let Ok(mut c) = sqlx::PgConnection::connect(admin).await {
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&mut c)
+            .await;
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    // the generator gets the threads it needs; the recorder is another process
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let step = Duration::from_millis(args.step_ms.max(1));
+    let sim = sim::start(SimConfig {
+        symbols: symbols(&args.venue, args.symbols),
+        step,
+        speed: 1,
+        ..SimConfig::for_venue(&args.venue)
+            .ok_or_else(|| anyhow::anyhow!("--venue: the simulator does not speak it"))?
+    })
+    .await?;
+    let dir = tempfile::tempdir()?;
+    let (db_url, pg_name) = match args.db.as_str() {
+        "sqlite" => (
+            format!("sqlite://{}", dir.path().join("bench.db").display()),
+            None,
+        ),
+        "postgres" => {
+            let (name, url) = pg_database(&args.pg).await?;
+            (url, Some(name))
+        }
+        other => anyhow::bail!("--db: sqlite or postgres, not {other:?}"),
+    };
+    let port = free_port()?;
+    let cfg_path = dir.path().join("bench.toml");
+    std::fs::write(&cfg_path, config_text(&args, &sim, &db_url, port))?;
+    let log = std::fs::File::create(dir.path().join("recorder.log"))?;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mdrec"))
+        .args(["run", "-c"])
+        .arg(&cfg_path)
+        .env_remove("MDREC_DATABASE_URL")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()?;
+    let pid = child.id();
+    let client = reqwest::Client::new();
+    let metrics = format!("http://127.0.0.1:{port}/metrics");
+    let result = measure(&args, &sim, &client, &metrics, pid).await;
+    stop(&mut child);
+    let (run_cpu, peak_rss) = children_usage();
+    if let Some(name) = &pg_name {
+        pg_drop(&args.pg, name).await;
+    }
+    let m = match result {
+        Ok(m) => m,
+        Err(e) => {
+            let log = std::fs::read_to_string(dir.path().join("recorder.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            anyhow::bail!(
+                "{e}\nrecorder log (last lines):\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+    };
+    sim.shutdown().await;
+    report(&args, &m, run_cpu, peak_rss);
+    Ok(())
+}
+
+struct Measured {
+    secs: f64,
+    frames_sent: f64,
+    frames_read: f64,
+    rows: BTreeMap<String, f64>,
+    recorder_cpu: f64,
+    postgres_cpu: f64,
+    generator_cpu: f64,
+    max_queue: f64,
+    rss_mib: f64,
+    latency: LatencyCounts,
+    ticks: u64,
+    expected_ticks: f64,
+    reconnects: f64,
+}
+
+async fn measure(
+    args: &Args,
+    sim: &sim::SimHandle,
+    client: &reqwest::Client,
+    metrics: &str,
+    pid: u32,
+) -> anyhow::Result<Measured> {
+    // up and recording: its counters answer and frames arrive
+    let up = Instant::now();
+    loop {
+        if let Some(s) = scrape(client, metrics).await
+            && s.frames > 0.0
+            && s.rows.get("trades").copied().unwrap_or(0.0) > 0.0
+        {
+            break;
+        }
+        if up.elapsed() > Duration::from_secs(120) {
+            anyhow::bail!("the recorder did not start recording within 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(args.warmup)).await;
+    let t0 = Instant::now();
+    let s0 = scrape(client, metrics)
+        .await
+        .ok_or_else(|| anyhow::anyhow!("metrics unreadable"))?;
+    let (c0, p0, g0, f0, k0) = (
+        cpu_of(pid).unwrap_or(0.0),
+        postgres_cpu(),
+        self_cpu(),
+        sim.frames_sent() as f64,
+        sim.ticks(),
+    );
+    // the measured window: the queue read every 5 s (a scrape costs the recorder a little)
+    let mut max_queue = s0.queue;
+    let end = t0 + Duration::from_secs(args.seconds);
+    while Instant::now() + Duration::from_secs(5) < end {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        if let Some(s) = scrape(client, metrics).await {
+            max_queue = max_queue.max(s.queue);
+        }
+    }
+    tokio::time::sleep_until(end.into()).await;
+    let secs = t0.elapsed().as_secs_f64();
+    let (c1, p1, g1, f1, k1) = (
+        cpu_of(pid).unwrap_or(0.0),
+        postgres_cpu(),
+        self_cpu(),
+        sim.frames_sent() as f64,
+        sim.ticks(),
+    );
+    let rss_mib = status_mib(pid, "VmRSS:").unwrap_or(0.0);
+    let s1 = scrape(client, metrics)
+        .await
+        .ok_or_else(|| anyhow::anyhow!("metrics unreadable"))?;
+    max_queue = max_queue.max(s1.queue);
+    let rows = s1
+        .rows
+        .iter()
+        .map(|(t, v)| (t.clone(), v - s0.rows.get(t).copied().unwrap_or(0.0)))
+        .collect();
+    Ok(Measured {
+        secs,
+        frames_sent: f1 - f0,
+        frames_read: s1.frames - s0.frames,
+        rows,
+        recorder_cpu: c1 - c0,
+        postgres_cpu: p1 - p0,
+        generator_cpu: g1 - g0,
+        max_queue,
+        rss_mib,
+        latency: s1.latency.since(&s0.latency),
+        ticks: k1 - k0,
+        expected_ticks: secs * 1000.0 / args.step_ms.max(1) as f64,
+        reconnects: s1.reconnects - s0.reconnects,
+    })
+}
+
+fn fmt_s(q: Option<f64>) -> String {
+    match q {
+        None => "-".into(),
+        Some(v) if v.is_infinite() => format!(
+            "> {} s",
+            COMMIT_LATENCY_BUCKETS[COMMIT_LATENCY_BUCKETS.len() - 1]
+        ),
+        Some(v) => format!("<= {:.0} ms", v * 1000.0),
+    }
+}
+
+fn report(args: &Args, m: &Measured, run_cpu: f64, peak_rss: f64) {
+    let rows: f64 = m
+        .rows
+        .iter()
+        .filter(|(t, _)| !matches!(t.as_str(), "sessions" | "gaps" | "markets"))
+        .map(|(_, v)| v)
+        .sum();
+    let per_s = |v: f64| v / m.secs;
+    let per_m = |cpu: f64, n: f64| if n > 0.0 { cpu / n * 1e6 } else { f64::NAN };
+    let behind = (m.ticks as f64) < 0.95 * m.expected_ticks;
+    // the generator had two threads; most of both busy means it set the pace
+    let gen_busy = m.generator_cpu / m.secs;
+    let generator_limited = behind || gen_busy > 1.6;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "\n{} symbols, {}, {} ms steps, {:.0} s measured after {} s warm-up",
+        args.symbols, args.venue, args.step_ms, m.secs, args.warmup
+    );
+    let _ = writeln!(
+        out,
+        "| symbols | DB | frames/s sent | frames/s read | rows/s | recorder CPU s / M frames | / M rows | recorder cores | PG cores | RSS MiB (peak) | queue max | frame-to-commit p50 / p99 | generator |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        out,
+        "| {} | {} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1} | {:.2} | {:.2} | {:.0} ({:.0}) | {:.0} | {} / {} | {} |",
+        args.symbols,
+        args.db,
+        per_s(m.frames_sent),
+        per_s(m.frames_read),
+        per_s(rows),
+        per_m(m.recorder_cpu, m.frames_sent),
+        per_m(m.recorder_cpu, rows),
+        m.recorder_cpu / m.secs,
+        m.postgres_cpu / m.secs,
+        m.rss_mib,
+        peak_rss,
+        m.max_queue,
+        fmt_s(m.latency.quantile(0.5)),
+        fmt_s(m.latency.quantile(0.99)),
+        if generator_limited {
+            format!(
+                "LIMIT ({:.2} cores, {:.0}% of steps)",
+                gen_busy,
+                100.0 * m.ticks as f64 / m.expected_ticks
+            )
+        } else {
+            format!("ok ({gen_busy:.2} cores)")
+        },
+    );
+    let by_table: Vec<String> = m
+        .rows
+        .iter()
+        .filter(|(_, v)| **v > 0.0)
+        .map(|(t, v)| format!("{t} {:.0}/s", per_s(*v)))
+        .collect();
+    let _ = writeln!(out, "rows by table: {}", by_table.join(", "));
+    let _ = writeln!(
+        out,
+        "whole run (getrusage of the exited recorder): {run_cpu:.1} CPU-s, peak RSS {peak_rss:.0} MiB; reconnects in the window: {}",
+        m.reconnects
+    );
+    if generator_limited {
+        let _ = writeln!(
+            out,
+            "the load generator was the limit here: the figures say what it offered, not what the recorder can take"
+        );
+    }
+    if args.json {
+        let _ = writeln!(
+            out,
+            "{}",
+            serde_json::json!({
+                "symbols": args.symbols, "db": args.db, "venue": args.venue, "seconds": m.secs,
+                "frames_sent_per_s": per_s(m.frames_sent), "frames_read_per_s": per_s(m.frames_read),
+                "rows_per_s": per_s(rows),
+                "rows": m.rows,
+                "recorder_cpu_s_per_m_frames": per_m(m.recorder_cpu, m.frames_sent),
+                "recorder_cpu_s_per_m_rows": per_m(m.recorder_cpu, rows),
+                "recorder_cores": m.recorder_cpu / m.secs, "postgres_cores": m.postgres_cpu / m.secs,
+                "rss_mib": m.rss_mib, "peak_rss_mib": peak_rss, "queue_max": m.max_queue,
+                "p50_s": m.latency.quantile(0.5), "p99_s": m.latency.quantile(0.99),
+                "generator_cores": gen_busy, "generator_limited": generator_limited,
+            })
+        );
+    }
+}
