@@ -63,6 +63,10 @@ struct Args {
     /// Extra TOML appended to the recorder's configuration (e.g. `[writer]` keys).
     #[arg(long, default_value = "")]
     extra: String,
+    /// The recorder binary to run (default: this build's); a baseline build is measured side
+    /// by side this way.
+    #[arg(long)]
+    recorder: Option<std::path::PathBuf>,
     /// Print one JSON line as well.
     #[arg(long)]
     json: bool,
@@ -283,6 +287,8 @@ async fn pg_drop(admin: &str, name: &str) {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // reqwest is built without a TLS provider choice (as in the recorder)
+    let _ = rustls::crypto::ring::default_provider().install_default();
     // the generator gets the threads it needs; the recorder is another process
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -317,7 +323,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let cfg_path = dir.path().join("bench.toml");
     std::fs::write(&cfg_path, config_text(&args, &sim, &db_url, port))?;
     let log = std::fs::File::create(dir.path().join("recorder.log"))?;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mdrec"))
+    let client = reqwest::Client::new();
+    let bin = args
+        .recorder
+        .clone()
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_mdrec").into());
+    let mut child = Command::new(bin)
         .args(["run", "-c"])
         .arg(&cfg_path)
         .env_remove("MDREC_DATABASE_URL")
@@ -326,7 +337,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .stderr(log)
         .spawn()?;
     let pid = child.id();
-    let client = reqwest::Client::new();
     let metrics = format!("http://127.0.0.1:{port}/metrics");
     let result = measure(&args, &sim, &client, &metrics, pid).await;
     stop(&mut child);
@@ -471,8 +481,15 @@ fn report(args: &Args, m: &Measured, run_cpu: f64, peak_rss: f64) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
-        "\n{} symbols, {}, {} ms steps, {:.0} s measured after {} s warm-up",
-        args.symbols, args.venue, args.step_ms, m.secs, args.warmup
+        "\n{} symbols, {}, {} ms steps, {:.0} s measured after {} s warm-up, recorder {}",
+        args.symbols,
+        args.venue,
+        args.step_ms,
+        m.secs,
+        args.warmup,
+        args.recorder
+            .as_ref()
+            .map_or("(this build)".into(), |p| p.display().to_string())
     );
     let _ = writeln!(
         out,

@@ -123,3 +123,43 @@ async fn flushes_the_rest_on_shutdown() {
     assert_eq!(count(&store).await, 4);
     assert_eq!(stats.rows_of(mdrec::model::Table::Trades), 4);
 }
+
+/// Behind its feed, the writer commits what queued up meanwhile in one flush (up to its
+/// backlog cap), not `batch_rows` at a time: fewer, larger commits exactly when it is loaded.
+#[tokio::test]
+async fn a_backlog_is_taken_into_one_flush() {
+    let cfg = WriterConfig {
+        batch_rows: 5,
+        flush_interval_ms: 3_600_000,
+        queue_capacity: 5_000,
+        ..WriterConfig::default()
+    };
+    let (_dir, url) = sqlite_db();
+    let store = Arc::new(Store::connect(&url).await.unwrap());
+    store.migrate().await.unwrap();
+    let (tx, rx) = mpsc::channel(5_000);
+    // queued before the writer runs: a writer that fell behind
+    for id in 0..3_000 {
+        tx.send(trade(id)).await.unwrap();
+    }
+    let stats = Arc::new(WriterStats::default());
+    let task = tokio::spawn(writer::run(
+        store.clone(),
+        rx,
+        cfg,
+        stats.clone(),
+        None,
+        Default::default(),
+    ));
+    wait_for("the backlog written", Duration::from_secs(10), || async {
+        count(&store).await == 3_000
+    })
+    .await;
+    assert_eq!(
+        stats.flushes.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "one commit for the whole backlog"
+    );
+    drop(tx);
+    task.await.unwrap();
+}

@@ -420,6 +420,24 @@ impl Backfill {
                 anchor.trade_id
             ));
         } else {
+            // an earlier check of this hole may have stored trades from nearer its start
+            // (the venue's history window moves on): the loss ends at the first one known
+            let stored = match self
+                .store
+                .next_trade(self.venue.name(), &c.symbol, anchor, ids)
+                .await
+            {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(symbol = %c.symbol, error = %e, "could not read the first stored trade after a hole; bounding it by this answer");
+                    None
+                }
+            };
+            let first_after = [first_after, stored]
+                .into_iter()
+                .flatten()
+                .filter(|m| ids.is_after(*m, anchor))
+                .reduce(|a, b| if ids.is_after(a, b) { b } else { a });
             let Some(first) = first_after else {
                 return Ok(());
             };

@@ -24,6 +24,29 @@ use crate::model::{BookSide, BookSnapshot, Kline, Side, Source, Trade};
 
 /// SQLite's default bound-parameter limit (SQLITE_MAX_VARIABLE_NUMBER since 3.32).
 const MAX_PARAMS: usize = 32766;
+/// Rows in one multi-row statement at most.
+const ROWS_PER_STATEMENT: usize = 256;
+
+/// `rows` as statements of a few fixed sizes: as many of the largest as fit, the rest in
+/// descending powers of two. A statement is prepared once per connection and text (sqlx
+/// caches them); one per distinct row count would prepare nearly every batch anew and keep
+/// hundreds of large statements cached per connection.
+fn shaped<T>(rows: &[T], columns: usize) -> Vec<&[T]> {
+    let largest = ROWS_PER_STATEMENT.min(MAX_PARAMS / columns).max(1);
+    let largest = 1 << largest.ilog2();
+    let mut out = Vec::new();
+    let mut rest = rows;
+    let mut size = largest;
+    while !rest.is_empty() {
+        while size > rest.len() {
+            size /= 2;
+        }
+        let (head, tail) = rest.split_at(size);
+        out.push(head);
+        rest = tail;
+    }
+    out
+}
 
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -89,7 +112,12 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // a batch's pages stay in the cache instead of spilling to the WAL mid-transaction
+            // (the default is 2 MiB); bounded: 32 MiB a connection at most
+            .pragma("cache_size", "-32768")
+            // the statement journals of multi-row upserts in memory, not in temp files
+            .pragma("temp_store", "memory");
         Ok((opts, created))
     }
 
@@ -109,7 +137,7 @@ impl SqliteStore {
             .map_err(StoreError::sql("begin"))?;
         // trades whose key was stored already: the same trade, or a conflict
         let mut seen_before: Vec<&Trade> = Vec::new();
-        for chunk in batch.trades.chunks(MAX_PARAMS / 11) {
+        for chunk in shaped(&batch.trades, 11) {
             let mut qb = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO trades (venue, symbol, trade_id, side, price, qty, quote_qty, \
                  event_time_ms, recv_time_us, source, exact) ",
@@ -175,7 +203,7 @@ impl SqliteStore {
             }
         }
         super::insert_rejected!(tx, &conflicts);
-        for chunk in batch.klines.chunks(MAX_PARAMS / 15) {
+        for chunk in shaped(&batch.klines, 15) {
             let mut qb = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO klines (venue, symbol, interval, open_time_ms, open, high, low, close, \
                  volume, quote_volume, closed, event_time_ms, recv_time_us, source, exact) ",
@@ -219,7 +247,7 @@ impl SqliteStore {
                 .await
                 .map_err(StoreError::sql("upsert klines"))?;
         }
-        for chunk in batch.snapshots.chunks(MAX_PARAMS / 7) {
+        for chunk in shaped(&batch.snapshots, 7) {
             let mut qb = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO book_snapshots (venue, symbol, depth_step, recv_time_us, event_time_ms, bids, asks) ",
             );
@@ -238,7 +266,7 @@ impl SqliteStore {
                 .await
                 .map_err(StoreError::sql("insert book_snapshots"))?;
         }
-        for chunk in batch.deltas.chunks(MAX_PARAMS / 12) {
+        for chunk in shaped(&batch.deltas, 12) {
             let mut qb = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO book_deltas (venue, symbol, depth_step, recv_time_us, seq, event_time_ms, \
                  side, price, qty, exact, update_id, prev_update_id) ",
@@ -264,7 +292,7 @@ impl SqliteStore {
                 .await
                 .map_err(StoreError::sql("insert book_deltas"))?;
         }
-        for chunk in batch.tickers.chunks(MAX_PARAMS / 12) {
+        for chunk in shaped(&batch.tickers, 12) {
             let mut qb = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO tickers (venue, symbol, recv_time_us, event_time_ms, open, high, low, close, \
                  volume, quote_volume, change, exact) ",
@@ -290,7 +318,7 @@ impl SqliteStore {
                 .await
                 .map_err(StoreError::sql("insert tickers"))?;
         }
-        for chunk in batch.sessions.chunks(MAX_PARAMS / 6) {
+        for chunk in shaped(&batch.sessions, 6) {
             let mut qb = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO sessions (venue, symbol, session_id, connected_at_us, disconnected_at_us, close_reason) ",
             );
@@ -312,7 +340,7 @@ impl SqliteStore {
                 .await
                 .map_err(StoreError::sql("upsert sessions"))?;
         }
-        for chunk in batch.gaps.chunks(MAX_PARAMS / 10) {
+        for chunk in shaped(&batch.gaps, 10) {
             let mut qb = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO gaps (venue, symbol, stream, start_ms, end_ms, status, detected_at_ms, \
                  resolved_at_ms, rows_recovered, detail) ",
@@ -335,7 +363,7 @@ impl SqliteStore {
                 .await
                 .map_err(StoreError::sql("upsert gaps"))?;
         }
-        for chunk in batch.markets.chunks(MAX_PARAMS / 7) {
+        for chunk in shaped(&batch.markets, 7) {
             let mut qb = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO markets (venue, symbol, base, quote, price_precision, qty_precision, updated_at_ms) ",
             );
@@ -684,4 +712,19 @@ pub(crate) fn parse_source(s: &str) -> Result<Source, StoreError> {
 /// Rows carry `&'static str` venue names; map a stored name back to the known one.
 pub(crate) fn static_venue(v: &str) -> &'static str {
     crate::venue::static_name(v).unwrap_or("unknown")
+}
+
+#[cfg(test)]
+mod shape_tests {
+    #[test]
+    fn batches_become_statements_of_few_sizes() {
+        let rows: Vec<u32> = (0..1000).collect();
+        let sizes: Vec<usize> = super::shaped(&rows, 11).iter().map(|c| c.len()).collect();
+        assert_eq!(sizes, [256, 256, 256, 128, 64, 32, 8]);
+        let flat: Vec<u32> = super::shaped(&rows, 11).concat();
+        assert_eq!(flat, rows, "in order, each row once");
+        assert!(super::shaped(&rows[..0], 11).is_empty());
+        // wide rows: fewer per statement, still a power of two under the parameter limit
+        assert!(super::shaped(&rows, 200).iter().all(|c| c.len() <= 128));
+    }
 }

@@ -235,6 +235,9 @@ pub async fn run_from(
         w.cfg.batch_rows,
         Duration::from_millis(w.cfg.flush_interval_ms),
     );
+    // a flush also takes what queued up meanwhile, up to this: under load the writer commits
+    // less often with more rows, idle it commits `batch_rows` or `flush_interval_ms` at once
+    let most = BACKLOG_ROWS.max(w.cfg.batch_rows);
     let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
     loop {
         w.beat();
@@ -249,11 +252,13 @@ pub async fn run_from(
                     batch.push(ev);
                 }
                 if policy.added(batch.rows(), Instant::now()) {
+                    take_backlog(&mut rx, &mut batch, most);
                     w.flush(&mut batch).await;
                     policy.flushed();
                 }
             }
             _ = flush_timer => {
+                take_backlog(&mut rx, &mut batch, most);
                 w.flush(&mut batch).await;
                 policy.flushed();
             }
@@ -316,6 +321,22 @@ impl FlushPolicy {
     /// The batch was written (or spooled): the next rows start a new timer.
     pub fn flushed(&mut self) {
         self.due = None;
+    }
+}
+
+/// Rows one flush takes at most from a backlog (the writer fell behind). SQLite writes every
+/// index page a commit touched whole to its log, and a mixed batch of hundreds of symbols
+/// touches hundreds: under load, fewer and larger commits (measured: 800 instruments kept up
+/// with 20000, not with 2000 a commit).
+const BACKLOG_ROWS: usize = 20_000;
+
+/// Moves events already queued into the batch until it holds `most` rows (never waits).
+fn take_backlog(rx: &mut mpsc::Receiver<Event>, batch: &mut Batch, most: usize) {
+    while batch.rows() < most {
+        match rx.try_recv() {
+            Ok(ev) => batch.push(ev),
+            Err(_) => break,
+        }
     }
 }
 
