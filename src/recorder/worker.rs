@@ -242,6 +242,15 @@ impl Worker {
 
     async fn session(&self) -> End {
         let mut control = self.control.lock().await;
+        // symbols retired while no socket was open leave before this one subscribes (their
+        // sessions closed with the last socket)
+        while let Ok(Control::Retire(symbols, _)) = control.try_recv() {
+            for s in &symbols {
+                if let Some(&i) = self.index.get(s) {
+                    self.active[i].store(false, Ordering::Relaxed);
+                }
+            }
+        }
         let plan = self.live_plan();
         if plan.symbols.is_empty() {
             return End::Retired;
