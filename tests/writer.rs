@@ -47,10 +47,29 @@ async fn setup(
     Arc<WriterStats>,
     tokio::task::JoinHandle<()>,
 ) {
+    setup_queued(cfg, 16, Vec::new()).await
+}
+
+/// The writer on a fresh SQLite file, with `queued` already waiting in its queue of
+/// `capacity` when it starts (a writer that fell behind).
+async fn setup_queued(
+    cfg: WriterConfig,
+    capacity: usize,
+    queued: Vec<Event>,
+) -> (
+    tempfile::TempDir,
+    Arc<Store>,
+    mpsc::Sender<Event>,
+    Arc<WriterStats>,
+    tokio::task::JoinHandle<()>,
+) {
     let (dir, url) = sqlite_db();
     let store = Arc::new(Store::connect(&url).await.unwrap());
     store.migrate().await.unwrap();
-    let (tx, rx) = mpsc::channel(16);
+    let (tx, rx) = mpsc::channel(capacity);
+    for ev in queued {
+        tx.send(ev).await.unwrap();
+    }
     let stats = Arc::new(WriterStats::default());
     let task = tokio::spawn(writer::run(
         store.clone(),
@@ -134,23 +153,8 @@ async fn a_backlog_is_taken_into_one_flush() {
         queue_capacity: 5_000,
         ..WriterConfig::default()
     };
-    let (_dir, url) = sqlite_db();
-    let store = Arc::new(Store::connect(&url).await.unwrap());
-    store.migrate().await.unwrap();
-    let (tx, rx) = mpsc::channel(5_000);
-    // queued before the writer runs: a writer that fell behind
-    for id in 0..3_000 {
-        tx.send(trade(id)).await.unwrap();
-    }
-    let stats = Arc::new(WriterStats::default());
-    let task = tokio::spawn(writer::run(
-        store.clone(),
-        rx,
-        cfg,
-        stats.clone(),
-        None,
-        Default::default(),
-    ));
+    let (_d, store, tx, stats, task) =
+        setup_queued(cfg, 5_000, (0..3_000).map(trade).collect()).await;
     wait_for("the backlog written", Duration::from_secs(10), || async {
         count(&store).await == 3_000
     })
