@@ -367,6 +367,10 @@ pub struct ConnectionConfig {
     /// How long shutdown waits for the venue to answer our close frame.
     #[serde(default = "default_close_grace")]
     pub close_grace_ms: u64,
+    /// PEM file of CA certificates trusted besides the compiled-in roots (a private CA, a
+    /// TLS-inspecting proxy), for websockets and REST alike.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 fn default_silence() -> u64 {
@@ -405,6 +409,7 @@ impl Default for ConnectionConfig {
             connect_rate_per_s: default_connect_rate(),
             max_frame_bytes: default_max_frame(),
             close_grace_ms: default_close_grace(),
+            ca_file: None,
         }
     }
 }

@@ -387,6 +387,8 @@ async fn run(cmd: Cmd, config: Option<Config>) -> anyhow::Result<()> {
         }
         Cmd::CheckConfig { config: path } => {
             let config = config.context("no configuration")?;
+            // the files the config names are read as the recorder will read them
+            mdrec::runtime::tls::client_config(config.connection.ca_file.as_deref())?;
             let text = toml::to_string(&config).context("printing the configuration")?;
             println!("# {}: valid", path.display());
             if std::env::var_os(mdrec::config::DATABASE_URL_ENV).is_some() {

@@ -92,6 +92,21 @@ async fn bad_config_exits_2_naming_the_key() {
             );
         }
     }
+    // files the config names are read where they are used: by run and check-config
+    let no_ca = good.replace(
+        "silence_timeout_s = 30",
+        "silence_timeout_s = 30\nca_file = \"/nonexistent/ca.pem\"",
+    );
+    let path = write(dir.path(), "no_ca.toml", &no_ca);
+    for sub in ["run", "check-config"] {
+        let out = mdrec(&[sub, "-c", path.to_str().unwrap()], &[]).await;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{sub} ca_file: {err}");
+        assert!(
+            err.contains("connection.ca_file") && err.contains("/nonexistent/ca.pem"),
+            "{sub}: {err:?}"
+        );
+    }
     let out = mdrec(&["run", "-c", "/nonexistent/mdrec.toml"], &[]).await;
     assert_eq!(out.status.code(), Some(2));
     let out = mdrec(&["frobnicate"], &[]).await;

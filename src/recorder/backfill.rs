@@ -704,10 +704,11 @@ impl Backfill {
         let ws_config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
             .max_message_size(Some(c.max_frame_bytes))
             .max_frame_size(Some(c.max_frame_bytes));
-        let connect = tokio_tungstenite::connect_async_with_config(
+        let connect = tokio_tungstenite::connect_async_tls_with_config(
             self.config.venue.ws_url.as_str(),
             Some(ws_config),
             true,
+            Some(crate::runtime::tls::connector(&self.rest.tls)),
         );
         let (mut ws, _) = tokio::time::timeout(timeout, connect)
             .await

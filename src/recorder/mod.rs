@@ -96,9 +96,10 @@ pub async fn start(
     // reqwest and tungstenite use rustls without a built-in provider choice: pick ring once
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut config = config;
+    let tls = crate::runtime::tls::client_config(config.connection.ca_file.as_deref())?;
     // one client for every REST call: one request budget per venue
     let client = Arc::new(
-        rest::RestClient::new(&config.venue.rest_url, &config.backfill)
+        rest::RestClient::new(&config.venue.rest_url, &config.backfill, &tls)
             .map_err(|e| anyhow::anyhow!("REST client: {e}"))?,
     );
     if config.record.all {
@@ -312,6 +313,7 @@ pub async fn start(
         deadline: deadline.clone(),
         backfill: backfill_tx.clone(),
         fleet: Some(fleet_tx.clone()),
+        tls: tls.clone(),
     };
     let symbols: Vec<Arc<str>> = config
         .record

@@ -14,6 +14,8 @@ pub use crate::stats::RestStats;
 
 pub struct RestClient {
     http: reqwest::Client,
+    /// The run's TLS trust, also for the history sockets backfill opens.
+    pub tls: Arc<rustls::ClientConfig>,
     base: String,
     budget: Stagger,
     attempts: u32,
@@ -21,14 +23,20 @@ pub struct RestClient {
 }
 
 impl RestClient {
-    pub fn new(base: &str, cfg: &BackfillConfig) -> Result<RestClient, String> {
+    pub fn new(
+        base: &str,
+        cfg: &BackfillConfig,
+        tls: &Arc<rustls::ClientConfig>,
+    ) -> Result<RestClient, String> {
         let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(rustls::ClientConfig::clone(tls))
             .timeout(Duration::from_secs(cfg.timeout_s))
             .user_agent(concat!("mdrec/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| e.to_string())?;
         Ok(RestClient {
             http,
+            tls: tls.clone(),
             base: base.trim_end_matches('/').to_string(),
             budget: Stagger::new(cfg.rate_per_s),
             attempts: cfg.attempts,

@@ -85,6 +85,7 @@ pub struct Worker {
     control: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Control>>>,
     /// Asks for new connections (symbols the venue would not take more streams of here).
     fleet: Option<mpsc::UnboundedSender<super::fleet::Request>>,
+    tls: Arc<rustls::ClientConfig>,
 }
 
 /// One stream of one symbol.
@@ -109,6 +110,8 @@ pub struct Shared {
     pub backfill: Option<mpsc::UnboundedSender<HoleCheck>>,
     /// Where workers ask for new connections (None: they cannot split).
     pub fleet: Option<mpsc::UnboundedSender<super::fleet::Request>>,
+    /// The run's TLS trust (compiled-in roots plus `connection.ca_file`).
+    pub tls: Arc<rustls::ClientConfig>,
 }
 
 /// Trade-id jumps on a live socket are checked over REST at most this often.
@@ -154,6 +157,7 @@ impl Worker {
             refused: Default::default(),
             control: Arc::new(tokio::sync::Mutex::new(control)),
             fleet: shared.fleet.clone(),
+            tls: shared.tls.clone(),
             venue: shared.venue.clone(),
             plan,
             feeds: feeds.into(),
@@ -266,8 +270,12 @@ impl Worker {
             .read_buffer_size(READ_BUFFER_BYTES)
             .max_message_size(Some(c.max_frame_bytes))
             .max_frame_size(Some(c.max_frame_bytes));
-        let connect =
-            tokio_tungstenite::connect_async_with_config(url.as_str(), Some(ws_config), true);
+        let connect = tokio_tungstenite::connect_async_tls_with_config(
+            url.as_str(),
+            Some(ws_config),
+            true,
+            Some(crate::runtime::tls::connector(&self.tls)),
+        );
         let mut ws = tokio::select! {
             _ = self.shutdown.cancelled() => return End::Shutdown,
             r = tokio::time::timeout(Duration::from_secs(c.connect_timeout_s), connect) => match r {

@@ -1,9 +1,10 @@
 //! Runtime helpers several layers share: the reconnect/retry backoff policy, the shutdown
-//! deadline, the shared connect rate, and a mutex lock that survives a panicked holder.
+//! deadline, the shared connect rate, the TLS trust, and a mutex lock that survives a panicked holder.
 
 pub mod backoff;
 pub mod deadline;
 pub mod stagger;
+pub mod tls;
 
 /// Locks a mutex, taking the data even if a holder panicked (counters and small maps only:
 /// their state stays meaningful).

@@ -12,7 +12,7 @@ use axum::extract::{Query, State as AxState};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use rust_decimal::Decimal;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -102,7 +102,8 @@ fn serve(server: Server, dialect: Dialect, ws: TcpListener, rest: TcpListener) {
 }
 
 async fn serve_ws(ex: Arc<Ex>, listener: TcpListener) {
-    super::accept(&ex.server, listener, |tcp| connection(ex.clone(), tcp)).await
+    let server = ex.clone();
+    super::accept(&ex.server, listener, move |s| connection(server.clone(), s)).await
 }
 
 /// How numbers look on the wire: today's API quotes decimals (and trade ids), v2 sends
@@ -263,8 +264,7 @@ struct Conn {
     next_quiet: Instant,
 }
 
-async fn connection(ex: Arc<Ex>, tcp: TcpStream) -> anyhow::Result<()> {
-    let _ = tcp.set_nodelay(true);
+async fn connection(ex: Arc<Ex>, tcp: super::Socket) -> anyhow::Result<()> {
     // the connect-second rule runs from the server's side of the handshake, which the
     // client sees complete only after it (a busy test machine must not move it later)
     let connected = Instant::now();
@@ -967,7 +967,6 @@ fn diff(old: &Book, new: &Book) -> Book {
 // ---------------------------------------------------------------- REST
 
 async fn serve_rest(ex: Arc<Ex>, listener: TcpListener) {
-    let cancel = ex.server.cancel.clone();
     let root = ex.server.personality.rest_path;
     let app = axum::Router::new()
         .route(&format!("{root}/public/get-instruments"), get(instruments))
@@ -975,8 +974,8 @@ async fn serve_rest(ex: Arc<Ex>, listener: TcpListener) {
         .route(&format!("{root}/public/get-candlestick"), get(candles))
         .route(&format!("{root}/public/get-book"), get(book))
         .route(&format!("{root}/public/get-tickers"), get(tickers))
-        .with_state(ex);
-    super::serve_http(cancel, listener, app).await
+        .with_state(ex.clone());
+    super::serve_http(&ex.server, listener, app).await
 }
 
 #[derive(serde::Deserialize)]

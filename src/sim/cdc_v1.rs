@@ -10,7 +10,7 @@ use axum::extract::{Query, State as AxState};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use rust_decimal::Decimal;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::market::{Bar, SimTrade, merge_book};
@@ -57,7 +57,8 @@ pub fn serve(server: Server, ws: TcpListener, rest: TcpListener) {
 }
 
 pub async fn serve_ws(server: Arc<Server>, listener: TcpListener) {
-    super::accept(&server, listener, |tcp| connection(server.clone(), tcp)).await
+    let s = server.clone();
+    super::accept(&server, listener, move |tcp| connection(s.clone(), tcp)).await
 }
 
 /// A channel subscription of one connection.
@@ -78,8 +79,7 @@ struct Conn {
     missed: u32,
 }
 
-async fn connection(server: Arc<Server>, tcp: TcpStream) -> anyhow::Result<()> {
-    let _ = tcp.set_nodelay(true);
+async fn connection(server: Arc<Server>, tcp: super::Socket) -> anyhow::Result<()> {
     let ws = tokio_tungstenite::accept_async(tcp).await?;
     lock(&server.state).connections_total += 1;
     let (tap, steps) = super::Tap::new(&server);
@@ -625,15 +625,14 @@ fn book_frame(f: &Fmt, channel: &str, ts: i64, (bids, asks): &super::Book) -> St
 // ---------------------------------------------------------------- REST
 
 pub async fn serve_rest(server: Arc<Server>, listener: TcpListener) {
-    let cancel = server.cancel.clone();
     let app = axum::Router::new()
         .route("/v1/symbols", get(symbols))
         .route("/v1/trades", get(trades))
         .route("/v1/klines", get(klines))
         .route("/v1/depth", get(depth))
         .route("/v1/ticker", get(ticker))
-        .with_state(server);
-    super::serve_http(cancel, listener, app).await
+        .with_state(server.clone());
+    super::serve_http(&server, listener, app).await
 }
 
 #[derive(serde::Deserialize)]

@@ -106,16 +106,30 @@ pub(crate) enum Reply {
     Close(Message),
 }
 
+/// A connection's bytes: plain TCP, or TLS over it when the simulator serves TLS.
+pub(crate) trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+pub(crate) type Socket = Box<dyn Io>;
+
+/// How long a client may take over its TLS handshake.
+const TLS_HANDSHAKE: Duration = Duration::from_secs(5);
+
 /// Accepts websocket connections until the simulator stops, each run by `connection` in a
-/// task of its own.
+/// task of its own (after its TLS handshake when the simulator serves TLS).
 pub(crate) async fn accept<F, Fut>(
     server: &Server,
     listener: tokio::net::TcpListener,
     connection: F,
 ) where
-    F: Fn(tokio::net::TcpStream) -> Fut,
+    F: Fn(Socket) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
 {
+    let tls = server
+        .config
+        .tls
+        .clone()
+        .map(tokio_rustls::TlsAcceptor::from);
+    let connection = Arc::new(connection);
     loop {
         let accepted = tokio::select! {
             _ = server.cancel.cancelled() => return,
@@ -123,9 +137,23 @@ pub(crate) async fn accept<F, Fut>(
         };
         match accepted {
             Ok((tcp, _)) => {
-                let conn = connection(tcp);
+                let _ = tcp.set_nodelay(true);
+                let (tls, connection) = (tls.clone(), connection.clone());
                 server.tasks.spawn(async move {
-                    if let Err(e) = conn.await {
+                    let socket: Socket = match tls {
+                        None => Box::new(tcp),
+                        Some(tls) => {
+                            match tokio::time::timeout(TLS_HANDSHAKE, tls.accept(tcp)).await {
+                                Ok(Ok(s)) => Box::new(s),
+                                Ok(Err(e)) => {
+                                    tracing::debug!(error = %e, "simulator TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => return,
+                            }
+                        }
+                    };
+                    if let Err(e) = connection(socket).await {
                         tracing::debug!(error = %e, "simulator connection ended");
                     }
                 });
@@ -135,15 +163,57 @@ pub(crate) async fn accept<F, Fut>(
     }
 }
 
-/// Serves a personality's REST routes until the simulator stops.
+/// TCP with a TLS handshake per accepted connection, for the REST server.
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    tls: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, SocketAddr) {
+        loop {
+            let Ok((tcp, addr)) = self.tcp.accept().await else {
+                continue;
+            };
+            // a client that fails its handshake is its own problem; the next one is served
+            if let Ok(Ok(s)) = tokio::time::timeout(TLS_HANDSHAKE, self.tls.accept(tcp)).await {
+                return (s, addr);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
+}
+
+/// Serves a personality's REST routes until the simulator stops (over TLS when it serves TLS).
 pub(crate) async fn serve_http(
-    cancel: CancellationToken,
+    server: &Server,
     listener: tokio::net::TcpListener,
     app: axum::Router,
 ) {
-    let r = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { cancel.cancelled().await })
-        .await;
+    let cancel = server.cancel.clone();
+    let stop = async move { cancel.cancelled().await };
+    let r = match server.config.tls.clone() {
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+        }
+        Some(tls) => {
+            let listener = TlsListener {
+                tcp: listener,
+                tls: tokio_rustls::TlsAcceptor::from(tls),
+            };
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+        }
+    };
     if let Err(e) = r {
         tracing::warn!(error = %e, "simulator REST server stopped");
     }
@@ -369,6 +439,8 @@ pub struct SimConfig {
     pub trade_history_ms: Option<i64>,
     pub ws_addr: SocketAddr,
     pub rest_addr: SocketAddr,
+    /// Serve websockets and REST over TLS with this identity (clients must trust its CA).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl SimConfig {
@@ -417,6 +489,7 @@ impl Default for SimConfig {
             requests_per_s: 100,
             max_subscriptions: 400,
             trade_history_ms: None,
+            tls: None,
             ws_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             rest_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         }
@@ -618,15 +691,29 @@ impl SimHandle {
         self.kick.send_modify(|n| *n += 1);
     }
 
-    /// `ws://127.0.0.1:PORT/kline-api/ws` (the personality's path)
+    /// `ws://127.0.0.1:PORT/kline-api/ws` (the personality's path; `wss` over TLS)
     pub fn ws_url(&self) -> String {
-        format!("ws://{}{}", self.ws_addr, self.config.personality().ws_path)
+        let scheme = if self.config.tls.is_some() {
+            "wss"
+        } else {
+            "ws"
+        };
+        format!(
+            "{scheme}://{}{}",
+            self.ws_addr,
+            self.config.personality().ws_path
+        )
     }
 
     /// The REST root the venue's methods are appended to.
     pub fn rest_url(&self) -> String {
+        let scheme = if self.config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         format!(
-            "http://{}{}",
+            "{scheme}://{}{}",
             self.rest_addr,
             self.config.personality().rest_path
         )

@@ -1,6 +1,7 @@
 //! Shared test harness: fresh databases, the simulator, waiting on conditions with deadlines.
 #![allow(dead_code)]
 
+pub mod tls;
 pub mod venue;
 
 use std::future::Future;
