@@ -23,6 +23,9 @@ use clap::Parser;
 use mdrec::sim::{self, SimConfig};
 use mdrec::stats::{COMMIT_LATENCY_BUCKETS, LatencyCounts};
 
+#[path = "../tests/common/tls.rs"]
+mod tls;
+
 #[derive(Parser, Debug)]
 #[command(about = "mdrec end-to-end load harness")]
 struct Args {
@@ -67,6 +70,23 @@ struct Args {
     /// by side this way.
     #[arg(long)]
     recorder: Option<std::path::PathBuf>,
+    /// Serve the simulator over TLS (a CA made for the run; the recorder gets it as
+    /// `[connection] ca_file`, a peer as SSL_CERT_FILE).
+    #[arg(long)]
+    tls: bool,
+    /// Who records, measured the same way for both (window CPU from /proc, frames the
+    /// simulator sent, then the market halted and what was stored compared with the
+    /// simulator's ledger): `mdrec`, or `cryptofeed` (benches/cryptofeed_peer.py run by
+    /// `--python`; PostgreSQL, cdc-v2). Without it: the recorder's own metrics (mdrec only).
+    #[arg(long)]
+    peer: Option<String>,
+    /// With `--peer`: cut every connection without a close frame this often during the
+    /// measured window (a flaky network), so what each recorder loses shows.
+    #[arg(long)]
+    cut_every: Option<u64>,
+    /// The Python with cryptofeed installed (see benches/cryptofeed.sh).
+    #[arg(long, default_value = "python3")]
+    python: String,
     /// Print one JSON line as well.
     #[arg(long)]
     json: bool,
@@ -193,7 +213,13 @@ fn symbols(venue: &str, n: usize) -> Vec<String> {
         .collect()
 }
 
-fn config_text(args: &Args, sim: &sim::SimHandle, db_url: &str, port: u16) -> String {
+fn config_text(
+    args: &Args,
+    sim: &sim::SimHandle,
+    db_url: &str,
+    port: u16,
+    ca_file: Option<&std::path::Path>,
+) -> String {
     let v1 = args.venue == "cdc-v1";
     let syms: Vec<String> = symbols(&args.venue, args.symbols)
         .iter()
@@ -218,7 +244,7 @@ fn config_text(args: &Args, sim: &sim::SimHandle, db_url: &str, port: u16) -> St
          [database]\nurl = {db_url:?}\n\
          [record]\nsymbols = [{}]\ntrades = true\nklines = [{}]\ndepth = {depth}\nticker = {}\n\
          max_time_ahead_s = 86400\n\
-         [connection]\nconnect_rate_per_s = 50\n\
+         [connection]\nconnect_rate_per_s = 50\n{}\
          [metrics]\nlisten = \"127.0.0.1:{port}\"\n{}\n",
         args.venue,
         sim.ws_url(),
@@ -226,6 +252,9 @@ fn config_text(args: &Args, sim: &sim::SimHandle, db_url: &str, port: u16) -> St
         syms.join(", "),
         klines.join(", "),
         !args.no_ticker,
+        ca_file
+            .map(|p| format!("ca_file = {:?}\n", p.display().to_string()))
+            .unwrap_or_default(),
         args.extra,
     )
 }
@@ -299,15 +328,25 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let step = Duration::from_millis(args.step_ms.max(1));
+    let ca = args.tls.then(tls::test_ca);
     let sim = sim::start(SimConfig {
         symbols: symbols(&args.venue, args.symbols),
         step,
         speed: 1,
+        tls: ca.as_ref().map(|c| c.server.clone()),
         ..SimConfig::for_venue(&args.venue)
             .ok_or_else(|| anyhow::anyhow!("--venue: the simulator does not speak it"))?
     })
     .await?;
     let dir = tempfile::tempdir()?;
+    let ca_path = match &ca {
+        Some(ca) => {
+            let p = dir.path().join("ca.pem");
+            std::fs::write(&p, &ca.ca_pem)?;
+            Some(p)
+        }
+        None => None,
+    };
     let (db_url, pg_name) = match args.db.as_str() {
         "sqlite" => (
             format!("sqlite://{}", dir.path().join("bench.db").display()),
@@ -320,27 +359,66 @@ async fn run(args: Args) -> anyhow::Result<()> {
         other => anyhow::bail!("--db: sqlite or postgres, not {other:?}"),
     };
     let port = free_port()?;
-    let cfg_path = dir.path().join("bench.toml");
-    std::fs::write(&cfg_path, config_text(&args, &sim, &db_url, port))?;
     let log = std::fs::File::create(dir.path().join("recorder.log"))?;
-    let client = reqwest::Client::new();
-    let bin = args
-        .recorder
-        .clone()
-        .unwrap_or_else(|| env!("CARGO_BIN_EXE_mdrec").into());
-    let mut child = Command::new(bin)
-        .args(["run", "-c"])
-        .arg(&cfg_path)
-        .env_remove("MDREC_DATABASE_URL")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()?;
+    let mut child = match args.peer.as_deref() {
+        None | Some("mdrec") => {
+            let cfg_path = dir.path().join("bench.toml");
+            let text = config_text(&args, &sim, &db_url, port, ca_path.as_deref());
+            std::fs::write(&cfg_path, text)?;
+            let bin = args
+                .recorder
+                .clone()
+                .unwrap_or_else(|| env!("CARGO_BIN_EXE_mdrec").into());
+            Command::new(bin)
+                .args(["run", "-c"])
+                .arg(&cfg_path)
+                .env_remove("MDREC_DATABASE_URL")
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()?
+        }
+        Some("cryptofeed") => {
+            anyhow::ensure!(
+                args.venue == "cdc-v2" && pg_name.is_some(),
+                "--peer cryptofeed: its Crypto.com feed speaks cdc-v2, into --db postgres"
+            );
+            cryptofeed(&args, &sim, &db_url, ca_path.as_deref())?
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()?
+        }
+        Some(other) => anyhow::bail!("--peer: mdrec or cryptofeed, not {other:?}"),
+    };
     let pid = child.id();
-    let metrics = format!("http://127.0.0.1:{port}/metrics");
-    let result = measure(&args, &sim, &client, &metrics, pid).await;
+    let result = match &args.peer {
+        None => {
+            let client = reqwest::Client::new();
+            let metrics = format!("http://127.0.0.1:{port}/metrics");
+            measure(&args, &sim, &client, &metrics, pid)
+                .await
+                .map(Outcome::Metrics)
+        }
+        Some(_) => {
+            let url = db_url.clone();
+            let r = measure_peer(&args, &sim, &mut child, &url).await;
+            match r {
+                Ok(w) => {
+                    // the market stops; what each recorder got is given time to land
+                    sim.halt();
+                    settle(&url).await;
+                    Ok(Outcome::Peer(w))
+                }
+                Err(e) => Err(e),
+            }
+        }
+    };
     stop(&mut child);
     let (run_cpu, peak_rss) = children_usage();
+    let stored = match (&result, &pg_name) {
+        (Ok(Outcome::Peer(_)), Some(_)) => Some(stored_tally(&db_url).await?),
+        _ => None,
+    };
     if let Some(name) = &pg_name {
         pg_drop(&args.pg, name).await;
     }
@@ -355,9 +433,294 @@ async fn run(args: Args) -> anyhow::Result<()> {
             );
         }
     };
+    match m {
+        Outcome::Metrics(m) => report(&args, &m, run_cpu, peak_rss),
+        Outcome::Peer(w) => {
+            let stored = stored.ok_or_else(|| anyhow::anyhow!("--peer needs --db postgres"))?;
+            report_peer(&args, &sim, &w, &stored, peak_rss);
+        }
+    }
     sim.shutdown().await;
-    report(&args, &m, run_cpu, peak_rss);
     Ok(())
+}
+
+/// The cryptofeed process: benches/cryptofeed_peer.py on the simulator's URLs and the fresh
+/// database, trusting the run's CA.
+fn cryptofeed(
+    args: &Args,
+    sim: &sim::SimHandle,
+    db_url: &str,
+    ca: Option<&std::path::Path>,
+) -> anyhow::Result<Command> {
+    let db = url::Url::parse(db_url)?;
+    let rest = url::Url::parse(&sim.rest_url())?;
+    let rest_base = format!(
+        "{}://{}:{}",
+        rest.scheme(),
+        rest.host_str().unwrap_or("127.0.0.1"),
+        rest.port_or_known_default().unwrap_or(443)
+    );
+    let mut cmd = Command::new(&args.python);
+    cmd.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/benches/cryptofeed_peer.py"
+    ))
+    .args(["--ws", &sim.ws_url(), "--rest", &rest_base])
+    .args(["--symbols", &symbols(&args.venue, args.symbols).join(",")])
+    .args(["--pg-host", db.host_str().unwrap_or("127.0.0.1")])
+    .args(["--pg-port", &db.port().unwrap_or(5432).to_string()])
+    .args(["--pg-user", db.username()])
+    .args(["--pg-db", db.path().trim_start_matches('/')]);
+    if let Some(ca) = ca {
+        // websockets (Python's ssl) and requests (cryptofeed's symbol listing) read these
+        cmd.env("SSL_CERT_FILE", ca).env("REQUESTS_CA_BUNDLE", ca);
+    }
+    Ok(cmd)
+}
+
+enum Outcome {
+    Metrics(Measured),
+    Peer(Window),
+}
+
+/// One recorder's window, measured from outside (no metrics of its own needed).
+struct Window {
+    secs: f64,
+    frames_sent: f64,
+    cpu: f64,
+    postgres_cpu: f64,
+    generator_cpu: f64,
+    rss_mib: f64,
+    ticks: u64,
+    expected_ticks: f64,
+    /// Connection cuts made in the window.
+    cuts: u32,
+}
+
+/// Channels a recorder subscribes per symbol: cryptofeed's four (trade, book, one candle
+/// interval, ticker), or what the recorder's configuration asks for.
+fn channels_per_symbol(args: &Args) -> usize {
+    if args.peer.as_deref() == Some("cryptofeed") {
+        return 4;
+    }
+    let klines = args.klines.as_ref().map_or(2, |k| k.len());
+    let depth = usize::from(args.depth.as_deref() != Some("false"));
+    1 + depth + klines + usize::from(!args.no_ticker)
+}
+
+async fn measure_peer(
+    args: &Args,
+    sim: &sim::SimHandle,
+    child: &mut Child,
+    db_url: &str,
+) -> anyhow::Result<Window> {
+    let pid = child.id();
+    let want = channels_per_symbol(args) * args.symbols;
+    let up = Instant::now();
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            anyhow::bail!("the recorder exited ({status}) before recording");
+        }
+        let subscribed = sim.state().subscriptions;
+        if subscribed >= want && trades_stored(db_url).await.unwrap_or(0) > 0 {
+            break;
+        }
+        if up.elapsed() > Duration::from_secs(120) {
+            anyhow::bail!("after 120 s: {subscribed} of {want} channels subscribed");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(args.warmup)).await;
+    let t0 = Instant::now();
+    let (c0, p0, g0, f0, k0) = (
+        cpu_of(pid).unwrap_or(0.0),
+        postgres_cpu(),
+        self_cpu(),
+        sim.frames_sent() as f64,
+        sim.ticks(),
+    );
+    let end = t0 + Duration::from_secs(args.seconds);
+    let mut cuts = 0;
+    if let Some(every) = args.cut_every.filter(|s| *s > 0) {
+        while Instant::now() + Duration::from_secs(every) < end {
+            tokio::time::sleep(Duration::from_secs(every)).await;
+            sim.cut_connections();
+            cuts += 1;
+        }
+    }
+    tokio::time::sleep_until(end.into()).await;
+    let secs = t0.elapsed().as_secs_f64();
+    let (c1, p1, g1, f1, k1) = (
+        cpu_of(pid).unwrap_or(0.0),
+        postgres_cpu(),
+        self_cpu(),
+        sim.frames_sent() as f64,
+        sim.ticks(),
+    );
+    Ok(Window {
+        secs,
+        frames_sent: f1 - f0,
+        cpu: c1 - c0,
+        postgres_cpu: p1 - p0,
+        generator_cpu: g1 - g0,
+        rss_mib: status_mib(pid, "VmRSS:").unwrap_or(0.0),
+        ticks: k1 - k0,
+        expected_ticks: secs * 1000.0 / args.step_ms.max(1) as f64,
+        cuts,
+    })
+}
+
+async fn trades_stored(db_url: &str) -> anyhow::Result<i64> {
+    use sqlx::Connection;
+    let mut c = sqlx::PgConnection::connect(db_url).await?;
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM trades")
+        .fetch_one(&mut c)
+        .await?;
+    Ok(n)
+}
+
+/// Waits until the stored trade count has not moved for 2 s (at most 30 s): the recorder
+/// wrote what it was going to.
+async fn settle(db_url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (mut last, mut still) = (-1, 0);
+    while Instant::now() < deadline && still < 4 {
+        let n = trades_stored(db_url).await.unwrap_or(-1);
+        if n == last {
+            still += 1;
+        } else {
+            (last, still) = (n, 0);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// What a recorder stored: trade keys (symbol in the exchange's spelling, id) with their
+/// row count, and rows per table.
+struct Stored {
+    trades: std::collections::BTreeSet<(String, i64)>,
+    trade_rows: usize,
+    tables: BTreeMap<String, i64>,
+}
+
+async fn stored_tally(db_url: &str) -> anyhow::Result<Stored> {
+    use sqlx::Connection;
+    let mut c = sqlx::PgConnection::connect(db_url).await?;
+    // both layouts have trades(symbol, trade_id); cryptofeed spells symbols BASE-QUOTE
+    let rows: Vec<(String, String)> = sqlx::query_as("SELECT symbol, trade_id::text FROM trades")
+        .fetch_all(&mut c)
+        .await?;
+    let trade_rows = rows.len();
+    let trades = rows
+        .into_iter()
+        .filter_map(|(s, id)| Some((s.replace('-', "_"), id.parse().ok()?)))
+        .collect();
+    let names: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables \
+         WHERE table_schema = 'public' AND table_type = 'BASE TABLE' AND table_name NOT LIKE '\\_%' ORDER BY 1",
+    )
+    .fetch_all(&mut c)
+    .await?;
+    let mut tables = BTreeMap::new();
+    for t in names {
+        let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM \"{t}\""))
+            .fetch_one(&mut c)
+            .await?;
+        if n > 0 {
+            tables.insert(t, n);
+        }
+    }
+    Ok(Stored {
+        trades,
+        trade_rows,
+        tables,
+    })
+}
+
+fn report_peer(args: &Args, sim: &sim::SimHandle, w: &Window, st: &Stored, peak_rss: f64) {
+    // the ledger from each symbol's first delivered trade to the halt: what the venue
+    // published while the recorder was there, delivered to it or not (cuts)
+    let (mut published, mut delivered, mut lost) = (0usize, 0usize, 0usize);
+    for s in symbols(&args.venue, args.symbols) {
+        let d = sim.delivered(&s);
+        delivered += d.len();
+        let Some(first) = d.first().copied() else {
+            continue;
+        };
+        for t in sim.trades(&s).iter().filter(|t| t.id >= first) {
+            published += 1;
+            if !st.trades.contains(&(s.clone(), t.id)) {
+                lost += 1;
+            }
+        }
+    }
+    let duplicated = st.trade_rows - st.trades.len();
+    let per_m = if w.frames_sent > 0.0 {
+        w.cpu / w.frames_sent * 1e6
+    } else {
+        f64::NAN
+    };
+    let gen_busy = w.generator_cpu / w.secs;
+    let limited = (w.ticks as f64) < 0.95 * w.expected_ticks || gen_busy > 1.6;
+    let peer = args.peer.as_deref().unwrap_or("mdrec");
+    let tables: Vec<String> = st.tables.iter().map(|(t, n)| format!("{t} {n}")).collect();
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "\n{peer}: {} symbols, {}{}, {} ms steps, {:.0} s measured after {} s warm-up{}",
+        args.symbols,
+        args.venue,
+        if args.tls { " over TLS" } else { "" },
+        args.step_ms,
+        w.secs,
+        args.warmup,
+        if w.cuts > 0 {
+            format!(", every connection cut {} times", w.cuts)
+        } else {
+            String::new()
+        }
+    );
+    let _ = writeln!(
+        out,
+        "| recorder | messages/s | CPU s / M messages | messages / CPU s | cores | PG cores | RSS MiB (peak) | trades published | delivered | lost | duplicated | generator |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        out,
+        "| {peer} | {:.0} | {:.1} | {:.0} | {:.3} | {:.3} | {:.0} ({:.0}) | {published} | {delivered} | {lost} | {duplicated} | {} |",
+        w.frames_sent / w.secs,
+        per_m,
+        if w.cpu > 0.0 {
+            w.frames_sent / w.cpu
+        } else {
+            f64::NAN
+        },
+        w.cpu / w.secs,
+        w.postgres_cpu / w.secs,
+        w.rss_mib,
+        peak_rss,
+        if limited {
+            format!("LIMIT ({gen_busy:.2} cores)")
+        } else {
+            format!("ok ({gen_busy:.2} cores)")
+        },
+    );
+    let _ = writeln!(out, "rows stored (whole run): {}", tables.join(", "));
+    if args.json {
+        let _ = writeln!(
+            out,
+            "{}",
+            serde_json::json!({
+                "peer": peer, "symbols": args.symbols, "venue": args.venue, "tls": args.tls,
+                "seconds": w.secs, "messages_per_s": w.frames_sent / w.secs,
+                "cpu_s_per_m_messages": per_m, "cores": w.cpu / w.secs,
+                "postgres_cores": w.postgres_cpu / w.secs, "rss_mib": w.rss_mib,
+                "trades_published": published, "trades_delivered": delivered, "trades_lost": lost,
+                "cuts": w.cuts, "trades_duplicated": duplicated,
+                "tables": st.tables, "generator_limited": limited,
+            })
+        );
+    }
 }
 
 struct Measured {
