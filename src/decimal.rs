@@ -8,12 +8,16 @@
 
 use std::fmt;
 
+use compact_str::CompactString;
+
 /// Longest canonical text accepted; bounds memory for hostile exponents like `1e999999`.
 const MAX_LEN: usize = 120;
 
 /// Equality is numeric equality, since the spelling is canonical; ordering is numeric too.
+/// Held inline up to 24 bytes (every price and quantity a venue sends in practice), so
+/// parsing one allocates nothing; longer spellings go to the heap.
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct Dec(Box<str>);
+pub struct Dec(CompactString);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecError {
@@ -28,7 +32,7 @@ impl Dec {
     pub fn parse(text: &str) -> Result<Dec, DecError> {
         if text.len() <= MAX_LEN {
             if is_canonical(text) {
-                return Ok(Dec(text.into()));
+                return Ok(Dec(CompactString::new(text)));
             }
             if let Some(d) = strip_zeros(text) {
                 return Ok(d);
@@ -82,13 +86,13 @@ impl Dec {
             digits.pop();
         }
         if digits.is_empty() {
-            return Ok(Dec("0".into()));
+            return Ok(Dec(CompactString::const_new("0")));
         }
         let rendered_len = digits.len() as i64 + point.unsigned_abs() as i64 + 3;
         if rendered_len > MAX_LEN as i64 {
             return Err(DecError::TooLong(rendered_len as usize));
         }
-        let mut out = String::with_capacity(rendered_len as usize);
+        let mut out = CompactString::with_capacity(rendered_len as usize);
         if neg {
             out.push('-');
         }
@@ -107,7 +111,7 @@ impl Dec {
             out.push('.');
             out.push_str(&d[point as usize..]);
         }
-        Ok(Dec(out.into_boxed_str()))
+        Ok(Dec(out))
     }
 
     pub fn as_str(&self) -> &str {
@@ -137,7 +141,7 @@ impl Dec {
         // spelling (no exponent, no trailing zeros) except for "-0", which never matches.
         SqliteNumber::Real {
             value: f,
-            exact: f.is_finite() && format!("{f}") == *self.0,
+            exact: f.is_finite() && format!("{f}") == self.0.as_str(),
         }
     }
 
@@ -178,7 +182,8 @@ fn is_canonical(t: &str) -> bool {
 }
 
 /// Second path: plain `[+-]?digits[.digits]` with extra leading or trailing zeros, as servers
-/// pad amounts (`0.2690300000000000`); one allocation. None for anything else.
+/// pad amounts (`0.2690300000000000`); no allocation when the result is short. None for
+/// anything else.
 fn strip_zeros(t: &str) -> Option<Dec> {
     let (neg, body) = match t.as_bytes().first() {
         Some(b'-') => (true, &t[1..]),
@@ -195,11 +200,11 @@ fn strip_zeros(t: &str) -> Option<Dec> {
     let int = int.trim_start_matches('0');
     let frac = frac.trim_end_matches('0');
     if int.is_empty() && frac.is_empty() {
-        return Some(Dec("0".into()));
+        return Some(Dec(CompactString::const_new("0")));
     }
     let int = if int.is_empty() { "0" } else { int };
     let len = neg as usize + int.len() + if frac.is_empty() { 0 } else { frac.len() + 1 };
-    let mut s = String::with_capacity(len);
+    let mut s = CompactString::with_capacity(len);
     if neg {
         s.push('-');
     }
@@ -208,7 +213,7 @@ fn strip_zeros(t: &str) -> Option<Dec> {
         s.push('.');
         s.push_str(frac);
     }
-    Some(Dec(s.into_boxed_str()))
+    Some(Dec(s))
 }
 
 /// How a decimal is held in a SQLite cell.
@@ -278,7 +283,8 @@ impl std::str::FromStr for Dec {
 impl From<rust_decimal::Decimal> for Dec {
     fn from(d: rust_decimal::Decimal) -> Self {
         // Decimal's Display is plain decimal syntax; normalize() drops trailing zeros.
-        Dec::parse(&d.normalize().to_string()).unwrap_or_else(|_| Dec("0".into()))
+        Dec::parse(&d.normalize().to_string())
+            .unwrap_or_else(|_| Dec(CompactString::const_new("0")))
     }
 }
 
@@ -298,6 +304,24 @@ impl<'de> serde::Deserialize<'de> for Dec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn common_spellings_live_inline_long_ones_on_the_heap() {
+        for t in [
+            "86650.65",
+            "0.2690300000000000",
+            "23311.6243695",
+            "-0.00000001",
+            "1e-8",
+        ] {
+            assert!(!Dec::parse(t).unwrap().0.is_heap_allocated(), "{t}");
+        }
+        let long = "12345678901234567890.123456789012345678";
+        let d = Dec::parse(long).unwrap();
+        assert!(d.0.is_heap_allocated());
+        assert_eq!(d.as_str(), long);
+        assert_eq!(std::mem::size_of::<Dec>(), 24);
+    }
 
     #[test]
     fn canonical_spellings() {

@@ -694,8 +694,9 @@ struct Reader {
     subscribed: Vec<bool>,
     /// Feeds subscribed whose hole is to be checked at the next frame.
     to_check: Vec<usize>,
-    /// Per (feed, depth step): the last full book stored on this connection (`depth_dedupe`).
-    last_books: HashMap<(usize, i16), (Vec<crate::model::Level>, Vec<crate::model::Level>)>,
+    /// Per (feed, depth step): the fingerprint of the last full book stored on this
+    /// connection (`depth_dedupe`; a 128-bit hash, not a copy of the book).
+    last_books: HashMap<(usize, i16), u128>,
     /// Per feed: when its trade-id jump was last handed to backfill.
     last_jump_check: Vec<Option<Instant>>,
     channels: Vec<ChannelSeen>,
@@ -1159,16 +1160,15 @@ impl Reader {
         if w.config.record.depth_dedupe {
             let books = &mut self.last_books;
             events.retain(|ev| match ev {
-                Event::BookSnapshot(b) => match books.get(&(i, b.depth_step)) {
-                    Some((bids, asks)) if *bids == b.bids && *asks == b.asks => {
+                Event::BookSnapshot(b) => {
+                    let fp = book_fingerprint(b);
+                    if books.insert((i, b.depth_step), fp) == Some(fp) {
                         stats.books_deduped.fetch_add(1, Ordering::Relaxed);
                         false
-                    }
-                    _ => {
-                        books.insert((i, b.depth_step), (b.bids.clone(), b.asks.clone()));
+                    } else {
                         true
                     }
-                },
+                }
                 // after a delta the book differs from the last snapshot stored
                 Event::BookDelta(d) => {
                     books.remove(&(i, d.depth_step));
@@ -1248,6 +1248,65 @@ pub async fn supervise(w: Worker) {
         tokio::select! {
             _ = w.shutdown.cancelled() => return,
             _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// A book's levels as one 128-bit hash (xxh3) for `depth_dedupe`: two books with the same
+/// fingerprint are taken as equal (a collision, which would drop a changed book, has odds of
+/// about 2^-128 per comparison). Separators keep `1.2/3` apart from `1/2.3`.
+fn book_fingerprint(b: &crate::model::BookSnapshot) -> u128 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for (side, levels) in [(b"b", &b.bids), (b"a", &b.asks)] {
+        h.update(side);
+        for (p, q) in levels {
+            h.update(p.as_str().as_bytes());
+            h.update(b"/");
+            h.update(q.as_str().as_bytes());
+            h.update(b";");
+        }
+    }
+    h.digest128()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::book_fingerprint;
+    use crate::decimal::Dec;
+    use crate::model::BookSnapshot;
+
+    fn book(bids: &[(&str, &str)], asks: &[(&str, &str)]) -> BookSnapshot {
+        let side = |v: &[(&str, &str)]| {
+            v.iter()
+                .map(|(p, q)| (Dec::parse(p).unwrap(), Dec::parse(q).unwrap()))
+                .collect()
+        };
+        BookSnapshot {
+            venue: "cdc-exchange",
+            symbol: "BTC_USD".into(),
+            depth_step: 10,
+            event_time_ms: 1,
+            recv_time_us: 1,
+            bids: side(bids),
+            asks: side(asks),
+        }
+    }
+
+    #[test]
+    fn fingerprints_tell_books_apart_by_levels_only() {
+        let a = book(&[("100.5", "1")], &[("101", "2.5")]);
+        // other times, same levels: the same book
+        let mut same = a.clone();
+        same.event_time_ms = 99;
+        assert_eq!(book_fingerprint(&a), book_fingerprint(&same));
+        for other in [
+            book(&[("100.5", "1.1")], &[("101", "2.5")]),
+            book(&[], &[("100.5", "1"), ("101", "2.5")]),
+            book(&[("100.5", "1"), ("101", "2.5")], &[]),
+            book(&[("100", "5.1")], &[("101", "2.5")]),
+            book(&[("100.5", "1")], &[("101", "2.5"), ("102", "1")]),
+        ] {
+            assert_ne!(book_fingerprint(&a), book_fingerprint(&other), "{other:?}");
         }
     }
 }
