@@ -432,6 +432,10 @@ pub struct WriterConfig {
     /// Events buffered between workers and the writer; a full queue slows the readers.
     #[serde(default = "default_queue")]
     pub queue_capacity: usize,
+    /// The same queue's bound in bytes (events as held in memory): whichever bound is reached
+    /// first makes the readers wait.
+    #[serde(default = "default_queue_bytes")]
+    pub queue_bytes: usize,
     /// A database write taking longer than this counts as failed (the batch goes to the spool).
     #[serde(default = "default_write_timeout")]
     pub write_timeout_s: u64,
@@ -461,6 +465,9 @@ fn default_flush_ms() -> u64 {
 fn default_queue() -> usize {
     50_000
 }
+fn default_queue_bytes() -> usize {
+    64 << 20
+}
 
 impl Default for WriterConfig {
     fn default() -> Self {
@@ -468,6 +475,7 @@ impl Default for WriterConfig {
             batch_rows: default_batch_rows(),
             flush_interval_ms: default_flush_ms(),
             queue_capacity: default_queue(),
+            queue_bytes: default_queue_bytes(),
             write_timeout_s: default_write_timeout(),
             spool_dir: None,
             spool_max_bytes: default_spool_max(),
@@ -764,6 +772,12 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        if w.queue_bytes < 1 << 20 {
+            return Err(ConfigError::new(
+                "writer.queue_bytes",
+                format!("must be at least 1048576 (1 MiB), got {}", w.queue_bytes),
+            ));
+        }
         if !self.metrics.listen.is_empty()
             && self.metrics.listen.parse::<std::net::SocketAddr>().is_err()
         {
@@ -858,6 +872,10 @@ listen = "127.0.0.1:9187"
     fn errors_name_the_key() {
         let cases = [
             (GOOD.replace("symbols =", "symbls ="), "record.symbls"),
+            (
+                GOOD.replace("[metrics]", "[writer]\nqueue_bytes = 4096\n[metrics]"),
+                "writer.queue_bytes",
+            ),
             (
                 GOOD.replace("depth = \"step0\"", "depth = \"step5\""),
                 "record.depth",

@@ -118,6 +118,15 @@ impl Dec {
         &self.0
     }
 
+    /// Heap bytes this value owns (0 for the inline common case).
+    pub fn heap_bytes(&self) -> usize {
+        if self.0.is_heap_allocated() {
+            self.0.capacity()
+        } else {
+            0
+        }
+    }
+
     pub fn is_zero(&self) -> bool {
         &*self.0 == "0"
     }

@@ -371,6 +371,50 @@ impl StreamKey {
 }
 
 impl Event {
+    /// About what the event holds in memory (the value and what it owns on the heap; shared
+    /// `Arc` names not counted): the unit of the writer queue's byte bound.
+    pub fn approx_bytes(&self) -> usize {
+        let dec = |d: &Dec| d.heap_bytes();
+        let opt = |d: &Option<Dec>| d.as_ref().map_or(0, dec);
+        let text = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+        std::mem::size_of::<Event>()
+            + match self {
+                Event::Trade(t) => dec(&t.price) + dec(&t.qty) + opt(&t.quote_qty),
+                Event::Kline(k) => {
+                    dec(&k.open)
+                        + dec(&k.high)
+                        + dec(&k.low)
+                        + dec(&k.close)
+                        + dec(&k.volume)
+                        + opt(&k.quote_volume)
+                }
+                Event::BookSnapshot(b) => {
+                    (b.bids.capacity() + b.asks.capacity()) * std::mem::size_of::<Level>()
+                        + b.bids
+                            .iter()
+                            .chain(&b.asks)
+                            .map(|(p, q)| dec(p) + dec(q))
+                            .sum::<usize>()
+                }
+                Event::BookDelta(d) => dec(&d.price) + dec(&d.qty),
+                Event::Ticker(t) => [
+                    &t.open,
+                    &t.high,
+                    &t.low,
+                    &t.close,
+                    &t.volume,
+                    &t.quote_volume,
+                    &t.change,
+                ]
+                .into_iter()
+                .map(opt)
+                .sum(),
+                Event::Session(s) => s.session_id.len() + text(&s.close_reason),
+                Event::Market(m) => text(&m.base) + text(&m.quote),
+                Event::Gap(g) => g.stream.len() + text(&g.detail),
+            }
+    }
+
     /// The table this event becomes a row of.
     pub fn table(&self) -> Table {
         match self {

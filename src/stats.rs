@@ -6,7 +6,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::model::StreamKey;
@@ -28,7 +27,7 @@ pub struct RunStats {
     /// split off or opened for instruments listed later, less those whose symbols all left.
     pub connections: Arc<std::sync::atomic::AtomicUsize>,
     /// Observes the writer's queue without keeping it open.
-    pub(crate) queue: Option<mpsc::WeakSender<crate::model::Event>>,
+    pub(crate) queue: Option<crate::store::queue::QueueGauge>,
     /// Where `/metrics` and `/healthz` are served (unset: `[metrics] listen` is empty).
     pub metrics_addr: std::sync::OnceLock<std::net::SocketAddr>,
     /// The shutdown deadline of this run.
@@ -38,11 +37,12 @@ pub struct RunStats {
 impl RunStats {
     /// Events waiting in the writer's queue now.
     pub fn queue_depth(&self) -> usize {
-        self.queue
-            .as_ref()
-            .and_then(|w| w.upgrade())
-            .map(|tx| tx.max_capacity() - tx.capacity())
-            .unwrap_or(0)
+        self.queue.as_ref().map_or(0, |q| q.depth())
+    }
+
+    /// Bytes of the events waiting in the writer's queue now (bounded by `writer.queue_bytes`).
+    pub fn queue_bytes(&self) -> usize {
+        self.queue.as_ref().map_or(0, |q| q.bytes())
     }
 }
 

@@ -17,7 +17,6 @@ use mdrec::model::{Event, Session, Side, Source, Trade};
 use mdrec::store::spool::Spool;
 use mdrec::store::writer::{self, WriterStats};
 use mdrec::store::{Batch, ErrorClass, Store, classify};
-use tokio::sync::mpsc;
 
 /// The price the test trigger refuses.
 const POISON: &str = "13.37";
@@ -117,7 +116,7 @@ async fn write_through(
     spool_dir: &Path,
     events: Vec<Event>,
 ) -> Arc<WriterStats> {
-    let (tx, rx) = mpsc::channel(events.len().max(1));
+    let (tx, rx) = mdrec::store::queue::channel(events.len().max(1), 64 << 20);
     for ev in events {
         tx.send(ev).await.unwrap();
     }

@@ -11,7 +11,6 @@ use mdrec::decimal::Dec;
 use mdrec::model::{Event, Side, Source, Trade};
 use mdrec::store::Store;
 use mdrec::store::writer::{self, WriterStats};
-use tokio::sync::mpsc;
 
 fn trade(id: i64) -> Event {
     Event::Trade(Trade {
@@ -43,7 +42,7 @@ async fn setup(
 ) -> (
     tempfile::TempDir,
     Arc<Store>,
-    mpsc::Sender<Event>,
+    mdrec::store::queue::EventTx,
     Arc<WriterStats>,
     tokio::task::JoinHandle<()>,
 ) {
@@ -59,14 +58,14 @@ async fn setup_queued(
 ) -> (
     tempfile::TempDir,
     Arc<Store>,
-    mpsc::Sender<Event>,
+    mdrec::store::queue::EventTx,
     Arc<WriterStats>,
     tokio::task::JoinHandle<()>,
 ) {
     let (dir, url) = sqlite_db();
     let store = Arc::new(Store::connect(&url).await.unwrap());
     store.migrate().await.unwrap();
-    let (tx, rx) = mpsc::channel(capacity);
+    let (tx, rx) = mdrec::store::queue::channel(capacity, 64 << 20);
     for ev in queued {
         tx.send(ev).await.unwrap();
     }

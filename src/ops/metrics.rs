@@ -34,7 +34,7 @@ const WRITE_SECONDS_BUCKETS: [f64; 12] = [
 ];
 
 /// Name, unit, help: every metric this module exports.
-const DESCRIPTIONS: [(&str, Option<Unit>, &str); 33] = [
+const DESCRIPTIONS: [(&str, Option<Unit>, &str); 34] = [
     (
         "mdrec_frames_received_total",
         None,
@@ -101,6 +101,11 @@ const DESCRIPTIONS: [(&str, Option<Unit>, &str); 33] = [
         "mdrec_queue_depth",
         None,
         "Events waiting in the writer's queue.",
+    ),
+    (
+        "mdrec_queue_bytes",
+        Some(Unit::Bytes),
+        "Bytes of the events waiting in the writer's queue (bounded by writer.queue_bytes).",
     ),
     (
         "mdrec_spool_bytes",
@@ -355,6 +360,7 @@ impl Exporter {
         let up = wr.failing_since_ms.load(Ordering::Relaxed) == 0;
         g("mdrec_database_up", &[], if up { 1.0 } else { 0.0 });
         g("mdrec_queue_depth", &[], stats.queue_depth() as f64);
+        g("mdrec_queue_bytes", &[], stats.queue_bytes() as f64);
         let b = &stats.backfill;
         c("mdrec_backfill_checks_total", &[], load(&b.runs));
         c("mdrec_backfill_failures_total", &[], load(&b.failures));

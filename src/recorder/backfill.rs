@@ -36,7 +36,7 @@ pub struct Backfill {
     pub venue: Arc<dyn Venue>,
     pub rest: Arc<RestClient>,
     pub config: Arc<Config>,
-    pub tx: mpsc::Sender<Event>,
+    pub tx: crate::store::queue::EventTx,
     pub marks: super::fleet::MarksMap,
     pub stagger: Arc<Stagger>,
     pub stats: Arc<BackfillStats>,

@@ -20,7 +20,7 @@ pub async fn sync(
     venue: &Arc<dyn Venue>,
     config: &Config,
     rest: &RestClient,
-    tx: &mpsc::Sender<Event>,
+    tx: &crate::store::queue::EventTx,
 ) -> Option<Vec<String>> {
     let path = venue.markets_path();
     let body = match rest.get(path).await {
@@ -129,7 +129,7 @@ pub async fn relist(
     venue: &Arc<dyn Venue>,
     config: &Config,
     rest: &RestClient,
-    tx: &mpsc::Sender<Event>,
+    tx: &crate::store::queue::EventTx,
     fleet: &mpsc::UnboundedSender<super::fleet::Request>,
 ) {
     let path = venue.markets_path();

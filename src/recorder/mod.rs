@@ -143,9 +143,10 @@ pub async fn start(
     } else {
         Some(crate::ops::metrics::Exporter::new().context("setting up metrics")?)
     };
-    let (tx, rx) = mpsc::channel(config.writer.queue_capacity);
+    let (tx, rx) =
+        crate::store::queue::channel(config.writer.queue_capacity, config.writer.queue_bytes);
     let mut stats = RunStats {
-        queue: Some(tx.downgrade()),
+        queue: Some(tx.gauge()),
         ..RunStats::default()
     };
     if let Some(e) = &exporter {

@@ -65,7 +65,7 @@ pub struct Worker {
     index: Arc<HashMap<Arc<str>, usize>>,
     pub config: Arc<Config>,
     /// Into the writer; a full queue makes this worker wait (backpressure).
-    pub tx: mpsc::Sender<Event>,
+    pub tx: crate::store::queue::EventTx,
     pub shutdown: CancellationToken,
     /// Connection attempts of all workers share this rate.
     pub stagger: Arc<Stagger>,
@@ -103,7 +103,7 @@ pub enum Control {
 pub struct Shared {
     pub venue: Arc<dyn Venue>,
     pub config: Arc<Config>,
-    pub tx: mpsc::Sender<Event>,
+    pub tx: crate::store::queue::EventTx,
     pub shutdown: CancellationToken,
     pub stagger: Arc<Stagger>,
     pub deadline: Arc<crate::runtime::deadline::Deadline>,

@@ -6,6 +6,7 @@
 pub mod batch;
 pub mod figures;
 pub mod postgres;
+pub mod queue;
 pub mod read;
 pub mod spool;
 pub mod sqlite;

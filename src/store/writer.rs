@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::spool::Spool;
@@ -191,7 +190,7 @@ pub async fn replay_spool(
 
 pub async fn run(
     store: Arc<Store>,
-    rx: mpsc::Receiver<Event>,
+    rx: crate::store::queue::EventRx,
     cfg: WriterConfig,
     stats: Arc<WriterStats>,
     spool: Option<Spool>,
@@ -203,7 +202,7 @@ pub async fn run(
 /// [`run`], starting while the database has not answered yet (see [`Startup`]).
 pub async fn run_from(
     store: Arc<Store>,
-    mut rx: mpsc::Receiver<Event>,
+    mut rx: crate::store::queue::EventRx,
     cfg: WriterConfig,
     stats: Arc<WriterStats>,
     spool: Option<Spool>,
@@ -331,11 +330,11 @@ impl FlushPolicy {
 const BACKLOG_ROWS: usize = 20_000;
 
 /// Moves events already queued into the batch until it holds `most` rows (never waits).
-fn take_backlog(rx: &mut mpsc::Receiver<Event>, batch: &mut Batch, most: usize) {
+fn take_backlog(rx: &mut crate::store::queue::EventRx, batch: &mut Batch, most: usize) {
     while batch.rows() < most {
         match rx.try_recv() {
-            Ok(ev) => batch.push(ev),
-            Err(_) => break,
+            Some(ev) => batch.push(ev),
+            None => break,
         }
     }
 }
