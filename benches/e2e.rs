@@ -145,6 +145,7 @@ struct Scrape {
     rows: BTreeMap<String, f64>,
     frames: f64,
     queue: f64,
+    queue_bytes: f64,
     latency: LatencyCounts,
     reconnects: f64,
 }
@@ -173,6 +174,8 @@ fn parse_metrics(text: &str) -> Scrape {
             s.reconnects += v;
         } else if name == "mdrec_queue_depth" {
             s.queue = v;
+        } else if name == "mdrec_queue_bytes" {
+            s.queue_bytes = v;
         } else if name.starts_with("mdrec_frame_to_commit_seconds_bucket{") {
             let Some(le) = label("le") else { continue };
             let i = if le == "+Inf" {
@@ -732,6 +735,7 @@ struct Measured {
     postgres_cpu: f64,
     generator_cpu: f64,
     max_queue: f64,
+    queue_bytes: f64,
     rss_mib: f64,
     latency: LatencyCounts,
     ticks: u64,
@@ -774,11 +778,15 @@ async fn measure(
     );
     // the measured window: the queue read every 5 s (a scrape costs the recorder a little)
     let mut max_queue = s0.queue;
+    // the queue's bytes when it was deepest: memory per queued event
+    let mut queue_bytes = s0.queue_bytes;
     let end = t0 + Duration::from_secs(args.seconds);
     while Instant::now() + Duration::from_secs(5) < end {
         tokio::time::sleep(Duration::from_secs(5)).await;
-        if let Some(s) = scrape(client, metrics).await {
-            max_queue = max_queue.max(s.queue);
+        if let Some(s) = scrape(client, metrics).await
+            && s.queue > max_queue
+        {
+            (max_queue, queue_bytes) = (s.queue, s.queue_bytes);
         }
     }
     tokio::time::sleep_until(end.into()).await;
@@ -794,7 +802,9 @@ async fn measure(
     let s1 = scrape(client, metrics)
         .await
         .ok_or_else(|| anyhow::anyhow!("metrics unreadable"))?;
-    max_queue = max_queue.max(s1.queue);
+    if s1.queue > max_queue {
+        (max_queue, queue_bytes) = (s1.queue, s1.queue_bytes);
+    }
     let rows = s1
         .rows
         .iter()
@@ -809,6 +819,7 @@ async fn measure(
         postgres_cpu: p1 - p0,
         generator_cpu: g1 - g0,
         max_queue,
+        queue_bytes,
         rss_mib,
         latency: s1.latency.since(&s0.latency),
         ticks: k1 - k0,
@@ -898,6 +909,15 @@ fn report(args: &Args, m: &Measured, run_cpu: f64, peak_rss: f64) {
         "whole run (getrusage of the exited recorder): {run_cpu:.1} CPU-s, peak RSS {peak_rss:.0} MiB; reconnects in the window: {}",
         m.reconnects
     );
+    if m.max_queue > 0.0 {
+        let _ = writeln!(
+            out,
+            "queue at its deepest: {:.0} events, {:.1} MiB ({:.0} bytes an event)",
+            m.max_queue,
+            m.queue_bytes / (1 << 20) as f64,
+            m.queue_bytes / m.max_queue
+        );
+    }
     if generator_limited {
         let _ = writeln!(
             out,
@@ -917,6 +937,7 @@ fn report(args: &Args, m: &Measured, run_cpu: f64, peak_rss: f64) {
                 "recorder_cpu_s_per_m_rows": per_m(m.recorder_cpu, rows),
                 "recorder_cores": m.recorder_cpu / m.secs, "postgres_cores": m.postgres_cpu / m.secs,
                 "rss_mib": m.rss_mib, "peak_rss_mib": peak_rss, "queue_max": m.max_queue,
+                "queue_bytes_at_max": m.queue_bytes,
                 "p50_s": m.latency.quantile(0.5), "p99_s": m.latency.quantile(0.99),
                 "generator_cores": gen_busy, "generator_limited": generator_limited,
             })
