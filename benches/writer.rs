@@ -55,6 +55,101 @@ fn run(c: &mut Criterion, name: &str, rt: &tokio::runtime::Runtime, store: &Stor
     g.finish();
 }
 
+/// The batch's trades as COPY text rows (tab-separated, `\N` for NULL).
+fn copy_text(b: &Batch) -> Vec<u8> {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    for t in &b.trades {
+        let _ = writeln!(
+            out,
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            t.venue,
+            t.symbol,
+            t.trade_id,
+            t.side.as_str(),
+            t.price,
+            t.qty,
+            t.quote_qty
+                .as_ref()
+                .map_or("\\N".to_string(), |q| q.to_string()),
+            t.event_time_ms,
+            t.recv_time_us,
+            t.source.as_str()
+        );
+    }
+    out.into_bytes()
+}
+
+const COLUMNS: &str =
+    "venue, symbol, trade_id, side, price, qty, quote_qty, event_time_ms, recv_time_us, source";
+
+/// The alternatives to the writer's `INSERT ... SELECT FROM UNNEST` on PostgreSQL, on the
+/// same batches in the same run: COPY into a staging table then one `INSERT ... SELECT ...
+/// ON CONFLICT` with the writer's rule (the correct, idempotent use of COPY), and a bare COPY
+/// into the table (the floor: no conflict handling, so it is only right for new keys).
+fn copy_variants(c: &mut Criterion, rt: &tokio::runtime::Runtime, url: &str) {
+    use sqlx::Connection;
+    let mut conn = rt.block_on(sqlx::PgConnection::connect(url)).unwrap();
+    rt.block_on(
+        sqlx::query(
+            "CREATE TEMP TABLE stage_trades (LIKE trades INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
+        )
+        .execute(&mut conn),
+    )
+    .unwrap();
+    let mut g = c.benchmark_group("writer/postgres_copy");
+    g.measurement_time(Duration::from_secs(8));
+    g.sample_size(20);
+    // ids clear of the other groups'
+    let mut next_id = 1_000_000_000i64;
+    for rows in [500usize, 2000, 5000] {
+        g.throughput(Throughput::Elements(rows as u64));
+        for variant in ["copy_staging_upsert", "copy_plain"] {
+            g.bench_with_input(BenchmarkId::new(variant, rows), &rows, |b, &rows| {
+                b.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        let batch = batch(next_id, rows);
+                        next_id += rows as i64;
+                        let t = Instant::now();
+                        rt.block_on(async {
+                            let mut tx = conn.begin().await.unwrap();
+                            let target = if variant == "copy_plain" {
+                                "trades"
+                            } else {
+                                "stage_trades"
+                            };
+                            let mut copy = tx
+                                .copy_in_raw(&format!("COPY {target} ({COLUMNS}) FROM STDIN"))
+                                .await
+                                .unwrap();
+                            copy.send(copy_text(&batch)).await.unwrap();
+                            copy.finish().await.unwrap();
+                            if variant != "copy_plain" {
+                                sqlx::query(&format!(
+                                    "INSERT INTO trades ({COLUMNS}) SELECT {COLUMNS} FROM stage_trades \
+                                     ON CONFLICT (venue, symbol, trade_id) DO UPDATE SET quote_qty = excluded.quote_qty \
+                                     WHERE trades.quote_qty IS NULL AND excluded.quote_qty IS NOT NULL \
+                                     AND trades.side = excluded.side AND trades.price = excluded.price \
+                                     AND trades.qty = excluded.qty AND trades.event_time_ms = excluded.event_time_ms"
+                                ))
+                                .execute(&mut *tx)
+                                .await
+                                .unwrap();
+                            }
+                            tx.commit().await.unwrap();
+                        });
+                        total += t.elapsed();
+                    }
+                    total
+                })
+            });
+        }
+    }
+    g.finish();
+    rt.block_on(conn.close()).unwrap();
+}
+
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -83,11 +178,11 @@ fn bench(c: &mut Criterion) {
         .rsplit_once('/')
         .map(|(b, _)| b.to_string())
         .unwrap_or(admin.clone());
-    let pg = rt
-        .block_on(Store::connect(&format!("{base}/{name}")))
-        .unwrap();
+    let pg_url = format!("{base}/{name}");
+    let pg = rt.block_on(Store::connect(&pg_url)).unwrap();
     rt.block_on(pg.migrate()).unwrap();
     run(c, "postgres", &rt, &pg);
+    copy_variants(c, &rt, &pg_url);
     rt.block_on(pg.close());
     rt.block_on(async {
         use sqlx::Connection;
