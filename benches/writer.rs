@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use mdrec::decimal::Dec;
-use mdrec::model::{Event, Side, Source, Trade};
+use mdrec::model::{BookDelta, BookSide, Event, Kline, Side, Source, Ticker, Trade};
 use mdrec::store::{Batch, Store};
 
 fn batch(start_id: i64, n: usize) -> Batch {
@@ -29,6 +29,115 @@ fn batch(start_id: i64, n: usize) -> Batch {
         }));
     }
     b
+}
+
+/// A flush as the writer sees one under load from 800 instruments of today's venue (the
+/// harness's row mix: 40 % book deltas, 27 % trades, 20 % candle updates, 13 % tickers).
+/// Candles update the same 4,000 bars every iteration with a later event time (the forming
+/// bars a live feed keeps rewriting), so their statement takes its update path.
+fn mixed(iteration: i64, rows: usize) -> Batch {
+    let mut b = Batch::default();
+    let syms: Vec<Arc<str>> = (0..800).map(|i| Arc::from(format!("C{i:03}_USD"))).collect();
+    let ivs: Vec<Arc<str>> = ["1m", "5m", "15m", "1h", "4h"]
+        .iter()
+        .map(|s| Arc::from(*s))
+        .collect();
+    let dec = |s: String| Dec::parse(&s).unwrap();
+    let base_us = 1_790_000_000_000_000 + iteration * 10_000_000;
+    let n = |pct: usize| rows * pct / 100;
+    for i in 0..n(40) {
+        let sym = syms[i % 800].clone();
+        b.push(Event::BookDelta(BookDelta {
+            venue: "cdc-exchange",
+            symbol: sym,
+            depth_step: 50,
+            event_time_ms: base_us / 1000,
+            recv_time_us: base_us + (i / 800) as i64,
+            seq: (i / 800) as i32,
+            side: if i % 2 == 0 { BookSide::Bid } else { BookSide::Ask },
+            price: dec(format!("86650.{:02}", i % 100)),
+            qty: dec(format!("0.{:05}", i % 99_991 + 1)),
+            update_id: Some(iteration * 1_000_000 + i as i64),
+            prev_update_id: Some(iteration * 1_000_000 + i as i64 - 1),
+        }));
+    }
+    for i in 0..n(27) {
+        let id = iteration * 1_000_000 + i as i64;
+        b.push(Event::Trade(Trade {
+            venue: "cdc-exchange",
+            symbol: syms[i % 800].clone(),
+            trade_id: id,
+            side: if id % 2 == 0 { Side::Buy } else { Side::Sell },
+            price: dec(format!("86650.{:02}", id % 100)),
+            qty: dec(format!("0.{:05}", id % 99_991 + 1)),
+            quote_qty: None,
+            event_time_ms: base_us / 1000 + i as i64,
+            recv_time_us: base_us + i as i64,
+            source: Source::Ws,
+        }));
+    }
+    for i in 0..n(20).min(4000) {
+        b.push(Event::Kline(Kline {
+            venue: "cdc-exchange",
+            symbol: syms[i % 800].clone(),
+            interval: ivs[(i / 800) % 5].clone(),
+            open_time_ms: 1_790_000_000_000,
+            open: dec("86650.1".into()),
+            high: dec(format!("8670{}.5", iteration % 10)),
+            low: dec("86600.2".into()),
+            close: dec(format!("86650.{:02}", iteration % 100)),
+            volume: dec(format!("{}.125", iteration)),
+            quote_volume: None,
+            closed: false,
+            event_time_ms: base_us / 1000,
+            recv_time_us: base_us,
+            source: Source::Ws,
+        }));
+    }
+    for i in 0..n(13) {
+        b.push(Event::Ticker(Ticker {
+            venue: "cdc-exchange",
+            symbol: syms[i % 800].clone(),
+            event_time_ms: base_us / 1000,
+            recv_time_us: base_us + (i / 800) as i64,
+            open: None,
+            high: Some(dec("86700.5".into())),
+            low: Some(dec("86600.2".into())),
+            close: Some(dec(format!("86650.{:02}", i % 100))),
+            volume: Some(dec("1234.5".into())),
+            quote_volume: None,
+            change: Some(dec("-0.0123".into())),
+        }));
+    }
+    b
+}
+
+/// Mixed flushes of the sizes the writer commits under load (2000 rows; up to 20000 when it
+/// takes a backlog): the writer's own ceiling on this mix, without a load generator or a
+/// recorder sharing the cores.
+fn run_mixed(c: &mut Criterion, name: &str, rt: &tokio::runtime::Runtime, store: &Store) {
+    let mut g = c.benchmark_group(format!("writer/{name}"));
+    g.measurement_time(Duration::from_secs(10));
+    g.sample_size(10);
+    let mut iteration = 1i64;
+    for rows in [2000usize, 20000] {
+        let probe = mixed(0, rows).rows();
+        g.throughput(Throughput::Elements(probe as u64));
+        g.bench_with_input(BenchmarkId::new("mixed", rows), &rows, |b, &rows| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let batch = mixed(iteration, rows);
+                    iteration += 1;
+                    let t = Instant::now();
+                    rt.block_on(store.write(&batch)).unwrap();
+                    total += t.elapsed();
+                }
+                total
+            })
+        });
+    }
+    g.finish();
 }
 
 fn run(c: &mut Criterion, name: &str, rt: &tokio::runtime::Runtime, store: &Store) {
@@ -157,6 +266,7 @@ fn bench(c: &mut Criterion) {
     let store = rt.block_on(Store::connect(&url)).unwrap();
     rt.block_on(store.migrate()).unwrap();
     run(c, "sqlite", &rt, &store);
+    run_mixed(c, "sqlite", &rt, &store);
 
     let admin = std::env::var("MDREC_TEST_PG_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
@@ -182,6 +292,7 @@ fn bench(c: &mut Criterion) {
     let pg = rt.block_on(Store::connect(&pg_url)).unwrap();
     rt.block_on(pg.migrate()).unwrap();
     run(c, "postgres", &rt, &pg);
+    run_mixed(c, "postgres", &rt, &pg);
     copy_variants(c, &rt, &pg_url);
     rt.block_on(pg.close());
     rt.block_on(async {
