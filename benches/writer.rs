@@ -37,7 +37,9 @@ fn batch(start_id: i64, n: usize) -> Batch {
 /// bars a live feed keeps rewriting), so their statement takes its update path.
 fn mixed(iteration: i64, rows: usize) -> Batch {
     let mut b = Batch::default();
-    let syms: Vec<Arc<str>> = (0..800).map(|i| Arc::from(format!("C{i:03}_USD"))).collect();
+    let syms: Vec<Arc<str>> = (0..800)
+        .map(|i| Arc::from(format!("C{i:03}_USD")))
+        .collect();
     let ivs: Vec<Arc<str>> = ["1m", "5m", "15m", "1h", "4h"]
         .iter()
         .map(|s| Arc::from(*s))
@@ -54,7 +56,11 @@ fn mixed(iteration: i64, rows: usize) -> Batch {
             event_time_ms: base_us / 1000,
             recv_time_us: base_us + (i / 800) as i64,
             seq: (i / 800) as i32,
-            side: if i % 2 == 0 { BookSide::Bid } else { BookSide::Ask },
+            side: if i % 2 == 0 {
+                BookSide::Bid
+            } else {
+                BookSide::Ask
+            },
             price: dec(format!("86650.{:02}", i % 100)),
             qty: dec(format!("0.{:05}", i % 99_991 + 1)),
             update_id: Some(iteration * 1_000_000 + i as i64),
