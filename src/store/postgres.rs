@@ -21,11 +21,13 @@ pub struct PgStore {
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
-fn text(d: &Dec) -> String {
-    d.as_str().to_string()
+/// Decimals are bound as the batch's own text (cast to numeric by the statement): borrowed,
+/// no copy per value.
+fn text(d: &Dec) -> &str {
+    d.as_str()
 }
 
-fn opt_text(d: Option<&Dec>) -> Option<String> {
+fn opt_text(d: Option<&Dec>) -> Option<&str> {
     d.map(text)
 }
 
@@ -99,7 +101,7 @@ impl PgStore {
                  AND trades.qty = excluded.qty AND trades.event_time_ms = excluded.event_time_ms",
             )
             .bind(t.iter().map(|x| x.venue).collect::<Vec<_>>())
-            .bind(t.iter().map(|x| x.symbol.to_string()).collect::<Vec<_>>())
+            .bind(t.iter().map(|x| &*x.symbol).collect::<Vec<_>>())
             .bind(t.iter().map(|x| x.trade_id).collect::<Vec<_>>())
             .bind(t.iter().map(|x| x.side.as_str()).collect::<Vec<_>>())
             .bind(t.iter().map(|x| text(&x.price)).collect::<Vec<_>>())
@@ -123,7 +125,7 @@ impl PgStore {
                      ON t.symbol = k.symbol AND t.trade_id = k.trade_id WHERE t.venue = $1",
                 )
                 .bind(t[0].venue)
-                .bind(before.iter().map(|x| x.symbol.to_string()).collect::<Vec<_>>())
+                .bind(before.iter().map(|x| &*x.symbol).collect::<Vec<_>>())
                 .bind(before.iter().map(|x| x.trade_id).collect::<Vec<_>>())
                 .fetch_all(&mut *tx)
                 .await
@@ -163,8 +165,8 @@ impl PgStore {
                      > (klines.closed, klines.event_time_ms, klines.recv_time_us)",
             )
             .bind(k.iter().map(|x| x.venue).collect::<Vec<_>>())
-            .bind(k.iter().map(|x| x.symbol.to_string()).collect::<Vec<_>>())
-            .bind(k.iter().map(|x| x.interval.to_string()).collect::<Vec<_>>())
+            .bind(k.iter().map(|x| &*x.symbol).collect::<Vec<_>>())
+            .bind(k.iter().map(|x| &*x.interval).collect::<Vec<_>>())
             .bind(k.iter().map(|x| x.open_time_ms).collect::<Vec<_>>())
             .bind(k.iter().map(|x| text(&x.open)).collect::<Vec<_>>())
             .bind(k.iter().map(|x| text(&x.high)).collect::<Vec<_>>())
@@ -188,7 +190,7 @@ impl PgStore {
                  $6::text[]::jsonb[], $7::text[]::jsonb[]) ON CONFLICT DO NOTHING",
             )
             .bind(s.iter().map(|x| x.venue).collect::<Vec<_>>())
-            .bind(s.iter().map(|x| x.symbol.to_string()).collect::<Vec<_>>())
+            .bind(s.iter().map(|x| &*x.symbol).collect::<Vec<_>>())
             .bind(s.iter().map(|x| x.depth_step).collect::<Vec<_>>())
             .bind(s.iter().map(|x| x.recv_time_us).collect::<Vec<_>>())
             .bind(s.iter().map(|x| x.event_time_ms).collect::<Vec<_>>())
@@ -208,7 +210,7 @@ impl PgStore {
                  $11::bigint[]) ON CONFLICT DO NOTHING",
             )
             .bind(d.iter().map(|x| x.venue).collect::<Vec<_>>())
-            .bind(d.iter().map(|x| x.symbol.to_string()).collect::<Vec<_>>())
+            .bind(d.iter().map(|x| &*x.symbol).collect::<Vec<_>>())
             .bind(d.iter().map(|x| x.depth_step).collect::<Vec<_>>())
             .bind(d.iter().map(|x| x.recv_time_us).collect::<Vec<_>>())
             .bind(d.iter().map(|x| x.seq).collect::<Vec<_>>())
@@ -232,7 +234,7 @@ impl PgStore {
                  $10::text[]::numeric[], $11::text[]::numeric[]) ON CONFLICT DO NOTHING",
             )
             .bind(t.iter().map(|x| x.venue).collect::<Vec<_>>())
-            .bind(t.iter().map(|x| x.symbol.to_string()).collect::<Vec<_>>())
+            .bind(t.iter().map(|x| &*x.symbol).collect::<Vec<_>>())
             .bind(t.iter().map(|x| x.recv_time_us).collect::<Vec<_>>())
             .bind(t.iter().map(|x| x.event_time_ms).collect::<Vec<_>>())
             .bind(t.iter().map(|x| opt_text(x.open.as_ref())).collect::<Vec<_>>())
@@ -256,7 +258,7 @@ impl PgStore {
                  close_reason = COALESCE(excluded.close_reason, sessions.close_reason)",
             )
             .bind(s.iter().map(|x| x.venue).collect::<Vec<_>>())
-            .bind(s.iter().map(|x| x.symbol.to_string()).collect::<Vec<_>>())
+            .bind(s.iter().map(|x| &*x.symbol).collect::<Vec<_>>())
             .bind(s.iter().map(|x| x.session_id.clone()).collect::<Vec<_>>())
             .bind(s.iter().map(|x| x.connected_at_us).collect::<Vec<_>>())
             .bind(s.iter().map(|x| x.disconnected_at_us).collect::<Vec<_>>())
@@ -281,7 +283,7 @@ impl PgStore {
                      >= COALESCE(gaps.resolved_at_ms, gaps.detected_at_ms)",
             )
             .bind(g.iter().map(|x| x.venue).collect::<Vec<_>>())
-            .bind(g.iter().map(|x| x.symbol.to_string()).collect::<Vec<_>>())
+            .bind(g.iter().map(|x| &*x.symbol).collect::<Vec<_>>())
             .bind(g.iter().map(|x| x.stream.clone()).collect::<Vec<_>>())
             .bind(g.iter().map(|x| x.start_ms).collect::<Vec<_>>())
             .bind(g.iter().map(|x| x.end_ms).collect::<Vec<_>>())
@@ -304,7 +306,7 @@ impl PgStore {
                  updated_at_ms = excluded.updated_at_ms",
             )
             .bind(m.iter().map(|x| x.venue).collect::<Vec<_>>())
-            .bind(m.iter().map(|x| x.symbol.to_string()).collect::<Vec<_>>())
+            .bind(m.iter().map(|x| &*x.symbol).collect::<Vec<_>>())
             .bind(m.iter().map(|x| x.base.clone()).collect::<Vec<_>>())
             .bind(m.iter().map(|x| x.quote.clone()).collect::<Vec<_>>())
             .bind(m.iter().map(|x| x.price_precision).collect::<Vec<_>>())
