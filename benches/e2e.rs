@@ -139,6 +139,27 @@ fn status_mib(pid: u32, key: &str) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
+/// CPU counters and the generator's output at one instant; a window is two of them.
+struct Snap {
+    cpu: f64,
+    postgres: f64,
+    generator: f64,
+    frames: f64,
+    ticks: u64,
+}
+
+impl Snap {
+    fn take(pid: u32, sim: &sim::SimHandle) -> Snap {
+        Snap {
+            cpu: cpu_of(pid).unwrap_or(0.0),
+            postgres: postgres_cpu(),
+            generator: self_cpu(),
+            frames: sim.frames_sent() as f64,
+            ticks: sim.ticks(),
+        }
+    }
+}
+
 /// The recorder's counters, as `/metrics` shows them.
 #[derive(Debug, Default, Clone)]
 struct Scrape {
@@ -535,13 +556,7 @@ async fn measure_peer(
     }
     tokio::time::sleep(Duration::from_secs(args.warmup)).await;
     let t0 = Instant::now();
-    let (c0, p0, g0, f0, k0) = (
-        cpu_of(pid).unwrap_or(0.0),
-        postgres_cpu(),
-        self_cpu(),
-        sim.frames_sent() as f64,
-        sim.ticks(),
-    );
+    let a = Snap::take(pid, sim);
     let end = t0 + Duration::from_secs(args.seconds);
     let mut cuts = 0;
     if let Some(every) = args.cut_every.filter(|s| *s > 0) {
@@ -553,21 +568,15 @@ async fn measure_peer(
     }
     tokio::time::sleep_until(end.into()).await;
     let secs = t0.elapsed().as_secs_f64();
-    let (c1, p1, g1, f1, k1) = (
-        cpu_of(pid).unwrap_or(0.0),
-        postgres_cpu(),
-        self_cpu(),
-        sim.frames_sent() as f64,
-        sim.ticks(),
-    );
+    let b = Snap::take(pid, sim);
     Ok(Window {
         secs,
-        frames_sent: f1 - f0,
-        cpu: c1 - c0,
-        postgres_cpu: p1 - p0,
-        generator_cpu: g1 - g0,
+        frames_sent: b.frames - a.frames,
+        cpu: b.cpu - a.cpu,
+        postgres_cpu: b.postgres - a.postgres,
+        generator_cpu: b.generator - a.generator,
         rss_mib: status_mib(pid, "VmRSS:").unwrap_or(0.0),
-        ticks: k1 - k0,
+        ticks: b.ticks - a.ticks,
         expected_ticks: secs * 1000.0 / args.step_ms.max(1) as f64,
         cuts,
     })
@@ -769,13 +778,7 @@ async fn measure(
     let s0 = scrape(client, metrics)
         .await
         .ok_or_else(|| anyhow::anyhow!("metrics unreadable"))?;
-    let (c0, p0, g0, f0, k0) = (
-        cpu_of(pid).unwrap_or(0.0),
-        postgres_cpu(),
-        self_cpu(),
-        sim.frames_sent() as f64,
-        sim.ticks(),
-    );
+    let a = Snap::take(pid, sim);
     // the measured window: the queue read every 5 s (a scrape costs the recorder a little)
     let mut max_queue = s0.queue;
     // the queue's bytes when it was deepest: memory per queued event
@@ -791,13 +794,7 @@ async fn measure(
     }
     tokio::time::sleep_until(end.into()).await;
     let secs = t0.elapsed().as_secs_f64();
-    let (c1, p1, g1, f1, k1) = (
-        cpu_of(pid).unwrap_or(0.0),
-        postgres_cpu(),
-        self_cpu(),
-        sim.frames_sent() as f64,
-        sim.ticks(),
-    );
+    let b = Snap::take(pid, sim);
     let rss_mib = status_mib(pid, "VmRSS:").unwrap_or(0.0);
     let s1 = scrape(client, metrics)
         .await
@@ -812,17 +809,17 @@ async fn measure(
         .collect();
     Ok(Measured {
         secs,
-        frames_sent: f1 - f0,
+        frames_sent: b.frames - a.frames,
         frames_read: s1.frames - s0.frames,
         rows,
-        recorder_cpu: c1 - c0,
-        postgres_cpu: p1 - p0,
-        generator_cpu: g1 - g0,
+        recorder_cpu: b.cpu - a.cpu,
+        postgres_cpu: b.postgres - a.postgres,
+        generator_cpu: b.generator - a.generator,
         max_queue,
         queue_bytes,
         rss_mib,
         latency: s1.latency.since(&s0.latency),
-        ticks: k1 - k0,
+        ticks: b.ticks - a.ticks,
         expected_ticks: secs * 1000.0 / args.step_ms.max(1) as f64,
         reconnects: s1.reconnects - s0.reconnects,
     })

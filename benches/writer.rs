@@ -118,6 +118,24 @@ fn mixed(iteration: i64, rows: usize) -> Batch {
     b
 }
 
+/// `iters` writes through `Store::write`, each of a new batch from `make`; only the writes
+/// are timed, not building the batches.
+fn timed_writes(
+    rt: &tokio::runtime::Runtime,
+    store: &Store,
+    iters: u64,
+    mut make: impl FnMut() -> Batch,
+) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        let batch = make();
+        let t = Instant::now();
+        rt.block_on(store.write(&batch)).unwrap();
+        total += t.elapsed();
+    }
+    total
+}
+
 /// Mixed flushes of the sizes the writer commits under load (2000 rows; up to 20000 when it
 /// takes a backlog): the writer's own ceiling on this mix, without a load generator or a
 /// recorder sharing the cores.
@@ -131,15 +149,10 @@ fn run_mixed(c: &mut Criterion, name: &str, rt: &tokio::runtime::Runtime, store:
         g.throughput(Throughput::Elements(probe as u64));
         g.bench_with_input(BenchmarkId::new("mixed", rows), &rows, |b, &rows| {
             b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let batch = mixed(iteration, rows);
+                timed_writes(rt, store, iters, || {
                     iteration += 1;
-                    let t = Instant::now();
-                    rt.block_on(store.write(&batch)).unwrap();
-                    total += t.elapsed();
-                }
-                total
+                    mixed(iteration, rows)
+                })
             })
         });
     }
@@ -155,15 +168,10 @@ fn run(c: &mut Criterion, name: &str, rt: &tokio::runtime::Runtime, store: &Stor
         g.throughput(Throughput::Elements(rows as u64));
         g.bench_with_input(BenchmarkId::new("trades", rows), &rows, |b, &rows| {
             b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let batch = batch(next_id, rows);
+                timed_writes(rt, store, iters, || {
                     next_id += rows as i64;
-                    let t = Instant::now();
-                    rt.block_on(store.write(&batch)).unwrap();
-                    total += t.elapsed();
-                }
-                total
+                    batch(next_id - rows as i64, rows)
+                })
             })
         });
     }
