@@ -176,6 +176,8 @@ impl axum::serve::Listener for TlsListener {
     async fn accept(&mut self) -> (Self::Io, SocketAddr) {
         loop {
             let Ok((tcp, addr)) = self.tcp.accept().await else {
+                // out of descriptors or the like: do not spin on it
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             };
             // a client that fails its handshake is its own problem; the next one is served
@@ -693,11 +695,7 @@ impl SimHandle {
 
     /// `ws://127.0.0.1:PORT/kline-api/ws` (the personality's path; `wss` over TLS)
     pub fn ws_url(&self) -> String {
-        let scheme = if self.config.tls.is_some() {
-            "wss"
-        } else {
-            "ws"
-        };
+        let scheme = self.scheme("ws", "wss");
         format!(
             "{scheme}://{}{}",
             self.ws_addr,
@@ -705,13 +703,17 @@ impl SimHandle {
         )
     }
 
+    fn scheme(&self, plain: &'static str, tls: &'static str) -> &'static str {
+        if self.config.tls.is_some() {
+            tls
+        } else {
+            plain
+        }
+    }
+
     /// The REST root the venue's methods are appended to.
     pub fn rest_url(&self) -> String {
-        let scheme = if self.config.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        };
+        let scheme = self.scheme("http", "https");
         format!(
             "{scheme}://{}{}",
             self.rest_addr,
