@@ -146,12 +146,16 @@ impl Dec {
             return SqliteNumber::Integer(i);
         }
         let f = self.to_f64();
-        // Rust prints an f64 in its shortest round-trip form, which is canonical `Dec`
-        // spelling (no exponent, no trailing zeros) except for "-0", which never matches.
-        SqliteNumber::Real {
-            value: f,
-            exact: f.is_finite() && format!("{f}") == self.0.as_str(),
-        }
+        // Up to 15 significant digits (DBL_DIG) within a modest magnitude, distinct decimals
+        // are distinct doubles, so the double's shortest spelling is this one: no need to
+        // print it. Longer ones are printed and compared: Rust prints an f64 in its shortest
+        // round-trip form, which is canonical `Dec` spelling (no exponent, no trailing zeros).
+        let exact = if self.0.len() <= 32 && self.significant_digits() <= 15 {
+            true
+        } else {
+            f.is_finite() && format!("{f}") == self.0.as_str()
+        };
+        SqliteNumber::Real { value: f, exact }
     }
 
     /// The decimal whose shortest round-trip spelling is `f`'s (None for NaN/inf).
@@ -162,14 +166,21 @@ impl Dec {
         Dec::parse(&format!("{f}")).ok()
     }
 
-    /// Count of significant digits (for tests and docs: 16+ digits do not fit an f64).
+    /// Count of significant digits (16+ digits do not fit an f64).
     pub fn significant_digits(&self) -> usize {
-        let digits: String = self.0.chars().filter(|c| c.is_ascii_digit()).collect();
-        let trimmed = digits.trim_start_matches('0');
-        if self.0.contains('.') {
-            trimmed.len()
+        // canonical: no leading zeros but "0." before a fraction, no trailing fraction zeros
+        let b = self.0.as_bytes();
+        let first = b.iter().position(|c| matches!(c, b'1'..=b'9'));
+        let Some(first) = first else { return 1 };
+        let digits = b[first..].iter().filter(|c| c.is_ascii_digit());
+        if b.contains(&b'.') {
+            digits.count()
         } else {
-            trimmed.trim_end_matches('0').len().max(1)
+            let last = b
+                .iter()
+                .rposition(|c| matches!(c, b'1'..=b'9'))
+                .unwrap_or(first);
+            b[first..=last].len()
         }
     }
 }
@@ -395,6 +406,30 @@ mod tests {
         {
             SqliteNumber::Real { exact, .. } => assert!(!exact),
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn exactness_without_printing_agrees_with_printing() {
+        let mut rng = fastrand::Rng::with_seed(11);
+        for _ in 0..200_000 {
+            let int: String = (0..rng.usize(0..12)).map(|_| rng.digit(10)).collect();
+            let frac: String = (0..rng.usize(0..14)).map(|_| rng.digit(10)).collect();
+            let sign = if rng.bool() { "-" } else { "" };
+            let Ok(d) = Dec::parse(&format!("{sign}{int}0.{frac}1")) else {
+                continue;
+            };
+            let printed = {
+                let f = d.to_f64();
+                f.is_finite() && format!("{f}") == d.as_str()
+            };
+            match d.to_sqlite_number() {
+                SqliteNumber::Real { exact, value } => {
+                    assert_eq!(exact, printed, "{d}");
+                    assert_eq!(value, d.to_f64());
+                }
+                SqliteNumber::Integer(_) => unreachable!("{d} has a fraction"),
+            }
         }
     }
 

@@ -46,6 +46,11 @@ impl StoreError {
         move |source| StoreError::Sql { op, source }
     }
 
+    /// A unique key met a stored row (PostgreSQL `unique_violation`).
+    pub fn is_unique_violation(&self) -> bool {
+        matches!(self, StoreError::Sql { source: sqlx::Error::Database(e), .. } if e.is_unique_violation())
+    }
+
     /// What kind of failure this is, which decides what the writer does with the batch.
     pub fn class(&self) -> ErrorClass {
         match self {

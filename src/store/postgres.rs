@@ -5,6 +5,7 @@
 //! One statement shape per table means one cached prepared statement, whatever the batch size.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
@@ -13,11 +14,59 @@ use sqlx::{Postgres, Row};
 use super::sqlite::{parse_side, parse_source, req, static_venue};
 use super::{Batch, Range, StoreError, apply_delta, levels_from_json, levels_to_json};
 use crate::decimal::Dec;
-use crate::model::{BookSide, BookSnapshot, Kline, Trade};
+use crate::model::{BookSide, BookSnapshot, Kline, Source, Trade};
 
 pub struct PgStore {
     pool: PgPool,
+    /// Flushes left that write with upserts only (see [`PgStore::write`]).
+    upsert_flushes: AtomicU32,
 }
+
+/// Flushes written with upserts only after a plain insert met a stored key.
+const UPSERT_AFTER_CONFLICT: u32 = 100;
+
+// Each table's statement with and without its conflict rule (one text each: one prepared
+// statement each per connection).
+macro_rules! trades_insert {
+    () => {
+        "INSERT INTO trades (venue, symbol, trade_id, side, price, qty, quote_qty, event_time_ms, \
+         recv_time_us, source) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[]::numeric[], \
+         $6::text[]::numeric[], $7::text[]::numeric[], $8::bigint[], $9::bigint[], $10::text[])"
+    };
+}
+const TRADES_INSERT: &str = trades_insert!();
+/// A trade is stored once; a later copy of the same trade only fills the quote amount a
+/// REST copy lacked.
+const TRADES_UPSERT: &str = concat!(
+    trades_insert!(),
+    " ON CONFLICT (venue, symbol, trade_id) DO UPDATE SET quote_qty = excluded.quote_qty \
+     WHERE trades.quote_qty IS NULL AND excluded.quote_qty IS NOT NULL \
+     AND trades.side = excluded.side AND trades.price = excluded.price \
+     AND trades.qty = excluded.qty AND trades.event_time_ms = excluded.event_time_ms"
+);
+macro_rules! deltas_insert {
+    () => {
+        "INSERT INTO book_deltas (venue, symbol, depth_step, recv_time_us, seq, event_time_ms, side, price, qty, \
+         update_id, prev_update_id) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::smallint[], $4::bigint[], $5::int[], \
+         $6::bigint[], $7::text[], $8::text[]::numeric[], $9::text[]::numeric[], $10::bigint[], \
+         $11::bigint[])"
+    };
+}
+const DELTAS_INSERT: &str = deltas_insert!();
+const DELTAS_UPSERT: &str = concat!(deltas_insert!(), " ON CONFLICT DO NOTHING");
+macro_rules! tickers_insert {
+    () => {
+        "INSERT INTO tickers (venue, symbol, recv_time_us, event_time_ms, open, high, low, close, volume, \
+         quote_volume, change) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[]::numeric[], \
+         $6::text[]::numeric[], $7::text[]::numeric[], $8::text[]::numeric[], $9::text[]::numeric[], \
+         $10::text[]::numeric[], $11::text[]::numeric[])"
+    };
+}
+const TICKERS_INSERT: &str = tickers_insert!();
+const TICKERS_UPSERT: &str = concat!(tickers_insert!(), " ON CONFLICT DO NOTHING");
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
@@ -56,7 +105,10 @@ impl PgStore {
             .connect(url)
             .await
             .map_err(StoreError::sql("connect to postgres"))?;
-        Ok(PgStore { pool })
+        Ok(PgStore {
+            pool,
+            upsert_flushes: AtomicU32::new(0),
+        })
     }
 
     /// A pool that connects on first use (the recorder starts while the server is down).
@@ -66,7 +118,10 @@ impl PgStore {
             .acquire_timeout(Duration::from_secs(10))
             .connect_lazy(url)
             .map_err(StoreError::sql("parse postgres url"))?;
-        Ok(PgStore { pool })
+        Ok(PgStore {
+            pool,
+            upsert_flushes: AtomicU32::new(0),
+        })
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -78,247 +133,53 @@ impl PgStore {
         Ok(())
     }
 
+    /// One transaction for the batch. Trades, book deltas and tickers go in as plain inserts
+    /// first: a key already stored is rare for them, and `ON CONFLICT` makes the server look
+    /// each key up before inserting it (about a third of its time on this row mix). A plain
+    /// insert that meets a stored key fails as a whole; the batch is then written again with
+    /// the upserts, and so are the next [`UPSERT_AFTER_CONFLICT`] flushes (a replay, or two
+    /// recorders on the same symbols, keep meeting keys). Batches holding REST trades
+    /// (backfill, overlapping what the socket delivered) take the upsert for trades.
     pub async fn write(&self, batch: &Batch) -> Result<Vec<super::Rejected>, StoreError> {
+        let left = self.upsert_flushes.load(Ordering::Relaxed);
+        if left > 0 {
+            self.upsert_flushes.store(left - 1, Ordering::Relaxed);
+            return self.write_as(batch, false).await;
+        }
+        match self.write_as(batch, true).await {
+            Err(e) if e.is_unique_violation() => {
+                tracing::debug!(error = %e, "a plain insert met a stored key: writing the batch with upserts");
+                self.upsert_flushes
+                    .store(UPSERT_AFTER_CONFLICT, Ordering::Relaxed);
+                self.write_as(batch, false).await
+            }
+            r => r,
+        }
+    }
+
+    async fn write_as(
+        &self,
+        batch: &Batch,
+        plain: bool,
+    ) -> Result<Vec<super::Rejected>, StoreError> {
         let mut conn = super::Checked::acquire(&self.pool).await?;
         let mut tx = sqlx::Connection::begin(conn.conn())
             .await
             .map_err(StoreError::sql("begin"))?;
-        let mut conflicts: Vec<super::Rejected> = batch
-            .trade_conflicts
-            .iter()
-            .map(|(new, kept)| super::Rejected::conflict(new, kept))
-            .collect();
-        if !batch.trades.is_empty() {
-            let t = &batch.trades;
-            let rows = sqlx::query::<Postgres>(
-                "INSERT INTO trades (venue, symbol, trade_id, side, price, qty, quote_qty, event_time_ms, \
-                 recv_time_us, source) \
-                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[]::numeric[], \
-                 $6::text[]::numeric[], $7::text[]::numeric[], $8::bigint[], $9::bigint[], $10::text[]) \
-                 ON CONFLICT (venue, symbol, trade_id) DO UPDATE SET quote_qty = excluded.quote_qty \
-                 WHERE trades.quote_qty IS NULL AND excluded.quote_qty IS NOT NULL \
-                 AND trades.side = excluded.side AND trades.price = excluded.price \
-                 AND trades.qty = excluded.qty AND trades.event_time_ms = excluded.event_time_ms",
-            )
-            .bind(t.iter().map(|x| x.venue).collect::<Vec<_>>())
-            .bind(t.iter().map(|x| &*x.symbol).collect::<Vec<_>>())
-            .bind(t.iter().map(|x| x.trade_id).collect::<Vec<_>>())
-            .bind(t.iter().map(|x| x.side.as_str()).collect::<Vec<_>>())
-            .bind(t.iter().map(|x| text(&x.price)).collect::<Vec<_>>())
-            .bind(t.iter().map(|x| text(&x.qty)).collect::<Vec<_>>())
-            .bind(t.iter().map(|x| opt_text(x.quote_qty.as_ref())).collect::<Vec<_>>())
-            .bind(t.iter().map(|x| x.event_time_ms).collect::<Vec<_>>())
-            .bind(t.iter().map(|x| x.recv_time_us).collect::<Vec<_>>())
-            .bind(t.iter().map(|x| x.source.as_str()).collect::<Vec<_>>())
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::sql("insert trades"))?
-            .rows_affected();
-            // fewer rows changed than sent: some key was stored already, as the same trade or
-            // as a conflict; the stored versions are read back only then
-            if (rows as usize) < t.len() {
-                let before: Vec<&Trade> = t.iter().collect();
-                let stored = sqlx::query::<Postgres>(
-                    "SELECT t.symbol, t.trade_id, t.side, t.price::text AS price, t.qty::text AS qty, \
-                     t.quote_qty::text AS quote_qty, t.event_time_ms, t.recv_time_us, t.source \
-                     FROM trades t JOIN UNNEST($2::text[], $3::bigint[]) AS k(symbol, trade_id) \
-                     ON t.symbol = k.symbol AND t.trade_id = k.trade_id WHERE t.venue = $1",
-                )
-                .bind(t[0].venue)
-                .bind(before.iter().map(|x| &*x.symbol).collect::<Vec<_>>())
-                .bind(before.iter().map(|x| x.trade_id).collect::<Vec<_>>())
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(StoreError::sql("select stored trades"))?;
-                let mut by_key = std::collections::HashMap::new();
-                for r in &stored {
-                    let sym: String = r.try_get("symbol").map_err(StoreError::sql("read trade"))?;
-                    let tr = trade_row(r, t[0].venue, &Arc::from(sym.as_str()))?;
-                    by_key.insert((sym, tr.trade_id), tr);
+        match statements(&mut tx, batch, plain).await {
+            Ok(conflicts) => {
+                tx.commit().await.map_err(StoreError::sql("commit"))?;
+                conn.clean();
+                Ok(conflicts)
+            }
+            Err(e) => {
+                // the connection is fine after a refused insert: roll back and keep it
+                if e.is_unique_violation() && tx.rollback().await.is_ok() {
+                    conn.clean();
                 }
-                for x in before {
-                    if let Some(old) = by_key.get(&(x.symbol.to_string(), x.trade_id))
-                        && !super::batch::same_trade(old, x)
-                    {
-                        conflicts.push(super::Rejected::conflict(x, old));
-                    }
-                }
+                Err(e)
             }
         }
-        super::insert_rejected!(tx, &conflicts);
-        if !batch.klines.is_empty() {
-            let k = &batch.klines;
-            sqlx::query::<Postgres>(
-                "INSERT INTO klines (venue, symbol, interval, open_time_ms, open, high, low, close, volume, \
-                 quote_volume, closed, event_time_ms, recv_time_us, source) \
-                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[]::numeric[], \
-                 $6::text[]::numeric[], $7::text[]::numeric[], $8::text[]::numeric[], $9::text[]::numeric[], \
-                 $10::text[]::numeric[], $11::bool[], $12::bigint[], $13::bigint[], $14::text[]) \
-                 ON CONFLICT (venue, symbol, interval, open_time_ms) DO UPDATE SET \
-                 open = excluded.open, high = excluded.high, low = excluded.low, close = excluded.close, \
-                 volume = excluded.volume, closed = excluded.closed, \
-                 event_time_ms = excluded.event_time_ms, recv_time_us = excluded.recv_time_us, \
-                 source = excluded.source, \
-                 quote_volume = CASE WHEN excluded.quote_volume IS NULL AND excluded.volume = klines.volume \
-                     THEN klines.quote_volume ELSE excluded.quote_volume END \
-                 WHERE (excluded.closed, excluded.event_time_ms, excluded.recv_time_us) \
-                     > (klines.closed, klines.event_time_ms, klines.recv_time_us)",
-            )
-            .bind(k.iter().map(|x| x.venue).collect::<Vec<_>>())
-            .bind(k.iter().map(|x| &*x.symbol).collect::<Vec<_>>())
-            .bind(k.iter().map(|x| &*x.interval).collect::<Vec<_>>())
-            .bind(k.iter().map(|x| x.open_time_ms).collect::<Vec<_>>())
-            .bind(k.iter().map(|x| text(&x.open)).collect::<Vec<_>>())
-            .bind(k.iter().map(|x| text(&x.high)).collect::<Vec<_>>())
-            .bind(k.iter().map(|x| text(&x.low)).collect::<Vec<_>>())
-            .bind(k.iter().map(|x| text(&x.close)).collect::<Vec<_>>())
-            .bind(k.iter().map(|x| text(&x.volume)).collect::<Vec<_>>())
-            .bind(k.iter().map(|x| opt_text(x.quote_volume.as_ref())).collect::<Vec<_>>())
-            .bind(k.iter().map(|x| x.closed).collect::<Vec<_>>())
-            .bind(k.iter().map(|x| x.event_time_ms).collect::<Vec<_>>())
-            .bind(k.iter().map(|x| x.recv_time_us).collect::<Vec<_>>())
-            .bind(k.iter().map(|x| x.source.as_str()).collect::<Vec<_>>())
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::sql("upsert klines"))?;
-        }
-        if !batch.snapshots.is_empty() {
-            let s = &batch.snapshots;
-            sqlx::query::<Postgres>(
-                "INSERT INTO book_snapshots (venue, symbol, depth_step, recv_time_us, event_time_ms, bids, asks) \
-                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::smallint[], $4::bigint[], $5::bigint[], \
-                 $6::text[]::jsonb[], $7::text[]::jsonb[]) ON CONFLICT DO NOTHING",
-            )
-            .bind(s.iter().map(|x| x.venue).collect::<Vec<_>>())
-            .bind(s.iter().map(|x| &*x.symbol).collect::<Vec<_>>())
-            .bind(s.iter().map(|x| x.depth_step).collect::<Vec<_>>())
-            .bind(s.iter().map(|x| x.recv_time_us).collect::<Vec<_>>())
-            .bind(s.iter().map(|x| x.event_time_ms).collect::<Vec<_>>())
-            .bind(s.iter().map(|x| levels_to_json(&x.bids)).collect::<Vec<_>>())
-            .bind(s.iter().map(|x| levels_to_json(&x.asks)).collect::<Vec<_>>())
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::sql("insert book_snapshots"))?;
-        }
-        if !batch.deltas.is_empty() {
-            let d = &batch.deltas;
-            sqlx::query::<Postgres>(
-                "INSERT INTO book_deltas (venue, symbol, depth_step, recv_time_us, seq, event_time_ms, side, price, qty, \
-                 update_id, prev_update_id) \
-                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::smallint[], $4::bigint[], $5::int[], \
-                 $6::bigint[], $7::text[], $8::text[]::numeric[], $9::text[]::numeric[], $10::bigint[], \
-                 $11::bigint[]) ON CONFLICT DO NOTHING",
-            )
-            .bind(d.iter().map(|x| x.venue).collect::<Vec<_>>())
-            .bind(d.iter().map(|x| &*x.symbol).collect::<Vec<_>>())
-            .bind(d.iter().map(|x| x.depth_step).collect::<Vec<_>>())
-            .bind(d.iter().map(|x| x.recv_time_us).collect::<Vec<_>>())
-            .bind(d.iter().map(|x| x.seq).collect::<Vec<_>>())
-            .bind(d.iter().map(|x| x.event_time_ms).collect::<Vec<_>>())
-            .bind(d.iter().map(|x| x.side.as_str()).collect::<Vec<_>>())
-            .bind(d.iter().map(|x| text(&x.price)).collect::<Vec<_>>())
-            .bind(d.iter().map(|x| text(&x.qty)).collect::<Vec<_>>())
-            .bind(d.iter().map(|x| x.update_id).collect::<Vec<_>>())
-            .bind(d.iter().map(|x| x.prev_update_id).collect::<Vec<_>>())
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::sql("insert book_deltas"))?;
-        }
-        if !batch.tickers.is_empty() {
-            let t = &batch.tickers;
-            sqlx::query::<Postgres>(
-                "INSERT INTO tickers (venue, symbol, recv_time_us, event_time_ms, open, high, low, close, volume, \
-                 quote_volume, change) \
-                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[]::numeric[], \
-                 $6::text[]::numeric[], $7::text[]::numeric[], $8::text[]::numeric[], $9::text[]::numeric[], \
-                 $10::text[]::numeric[], $11::text[]::numeric[]) ON CONFLICT DO NOTHING",
-            )
-            .bind(t.iter().map(|x| x.venue).collect::<Vec<_>>())
-            .bind(t.iter().map(|x| &*x.symbol).collect::<Vec<_>>())
-            .bind(t.iter().map(|x| x.recv_time_us).collect::<Vec<_>>())
-            .bind(t.iter().map(|x| x.event_time_ms).collect::<Vec<_>>())
-            .bind(t.iter().map(|x| opt_text(x.open.as_ref())).collect::<Vec<_>>())
-            .bind(t.iter().map(|x| opt_text(x.high.as_ref())).collect::<Vec<_>>())
-            .bind(t.iter().map(|x| opt_text(x.low.as_ref())).collect::<Vec<_>>())
-            .bind(t.iter().map(|x| opt_text(x.close.as_ref())).collect::<Vec<_>>())
-            .bind(t.iter().map(|x| opt_text(x.volume.as_ref())).collect::<Vec<_>>())
-            .bind(t.iter().map(|x| opt_text(x.quote_volume.as_ref())).collect::<Vec<_>>())
-            .bind(t.iter().map(|x| opt_text(x.change.as_ref())).collect::<Vec<_>>())
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::sql("insert tickers"))?;
-        }
-        if !batch.sessions.is_empty() {
-            let s = &batch.sessions;
-            sqlx::query::<Postgres>(
-                "INSERT INTO sessions (venue, symbol, session_id, connected_at_us, disconnected_at_us, close_reason) \
-                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::text[]) \
-                 ON CONFLICT (venue, symbol, session_id) DO UPDATE SET \
-                 disconnected_at_us = COALESCE(excluded.disconnected_at_us, sessions.disconnected_at_us), \
-                 close_reason = COALESCE(excluded.close_reason, sessions.close_reason)",
-            )
-            .bind(s.iter().map(|x| x.venue).collect::<Vec<_>>())
-            .bind(s.iter().map(|x| &*x.symbol).collect::<Vec<_>>())
-            .bind(s.iter().map(|x| x.session_id.clone()).collect::<Vec<_>>())
-            .bind(s.iter().map(|x| x.connected_at_us).collect::<Vec<_>>())
-            .bind(s.iter().map(|x| x.disconnected_at_us).collect::<Vec<_>>())
-            .bind(s.iter().map(|x| x.close_reason.clone()).collect::<Vec<_>>())
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::sql("upsert sessions"))?;
-        }
-        if !batch.gaps.is_empty() {
-            let g = &batch.gaps;
-            sqlx::query::<Postgres>(
-                "INSERT INTO gaps (venue, symbol, stream, start_ms, end_ms, status, detected_at_ms, \
-                 resolved_at_ms, rows_recovered, detail) \
-                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], \
-                 $6::text[], $7::bigint[], $8::bigint[], $9::bigint[], $10::text[]) \
-                 ON CONFLICT (venue, symbol, stream, start_ms) DO UPDATE SET \
-                 end_ms = excluded.end_ms, status = excluded.status, \
-                 detected_at_ms = LEAST(gaps.detected_at_ms, excluded.detected_at_ms), \
-                 resolved_at_ms = excluded.resolved_at_ms, rows_recovered = excluded.rows_recovered, \
-                 detail = excluded.detail \
-                 WHERE COALESCE(excluded.resolved_at_ms, excluded.detected_at_ms) \
-                     >= COALESCE(gaps.resolved_at_ms, gaps.detected_at_ms)",
-            )
-            .bind(g.iter().map(|x| x.venue).collect::<Vec<_>>())
-            .bind(g.iter().map(|x| &*x.symbol).collect::<Vec<_>>())
-            .bind(g.iter().map(|x| x.stream.clone()).collect::<Vec<_>>())
-            .bind(g.iter().map(|x| x.start_ms).collect::<Vec<_>>())
-            .bind(g.iter().map(|x| x.end_ms).collect::<Vec<_>>())
-            .bind(g.iter().map(|x| x.status.as_str()).collect::<Vec<_>>())
-            .bind(g.iter().map(|x| x.detected_at_ms).collect::<Vec<_>>())
-            .bind(g.iter().map(|x| x.resolved_at_ms).collect::<Vec<_>>())
-            .bind(g.iter().map(|x| x.rows_recovered).collect::<Vec<_>>())
-            .bind(g.iter().map(|x| x.detail.clone()).collect::<Vec<_>>())
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::sql("upsert gaps"))?;
-        }
-        if !batch.markets.is_empty() {
-            let m = &batch.markets;
-            sqlx::query::<Postgres>(
-                "INSERT INTO markets (venue, symbol, base, quote, price_precision, qty_precision, updated_at_ms) \
-                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::int[], $7::bigint[]) \
-                 ON CONFLICT (venue, symbol) DO UPDATE SET base = excluded.base, quote = excluded.quote, \
-                 price_precision = excluded.price_precision, qty_precision = excluded.qty_precision, \
-                 updated_at_ms = excluded.updated_at_ms",
-            )
-            .bind(m.iter().map(|x| x.venue).collect::<Vec<_>>())
-            .bind(m.iter().map(|x| &*x.symbol).collect::<Vec<_>>())
-            .bind(m.iter().map(|x| x.base.clone()).collect::<Vec<_>>())
-            .bind(m.iter().map(|x| x.quote.clone()).collect::<Vec<_>>())
-            .bind(m.iter().map(|x| x.price_precision).collect::<Vec<_>>())
-            .bind(m.iter().map(|x| x.qty_precision).collect::<Vec<_>>())
-            .bind(m.iter().map(|x| x.updated_at_ms).collect::<Vec<_>>())
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::sql("upsert markets"))?;
-        }
-        tx.commit().await.map_err(StoreError::sql("commit"))?;
-        conn.clean();
-        Ok(conflicts)
     }
 
     pub async fn load_trades(&self, venue: &str, symbol: &str) -> Result<Vec<Trade>, StoreError> {
@@ -512,4 +373,262 @@ fn dec(r: &PgRow, col: &str) -> Result<Option<Dec>, StoreError> {
     let t: Option<&str> = r.try_get(col).map_err(StoreError::sql("read number"))?;
     t.map(|t| Dec::parse(t).map_err(|e| StoreError::Corrupt(format!("{col}: {e}"))))
         .transpose()
+}
+
+/// The batch's statements inside the caller's transaction; `plain`: see [`PgStore::write`].
+async fn statements(
+    tx: &mut sqlx::PgConnection,
+    batch: &Batch,
+    plain: bool,
+) -> Result<Vec<super::Rejected>, StoreError> {
+    let mut conflicts: Vec<super::Rejected> = batch
+        .trade_conflicts
+        .iter()
+        .map(|(new, kept)| super::Rejected::conflict(new, kept))
+        .collect();
+    if !batch.trades.is_empty() {
+        let t = &batch.trades;
+        let plain = plain && t.iter().all(|x| x.source == Source::Ws);
+        let rows = sqlx::query::<Postgres>(if plain { TRADES_INSERT } else { TRADES_UPSERT })
+            .bind(t.iter().map(|x| x.venue).collect::<Vec<_>>())
+            .bind(t.iter().map(|x| &*x.symbol).collect::<Vec<_>>())
+            .bind(t.iter().map(|x| x.trade_id).collect::<Vec<_>>())
+            .bind(t.iter().map(|x| x.side.as_str()).collect::<Vec<_>>())
+            .bind(t.iter().map(|x| text(&x.price)).collect::<Vec<_>>())
+            .bind(t.iter().map(|x| text(&x.qty)).collect::<Vec<_>>())
+            .bind(
+                t.iter()
+                    .map(|x| opt_text(x.quote_qty.as_ref()))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(t.iter().map(|x| x.event_time_ms).collect::<Vec<_>>())
+            .bind(t.iter().map(|x| x.recv_time_us).collect::<Vec<_>>())
+            .bind(t.iter().map(|x| x.source.as_str()).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::sql("insert trades"))?
+            .rows_affected();
+        // fewer rows changed than sent: some key was stored already, as the same trade or
+        // as a conflict; the stored versions are read back only then
+        if (rows as usize) < t.len() {
+            let before: Vec<&Trade> = t.iter().collect();
+            let stored = sqlx::query::<Postgres>(
+                "SELECT t.symbol, t.trade_id, t.side, t.price::text AS price, t.qty::text AS qty, \
+                 t.quote_qty::text AS quote_qty, t.event_time_ms, t.recv_time_us, t.source \
+                 FROM trades t JOIN UNNEST($2::text[], $3::bigint[]) AS k(symbol, trade_id) \
+                 ON t.symbol = k.symbol AND t.trade_id = k.trade_id WHERE t.venue = $1",
+            )
+            .bind(t[0].venue)
+            .bind(before.iter().map(|x| &*x.symbol).collect::<Vec<_>>())
+            .bind(before.iter().map(|x| x.trade_id).collect::<Vec<_>>())
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(StoreError::sql("select stored trades"))?;
+            let mut by_key = std::collections::HashMap::new();
+            for r in &stored {
+                let sym: String = r.try_get("symbol").map_err(StoreError::sql("read trade"))?;
+                let tr = trade_row(r, t[0].venue, &Arc::from(sym.as_str()))?;
+                by_key.insert((sym, tr.trade_id), tr);
+            }
+            for x in before {
+                if let Some(old) = by_key.get(&(x.symbol.to_string(), x.trade_id))
+                    && !super::batch::same_trade(old, x)
+                {
+                    conflicts.push(super::Rejected::conflict(x, old));
+                }
+            }
+        }
+    }
+    super::insert_rejected!(tx, &conflicts);
+    if !batch.klines.is_empty() {
+        let k = &batch.klines;
+        sqlx::query::<Postgres>(
+            "INSERT INTO klines (venue, symbol, interval, open_time_ms, open, high, low, close, volume, \
+             quote_volume, closed, event_time_ms, recv_time_us, source) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[]::numeric[], \
+             $6::text[]::numeric[], $7::text[]::numeric[], $8::text[]::numeric[], $9::text[]::numeric[], \
+             $10::text[]::numeric[], $11::bool[], $12::bigint[], $13::bigint[], $14::text[]) \
+             ON CONFLICT (venue, symbol, interval, open_time_ms) DO UPDATE SET \
+             open = excluded.open, high = excluded.high, low = excluded.low, close = excluded.close, \
+             volume = excluded.volume, closed = excluded.closed, \
+             event_time_ms = excluded.event_time_ms, recv_time_us = excluded.recv_time_us, \
+             source = excluded.source, \
+             quote_volume = CASE WHEN excluded.quote_volume IS NULL AND excluded.volume = klines.volume \
+                 THEN klines.quote_volume ELSE excluded.quote_volume END \
+             WHERE (excluded.closed, excluded.event_time_ms, excluded.recv_time_us) \
+                 > (klines.closed, klines.event_time_ms, klines.recv_time_us)",
+        )
+        .bind(k.iter().map(|x| x.venue).collect::<Vec<_>>())
+        .bind(k.iter().map(|x| &*x.symbol).collect::<Vec<_>>())
+        .bind(k.iter().map(|x| &*x.interval).collect::<Vec<_>>())
+        .bind(k.iter().map(|x| x.open_time_ms).collect::<Vec<_>>())
+        .bind(k.iter().map(|x| text(&x.open)).collect::<Vec<_>>())
+        .bind(k.iter().map(|x| text(&x.high)).collect::<Vec<_>>())
+        .bind(k.iter().map(|x| text(&x.low)).collect::<Vec<_>>())
+        .bind(k.iter().map(|x| text(&x.close)).collect::<Vec<_>>())
+        .bind(k.iter().map(|x| text(&x.volume)).collect::<Vec<_>>())
+        .bind(k.iter().map(|x| opt_text(x.quote_volume.as_ref())).collect::<Vec<_>>())
+        .bind(k.iter().map(|x| x.closed).collect::<Vec<_>>())
+        .bind(k.iter().map(|x| x.event_time_ms).collect::<Vec<_>>())
+        .bind(k.iter().map(|x| x.recv_time_us).collect::<Vec<_>>())
+        .bind(k.iter().map(|x| x.source.as_str()).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::sql("upsert klines"))?;
+    }
+    if !batch.snapshots.is_empty() {
+        let s = &batch.snapshots;
+        sqlx::query::<Postgres>(
+            "INSERT INTO book_snapshots (venue, symbol, depth_step, recv_time_us, event_time_ms, bids, asks) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::smallint[], $4::bigint[], $5::bigint[], \
+             $6::text[]::jsonb[], $7::text[]::jsonb[]) ON CONFLICT DO NOTHING",
+        )
+        .bind(s.iter().map(|x| x.venue).collect::<Vec<_>>())
+        .bind(s.iter().map(|x| &*x.symbol).collect::<Vec<_>>())
+        .bind(s.iter().map(|x| x.depth_step).collect::<Vec<_>>())
+        .bind(s.iter().map(|x| x.recv_time_us).collect::<Vec<_>>())
+        .bind(s.iter().map(|x| x.event_time_ms).collect::<Vec<_>>())
+        .bind(s.iter().map(|x| levels_to_json(&x.bids)).collect::<Vec<_>>())
+        .bind(s.iter().map(|x| levels_to_json(&x.asks)).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::sql("insert book_snapshots"))?;
+    }
+    if !batch.deltas.is_empty() {
+        let d = &batch.deltas;
+        sqlx::query::<Postgres>(if plain { DELTAS_INSERT } else { DELTAS_UPSERT })
+            .bind(d.iter().map(|x| x.venue).collect::<Vec<_>>())
+            .bind(d.iter().map(|x| &*x.symbol).collect::<Vec<_>>())
+            .bind(d.iter().map(|x| x.depth_step).collect::<Vec<_>>())
+            .bind(d.iter().map(|x| x.recv_time_us).collect::<Vec<_>>())
+            .bind(d.iter().map(|x| x.seq).collect::<Vec<_>>())
+            .bind(d.iter().map(|x| x.event_time_ms).collect::<Vec<_>>())
+            .bind(d.iter().map(|x| x.side.as_str()).collect::<Vec<_>>())
+            .bind(d.iter().map(|x| text(&x.price)).collect::<Vec<_>>())
+            .bind(d.iter().map(|x| text(&x.qty)).collect::<Vec<_>>())
+            .bind(d.iter().map(|x| x.update_id).collect::<Vec<_>>())
+            .bind(d.iter().map(|x| x.prev_update_id).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::sql("insert book_deltas"))?;
+    }
+    if !batch.tickers.is_empty() {
+        let t = &batch.tickers;
+        sqlx::query::<Postgres>(if plain {
+            TICKERS_INSERT
+        } else {
+            TICKERS_UPSERT
+        })
+        .bind(t.iter().map(|x| x.venue).collect::<Vec<_>>())
+        .bind(t.iter().map(|x| &*x.symbol).collect::<Vec<_>>())
+        .bind(t.iter().map(|x| x.recv_time_us).collect::<Vec<_>>())
+        .bind(t.iter().map(|x| x.event_time_ms).collect::<Vec<_>>())
+        .bind(
+            t.iter()
+                .map(|x| opt_text(x.open.as_ref()))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            t.iter()
+                .map(|x| opt_text(x.high.as_ref()))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            t.iter()
+                .map(|x| opt_text(x.low.as_ref()))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            t.iter()
+                .map(|x| opt_text(x.close.as_ref()))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            t.iter()
+                .map(|x| opt_text(x.volume.as_ref()))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            t.iter()
+                .map(|x| opt_text(x.quote_volume.as_ref()))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            t.iter()
+                .map(|x| opt_text(x.change.as_ref()))
+                .collect::<Vec<_>>(),
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::sql("insert tickers"))?;
+    }
+    if !batch.sessions.is_empty() {
+        let s = &batch.sessions;
+        sqlx::query::<Postgres>(
+            "INSERT INTO sessions (venue, symbol, session_id, connected_at_us, disconnected_at_us, close_reason) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::text[]) \
+             ON CONFLICT (venue, symbol, session_id) DO UPDATE SET \
+             disconnected_at_us = COALESCE(excluded.disconnected_at_us, sessions.disconnected_at_us), \
+             close_reason = COALESCE(excluded.close_reason, sessions.close_reason)",
+        )
+        .bind(s.iter().map(|x| x.venue).collect::<Vec<_>>())
+        .bind(s.iter().map(|x| &*x.symbol).collect::<Vec<_>>())
+        .bind(s.iter().map(|x| x.session_id.clone()).collect::<Vec<_>>())
+        .bind(s.iter().map(|x| x.connected_at_us).collect::<Vec<_>>())
+        .bind(s.iter().map(|x| x.disconnected_at_us).collect::<Vec<_>>())
+        .bind(s.iter().map(|x| x.close_reason.clone()).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::sql("upsert sessions"))?;
+    }
+    if !batch.gaps.is_empty() {
+        let g = &batch.gaps;
+        sqlx::query::<Postgres>(
+            "INSERT INTO gaps (venue, symbol, stream, start_ms, end_ms, status, detected_at_ms, \
+             resolved_at_ms, rows_recovered, detail) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], \
+             $6::text[], $7::bigint[], $8::bigint[], $9::bigint[], $10::text[]) \
+             ON CONFLICT (venue, symbol, stream, start_ms) DO UPDATE SET \
+             end_ms = excluded.end_ms, status = excluded.status, \
+             detected_at_ms = LEAST(gaps.detected_at_ms, excluded.detected_at_ms), \
+             resolved_at_ms = excluded.resolved_at_ms, rows_recovered = excluded.rows_recovered, \
+             detail = excluded.detail \
+             WHERE COALESCE(excluded.resolved_at_ms, excluded.detected_at_ms) \
+                 >= COALESCE(gaps.resolved_at_ms, gaps.detected_at_ms)",
+        )
+        .bind(g.iter().map(|x| x.venue).collect::<Vec<_>>())
+        .bind(g.iter().map(|x| &*x.symbol).collect::<Vec<_>>())
+        .bind(g.iter().map(|x| x.stream.clone()).collect::<Vec<_>>())
+        .bind(g.iter().map(|x| x.start_ms).collect::<Vec<_>>())
+        .bind(g.iter().map(|x| x.end_ms).collect::<Vec<_>>())
+        .bind(g.iter().map(|x| x.status.as_str()).collect::<Vec<_>>())
+        .bind(g.iter().map(|x| x.detected_at_ms).collect::<Vec<_>>())
+        .bind(g.iter().map(|x| x.resolved_at_ms).collect::<Vec<_>>())
+        .bind(g.iter().map(|x| x.rows_recovered).collect::<Vec<_>>())
+        .bind(g.iter().map(|x| x.detail.clone()).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::sql("upsert gaps"))?;
+    }
+    if !batch.markets.is_empty() {
+        let m = &batch.markets;
+        sqlx::query::<Postgres>(
+            "INSERT INTO markets (venue, symbol, base, quote, price_precision, qty_precision, updated_at_ms) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::int[], $7::bigint[]) \
+             ON CONFLICT (venue, symbol) DO UPDATE SET base = excluded.base, quote = excluded.quote, \
+             price_precision = excluded.price_precision, qty_precision = excluded.qty_precision, \
+             updated_at_ms = excluded.updated_at_ms",
+        )
+        .bind(m.iter().map(|x| x.venue).collect::<Vec<_>>())
+        .bind(m.iter().map(|x| &*x.symbol).collect::<Vec<_>>())
+        .bind(m.iter().map(|x| x.base.clone()).collect::<Vec<_>>())
+        .bind(m.iter().map(|x| x.quote.clone()).collect::<Vec<_>>())
+        .bind(m.iter().map(|x| x.price_precision).collect::<Vec<_>>())
+        .bind(m.iter().map(|x| x.qty_precision).collect::<Vec<_>>())
+        .bind(m.iter().map(|x| x.updated_at_ms).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::sql("upsert markets"))?;
+    }
+    Ok(conflicts)
 }

@@ -50,6 +50,71 @@ fn shaped<T>(rows: &[T], columns: usize) -> Vec<&[T]> {
 
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// Stops the background checkpointer when the store goes.
+    _checkpointer: Option<AbortOnDrop>,
+}
+
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// How often the background checkpointer copies the WAL into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+/// WAL frames (pages) past which the checkpointer also restarts the log, waiting for the
+/// writer between two transactions: bounds the WAL when writes never pause (64 MiB).
+const WAL_RESTART_FRAMES: i64 = 16_384;
+/// SQLite's own checkpoint on commit, only a backstop behind the checkpointer (128 MiB).
+const WAL_AUTOCHECKPOINT_PAGES: &str = "32768";
+
+/// Checkpoints in the background, so the writer's commits append to the WAL and never wait
+/// for the copy into the database file and its fsync (SQLite's automatic checkpoint runs in
+/// the committing connection, once the WAL passes its threshold: under load nearly every
+/// commit). Exits when the pool closes.
+fn spawn_checkpointer(pool: &SqlitePool) -> Option<AbortOnDrop> {
+    let rt = tokio::runtime::Handle::try_current().ok()?;
+    let pool = pool.clone();
+    let task = rt.spawn(async move {
+        let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut logged = false;
+        loop {
+            tick.tick().await;
+            if pool.is_closed() {
+                return;
+            }
+            match checkpoint(&pool).await {
+                Ok(()) => logged = false,
+                Err(e) if pool.is_closed() => {
+                    tracing::debug!(error = %e, "checkpointer stops: pool closed");
+                    return;
+                }
+                // the writer reports database trouble; said once per episode here
+                Err(e) if !logged => {
+                    logged = true;
+                    tracing::debug!(error = %e, "sqlite checkpoint failed");
+                }
+                Err(_) => {}
+            }
+        }
+    });
+    Some(AbortOnDrop(task.abort_handle()))
+}
+
+async fn checkpoint(pool: &SqlitePool) -> Result<(), sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    let (_busy, log, _done): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+        .fetch_one(&mut *conn)
+        .await?;
+    if log > WAL_RESTART_FRAMES {
+        sqlx::query("PRAGMA wal_checkpoint(RESTART)")
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
@@ -63,7 +128,11 @@ impl SqliteStore {
             .connect_with(opts)
             .await
             .map_err(StoreError::sql("open sqlite database"))?;
-        Ok(SqliteStore { pool })
+        let _checkpointer = spawn_checkpointer(&pool);
+        Ok(SqliteStore {
+            pool,
+            _checkpointer,
+        })
     }
 
     /// A pool that opens the file on first use (the recorder starts while it cannot be
@@ -76,7 +145,11 @@ impl SqliteStore {
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_lazy_with(opts);
-        Ok(SqliteStore { pool })
+        let _checkpointer = spawn_checkpointer(&pool);
+        Ok(SqliteStore {
+            pool,
+            _checkpointer,
+        })
     }
 
     /// Connect options, and the outcome of creating the file 0600 ahead of SQLite: SQLite
@@ -117,7 +190,11 @@ impl SqliteStore {
             // (the default is 2 MiB); bounded: 32 MiB a connection at most
             .pragma("cache_size", "-32768")
             // the statement journals of multi-row upserts in memory, not in temp files
-            .pragma("temp_store", "memory");
+            .pragma("temp_store", "memory")
+            // checkpoints are the background checkpointer's (above); after it restarts the
+            // log, the WAL file is cut back to 64 MiB
+            .pragma("wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)
+            .pragma("journal_size_limit", "67108864");
         Ok((opts, created))
     }
 
