@@ -203,6 +203,41 @@ fn copy_text(b: &Batch) -> Vec<u8> {
     out.into_bytes()
 }
 
+/// The batch's trades in COPY's binary format, decimals as text fields (the staging table
+/// holds them as text; the upsert casts them, as the writer's UNNEST statement does).
+fn copy_binary(b: &Batch) -> Vec<u8> {
+    fn text(out: &mut Vec<u8>, s: &str) {
+        out.extend((s.len() as i32).to_be_bytes());
+        out.extend(s.as_bytes());
+    }
+    fn int8(out: &mut Vec<u8>, v: i64) {
+        out.extend(8i32.to_be_bytes());
+        out.extend(v.to_be_bytes());
+    }
+    let mut out = Vec::with_capacity(b.trades.len() * 120);
+    out.extend(b"PGCOPY\n\xff\r\n\0");
+    out.extend(0i32.to_be_bytes()); // flags
+    out.extend(0i32.to_be_bytes()); // header extension length
+    for t in &b.trades {
+        out.extend(10i16.to_be_bytes());
+        text(&mut out, t.venue);
+        text(&mut out, &t.symbol);
+        int8(&mut out, t.trade_id);
+        text(&mut out, t.side.as_str());
+        text(&mut out, t.price.as_str());
+        text(&mut out, t.qty.as_str());
+        match &t.quote_qty {
+            Some(q) => text(&mut out, q.as_str()),
+            None => out.extend((-1i32).to_be_bytes()),
+        }
+        int8(&mut out, t.event_time_ms);
+        int8(&mut out, t.recv_time_us);
+        text(&mut out, t.source.as_str());
+    }
+    out.extend((-1i16).to_be_bytes());
+    out
+}
+
 const COLUMNS: &str =
     "venue, symbol, trade_id, side, price, qty, quote_qty, event_time_ms, recv_time_us, source";
 
@@ -220,6 +255,15 @@ fn copy_variants(c: &mut Criterion, rt: &tokio::runtime::Runtime, url: &str) {
         .execute(&mut conn),
     )
     .unwrap();
+    rt.block_on(
+        sqlx::query(
+            "CREATE TEMP TABLE stage_trades_bin (venue text, symbol text, trade_id bigint, side text, \
+             price text, qty text, quote_qty text, event_time_ms bigint, recv_time_us bigint, \
+             source text) ON COMMIT DELETE ROWS",
+        )
+        .execute(&mut conn),
+    )
+    .unwrap();
     let mut g = c.benchmark_group("writer/postgres_copy");
     g.measurement_time(Duration::from_secs(8));
     g.sample_size(20);
@@ -227,7 +271,11 @@ fn copy_variants(c: &mut Criterion, rt: &tokio::runtime::Runtime, url: &str) {
     let mut next_id = 1_000_000_000i64;
     for rows in [500usize, 2000, 5000] {
         g.throughput(Throughput::Elements(rows as u64));
-        for variant in ["copy_staging_upsert", "copy_plain"] {
+        for variant in [
+            "copy_staging_upsert",
+            "copy_binary_staging_upsert",
+            "copy_plain",
+        ] {
             g.bench_with_input(BenchmarkId::new(variant, rows), &rows, |b, &rows| {
                 b.iter_custom(|iters| {
                     let mut total = Duration::ZERO;
@@ -237,18 +285,33 @@ fn copy_variants(c: &mut Criterion, rt: &tokio::runtime::Runtime, url: &str) {
                         let t = Instant::now();
                         rt.block_on(async {
                             let mut tx = conn.begin().await.unwrap();
-                            let target = if variant == "copy_plain" {
-                                "trades"
-                            } else {
-                                "stage_trades"
+                            let (target, format, data) = match variant {
+                                "copy_plain" => ("trades", "", copy_text(&batch)),
+                                "copy_staging_upsert" => ("stage_trades", "", copy_text(&batch)),
+                                _ => ("stage_trades_bin", " (FORMAT binary)", copy_binary(&batch)),
                             };
                             let mut copy = tx
-                                .copy_in_raw(&format!("COPY {target} ({COLUMNS}) FROM STDIN"))
+                                .copy_in_raw(&format!(
+                                    "COPY {target} ({COLUMNS}) FROM STDIN{format}"
+                                ))
                                 .await
                                 .unwrap();
-                            copy.send(copy_text(&batch)).await.unwrap();
+                            copy.send(data).await.unwrap();
                             copy.finish().await.unwrap();
-                            if variant != "copy_plain" {
+                            if variant == "copy_binary_staging_upsert" {
+                                sqlx::query(&format!(
+                                    "INSERT INTO trades ({COLUMNS}) SELECT venue, symbol, trade_id, side, \
+                                     price::numeric, qty::numeric, quote_qty::numeric, event_time_ms, \
+                                     recv_time_us, source FROM stage_trades_bin \
+                                     ON CONFLICT (venue, symbol, trade_id) DO UPDATE SET quote_qty = excluded.quote_qty \
+                                     WHERE trades.quote_qty IS NULL AND excluded.quote_qty IS NOT NULL \
+                                     AND trades.side = excluded.side AND trades.price = excluded.price \
+                                     AND trades.qty = excluded.qty AND trades.event_time_ms = excluded.event_time_ms"
+                                ))
+                                .execute(&mut *tx)
+                                .await
+                                .unwrap();
+                            } else if variant == "copy_staging_upsert" {
                                 sqlx::query(&format!(
                                     "INSERT INTO trades ({COLUMNS}) SELECT {COLUMNS} FROM stage_trades \
                                      ON CONFLICT (venue, symbol, trade_id) DO UPDATE SET quote_qty = excluded.quote_qty \
@@ -269,6 +332,15 @@ fn copy_variants(c: &mut Criterion, rt: &tokio::runtime::Runtime, url: &str) {
             });
         }
     }
+    // what pipelining could save at most: one statement's round trip on this connection
+    // (a mixed flush sends about six: begin, one per table, commit)
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("statement_round_trip", |b| {
+        b.iter(|| {
+            rt.block_on(sqlx::query("SELECT 1").execute(&mut conn))
+                .unwrap()
+        })
+    });
     g.finish();
     rt.block_on(conn.close()).unwrap();
 }
