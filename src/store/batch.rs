@@ -30,6 +30,8 @@ pub struct Batch {
     pub markets: Vec<Market>,
     pub gaps: Vec<Gap>,
     gap_index: HashMap<(Arc<str>, String, i64), usize>,
+    /// Memory of the events pushed (`Event::approx_bytes`, merged copies included).
+    bytes: usize,
 }
 
 impl Batch {
@@ -111,6 +113,7 @@ fn merge_quote_volume(mut new: Kline, old: &Kline) -> Kline {
 impl Batch {
     pub fn push(&mut self, mut ev: Event) {
         sanitize(&mut ev);
+        self.bytes += ev.approx_bytes();
         match ev {
             Event::Trade(t) => match self.trade_index.entry((t.symbol.clone(), t.trade_id)) {
                 // the same trade from WS and REST: one row, keeping any field only one sent
@@ -239,6 +242,11 @@ impl Batch {
         self.rows() == 0
     }
 
+    /// About the memory the batch holds (what its events took in the queue).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     pub fn clear(&mut self) {
         self.trades.clear();
         self.trade_conflicts.clear();
@@ -253,6 +261,7 @@ impl Batch {
         self.markets.clear();
         self.gaps.clear();
         self.gap_index.clear();
+        self.bytes = 0;
     }
 }
 

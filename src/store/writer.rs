@@ -250,14 +250,15 @@ pub async fn run_from(
                 for ev in buf.drain(..) {
                     batch.push(ev);
                 }
-                if policy.added(batch.rows(), Instant::now()) {
-                    take_backlog(&mut rx, &mut batch, most);
+                let full = policy.added(batch.rows(), Instant::now());
+                if full || batch.bytes() >= BACKLOG_BYTES {
+                    take_backlog(&mut rx, &mut batch, most, BACKLOG_BYTES);
                     w.flush(&mut batch).await;
                     policy.flushed();
                 }
             }
             _ = flush_timer => {
-                take_backlog(&mut rx, &mut batch, most);
+                take_backlog(&mut rx, &mut batch, most, BACKLOG_BYTES);
                 w.flush(&mut batch).await;
                 policy.flushed();
             }
@@ -328,10 +329,19 @@ impl FlushPolicy {
 /// touches hundreds: under load, fewer and larger commits (measured: 800 instruments kept up
 /// with 20000, not with 2000 a commit).
 const BACKLOG_ROWS: usize = 20_000;
+/// And bytes one batch holds at most (full books of hundreds of levels are large): a batch
+/// this large is flushed at once, and a backlog is taken up to it.
+const BACKLOG_BYTES: usize = 32 << 20;
 
-/// Moves events already queued into the batch until it holds `most` rows (never waits).
-fn take_backlog(rx: &mut crate::store::queue::EventRx, batch: &mut Batch, most: usize) {
-    while batch.rows() < most {
+/// Moves events already queued into the batch until it holds `rows` rows or `bytes` bytes
+/// (never waits).
+fn take_backlog(
+    rx: &mut crate::store::queue::EventRx,
+    batch: &mut Batch,
+    rows: usize,
+    bytes: usize,
+) {
+    while batch.rows() < rows && batch.bytes() < bytes {
         match rx.try_recv() {
             Some(ev) => batch.push(ev),
             None => break,
@@ -714,6 +724,45 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn book(levels: usize) -> Event {
+        use crate::decimal::Dec;
+        let l = (Dec::parse("86650.5").unwrap(), Dec::parse("1.5").unwrap());
+        Event::BookSnapshot(crate::model::BookSnapshot {
+            venue: "cdc-v1",
+            symbol: Arc::from("btcusdt"),
+            depth_step: 0,
+            event_time_ms: 1,
+            recv_time_us: 1,
+            bids: vec![l.clone(); levels],
+            asks: vec![l; levels],
+        })
+    }
+
+    #[tokio::test]
+    async fn a_backlog_is_taken_up_to_a_byte_budget_as_well_as_rows() {
+        let (tx, mut rx) = crate::store::queue::channel(100, 64 << 20);
+        let one = book(150).approx_bytes();
+        for _ in 0..10 {
+            tx.send(book(150)).await.unwrap();
+        }
+        let mut batch = Batch::default();
+        take_backlog(&mut rx, &mut batch, 1000, one * 4);
+        assert_eq!(
+            batch.snapshots.len(),
+            4,
+            "rows had room: the bytes stopped it"
+        );
+        assert_eq!(batch.bytes(), one * 4);
+        batch.clear();
+        assert_eq!(batch.bytes(), 0);
+        take_backlog(&mut rx, &mut batch, 3, usize::MAX);
+        assert_eq!(
+            batch.snapshots.len(),
+            3,
+            "bytes had room: the rows stopped it"
+        );
+    }
 
     #[tokio::test(start_paused = true)]
     async fn flushes_when_full_or_when_the_first_row_is_old_enough() {
