@@ -215,10 +215,20 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // sqlx reports each slow statement whole (kilobytes of SQL while a database is locked);
+    // the writer summarises slow writes in one line instead. RUST_LOG naming sqlx keeps them.
+    if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains("sqlx"))
+        && let Ok(d) = "sqlx::query=error".parse()
+    {
+        filter = filter.add_directive(d);
+    }
+    // colour only for a person at a terminal: journald and files get plain text
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),

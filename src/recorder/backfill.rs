@@ -303,7 +303,7 @@ impl Backfill {
         };
         if g.status == GapStatus::Unrecoverable {
             tracing::warn!(symbol = %g.symbol, stream = %g.stream, start_ms = g.start_ms,
-                end_ms = ?g.end_ms, detail = ?g.detail, "hole beyond the venue's history: recorded as unrecoverable");
+                end_ms = g.end_ms, detail = g.detail.as_deref(), "hole beyond the venue's history: recorded as unrecoverable");
         } else {
             tracing::info!(symbol = %g.symbol, stream = %g.stream, rows = g.rows_recovered,
                 reason = c.reason.as_str(), "hole filled");
@@ -442,7 +442,7 @@ impl Backfill {
                 return Ok(());
             };
             if c.reason.is_hint() {
-                tracing::warn!(symbol = %c.symbol, from = anchor.trade_id, to = ?c.trade_until.map(|t| t.trade_id),
+                tracing::warn!(symbol = %c.symbol, from = anchor.trade_id, to = c.trade_until.map(|t| t.trade_id),
                     "trade ids jumped and REST does not reach back that far: cannot tell whether trades are missing");
                 return Ok(());
             }

@@ -111,7 +111,7 @@ impl RestClient {
                 }
             };
             if attempt < self.attempts {
-                tracing::debug!(url = %url, error = %last, ?wait, "REST request failed; retrying");
+                tracing::debug!(url = %url, error = %last, wait_ms = wait.as_millis() as u64, "REST request failed; retrying");
                 tokio::time::sleep(wait.min(Duration::from_secs(60))).await;
             }
         }

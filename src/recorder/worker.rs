@@ -236,7 +236,7 @@ impl Worker {
             let delay = delays
                 .next()
                 .unwrap_or(Duration::from_secs(self.config.connection.reconnect_max_s));
-            tracing::debug!(connection = %self.plan.name, ?delay, "reconnecting after delay");
+            tracing::debug!(connection = %self.plan.name, delay_ms = delay.as_millis() as u64, "reconnecting after delay");
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
                 _ = tokio::time::sleep(delay) => {}
@@ -483,7 +483,12 @@ impl Worker {
         }
         lock(&self.current).clear();
         let closed_at = now_us().max(connected_at_us);
-        tracing::info!(connection = %conn, session = %session_id, reason = %reason, "disconnected");
+        // a stop's own closing is routine; every other departure is worth a look
+        if reason == "shutdown" {
+            tracing::info!(connection = %conn, session = %session_id, reason = %reason, "disconnected");
+        } else {
+            tracing::warn!(connection = %conn, session = %session_id, reason = %reason, "disconnected");
+        }
         for row in &mut rows {
             row.disconnected_at_us = Some(closed_at);
             row.close_reason = Some(reason.clone());
@@ -761,7 +766,7 @@ impl Reader {
         }
         let mut out: Vec<String> = Vec::new();
         for c in self.channels.iter_mut().filter(|c| now - c.seen >= limit) {
-            tracing::warn!(channel = ?c.key, silent_s = (now - c.seen).as_secs(), "channel silent while others deliver; subscribing again");
+            tracing::warn!(channel = %c.key.name(), silent_s = (now - c.seen).as_secs(), "channel silent while others deliver; subscribing again");
             c.seen = now;
             if !out.contains(&c.frame) {
                 out.push(c.frame.clone());

@@ -96,6 +96,8 @@ struct Writer {
     logged_rejects: std::collections::HashSet<String>,
     /// Symbols for which a trade conflict was logged already.
     logged_conflicts: std::collections::HashSet<String>,
+    /// Writes slower than [`SLOW_WRITE`] not yet reported, and when the last report went out.
+    slow: std::sync::Mutex<SlowWrites>,
     /// Set while the database has not answered since start-up.
     startup: Option<Startup>,
 }
@@ -162,6 +164,7 @@ impl Writer {
             deadline,
             logged_rejects: Default::default(),
             logged_conflicts: Default::default(),
+            slow: Default::default(),
             startup: None,
         }
     }
@@ -324,6 +327,50 @@ impl FlushPolicy {
     }
 }
 
+/// A write slower than this is reported (sqlx's own report of each slow statement, kilobytes
+/// of SQL, is filtered out of the log).
+const SLOW_WRITE: Duration = Duration::from_secs(1);
+/// At most one report of slow writes per this.
+const SLOW_REPORT_EVERY: Duration = Duration::from_secs(60);
+
+/// Slow writes, summarised: one line at the first, then at most one a minute with how many
+/// there were and the slowest.
+#[derive(Default)]
+struct SlowWrites {
+    count: u64,
+    rows: usize,
+    slowest: Duration,
+    last_report: Option<Instant>,
+}
+
+impl SlowWrites {
+    fn note(&mut self, took: Duration, rows: usize) {
+        if took < SLOW_WRITE {
+            return;
+        }
+        self.count += 1;
+        self.rows += rows;
+        self.slowest = self.slowest.max(took);
+        let now = Instant::now();
+        if self
+            .last_report
+            .is_some_and(|t| now.duration_since(t) < SLOW_REPORT_EVERY)
+        {
+            return;
+        }
+        tracing::warn!(
+            writes = self.count,
+            rows = self.rows,
+            slowest_ms = self.slowest.as_millis() as u64,
+            "database writes slow (over 1 s each): the database is busy, locked by another process, or its disk is slow"
+        );
+        *self = SlowWrites {
+            last_report: Some(now),
+            ..SlowWrites::default()
+        };
+    }
+}
+
 /// Rows one flush takes at most from a backlog (the writer fell behind). SQLite writes every
 /// index page a commit touched whole to its log, and a mixed batch of hundreds of symbols
 /// touches hundreds: under load, fewer and larger commits (measured: 800 instruments kept up
@@ -398,6 +445,9 @@ impl Writer {
                 if let Some((rows, seconds)) = self.stats.histograms.get() {
                     rows.record(batch.rows() as f64);
                     seconds.record(started.elapsed().as_secs_f64());
+                }
+                if let Ok(mut slow) = self.slow.lock() {
+                    slow.note(started.elapsed(), batch.rows());
                 }
             }
             Err(f) => {
@@ -554,7 +604,7 @@ impl Writer {
         };
         if let Err(e) = migrated {
             let delay = self.probe_delays.next().unwrap_or(self.probe.cap);
-            tracing::debug!(error = %e, ?delay, "database still not answering");
+            tracing::debug!(error = %e, delay_ms = delay.as_millis() as u64, "database still not answering");
             self.next_probe = Some(Instant::now() + delay);
             return;
         }
@@ -696,7 +746,7 @@ impl Writer {
             // poisoned file can never block the replay
             if let Err(f) = self.commit(&batch).await {
                 let delay = self.probe_delays.next().unwrap_or(self.probe.cap);
-                tracing::debug!(class = f.class.as_str(), error = %f.error, ?delay, "database still unavailable");
+                tracing::debug!(class = f.class.as_str(), error = %f.error, delay_ms = delay.as_millis() as u64, "database still unavailable");
                 self.next_probe = Some(Instant::now() + delay);
                 return false;
             }
@@ -737,6 +787,28 @@ mod tests {
             bids: vec![l.clone(); levels],
             asks: vec![l; levels],
         })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_writes_are_reported_at_most_once_a_minute() {
+        let mut s = SlowWrites::default();
+        s.note(Duration::from_millis(999), 10);
+        assert_eq!((s.count, s.last_report), (0, None), "not slow");
+        s.note(Duration::from_secs(3), 10);
+        let first = s.last_report.expect("the first slow write is reported");
+        assert_eq!(s.count, 0, "reported and reset");
+        tokio::time::advance(Duration::from_secs(30)).await;
+        s.note(Duration::from_secs(2), 20);
+        s.note(Duration::from_secs(5), 30);
+        assert_eq!(
+            (s.count, s.rows, s.slowest),
+            (2, 50, Duration::from_secs(5))
+        );
+        assert_eq!(s.last_report, Some(first), "held within the minute");
+        tokio::time::advance(Duration::from_secs(31)).await;
+        s.note(Duration::from_secs(1), 5);
+        assert_eq!(s.count, 0, "the three are reported together");
+        assert!(s.last_report > Some(first));
     }
 
     #[tokio::test]
