@@ -152,6 +152,21 @@ pub struct ChannelStats {
     pub last: Instant,
 }
 
+/// Every reason class a connection's end is counted under (`mdrec_reconnects_total`): all are
+/// exported from the start, at zero, so an alert on one never sees "no data".
+pub const RECONNECT_REASONS: [&str; 10] = [
+    "connect_failed",
+    "connect_timeout",
+    "silence",
+    "read_error",
+    "cut",
+    "closed_by_venue",
+    "send_error",
+    "panic",
+    "writer_stopped",
+    "other",
+];
+
 impl WorkerStats {
     /// Counts a connection that ended (or never opened) by its reason class.
     pub fn reconnect(&self, class: &'static str) {

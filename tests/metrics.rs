@@ -133,6 +133,11 @@ async fn metrics_and_health_during_a_run() {
             value(&m, &format!("mdrec_connects_total{{symbol=\"{s}\"}}")),
             1.0
         );
+        // no connection ended yet: every reason is there at zero (an alert needs the series)
+        for reason in mdrec::stats::RECONNECT_REASONS {
+            let key = format!("mdrec_reconnects_total{{symbol=\"{s}\",reason=\"{reason}\"}}");
+            assert_eq!(value(&m, &key), 0.0, "{key}");
+        }
     }
     // insert-only tables: what the writer wrote is what the database holds (a batch taken
     // from the queue may still be committing: compare again until both have it)

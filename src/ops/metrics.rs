@@ -310,10 +310,20 @@ impl Exporter {
                     st.last.elapsed().as_secs_f64(),
                 );
             }
-            let reconnects: Vec<_> = crate::runtime::lock(&w.reconnects)
-                .iter()
-                .map(|(k, v)| (*k, *v))
-                .collect();
+            let reconnects: Vec<_> = {
+                let counted = crate::runtime::lock(&w.reconnects);
+                let known = crate::stats::RECONNECT_REASONS;
+                known
+                    .iter()
+                    .map(|r| (*r, counted.get(r).copied().unwrap_or(0)))
+                    .chain(
+                        counted
+                            .iter()
+                            .filter(|(k, _)| !known.contains(k))
+                            .map(|(k, v)| (*k, *v)),
+                    )
+                    .collect()
+            };
             for (reason, n) in reconnects {
                 c(
                     "mdrec_reconnects_total",

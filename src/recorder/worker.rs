@@ -1277,6 +1277,28 @@ fn book_fingerprint(b: &crate::model::BookSnapshot) -> u128 {
 #[cfg(test)]
 mod tests {
     use super::book_fingerprint;
+
+    #[test]
+    fn every_reason_class_is_exported_from_the_start() {
+        for reason in [
+            "silent for 30 s",
+            "read error: reset",
+            "connection ended",
+            "closed by venue",
+            "subscribe failed",
+            "resubscribe failed",
+            "send failed",
+            "worker panicked",
+            "writer stopped",
+            "something new",
+        ] {
+            let class = super::reason_class(reason);
+            assert!(
+                crate::stats::RECONNECT_REASONS.contains(&class),
+                "{class} (from {reason:?}) is not in RECONNECT_REASONS"
+            );
+        }
+    }
     use crate::decimal::Dec;
     use crate::model::BookSnapshot;
 
