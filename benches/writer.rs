@@ -238,6 +238,12 @@ fn copy_binary(b: &Batch) -> Vec<u8> {
     out
 }
 
+/// The writer's conflict rule for trades, for the staging variants' upsert.
+const TRADE_RULE: &str = "ON CONFLICT (venue, symbol, trade_id) DO UPDATE SET quote_qty = excluded.quote_qty \
+     WHERE trades.quote_qty IS NULL AND excluded.quote_qty IS NOT NULL \
+     AND trades.side = excluded.side AND trades.price = excluded.price \
+     AND trades.qty = excluded.qty AND trades.event_time_ms = excluded.event_time_ms";
+
 const COLUMNS: &str =
     "venue, symbol, trade_id, side, price, qty, quote_qty, event_time_ms, recv_time_us, source";
 
@@ -302,22 +308,14 @@ fn copy_variants(c: &mut Criterion, rt: &tokio::runtime::Runtime, url: &str) {
                                 sqlx::query(&format!(
                                     "INSERT INTO trades ({COLUMNS}) SELECT venue, symbol, trade_id, side, \
                                      price::numeric, qty::numeric, quote_qty::numeric, event_time_ms, \
-                                     recv_time_us, source FROM stage_trades_bin \
-                                     ON CONFLICT (venue, symbol, trade_id) DO UPDATE SET quote_qty = excluded.quote_qty \
-                                     WHERE trades.quote_qty IS NULL AND excluded.quote_qty IS NOT NULL \
-                                     AND trades.side = excluded.side AND trades.price = excluded.price \
-                                     AND trades.qty = excluded.qty AND trades.event_time_ms = excluded.event_time_ms"
+                                     recv_time_us, source FROM stage_trades_bin {TRADE_RULE}"
                                 ))
                                 .execute(&mut *tx)
                                 .await
                                 .unwrap();
                             } else if variant == "copy_staging_upsert" {
                                 sqlx::query(&format!(
-                                    "INSERT INTO trades ({COLUMNS}) SELECT {COLUMNS} FROM stage_trades \
-                                     ON CONFLICT (venue, symbol, trade_id) DO UPDATE SET quote_qty = excluded.quote_qty \
-                                     WHERE trades.quote_qty IS NULL AND excluded.quote_qty IS NOT NULL \
-                                     AND trades.side = excluded.side AND trades.price = excluded.price \
-                                     AND trades.qty = excluded.qty AND trades.event_time_ms = excluded.event_time_ms"
+                                    "INSERT INTO trades ({COLUMNS}) SELECT {COLUMNS} FROM stage_trades {TRADE_RULE}"
                                 ))
                                 .execute(&mut *tx)
                                 .await

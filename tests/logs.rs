@@ -8,37 +8,11 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{sqlite_db, wait_for};
+use common::{Log, sqlite_db, wait_for};
 use mdrec::sim::{self, SimConfig};
-use tokio::io::AsyncBufReadExt;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mdrec");
-
-#[derive(Clone, Default)]
-struct Log(std::sync::Arc<std::sync::Mutex<String>>);
-
-impl Log {
-    fn follow(child: &mut Child) -> Log {
-        let log = Log::default();
-        if let Some(e) = child.stderr.take() {
-            let l = log.clone();
-            tokio::spawn(async move {
-                let mut lines = tokio::io::BufReader::new(e).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    let mut s = l.0.lock().unwrap();
-                    s.push_str(&line);
-                    s.push('\n');
-                }
-            });
-        }
-        log
-    }
-
-    fn text(&self) -> String {
-        self.0.lock().unwrap().clone()
-    }
-}
 
 /// Runs the recorder against the simulator, cuts its connections once it is connected,
 /// waits for the reconnect, stops it with SIGTERM and returns what it wrote to stderr.

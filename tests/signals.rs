@@ -9,7 +9,7 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::PgDb;
+use common::{Log, PgDb};
 use mdrec::sim::{self, SimConfig};
 use mdrec::store::Store;
 use tokio::process::{Child, Command};
@@ -49,33 +49,6 @@ fn signal(child: &Child, sig: &str) {
         .status()
         .unwrap();
     assert!(ok.success());
-}
-
-/// The child's stderr, collected as it is written (read it any time).
-#[derive(Clone, Default)]
-struct Log(std::sync::Arc<std::sync::Mutex<String>>);
-
-impl Log {
-    fn follow(child: &mut Child) -> Log {
-        let log = Log::default();
-        if let Some(e) = child.stderr.take() {
-            let l = log.clone();
-            tokio::spawn(async move {
-                use tokio::io::AsyncBufReadExt;
-                let mut lines = tokio::io::BufReader::new(e).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    let mut s = l.0.lock().unwrap();
-                    s.push_str(&line);
-                    s.push('\n');
-                }
-            });
-        }
-        log
-    }
-
-    fn text(&self) -> String {
-        self.0.lock().unwrap().clone()
-    }
 }
 
 async fn stderr_of(child: &mut Child) -> String {

@@ -482,3 +482,30 @@ pub async fn stored_equals_ledger(
     }
     true
 }
+
+/// A child's stderr, collected line by line as it is written (read it any time).
+#[derive(Clone, Default)]
+pub struct Log(std::sync::Arc<std::sync::Mutex<String>>);
+
+impl Log {
+    pub fn follow(child: &mut tokio::process::Child) -> Log {
+        let log = Log::default();
+        if let Some(e) = child.stderr.take() {
+            let l = log.clone();
+            tokio::spawn(async move {
+                use tokio::io::AsyncBufReadExt;
+                let mut lines = tokio::io::BufReader::new(e).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let mut s = l.0.lock().unwrap();
+                    s.push_str(&line);
+                    s.push('\n');
+                }
+            });
+        }
+        log
+    }
+
+    pub fn text(&self) -> String {
+        self.0.lock().unwrap().clone()
+    }
+}
