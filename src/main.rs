@@ -33,7 +33,8 @@ enum LogFormatArg {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Record: migrate the database, then run until SIGTERM/SIGINT.
+    /// Record: migrate the database, then run until SIGTERM/SIGINT (SIGHUP reloads the
+    /// configuration: symbols added or removed start and stop).
     Run {
         #[arg(short, long, default_value = "/etc/mdrec/mdrec.toml")]
         config: PathBuf,
@@ -253,10 +254,12 @@ async fn open_store(config: &Config) -> anyhow::Result<(mdrec::store::Store, &'s
     Ok((store, venue))
 }
 
-/// Stop tokens: the first SIGTERM, SIGINT or SIGHUP cancels `stop` (an orderly shutdown; until
-/// reloading exists SIGHUP stops too, since systemd would not restart a process it killed);
-/// a second signal cancels `hurry` (a fast stop that still spools what is unwritten).
-fn shutdown_on_signals() -> anyhow::Result<(CancellationToken, CancellationToken)> {
+/// Stop tokens: the first SIGTERM or SIGINT cancels `stop` (an orderly shutdown), a second
+/// signal cancels `hurry` (a fast stop that still spools what is unwritten). SIGHUP asks
+/// `reload` when given (the recorder reads its file again), else it stops like SIGTERM.
+fn shutdown_on_signals(
+    reload: Option<tokio::sync::mpsc::UnboundedSender<()>>,
+) -> anyhow::Result<(CancellationToken, CancellationToken)> {
     use tokio::signal::unix::{SignalKind, signal};
     let (stop, hurry) = (CancellationToken::new(), CancellationToken::new());
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
@@ -264,12 +267,24 @@ fn shutdown_on_signals() -> anyhow::Result<(CancellationToken, CancellationToken
     let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
     let (s, h) = (stop.clone(), hurry.clone());
     tokio::spawn(async move {
-        for n in 0.. {
+        let mut n = 0;
+        loop {
             let name = tokio::select! {
                 _ = term.recv() => "SIGTERM",
                 _ = int.recv() => "SIGINT",
                 _ = hup.recv() => "SIGHUP",
             };
+            if name == "SIGHUP"
+                && let Some(r) = &reload
+            {
+                if s.is_cancelled() {
+                    tracing::info!(signal = name, "stopping: no reload");
+                } else {
+                    tracing::info!(signal = name, "reloading the configuration");
+                    let _ = r.send(());
+                }
+                continue;
+            }
             if n == 0 {
                 tracing::info!(signal = name, "stopping (a second signal stops at once)");
                 s.cancel();
@@ -277,6 +292,7 @@ fn shutdown_on_signals() -> anyhow::Result<(CancellationToken, CancellationToken
                 tracing::warn!(signal = name, "second signal: fast stop");
                 h.cancel();
             }
+            n += 1;
         }
     });
     Ok((stop, hurry))
@@ -284,11 +300,13 @@ fn shutdown_on_signals() -> anyhow::Result<(CancellationToken, CancellationToken
 
 async fn run(cmd: Cmd, config: Option<Config>) -> anyhow::Result<()> {
     match cmd {
-        Cmd::Run { .. } => {
+        Cmd::Run { config: path } => {
             let config = config.context("no configuration")?;
-            let (stop, hurry) = shutdown_on_signals()?;
+            let (reload, requests) = tokio::sync::mpsc::unbounded_channel();
+            let (stop, hurry) = shutdown_on_signals(Some(reload))?;
             let venue = mdrec::venue::configured(&config.venue)?;
-            mdrec::recorder::run_until(config, venue, stop, hurry).await?;
+            let reload = mdrec::recorder::reload::Reload { path, requests };
+            mdrec::recorder::run_until(config, venue, stop, hurry, Some(reload)).await?;
             Ok(())
         }
         Cmd::Migrate { .. } => {
@@ -430,7 +448,7 @@ async fn run(cmd: Cmd, config: Option<Config>) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Demo { venue, seconds, db } => {
-            let (stop, _) = shutdown_on_signals()?;
+            let (stop, _) = shutdown_on_signals(None)?;
             let report = mdrec::demo::run(&venue, seconds, &db, stop).await?;
             print!("{report}");
             Ok(())
@@ -460,7 +478,7 @@ async fn run(cmd: Cmd, config: Option<Config>) -> anyhow::Result<()> {
             } else {
                 symbols
             };
-            let (stop, _) = shutdown_on_signals()?;
+            let (stop, _) = shutdown_on_signals(None)?;
             let handle = sim::start(SimConfig {
                 seed,
                 symbols,

@@ -32,6 +32,8 @@ pub struct RunStats {
     pub metrics_addr: std::sync::OnceLock<std::net::SocketAddr>,
     /// The shutdown deadline of this run.
     pub deadline: Arc<deadline::Deadline>,
+    /// Configuration reloads (SIGHUP): applied, refused.
+    pub reloads: [std::sync::atomic::AtomicU64; 2],
 }
 
 impl RunStats {

@@ -20,13 +20,25 @@ const BIN: &str = env!("CARGO_BIN_EXE_mdrec");
 const SYMBOLS: [&str; 2] = ["btcusdt", "ethusdt"];
 const KILLS: usize = 10;
 
-fn spawn(cfg: &std::path::Path) -> Child {
+/// `MDREC_CRASH_LOG_DIR` keeps each run's log there (`RUST_LOG` as set, else warn), to read
+/// what a failing seed's runs did.
+fn spawn(cfg: &std::path::Path, run: &str) -> Child {
+    let stderr = match std::env::var_os("MDREC_CRASH_LOG_DIR") {
+        Some(dir) => {
+            std::fs::create_dir_all(&dir).unwrap();
+            Stdio::from(std::fs::File::create(std::path::Path::new(&dir).join(run)).unwrap())
+        }
+        None => Stdio::null(),
+    };
     Command::new(BIN)
         .args(["run", "-c", cfg.to_str().unwrap()])
         .env_remove("MDREC_DATABASE_URL")
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .kill_on_drop(true)
         .spawn()
         .unwrap()
@@ -40,6 +52,11 @@ fn kill(child: &Child, sig: &str) {
 }
 
 async fn crash_loop(db_url: &str) {
+    let db = if db_url.starts_with("sqlite") {
+        "sqlite"
+    } else {
+        "postgres"
+    };
     let seed = std::env::var("MDREC_CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -77,7 +94,7 @@ async fn crash_loop(db_url: &str) {
     sim.throttle_rest(true);
     let mut delays = Vec::new();
     for i in 0..KILLS {
-        let mut child = spawn(&cfg);
+        let mut child = spawn(&cfg, &format!("{db}-{i}.log"));
         // every third kill comes right after the restart; the others at a random moment
         let ms = if i % 3 == 1 {
             rng.u64(0..150)
@@ -91,7 +108,7 @@ async fn crash_loop(db_url: &str) {
     }
     // a clean run: it closes what the killed runs left open and fills their holes
     sim.throttle_rest(false);
-    let mut child = spawn(&cfg);
+    let mut child = spawn(&cfg, &format!("{db}-last.log"));
     let store = Store::connect(db_url).await.unwrap();
     wait_for(
         "the last run recording",
@@ -203,12 +220,37 @@ async fn crash_loop(db_url: &str) {
             })
             .map(|t| (t.id, t.time_ms))
             .collect();
-        assert!(
-            outside.is_empty(),
-            "{s}: {} of {} trades no socket delivered are in no gap row: {outside:?}\nrows: {rows:#?}",
-            outside.len(),
-            unseen.len()
-        );
+        if !outside.is_empty() {
+            // what the runs left around the first such trade, to tell which run forgot it
+            let t0 = outside[0].1;
+            let stored: Vec<String> = store
+                .load_trades("cdc-v1", s)
+                .await
+                .unwrap()
+                .iter()
+                .filter(|t| (t.event_time_ms - t0).abs() <= 3000)
+                .map(|t| {
+                    format!(
+                        "{} @{} {:?} recv {}",
+                        t.trade_id, t.event_time_ms, t.source, t.recv_time_us
+                    )
+                })
+                .collect();
+            let sql = "SELECT connected_at_us, disconnected_at_us, close_reason FROM sessions \
+                       WHERE symbol = $1 ORDER BY connected_at_us";
+            let sessions: Vec<(i64, Option<i64>, Option<String>)> = match &store {
+                Store::Sqlite(p) => sqlx::query_as(sql).bind(s).fetch_all(p.pool()).await,
+                Store::Postgres(p) => sqlx::query_as(sql).bind(s).fetch_all(p.pool()).await,
+            }
+            .unwrap();
+            panic!(
+                "{s}: {} of {} trades no socket delivered are in no gap row: {outside:?}\n\
+                 rows: {rows:#?}\nstored near them: {stored:#?}\nsessions: {sessions:#?}\n\
+                 kills after {delays:?} ms",
+                outside.len(),
+                unseen.len()
+            );
+        }
         unseen_total += unseen.len();
     }
     // and no hole is wider than the loss: every trade strictly inside a filled hole came from

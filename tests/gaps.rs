@@ -946,6 +946,21 @@ async fn exec(store: &Store, sql: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_holes_left_open_by_a_killed_run_are_resolved_at_start() {
+    left_open(0).await;
+}
+
+/// The row of a killed run's hole says where its connection's first trade was; trades the
+/// run before it committed late (its last transaction landing after the next run had read
+/// where the stored trades end) lie inside the hole and do not cut it short.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_late_commit_inside_a_left_open_hole_does_not_shorten_it() {
+    left_open(3).await;
+}
+
+/// A run killed mid-check: trades and a bar missing, their holes `open`. With `late` > 0, the
+/// `late` trades after the anchor are kept (committed late by the run before) and the
+/// trades row carries its end (the connection's first trade).
+async fn left_open(late: usize) {
     let (_dir, url) = sqlite_db();
     let (sim, store, mut cfg) = setup(
         SimConfig {
@@ -966,20 +981,20 @@ async fn sqlite_holes_left_open_by_a_killed_run_are_resolved_at_start() {
     // what a run killed mid-check leaves: trades and a bar missing, their holes `open`
     let trades = store.load_trades(NAME, "btcusdt").await.unwrap();
     let n = trades.len();
-    let (anchor, a, b, after) = (
-        &trades[n - 41],
-        &trades[n - 40],
-        &trades[n - 21],
-        &trades[n - 20],
-    );
+    let (anchor, b, after) = (&trades[n - 41], &trades[n - 21], &trades[n - 20]);
     exec(
         &store,
         &format!(
             "DELETE FROM trades WHERE symbol = 'btcusdt' AND trade_id BETWEEN {} AND {}",
-            a.trade_id, b.trade_id
+            trades[n - 40 + late].trade_id,
+            b.trade_id
         ),
     )
     .await;
+    let deleted: Vec<(i64, i64)> = trades[n - 40 + late..=n - 21]
+        .iter()
+        .map(|t| (t.trade_id, t.event_time_ms))
+        .collect();
     let bars = store.load_klines(NAME, "btcusdt", "1min").await.unwrap();
     let bar = &bars[bars.len() - 3];
     assert!(bar.closed);
@@ -991,13 +1006,13 @@ async fn sqlite_holes_left_open_by_a_killed_run_are_resolved_at_start() {
         ),
     )
     .await;
-    let open = |stream: &str, start_ms: i64| {
+    let open = |stream: &str, start_ms: i64, end_ms: Option<i64>| {
         mdrec::model::Event::Gap(Gap {
             venue: NAME,
             symbol: "btcusdt".into(),
             stream: stream.into(),
             start_ms,
-            end_ms: None,
+            end_ms,
             status: GapStatus::Open,
             detected_at_ms: mdrec::model::now_ms(),
             resolved_at_ms: None,
@@ -1006,8 +1021,9 @@ async fn sqlite_holes_left_open_by_a_killed_run_are_resolved_at_start() {
         })
     };
     let mut batch = mdrec::store::Batch::default();
-    batch.push(open("trades", anchor.event_time_ms));
-    batch.push(open("kline_1min", bar.open_time_ms));
+    let end = (late > 0).then_some(after.event_time_ms);
+    batch.push(open("trades", anchor.event_time_ms, end));
+    batch.push(open("kline_1min", bar.open_time_ms, None));
     store.write(&batch).await.unwrap();
 
     let run = Recorder::start(&cfg).await;
@@ -1032,12 +1048,27 @@ async fn sqlite_holes_left_open_by_a_killed_run_are_resolved_at_start() {
         .find(|g| g.stream == "trades" && g.start_ms == anchor.event_time_ms)
         .expect("the trades row");
     assert_eq!(t.status, GapStatus::Filled);
-    assert_eq!(t.rows_recovered, 20, "{t:?}");
+    // every REST trade between the anchor and the connection's first: the late ones too,
+    // but for those in the anchor's millisecond (the row keeps a time, and the anchor is the
+    // last trade stored at it)
+    let recovered = deleted.len() as i64..=20;
+    assert!(
+        recovered.contains(&t.rows_recovered) && (late > 0 || t.rows_recovered == 20),
+        "{t:?}"
+    );
     assert_eq!(
         t.end_ms,
         Some(after.event_time_ms),
-        "ends at the next stored trade"
+        "ends at its connection's first trade"
     );
+    let stored = stored_ids(&store, "btcusdt").await;
+    for (id, ms) in &deleted {
+        assert!(stored.contains(id), "trade {id} stored again");
+        assert!(
+            t.start_ms <= *ms && *ms <= after.event_time_ms,
+            "trade {id} inside {t:?}"
+        );
+    }
     let k = all
         .iter()
         .find(|g| g.stream == "kline_1min" && g.start_ms == bar.open_time_ms)

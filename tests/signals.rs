@@ -1,8 +1,11 @@
-//! Every way the daemon ends leaves no session open and loses nothing received: SIGHUP
-//! stops it like SIGTERM (exit 0), a second SIGINT stops it at once (unwritten rows go to the
-//! spool, replayed at the next start), SIGTERM while the database has not answered yet is
-//! honoured at once, and sessions a SIGKILLed run left open are closed at the next start at
-//! that run's last stored row, so coverage's live share is true.
+//! Every way the daemon ends leaves no session open and loses nothing received: SIGTERM
+//! exits 0 with every session closed, a second SIGINT stops it at once (unwritten rows go to
+//! the spool, replayed at the next start), SIGTERM while the database has not answered yet is
+//! honoured at once, a listener that cannot be bound stops start-up before any session opens,
+//! and sessions a SIGKILLed run left open are closed at the next start at that run's last
+//! stored row, so coverage's live share is true. SIGHUP reloads the configuration: symbols
+//! added start, symbols removed stop (their sessions closed), the others record on untouched;
+//! a file that does not validate is refused, naming the key, and recording goes on.
 
 mod common;
 
@@ -18,11 +21,25 @@ const BIN: &str = env!("CARGO_BIN_EXE_mdrec");
 const SYMBOLS: [&str; 2] = ["btcusdt", "ethusdt"];
 
 fn config(dir: &std::path::Path, ws: &str, rest: &str, db_url: &str) -> std::path::PathBuf {
+    config_with(dir, ws, rest, db_url, &SYMBOLS, "")
+}
+
+/// The daemon's file with these symbols, and `extra` (whole tables) at the end.
+fn config_with(
+    dir: &std::path::Path,
+    ws: &str,
+    rest: &str,
+    db_url: &str,
+    symbols: &[&str],
+    extra: &str,
+) -> std::path::PathBuf {
+    let list: Vec<String> = symbols.iter().map(|s| format!("{s:?}")).collect();
     let text = format!(
         "[venue]\nkind = \"cdc-v1\"\nws_url = \"{ws}\"\nrest_url = \"{rest}\"\n[database]\nurl = \"{db_url}\"\n\
-         [record]\nsymbols = [\"btcusdt\", \"ethusdt\"]\nklines = [\"1min\"]\nmax_time_ahead_s = 86400\n\
+         [record]\nsymbols = [{}]\nklines = [\"1min\"]\nmax_time_ahead_s = 86400\n\
          [metrics]\nlisten = \"\"\n[backfill]\nenabled = false\n[writer]\nspool_dir = {:?}\n\
-         [shutdown]\ntimeout_s = 10\n",
+         [shutdown]\ntimeout_s = 10\n{extra}",
+        list.join(", "),
         dir.join("spool")
     );
     let path = dir.join("mdrec.toml");
@@ -170,14 +187,150 @@ async fn stop_with(
     (status.code(), stderr, store, sim)
 }
 
-async fn sighup_stops_cleanly_and_closes_every_session(kind: &str) {
+/// (symbol, session_id) of the sessions still open.
+async fn open_sessions(store: &Store) -> Vec<(String, String)> {
+    let sql = "SELECT symbol, session_id FROM sessions WHERE disconnected_at_us IS NULL \
+               ORDER BY symbol";
+    match store {
+        Store::Sqlite(s) => sqlx::query_as(sql).fetch_all(s.pool()).await,
+        Store::Postgres(s) => sqlx::query_as(sql).fetch_all(s.pool()).await,
+    }
+    .unwrap()
+}
+
+async fn sighup_reloads_symbols_and_keeps_the_rest_recording(kind: &str) {
     let dir = tempfile::tempdir().unwrap();
     let Some((db_url, pg)) = database(kind, dir.path()).await else {
         return;
     };
-    let (code, stderr, store, sim) = stop_with(&["HUP"], dir.path(), &db_url).await;
+    let sim = sim::start(SimConfig {
+        symbols: vec!["btcusdt".into(), "ethusdt".into(), "xrpusdt".into()],
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let (ws, rest) = (sim.ws_url(), sim.rest_url());
+    let cfg = config(dir.path(), &ws, &rest, &db_url);
+    let mut child = spawn(&cfg);
+    wait_stored(&mut child, &db_url, 100).await;
+    let log = Log::follow(&mut child);
+    let store = Store::connect(&db_url).await.unwrap();
+    common::wait_for("both sessions open", Duration::from_secs(20), || async {
+        open_sessions(&store).await.len() == 2
+    })
+    .await;
+    let before = open_sessions(&store).await;
+
+    // ethusdt out, xrpusdt in, and a setting only a restart applies
+    config_with(
+        dir.path(),
+        &ws,
+        &rest,
+        &db_url,
+        &["btcusdt", "xrpusdt"],
+        "[connection]\nsilence_timeout_s = 45\n",
+    );
+    signal(&child, "HUP");
+    common::wait_for(
+        "xrpusdt recorded, ethusdt's session closed",
+        Duration::from_secs(30),
+        || async {
+            !common::stored_ids(&store, "xrpusdt").await.is_empty()
+                && open_sessions(&store)
+                    .await
+                    .iter()
+                    .all(|(s, _)| s != "ethusdt")
+        },
+    )
+    .await;
+    let text = log.text();
+    assert!(text.contains("configuration reloaded"), "{text}");
+    assert!(
+        text.contains("connection.silence_timeout_s") && text.contains("next start"),
+        "the setting a restart applies is named: {text}"
+    );
+    let rows = sessions(&store).await;
+    let eth: Vec<_> = rows.iter().filter(|r| r.0 == "ethusdt").collect();
+    assert_eq!(eth.len(), 1, "{rows:?}");
+    assert_eq!(eth[0].3.as_deref(), Some("removed from the configuration"));
+    // btcusdt untouched: the same session, still open, still recording
+    let btc_session = before.iter().find(|r| r.0 == "btcusdt").cloned().unwrap();
+    assert!(open_sessions(&store).await.contains(&btc_session));
+    let btc = common::stored_ids(&store, "btcusdt").await.len();
+    common::wait_for("btcusdt recording on", Duration::from_secs(20), || async {
+        common::stored_ids(&store, "btcusdt").await.len() > btc
+    })
+    .await;
+
+    // a file that does not validate: refused, naming the key; nothing changes
+    let bad = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("silence_timeout_s = 45", "silence_timeout_s = \"soon\"");
+    std::fs::write(&cfg, bad).unwrap();
+    signal(&child, "HUP");
+    common::wait_for("the reload refused", Duration::from_secs(10), || async {
+        log.text().contains("reload refused")
+    })
+    .await;
+    let text = log.text();
+    let refused = text.lines().find(|l| l.contains("reload refused")).unwrap();
+    assert!(
+        refused.contains("connection.silence_timeout_s"),
+        "names the key: {refused}"
+    );
+    let open = open_sessions(&store).await;
+    assert_eq!(
+        open.iter().map(|r| r.0.as_str()).collect::<Vec<_>>(),
+        ["btcusdt", "xrpusdt"],
+        "{open:?}"
+    );
+    assert!(
+        open.contains(&btc_session),
+        "btcusdt still on its first connection"
+    );
+    let xrp = common::stored_ids(&store, "xrpusdt").await.len();
+    common::wait_for(
+        "recording on after the refusal",
+        Duration::from_secs(20),
+        || async { common::stored_ids(&store, "xrpusdt").await.len() > xrp },
+    )
+    .await;
+
+    signal(&child, "TERM");
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("exits within 20 s")
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{}", log.text());
+    sim.halt();
+    assert!(
+        open_sessions(&store).await.is_empty(),
+        "every session closed"
+    );
+    // what the kept and the added symbol were sent is stored, every trade once
+    for s in ["btcusdt", "xrpusdt"] {
+        assert_eq!(common::stored_ids(&store, s).await, sim.delivered(s), "{s}");
+    }
+    println!(
+        "SIGHUP ({kind}): ethusdt stopped (session closed: removed from the configuration), \
+         xrpusdt started, btcusdt on its first session throughout; a bad file refused naming \
+         the key; exit 0 with no session open"
+    );
+    store.close().await;
+    sim.shutdown().await;
+    if let Some(pg) = pg {
+        pg.drop_db().await;
+    }
+}
+
+async fn sigterm_stops_cleanly_and_closes_every_session(kind: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((db_url, pg)) = database(kind, dir.path()).await else {
+        return;
+    };
+    let (code, stderr, store, sim) = stop_with(&["TERM"], dir.path(), &db_url).await;
     assert_eq!(code, Some(0), "{stderr}");
-    assert!(stderr.contains("SIGHUP"), "{stderr}");
+    assert!(stderr.contains("SIGTERM"), "{stderr}");
     let rows = sessions(&store).await;
     assert_eq!(rows.len(), SYMBOLS.len(), "{rows:?}");
     for (sym, _, end, reason) in &rows {
@@ -339,13 +492,63 @@ async fn sessions_a_killed_run_left_open_are_closed_at_its_last_row(kind: &str) 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_sighup_stops_cleanly_and_closes_every_session() {
-    sighup_stops_cleanly_and_closes_every_session("sqlite").await;
+async fn sqlite_sighup_reloads_symbols_and_keeps_the_rest_recording() {
+    sighup_reloads_symbols_and_keeps_the_rest_recording("sqlite").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_sighup_stops_cleanly_and_closes_every_session() {
-    sighup_stops_cleanly_and_closes_every_session("postgres").await;
+async fn postgres_sighup_reloads_symbols_and_keeps_the_rest_recording() {
+    sighup_reloads_symbols_and_keeps_the_rest_recording("postgres").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_sigterm_stops_cleanly_and_closes_every_session() {
+    sigterm_stops_cleanly_and_closes_every_session("sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_sigterm_stops_cleanly_and_closes_every_session() {
+    sigterm_stops_cleanly_and_closes_every_session("postgres").await;
+}
+
+/// A fatal start-up error after the database is ready (the metrics port taken) leaves no
+/// session open: nothing connects before everything that can fail has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fatal_start_up_error_leaves_no_session_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db_url, _) = database("sqlite", dir.path()).await.unwrap();
+    let sim = sim::start(SimConfig::default()).await.unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let cfg = config_with(
+        dir.path(),
+        &sim.ws_url(),
+        &sim.rest_url(),
+        &db_url,
+        &SYMBOLS,
+        "",
+    );
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("listen = \"\"", &format!("listen = \"{addr}\""));
+    std::fs::write(&cfg, text).unwrap();
+    let mut child = spawn(&cfg);
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("exits")
+        .unwrap();
+    let stderr = stderr_of(&mut child).await;
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("metrics listener"), "{stderr}");
+    assert_eq!(
+        sim.state().connections_total,
+        0,
+        "no socket opened: {stderr}"
+    );
+    let store = Store::connect(&db_url).await.unwrap();
+    assert_eq!(sessions(&store).await, Vec::new(), "no session opened");
+    store.close().await;
+    sim.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -34,7 +34,7 @@ const WRITE_SECONDS_BUCKETS: [f64; 12] = [
 ];
 
 /// Name, unit, help: every metric this module exports.
-const DESCRIPTIONS: [(&str, Option<Unit>, &str); 34] = [
+const DESCRIPTIONS: [(&str, Option<Unit>, &str); 35] = [
     (
         "mdrec_frames_received_total",
         None,
@@ -129,6 +129,11 @@ const DESCRIPTIONS: [(&str, Option<Unit>, &str); 34] = [
         "Rows lost at the shutdown deadline (neither stored nor spooled).",
     ),
     ("mdrec_gaps", None, "Rows in the gaps table, per status."),
+    (
+        "mdrec_config_reloads_total",
+        None,
+        "Configuration reloads (SIGHUP), per result: applied, or refused (the file did not validate; the running configuration kept).",
+    ),
     (
         "mdrec_rejected_rows_total",
         None,
@@ -362,6 +367,9 @@ impl Exporter {
             &[("reason", "conflict")],
             load(&wr.conflicts),
         );
+        for (result, n) in ["applied", "refused"].iter().zip(&stats.reloads) {
+            c("mdrec_config_reloads_total", &[("result", result)], load(n));
+        }
         c("mdrec_spooled_rows_total", &[], load(&wr.spooled_rows));
         c("mdrec_replayed_rows_total", &[], load(&wr.replayed_rows));
         c("mdrec_dropped_rows_total", &[], load(&wr.dropped_rows));

@@ -1,6 +1,7 @@
 //! systemd `Type=notify` integration: READY once the database is migrated and the workers are
-//! started, WATCHDOG=1 only while the writer and the worker supervisors make progress,
-//! STOPPING on shutdown. Without `NOTIFY_SOCKET` (not under systemd) every call is a no-op.
+//! started (and after each reload, announced by RELOADING), WATCHDOG=1 only while the writer
+//! and the worker supervisors make progress, STOPPING on shutdown. Without `NOTIFY_SOCKET`
+//! (not under systemd) every call is a no-op.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -21,6 +22,15 @@ fn send(states: &[NotifyState]) {
 pub fn ready(symbols: usize) {
     let status = format!("recording {symbols} symbols");
     send(&[NotifyState::Ready, NotifyState::Status(&status)]);
+}
+
+/// A reload began (SIGHUP); [`ready`] ends it. systemd 253 and later want the monotonic
+/// time along with it.
+pub fn reloading() {
+    send(&[
+        NotifyState::Reloading,
+        NotifyState::monotonic_usec_now().unwrap_or(NotifyState::Status("reloading")),
+    ]);
 }
 
 pub fn stopping() {

@@ -384,15 +384,28 @@ pub async fn load(
             };
             let stream = StreamKey::parse(&g.stream);
             if stream == Some(StreamKey::Trades) {
-                // the hole lies between the trade it was anchored on and the next one stored
+                // the hole lies between the trade it was anchored on and its connection's
+                // first trade
                 let Some(anchor) = store.last_trade(venue.name(), s, Some(g.start_ms)).await?
                 else {
                     continue;
                 };
                 c.trade = Some(anchor);
-                c.trade_until = store
-                    .next_trade(venue.name(), s, anchor, venue.trade_ids())
-                    .await?;
+                // the row's end, when its connection's first trade was on record, else
+                // the next trade stored (which a killed run's late commit may have put
+                // inside the hole)
+                let first = match g.end_ms {
+                    Some(e) => store.first_trade_from(venue.name(), s, e).await?,
+                    None => None,
+                };
+                c.trade_until = match first {
+                    Some(f) if venue.trade_ids().is_after(f, anchor) => Some(f),
+                    _ => {
+                        store
+                            .next_trade(venue.name(), s, anchor, venue.trade_ids())
+                            .await?
+                    }
+                };
             } else if let Some(iv) = stream.as_ref().and_then(|k| k.interval())
                 && intervals.iter().any(|i| **i == **iv)
             {

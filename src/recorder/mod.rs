@@ -6,6 +6,7 @@ pub mod backfill;
 pub mod fleet;
 pub mod markets;
 pub mod marks;
+pub mod reload;
 pub mod rest;
 pub mod worker;
 
@@ -37,27 +38,35 @@ pub async fn run_with(
     venue: Arc<dyn Venue>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Arc<RunStats>> {
-    run_until(config, venue, shutdown, CancellationToken::new()).await
+    run_until(config, venue, shutdown, CancellationToken::new(), None).await
 }
 
 /// [`run_with`], plus `hurry`: cancelled after shutdown began (a second SIGINT), it brings
 /// the shutdown deadline forward to now: close handshakes end, unwritten rows are spooled.
 /// Shutdown is honoured in every phase: a signal while the database connects, migrates or
-/// replays the spool stops the start-up there.
+/// replays the spool stops the start-up there. With `reload`, each request reads the file
+/// again ([`reload`]).
 pub async fn run_until(
     config: Config,
     venue: Arc<dyn Venue>,
     shutdown: CancellationToken,
     hurry: CancellationToken,
+    reload: Option<reload::Reload>,
 ) -> anyhow::Result<Arc<RunStats>> {
     let started = tokio::select! {
-        r = start(config, venue, shutdown.clone()) => r?,
+        r = start_fleet(config, venue, shutdown.clone()) => r?,
         _ = shutdown.cancelled() => {
             tracing::info!("shutdown requested during start-up; nothing was recording yet");
             return Ok(Arc::new(RunStats::default()));
         }
     };
-    let (store, stats, tasks) = started;
+    let Started {
+        store,
+        stats,
+        tasks,
+        fleet,
+        config,
+    } = started;
     {
         let (stats, hurry) = (stats.clone(), hurry.clone());
         tokio::spawn(async move {
@@ -71,7 +80,34 @@ pub async fn run_until(
         stats.clone(),
         shutdown.clone(),
     ));
-    shutdown.cancelled().await;
+    match reload {
+        Some(mut r) => {
+            let mut reloader = reload::Reloader {
+                path: r.path,
+                running: config,
+                fleet,
+                stats: stats.clone(),
+            };
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    req = r.requests.recv() => match req {
+                        Some(()) => {
+                            reloader.reload().await;
+                        }
+                        None => {
+                            shutdown.cancelled().await;
+                            break;
+                        }
+                    },
+                }
+            }
+        }
+        None => {
+            drop(fleet);
+            shutdown.cancelled().await;
+        }
+    }
     crate::ops::systemd::stopping();
     tracing::info!("shutdown: stopping intake and draining the queue");
     tasks.close();
@@ -93,6 +129,26 @@ pub async fn start(
     venue: Arc<dyn Venue>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<(Arc<Store>, Arc<RunStats>, TaskTracker)> {
+    let s = start_fleet(config, venue, shutdown).await?;
+    Ok((s.store, s.stats, s.tasks))
+}
+
+/// What [`start_fleet`] started.
+struct Started {
+    store: Arc<Store>,
+    stats: Arc<RunStats>,
+    tasks: TaskTracker,
+    /// Asks the fleet to add and retire symbols (reloads).
+    fleet: mpsc::UnboundedSender<fleet::Request>,
+    /// The configuration running (under "all", its symbols are the venue's listing).
+    config: Config,
+}
+
+async fn start_fleet(
+    config: Config,
+    venue: Arc<dyn Venue>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Started> {
     // reqwest and tungstenite use rustls without a built-in provider choice: pick ring once
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut config = config;
@@ -115,17 +171,28 @@ pub async fn start(
     // a database that does not answer yet (a reboot where it comes up later, a remote one)
     // is no reason not to record: the spool takes the rows until it does
     let limit = Duration::from_secs(config.writer.write_timeout_s.max(1));
-    let db_up = match tokio::time::timeout(limit, store.migrate()).await {
-        Ok(Ok(())) => true,
-        Ok(Err(e)) if matches!(e.class(), ErrorClass::Unavailable | ErrorClass::Timeout) => {
+    // one connection first: a refusal is said at once in one line, and what only the
+    // operator can fix (no such database, a wrong password, a directory it may not write)
+    // stops start-up instead of spooling for ever
+    let probe = store.probe(limit).await;
+    let db_up = match probe {
+        Err(e) if matches!(e.class(), ErrorClass::Unavailable | ErrorClass::Timeout) => {
             tracing::warn!(database = %redact_url(url), error = %e, "database not answering at start-up: recording into the spool until it does");
             false
         }
-        Ok(Err(e)) => return Err(anyhow::Error::new(e).context("migrating database")),
-        Err(_) => {
-            tracing::warn!(database = %redact_url(url), timeout_s = limit.as_secs(), "database not answering at start-up: recording into the spool until it does");
-            false
-        }
+        Err(e) => return Err(anyhow::Error::new(e)),
+        Ok(()) => match tokio::time::timeout(limit, store.migrate()).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) if matches!(e.class(), ErrorClass::Unavailable | ErrorClass::Timeout) => {
+                tracing::warn!(database = %redact_url(url), error = %e, "database not answering at start-up: recording into the spool until it does");
+                false
+            }
+            Ok(Err(e)) => return Err(anyhow::Error::new(e).context("migrating database")),
+            Err(_) => {
+                tracing::warn!(database = %redact_url(url), timeout_s = limit.as_secs(), "database not answering at start-up: recording into the spool until it does");
+                false
+            }
+        },
     };
     if db_up {
         tracing::info!(database = %redact_url(url), symbols = config.record.symbols.len(), "database ready");
@@ -273,6 +340,21 @@ pub async fn start(
     let marks: fleet::MarksMap = Arc::new(std::sync::RwLock::new(marks));
     stats.rest = Some(client.stats.clone());
     let stats = Arc::new(stats);
+    // bound before any worker starts: a listener that cannot be bound stops start-up with
+    // nothing open (no session row left behind)
+    if let Some(exporter) = exporter {
+        let addr = crate::ops::metrics::serve(
+            &config.metrics.listen,
+            exporter,
+            stats.clone(),
+            config.clone(),
+            store.clone(),
+            shutdown.clone(),
+            &tasks,
+        )
+        .await?;
+        let _ = stats.metrics_addr.set(addr);
+    }
     let backfill_tx = if config.backfill.enabled {
         let client = client.clone();
         let (btx, brx) = mpsc::unbounded_channel();
@@ -305,6 +387,7 @@ pub async fn start(
         None
     };
     let (fleet_tx, fleet_rx) = mpsc::unbounded_channel();
+    let reload_fleet = fleet_tx.clone();
     let shared = worker::Shared {
         venue: venue.clone(),
         config: config.clone(),
@@ -384,20 +467,13 @@ pub async fn start(
         .await;
         workers.wait().await;
     });
-    if let Some(exporter) = exporter {
-        let addr = crate::ops::metrics::serve(
-            &config.metrics.listen,
-            exporter,
-            stats.clone(),
-            config.clone(),
-            store.clone(),
-            shutdown.clone(),
-            &tasks,
-        )
-        .await?;
-        let _ = stats.metrics_addr.set(addr);
-    }
-    Ok((store, stats, tasks))
+    Ok(Started {
+        store,
+        stats,
+        tasks,
+        fleet: reload_fleet,
+        config: (*config).clone(),
+    })
 }
 
 /// Where the configured streams end in the database, and the holes earlier runs left open.

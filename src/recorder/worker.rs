@@ -341,6 +341,7 @@ impl Worker {
             subscribed,
             last_books: HashMap::new(),
             last_jump_check: vec![None; n],
+            awaiting_first_trade: vec![None; n],
             channels: Vec::new(),
             decoder: self.decoder(),
             invalid_burst: 0,
@@ -704,6 +705,9 @@ struct Reader {
     last_books: HashMap<(usize, i16), u128>,
     /// Per feed: when its trade-id jump was last handed to backfill.
     last_jump_check: Vec<Option<Instant>>,
+    /// Per feed: the `open` trades row of its hole, until this connection's first trade
+    /// bounds it (see `deliver`).
+    awaiting_first_trade: Vec<Option<crate::model::Gap>>,
     channels: Vec<ChannelSeen>,
     decoder: Box<dyn VenueSession>,
     events: Vec<Event>,
@@ -837,6 +841,9 @@ impl Reader {
                 // queue is FIFO and a batch one transaction, so a crash at any moment leaves
                 // the hole recorded or nothing after it stored
                 for g in check.open_rows(w.venue.name(), &w.config.record) {
+                    if g.stream == StreamKey::Trades.name() {
+                        self.awaiting_first_trade[i] = Some(g.clone());
+                    }
                     if w.tx.send(Event::Gap(g)).await.is_err() {
                         return Handled::WriterGone;
                     }
@@ -1107,6 +1114,19 @@ impl Reader {
             }
         }
         let seen = feed.marks.saw(&feed.symbol, events);
+        // the hole ends at this connection's first trade: said in its row, still open, ahead
+        // of the trade, so a run killed before backfill answers leaves the bound on record.
+        // What is stored after the anchor is no bound: a killed run's last transaction can
+        // commit after the next run read where the stored trades end
+        if self.awaiting_first_trade[i].is_some()
+            && let Some(first) = feed.marks.conn_first_trade()
+            && let Some(mut g) = self.awaiting_first_trade[i].take()
+        {
+            g.end_ms = Some(first.time_ms);
+            if w.tx.send(Event::Gap(g)).await.is_err() {
+                return Err(Handled::WriterGone);
+            }
+        }
         if let Some((before, after)) = seen.id_reset {
             // on record before the trades that may reuse ids are
             stats.id_resets.fetch_add(1, Ordering::Relaxed);

@@ -17,44 +17,53 @@ pub use batch::Batch;
 use crate::decimal::Dec;
 use crate::model::{BookSnapshot, Event, Kline, Trade};
 
+// Causes are printed in the message and not exposed as `source()`: an error chain printed
+// whole (`{:#}`) would repeat each cause once per level.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("database {op}: {source}")]
+    #[error("database {op}: {cause}")]
     Sql {
         op: &'static str,
-        #[source]
-        source: sqlx::Error,
+        cause: sqlx::Error,
     },
     #[error("migration failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Migrate(sqlx::migrate::MigrateError),
     #[error("unsupported database URL {0:?}: use sqlite:PATH or postgres://...")]
     Url(String),
     #[error("stored value unreadable: {0}")]
     Corrupt(String),
-    #[error("cannot {op} {}: {source}", path.display())]
+    #[error("cannot {op} {}: {cause}", path.display())]
     Io {
         op: &'static str,
         path: std::path::PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
+    /// The database could not be opened; the message says what to fix.
+    #[error("{message}")]
+    Open { message: String, class: ErrorClass },
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> StoreError {
+        StoreError::Migrate(e)
+    }
 }
 
 impl StoreError {
     /// Wraps a sqlx error with the operation it interrupted.
     pub fn sql(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
-        move |source| StoreError::Sql { op, source }
+        move |cause| StoreError::Sql { op, cause }
     }
 
     /// A unique key met a stored row (PostgreSQL `unique_violation`).
     pub fn is_unique_violation(&self) -> bool {
-        matches!(self, StoreError::Sql { source: sqlx::Error::Database(e), .. } if e.is_unique_violation())
+        matches!(self, StoreError::Sql { cause: sqlx::Error::Database(e), .. } if e.is_unique_violation())
     }
 
     /// What kind of failure this is, which decides what the writer does with the batch.
     pub fn class(&self) -> ErrorClass {
         match self {
-            StoreError::Sql { source, .. } => classify(source),
+            StoreError::Sql { cause, .. } => classify(cause),
             // a migration that could not run because the database is away is no schema fault
             StoreError::Migrate(
                 sqlx::migrate::MigrateError::Execute(e)
@@ -63,7 +72,13 @@ impl StoreError {
             StoreError::Migrate(_) => ErrorClass::Schema,
             StoreError::Url(_) => ErrorClass::Permission,
             StoreError::Corrupt(_) => ErrorClass::Data,
-            StoreError::Io { .. } => ErrorClass::Unavailable,
+            StoreError::Io { cause, .. } => match cause.kind() {
+                std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
+                    ErrorClass::Permission
+                }
+                _ => ErrorClass::Unavailable,
+            },
+            StoreError::Open { class, .. } => *class,
         }
     }
 }
@@ -133,7 +148,8 @@ fn pg_class(sqlstate: &str) -> ErrorClass {
     match sqlstate.get(..2).unwrap_or("") {
         // data exception, integrity constraint, program limit (e.g. index row too large)
         "22" | "23" | "54" => ErrorClass::Data,
-        "28" => ErrorClass::Permission,
+        // invalid authorization; invalid catalog name (no such database)
+        "28" | "3D" => ErrorClass::Permission,
         "42" if sqlstate == "42501" => ErrorClass::Permission,
         "42" | "3F" => ErrorClass::Schema,
         // query canceled (statement_timeout), transaction rollback (deadlock, serialization)
@@ -314,6 +330,15 @@ impl Store {
             Ok(Store::Postgres(postgres::PgStore::connect(url).await?))
         } else {
             Err(StoreError::Url(crate::config::redact_url(url)))
+        }
+    }
+
+    /// Opens one connection and closes it: `Ok` when the database answers, else what to fix
+    /// ([`StoreError::Open`] for PostgreSQL).
+    pub async fn probe(&self, within: std::time::Duration) -> Result<(), StoreError> {
+        match self {
+            Store::Postgres(p) => p.probe(within).await,
+            Store::Sqlite(s) => s.probe(within).await,
         }
     }
 

@@ -98,17 +98,13 @@ fn trade_row(r: &PgRow, venue: &'static str, sym: &Arc<str>) -> Result<Trade, St
 }
 
 impl PgStore {
+    /// Connects, first with one connection of its own, so a server that refuses, a database
+    /// that does not exist or a password that is wrong is said in one line at once (a pool
+    /// retries until its timeout and then reports only that).
     pub async fn connect(url: &str) -> Result<PgStore, StoreError> {
-        let pool = PgPoolOptions::new()
-            .max_connections(4)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect(url)
-            .await
-            .map_err(StoreError::sql("connect to postgres"))?;
-        Ok(PgStore {
-            pool,
-            upsert_flushes: AtomicU32::new(0),
-        })
+        let store = PgStore::connect_lazy(url)?;
+        store.probe(Duration::from_secs(10)).await?;
+        Ok(store)
     }
 
     /// A pool that connects on first use (the recorder starts while the server is down).
@@ -122,6 +118,58 @@ impl PgStore {
             pool,
             upsert_flushes: AtomicU32::new(0),
         })
+    }
+
+    /// Opens one connection (not from the pool) and closes it: what stands in the way, said
+    /// as what to fix ([`StoreError::Open`]).
+    pub async fn probe(&self, within: Duration) -> Result<(), StoreError> {
+        use sqlx::ConnectOptions;
+        let opts = self.pool.connect_options();
+        let at = format!("PostgreSQL at {}:{}", opts.get_host(), opts.get_port());
+        let open = |message: String, class| StoreError::Open { message, class };
+        let conn = match tokio::time::timeout(within, opts.connect()).await {
+            Err(_) => {
+                return Err(open(
+                    format!("{at} did not answer within {} s", within.as_secs()),
+                    super::ErrorClass::Timeout,
+                ));
+            }
+            Ok(r) => r,
+        };
+        let e = match conn {
+            Ok(c) => {
+                let _ = sqlx::Connection::close(c).await;
+                return Ok(());
+            }
+            Err(e) => e,
+        };
+        let class = super::classify(&e);
+        let user = opts.get_username();
+        let db = opts.get_database().unwrap_or(user);
+        let message = match &e {
+            sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+                format!("{at} refused the connection: is the server running and listening there?")
+            }
+            sqlx::Error::Io(io) => format!("cannot reach {at}: {io}"),
+            sqlx::Error::Tls(t) => format!("TLS with {at} failed: {t}"),
+            sqlx::Error::Database(d) => match d.code().as_deref() {
+                Some("3D000") => format!(
+                    "{at} has no database \"{db}\": create it (createdb -h {} -p {} -U {user} {db}) \
+                     or correct the database URL",
+                    opts.get_host(),
+                    opts.get_port()
+                ),
+                Some("28P01") => format!(
+                    "{at} refused the password of user \"{user}\": correct it in the database URL"
+                ),
+                Some(c) if c.starts_with("28") => {
+                    format!("{at} refused user \"{user}\": {}", d.message())
+                }
+                _ => format!("{at}: {}", d.message()),
+            },
+            other => format!("{at}: {other}"),
+        };
+        Err(open(message, class))
     }
 
     pub fn pool(&self) -> &PgPool {

@@ -79,6 +79,25 @@ impl Store {
         Ok(row.map(|(time_ms, trade_id)| TradeMark { time_ms, trade_id }))
     }
 
+    /// The first stored trade at or after a time (by exchange time, then id).
+    pub async fn first_trade_from(
+        &self,
+        venue: &str,
+        symbol: &str,
+        from_ms: i64,
+    ) -> Result<Option<TradeMark>, StoreError> {
+        let sql = "SELECT event_time_ms, trade_id FROM trades WHERE venue = $1 AND symbol = $2 \
+                   AND event_time_ms >= $3 ORDER BY event_time_ms, trade_id LIMIT 1";
+        let row: Option<(i64, i64)> = on_pool!(self, p => sqlx::query_as(sql)
+            .bind(venue)
+            .bind(symbol)
+            .bind(from_ms)
+            .fetch_optional(p)
+            .await)
+        .map_err(StoreError::sql("select first trade from"))?;
+        Ok(row.map(|(time_ms, trade_id)| TradeMark { time_ms, trade_id }))
+    }
+
     /// The first stored trade after `m` (by id where the venue's ids order its trades, else
     /// by time: [`crate::venue::TradeIds::is_after`]).
     pub async fn next_trade(

@@ -50,6 +50,8 @@ fn shaped<T>(rows: &[T], columns: usize) -> Vec<&[T]> {
 
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// The database file (None: in memory).
+    path: Option<std::path::PathBuf>,
     /// Stops the background checkpointer when the store goes.
     _checkpointer: Option<AbortOnDrop>,
 }
@@ -119,9 +121,60 @@ async fn checkpoint(pool: &SqlitePool) -> Result<(), sqlx::Error> {
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
+/// Makes `path` ready for SQLite: its directory created (0750) when missing, the directory
+/// writable (SQLite keeps its -wal and -shm files beside the database), and the file created
+/// 0600 ahead of SQLite, which gives the -wal and -shm files the database file's mode (market
+/// data is not world-readable under a permissive umask).
+fn prepare(path: &std::path::Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let io = |op: &'static str, path: &std::path::Path| {
+        let path = path.to_path_buf();
+        move |cause| StoreError::Io { op, path, cause }
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o750)
+            .create(dir)
+            .map_err(io("create the directory for the SQLite database", dir))?;
+        tracing::info!(dir = %dir.display(), "created the directory for the SQLite database");
+    }
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let probe = dir.join(format!(".{name}.mdrec-write-check"));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&probe)
+        .map_err(io("write in the SQLite database's directory", dir))?;
+    let _ = std::fs::remove_file(&probe);
+    let r = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path);
+    match r {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map(|_| ())
+            .map_err(io("open for writing the SQLite database", path)),
+        Err(e) => Err(io("create the SQLite database file", path)(e)),
+    }
+}
+
 impl SqliteStore {
     pub async fn connect(url: &str) -> Result<SqliteStore, StoreError> {
-        let (opts, created) = Self::options(url)?;
+        let (opts, path, created) = Self::options(url)?;
         created?;
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
@@ -131,6 +184,7 @@ impl SqliteStore {
         let _checkpointer = spawn_checkpointer(&pool);
         Ok(SqliteStore {
             pool,
+            path,
             _checkpointer,
         })
     }
@@ -138,9 +192,12 @@ impl SqliteStore {
     /// A pool that opens the file on first use (the recorder starts while it cannot be
     /// opened yet, e.g. its directory is not mounted).
     pub fn connect_lazy(url: &str) -> Result<SqliteStore, StoreError> {
-        let (opts, created) = Self::options(url)?;
-        if let Err(e) = created {
-            tracing::debug!(error = %e, "sqlite file not created yet");
+        let (opts, path, created) = Self::options(url)?;
+        match created {
+            // only the operator can fix permissions: no use recording into the spool
+            Err(e) if e.class() == crate::store::ErrorClass::Permission => return Err(e),
+            Err(e) => tracing::debug!(error = %e, "sqlite file not created yet"),
+            Ok(()) => {}
         }
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
@@ -148,38 +205,29 @@ impl SqliteStore {
         let _checkpointer = spawn_checkpointer(&pool);
         Ok(SqliteStore {
             pool,
+            path,
             _checkpointer,
         })
     }
 
-    /// Connect options, and the outcome of creating the file 0600 ahead of SQLite: SQLite
-    /// gives its -wal and -shm files the database file's mode, so market data is not
-    /// world-readable under a permissive umask.
-    fn options(url: &str) -> Result<(SqliteConnectOptions, Result<(), StoreError>), StoreError> {
+    /// Connect options, and the outcome of preparing the file ([`prepare`]).
+    #[allow(clippy::type_complexity)]
+    fn options(
+        url: &str,
+    ) -> Result<
+        (
+            SqliteConnectOptions,
+            Option<std::path::PathBuf>,
+            Result<(), StoreError>,
+        ),
+        StoreError,
+    > {
         let opts =
             SqliteConnectOptions::from_str(url).map_err(StoreError::sql("parse sqlite url"))?;
         let path = opts.get_filename().to_path_buf();
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
-        let mut created = Ok(());
-        if !in_memory && !path.exists() {
-            use std::os::unix::fs::OpenOptionsExt;
-            let r = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path);
-            match r {
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => {
-                    created = Err(StoreError::Io {
-                        op: "create the sqlite database file",
-                        path,
-                        source: e,
-                    });
-                }
-            }
-        }
+        let created = if in_memory { Ok(()) } else { prepare(&path) };
+        let path = (!in_memory).then_some(path);
         let opts = opts
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -195,7 +243,25 @@ impl SqliteStore {
             // log, the WAL file is cut back to 64 MiB
             .pragma("wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)
             .pragma("journal_size_limit", "67108864");
-        Ok((opts, created))
+        Ok((opts, path, created))
+    }
+
+    /// Opens one connection: what stands in the way of the file said as what to fix.
+    pub async fn probe(&self, within: Duration) -> Result<(), StoreError> {
+        if let Some(path) = &self.path {
+            prepare(path)?;
+        }
+        match tokio::time::timeout(within, self.pool.acquire()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(StoreError::sql("open sqlite database")(e)),
+            Err(_) => Err(StoreError::Open {
+                message: format!(
+                    "the SQLite database did not open within {} s",
+                    within.as_secs()
+                ),
+                class: super::ErrorClass::Timeout,
+            }),
+        }
     }
 
     pub fn pool(&self) -> &SqlitePool {
