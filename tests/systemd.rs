@@ -1,5 +1,6 @@
 //! The binary speaks systemd's notify protocol: READY=1 after migrations and worker start,
-//! WATCHDOG=1 while healthy, STOPPING=1 on SIGTERM, then exit 0.
+//! WATCHDOG=1 while healthy, RELOADING=1 then READY=1 on SIGHUP, STOPPING=1 on SIGTERM, then
+//! exit 0.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -67,6 +68,29 @@ async fn ready_watchdog_stopping() {
         }
     }
     let pid = child.id().unwrap().to_string();
+    // systemctl reload: RELOADING=1 with the monotonic time (systemd 253 wants it), then READY=1
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let reloading = loop {
+        let m = next().await;
+        if m.lines().any(|l| l == "RELOADING=1") {
+            break m;
+        }
+    };
+    assert!(
+        reloading.lines().any(|l| l.starts_with("MONOTONIC_USEC=")),
+        "{reloading:?}"
+    );
+    loop {
+        if next().await.lines().any(|l| l == "READY=1") {
+            break;
+        }
+    }
     assert!(
         std::process::Command::new("kill")
             .args(["-TERM", &pid])
