@@ -239,6 +239,11 @@ pub struct RecordConfig {
     /// delisted ones closed).
     #[serde(default = "default_relist")]
     pub relist_interval_s: u64,
+    /// A listed symbol the venue's listing does not name is an error at start-up (and at a
+    /// reload) unless this is set: then it is recorded with a warning (its channels may stay
+    /// silent).
+    #[serde(default)]
+    pub allow_unlisted: bool,
     #[serde(default = "yes")]
     pub trades: bool,
     /// The venue's interval names; left out: the venue's default ([`RecordConfig::klines`]).

@@ -416,9 +416,37 @@ async fn run(cmd: Cmd, config: Option<Config>) -> anyhow::Result<()> {
         Cmd::CheckConfig { config: path } => {
             let config = config.context("no configuration")?;
             // the files the config names are read as the recorder will read them
-            mdrec::runtime::tls::client_config(config.connection.ca_file.as_deref())?;
+            let tls = mdrec::runtime::tls::client_config(config.connection.ca_file.as_deref())?;
+            // the symbols, as start-up checks them, when the venue answers
+            let listed = if config.record.all {
+                "# symbols: \"all\", from the venue's listing at start-up".to_string()
+            } else {
+                let venue = mdrec::venue::configured(&config.venue)?;
+                let rest = mdrec::recorder::rest::RestClient::new(
+                    &config.venue.rest_url,
+                    &config.backfill,
+                    &tls,
+                )
+                .map_err(|e| anyhow::anyhow!("REST client: {e}"))?;
+                let wait = mdrec::recorder::LISTING_WAIT;
+                match mdrec::recorder::markets::listing(&venue, &rest, wait).await {
+                    Some(m) => {
+                        mdrec::recorder::markets::check_listed(
+                            &config.record.symbols,
+                            &m,
+                            config.record.allow_unlisted,
+                        )?;
+                        format!(
+                            "# symbols: the venue lists {} markets, these among them",
+                            m.len()
+                        )
+                    }
+                    None => "# symbols: not checked (the venue's listing did not answer)".into(),
+                }
+            };
             let text = toml::to_string(&config).context("printing the configuration")?;
             println!("# {}: valid", path.display());
+            println!("{listed}");
             if std::env::var_os(mdrec::config::DATABASE_URL_ENV).is_some() {
                 println!(
                     "# [database] url comes from {}",

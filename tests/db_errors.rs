@@ -1,5 +1,6 @@
 //! Database errors say what to fix, in one line, at once: a SQLite directory that does not
-//! exist is created, one the daemon may not write is named; PostgreSQL refusing the
+//! exist is created (its parent there; deeper, it is a mount not there yet, said), one the
+//! daemon may not write is named; PostgreSQL refusing the
 //! connection, a database that does not exist, a role or password refused are one line each
 //! (no pool timeout after 10 s, no cause repeated). What only the operator can fix stops
 //! `mdrec run` at start-up; a server that is down does not (the spool records meanwhile).
@@ -90,7 +91,16 @@ fn one_line(stderr: &str) -> &str {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_directory_missing_is_created() {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("data/mdrec/rec.db");
+    // two levels missing: a filesystem not mounted yet, said and not created
+    let deep = dir.path().join("mnt/data/rec.db");
+    let cfg = config(dir.path(), &format!("sqlite://{}", deep.display()));
+    let (code, stderr, _) = mdrec("migrate", &cfg, false).await;
+    assert_eq!(code, 1, "{stderr}");
+    let line = one_line(&stderr);
+    assert!(line.contains("not mounted yet"), "{line}");
+    assert!(!dir.path().join("mnt").exists());
+    // the directory it is to hold: created
+    let db = dir.path().join("data/rec.db");
     let cfg = config(dir.path(), &format!("sqlite://{}", db.display()));
     let (code, stderr, _) = mdrec("migrate", &cfg, false).await;
     assert_eq!(code, 0, "{stderr}");

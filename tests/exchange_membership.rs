@@ -170,12 +170,14 @@ async fn an_unknown_instrument_is_refused_once_and_never_asked_again() {
     let (_dir, url) = sqlite_db();
     let mut configured = symbols.clone();
     configured.push("NOPE_USD".into());
-    let cfg = config(
+    let mut cfg = config(
         &sim,
         &url,
         &list(&configured),
         "[connection]\nchannel_silence_s = 1",
     );
+    // recorded although the listing does not name it: what the venue then does
+    cfg.record.allow_unlisted = true;
     let run = Recorder::start(&cfg).await;
     wait_for(
         "the unknown instrument's four channels refused",

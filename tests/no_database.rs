@@ -152,12 +152,14 @@ async fn sqlite_directory_missing_at_start_then_there_loses_nothing() {
     .await
     .unwrap();
     let root = tempfile::tempdir().unwrap();
-    let later = root.path().join("not-mounted-yet");
+    // two levels missing: a filesystem not mounted yet, not a directory to create
+    let later = root.path().join("not-mounted-yet").join("mdrec");
     let db_url = format!("sqlite://{}", later.join("rec.db").display());
     let cfg = config(&sim, &db_url, &root.path().join("spool"));
     let rec = Recorder::start(&cfg).await;
     records_into_the_spool(&rec, &sim).await;
-    std::fs::create_dir(&later).unwrap();
+    assert!(!later.exists(), "not created under the mount point");
+    std::fs::create_dir_all(&later).unwrap();
     migrated_and_replayed(&rec).await;
     wait_for("healthy again", Duration::from_secs(30), || async {
         healthz(&rec).await.0 == 200

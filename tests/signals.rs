@@ -296,6 +296,32 @@ async fn sighup_reloads_symbols_and_keeps_the_rest_recording(kind: &str) {
     )
     .await;
 
+    // a symbol the venue does not list: refused like at start-up, with the closest names
+    config_with(
+        dir.path(),
+        &ws,
+        &rest,
+        &db_url,
+        &["btcusdt", "xrpusdt", "xrpusdx"],
+        "[connection]\nsilence_timeout_s = 45\n",
+    );
+    signal(&child, "HUP");
+    common::wait_for("the second refusal", Duration::from_secs(15), || async {
+        log.text().matches("reload refused").count() == 2
+    })
+    .await;
+    let text = log.text();
+    let refused = text
+        .lines()
+        .filter(|l| l.contains("reload refused"))
+        .nth(1)
+        .unwrap();
+    assert!(
+        refused.contains("record.symbols") && refused.contains("did you mean xrpusdt?"),
+        "{refused}"
+    );
+    assert_eq!(open_sessions(&store).await.len(), 2);
+
     signal(&child, "TERM");
     let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
         .await
@@ -313,8 +339,8 @@ async fn sighup_reloads_symbols_and_keeps_the_rest_recording(kind: &str) {
     }
     println!(
         "SIGHUP ({kind}): ethusdt stopped (session closed: removed from the configuration), \
-         xrpusdt started, btcusdt on its first session throughout; a bad file refused naming \
-         the key; exit 0 with no session open"
+         xrpusdt started, btcusdt on its first session throughout; a bad file and an unlisted \
+         symbol refused naming the key; exit 0 with no session open"
     );
     store.close().await;
     sim.shutdown().await;

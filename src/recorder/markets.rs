@@ -1,5 +1,6 @@
-//! The venue's market listing: stored in `markets`; configured symbols the venue does not
-//! list are reported once (a failed listing is logged; recording goes on). Under
+//! The venue's market listing: stored in `markets`; a configured symbol the venue does not
+//! list stops start-up, with the closest listed names (`allow_unlisted`: a warning, recorded
+//! anyway); a listing that fails is logged and recording goes on. Under
 //! `symbols = "all"` the listing is what is recorded: read before start-up, then again every
 //! `relist_interval_s`, new instruments handed to the fleet and delisted ones retired.
 
@@ -10,51 +11,107 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::rest::RestClient;
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::model::{Event, now_ms};
 use crate::venue::{FetchError, Venue};
 
-/// Fetches the listing and queues one `markets` row per listed market.
-/// Returns the configured symbols the venue does not list (None when the listing failed).
-pub async fn sync(
+/// The venue's listing (None: it did not answer in `within`, or its listing was unreadable;
+/// logged).
+pub async fn listing(
     venue: &Arc<dyn Venue>,
-    config: &Config,
     rest: &RestClient,
-    tx: &crate::store::queue::EventTx,
-) -> Option<Vec<String>> {
+    within: Duration,
+) -> Option<Vec<crate::model::Market>> {
     let path = venue.markets_path();
-    let body = match rest.get(path).await {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::warn!(path, error = %e, "could not list the venue's markets; recording anyway");
+    let body = match tokio::time::timeout(within, rest.get(path)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => {
+            tracing::warn!(path, error = %e, "could not list the venue's markets; symbols not checked");
+            return None;
+        }
+        Err(_) => {
+            tracing::warn!(
+                path,
+                timeout_s = within.as_secs(),
+                "the venue's market listing did not answer; symbols not checked"
+            );
             return None;
         }
     };
-    let markets = match venue.parse_markets(&body, now_ms()) {
-        Ok(m) => m,
+    match venue.parse_markets(&body, now_ms()) {
+        Ok(m) => Some(m),
         Err(e) => {
             rest.stats.outcome(path, "bad_body");
-            tracing::warn!(path, error = %e, "unreadable market listing; recording anyway");
-            return None;
+            tracing::warn!(path, error = %e, "unreadable market listing; symbols not checked");
+            None
         }
-    };
-    let unlisted: Vec<String> = config
-        .record
-        .symbols
-        .iter()
-        .filter(|s| !markets.iter().any(|m| &*m.symbol == s.as_str()))
-        .cloned()
-        .collect();
-    for s in &unlisted {
-        tracing::warn!(symbol = %s, "the venue does not list this symbol; its channels may stay silent");
     }
+}
+
+/// Symbols the listing does not name: an error naming the closest listed names, or with
+/// `allow_unlisted` a warning each (recorded anyway).
+pub fn check_listed(
+    symbols: &[String],
+    markets: &[crate::model::Market],
+    allow_unlisted: bool,
+) -> Result<(), ConfigError> {
+    let listed: HashSet<&str> = markets.iter().map(|m| &*m.symbol).collect();
+    let unlisted: Vec<&String> = symbols
+        .iter()
+        .filter(|s| !listed.contains(s.as_str()))
+        .collect();
+    if unlisted.is_empty() {
+        return Ok(());
+    }
+    if allow_unlisted {
+        for s in &unlisted {
+            tracing::warn!(symbol = %s, "the venue does not list this symbol (allow_unlisted): recording it anyway; its channels may stay silent");
+        }
+        return Ok(());
+    }
+    let each: Vec<String> = unlisted
+        .iter()
+        .map(|s| {
+            let near = closest(s, &listed);
+            if near.is_empty() {
+                format!("{s:?}")
+            } else {
+                format!("{s:?} (did you mean {}?)", near.join(" or "))
+            }
+        })
+        .collect();
+    Err(ConfigError::new(
+        "record.symbols",
+        format!(
+            "the venue does not list {}; fix the name, or set [record] allow_unlisted = true to record it anyway",
+            each.join(", ")
+        ),
+    ))
+}
+
+/// Up to three listed names nearest to `s` (edit distance, case ignored), nearest first.
+fn closest(s: &str, listed: &HashSet<&str>) -> Vec<String> {
+    let want = s.to_lowercase();
+    let mut near: Vec<(usize, &str)> = listed
+        .iter()
+        .map(|l| (strsim::levenshtein(&want, &l.to_lowercase()), *l))
+        .filter(|(d, _)| *d <= (want.chars().count() / 3).max(2))
+        .collect();
+    near.sort();
+    near.into_iter()
+        .take(3)
+        .map(|(_, l)| l.to_string())
+        .collect()
+}
+
+/// Queues one `markets` row per listed market.
+pub async fn store(markets: Vec<crate::model::Market>, tx: &crate::store::queue::EventTx) {
     tracing::info!(listed = markets.len(), "venue markets listed");
     for m in markets {
         if tx.send(Event::Market(m)).await.is_err() {
             break;
         }
     }
-    Some(unlisted)
 }
 
 /// The instruments `symbols = "all"` records, by the listing: tradable, of the configured

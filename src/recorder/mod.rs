@@ -26,6 +26,9 @@ use crate::venue::Venue;
 
 pub use crate::stats::RunStats;
 
+/// How long start-up, `check-config` and a reload wait for the venue's market listing.
+pub const LISTING_WAIT: Duration = Duration::from_secs(5);
+
 /// Runs until `shutdown` is cancelled, then drains and returns. Errors only at start-up.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<Arc<RunStats>> {
     let venue = crate::venue::configured(&config.venue)?;
@@ -66,6 +69,8 @@ pub async fn run_until(
         tasks,
         fleet,
         config,
+        venue,
+        rest,
     } = started;
     {
         let (stats, hurry) = (stats.clone(), hurry.clone());
@@ -84,6 +89,8 @@ pub async fn run_until(
         Some(mut r) => {
             let mut reloader = reload::Reloader {
                 path: r.path,
+                venue,
+                rest,
                 running: config,
                 fleet,
                 stats: stats.clone(),
@@ -104,7 +111,7 @@ pub async fn run_until(
             }
         }
         None => {
-            drop(fleet);
+            drop((fleet, venue, rest));
             shutdown.cancelled().await;
         }
     }
@@ -142,6 +149,8 @@ struct Started {
     fleet: mpsc::UnboundedSender<fleet::Request>,
     /// The configuration running (under "all", its symbols are the venue's listing).
     config: Config,
+    venue: Arc<dyn Venue>,
+    rest: Arc<rest::RestClient>,
 }
 
 async fn start_fleet(
@@ -340,6 +349,18 @@ async fn start_fleet(
     let marks: fleet::MarksMap = Arc::new(std::sync::RwLock::new(marks));
     stats.rest = Some(client.stats.clone());
     let stats = Arc::new(stats);
+    // a symbol the venue does not list is a typo until the operator says otherwise (after the
+    // database, whose errors come first); a venue that does not answer in time is no reason
+    // not to record
+    let listed = if config.record.all {
+        None
+    } else {
+        let l = markets::listing(&venue, &client, LISTING_WAIT).await;
+        if let Some(m) = &l {
+            markets::check_listed(&config.record.symbols, m, config.record.allow_unlisted)?;
+        }
+        l
+    };
     // bound before any worker starts: a listener that cannot be bound stops start-up with
     // nothing open (no session row left behind)
     if let Some(exporter) = exporter {
@@ -388,6 +409,7 @@ async fn start_fleet(
     };
     let (fleet_tx, fleet_rx) = mpsc::unbounded_channel();
     let reload_fleet = fleet_tx.clone();
+    let reload_rest = client.clone();
     let shared = worker::Shared {
         venue: venue.clone(),
         config: config.clone(),
@@ -432,7 +454,9 @@ async fn start_fleet(
                         markets::relist(&venue, &config, &client, &tx, &fleet_tx).await
                     } else {
                         drop(fleet_tx);
-                        markets::sync(&venue, &config, &client, &tx).await;
+                        if let Some(m) = listed {
+                            markets::store(m, &tx).await;
+                        }
                     }
                 } => {}
             }
@@ -473,6 +497,8 @@ async fn start_fleet(
         tasks,
         fleet: reload_fleet,
         config: (*config).clone(),
+        venue,
+        rest: reload_rest,
     })
 }
 

@@ -36,6 +36,8 @@ pub enum Outcome {
 
 pub(super) struct Reloader {
     pub path: PathBuf,
+    pub venue: Arc<dyn crate::venue::Venue>,
+    pub rest: Arc<super::rest::RestClient>,
     /// The configuration running now (its symbols as recorded, after earlier reloads).
     pub running: Config,
     pub fleet: mpsc::UnboundedSender<fleet::Request>,
@@ -46,7 +48,10 @@ impl Reloader {
     pub async fn reload(&mut self) -> Outcome {
         crate::ops::systemd::reloading();
         let outcome = match Config::load(&self.path) {
-            Ok(new) => self.apply(new),
+            Ok(new) => match self.check_added(&new).await {
+                Ok(()) => self.apply(new),
+                Err(e) => Outcome::Refused(e.to_string()),
+            },
             Err(e) => Outcome::Refused(e.to_string()),
         };
         match &outcome {
@@ -76,6 +81,27 @@ impl Reloader {
         }
         crate::ops::systemd::ready(self.running.record.symbols.len());
         outcome
+    }
+
+    /// Symbols the file adds must be listed by the venue, as at start-up (when it answers).
+    async fn check_added(&self, new: &Config) -> Result<(), crate::config::ConfigError> {
+        if new.record.all || self.running.record.all {
+            return Ok(());
+        }
+        let added: Vec<String> = new
+            .record
+            .symbols
+            .iter()
+            .filter(|s| !self.running.record.symbols.contains(s))
+            .cloned()
+            .collect();
+        if added.is_empty() {
+            return Ok(());
+        }
+        match super::markets::listing(&self.venue, &self.rest, super::LISTING_WAIT).await {
+            Some(m) => super::markets::check_listed(&added, &m, new.record.allow_unlisted),
+            None => Ok(()),
+        }
     }
 
     fn apply(&mut self, mut new: Config) -> Outcome {

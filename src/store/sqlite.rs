@@ -121,7 +121,8 @@ async fn checkpoint(pool: &SqlitePool) -> Result<(), sqlx::Error> {
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
-/// Makes `path` ready for SQLite: its directory created (0750) when missing, the directory
+/// Makes `path` ready for SQLite: its directory created (0750) when missing (its parent
+/// there), the directory
 /// writable (SQLite keeps its -wal and -shm files beside the database), and the file created
 /// 0600 ahead of SQLite, which gives the -wal and -shm files the database file's mode (market
 /// data is not world-readable under a permissive umask).
@@ -136,8 +137,19 @@ fn prepare(path: &std::path::Path) -> Result<(), StoreError> {
         _ => std::path::Path::new("."),
     };
     if !dir.exists() {
+        // the directory it is to hold, yes; a deeper path missing is more likely a filesystem
+        // not mounted yet, whose mount point must not be filled on the root filesystem
+        if !dir
+            .parent()
+            .is_none_or(|p| p.as_os_str().is_empty() || p.exists())
+        {
+            return Err(StoreError::Io {
+                op: "find the directory for the SQLite database (not created: its parent is missing too, a filesystem not mounted yet?)",
+                path: dir.to_path_buf(),
+                cause: std::io::Error::from(std::io::ErrorKind::NotFound),
+            });
+        }
         std::fs::DirBuilder::new()
-            .recursive(true)
             .mode(0o750)
             .create(dir)
             .map_err(io("create the directory for the SQLite database", dir))?;
@@ -226,8 +238,14 @@ impl SqliteStore {
             SqliteConnectOptions::from_str(url).map_err(StoreError::sql("parse sqlite url"))?;
         let path = opts.get_filename().to_path_buf();
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
-        let created = if in_memory { Ok(()) } else { prepare(&path) };
-        let path = (!in_memory).then_some(path);
+        // a read-only open creates nothing
+        let read_only = url.contains("mode=ro");
+        let created = if in_memory || read_only {
+            Ok(())
+        } else {
+            prepare(&path)
+        };
+        let path = (!in_memory && !read_only).then_some(path);
         let opts = opts
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
