@@ -30,15 +30,39 @@ fi
 
 bindir=$PREFIX/bin
 docdir=$PREFIX/share/doc/mdrec
+mandir=$PREFIX/share/man/man1
+bashdir=$PREFIX/share/bash-completion/completions
+zshdir=$PREFIX/share/zsh/site-functions
+fishdir=$PREFIX/share/fish/vendor_completions.d
 confdir=$SYSCONFDIR/mdrec
 
-install -d -m 0755 "$DESTDIR$bindir" "$DESTDIR$docdir" "$DESTDIR$UNITDIR"
+install -d -m 0755 "$DESTDIR$bindir" "$DESTDIR$docdir" "$DESTDIR$docdir/monitoring" \
+    "$DESTDIR$UNITDIR" "$DESTDIR$mandir" "$DESTDIR$bashdir" "$DESTDIR$zshdir" "$DESTDIR$fishdir"
 install -d -m 0755 "$DESTDIR$confdir"
 
-install -m 0755 "$MDREC_BIN" "$DESTDIR$bindir/mdrec"
-install -m 0644 "$here/README.md" "$DESTDIR$docdir/README.md"
-install -m 0644 "$here/deploy/postgres.md" "$DESTDIR$docdir/postgres.md"
-install -m 0644 "$here/deploy/mdrec.example.toml" "$DESTDIR$docdir/mdrec.example.toml"
+# the binary without its debug information (a third of the size; symbol names stay, so a
+# panic's backtrace still names functions)
+install -m 0755 "$MDREC_BIN" "$DESTDIR$bindir/mdrec.tmp"
+if command -v strip >/dev/null 2>&1; then
+    strip --strip-debug "$DESTDIR$bindir/mdrec.tmp"
+else
+    echo "strip not found (binutils): installing the binary with its debug information"
+fi
+mv "$DESTDIR$bindir/mdrec.tmp" "$DESTDIR$bindir/mdrec"
+for doc in README.md ARCHITECTURE.md BENCHMARKS.md docs/SCHEMA.md deploy/postgres.md \
+    deploy/mdrec.example.toml; do
+    install -m 0644 "$here/$doc" "$DESTDIR$docdir/$(basename "$doc")"
+done
+install -m 0644 "$here/deploy/prometheus/alerts.yml" "$here/deploy/prometheus/alerts_test.yml" \
+    "$here/deploy/grafana/mdrec.json" "$DESTDIR$docdir/monitoring/"
+
+# man pages and shell completions, from the binary itself
+"$DESTDIR$bindir/mdrec" man --dir "$DESTDIR$mandir"
+chmod 0644 "$DESTDIR$mandir"/*.1
+"$DESTDIR$bindir/mdrec" completions bash > "$DESTDIR$bashdir/mdrec"
+"$DESTDIR$bindir/mdrec" completions zsh > "$DESTDIR$zshdir/_mdrec"
+"$DESTDIR$bindir/mdrec" completions fish > "$DESTDIR$fishdir/mdrec.fish"
+chmod 0644 "$DESTDIR$bashdir/mdrec" "$DESTDIR$zshdir/_mdrec" "$DESTDIR$fishdir/mdrec.fish"
 
 # the unit, pointed at the installed paths
 sed -e "s|/usr/local/bin/mdrec|$bindir/mdrec|g" \
@@ -74,6 +98,7 @@ if [ -z "$DESTDIR" ] && command -v systemctl >/dev/null 2>&1 && [ -d /run/system
     systemctl daemon-reload
     echo "installed; check the configuration, then start it:"
     echo "  $bindir/mdrec check-config -c $confdir/mdrec.toml"
+    echo "  systemctl reload mdrec     # after editing it later: symbols added or removed"
     echo "  systemctl enable --now mdrec"
 else
     echo "staged into ${DESTDIR:-/}"

@@ -135,10 +135,24 @@ enum Cmd {
         json: bool,
     },
     /// Validate a configuration and print it resolved (defaults filled, secrets masked);
-    /// exit 2 naming the key when it is invalid.
+    /// exit 2 naming the key when it is invalid, or naming symbols the venue does not list.
     CheckConfig {
         #[arg(short, long, default_value = "/etc/mdrec/mdrec.toml")]
         config: PathBuf,
+        /// Do not ask the venue for its listing (the symbols are not checked).
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Print a shell completion script (bash: `mdrec completions bash >
+    /// /usr/share/bash-completion/completions/mdrec`).
+    Completions {
+        #[arg(value_enum)]
+        shell: ShellArg,
+    },
+    /// Print the man page (roff); with --dir, write mdrec.1 and one page per subcommand there.
+    Man {
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
     /// Per symbol and stream: first and last time, rows, holes by status with bounds, and the
     /// share of the window a socket was live.
@@ -161,6 +175,15 @@ enum Cmd {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum ShellArg {
+    Bash,
+    Zsh,
+    Fish,
+    Elvish,
+    Powershell,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum WireNumbers {
     Numbers,
     Strings,
@@ -174,7 +197,7 @@ fn main() -> ExitCode {
     let config = match &cli.cmd {
         Cmd::Run { config }
         | Cmd::Migrate { config }
-        | Cmd::CheckConfig { config }
+        | Cmd::CheckConfig { config, .. }
         | Cmd::Book { config, .. }
         | Cmd::Export { config, .. }
         | Cmd::Coverage { config, .. } => match Config::load(config) {
@@ -413,13 +436,47 @@ async fn run(cmd: Cmd, config: Option<Config>) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::CheckConfig { config: path } => {
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            use clap_complete::Shell;
+            let shell = match shell {
+                ShellArg::Bash => Shell::Bash,
+                ShellArg::Zsh => Shell::Zsh,
+                ShellArg::Fish => Shell::Fish,
+                ShellArg::Elvish => Shell::Elvish,
+                ShellArg::Powershell => Shell::PowerShell,
+            };
+            clap_complete::generate(shell, &mut Cli::command(), "mdrec", &mut std::io::stdout());
+            Ok(())
+        }
+        Cmd::Man { dir } => {
+            use clap::CommandFactory;
+            let cmd = Cli::command();
+            match dir {
+                Some(dir) => {
+                    std::fs::create_dir_all(&dir)
+                        .with_context(|| format!("creating {}", dir.display()))?;
+                    clap_mangen::generate_to(cmd, &dir)
+                        .with_context(|| format!("writing man pages into {}", dir.display()))?;
+                }
+                None => clap_mangen::Man::new(cmd)
+                    .render(&mut std::io::stdout())
+                    .context("printing the man page")?,
+            }
+            Ok(())
+        }
+        Cmd::CheckConfig {
+            config: path,
+            offline,
+        } => {
             let config = config.context("no configuration")?;
             // the files the config names are read as the recorder will read them
             let tls = mdrec::runtime::tls::client_config(config.connection.ca_file.as_deref())?;
             // the symbols, as start-up checks them, when the venue answers
             let listed = if config.record.all {
                 "# symbols: \"all\", from the venue's listing at start-up".to_string()
+            } else if offline {
+                "# symbols: not checked (--offline)".to_string()
             } else {
                 let venue = mdrec::venue::configured(&config.venue)?;
                 let rest = mdrec::recorder::rest::RestClient::new(

@@ -122,7 +122,7 @@ async fn check_config_prints_the_resolved_config_with_secrets_masked() {
         &config_text("ws://127.0.0.1:1/ws", "http://127.0.0.1:1", "sqlite://x.db"),
     );
     let out = mdrec(
-        &["check-config", "-c", path.to_str().unwrap()],
+        &["check-config", "--offline", "-c", path.to_str().unwrap()],
         &[(
             "MDREC_DATABASE_URL",
             "postgres://rec:hunter2@db.example/mdrec",
@@ -139,7 +139,11 @@ async fn check_config_prints_the_resolved_config_with_secrets_masked() {
     // defaults are filled in, and the output is a config mdrec accepts again
     assert!(text.contains("audit_interval_s = 300"), "{text}");
     let again = write(dir.path(), "again.toml", &text.replace("****", "pw"));
-    let out = mdrec(&["check-config", "-c", again.to_str().unwrap()], &[]).await;
+    let out = mdrec(
+        &["check-config", "--offline", "-c", again.to_str().unwrap()],
+        &[],
+    )
+    .await;
     assert_eq!(
         out.status.code(),
         Some(0),

@@ -1,5 +1,6 @@
-//! `deploy/install.sh` staged into a temporary DESTDIR: the expected tree, idempotent (the
-//! operator's config survives a second run), and the installed unit passes
+//! `deploy/install.sh` staged into a temporary DESTDIR: the expected tree (a binary without
+//! debug information, the docs, man pages, shell completions, the monitoring files),
+//! idempotent (the operator's config survives a second run), and the installed unit passes
 //! `systemd-analyze verify` where that tool exists.
 
 use std::os::unix::fs::PermissionsExt;
@@ -62,10 +63,75 @@ fn install_script_stages_the_service_tree() {
             "etc/mdrec/mdrec.toml",
             "etc/systemd/system/mdrec.service",
             "usr/local/bin/mdrec",
+            "usr/local/share/bash-completion/completions/mdrec",
+            "usr/local/share/doc/mdrec/ARCHITECTURE.md",
+            "usr/local/share/doc/mdrec/BENCHMARKS.md",
             "usr/local/share/doc/mdrec/README.md",
+            "usr/local/share/doc/mdrec/SCHEMA.md",
             "usr/local/share/doc/mdrec/mdrec.example.toml",
+            "usr/local/share/doc/mdrec/monitoring/alerts.yml",
+            "usr/local/share/doc/mdrec/monitoring/alerts_test.yml",
+            "usr/local/share/doc/mdrec/monitoring/mdrec.json",
             "usr/local/share/doc/mdrec/postgres.md",
+            "usr/local/share/fish/vendor_completions.d/mdrec.fish",
+            "usr/local/share/man/man1/mdrec-book.1",
+            "usr/local/share/man/man1/mdrec-check-config.1",
+            "usr/local/share/man/man1/mdrec-completions.1",
+            "usr/local/share/man/man1/mdrec-coverage.1",
+            "usr/local/share/man/man1/mdrec-demo.1",
+            "usr/local/share/man/man1/mdrec-export.1",
+            "usr/local/share/man/man1/mdrec-man.1",
+            "usr/local/share/man/man1/mdrec-migrate.1",
+            "usr/local/share/man/man1/mdrec-run.1",
+            "usr/local/share/man/man1/mdrec-simulate.1",
+            "usr/local/share/man/man1/mdrec.1",
+            "usr/local/share/zsh/site-functions/_mdrec",
         ]
+    );
+    // stripped of its debug information (the build keeps line tables for profiles)
+    let installed = root.join("usr/local/bin/mdrec");
+    let size = std::fs::metadata(&installed).unwrap().len();
+    let built = std::fs::metadata(env!("CARGO_BIN_EXE_mdrec"))
+        .unwrap()
+        .len();
+    assert!(size < built, "{size} of {built} bytes");
+    if let Ok(out) = Command::new("readelf").arg("-SW").arg(&installed).output() {
+        let sections = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "readelf: {sections}");
+        for s in [".debug_info", ".debug_line", ".debug_str"] {
+            assert!(!sections.contains(s), "{s} left in the installed binary");
+        }
+    }
+    // the man page renders and documents the reload; bash loads the completions
+    let page = std::fs::read_to_string(root.join("usr/local/share/man/man1/mdrec-run.1")).unwrap();
+    assert!(page.starts_with(".ie") || page.contains(".TH"), "{page}");
+    assert!(page.contains("SIGHUP"), "{page}");
+    if let Ok(out) = Command::new("man")
+        .arg("-l")
+        .arg(root.join("usr/local/share/man/man1/mdrec.1"))
+        .env("MANPAGER", "cat")
+        .env("MANWIDTH", "80")
+        .output()
+    {
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("check-config"),
+            "{text}"
+        );
+    }
+    let completions = root.join("usr/local/share/bash-completion/completions/mdrec");
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "source {} && complete -p mdrec",
+            completions.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("_mdrec"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(mode(&root.join("usr/local/bin/mdrec")), 0o755);
     assert_eq!(
@@ -89,7 +155,7 @@ fn install_script_stages_the_service_tree() {
 
     // the installed binary accepts the installed config
     let out = Command::new(root.join("usr/local/bin/mdrec"))
-        .args(["check-config", "-c"])
+        .args(["check-config", "--offline", "-c"])
         .arg(&conf)
         .env_remove("MDREC_DATABASE_URL")
         .output()
@@ -110,7 +176,7 @@ fn install_script_stages_the_service_tree() {
             .unwrap()
             .contains("edited by the operator")
     );
-    assert_eq!(tree(root).len(), 7, "no stray files: {:?}", tree(root));
+    assert_eq!(tree(root).len(), 27, "no stray files: {:?}", tree(root));
 
     // systemd checks the installed unit (its binary path pointed into the stage, since
     // verify requires ExecStart to exist)
