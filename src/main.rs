@@ -93,13 +93,14 @@ enum Cmd {
     /// One symbol's trades, bars, books or holes over a time range, to CSV or Parquet, with
     /// exact decimals (as strings). Streams: memory stays bounded whatever the range.
     Export {
-        #[arg(short, long, default_value = "/etc/mdrec/mdrec.toml")]
-        config: PathBuf,
+        #[command(flatten)]
+        source: Source,
         #[arg(long, value_enum)]
         kind: mdrec::export::Kind,
         #[arg(long)]
         symbol: String,
-        /// Bar interval (klines only); default: the first of `[record] klines`.
+        /// Bar interval (klines only); default: the first of `[record] klines` with -c, else the
+        /// one stored for the symbol.
         #[arg(long)]
         interval: Option<String>,
         /// Start (inclusive), exchange time: RFC 3339 or epoch ms (default: the beginning).
@@ -116,8 +117,8 @@ enum Cmd {
     /// The order book of a symbol as it stood at a time, rebuilt from stored snapshots and
     /// deltas.
     Book {
-        #[arg(short, long, default_value = "/etc/mdrec/mdrec.toml")]
-        config: PathBuf,
+        #[command(flatten)]
+        source: Source,
         #[arg(long)]
         symbol: String,
         /// Exchange time: RFC 3339 or epoch ms (default: the newest book).
@@ -127,7 +128,7 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         depth: usize,
         /// The book stream: v1's depth step (0 = full precision), the exchange's depth
-        /// (10, 50, 150). Default: the one `[record] depth` records.
+        /// (10, 50, 150). Default: the one stored for the symbol.
         #[arg(long)]
         step: Option<i16>,
         /// JSON for scripts instead of the table.
@@ -157,8 +158,8 @@ enum Cmd {
     /// Per symbol and stream: first and last time, rows, holes by status with bounds, and the
     /// share of the window a socket was live.
     Coverage {
-        #[arg(short, long, default_value = "/etc/mdrec/mdrec.toml")]
-        config: PathBuf,
+        #[command(flatten)]
+        source: Source,
         /// Only this symbol (repeat for several); default: every symbol in the database.
         #[arg(long)]
         symbol: Vec<String>,
@@ -172,6 +173,40 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Where the reading commands read: a database alone, or a recorder's configuration.
+#[derive(clap::Args)]
+struct Source {
+    /// The database: sqlite://PATH or postgres://... (read only; nothing is created).
+    #[arg(long, env = mdrec::config::DATABASE_URL_ENV, hide_env_values = true)]
+    db: Option<String>,
+    /// A recorder configuration to take the database (and venue) from, when --db and
+    /// MDREC_DATABASE_URL are not given (default /etc/mdrec/mdrec.toml, if it exists).
+    #[arg(short, long)]
+    config: Option<PathBuf>,
+    /// The venue whose rows to read, when the database holds several.
+    #[arg(long)]
+    venue: Option<String>,
+}
+
+const DEFAULT_CONFIG: &str = "/etc/mdrec/mdrec.toml";
+
+/// A command line that cannot be carried out as given (exit 2, like a bad configuration).
+#[derive(Debug, thiserror::Error)]
+#[error("{flag}: {message}")]
+struct Usage {
+    flag: &'static str,
+    message: String,
+}
+
+impl Usage {
+    fn new(flag: &'static str, message: impl Into<String>) -> Usage {
+        Usage {
+            flag,
+            message: message.into(),
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -195,18 +230,15 @@ fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     let config = match &cli.cmd {
-        Cmd::Run { config }
-        | Cmd::Migrate { config }
-        | Cmd::CheckConfig { config, .. }
-        | Cmd::Book { config, .. }
-        | Cmd::Export { config, .. }
-        | Cmd::Coverage { config, .. } => match Config::load(config) {
-            Ok(c) => Some(c),
-            Err(e) => {
-                eprintln!("mdrec: {e}");
-                return ExitCode::from(2);
+        Cmd::Run { config } | Cmd::Migrate { config } | Cmd::CheckConfig { config, .. } => {
+            match Config::load(config) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    eprintln!("mdrec: {e}");
+                    return ExitCode::from(2);
+                }
             }
-        },
+        }
         _ => None,
     };
     let format = match cli.log_format {
@@ -227,7 +259,9 @@ fn main() -> ExitCode {
     rt.shutdown_timeout(Duration::from_millis(200));
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.downcast_ref::<ConfigError>().is_some() => {
+        Err(e)
+            if e.downcast_ref::<ConfigError>().is_some() || e.downcast_ref::<Usage>().is_some() =>
+        {
             eprintln!("mdrec: {e:#}");
             ExitCode::from(2)
         }
@@ -260,21 +294,65 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-/// The configured database (without migrating it) and the venue name its rows carry, for the
-/// reading commands.
-async fn open_store(config: &Config) -> anyhow::Result<(mdrec::store::Store, &'static str)> {
-    let venue = mdrec::venue::venue_for(&config.venue.kind)
-        .context("unknown venue kind")?
-        .name();
-    let store = mdrec::store::Store::connect(&config.database.url)
+/// The database a reading command reads (opened for reading, never created), the venue its
+/// rows are of, and the configuration when one was used.
+async fn open_source(
+    src: &Source,
+) -> anyhow::Result<(mdrec::store::Store, &'static str, Option<Config>)> {
+    let config = match (&src.config, &src.db) {
+        (Some(p), _) => Some(Config::load(p)?),
+        (None, None) if std::path::Path::new(DEFAULT_CONFIG).exists() => {
+            Some(Config::load(std::path::Path::new(DEFAULT_CONFIG))?)
+        }
+        _ => None,
+    };
+    let Some(url) = src
+        .db
+        .clone()
+        .or_else(|| config.as_ref().map(|c| c.database.url.clone()))
+    else {
+        return Err(Usage::new(
+            "--db",
+            "no database: give --db URL, set MDREC_DATABASE_URL, or -c CONFIG",
+        )
+        .into());
+    };
+    let store = mdrec::store::Store::open_read(&url)
         .await
-        .with_context(|| {
-            format!(
-                "opening database {}",
-                mdrec::config::redact_url(&config.database.url)
-            )
-        })?;
-    Ok((store, venue))
+        .with_context(|| format!("opening database {}", mdrec::config::redact_url(&url)))?;
+    let stored = store.venues().await.context("reading the venues stored")?;
+    let named = src
+        .venue
+        .clone()
+        .or_else(|| config.as_ref().map(|c| c.venue.kind.clone()));
+    let venue = match named {
+        Some(v) => match mdrec::venue::static_name(&v) {
+            Some(n) => n,
+            None => {
+                return Err(Usage::new(
+                    "--venue",
+                    format!("unknown venue {v:?}; one of {}", mdrec::venue::kinds()),
+                )
+                .into());
+            }
+        },
+        None => match stored.as_slice() {
+            [one] => mdrec::venue::static_name(one)
+                .with_context(|| format!("the database holds rows of an unknown venue {one:?}"))?,
+            [] => anyhow::bail!("the database holds no recording yet"),
+            many => {
+                return Err(Usage::new(
+                    "--venue",
+                    format!(
+                        "the database holds several venues ({}): name one",
+                        many.join(", ")
+                    ),
+                )
+                .into());
+            }
+        },
+    };
+    Ok((store, venue, config))
 }
 
 /// Stop tokens: the first SIGTERM or SIGINT cancels `stop` (an orderly shutdown), a second
@@ -351,13 +429,37 @@ async fn run(cmd: Cmd, config: Option<Config>) -> anyhow::Result<()> {
             to,
             format,
             out,
-            ..
+            source,
         } => {
-            let config = config.context("no configuration")?;
-            let (store, venue) = open_store(&config).await?;
-            let interval = interval
-                .or_else(|| config.record.klines().first().cloned())
-                .unwrap_or_default();
+            let (store, venue, config) = open_source(&source).await?;
+            let interval = match interval {
+                Some(i) => i,
+                None if kind != mdrec::export::Kind::Klines => String::new(),
+                // the configuration's first, else the one the data holds
+                None => match config
+                    .as_ref()
+                    .and_then(|c| c.record.klines().first().cloned())
+                {
+                    Some(i) => i,
+                    None => {
+                        let stored = store.kline_intervals(venue, &symbol).await?;
+                        match stored.as_slice() {
+                            [one] => one.clone(),
+                            [] => String::new(),
+                            many => {
+                                return Err(Usage::new(
+                                    "--interval",
+                                    format!(
+                                        "{symbol} has bars of several intervals ({}): name one",
+                                        many.join(", ")
+                                    ),
+                                )
+                                .into());
+                            }
+                        }
+                    }
+                },
+            };
             let req = mdrec::export::Request {
                 kind,
                 symbol,
@@ -392,21 +494,28 @@ async fn run(cmd: Cmd, config: Option<Config>) -> anyhow::Result<()> {
             depth,
             step,
             json,
-            ..
+            source,
         } => {
-            let config = config.context("no configuration")?;
+            let (store, venue, _) = open_source(&source).await?;
+            // the book stream the data holds for the symbol
             let step = match step {
                 Some(s) => s,
-                None => mdrec::venue::configured(&config.venue)?
-                    .streams(&symbol, &config.record)
-                    .into_iter()
-                    .find_map(|k| match k {
-                        mdrec::model::StreamKey::Book(d) => Some(d),
-                        _ => None,
-                    })
-                    .context("[record] depth records no book: name one with --step")?,
+                None => match store.book_steps(venue, &symbol).await?.as_slice() {
+                    [one] => *one,
+                    [] => anyhow::bail!("no {symbol} book stored ({venue})"),
+                    many => {
+                        let list: Vec<String> = many.iter().map(|s| s.to_string()).collect();
+                        return Err(Usage::new(
+                            "--step",
+                            format!(
+                                "{symbol} has several book streams (steps {}): name one",
+                                list.join(", ")
+                            ),
+                        )
+                        .into());
+                    }
+                },
             };
-            let (store, venue) = open_store(&config).await?;
             let book = mdrec::coverage::book_at(&store, venue, &symbol, step, at).await?;
             store.close().await;
             let book = match book {
@@ -519,10 +628,9 @@ async fn run(cmd: Cmd, config: Option<Config>) -> anyhow::Result<()> {
             from,
             to,
             json,
-            ..
+            source,
         } => {
-            let config = config.context("no configuration")?;
-            let (store, venue) = open_store(&config).await?;
+            let (store, venue, _) = open_source(&source).await?;
             let c = mdrec::coverage::compute(&store, venue, &symbol, from, to).await?;
             store.close().await;
             if json {

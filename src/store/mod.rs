@@ -333,6 +333,17 @@ impl Store {
         }
     }
 
+    /// An existing database for reading (SQLite read-only, never created).
+    pub async fn open_read(url: &str) -> Result<Store, StoreError> {
+        if url.starts_with("sqlite:") {
+            Ok(Store::Sqlite(sqlite::SqliteStore::open_read(url).await?))
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Ok(Store::Postgres(postgres::PgStore::connect(url).await?))
+        } else {
+            Err(StoreError::Url(crate::config::redact_url(url)))
+        }
+    }
+
     /// Opens one connection and closes it: `Ok` when the database answers, else what to fix
     /// ([`StoreError::Open`] for PostgreSQL).
     pub async fn probe(&self, within: std::time::Duration) -> Result<(), StoreError> {

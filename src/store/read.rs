@@ -79,6 +79,48 @@ impl Store {
         Ok(row.map(|(time_ms, trade_id)| TradeMark { time_ms, trade_id }))
     }
 
+    /// The venues this database holds rows of (from the small tables every run writes, and
+    /// one trade row: no scan of the market-data tables).
+    pub async fn venues(&self) -> Result<Vec<String>, StoreError> {
+        let sql = "SELECT venue FROM sessions UNION SELECT venue FROM markets \
+                   UNION SELECT venue FROM gaps UNION SELECT * FROM (SELECT venue FROM trades LIMIT 1) AS t \
+                   ORDER BY 1";
+        let rows: Vec<(String,)> = on_pool!(self, p => sqlx::query_as(sql).fetch_all(p).await)
+            .map_err(StoreError::sql("select venues"))?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    /// The book streams (depth steps) stored for a symbol.
+    pub async fn book_steps(&self, venue: &str, symbol: &str) -> Result<Vec<i16>, StoreError> {
+        let sql = "SELECT DISTINCT CAST(depth_step AS BIGINT) FROM book_snapshots WHERE venue = $1 \
+                   AND symbol = $2 \
+                   ORDER BY 1";
+        let rows: Vec<(i64,)> = on_pool!(self, p => sqlx::query_as(sql)
+            .bind(venue)
+            .bind(symbol)
+            .fetch_all(p)
+            .await)
+        .map_err(StoreError::sql("select book steps"))?;
+        Ok(rows.into_iter().map(|r| r.0 as i16).collect())
+    }
+
+    /// The bar intervals stored for a symbol.
+    pub async fn kline_intervals(
+        &self,
+        venue: &str,
+        symbol: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        let sql =
+            "SELECT DISTINCT interval FROM klines WHERE venue = $1 AND symbol = $2 ORDER BY 1";
+        let rows: Vec<(String,)> = on_pool!(self, p => sqlx::query_as(sql)
+            .bind(venue)
+            .bind(symbol)
+            .fetch_all(p)
+            .await)
+        .map_err(StoreError::sql("select kline intervals"))?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
     /// The first stored trade at or after a time (by exchange time, then id).
     pub async fn first_trade_from(
         &self,

@@ -201,6 +201,34 @@ impl SqliteStore {
         })
     }
 
+    /// An existing database opened read-only (the reading commands: nothing is created, and
+    /// a file the daemon owns can be read by whoever may read it).
+    pub async fn open_read(url: &str) -> Result<SqliteStore, StoreError> {
+        let opts =
+            SqliteConnectOptions::from_str(url).map_err(StoreError::sql("parse sqlite url"))?;
+        let path = opts.get_filename().to_path_buf();
+        if !path.exists() {
+            return Err(StoreError::Open {
+                message: format!("no SQLite database at {}", path.display()),
+                class: super::ErrorClass::Permission,
+            });
+        }
+        let opts = opts
+            .read_only(true)
+            .create_if_missing(false)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(opts)
+            .await
+            .map_err(StoreError::sql("open sqlite database"))?;
+        Ok(SqliteStore {
+            pool,
+            path: None,
+            _checkpointer: None,
+        })
+    }
+
     /// A pool that opens the file on first use (the recorder starts while it cannot be
     /// opened yet, e.g. its directory is not mounted).
     pub fn connect_lazy(url: &str) -> Result<SqliteStore, StoreError> {

@@ -1,0 +1,178 @@
+//! The reading commands need only a database: `coverage`, `book` and `export` take `--db URL`
+//! (or `MDREC_DATABASE_URL` alone), without a recorder configuration; the venue, the book
+//! stream and the bar interval come from the data, and a flag is asked for only when the data
+//! holds several (exit 2 naming it). A SQLite path that is not there is said, not created.
+
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_mdrec");
+
+async fn mdrec(
+    args: &[&str],
+    env: &[(&str, &str)],
+    cwd: &std::path::Path,
+) -> (i32, String, String) {
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.args(args)
+        .current_dir(cwd)
+        .env_remove("MDREC_DATABASE_URL")
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .expect("exits within 60 s")
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_commands_need_only_a_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let db = d.join("rec.db");
+    let (code, _, err) = mdrec(
+        &["demo", "--seconds", "2", "--db", db.to_str().unwrap()],
+        &[],
+        d,
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let url = format!("sqlite://{}", db.display());
+
+    // coverage: --db, or the environment variable alone
+    let (code, out, err) = mdrec(&["coverage", "--db", &url], &[], d).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("coverage of cdc-exchange"), "{out}");
+    let (code, out, err) = mdrec(&["coverage"], &[("MDREC_DATABASE_URL", &url)], d).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("BTC_USD"), "{out}");
+
+    // book: its stream from the data
+    let (code, out, err) = mdrec(
+        &["book", "--db", &url, "--symbol", "BTC_USD", "--json"],
+        &[],
+        d,
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let book: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(!book["bids"].as_array().unwrap().is_empty(), "{out}");
+
+    // export: trades need no interval; bars of two intervals want one named
+    let csv = d.join("t.csv");
+    let (code, _, err) = mdrec(
+        &[
+            "export",
+            "--db",
+            &url,
+            "--kind",
+            "trades",
+            "--symbol",
+            "BTC_USD",
+            "--format",
+            "csv",
+            "--out",
+            csv.to_str().unwrap(),
+        ],
+        &[],
+        d,
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(std::fs::read_to_string(&csv).unwrap().lines().count() > 1);
+    let bars = d.join("k.csv");
+    let args = [
+        "export",
+        "--db",
+        &url,
+        "--kind",
+        "klines",
+        "--symbol",
+        "BTC_USD",
+        "--format",
+        "csv",
+        "--out",
+        bars.to_str().unwrap(),
+    ];
+    let (code, _, err) = mdrec(&args, &[], d).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--interval") && err.contains("1m, 5m"),
+        "{err}"
+    );
+    let mut with = args.to_vec();
+    with.extend(["--interval", "1m"]);
+    let (code, _, err) = mdrec(&with, &[], d).await;
+    assert_eq!(code, 0, "{err}");
+
+    // a second venue in the same file: --venue is asked for, naming both
+    let (code, _, err) = mdrec(
+        &[
+            "demo",
+            "--venue",
+            "cdc-v1",
+            "--seconds",
+            "2",
+            "--db",
+            db.to_str().unwrap(),
+        ],
+        &[],
+        d,
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = mdrec(&["coverage", "--db", &url], &[], d).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--venue") && err.contains("cdc-exchange") && err.contains("cdc-v1"),
+        "{err}"
+    );
+    let (code, out, err) = mdrec(&["coverage", "--db", &url, "--venue", "cdc-v1"], &[], d).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("coverage of cdc-v1") && out.contains("btcusdt"),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_database_is_said_and_not_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let missing = d.join("typo.db");
+    let (code, _, err) = mdrec(
+        &[
+            "coverage",
+            "--db",
+            &format!("sqlite://{}", missing.display()),
+        ],
+        &[],
+        d,
+    )
+    .await;
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!("no SQLite database at {}", missing.display())),
+        "{err}"
+    );
+    assert!(!missing.exists(), "not created");
+    if !std::path::Path::new("/etc/mdrec/mdrec.toml").exists() {
+        let (code, _, err) = mdrec(
+            &[
+                "export", "--kind", "trades", "--symbol", "x", "--format", "csv", "--out", "x.csv",
+            ],
+            &[],
+            d,
+        )
+        .await;
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains("--db: no database"), "{err}");
+    }
+}
