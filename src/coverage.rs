@@ -17,9 +17,66 @@ pub fn parse_time(s: &str) -> Result<i64, String> {
     if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
         return t.parse::<i64>().map_err(|e| format!("{s:?}: {e}"));
     }
-    chrono::DateTime::parse_from_rfc3339(t)
-        .map(|d| d.timestamp_millis())
-        .map_err(|e| format!("{s:?} is neither RFC 3339 nor epoch milliseconds: {e}"))
+    if let Ok(d) = chrono::DateTime::parse_from_rfc3339(t) {
+        return Ok(d.timestamp_millis());
+    }
+    // a date, or a date and time with a space or a T, seconds and offset optional: UTC
+    // unless an offset is given
+    let t = t.replacen(' ', "T", 1);
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(&t, "%Y-%m-%d") {
+        return Ok(d
+            .and_time(chrono::NaiveTime::MIN)
+            .and_utc()
+            .timestamp_millis());
+    }
+    for f in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M"] {
+        if let Ok(d) = chrono::NaiveDateTime::parse_from_str(&t, f) {
+            return Ok(d.and_utc().timestamp_millis());
+        }
+    }
+    for f in [
+        "%Y-%m-%dT%H:%M:%S%.f%:z",
+        "%Y-%m-%dT%H:%M%:z",
+        "%Y-%m-%dT%H:%M:%S%.f%z",
+        "%Y-%m-%dT%H:%M%z",
+    ] {
+        if let Ok(d) = chrono::DateTime::parse_from_str(&t, f) {
+            return Ok(d.timestamp_millis());
+        }
+    }
+    Err(format!(
+        "{s:?} is not a time: use 2026-12-02, 2026-12-02 06:00, 2026-12-02T06:00:00 (UTC unless \
+         an offset such as +02:00 or Z is given), RFC 3339, or epoch milliseconds"
+    ))
+}
+
+#[cfg(test)]
+mod time_tests {
+    use super::parse_time;
+
+    #[test]
+    fn times_in_every_accepted_spelling() {
+        let six = 1_796_191_200_000; // 2026-12-02T06:00:00Z
+        let midnight = six - 6 * 3_600_000;
+        for (text, want) in [
+            ("2026-12-02", midnight),
+            ("2026-12-02 06:00", six),
+            ("2026-12-02T06:00", six),
+            ("2026-12-02T06:00:00", six),
+            ("2026-12-02 06:00:00.250", six + 250),
+            ("2026-12-02T06:00:00Z", six),
+            ("2026-12-02T08:00:00+02:00", six),
+            ("2026-12-02 08:00+02:00", six),
+            ("2026-12-02T08:00+0200", six),
+            ("1796191200000", six),
+        ] {
+            assert_eq!(parse_time(text), Ok(want), "{text}");
+        }
+        for bad in ["yesterday", "2026-13-02", "02.12.2026", "2026-12-02 6"] {
+            let e = parse_time(bad).unwrap_err();
+            assert!(e.contains("2026-12-02 06:00"), "{bad}: {e}");
+        }
+    }
 }
 
 /// RFC 3339 in UTC with milliseconds.
@@ -117,7 +174,7 @@ pub async fn compute(
         let mut by_stream: BTreeMap<&str, Vec<&Gap>> = BTreeMap::new();
         for g in all_gaps.iter().filter(|g| *g.symbol == *symbol) {
             // a hole overlaps the window if it starts before its end and ends after its start
-            if g.start_ms <= q_to && g.end_ms.is_none_or(|e| e >= q_from) {
+            if g.start_ms < q_to && g.end_ms.is_none_or(|e| e >= q_from) {
                 by_stream.entry(g.stream.as_str()).or_default().push(g);
             }
         }

@@ -103,10 +103,10 @@ enum Cmd {
         /// one stored for the symbol.
         #[arg(long)]
         interval: Option<String>,
-        /// Start (inclusive), exchange time: RFC 3339 or epoch ms (default: the beginning).
+        /// Start (inclusive), exchange time: 2026-12-02, 2026-12-02 06:00, RFC 3339 (UTC unless an offset is given) or epoch ms (default: the beginning).
         #[arg(long, value_parser = mdrec::coverage::parse_time)]
         from: Option<i64>,
-        /// End (exclusive), exchange time: RFC 3339 or epoch ms (default: everything).
+        /// End (exclusive), exchange time: 2026-12-02, 2026-12-02 06:00, RFC 3339 (UTC unless an offset is given) or epoch ms (default: everything).
         #[arg(long, value_parser = mdrec::coverage::parse_time)]
         to: Option<i64>,
         #[arg(long, value_enum)]
@@ -121,7 +121,7 @@ enum Cmd {
         source: Source,
         #[arg(long)]
         symbol: String,
-        /// Exchange time: RFC 3339 or epoch ms (default: the newest book).
+        /// Exchange time: 2026-12-02, 2026-12-02 06:00, RFC 3339 (UTC unless an offset is given) or epoch ms (default: the newest book).
         #[arg(long, value_parser = mdrec::coverage::parse_time)]
         at: Option<i64>,
         /// Levels per side to print.
@@ -163,10 +163,10 @@ enum Cmd {
         /// Only this symbol (repeat for several); default: every symbol in the database.
         #[arg(long)]
         symbol: Vec<String>,
-        /// Window start: RFC 3339 or epoch ms (default: the first session).
+        /// Window start: 2026-12-02, 2026-12-02 06:00, RFC 3339 (UTC unless an offset is given) or epoch ms (default: the first session).
         #[arg(long, value_parser = mdrec::coverage::parse_time)]
         from: Option<i64>,
-        /// Window end: RFC 3339 or epoch ms (default: now).
+        /// Window end: 2026-12-02, 2026-12-02 06:00, RFC 3339 (UTC unless an offset is given) or epoch ms (default: now).
         #[arg(long, value_parser = mdrec::coverage::parse_time)]
         to: Option<i64>,
         /// JSON for scripts instead of the table.
@@ -442,7 +442,7 @@ async fn run(cmd: Cmd, config: Option<Config>) -> anyhow::Result<()> {
                 {
                     Some(i) => i,
                     None => {
-                        let stored = store.kline_intervals(venue, &symbol).await?;
+                        let stored = store.stored_intervals(venue, &symbol).await?;
                         match stored.as_slice() {
                             [one] => one.clone(),
                             [] => String::new(),
@@ -500,8 +500,8 @@ async fn run(cmd: Cmd, config: Option<Config>) -> anyhow::Result<()> {
             // the book stream the data holds for the symbol
             let step = match step {
                 Some(s) => s,
-                None => match store.book_steps(venue, &symbol).await?.as_slice() {
-                    [one] => *one,
+                None => match store.stored_depth_steps(venue, &symbol).await?.as_slice() {
+                    [one] => *one as i16,
                     [] => anyhow::bail!("no {symbol} book stored ({venue})"),
                     many => {
                         let list: Vec<String> = many.iter().map(|s| s.to_string()).collect();

@@ -112,6 +112,67 @@ async fn reading_commands_need_only_a_database() {
     let (code, _, err) = mdrec(&with, &[], d).await;
     assert_eq!(code, 0, "{err}");
 
+    // the window is [from, to) in coverage and export alike, in any spelling of a time
+    let opens: Vec<i64> = std::fs::read_to_string(&bars)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(3).unwrap().parse().unwrap())
+        .collect();
+    assert!(opens.len() >= 3, "{opens:?}");
+    let minute = |ms: i64| {
+        chrono::DateTime::from_timestamp_millis(ms)
+            .unwrap()
+            .format("%Y-%m-%d %H:%M")
+            .to_string()
+    };
+    let (from, to) = (minute(opens[0]), minute(opens[2]));
+    let window = d.join("w.csv");
+    let (code, _, err) = mdrec(
+        &[
+            "export",
+            "--db",
+            &url,
+            "--kind",
+            "klines",
+            "--interval",
+            "1m",
+            "--symbol",
+            "BTC_USD",
+            "--format",
+            "csv",
+            "--out",
+            window.to_str().unwrap(),
+            "--from",
+            &from,
+            "--to",
+            &to,
+        ],
+        &[],
+        d,
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let exported = std::fs::read_to_string(&window).unwrap().lines().count() - 1;
+    assert_eq!(exported, 2, "[{from}, {to}) holds two bars");
+    let (code, out, err) = mdrec(
+        &[
+            "coverage", "--db", &url, "--symbol", "BTC_USD", "--json", "--from", &from, "--to", &to,
+        ],
+        &[],
+        d,
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let c: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let k = c["symbols"][0]["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["stream"] == "kline_1m")
+        .unwrap();
+    assert_eq!(k["rows"], 2, "coverage counts what export writes: {k}");
+
     // a second venue in the same file: --venue is asked for, naming both
     let (code, _, err) = mdrec(
         &[

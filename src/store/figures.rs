@@ -62,7 +62,7 @@ impl Store {
         .map_err(StoreError::sql("stored depth steps"))
     }
 
-    /// Rows of one stream of a symbol between `from` and `to` ms (both inclusive), with the
+    /// Rows of one stream of a symbol in `[from, to)` ms (as export counts them), with the
     /// first and last time: exchange time for trades, open time for bars, receive time for
     /// books and tickers.
     pub async fn stream_span(
@@ -76,23 +76,23 @@ impl Store {
         let (sql, extra) = match stream {
             StreamKey::Trades => (
                 "SELECT COUNT(*), MIN(event_time_ms), MAX(event_time_ms) FROM trades \
-                 WHERE venue = $1 AND symbol = $2 AND event_time_ms >= $3 AND event_time_ms <= $4",
+                 WHERE venue = $1 AND symbol = $2 AND event_time_ms >= $3 AND event_time_ms < $4",
                 None,
             ),
             StreamKey::Kline(iv) => (
                 "SELECT COUNT(*), MIN(open_time_ms), MAX(open_time_ms) FROM klines WHERE venue = $1 \
-                 AND symbol = $2 AND open_time_ms >= $3 AND open_time_ms <= $4 AND interval = $5",
+                 AND symbol = $2 AND open_time_ms >= $3 AND open_time_ms < $4 AND interval = $5",
                 Some(iv.to_string()),
             ),
             StreamKey::Book(step) => (
                 "SELECT COUNT(*), MIN(recv_time_us) / 1000, MAX(recv_time_us) / 1000 FROM book_snapshots \
                  WHERE venue = $1 AND symbol = $2 AND recv_time_us >= $3 * 1000 \
-                 AND recv_time_us <= $4 * 1000 AND CAST(depth_step AS TEXT) = $5",
+                 AND recv_time_us < $4 * 1000 AND CAST(depth_step AS TEXT) = $5",
                 Some(step.to_string()),
             ),
             StreamKey::Ticker => (
                 "SELECT COUNT(*), MIN(recv_time_us) / 1000, MAX(recv_time_us) / 1000 FROM tickers \
-                 WHERE venue = $1 AND symbol = $2 AND recv_time_us >= $3 * 1000 AND recv_time_us <= $4 * 1000",
+                 WHERE venue = $1 AND symbol = $2 AND recv_time_us >= $3 * 1000 AND recv_time_us < $4 * 1000",
                 None,
             ),
         };

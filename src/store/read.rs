@@ -90,37 +90,6 @@ impl Store {
         Ok(rows.into_iter().map(|r| r.0).collect())
     }
 
-    /// The book streams (depth steps) stored for a symbol.
-    pub async fn book_steps(&self, venue: &str, symbol: &str) -> Result<Vec<i16>, StoreError> {
-        let sql = "SELECT DISTINCT CAST(depth_step AS BIGINT) FROM book_snapshots WHERE venue = $1 \
-                   AND symbol = $2 \
-                   ORDER BY 1";
-        let rows: Vec<(i64,)> = on_pool!(self, p => sqlx::query_as(sql)
-            .bind(venue)
-            .bind(symbol)
-            .fetch_all(p)
-            .await)
-        .map_err(StoreError::sql("select book steps"))?;
-        Ok(rows.into_iter().map(|r| r.0 as i16).collect())
-    }
-
-    /// The bar intervals stored for a symbol.
-    pub async fn kline_intervals(
-        &self,
-        venue: &str,
-        symbol: &str,
-    ) -> Result<Vec<String>, StoreError> {
-        let sql =
-            "SELECT DISTINCT interval FROM klines WHERE venue = $1 AND symbol = $2 ORDER BY 1";
-        let rows: Vec<(String,)> = on_pool!(self, p => sqlx::query_as(sql)
-            .bind(venue)
-            .bind(symbol)
-            .fetch_all(p)
-            .await)
-        .map_err(StoreError::sql("select kline intervals"))?;
-        Ok(rows.into_iter().map(|r| r.0).collect())
-    }
-
     /// The first stored trade at or after a time (by exchange time, then id).
     pub async fn first_trade_from(
         &self,
