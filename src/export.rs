@@ -11,7 +11,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use parquet::basic::Compression;
 use parquet::data_type::{BoolType, ByteArray, ByteArrayType, Int64Type};
 use parquet::file::properties::WriterProperties;
@@ -51,6 +51,70 @@ pub struct Request {
     pub to_ms: i64,
     pub format: Format,
     pub out: PathBuf,
+    /// Replace `out` if it exists.
+    pub force: bool,
+}
+
+/// A request refused before anything is written (the command exits 2), naming its flag.
+#[derive(Debug, thiserror::Error)]
+#[error("{flag}: {message}")]
+pub struct Refused {
+    pub flag: &'static str,
+    pub message: String,
+}
+
+fn refused(flag: &'static str, message: impl Into<String>) -> anyhow::Error {
+    Refused {
+        flag,
+        message: message.into(),
+    }
+    .into()
+}
+
+/// What is wrong with a request before anything is written: the window, the output path, a
+/// symbol the database holds nothing of (with the closest names it does hold).
+pub async fn check(store: &Store, venue: &str, req: &Request) -> anyhow::Result<()> {
+    if req.from_ms >= req.to_ms {
+        return Err(refused(
+            "--from",
+            "must be before --to (the window is [from, to))",
+        ));
+    }
+    if req.out.is_dir() {
+        return Err(refused(
+            "--out",
+            format!(
+                "{} is a directory: name the file to write",
+                req.out.display()
+            ),
+        ));
+    }
+    if req.out.exists() && !req.force {
+        return Err(refused(
+            "--out",
+            format!("{} exists: pass --force to replace it", req.out.display()),
+        ));
+    }
+    check_symbol(store, venue, &req.symbol).await
+}
+
+/// A symbol the database holds nothing of is refused, with the closest names it holds.
+pub async fn check_symbol(store: &Store, venue: &str, symbol: &str) -> anyhow::Result<()> {
+    if store.has_symbol(venue, symbol).await? {
+        return Ok(());
+    }
+    let known = store.known_symbols(venue).await?;
+    let names: std::collections::HashSet<&str> = known.iter().map(|s| s.as_str()).collect();
+    let near = crate::recorder::markets::closest(symbol, &names);
+    let hint = if near.is_empty() {
+        String::new()
+    } else {
+        format!(" (did you mean {}?)", near.join(" or "))
+    };
+    Err(refused(
+        "--symbol",
+        format!("the database holds nothing of {symbol:?} for {venue}{hint}"),
+    ))
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -404,11 +468,24 @@ pub async fn export(
     req: &Request,
     mut progress: impl FnMut(u64),
 ) -> anyhow::Result<u64> {
-    if req.from_ms >= req.to_ms {
-        bail!("--from must be before --to");
-    }
+    check(store, venue, req).await?;
     let tmp = partial_path(&req.out);
-    let file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    // whatever goes wrong from here, no half-written file is left behind
+    let r = write_to(store, venue, req, &tmp, &mut progress).await;
+    if r.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    r
+}
+
+async fn write_to(
+    store: &Store,
+    venue: &'static str,
+    req: &Request,
+    tmp: &Path,
+    progress: &mut impl FnMut(u64),
+) -> anyhow::Result<u64> {
+    let file = File::create(tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let mut sink: Box<dyn Sink> = match req.format {
         Format::Csv => {
             let mut w = csv::Writer::from_writer(BufWriter::with_capacity(1 << 20, file));
@@ -442,7 +519,7 @@ pub async fn export(
     }
     sink.finish()
         .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &req.out)
+    std::fs::rename(tmp, &req.out)
         .with_context(|| format!("renaming {} to {}", tmp.display(), req.out.display()))?;
     Ok(rows)
 }

@@ -113,6 +113,9 @@ enum Cmd {
         format: mdrec::export::Format,
         #[arg(long)]
         out: PathBuf,
+        /// Replace --out if it exists.
+        #[arg(long)]
+        force: bool,
     },
     /// The order book of a symbol as it stood at a time, rebuilt from stored snapshots and
     /// deltas.
@@ -260,7 +263,9 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e)
-            if e.downcast_ref::<ConfigError>().is_some() || e.downcast_ref::<Usage>().is_some() =>
+            if e.downcast_ref::<ConfigError>().is_some()
+                || e.downcast_ref::<Usage>().is_some()
+                || e.downcast_ref::<mdrec::export::Refused>().is_some() =>
         {
             eprintln!("mdrec: {e:#}");
             ExitCode::from(2)
@@ -429,6 +434,7 @@ async fn run(cmd: Cmd, config: Option<Config>) -> anyhow::Result<()> {
             to,
             format,
             out,
+            force,
             source,
         } => {
             let (store, venue, config) = open_source(&source).await?;
@@ -468,7 +474,10 @@ async fn run(cmd: Cmd, config: Option<Config>) -> anyhow::Result<()> {
                 to_ms: to.unwrap_or(i64::MAX),
                 format,
                 out,
+                force,
             };
+            // refused before anything is counted or written
+            mdrec::export::check(&store, venue, &req).await?;
             let total = mdrec::export::count(&store, venue, &req).await?;
             // drawn only on a terminal
             let bar = indicatif::ProgressBar::with_draw_target(
@@ -497,6 +506,7 @@ async fn run(cmd: Cmd, config: Option<Config>) -> anyhow::Result<()> {
             source,
         } => {
             let (store, venue, _) = open_source(&source).await?;
+            mdrec::export::check_symbol(&store, venue, &symbol).await?;
             // the book stream the data holds for the symbol
             let step = match step {
                 Some(s) => s,
@@ -631,6 +641,16 @@ async fn run(cmd: Cmd, config: Option<Config>) -> anyhow::Result<()> {
             source,
         } => {
             let (store, venue, _) = open_source(&source).await?;
+            if let (Some(f), Some(t)) = (from, to)
+                && f >= t
+            {
+                return Err(
+                    Usage::new("--from", "must be before --to (the window is [from, to))").into(),
+                );
+            }
+            for s in &symbol {
+                mdrec::export::check_symbol(&store, venue, s).await?;
+            }
             let c = mdrec::coverage::compute(&store, venue, &symbol, from, to).await?;
             store.close().await;
             if json {

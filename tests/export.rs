@@ -253,6 +253,7 @@ async fn round_trip(db: &str) {
                     to_ms: i64::MAX,
                     format,
                     out: out.clone(),
+                    force: false,
                 };
                 let n = export::export(&store, NAME, &req, |_| {}).await.unwrap();
                 assert_eq!(n as usize, want.len());

@@ -237,3 +237,114 @@ async fn a_missing_database_is_said_and_not_created() {
         assert!(err.contains("--db: no database"), "{err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_with_exit_2_and_leaves_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let db = d.join("rec.db");
+    let (code, _, err) = mdrec(
+        &["demo", "--seconds", "2", "--db", db.to_str().unwrap()],
+        &[],
+        d,
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let url = format!("sqlite://{}", db.display());
+    let out = d.join("out");
+    std::fs::create_dir(&out).unwrap();
+    let file = out.join("t.csv");
+    let export = |extra: &[&str]| {
+        let mut a = vec![
+            "export", "--db", &url, "--kind", "trades", "--symbol", "BTC_USD", "--format", "csv",
+        ];
+        a.extend_from_slice(extra);
+        a.into_iter().map(String::from).collect::<Vec<String>>()
+    };
+    let f = file.to_str().unwrap();
+    let o = out.to_str().unwrap();
+    for (args, flag, says) in [
+        (
+            export(&["--out", f, "--from", "2026-12-03", "--to", "2026-12-02"]),
+            "--from",
+            "must be before --to",
+        ),
+        (export(&["--out", o]), "--out", "is a directory"),
+        (
+            vec![
+                "export", "--db", &url, "--kind", "trades", "--symbol", "BTC_USX", "--format",
+                "csv", "--out", f,
+            ]
+            .into_iter()
+            .map(String::from)
+            .collect(),
+            "--symbol",
+            "did you mean BTC_USD?",
+        ),
+        (
+            vec!["coverage", "--db", &url, "--symbol", "ETH_USX"]
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            "--symbol",
+            "did you mean ETH_USD?",
+        ),
+        (
+            vec!["book", "--db", &url, "--symbol", "btc_usd"]
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            "--symbol",
+            "did you mean BTC_USD?",
+        ),
+    ] {
+        let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        let (code, _, err) = mdrec(&args, &[], d).await;
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains(flag) && err.contains(says), "{args:?}: {err}");
+        assert_eq!(
+            std::fs::read_dir(&out).unwrap().count(),
+            0,
+            "{args:?}: nothing written"
+        );
+    }
+    // an existing file is kept unless --force
+    let (code, _, err) = mdrec(
+        &export(&["--out", f])
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>(),
+        &[],
+        d,
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let first = std::fs::read(&file).unwrap();
+    let (code, _, err) = mdrec(
+        &export(&["--out", f, "--from", "2026-01-01"])
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>(),
+        &[],
+        d,
+    )
+    .await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--force"), "{err}");
+    assert_eq!(std::fs::read(&file).unwrap(), first, "kept");
+    let (code, _, err) = mdrec(
+        &export(&["--out", f, "--force"])
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>(),
+        &[],
+        d,
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let names: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["t.csv"], "no .partial left");
+}

@@ -90,7 +90,7 @@ pub fn check_listed(
 }
 
 /// Up to three listed names nearest to `s` (edit distance, case ignored), nearest first.
-fn closest(s: &str, listed: &HashSet<&str>) -> Vec<String> {
+pub fn closest(s: &str, listed: &HashSet<&str>) -> Vec<String> {
     let want = s.to_lowercase();
     let mut near: Vec<(usize, &str)> = listed
         .iter()
@@ -98,6 +98,10 @@ fn closest(s: &str, listed: &HashSet<&str>) -> Vec<String> {
         .filter(|(d, _)| *d <= (want.chars().count() / 3).max(2))
         .collect();
     near.sort();
+    // the same name in other letter case is the one meant
+    if near.first().is_some_and(|(d, _)| *d == 0) {
+        near.retain(|(d, _)| *d == 0);
+    }
     near.into_iter()
         .take(3)
         .map(|(_, l)| l.to_string())

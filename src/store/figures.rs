@@ -13,6 +13,31 @@ pub type BookRow = (i64, i64, i64, String, String);
 
 impl Store {
     /// Symbols with sessions, trades or bars.
+    /// Whether any row of the symbol is stored (sessions, markets, or one trade, bar or
+    /// book by the tables' keys: no scan).
+    pub async fn has_symbol(&self, venue: &str, symbol: &str) -> Result<bool, StoreError> {
+        let sql = "SELECT 1 FROM sessions WHERE venue = $1 AND symbol = $2 \
+                   UNION ALL SELECT 1 FROM (SELECT 1 FROM trades WHERE venue = $1 AND symbol = $2 LIMIT 1) AS t \
+                   UNION ALL SELECT 1 FROM (SELECT 1 FROM klines WHERE venue = $1 AND symbol = $2 LIMIT 1) AS k \
+                   UNION ALL SELECT 1 FROM (SELECT 1 FROM book_snapshots WHERE venue = $1 AND symbol = $2 LIMIT 1) AS b \
+                   LIMIT 1";
+        let row: Option<(i32,)> = on_pool!(self, p => sqlx::query_as(sql)
+            .bind(venue)
+            .bind(symbol)
+            .fetch_optional(p)
+            .await)
+        .map_err(StoreError::sql("has symbol"))?;
+        Ok(row.is_some())
+    }
+
+    /// Symbols the small tables name (sessions, markets): names to suggest.
+    pub async fn known_symbols(&self, venue: &str) -> Result<Vec<String>, StoreError> {
+        let sql = "SELECT symbol FROM sessions WHERE venue = $1 UNION SELECT symbol FROM markets \
+                   WHERE venue = $1 ORDER BY 1";
+        on_pool!(self, p => sqlx::query_scalar::<_, String>(sql).bind(venue).fetch_all(p).await)
+            .map_err(StoreError::sql("known symbols"))
+    }
+
     pub async fn symbols_with_data(&self, venue: &str) -> Result<Vec<String>, StoreError> {
         let sql = "SELECT symbol FROM sessions WHERE venue = $1 UNION SELECT symbol FROM trades \
                    WHERE venue = $1 UNION SELECT symbol FROM klines WHERE venue = $1 ORDER BY 1";
