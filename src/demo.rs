@@ -33,8 +33,6 @@ symbols = [{}]
 trades = true
 {record}
 ticker = true
-# the simulator's clock runs 60x the wall clock, ahead of ours
-max_time_ahead_s = 31536000
 
 [metrics]
 listen = ""
@@ -67,10 +65,32 @@ pub async fn run(
     };
     let p = sim_cfg.personality();
     let symbols: Vec<&str> = p.demo_symbols.to_vec();
-    let sim = sim::start(sim_cfg)
-        .await
-        .context("starting the simulator")?;
     let db_url = format!("sqlite://{}", db_path.display());
+    // a file recorded before: the simulated venue goes on from its last trades (ids after
+    // them), so a second demo adds to it instead of reusing ids
+    let mut last_ids = Vec::new();
+    if db_path.exists() {
+        let store = Store::open_read(&db_url).await?;
+        for &s in &symbols {
+            if let Some(t) = store.last_trade(p.venue, s, None).await? {
+                last_ids.push((s, t.trade_id));
+            }
+        }
+        store.close().await;
+    }
+    // simulated time at the wall clock's pace: exchange times are real, receive times come
+    // after them (a faster clock would run ahead of ours and make latencies negative)
+    let sim = sim::start(SimConfig {
+        speed: 1,
+        start_halted: true,
+        ..sim_cfg
+    })
+    .await
+    .context("starting the simulator")?;
+    for (s, id) in last_ids {
+        sim.reset_trade_ids(s, id + 1);
+    }
+    sim.resume();
     let cfg = demo_config(p, &sim.ws_url(), &sim.rest_url(), &db_url)?;
     let token = CancellationToken::new();
     let recorder = tokio::spawn(crate::recorder::run(cfg, token.clone()));
@@ -122,5 +142,22 @@ pub async fn run(
     let cov = crate::coverage::compute(&store, p.venue, &symbols, None, None).await?;
     out.push_str(&crate::coverage::render(&cov));
     store.close().await;
+    let db = db_path.display();
+    let first = symbols.first().cloned().unwrap_or_default();
+    writeln!(out, "\nnext, try:")?;
+    writeln!(
+        out,
+        "  sqlite3 {db} \"SELECT symbol, count(*), avg(recv_time_us / 1000 - event_time_ms) AS latency_ms FROM trades WHERE source = 'ws' GROUP BY symbol\""
+    )?;
+    writeln!(out, "  mdrec coverage --db sqlite://{db} --json")?;
+    writeln!(out, "  mdrec book --db sqlite://{db} --symbol {first}")?;
+    writeln!(
+        out,
+        "  mdrec export --db sqlite://{db} --kind trades --symbol {first} --format parquet --out {first}.parquet"
+    )?;
+    writeln!(
+        out,
+        "  mdrec demo --db {db}      # again: it records on into the same file"
+    )?;
     Ok(out)
 }

@@ -285,6 +285,55 @@ async fn demo_records_trades_klines_and_books() {
         let n: i64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
         assert!(n > 0, "{table} is empty:\n{stdout}");
     }
+    // it ends with what to try next, on this file
+    let db_url = format!("sqlite://{}", db.display());
+    for next in [
+        format!("sqlite3 {}", db.display()),
+        format!("mdrec coverage --db {db_url}"),
+        format!("mdrec export --db {db_url}"),
+    ] {
+        assert!(stdout.contains(&next), "{next:?} in:\n{stdout}");
+    }
+
+    // a second demo into the same file records on: no id reused, no hole ending before it
+    // starts, and the simulated clock never ahead of ours (no negative latency)
+    let out = mdrec(
+        &["demo", "--seconds", "3", "--db", db.to_str().unwrap()],
+        &[],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let store = Store::connect(&db_url).await.unwrap();
+    let Store::Sqlite(s) = &store else {
+        unreachable!()
+    };
+    let backwards: i64 = sqlx::query_scalar("SELECT count(*) FROM gaps WHERE end_ms < start_ms")
+        .fetch_one(s.pool())
+        .await
+        .unwrap();
+    assert_eq!(backwards, 0, "holes ending before they start");
+    let min_latency: i64 = sqlx::query_scalar(
+        "SELECT min(recv_time_us / 1000 - event_time_ms) FROM trades WHERE source = 'ws'",
+    )
+    .fetch_one(s.pool())
+    .await
+    .unwrap();
+    assert!(min_latency >= 0, "negative latency {min_latency} ms");
+    let rejected: i64 = sqlx::query_scalar("SELECT count(*) FROM rejected_rows")
+        .fetch_one(s.pool())
+        .await
+        .unwrap();
+    assert_eq!(rejected, 0, "trade ids reused by the second demo");
+    let sessions: i64 = sqlx::query_scalar("SELECT count(DISTINCT session_id) FROM sessions")
+        .fetch_one(s.pool())
+        .await
+        .unwrap();
+    assert!(sessions >= 2, "both demos on record");
+    store.close().await;
 }
 
 /// `--log-format json`: every line is a JSON object; one info line per connect and per
