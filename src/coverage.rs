@@ -375,6 +375,88 @@ pub async fn book_at(
     )
 }
 
+/// What to know about a rebuilt book before trusting it at the asked time: how old it is
+/// there, and what happened between its last update and then.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct BookNotes {
+    /// The asked time (exchange clock; now when none was asked).
+    pub at_ms: i64,
+    /// From the book's last update (exchange time) to the asked time.
+    pub age_ms: i64,
+    /// Holes on record and socket disconnects between the book's last update and the asked
+    /// time: the book may have changed unseen.
+    pub warnings: Vec<String>,
+}
+
+/// The notes for `book` asked at `at_ms` (None: now). Sessions are in receive time, so a
+/// disconnect counts from the book's receive time on.
+pub async fn book_notes(
+    store: &Store,
+    venue: &'static str,
+    book: &crate::model::BookSnapshot,
+    at_ms: Option<i64>,
+) -> Result<BookNotes, StoreError> {
+    let at = at_ms.unwrap_or_else(now_ms);
+    let from = book.event_time_ms;
+    let from_recv = book.recv_time_us / 1000;
+    let mut warnings = Vec::new();
+    for g in store.load_gaps(venue, Some(&book.symbol)).await? {
+        let ends = g.end_ms.unwrap_or(i64::MAX);
+        if g.start_ms < at && ends > from {
+            warnings.push(format!(
+                "a recorded hole in {} ({}) from {} to {} lies between the book and the asked time",
+                g.stream,
+                g.status.as_str(),
+                format_time(g.start_ms),
+                g.end_ms.map_or("now".to_string(), format_time)
+            ));
+        }
+    }
+    let spans = store.session_spans(venue, &book.symbol).await?;
+    for (i, (_, end)) in spans.iter().enumerate() {
+        let Some(end) = *end else { continue };
+        if end < from_recv || end > at {
+            continue;
+        }
+        // down until the next session connected (or still, at the asked time)
+        let back = spans.get(i + 1).map(|s| s.0).filter(|&c| c <= at);
+        warnings.push(match back {
+            Some(c) => format!(
+                "the socket was down from {} to {}: the book may have changed unseen",
+                format_time(end),
+                format_time(c)
+            ),
+            None => format!(
+                "no socket was recording from {} to the asked time: the book may have changed unseen",
+                format_time(end)
+            ),
+        });
+    }
+    Ok(BookNotes {
+        at_ms: at,
+        age_ms: at - from,
+        warnings,
+    })
+}
+
+/// Age as people read it: 850 ms, 12.5 s, 3 min 20 s, 2 h 5 min, 3 d 4 h.
+pub fn format_age(ms: i64) -> String {
+    let (neg, ms) = (ms < 0, ms.unsigned_abs());
+    let s = ms / 1000;
+    let text = if ms < 1000 {
+        format!("{ms} ms")
+    } else if s < 60 {
+        format!("{:.1} s", ms as f64 / 1000.0)
+    } else if s < 3600 {
+        format!("{} min {} s", s / 60, s % 60)
+    } else if s < 86400 {
+        format!("{} h {} min", s / 3600, s % 3600 / 60)
+    } else {
+        format!("{} d {} h", s / 86400, s % 86400 / 3600)
+    };
+    if neg { format!("-{text}") } else { text }
+}
+
 pub fn book_json(b: &crate::model::BookSnapshot, depth: usize) -> serde_json::Value {
     let side = |v: &[(crate::decimal::Dec, crate::decimal::Dec)]| -> Vec<[String; 2]> {
         v.iter()

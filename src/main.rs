@@ -527,11 +527,19 @@ async fn run(cmd: Cmd, config: Option<Config>) -> anyhow::Result<()> {
                 },
             };
             let book = mdrec::coverage::book_at(&store, venue, &symbol, step, at).await?;
-            store.close().await;
             let book = match book {
                 mdrec::coverage::BookAt::Book(b) => b,
                 mdrec::coverage::BookAt::Missing => {
-                    anyhow::bail!("no {symbol} book stored at or before that time (step {step})")
+                    let first = store.first_snapshot_time(venue, &symbol, step).await?;
+                    store.close().await;
+                    match first {
+                        Some(f) => anyhow::bail!(
+                            "no {symbol} book (step {step}) at or before that time: the earliest is at {} (--at {})",
+                            mdrec::coverage::format_time(f),
+                            mdrec::coverage::format_time(f)
+                        ),
+                        None => anyhow::bail!("no {symbol} book stored (step {step})"),
+                    }
                 }
                 mdrec::coverage::BookAt::Broken {
                     snapshot_ms,
@@ -545,13 +553,24 @@ async fn run(cmd: Cmd, config: Option<Config>) -> anyhow::Result<()> {
                     mdrec::coverage::format_time(snapshot_ms)
                 ),
             };
+            let notes = mdrec::coverage::book_notes(&store, venue, &book, at).await?;
+            store.close().await;
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&mdrec::coverage::book_json(&book, depth))?
-                );
+                let mut v = mdrec::coverage::book_json(&book, depth);
+                v["at_ms"] = notes.at_ms.into();
+                v["age_ms"] = notes.age_ms.into();
+                v["warnings"] = notes.warnings.clone().into();
+                println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 print!("{}", mdrec::coverage::render_book(&book, depth));
+                println!(
+                    "age at {}: {} since the book's last update",
+                    mdrec::coverage::format_time(notes.at_ms),
+                    mdrec::coverage::format_age(notes.age_ms)
+                );
+                for w in &notes.warnings {
+                    println!("warning: {w}");
+                }
             }
             Ok(())
         }

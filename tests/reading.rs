@@ -113,20 +113,23 @@ async fn reading_commands_need_only_a_database() {
     assert_eq!(code, 0, "{err}");
 
     // the window is [from, to) in coverage and export alike, in any spelling of a time
-    let opens: Vec<i64> = std::fs::read_to_string(&bars)
+    let times: Vec<i64> = std::fs::read_to_string(&csv)
         .unwrap()
         .lines()
         .skip(1)
-        .map(|l| l.split(',').nth(3).unwrap().parse().unwrap())
+        .map(|l| l.split(',').nth(7).unwrap().parse().unwrap())
         .collect();
-    assert!(opens.len() >= 3, "{opens:?}");
-    let minute = |ms: i64| {
+    let distinct: std::collections::BTreeSet<i64> = times.iter().copied().collect();
+    let distinct: Vec<i64> = distinct.into_iter().collect();
+    assert!(distinct.len() >= 12, "{distinct:?}");
+    let spelled = |ms: i64| {
         chrono::DateTime::from_timestamp_millis(ms)
             .unwrap()
-            .format("%Y-%m-%d %H:%M")
+            .format("%Y-%m-%d %H:%M:%S%.3f")
             .to_string()
     };
-    let (from, to) = (minute(opens[0]), minute(opens[2]));
+    let (from, to) = (distinct[2], distinct[10]);
+    let want = times.iter().filter(|&&t| t >= from && t < to).count();
     let window = d.join("w.csv");
     let (code, _, err) = mdrec(
         &[
@@ -134,9 +137,7 @@ async fn reading_commands_need_only_a_database() {
             "--db",
             &url,
             "--kind",
-            "klines",
-            "--interval",
-            "1m",
+            "trades",
             "--symbol",
             "BTC_USD",
             "--format",
@@ -144,9 +145,9 @@ async fn reading_commands_need_only_a_database() {
             "--out",
             window.to_str().unwrap(),
             "--from",
-            &from,
+            &spelled(from),
             "--to",
-            &to,
+            &spelled(to),
         ],
         &[],
         d,
@@ -154,10 +155,19 @@ async fn reading_commands_need_only_a_database() {
     .await;
     assert_eq!(code, 0, "{err}");
     let exported = std::fs::read_to_string(&window).unwrap().lines().count() - 1;
-    assert_eq!(exported, 2, "[{from}, {to}) holds two bars");
+    assert_eq!(exported, want, "[{from}, {to})");
     let (code, out, err) = mdrec(
         &[
-            "coverage", "--db", &url, "--symbol", "BTC_USD", "--json", "--from", &from, "--to", &to,
+            "coverage",
+            "--db",
+            &url,
+            "--symbol",
+            "BTC_USD",
+            "--json",
+            "--from",
+            &spelled(from),
+            "--to",
+            &spelled(to),
         ],
         &[],
         d,
@@ -165,13 +175,16 @@ async fn reading_commands_need_only_a_database() {
     .await;
     assert_eq!(code, 0, "{err}");
     let c: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let k = c["symbols"][0]["streams"]
+    let t = c["symbols"][0]["streams"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|s| s["stream"] == "kline_1m")
+        .find(|s| s["stream"] == "trades")
         .unwrap();
-    assert_eq!(k["rows"], 2, "coverage counts what export writes: {k}");
+    assert_eq!(
+        t["rows"], want as i64,
+        "coverage counts what export writes: {t}"
+    );
 
     // a second venue in the same file: --venue is asked for, naming both
     let (code, _, err) = mdrec(
@@ -347,4 +360,106 @@ async fn bad_input_is_refused_with_exit_2_and_leaves_no_file() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(names, ["t.csv"], "no .partial left");
+}
+
+/// `book --at` says how old the book is at the asked time and warns about a hole or a
+/// disconnect in between; before the first book it names the earliest time there is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn book_at_says_its_age_and_what_lies_between() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let db = d.join("rec.db");
+    for _ in 0..2 {
+        let (code, _, err) = mdrec(
+            &["demo", "--seconds", "2", "--db", db.to_str().unwrap()],
+            &[],
+            d,
+        )
+        .await;
+        assert_eq!(code, 0, "{err}");
+    }
+    let url = format!("sqlite://{}", db.display());
+    let store = mdrec::store::Store::open_read(&url).await.unwrap();
+    let spans = store
+        .session_spans("cdc-exchange", "BTC_USD")
+        .await
+        .unwrap();
+    store.close().await;
+    assert_eq!(spans.len(), 2, "{spans:?}");
+    let (first_end, second_start) = (spans[0].1.unwrap(), spans[1].0);
+    assert!(first_end < second_start);
+    // between the two demos: the first one's last book, with the time no socket recorded
+    let between = ((first_end + second_start) / 2).to_string();
+    let (code, out, err) = mdrec(
+        &[
+            "book", "--db", &url, "--symbol", "BTC_USD", "--at", &between, "--json",
+        ],
+        &[],
+        d,
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(v["age_ms"].as_i64().unwrap() > 0, "{v}");
+    let warnings: Vec<String> = v["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("no socket was recording from")),
+        "{warnings:?}"
+    );
+    let (code, out, _) = mdrec(
+        &[
+            "book", "--db", &url, "--symbol", "BTC_USD", "--at", &between,
+        ],
+        &[],
+        d,
+    )
+    .await;
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("since the book's last update") && out.contains("warning: "),
+        "{out}"
+    );
+    // while recording, right after a book: no warning
+    let (code, out, err) = mdrec(
+        &[
+            "book",
+            "--db",
+            &url,
+            "--symbol",
+            "BTC_USD",
+            "--at",
+            &(second_start + 1500).to_string(),
+            "--json",
+        ],
+        &[],
+        d,
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["warnings"], serde_json::json!([]), "{v}");
+    // before the first book: the earliest time there is
+    let (code, _, err) = mdrec(
+        &[
+            "book",
+            "--db",
+            &url,
+            "--symbol",
+            "BTC_USD",
+            "--at",
+            "2026-01-01",
+        ],
+        &[],
+        d,
+    )
+    .await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("the earliest is at"), "{err}");
 }

@@ -177,6 +177,24 @@ impl Store {
         .map_err(StoreError::sql("select snapshot time"))
     }
 
+    /// Exchange time of the first full book stored for a symbol's stream.
+    pub async fn first_snapshot_time(
+        &self,
+        venue: &str,
+        symbol: &str,
+        depth_step: i16,
+    ) -> Result<Option<i64>, StoreError> {
+        let sql = "SELECT MIN(event_time_ms) FROM book_snapshots WHERE venue = $1 AND symbol = $2 \
+                   AND depth_step = $3";
+        on_pool!(self, p => sqlx::query_scalar::<_, Option<i64>>(sql)
+            .bind(venue)
+            .bind(symbol)
+            .bind(depth_step)
+            .fetch_one(p)
+            .await)
+        .map_err(StoreError::sql("select first snapshot time"))
+    }
+
     /// (open time, final) of the stored bars of a symbol and interval from `from_ms` on,
     /// oldest first, at most `limit`.
     pub async fn bar_states(
