@@ -137,12 +137,20 @@ pub async fn compute(
         symbols.to_vec()
     };
     // without bounds every row counts (exchange clocks may run ahead of ours); the live
-    // share is over the first session to now
+    // share is over the recorded span
     let (q_from, q_to) = (
         from.unwrap_or(i64::MIN / 1000),
         to.unwrap_or(i64::MAX / 1000),
     );
-    let to = to.unwrap_or_else(now_ms);
+    // the live share is over the recorded span: to the last session's end (now while one is
+    // open), not to now after the recorder stopped
+    let to = match to {
+        Some(t) => t,
+        None => store
+            .last_session_end_ms(venue)
+            .await?
+            .unwrap_or_else(now_ms),
+    };
     let from = match from {
         Some(f) => f,
         None => store.first_session_ms(venue).await?.unwrap_or(to),

@@ -200,13 +200,19 @@ pub struct Session {
 }
 
 /// Where a hole in a stream stands.
+/// Serialized as the stored words (`open`, `filled`, `unrecoverable`); spool files written
+/// before that spell them capitalised and still read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum GapStatus {
     /// Detected; backfill has not answered yet.
+    #[serde(alias = "Open")]
     Open,
     /// Everything the venue published in the hole is stored.
+    #[serde(alias = "Filled")]
     Filled,
     /// Part of the hole is beyond the venue's history: its exact bounds are recorded.
+    #[serde(alias = "Unrecoverable")]
     Unrecoverable,
 }
 
@@ -550,6 +556,18 @@ pub fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gap_statuses_serialize_as_stored_and_read_older_spellings() {
+        for st in [GapStatus::Open, GapStatus::Filled, GapStatus::Unrecoverable] {
+            let json = serde_json::to_string(&st).unwrap();
+            assert_eq!(json, format!("\"{}\"", st.as_str()));
+            assert_eq!(serde_json::from_str::<GapStatus>(&json).unwrap(), st);
+            // spool files written before: capitalised
+            let old = format!("\"{:?}\"", st);
+            assert_eq!(serde_json::from_str::<GapStatus>(&old).unwrap(), st);
+        }
+    }
 
     #[test]
     fn the_table_list_is_in_index_order() {

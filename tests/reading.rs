@@ -445,6 +445,29 @@ async fn book_at_says_its_age_and_what_lies_between() {
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["warnings"], serde_json::json!([]), "{v}");
+    // coverage's JSON speaks the stored words, and the live share is over the recorded span
+    // (to the last session's end), not up to now
+    let (code, out, err) = mdrec(&["coverage", "--db", &url, "--json"], &[], d).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("\"status\": \"unrecoverable\"") || out.contains("\"status\": \"filled\""),
+        "{out}"
+    );
+    assert!(
+        !out.contains("\"Filled\"") && !out.contains("\"Unrecoverable\""),
+        "{out}"
+    );
+    let c: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let to = c["to_ms"].as_i64().unwrap();
+    let last = spans[1].1.unwrap();
+    assert!(
+        to >= last && to - last < 1000,
+        "ends with the last session ({last}), not now: {to}"
+    );
+    for sym in c["symbols"].as_array().unwrap() {
+        let share = sym["live_share"].as_f64().unwrap();
+        assert!(share > 0.5 && share <= 1.0, "{sym}");
+    }
     // before the first book: the earliest time there is
     let (code, _, err) = mdrec(
         &[

@@ -55,6 +55,18 @@ impl Store {
         .map_err(StoreError::sql("first session"))
     }
 
+    /// Where the recorded span ends: the last session's end, or None while one is open (the
+    /// recording goes on) or none is stored.
+    pub async fn last_session_end_ms(&self, venue: &str) -> Result<Option<i64>, StoreError> {
+        let sql = "SELECT CASE WHEN COUNT(*) = COUNT(disconnected_at_us) \
+                   THEN MAX(disconnected_at_us) / 1000 END FROM sessions WHERE venue = $1";
+        on_pool!(self, p => sqlx::query_scalar::<_, Option<i64>>(sql)
+            .bind(venue)
+            .fetch_one(p)
+            .await)
+        .map_err(StoreError::sql("last session end"))
+    }
+
     /// Stored kline intervals of a symbol.
     pub async fn stored_intervals(
         &self,
