@@ -112,6 +112,79 @@ pub struct SymbolCoverage {
     pub live_ms: i64,
     pub live_share: f64,
     pub streams: Vec<StreamCoverage>,
+    /// With `--by`: one verdict per stream and period.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub periods: Vec<PeriodVerdict>,
+}
+
+/// Can this stream be trusted over this period (UTC hour or day, cut to the window)?
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PeriodVerdict {
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub stream: String,
+    /// `complete` (a socket was live throughout, no hole), `holes filled` (the venue's
+    /// history filled every hole), `holes open` (still being checked), `unrecoverable` (part
+    /// of it is beyond the venue's history), `partly down` / `recorder down` (no socket for
+    /// part / all of it, and nothing filled the time: books and tickers cannot be fetched
+    /// back).
+    pub verdict: &'static str,
+    pub live_ms: i64,
+    pub unrecoverable_ms: i64,
+}
+
+/// The verdicts of one stream over `[from, to)` cut into periods of `period_ms` aligned to
+/// UTC midnight. `live` are the merged socket spans; `holes` the stream's holes.
+pub fn verdicts(
+    stream: &str,
+    from: i64,
+    to: i64,
+    period_ms: i64,
+    live: &[(i64, i64)],
+    holes: &[&Gap],
+) -> Vec<PeriodVerdict> {
+    let overlap = |a: i64, b: i64, x: i64, y: i64| (b.min(y) - a.max(x)).max(0);
+    let mut out = Vec::new();
+    if period_ms <= 0 || to <= from {
+        return out;
+    }
+    let mut a = from - from.rem_euclid(period_ms);
+    while a < to {
+        let (pa, pb) = (a.max(from), (a + period_ms).min(to));
+        let live_ms: i64 = live.iter().map(|&(x, y)| overlap(pa, pb, x, y)).sum();
+        let here: Vec<&&Gap> = holes
+            .iter()
+            .filter(|g| g.start_ms < pb && g.end_ms.is_none_or(|e| e > pa))
+            .collect();
+        let unrecoverable_ms: i64 = here
+            .iter()
+            .filter(|g| g.status == GapStatus::Unrecoverable)
+            .map(|g| overlap(pa, pb, g.start_ms, g.end_ms.unwrap_or(i64::MAX)))
+            .sum();
+        let verdict = if here.iter().any(|g| g.status == GapStatus::Unrecoverable) {
+            "unrecoverable"
+        } else if here.iter().any(|g| g.status == GapStatus::Open) {
+            "holes open"
+        } else if !here.is_empty() {
+            "holes filled"
+        } else if live_ms >= pb - pa {
+            "complete"
+        } else if live_ms == 0 {
+            "recorder down"
+        } else {
+            "partly down"
+        };
+        out.push(PeriodVerdict {
+            start_ms: pa,
+            end_ms: pb,
+            stream: stream.to_string(),
+            verdict,
+            live_ms,
+            unrecoverable_ms,
+        });
+        a += period_ms;
+    }
+    out
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -130,6 +203,7 @@ pub async fn compute(
     symbols: &[String],
     from: Option<i64>,
     to: Option<i64>,
+    by: Option<i64>,
 ) -> Result<Coverage, StoreError> {
     let symbols: Vec<String> = if symbols.is_empty() {
         store.symbols_with_data(venue).await?
@@ -186,7 +260,7 @@ pub async fn compute(
                 by_stream.entry(g.stream.as_str()).or_default().push(g);
             }
         }
-        let streams = streams
+        let streams: Vec<StreamCoverage> = streams
             .into_iter()
             .map(|(stream, (rows, first_ms, last_ms))| {
                 let gaps: Vec<Gap> = by_stream
@@ -207,8 +281,16 @@ pub async fn compute(
                 }
             })
             .collect();
-        let (sessions, live_ms) = live(store, venue, &symbol, from, to).await?;
+        let (sessions, live_ms, spans) = live(store, venue, &symbol, from, to).await?;
         let window = (to - from).max(0);
+        let mut periods = Vec::new();
+        if let Some(by) = by {
+            for st in &streams {
+                let holes: Vec<&Gap> = st.gaps.iter().collect();
+                periods.extend(verdicts(&st.stream, from, to, by, &spans, &holes));
+            }
+            periods.sort_by_key(|p| p.start_ms);
+        }
         out.push(SymbolCoverage {
             symbol,
             sessions,
@@ -219,6 +301,7 @@ pub async fn compute(
                 live_ms as f64 / window as f64
             },
             streams,
+            periods,
         });
     }
     Ok(Coverage {
@@ -229,15 +312,15 @@ pub async fn compute(
     })
 }
 
-/// Sessions overlapping the window, and the milliseconds of it covered by at least one
-/// (a session still open counts up to now).
+/// Sessions overlapping the window, the milliseconds of it covered by at least one (a
+/// session still open counts up to now), and those spans merged.
 async fn live(
     store: &Store,
     venue: &str,
     symbol: &str,
     from: i64,
     to: i64,
-) -> Result<(usize, i64), StoreError> {
+) -> Result<(usize, i64, Vec<(i64, i64)>), StoreError> {
     let rows = store.session_spans(venue, symbol).await?;
     let now = now_ms();
     let mut spans: Vec<(i64, i64)> = rows
@@ -247,21 +330,15 @@ async fn live(
         .collect();
     let n = spans.len();
     spans.sort();
-    let (mut total, mut cur): (i64, Option<(i64, i64)>) = (0, None);
+    let mut merged: Vec<(i64, i64)> = Vec::new();
     for (a, b) in spans {
-        cur = match cur {
-            Some((ca, cb)) if a <= cb => Some((ca, cb.max(b))),
-            Some((ca, cb)) => {
-                total += cb - ca;
-                Some((a, b))
-            }
-            None => Some((a, b)),
-        };
+        match merged.last_mut() {
+            Some(last) if a <= last.1 => last.1 = last.1.max(b),
+            _ => merged.push((a, b)),
+        }
     }
-    if let Some((a, b)) = cur {
-        total += b - a;
-    }
-    Ok((n, total))
+    let total = merged.iter().map(|(a, b)| b - a).sum();
+    Ok((n, total, merged))
 }
 
 fn opt_time(t: Option<i64>) -> String {
@@ -322,8 +399,109 @@ pub fn render(c: &Coverage) -> String {
                 );
             }
         }
+        if !sym.periods.is_empty() {
+            // one line per period, one column per stream
+            let names: Vec<&str> = sym.streams.iter().map(|st| st.stream.as_str()).collect();
+            let _ = write!(s, "\n  {:<17}", "period (UTC)");
+            for n in &names {
+                let _ = write!(s, "  {n:<16}");
+            }
+            let _ = writeln!(s);
+            let mut starts: Vec<i64> = sym.periods.iter().map(|p| p.start_ms).collect();
+            starts.dedup();
+            for start in starts {
+                let when = chrono::DateTime::from_timestamp_millis(start)
+                    .map(|d| d.format("%Y-%m-%d %H:%M").to_string())
+                    .unwrap_or_default();
+                let _ = write!(s, "  {when:<17}");
+                for n in &names {
+                    let v = sym
+                        .periods
+                        .iter()
+                        .find(|p| p.start_ms == start && p.stream == *n);
+                    let text = match v {
+                        Some(p) if p.unrecoverable_ms > 0 => {
+                            format!("unrec {}", format_age(p.unrecoverable_ms))
+                        }
+                        Some(p) => p.verdict.to_string(),
+                        None => "-".into(),
+                    };
+                    let _ = write!(s, "  {text:<16}");
+                }
+                let _ = writeln!(s);
+            }
+        }
     }
     s
+}
+
+#[cfg(test)]
+mod verdict_tests {
+    use super::*;
+
+    fn gap(stream: &str, start: i64, end: i64, status: GapStatus) -> Gap {
+        Gap {
+            venue: "cdc-v1",
+            symbol: "btcusdt".into(),
+            stream: stream.into(),
+            start_ms: start,
+            end_ms: Some(end),
+            status,
+            detected_at_ms: 0,
+            resolved_at_ms: None,
+            rows_recovered: 0,
+            detail: None,
+        }
+    }
+
+    #[test]
+    fn one_verdict_per_period_by_what_happened_in_it() {
+        const H: i64 = 3_600_000;
+        let day = 1_796_169_600_000; // 2026-12-02T00:00:00Z
+        // live 00:00-01:30 and 02:00-05:00; a filled hole 01:30-02:00 (trades), an
+        // unrecoverable 10 minutes at 03:00; the window ends at 05:00
+        let live = [(day, day + H + H / 2), (day + 2 * H, day + 5 * H)];
+        let filled = gap("trades", day + H + H / 2, day + 2 * H, GapStatus::Filled);
+        let lost = gap(
+            "trades",
+            day + 3 * H,
+            day + 3 * H + 600_000,
+            GapStatus::Unrecoverable,
+        );
+        let v = verdicts("trades", day, day + 5 * H, H, &live, &[&filled, &lost]);
+        let words: Vec<&str> = v.iter().map(|p| p.verdict).collect();
+        assert_eq!(
+            words,
+            [
+                "complete",
+                "holes filled",
+                "complete",
+                "unrecoverable",
+                "complete"
+            ]
+        );
+        assert_eq!(v[3].unrecoverable_ms, 600_000);
+        // a stream nothing fills back: the down time is what it is
+        let v = verdicts("ticker", day, day + 5 * H, H, &live, &[]);
+        let words: Vec<&str> = v.iter().map(|p| p.verdict).collect();
+        assert_eq!(
+            words,
+            [
+                "complete",
+                "partly down",
+                "complete",
+                "complete",
+                "complete"
+            ]
+        );
+        let v = verdicts("ticker", day, day + 5 * H, H, &[], &[]);
+        assert!(v.iter().all(|p| p.verdict == "recorder down"));
+        // periods are UTC hours cut to the window
+        let v = verdicts("trades", day + H / 2, day + 2 * H, H, &live, &[]);
+        assert_eq!(v[0].start_ms, day + H / 2);
+        assert_eq!(v[0].end_ms, day + H);
+        assert_eq!(v.len(), 2);
+    }
 }
 
 /// `mdrec book --json`: the top `depth` levels per side as exact strings.

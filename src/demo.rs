@@ -139,7 +139,7 @@ pub async fn run(
         "\n(trades before the first subscription come from REST backfill, source = 'rest')\n"
     )?;
     let symbols: Vec<String> = symbols.iter().map(|s| s.to_string()).collect();
-    let cov = crate::coverage::compute(&store, p.venue, &symbols, None, None).await?;
+    let cov = crate::coverage::compute(&store, p.venue, &symbols, None, None, None).await?;
     out.push_str(&crate::coverage::render(&cov));
     store.close().await;
     let db = db_path.display();

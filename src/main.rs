@@ -175,7 +175,17 @@ enum Cmd {
         /// JSON for scripts instead of the table.
         #[arg(long)]
         json: bool,
+        /// One verdict per stream and UTC hour or day: complete, holes filled, holes open,
+        /// unrecoverable (with the minutes), partly down, recorder down.
+        #[arg(long, value_enum)]
+        by: Option<ByArg>,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ByArg {
+    Hour,
+    Day,
 }
 
 /// Where the reading commands read: a database alone, or a recorder's configuration.
@@ -657,6 +667,7 @@ async fn run(cmd: Cmd, config: Option<Config>) -> anyhow::Result<()> {
             from,
             to,
             json,
+            by,
             source,
         } => {
             let (store, venue, _) = open_source(&source).await?;
@@ -670,7 +681,11 @@ async fn run(cmd: Cmd, config: Option<Config>) -> anyhow::Result<()> {
             for s in &symbol {
                 mdrec::export::check_symbol(&store, venue, s).await?;
             }
-            let c = mdrec::coverage::compute(&store, venue, &symbol, from, to).await?;
+            let by = by.map(|b| match b {
+                ByArg::Hour => 3_600_000,
+                ByArg::Day => 86_400_000,
+            });
+            let c = mdrec::coverage::compute(&store, venue, &symbol, from, to, by).await?;
             store.close().await;
             if json {
                 println!("{}", serde_json::to_string_pretty(&c)?);

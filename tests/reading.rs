@@ -468,6 +468,48 @@ async fn book_at_says_its_age_and_what_lies_between() {
         let share = sym["live_share"].as_f64().unwrap();
         assert!(share > 0.5 && share <= 1.0, "{sym}");
     }
+    // by hour: a verdict per stream and period; the time between the two demos is a hole
+    // on record in trades, and the streams nothing fills back were partly down
+    let (code, out, err) = mdrec(
+        &["coverage", "--db", &url, "--by", "hour", "--json"],
+        &[],
+        d,
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let c: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let allowed = [
+        "complete",
+        "holes filled",
+        "holes open",
+        "unrecoverable",
+        "partly down",
+        "recorder down",
+    ];
+    for sym in c["symbols"].as_array().unwrap() {
+        let periods = sym["periods"].as_array().unwrap();
+        assert!(!periods.is_empty(), "{sym}");
+        for p in periods {
+            assert!(allowed.contains(&p["verdict"].as_str().unwrap()), "{p}");
+        }
+        let of = |stream: &str| -> Vec<&str> {
+            periods
+                .iter()
+                .filter(|p| p["stream"] == stream)
+                .map(|p| p["verdict"].as_str().unwrap())
+                .collect()
+        };
+        assert!(
+            of("trades")
+                .iter()
+                .all(|v| ["unrecoverable", "holes filled", "holes open"].contains(v)),
+            "{sym}"
+        );
+        assert!(of("ticker").contains(&"partly down"), "{sym}");
+    }
+    let (code, out, _) = mdrec(&["coverage", "--db", &url, "--by", "day"], &[], d).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("period (UTC)"), "{out}");
     // before the first book: the earliest time there is
     let (code, _, err) = mdrec(
         &[
