@@ -217,3 +217,29 @@ async fn metrics_and_health_during_a_run() {
     store.close().await;
     sim.shutdown().await;
 }
+
+/// A channel that never delivered is on `/metrics` from its subscription on: its age grows
+/// and its message count is 0, so an alert on the age sees a value, not "no data".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_that_never_delivered_has_an_age() {
+    let (_dir, url) = sqlite_db();
+    let sim = sim::start(SimConfig::default()).await.unwrap();
+    sim.mute_channel(Some("market_btcusdt_ticker"));
+    let cfg = recorder_config(&sim.ws_url(), &sim.rest_url(), &url, &["btcusdt"], "");
+    let run = common::Recorder::start(&cfg).await;
+    let base = format!("http://{}", run.stats.metrics_addr.get().expect("metrics"));
+    wait_for("trades delivered", Duration::from_secs(30), || async {
+        sim.delivered("btcusdt").len() >= 20
+    })
+    .await;
+    let (_, text) = get(&format!("{base}/metrics")).await;
+    let m = parse(&text);
+    let labels = "{symbol=\"btcusdt\",channel=\"ticker\"}";
+    assert_eq!(
+        value(&m, &format!("mdrec_messages_received_total{labels}")),
+        0.0
+    );
+    assert!(value(&m, &format!("mdrec_last_message_age_seconds{labels}")) >= 0.0);
+    run.stop().await;
+    sim.shutdown().await;
+}

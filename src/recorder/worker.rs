@@ -741,6 +741,14 @@ impl Reader {
             let Some(&feed) = w.index.get(&symbol) else {
                 continue;
             };
+            // exported from the subscription on: a channel that never delivers shows its age
+            // (an alert on it sees a value, not "no data")
+            lock(&w.feeds[feed].stats.channels)
+                .entry(key.clone())
+                .or_insert(ChannelStats {
+                    messages: 0,
+                    last: now,
+                });
             // a request sent again (after a rate refusal) watches the same channels
             match self
                 .channels
