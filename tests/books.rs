@@ -240,6 +240,35 @@ async fn book_at_matches_the_venue(db: &str, mode: sim::DepthMode) {
             && lines[6..].iter().all(|l| l.starts_with("warning: ")),
         "{text}"
     );
+    // coverage counts the book stream's rows as stored: full books and deltas
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mdrec"))
+        .args(["coverage", "-c"])
+        .arg(&cfg_path)
+        .args(["--json", "--symbol", "btcusdt"])
+        .env_remove("MDREC_DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let c: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = c["symbols"][0]["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["stream"] == "book_0")
+        .map(|s| s["rows"].as_i64().unwrap())
+        .unwrap();
+    let sql = "SELECT (SELECT COUNT(*) FROM book_snapshots WHERE symbol = 'btcusdt' AND depth_step = 0) \
+               + (SELECT COUNT(*) FROM book_deltas WHERE symbol = 'btcusdt' AND depth_step = 0)";
+    let stored: i64 = match &store {
+        Store::Sqlite(s) => sqlx::query_scalar(sql).fetch_one(s.pool()).await,
+        Store::Postgres(s) => sqlx::query_scalar(sql).fetch_one(s.pool()).await,
+    }
+    .unwrap();
+    assert_eq!(rows, stored, "book rows in coverage ({mode:?})");
     eprintln!(
         "book at {checked} times ({mode:?}) equals the venue's; mdrec book --depth 3:\n{text}"
     );

@@ -101,7 +101,7 @@ impl Store {
 
     /// Rows of one stream of a symbol in `[from, to)` ms (as export counts them), with the
     /// first and last time: exchange time for trades, open time for bars, receive time for
-    /// books and tickers.
+    /// books (full books and deltas) and tickers.
     pub async fn stream_span(
         &self,
         venue: &str,
@@ -122,9 +122,14 @@ impl Store {
                 Some(iv.to_string()),
             ),
             StreamKey::Book(step) => (
-                "SELECT COUNT(*), MIN(recv_time_us) / 1000, MAX(recv_time_us) / 1000 FROM book_snapshots \
-                 WHERE venue = $1 AND symbol = $2 AND recv_time_us >= $3 * 1000 \
-                 AND recv_time_us < $4 * 1000 AND CAST(depth_step AS TEXT) = $5",
+                // full books and deltas alike: an incremental stream is mostly deltas
+                "SELECT CAST(COALESCE(SUM(n), 0) AS BIGINT), MIN(lo) / 1000, MAX(hi) / 1000 FROM (\
+                 SELECT COUNT(*) AS n, MIN(recv_time_us) AS lo, MAX(recv_time_us) AS hi \
+                 FROM book_snapshots WHERE venue = $1 AND symbol = $2 AND recv_time_us >= $3 * 1000 \
+                 AND recv_time_us < $4 * 1000 AND CAST(depth_step AS TEXT) = $5 \
+                 UNION ALL SELECT COUNT(*), MIN(recv_time_us), MAX(recv_time_us) \
+                 FROM book_deltas WHERE venue = $1 AND symbol = $2 AND recv_time_us >= $3 * 1000 \
+                 AND recv_time_us < $4 * 1000 AND CAST(depth_step AS TEXT) = $5) AS b",
                 Some(step.to_string()),
             ),
             StreamKey::Ticker => (
