@@ -4,7 +4,8 @@
 //! (and, for Parquet, one row group) whatever the range. Prices and quantities keep the
 //! exchange's digits: they are decimal strings in both formats (Parquet `BYTE_ARRAY` UTF8),
 //! never floats. Times stay integers with the unit in the column name, as in the database.
-//! The file appears under its name only when complete.
+//! The file appears under its name only when complete. CSV to a name ending in `.gz` is
+//! gzip-compressed.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -340,9 +341,29 @@ trait Sink {
     fn finish(self: Box<Self>) -> anyhow::Result<()>;
 }
 
-struct CsvSink(csv::Writer<BufWriter<File>>);
+struct CsvSink<W: Finish>(csv::Writer<W>);
 
-impl Sink for CsvSink {
+/// Where CSV goes: the file, or a gzip stream over it (`.gz`), ended and synced at the end.
+trait Finish: Write {
+    fn finish(self) -> std::io::Result<()>;
+}
+
+impl Finish for BufWriter<File> {
+    fn finish(mut self) -> std::io::Result<()> {
+        self.flush()?;
+        self.get_ref().sync_all()
+    }
+}
+
+impl Finish for flate2::write::GzEncoder<BufWriter<File>> {
+    fn finish(self) -> std::io::Result<()> {
+        // the gzip trailer (CRC, length) is written here, not on drop, so its errors count
+        let inner = flate2::write::GzEncoder::finish(self)?;
+        Finish::finish(inner)
+    }
+}
+
+impl<W: Finish> Sink for CsvSink<W> {
     fn write(&mut self, rows: Vec<Vec<Val>>) -> anyhow::Result<()> {
         for row in rows {
             self.0.write_record(row.iter().map(|v| match v {
@@ -356,9 +377,8 @@ impl Sink for CsvSink {
     }
 
     fn finish(self: Box<Self>) -> anyhow::Result<()> {
-        let mut inner = self.0.into_inner().map_err(|e| e.into_error())?;
-        inner.flush()?;
-        inner.get_ref().sync_all()?;
+        let inner = self.0.into_inner().map_err(|e| e.into_error())?;
+        Finish::finish(inner)?;
         Ok(())
     }
 }
@@ -487,6 +507,15 @@ async fn write_to(
 ) -> anyhow::Result<u64> {
     let file = File::create(tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let mut sink: Box<dyn Sink> = match req.format {
+        Format::Csv if gzipped(&req.out) => {
+            let gz = flate2::write::GzEncoder::new(
+                BufWriter::with_capacity(1 << 20, file),
+                flate2::Compression::default(),
+            );
+            let mut w = csv::Writer::from_writer(gz);
+            w.write_record(columns(req.kind).iter().map(|c| c.0))?;
+            Box::new(CsvSink(w))
+        }
         Format::Csv => {
             let mut w = csv::Writer::from_writer(BufWriter::with_capacity(1 << 20, file));
             w.write_record(columns(req.kind).iter().map(|c| c.0))?;
@@ -522,6 +551,12 @@ async fn write_to(
     std::fs::rename(tmp, &req.out)
         .with_context(|| format!("renaming {} to {}", tmp.display(), req.out.display()))?;
     Ok(rows)
+}
+
+/// CSV to a name ending in `.gz` is written gzip-compressed.
+fn gzipped(out: &Path) -> bool {
+    out.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gz"))
 }
 
 /// `out.partial` next to the target, so a half-written export never has the final name.

@@ -87,6 +87,33 @@ async fn reading_commands_need_only_a_database() {
     .await;
     assert_eq!(code, 0, "{err}");
     assert!(std::fs::read_to_string(&csv).unwrap().lines().count() > 1);
+    // a name ending in .gz: the same CSV, gzip-compressed
+    let gz = d.join("t.csv.gz");
+    let (code, _, err) = mdrec(
+        &[
+            "export",
+            "--db",
+            &url,
+            "--kind",
+            "trades",
+            "--symbol",
+            "BTC_USD",
+            "--format",
+            "csv",
+            "--out",
+            gz.to_str().unwrap(),
+        ],
+        &[],
+        d,
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let mut text = String::new();
+    use std::io::Read;
+    flate2::read::GzDecoder::new(std::fs::File::open(&gz).unwrap())
+        .read_to_string(&mut text)
+        .expect("a gzip stream, whole");
+    assert_eq!(text, std::fs::read_to_string(&csv).unwrap());
     let bars = d.join("k.csv");
     let args = [
         "export",
