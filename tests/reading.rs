@@ -32,6 +32,23 @@ async fn mdrec(
     )
 }
 
+/// `mdrec export` of BTC_USD's trades as CSV to `out`, with `extra` flags.
+async fn export_trades(
+    url: &str,
+    out: &std::path::Path,
+    extra: &[&str],
+    cwd: &std::path::Path,
+) -> (i32, String, String) {
+    let mut args = vec![
+        "export", "--db", url, "--kind", "trades", "--symbol", "BTC_USD", "--format", "csv",
+        "--out",
+    ];
+    let out = out.to_string_lossy().into_owned();
+    args.push(&out);
+    args.extend_from_slice(extra);
+    mdrec(&args, &[], cwd).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reading_commands_need_only_a_database() {
     let dir = tempfile::tempdir().unwrap();
@@ -67,46 +84,12 @@ async fn reading_commands_need_only_a_database() {
 
     // export: trades need no interval; bars of two intervals want one named
     let csv = d.join("t.csv");
-    let (code, _, err) = mdrec(
-        &[
-            "export",
-            "--db",
-            &url,
-            "--kind",
-            "trades",
-            "--symbol",
-            "BTC_USD",
-            "--format",
-            "csv",
-            "--out",
-            csv.to_str().unwrap(),
-        ],
-        &[],
-        d,
-    )
-    .await;
+    let (code, _, err) = export_trades(&url, &csv, &[], d).await;
     assert_eq!(code, 0, "{err}");
     assert!(std::fs::read_to_string(&csv).unwrap().lines().count() > 1);
     // a name ending in .gz: the same CSV, gzip-compressed
     let gz = d.join("t.csv.gz");
-    let (code, _, err) = mdrec(
-        &[
-            "export",
-            "--db",
-            &url,
-            "--kind",
-            "trades",
-            "--symbol",
-            "BTC_USD",
-            "--format",
-            "csv",
-            "--out",
-            gz.to_str().unwrap(),
-        ],
-        &[],
-        d,
-    )
-    .await;
+    let (code, _, err) = export_trades(&url, &gz, &[], d).await;
     assert_eq!(code, 0, "{err}");
     let mut text = String::new();
     use std::io::Read;
@@ -158,28 +141,8 @@ async fn reading_commands_need_only_a_database() {
     let (from, to) = (distinct[2], distinct[10]);
     let want = times.iter().filter(|&&t| t >= from && t < to).count();
     let window = d.join("w.csv");
-    let (code, _, err) = mdrec(
-        &[
-            "export",
-            "--db",
-            &url,
-            "--kind",
-            "trades",
-            "--symbol",
-            "BTC_USD",
-            "--format",
-            "csv",
-            "--out",
-            window.to_str().unwrap(),
-            "--from",
-            &spelled(from),
-            "--to",
-            &spelled(to),
-        ],
-        &[],
-        d,
-    )
-    .await;
+    let (f, t) = (spelled(from), spelled(to));
+    let (code, _, err) = export_trades(&url, &window, &["--from", &f, "--to", &t], d).await;
     assert_eq!(code, 0, "{err}");
     let exported = std::fs::read_to_string(&window).unwrap().lines().count() - 1;
     assert_eq!(exported, want, "[{from}, {to})");
