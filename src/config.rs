@@ -19,6 +19,24 @@ pub struct ConfigError {
     pub message: String,
 }
 
+/// A command line that cannot be carried out as given, naming the flag (exit 2, like a bad
+/// configuration).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{flag}: {message}")]
+pub struct UsageError {
+    pub flag: &'static str,
+    pub message: String,
+}
+
+impl UsageError {
+    pub fn new(flag: &'static str, message: impl Into<String>) -> UsageError {
+        UsageError {
+            flag,
+            message: message.into(),
+        }
+    }
+}
+
 impl ConfigError {
     pub fn new(key: &str, message: impl Into<String>) -> Self {
         ConfigError {

@@ -56,20 +56,8 @@ pub struct Request {
     pub force: bool,
 }
 
-/// A request refused before anything is written (the command exits 2), naming its flag.
-#[derive(Debug, thiserror::Error)]
-#[error("{flag}: {message}")]
-pub struct Refused {
-    pub flag: &'static str,
-    pub message: String,
-}
-
 fn refused(flag: &'static str, message: impl Into<String>) -> anyhow::Error {
-    Refused {
-        flag,
-        message: message.into(),
-    }
-    .into()
+    crate::config::UsageError::new(flag, message).into()
 }
 
 /// What is wrong with a request before anything is written: the window, the output path, a

@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
-use mdrec::config::{Config, ConfigError, LogFormat};
+use mdrec::config::{Config, ConfigError, LogFormat, UsageError};
 use mdrec::sim::{self, Compression, DepthMode, NumberStyle, SimConfig};
 
 #[derive(Parser)]
@@ -205,23 +205,6 @@ struct Source {
 
 const DEFAULT_CONFIG: &str = "/etc/mdrec/mdrec.toml";
 
-/// A command line that cannot be carried out as given (exit 2, like a bad configuration).
-#[derive(Debug, thiserror::Error)]
-#[error("{flag}: {message}")]
-struct Usage {
-    flag: &'static str,
-    message: String,
-}
-
-impl Usage {
-    fn new(flag: &'static str, message: impl Into<String>) -> Usage {
-        Usage {
-            flag,
-            message: message.into(),
-        }
-    }
-}
-
 #[derive(Clone, Copy, ValueEnum)]
 enum ShellArg {
     Bash,
@@ -274,8 +257,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e)
             if e.downcast_ref::<ConfigError>().is_some()
-                || e.downcast_ref::<Usage>().is_some()
-                || e.downcast_ref::<mdrec::export::Refused>().is_some() =>
+                || e.downcast_ref::<UsageError>().is_some() =>
         {
             eprintln!("mdrec: {e:#}");
             ExitCode::from(2)
@@ -326,7 +308,7 @@ async fn open_source(
         .clone()
         .or_else(|| config.as_ref().map(|c| c.database.url.clone()))
     else {
-        return Err(Usage::new(
+        return Err(UsageError::new(
             "--db",
             "no database: give --db URL, set MDREC_DATABASE_URL, or -c CONFIG",
         )
@@ -344,7 +326,7 @@ async fn open_source(
         Some(v) => match mdrec::venue::static_name(&v) {
             Some(n) => n,
             None => {
-                return Err(Usage::new(
+                return Err(UsageError::new(
                     "--venue",
                     format!("unknown venue {v:?}; one of {}", mdrec::venue::kinds()),
                 )
@@ -356,7 +338,7 @@ async fn open_source(
                 .with_context(|| format!("the database holds rows of an unknown venue {one:?}"))?,
             [] => anyhow::bail!("the database holds no recording yet"),
             many => {
-                return Err(Usage::new(
+                return Err(UsageError::new(
                     "--venue",
                     format!(
                         "the database holds several venues ({}): name one",
@@ -463,7 +445,7 @@ async fn run(cmd: Cmd, config: Option<Config>) -> anyhow::Result<()> {
                             [one] => one.clone(),
                             [] => String::new(),
                             many => {
-                                return Err(Usage::new(
+                                return Err(UsageError::new(
                                     "--interval",
                                     format!(
                                         "{symbol} has bars of several intervals ({}): name one",
@@ -525,7 +507,7 @@ async fn run(cmd: Cmd, config: Option<Config>) -> anyhow::Result<()> {
                     [] => anyhow::bail!("no {symbol} book stored ({venue})"),
                     many => {
                         let list: Vec<String> = many.iter().map(|s| s.to_string()).collect();
-                        return Err(Usage::new(
+                        return Err(UsageError::new(
                             "--step",
                             format!(
                                 "{symbol} has several book streams (steps {}): name one",
@@ -674,9 +656,11 @@ async fn run(cmd: Cmd, config: Option<Config>) -> anyhow::Result<()> {
             if let (Some(f), Some(t)) = (from, to)
                 && f >= t
             {
-                return Err(
-                    Usage::new("--from", "must be before --to (the window is [from, to))").into(),
-                );
+                return Err(UsageError::new(
+                    "--from",
+                    "must be before --to (the window is [from, to))",
+                )
+                .into());
             }
             for s in &symbol {
                 mdrec::export::check_symbol(&store, venue, s).await?;

@@ -537,8 +537,10 @@ async fn postgres_sigterm_stops_cleanly_and_closes_every_session() {
     sigterm_stops_cleanly_and_closes_every_session("postgres").await;
 }
 
-/// A fatal start-up error after the database is ready (the metrics port taken) leaves no
-/// session open: nothing connects before everything that can fail has.
+/// A fatal start-up error after the database is ready (the metrics port taken) exits 1
+/// naming it, with no socket opened and no session row. It guards the outcome: the order
+/// (listener bound before any worker starts) is what makes it certain, but a build that
+/// bound it later would usually exit before its workers connected and pass too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fatal_start_up_error_leaves_no_session_open() {
     let dir = tempfile::tempdir().unwrap();

@@ -183,25 +183,24 @@ async fn start_fleet(
     // one connection first: a refusal is said at once in one line, and what only the
     // operator can fix (no such database, a wrong password, a directory it may not write)
     // stops start-up instead of spooling for ever
-    let probe = store.probe(limit).await;
-    let db_up = match probe {
+    let ready = match store.probe(limit).await {
+        Ok(()) => tokio::time::timeout(limit, store.migrate())
+            .await
+            .unwrap_or_else(|_| {
+                Err(crate::store::StoreError::Open {
+                    message: format!("migrations did not finish within {} s", limit.as_secs()),
+                    class: ErrorClass::Timeout,
+                })
+            }),
+        Err(e) => Err(e),
+    };
+    let db_up = match ready {
+        Ok(()) => true,
         Err(e) if matches!(e.class(), ErrorClass::Unavailable | ErrorClass::Timeout) => {
             tracing::warn!(database = %redact_url(url), error = %e, "database not answering at start-up: recording into the spool until it does");
             false
         }
         Err(e) => return Err(anyhow::Error::new(e)),
-        Ok(()) => match tokio::time::timeout(limit, store.migrate()).await {
-            Ok(Ok(())) => true,
-            Ok(Err(e)) if matches!(e.class(), ErrorClass::Unavailable | ErrorClass::Timeout) => {
-                tracing::warn!(database = %redact_url(url), error = %e, "database not answering at start-up: recording into the spool until it does");
-                false
-            }
-            Ok(Err(e)) => return Err(anyhow::Error::new(e).context("migrating database")),
-            Err(_) => {
-                tracing::warn!(database = %redact_url(url), timeout_s = limit.as_secs(), "database not answering at start-up: recording into the spool until it does");
-                false
-            }
-        },
     };
     if db_up {
         tracing::info!(database = %redact_url(url), symbols = config.record.symbols.len(), "database ready");
