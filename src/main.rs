@@ -95,10 +95,14 @@ enum Cmd {
     Export {
         #[command(flatten)]
         source: Source,
+        /// book: the stored full books, or with --every the book rebuilt on a time grid;
+        /// book-deltas: the stored changes.
         #[arg(long, value_enum)]
         kind: mdrec::export::Kind,
-        #[arg(long)]
-        symbol: String,
+        /// One or more symbols (repeat the flag or separate with commas); several need
+        /// --layout hive.
+        #[arg(long, required = true, value_delimiter = ',')]
+        symbol: Vec<String>,
         /// Bar interval (klines only); default: the first of `[record] klines` with -c, else the
         /// one stored for the symbol.
         #[arg(long)]
@@ -111,11 +115,27 @@ enum Cmd {
         to: Option<i64>,
         #[arg(long, value_enum)]
         format: mdrec::export::Format,
+        /// file: one file, --out; hive: --out is a directory holding
+        /// symbol=S/date=YYYY-MM-DD/part.<format>, one file per symbol and UTC day.
+        /// Default: file for one symbol, hive for several.
+        #[arg(long, value_enum)]
+        layout: Option<mdrec::export::Layout>,
         #[arg(long)]
         out: PathBuf,
-        /// Replace --out if it exists.
+        /// Replace files that exist.
         #[arg(long)]
         force: bool,
+        /// Books: rebuild the book at every multiple of this (500ms, 1s, 1m, ...) from the
+        /// stored full books and changes.
+        #[arg(long, value_parser = mdrec::export::parse_every)]
+        every: Option<i64>,
+        /// With --every: levels per side.
+        #[arg(long, default_value_t = 10)]
+        depth: usize,
+        /// Books and changes: the book stream (v1's depth step, the exchange's depth).
+        /// Default: every stored one (the grid: the only one).
+        #[arg(long)]
+        step: Option<i16>,
     },
     /// The order book of a symbol as it stood at a time, rebuilt from stored snapshots and
     /// deltas.
@@ -425,8 +445,12 @@ async fn run(cmd: Cmd, config: Option<Config>) -> anyhow::Result<()> {
             from,
             to,
             format,
+            layout,
             out,
             force,
+            every,
+            depth,
+            step,
             source,
         } => {
             let (store, venue, config) = open_source(&source).await?;
@@ -440,7 +464,7 @@ async fn run(cmd: Cmd, config: Option<Config>) -> anyhow::Result<()> {
                 {
                     Some(i) => i,
                     None => {
-                        let stored = store.stored_intervals(venue, &symbol).await?;
+                        let stored = store.stored_intervals(venue, &symbol[0]).await?;
                         match stored.as_slice() {
                             [one] => one.clone(),
                             [] => String::new(),
@@ -448,7 +472,8 @@ async fn run(cmd: Cmd, config: Option<Config>) -> anyhow::Result<()> {
                                 return Err(UsageError::new(
                                     "--interval",
                                     format!(
-                                        "{symbol} has bars of several intervals ({}): name one",
+                                        "{} has bars of several intervals ({}): name one",
+                                        symbol[0],
                                         many.join(", ")
                                     ),
                                 )
@@ -458,19 +483,34 @@ async fn run(cmd: Cmd, config: Option<Config>) -> anyhow::Result<()> {
                     }
                 },
             };
+            let layout = layout.unwrap_or(if symbol.len() > 1 {
+                mdrec::export::Layout::Hive
+            } else {
+                mdrec::export::Layout::File
+            });
+            let db_url = source
+                .db
+                .clone()
+                .or_else(|| config.as_ref().map(|c| c.database.url.clone()))
+                .unwrap_or_default();
             let req = mdrec::export::Request {
                 kind,
-                symbol,
+                symbols: symbol,
                 interval,
                 from_ms: from.unwrap_or(i64::MIN),
                 to_ms: to.unwrap_or(i64::MAX),
                 format,
+                layout,
                 out,
                 force,
+                step,
+                every_ms: every,
+                depth,
+                source: mdrec::config::redact_url(&db_url),
             };
             // refused before anything is counted or written
-            mdrec::export::check(&store, venue, &req).await?;
-            let total = mdrec::export::count(&store, venue, &req).await?;
+            let parts = mdrec::export::plan(&store, venue, &req).await?;
+            let total = mdrec::export::count(&store, venue, &req, &parts).await?;
             // drawn only on a terminal
             let bar = indicatif::ProgressBar::with_draw_target(
                 Some(total),
@@ -482,11 +522,18 @@ async fn run(cmd: Cmd, config: Option<Config>) -> anyhow::Result<()> {
                 )
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
             );
-            let rows = mdrec::export::export(&store, venue, &req, |n| bar.set_position(n)).await;
+            let written =
+                mdrec::export::export_parts(&store, venue, &req, &parts, |n| bar.set_position(n))
+                    .await;
             bar.finish_and_clear();
             store.close().await;
-            let rows = rows?;
-            eprintln!("wrote {rows} rows to {}", req.out.display());
+            let written = written?;
+            for w in &written {
+                eprintln!("wrote {} rows to {}", w.rows, w.path.display());
+            }
+            if written.is_empty() {
+                eprintln!("no rows in the window: nothing written");
+            }
             Ok(())
         }
         Cmd::Book {

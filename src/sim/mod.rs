@@ -409,6 +409,8 @@ pub struct SimConfig {
     pub step: Duration,
     /// Simulated milliseconds per wall millisecond.
     pub speed: u32,
+    /// The simulated clock's start, epoch ms (None: now).
+    pub clock_start_ms: Option<i64>,
     pub ping_interval: Duration,
     /// Pings left unanswered before the server hangs up.
     pub max_missed_pongs: u32,
@@ -476,6 +478,7 @@ impl Default for SimConfig {
             pad_decimals: true,
             step: Duration::from_millis(20),
             speed: 60,
+            clock_start_ms: None,
             ping_interval: Duration::from_secs(5),
             max_missed_pongs: 2,
             rest_throttle_first: 0,
@@ -938,7 +941,7 @@ pub async fn start(config: SimConfig) -> std::io::Result<SimHandle> {
         taps: HashMap::new(),
         next_tap: 0,
         ticks: 0,
-        clock_origin_ms: crate::model::now_ms(),
+        clock_origin_ms: config.clock_start_ms.unwrap_or_else(crate::model::now_ms),
         wall_origin: std::time::Instant::now(),
         speed: config.speed.max(1),
     }));

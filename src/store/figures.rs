@@ -99,6 +99,22 @@ impl Store {
         .map_err(StoreError::sql("stored depth steps"))
     }
 
+    /// Depth steps with stored book changes for a symbol.
+    pub async fn stored_delta_steps(
+        &self,
+        venue: &str,
+        symbol: &str,
+    ) -> Result<Vec<i64>, StoreError> {
+        let sql = "SELECT DISTINCT CAST(depth_step AS BIGINT) FROM book_deltas WHERE venue = $1 \
+                   AND symbol = $2 ORDER BY 1";
+        on_pool!(self, p => sqlx::query_scalar::<_, i64>(sql)
+            .bind(venue)
+            .bind(symbol)
+            .fetch_all(p)
+            .await)
+        .map_err(StoreError::sql("stored delta steps"))
+    }
+
     /// Rows of one stream of a symbol in `[from, to)` ms (as export counts them), with the
     /// first and last time: exchange time for trades, open time for bars, receive time for
     /// books (full books and deltas) and tickers.
@@ -230,6 +246,80 @@ impl Store {
             .fetch_all(p)
             .await)
         .map_err(StoreError::sql("select book_snapshots"))
+    }
+
+    /// First and last exchange time (bars: open time) of a symbol's rows of `table` in
+    /// `[from, to)`; `interval` narrows bars, `depth_step` books. None: no row.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn time_bounds(
+        &self,
+        table: crate::model::Table,
+        venue: &str,
+        symbol: &str,
+        interval: &str,
+        depth_step: Option<i16>,
+        from: i64,
+        to: i64,
+    ) -> Result<Option<(i64, i64)>, StoreError> {
+        use crate::model::Table;
+        let (name, col) = match table {
+            Table::Trades => ("trades", "event_time_ms"),
+            Table::Klines => ("klines", "open_time_ms"),
+            Table::BookSnapshots => ("book_snapshots", "event_time_ms"),
+            Table::BookDeltas => ("book_deltas", "event_time_ms"),
+            Table::Tickers => ("tickers", "event_time_ms"),
+            _ => return Ok(None),
+        };
+        let narrow = match table {
+            Table::Klines => " AND interval = $5",
+            Table::BookSnapshots | Table::BookDeltas => {
+                " AND ($5 = '' OR CAST(depth_step AS TEXT) = $5)"
+            }
+            _ => " AND $5 = $5",
+        };
+        let sql = format!(
+            "SELECT MIN({col}), MAX({col}) FROM {name} WHERE venue = $1 AND symbol = $2 \
+             AND {col} >= $3 AND {col} < $4{narrow}"
+        );
+        let extra = match table {
+            Table::Klines => interval.to_string(),
+            Table::BookSnapshots | Table::BookDeltas => {
+                depth_step.map(|d| d.to_string()).unwrap_or_default()
+            }
+            _ => String::new(),
+        };
+        let row: (Option<i64>, Option<i64>) = on_pool!(self, p => sqlx::query_as(&sql)
+            .bind(venue)
+            .bind(symbol)
+            .bind(from)
+            .bind(to)
+            .bind(&extra)
+            .fetch_one(p)
+            .await)
+        .map_err(StoreError::sql("time bounds"))?;
+        Ok(row.0.zip(row.1))
+    }
+
+    /// Receive time of the full book a rebuild at exchange time `at_ms` starts from: the
+    /// newest at or before it.
+    pub async fn snapshot_before(
+        &self,
+        venue: &str,
+        symbol: &str,
+        depth_step: i16,
+        at_ms: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let sql = "SELECT recv_time_us FROM book_snapshots WHERE venue = $1 AND symbol = $2 \
+                   AND depth_step = $3 AND event_time_ms <= $4 \
+                   ORDER BY event_time_ms DESC, recv_time_us DESC LIMIT 1";
+        on_pool!(self, p => sqlx::query_scalar::<_, i64>(sql)
+            .bind(venue)
+            .bind(symbol)
+            .bind(depth_step)
+            .bind(at_ms)
+            .fetch_optional(p)
+            .await)
+        .map_err(StoreError::sql("select snapshot before"))
     }
 
     /// Gap rows per status.

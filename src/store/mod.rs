@@ -292,6 +292,25 @@ pub fn event_json(ev: &Event) -> String {
         .unwrap_or_else(|e| format!("{{\"unserializable\":{:?}}}", e.to_string()))
 }
 
+/// Where a page of book changes starts: one depth step, after (receive time, seq), with
+/// exchange time in `[from_ms, to_ms)`.
+#[derive(Debug, Clone, Copy)]
+pub struct DeltaRange {
+    pub depth_step: i16,
+    pub after: (i64, i64),
+    pub from_ms: i64,
+    pub to_ms: i64,
+    pub limit: i64,
+}
+
+pub(crate) fn parse_book_side(s: &str) -> Result<crate::model::BookSide, StoreError> {
+    match s {
+        "bid" => Ok(crate::model::BookSide::Bid),
+        "ask" => Ok(crate::model::BookSide::Ask),
+        other => Err(StoreError::Corrupt(format!("book side {other:?}"))),
+    }
+}
+
 /// A page of rows by time: `from_ms <= t < to_ms`, strictly after the keyset position `after`
 /// (time, id; for bars only the time counts), at most `limit` rows.
 #[derive(Debug, Clone, Copy)]
@@ -441,6 +460,34 @@ impl Store {
         match self {
             Store::Sqlite(s) => s.load_klines(venue, symbol, interval).await,
             Store::Postgres(s) => s.load_klines(venue, symbol, interval).await,
+        }
+    }
+
+    /// A page of one book stream's changes (see [`DeltaRange`]).
+    pub async fn deltas_page(
+        &self,
+        venue: &str,
+        symbol: &str,
+        range: &DeltaRange,
+    ) -> Result<Vec<crate::model::BookDelta>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.deltas_page(venue, symbol, range).await,
+            Store::Postgres(s) => s.deltas_page(venue, symbol, range).await,
+        }
+    }
+
+    /// Up to `limit` tickers received after `after_us` with exchange time in `window`.
+    pub async fn tickers_page(
+        &self,
+        venue: &str,
+        symbol: &str,
+        after_us: i64,
+        window: (i64, i64),
+        limit: i64,
+    ) -> Result<Vec<crate::model::Ticker>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.tickers_page(venue, symbol, after_us, window, limit).await,
+            Store::Postgres(s) => s.tickers_page(venue, symbol, after_us, window, limit).await,
         }
     }
 

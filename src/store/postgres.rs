@@ -14,7 +14,7 @@ use sqlx::{Postgres, Row};
 use super::sqlite::{parse_side, parse_source, req, static_venue};
 use super::{Batch, Range, StoreError, apply_delta, levels_from_json, levels_to_json};
 use crate::decimal::Dec;
-use crate::model::{BookSide, BookSnapshot, Kline, Source, Trade};
+use crate::model::{BookDelta, BookSide, BookSnapshot, Kline, Source, Ticker, Trade};
 
 pub struct PgStore {
     pool: PgPool,
@@ -329,6 +329,99 @@ impl PgStore {
                     event_time_ms: r.try_get("event_time_ms").map_err(e("read kline"))?,
                     recv_time_us: r.try_get("recv_time_us").map_err(e("read kline"))?,
                     source: parse_source(r.try_get("source").map_err(e("read kline"))?)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Book changes of one depth step after `r.after` (receive time, seq), exchange time in
+    /// the range, in receive order.
+    pub async fn deltas_page(
+        &self,
+        venue: &str,
+        symbol: &str,
+        r: &super::DeltaRange,
+    ) -> Result<Vec<BookDelta>, StoreError> {
+        let e = StoreError::sql;
+        let rows = sqlx::query(
+            "SELECT recv_time_us, seq, event_time_ms, side, price::text AS price, qty::text AS qty, \
+             update_id, prev_update_id FROM book_deltas WHERE venue = $1 AND symbol = $2 \
+             AND depth_step = $3 AND (recv_time_us, seq) > ($4, $5) \
+             AND event_time_ms >= $6 AND event_time_ms < $7 ORDER BY recv_time_us, seq LIMIT $8",
+        )
+        .bind(venue)
+        .bind(symbol)
+        .bind(r.depth_step)
+        .bind(r.after.0)
+        .bind(i32::try_from(r.after.1).unwrap_or(if r.after.1 < 0 { i32::MIN } else { i32::MAX }))
+        .bind(r.from_ms)
+        .bind(r.to_ms)
+        .bind(r.limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(e("select book_deltas"))?;
+        let venue = static_venue(venue);
+        let sym: Arc<str> = Arc::from(symbol);
+        rows.iter()
+            .map(|d| {
+                Ok(BookDelta {
+                    venue,
+                    symbol: sym.clone(),
+                    depth_step: r.depth_step,
+                    event_time_ms: d.try_get("event_time_ms").map_err(e("read delta"))?,
+                    recv_time_us: d.try_get("recv_time_us").map_err(e("read delta"))?,
+                    seq: d.try_get("seq").map_err(e("read delta"))?,
+                    side: super::parse_book_side(d.try_get("side").map_err(e("read delta"))?)?,
+                    price: req(dec(d, "price")?, "price")?,
+                    qty: req(dec(d, "qty")?, "qty")?,
+                    update_id: d.try_get("update_id").map_err(e("read delta"))?,
+                    prev_update_id: d.try_get("prev_update_id").map_err(e("read delta"))?,
+                })
+            })
+            .collect()
+    }
+
+    /// Tickers received after `after_us` with exchange time in `[from, to)`, in receive order.
+    pub async fn tickers_page(
+        &self,
+        venue: &str,
+        symbol: &str,
+        after_us: i64,
+        (from, to): (i64, i64),
+        limit: i64,
+    ) -> Result<Vec<Ticker>, StoreError> {
+        let e = StoreError::sql;
+        let rows = sqlx::query(
+            "SELECT recv_time_us, event_time_ms, open::text AS open, high::text AS high, low::text AS low, \
+             close::text AS close, volume::text AS volume, quote_volume::text AS quote_volume, \
+             change::text AS change FROM tickers WHERE venue = $1 AND symbol = $2 AND recv_time_us > $3 \
+             AND event_time_ms >= $4 AND event_time_ms < $5 ORDER BY recv_time_us LIMIT $6",
+        )
+        .bind(venue)
+        .bind(symbol)
+        .bind(after_us)
+        .bind(from)
+        .bind(to)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(e("select tickers"))?;
+        let venue = static_venue(venue);
+        let sym: Arc<str> = Arc::from(symbol);
+        rows.iter()
+            .map(|t| {
+                Ok(Ticker {
+                    venue,
+                    symbol: sym.clone(),
+                    event_time_ms: t.try_get("event_time_ms").map_err(e("read ticker"))?,
+                    recv_time_us: t.try_get("recv_time_us").map_err(e("read ticker"))?,
+                    open: dec(t, "open")?,
+                    high: dec(t, "high")?,
+                    low: dec(t, "low")?,
+                    close: dec(t, "close")?,
+                    volume: dec(t, "volume")?,
+                    quote_volume: dec(t, "quote_volume")?,
+                    change: dec(t, "change")?,
                 })
             })
             .collect()

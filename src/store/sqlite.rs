@@ -20,7 +20,7 @@ use sqlx::{Decode, QueryBuilder, Row, Sqlite, TypeInfo, ValueRef};
 
 use super::{Batch, Range, StoreError, apply_delta, levels_from_json, levels_to_json};
 use crate::decimal::{Dec, SqliteNumber};
-use crate::model::{BookSide, BookSnapshot, Kline, Side, Source, Trade};
+use crate::model::{BookDelta, BookSide, BookSnapshot, Kline, Side, Source, Ticker, Trade};
 
 /// SQLite's default bound-parameter limit (SQLITE_MAX_VARIABLE_NUMBER since 3.32).
 const MAX_PARAMS: usize = 32766;
@@ -678,6 +678,101 @@ impl SqliteStore {
                     event_time_ms: r.try_get("event_time_ms").map_err(e("read kline"))?,
                     recv_time_us: r.try_get("recv_time_us").map_err(e("read kline"))?,
                     source: parse_source(r.try_get("source").map_err(e("read kline"))?)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Book changes of one depth step after `r.after` (receive time, seq), exchange time in
+    /// the range, in receive order.
+    pub async fn deltas_page(
+        &self,
+        venue: &str,
+        symbol: &str,
+        r: &super::DeltaRange,
+    ) -> Result<Vec<BookDelta>, StoreError> {
+        let e = StoreError::sql;
+        let rows = sqlx::query(
+            "SELECT recv_time_us, seq, event_time_ms, side, price, qty, exact, update_id, prev_update_id \
+             FROM book_deltas WHERE venue = ? AND symbol = ? AND depth_step = ? AND recv_time_us >= ? \
+             AND (recv_time_us > ? OR seq > ?) AND event_time_ms >= ? AND event_time_ms < ? \
+             ORDER BY recv_time_us, seq LIMIT ?",
+        )
+        .bind(venue)
+        .bind(symbol)
+        .bind(r.depth_step as i64)
+        .bind(r.after.0)
+        .bind(r.after.0)
+        .bind(r.after.1)
+        .bind(r.from_ms)
+        .bind(r.to_ms)
+        .bind(r.limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(e("select book_deltas"))?;
+        let venue = static_venue(venue);
+        let sym: Arc<str> = Arc::from(symbol);
+        rows.iter()
+            .map(|d| {
+                let ex = exact_map(d)?;
+                Ok(BookDelta {
+                    venue,
+                    symbol: sym.clone(),
+                    depth_step: r.depth_step,
+                    event_time_ms: d.try_get("event_time_ms").map_err(e("read delta"))?,
+                    recv_time_us: d.try_get("recv_time_us").map_err(e("read delta"))?,
+                    seq: d.try_get("seq").map_err(e("read delta"))?,
+                    side: super::parse_book_side(d.try_get("side").map_err(e("read delta"))?)?,
+                    price: req(get_dec(d, "price", &ex)?, "price")?,
+                    qty: req(get_dec(d, "qty", &ex)?, "qty")?,
+                    update_id: d.try_get("update_id").map_err(e("read delta"))?,
+                    prev_update_id: d.try_get("prev_update_id").map_err(e("read delta"))?,
+                })
+            })
+            .collect()
+    }
+
+    /// Tickers received after `after_us` with exchange time in `[from, to)`, in receive order.
+    pub async fn tickers_page(
+        &self,
+        venue: &str,
+        symbol: &str,
+        after_us: i64,
+        (from, to): (i64, i64),
+        limit: i64,
+    ) -> Result<Vec<Ticker>, StoreError> {
+        let e = StoreError::sql;
+        let rows = sqlx::query(
+            "SELECT recv_time_us, event_time_ms, open, high, low, close, volume, quote_volume, change, \
+             exact FROM tickers WHERE venue = ? AND symbol = ? AND recv_time_us > ? \
+             AND event_time_ms >= ? AND event_time_ms < ? ORDER BY recv_time_us LIMIT ?",
+        )
+        .bind(venue)
+        .bind(symbol)
+        .bind(after_us)
+        .bind(from)
+        .bind(to)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(e("select tickers"))?;
+        let venue = static_venue(venue);
+        let sym: Arc<str> = Arc::from(symbol);
+        rows.iter()
+            .map(|t| {
+                let ex = exact_map(t)?;
+                Ok(Ticker {
+                    venue,
+                    symbol: sym.clone(),
+                    event_time_ms: t.try_get("event_time_ms").map_err(e("read ticker"))?,
+                    recv_time_us: t.try_get("recv_time_us").map_err(e("read ticker"))?,
+                    open: get_dec(t, "open", &ex)?,
+                    high: get_dec(t, "high", &ex)?,
+                    low: get_dec(t, "low", &ex)?,
+                    close: get_dec(t, "close", &ex)?,
+                    volume: get_dec(t, "volume", &ex)?,
+                    quote_volume: get_dec(t, "quote_volume", &ex)?,
+                    change: get_dec(t, "change", &ex)?,
                 })
             })
             .collect()
