@@ -111,6 +111,9 @@ pub struct SymbolCoverage {
     /// Milliseconds of the window with an open socket, and its share of the window.
     pub live_ms: i64,
     pub live_share: f64,
+    /// The socket spans over the window, merged (the report's timeline).
+    #[serde(skip)]
+    pub live_spans: Vec<(i64, i64)>,
     pub streams: Vec<StreamCoverage>,
     /// With `--by`: one verdict per stream and period.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -300,6 +303,7 @@ pub async fn compute(
             } else {
                 live_ms as f64 / window as f64
             },
+            live_spans: spans,
             streams,
             periods,
         });

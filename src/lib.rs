@@ -11,6 +11,7 @@ pub mod export;
 pub mod model;
 pub mod ops;
 pub mod recorder;
+pub mod report;
 pub mod runtime;
 pub mod sim;
 pub mod stats;

@@ -199,6 +199,11 @@ enum Cmd {
         /// unrecoverable (with the minutes), partly down, recorder down.
         #[arg(long, value_enum)]
         by: Option<ByArg>,
+        /// Also write a one-page HTML report here: a timeline per symbol (live green, filled
+        /// holes amber, open or unrecoverable holes red) and the verdicts (per --by, else per
+        /// hour, or per day over more than two days).
+        #[arg(long)]
+        html: Option<PathBuf>,
     },
 }
 
@@ -313,6 +318,24 @@ fn init_logging(format: LogFormat) {
 
 /// The database a reading command reads (opened for reading, never created), the venue its
 /// rows are of, and the configuration when one was used.
+/// Writes `bytes` to `path.partial`, synced, then renames it: a reader never sees half a file.
+fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".partial");
+    let tmp = path.with_file_name(name);
+    let r = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if r.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    r.with_context(|| format!("writing {}", path.display()))
+}
+
 async fn open_source(
     src: &Source,
 ) -> anyhow::Result<(mdrec::store::Store, &'static str, Option<Config>)> {
@@ -697,8 +720,16 @@ async fn run(cmd: Cmd, config: Option<Config>) -> anyhow::Result<()> {
             to,
             json,
             by,
+            html,
             source,
         } => {
+            if let Some(h) = html.as_ref().filter(|h| h.is_dir()) {
+                return Err(UsageError::new(
+                    "--html",
+                    format!("{} is a directory: name the file to write", h.display()),
+                )
+                .into());
+            }
             let (store, venue, _) = open_source(&source).await?;
             if let (Some(f), Some(t)) = (from, to)
                 && f >= t
@@ -717,6 +748,24 @@ async fn run(cmd: Cmd, config: Option<Config>) -> anyhow::Result<()> {
                 ByArg::Day => 86_400_000,
             });
             let c = mdrec::coverage::compute(&store, venue, &symbol, from, to, by).await?;
+            if let Some(path) = html {
+                // the page always has verdicts: per hour, or per day over a long window
+                let periods = match by {
+                    Some(_) => None,
+                    None => {
+                        let long = c.to_ms - c.from_ms > 2 * 86_400_000;
+                        let by = if long { 86_400_000 } else { 3_600_000 };
+                        let (from, to) = (Some(c.from_ms), Some(c.to_ms));
+                        Some(
+                            mdrec::coverage::compute(&store, venue, &symbol, from, to, Some(by))
+                                .await?,
+                        )
+                    }
+                };
+                let page = mdrec::report::render_html(periods.as_ref().unwrap_or(&c));
+                write_atomically(&path, page.as_bytes())?;
+                eprintln!("wrote the coverage report to {}", path.display());
+            }
             store.close().await;
             if json {
                 println!("{}", serde_json::to_string_pretty(&c)?);
