@@ -1241,7 +1241,7 @@ fn dec_field(name: &str, rep: &str, plan: DecPlan) -> String {
         DecPlan::Decimal { scale } => {
             format!("{rep} fixed_len_byte_array(16) {name} (DECIMAL({PRECISION},{scale}));")
         }
-        DecPlan::Text => format!("{rep} binary {name} (UTF8);"),
+        DecPlan::Text => format!("{rep} binary {name} (STRING);"),
     }
 }
 
@@ -1257,7 +1257,7 @@ fn parquet_schema(cols: &[Col], first: &[Option<usize>], plans: &[DecPlan]) -> S
             match c.ty {
                 Ty::Int | Ty::OptInt => format!("{rep} int64 {name};"),
                 Ty::Bool => format!("{rep} boolean {name};"),
-                Ty::Text | Ty::OptText => format!("{rep} binary {name} (UTF8);"),
+                Ty::Text | Ty::OptText => format!("{rep} binary {name} (STRING);"),
                 Ty::TimeMs | Ty::OptTimeMs | Ty::TimeUs => {
                     format!("{rep} int64 {name} (TIMESTAMP(MICROS,true));")
                 }
@@ -1484,12 +1484,7 @@ async fn metadata(
     let mut meta = vec![
         kv("venue", venue.to_string()),
         kv("symbol", part.symbol.clone()),
-        kv(
-            "kind",
-            format!("{:?}", req.kind)
-                .to_lowercase()
-                .replace("bookdeltas", "book_deltas"),
-        ),
+        kv("kind", kind_name(req.kind)),
         kv("source", req.source.clone()),
         kv("rows", rows.to_string()),
         kv("decimals", decimals.join(",")),
@@ -1508,6 +1503,14 @@ async fn metadata(
         coverage_json(store, venue, req, part).await?.to_string(),
     ));
     Ok(meta)
+}
+
+/// The kind as `--kind` spells it.
+fn kind_name(kind: Kind) -> String {
+    use clap::ValueEnum;
+    kind.to_possible_value()
+        .map(|v| v.get_name().to_string())
+        .unwrap_or_default()
 }
 
 /// The recorder's word on the file's window: the live share, and per stream the verdict
@@ -1752,6 +1755,55 @@ mod tests {
         assert_eq!(g.plan(), DecPlan::Decimal { scale: 17 });
         g.add(&d("1234567890123456789012345"));
         assert_eq!(g.plan(), DecPlan::Text);
+    }
+
+    #[test]
+    fn a_column_beyond_38_digits_is_written_as_text_the_rest_as_decimals() {
+        use parquet::basic::{LogicalType, Type as Physical};
+        use parquet::file::reader::{FileReader, SerializedFileReader};
+        let cols = vec![
+            Col {
+                name: "price".into(),
+                ty: Ty::Dec,
+            },
+            Col {
+                name: "qty".into(),
+                ty: Ty::OptDec,
+            },
+        ];
+        let wide = "1234567890123456789012345.123456789012345";
+        let rows = vec![
+            vec![Val::Dec(d(wide)), Val::Dec(d("0.5"))],
+            vec![Val::Dec(d("-1.25")), Val::Null],
+        ];
+        let (first, n) = leaves(&cols);
+        let mut m = Measure {
+            first,
+            digits: vec![Digits::default(); n],
+            rows: 0,
+        };
+        m.write(rows.clone()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.parquet");
+        let mut sink = Box::new(
+            ParquetSink::new(File::create(&path).unwrap(), cols, &m.digits, vec![]).unwrap(),
+        );
+        sink.write(rows).unwrap();
+        FileSink::finish(sink).unwrap();
+        let r = SerializedFileReader::new(File::open(&path).unwrap()).unwrap();
+        let schema = r.metadata().file_metadata().schema_descr_ptr();
+        let price = schema.column(0);
+        assert_eq!(price.physical_type(), Physical::BYTE_ARRAY);
+        assert_eq!(price.logical_type_ref(), Some(&LogicalType::String));
+        let qty = schema.column(1);
+        assert_eq!(qty.physical_type(), Physical::FIXED_LEN_BYTE_ARRAY);
+        assert_eq!((qty.type_precision(), qty.type_scale()), (38, 1));
+        let got: Vec<String> = r
+            .get_row_iter(None)
+            .unwrap()
+            .map(|row| row.unwrap().get_column_iter().next().unwrap().1.to_string())
+            .collect();
+        assert_eq!(got, [format!("\"{wide}\""), "\"-1.25\"".to_string()]);
     }
 
     #[test]

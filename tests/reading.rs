@@ -518,3 +518,128 @@ async fn book_at_says_its_age_and_what_lies_between() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("the earliest is at"), "{err}");
 }
+
+/// Today's exchange sends a snapshot and then numbered changes: the changes export whole,
+/// and the book on a time grid equals the book rebuilt at each grid time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incremental_book_exports_as_changes_and_on_a_grid() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let db = d.join("rec.db");
+    let (code, _, err) = mdrec(
+        &["demo", "--seconds", "3", "--db", db.to_str().unwrap()],
+        &[],
+        d,
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let url = format!("sqlite://{}", db.display());
+    let store = mdrec::store::Store::open_read(&url).await.unwrap();
+    let venue = mdrec::venue::static_name("cdc-exchange").unwrap();
+    let counts = store.table_counts().await.unwrap();
+    let stored = |t: &str| counts.iter().find(|c| c.0 == t).map_or(0, |c| c.1);
+
+    let changes = d.join("deltas.csv");
+    let (code, _, err) = mdrec(
+        &[
+            "export",
+            "--db",
+            &url,
+            "--kind",
+            "book-deltas",
+            "--format",
+            "csv",
+            "--symbol",
+            "BTC_USD,ETH_USD,BTCUSD-PERP",
+            "--layout",
+            "file",
+            "--out",
+            changes.to_str().unwrap(),
+        ],
+        &[],
+        d,
+    )
+    .await;
+    assert_eq!(code, 2, "several symbols are not one file: {err}");
+    let mut rows = 0;
+    for symbol in ["BTC_USD", "ETH_USD", "BTCUSD-PERP"] {
+        let (code, _, err) = mdrec(
+            &[
+                "export",
+                "--db",
+                &url,
+                "--kind",
+                "book-deltas",
+                "--format",
+                "csv",
+                "--symbol",
+                symbol,
+                "--force",
+                "--out",
+                changes.to_str().unwrap(),
+            ],
+            &[],
+            d,
+        )
+        .await;
+        assert_eq!(code, 0, "{err}");
+        let text = std::fs::read_to_string(&changes).unwrap();
+        assert!(text.starts_with("venue,symbol,depth_step,recv_time_us,seq,event_time_ms,side,price,qty,update_id,prev_update_id\n"));
+        rows += text.lines().count() - 1;
+    }
+    assert!(stored("book_deltas") > 100, "{counts:?}");
+    assert_eq!(rows as i64, stored("book_deltas"), "every change exported");
+
+    let grid = d.join("grid.csv");
+    let (code, _, err) = mdrec(
+        &[
+            "export",
+            "--db",
+            &url,
+            "--kind",
+            "book",
+            "--every",
+            "200ms",
+            "--depth",
+            "3",
+            "--symbol",
+            "BTC_USD",
+            "--format",
+            "csv",
+            "--out",
+            grid.to_str().unwrap(),
+        ],
+        &[],
+        d,
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let mut r = csv::Reader::from_path(&grid).unwrap();
+    let header: Vec<String> = r.headers().unwrap().iter().map(str::to_string).collect();
+    assert_eq!(header[3], "time_ms");
+    assert_eq!(
+        header[6..10],
+        ["bid_1_price", "bid_1_qty", "ask_1_price", "ask_1_qty"]
+    );
+    let rows: Vec<csv::StringRecord> = r.records().map(|x| x.unwrap()).collect();
+    assert!(rows.len() >= 8, "a row each 200 ms of 3 s: {}", rows.len());
+    let step: i16 = rows[0][2].parse().unwrap();
+    for row in &rows {
+        let g: i64 = row[3].parse().unwrap();
+        assert_eq!(g % 200, 0);
+        let book = store
+            .load_book(venue, "BTC_USD", step, Some(g))
+            .await
+            .unwrap()
+            .expect("a book at a grid time");
+        assert_eq!(row[4].parse::<i64>().unwrap(), book.event_time_ms, "at {g}");
+        for i in 0..3 {
+            let (bp, bq) = &book.bids[i];
+            let (ap, aq) = &book.asks[i];
+            let want = [bp.as_str(), bq.as_str(), ap.as_str(), aq.as_str()];
+            let got: Vec<&str> = (0..4).map(|k| &row[6 + 4 * i + k]).collect();
+            assert_eq!(got, want, "level {} at {g}", i + 1);
+        }
+    }
+    store.close().await;
+}
