@@ -1652,9 +1652,6 @@ async fn write_part(
     let skip_empty = req.layout == Layout::Hive;
     let mut sink: Box<dyn FileSink> = match req.format {
         Format::Csv => {
-            if skip_empty && count_part(store, venue, req, part).await? == 0 {
-                return Ok(0);
-            }
             let file = File::create(tmp).with_context(|| format!("creating {}", tmp.display()))?;
             let w = BufWriter::with_capacity(1 << 20, file);
             if gzipped(&part.path) {
@@ -1684,17 +1681,13 @@ async fn write_part(
     let rows = produce(store, venue, req, part, sink.as_mut(), progress).await?;
     sink.finish()
         .with_context(|| format!("writing {}", tmp.display()))?;
+    if skip_empty && rows == 0 {
+        std::fs::remove_file(tmp).with_context(|| format!("removing {}", tmp.display()))?;
+        return Ok(0);
+    }
     std::fs::rename(tmp, &part.path)
         .with_context(|| format!("renaming {} to {}", tmp.display(), part.path.display()))?;
     Ok(rows)
-}
-
-/// Whether a CSV hive part has rows (for the kinds the database counts; the rest are
-/// written and removed when empty).
-async fn count_part(store: &Store, venue: &str, req: &Request, part: &Part) -> anyhow::Result<u64> {
-    Ok(count(store, venue, req, std::slice::from_ref(part))
-        .await?
-        .max(u64::from(matches!(req.kind, Kind::Gaps))))
 }
 
 /// CSV to a name ending in `.gz` is written gzip-compressed.

@@ -563,6 +563,28 @@ async fn hive(store: &Store, dir: &Path) -> Vec<PathBuf> {
         stored += store.load_trades(NAME, s).await.unwrap().len();
     }
     assert_eq!(total, stored);
+    // the same for book changes in CSV: every change once, no empty file
+    let mut dreq = request(
+        Kind::BookDeltas,
+        "btcusdt",
+        Format::Csv,
+        dir.join("hive-deltas"),
+    );
+    dreq.symbols = req.symbols.clone();
+    dreq.layout = Layout::Hive;
+    let dcols = export::columns(&dreq);
+    let mut changes = 0;
+    for w in export::export(store, NAME, &dreq, |_| {}).await.unwrap() {
+        assert!(w.path.ends_with("part.csv"), "{}", w.path.display());
+        let n = read_csv(&w.path, &dcols).len();
+        assert!(n > 0 && n as u64 == w.rows, "{}", w.path.display());
+        changes += n;
+    }
+    let mut want = 0;
+    for s in SYMBOLS {
+        want += expected(store, Kind::BookDeltas, s).await.len();
+    }
+    assert_eq!(changes, want);
     // a second call refuses to overwrite, naming the file
     let again = export::export(store, NAME, &req, |_| {}).await.unwrap_err();
     assert!(format!("{again:#}").contains("--force"), "{again:#}");

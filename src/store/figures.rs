@@ -203,6 +203,14 @@ impl Store {
                 "SELECT COUNT(*) FROM book_snapshots WHERE venue = $1 AND symbol = $2 \
                  AND event_time_ms >= $3 AND event_time_ms < $4 AND $5 = $5"
             }
+            Table::BookDeltas => {
+                "SELECT COUNT(*) FROM book_deltas WHERE venue = $1 AND symbol = $2 \
+                 AND event_time_ms >= $3 AND event_time_ms < $4 AND $5 = $5"
+            }
+            Table::Tickers => {
+                "SELECT COUNT(*) FROM tickers WHERE venue = $1 AND symbol = $2 \
+                 AND event_time_ms >= $3 AND event_time_ms < $4 AND $5 = $5"
+            }
             _ => return Ok(0),
         };
         let n: i64 = on_pool!(self, p => sqlx::query_scalar(sql)
