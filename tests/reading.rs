@@ -32,6 +32,19 @@ async fn mdrec(
     )
 }
 
+/// `mdrec demo` for `seconds` into `rec.db` in `d`; its URL.
+async fn demo(d: &std::path::Path, seconds: &str) -> String {
+    let db = d.join("rec.db");
+    let (code, _, err) = mdrec(
+        &["demo", "--seconds", seconds, "--db", db.to_str().unwrap()],
+        &[],
+        d,
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    format!("sqlite://{}", db.display())
+}
+
 /// `mdrec export` of BTC_USD's trades as CSV to `out`, with `extra` flags.
 async fn export_trades(
     url: &str,
@@ -53,15 +66,7 @@ async fn export_trades(
 async fn reading_commands_need_only_a_database() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let db = d.join("rec.db");
-    let (code, _, err) = mdrec(
-        &["demo", "--seconds", "2", "--db", db.to_str().unwrap()],
-        &[],
-        d,
-    )
-    .await;
-    assert_eq!(code, 0, "{err}");
-    let url = format!("sqlite://{}", db.display());
+    let url = demo(d, "2").await;
 
     // coverage: --db, or the environment variable alone
     let (code, out, err) = mdrec(&["coverage", "--db", &url], &[], d).await;
@@ -185,7 +190,7 @@ async fn reading_commands_need_only_a_database() {
             "--seconds",
             "2",
             "--db",
-            db.to_str().unwrap(),
+            &d.join("rec.db").to_string_lossy(),
         ],
         &[],
         d,
@@ -245,15 +250,7 @@ async fn a_missing_database_is_said_and_not_created() {
 async fn bad_input_is_refused_with_exit_2_and_leaves_no_file() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let db = d.join("rec.db");
-    let (code, _, err) = mdrec(
-        &["demo", "--seconds", "2", "--db", db.to_str().unwrap()],
-        &[],
-        d,
-    )
-    .await;
-    assert_eq!(code, 0, "{err}");
-    let url = format!("sqlite://{}", db.display());
+    let url = demo(d, "2").await;
     let out = d.join("out");
     std::fs::create_dir(&out).unwrap();
     let file = out.join("t.csv");
@@ -358,17 +355,9 @@ async fn bad_input_is_refused_with_exit_2_and_leaves_no_file() {
 async fn book_at_says_its_age_and_what_lies_between() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let db = d.join("rec.db");
-    for _ in 0..2 {
-        let (code, _, err) = mdrec(
-            &["demo", "--seconds", "2", "--db", db.to_str().unwrap()],
-            &[],
-            d,
-        )
-        .await;
-        assert_eq!(code, 0, "{err}");
-    }
-    let url = format!("sqlite://{}", db.display());
+    // two demos into one file: a recorder down between them
+    let url = demo(d, "2").await;
+    demo(d, "2").await;
     let store = mdrec::store::Store::open_read(&url).await.unwrap();
     let spans = store
         .session_spans("cdc-exchange", "BTC_USD")
@@ -525,15 +514,7 @@ async fn book_at_says_its_age_and_what_lies_between() {
 async fn an_incremental_book_exports_as_changes_and_on_a_grid() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let db = d.join("rec.db");
-    let (code, _, err) = mdrec(
-        &["demo", "--seconds", "3", "--db", db.to_str().unwrap()],
-        &[],
-        d,
-    )
-    .await;
-    assert_eq!(code, 0, "{err}");
-    let url = format!("sqlite://{}", db.display());
+    let url = demo(d, "3").await;
     let store = mdrec::store::Store::open_read(&url).await.unwrap();
     let venue = mdrec::venue::static_name("cdc-exchange").unwrap();
     let counts = store.table_counts().await.unwrap();
