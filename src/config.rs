@@ -19,6 +19,26 @@ pub struct ConfigError {
     pub message: String,
 }
 
+/// Up to three of `listed` nearest to `s` (edit distance, case ignored), nearest first: the
+/// names a refusal suggests ("did you mean ethusdt?").
+pub fn closest_names(s: &str, listed: &std::collections::HashSet<&str>) -> Vec<String> {
+    let want = s.to_lowercase();
+    let mut near: Vec<(usize, &str)> = listed
+        .iter()
+        .map(|l| (strsim::levenshtein(&want, &l.to_lowercase()), *l))
+        .filter(|(d, _)| *d <= (want.chars().count() / 3).max(2))
+        .collect();
+    near.sort();
+    // the same name in other letter case is the one meant
+    if near.first().is_some_and(|(d, _)| *d == 0) {
+        near.retain(|(d, _)| *d == 0);
+    }
+    near.into_iter()
+        .take(3)
+        .map(|(_, l)| l.to_string())
+        .collect()
+}
+
 /// A command line that cannot be carried out as given, naming the flag (exit 2, like a bad
 /// configuration).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -833,6 +853,20 @@ fn check_url(key: &str, raw: &str, schemes: &[&str]) -> Result<(), ConfigError> 
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn closest_names_are_near_by_spelling_and_the_same_name_in_other_case_wins() {
+        let listed: std::collections::HashSet<&str> = ["ethusdt", "btcusdt", "ethbtc", "ETH_USD"]
+            .into_iter()
+            .collect();
+        assert_eq!(
+            super::closest_names("ethusd", &listed),
+            ["ETH_USD", "ethusdt"]
+        );
+        assert_eq!(super::closest_names("BTCUSDT", &listed), ["btcusdt"]);
+        assert_eq!(super::closest_names("eth_usd", &listed), ["ETH_USD"]);
+        assert!(super::closest_names("dogecoin", &listed).is_empty());
+    }
+
     use super::*;
 
     const GOOD: &str = r#"

@@ -202,7 +202,7 @@ pub async fn check_symbol(store: &Store, venue: &str, symbol: &str) -> anyhow::R
     }
     let known = store.known_symbols(venue).await?;
     let names: std::collections::HashSet<&str> = known.iter().map(|s| s.as_str()).collect();
-    let near = crate::recorder::markets::closest(symbol, &names);
+    let near = crate::config::closest_names(symbol, &names);
     let hint = if near.is_empty() {
         String::new()
     } else {

@@ -72,7 +72,7 @@ pub fn check_listed(
     let each: Vec<String> = unlisted
         .iter()
         .map(|s| {
-            let near = closest(s, &listed);
+            let near = crate::config::closest_names(s, &listed);
             if near.is_empty() {
                 format!("{s:?}")
             } else {
@@ -87,25 +87,6 @@ pub fn check_listed(
             each.join(", ")
         ),
     ))
-}
-
-/// Up to three listed names nearest to `s` (edit distance, case ignored), nearest first.
-pub fn closest(s: &str, listed: &HashSet<&str>) -> Vec<String> {
-    let want = s.to_lowercase();
-    let mut near: Vec<(usize, &str)> = listed
-        .iter()
-        .map(|l| (strsim::levenshtein(&want, &l.to_lowercase()), *l))
-        .filter(|(d, _)| *d <= (want.chars().count() / 3).max(2))
-        .collect();
-    near.sort();
-    // the same name in other letter case is the one meant
-    if near.first().is_some_and(|(d, _)| *d == 0) {
-        near.retain(|(d, _)| *d == 0);
-    }
-    near.into_iter()
-        .take(3)
-        .map(|(_, l)| l.to_string())
-        .collect()
 }
 
 /// Queues one `markets` row per listed market.
