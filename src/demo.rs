@@ -150,10 +150,19 @@ pub async fn run(
         "  sqlite3 {db} \"SELECT symbol, count(*), avg(recv_time_us / 1000 - event_time_ms) AS latency_ms FROM trades WHERE source = 'ws' GROUP BY symbol\""
     )?;
     writeln!(out, "  mdrec coverage --db sqlite://{db} --json")?;
+    writeln!(
+        out,
+        "  mdrec coverage --db sqlite://{db} --html coverage.html   # a timeline per symbol"
+    )?;
     writeln!(out, "  mdrec book --db sqlite://{db} --symbol {first}")?;
     writeln!(
         out,
         "  mdrec export --db sqlite://{db} --kind trades --symbol {first} --format parquet --out {first}.parquet"
+    )?;
+    writeln!(
+        out,
+        "  mdrec export --db sqlite://{db} --kind book --every 1s --depth 5 --symbol {} --format csv --out books/",
+        symbols.join(",")
     )?;
     writeln!(
         out,

@@ -294,6 +294,34 @@ async fn demo_records_trades_klines_and_books() {
     ] {
         assert!(stdout.contains(&next), "{next:?} in:\n{stdout}");
     }
+    // and every suggested mdrec command works as printed, from the file's directory
+    let mut ran = 0;
+    for line in stdout.lines().skip_while(|l| !l.starts_with("next, try:")) {
+        let cmd = line.split('#').next().unwrap_or_default().trim();
+        let Some(rest) = cmd.strip_prefix("mdrec ") else {
+            continue;
+        };
+        if rest.starts_with("demo") {
+            continue;
+        }
+        let args: Vec<&str> = rest.split_whitespace().collect();
+        let out = tokio::process::Command::new(BIN)
+            .args(&args)
+            .current_dir(dir.path())
+            .env_remove("MDREC_DATABASE_URL")
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ran += 1;
+    }
+    assert!(ran >= 5, "the suggested commands ran: {ran}");
+    assert!(dir.path().join("coverage.html").exists());
+    assert!(dir.path().join("books").is_dir());
 
     // a second demo into the same file records on: no id reused, no hole ending before it
     // starts, and the simulated clock never ahead of ours (no negative latency)
