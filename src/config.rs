@@ -853,21 +853,18 @@ fn check_url(key: &str, raw: &str, schemes: &[&str]) -> Result<(), ConfigError> 
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn closest_names_are_near_by_spelling_and_the_same_name_in_other_case_wins() {
         let listed: std::collections::HashSet<&str> = ["ethusdt", "btcusdt", "ethbtc", "ETH_USD"]
             .into_iter()
             .collect();
-        assert_eq!(
-            super::closest_names("ethusd", &listed),
-            ["ETH_USD", "ethusdt"]
-        );
-        assert_eq!(super::closest_names("BTCUSDT", &listed), ["btcusdt"]);
-        assert_eq!(super::closest_names("eth_usd", &listed), ["ETH_USD"]);
-        assert!(super::closest_names("dogecoin", &listed).is_empty());
+        assert_eq!(closest_names("ethusd", &listed), ["ETH_USD", "ethusdt"]);
+        assert_eq!(closest_names("BTCUSDT", &listed), ["btcusdt"]);
+        assert_eq!(closest_names("eth_usd", &listed), ["ETH_USD"]);
+        assert!(closest_names("dogecoin", &listed).is_empty());
     }
-
-    use super::*;
 
     const GOOD: &str = r#"
 [venue]

@@ -286,14 +286,6 @@ pub async fn compute(
             .collect();
         let (sessions, live_ms, spans) = live(store, venue, &symbol, from, to).await?;
         let window = (to - from).max(0);
-        let mut periods = Vec::new();
-        if let Some(by) = by {
-            for st in &streams {
-                let holes: Vec<&Gap> = st.gaps.iter().collect();
-                periods.extend(verdicts(&st.stream, from, to, by, &spans, &holes));
-            }
-            periods.sort_by_key(|p| p.start_ms);
-        }
         out.push(SymbolCoverage {
             symbol,
             sessions,
@@ -305,20 +297,47 @@ pub async fn compute(
             },
             live_spans: spans,
             streams,
-            periods,
+            periods: Vec::new(),
         });
     }
-    Ok(Coverage {
+    let mut c = Coverage {
         venue: venue.to_string(),
         from_ms: from,
         to_ms: to,
         symbols: out,
-    })
+    };
+    if let Some(by) = by {
+        c.set_periods(by);
+    }
+    Ok(c)
+}
+
+impl Coverage {
+    /// One verdict per stream and period of `period_ms` (UTC-aligned), from what `compute`
+    /// read: the socket spans and each stream's holes.
+    pub fn set_periods(&mut self, period_ms: i64) {
+        for sym in &mut self.symbols {
+            let mut periods = Vec::new();
+            for st in &sym.streams {
+                let holes: Vec<&Gap> = st.gaps.iter().collect();
+                periods.extend(verdicts(
+                    &st.stream,
+                    self.from_ms,
+                    self.to_ms,
+                    period_ms,
+                    &sym.live_spans,
+                    &holes,
+                ));
+            }
+            periods.sort_by_key(|p| p.start_ms);
+            sym.periods = periods;
+        }
+    }
 }
 
 /// Sessions overlapping the window, the milliseconds of it covered by at least one (a
 /// session still open counts up to now), and those spans merged.
-async fn live(
+pub async fn live(
     store: &Store,
     venue: &str,
     symbol: &str,

@@ -535,9 +535,10 @@ async fn bounds(
     let Some(t) = table(req) else {
         let gaps = store.load_gaps(venue, Some(symbol)).await?;
         let mut b: Option<(i64, i64)> = None;
+        // a hole is placed by where it starts in the window
         for g in gaps.iter().filter(|g| gap_in(g, req.from_ms, req.to_ms)) {
-            let (lo, hi) = (g.start_ms.max(req.from_ms), g.start_ms.max(req.from_ms));
-            b = Some(b.map_or((lo, hi), |(a, z)| (a.min(lo), z.max(hi))));
+            let at = g.start_ms.max(req.from_ms);
+            b = union(b, Some((at, at)));
         }
         return Ok(b);
     };
@@ -552,14 +553,20 @@ async fn bounds(
             req.to_ms,
         )
     };
-    let mut b = get(t).await?;
+    let b = get(t).await?;
     if req.grid().is_some() {
         // changes carry the book past the last full one
-        if let Some((lo, hi)) = get(Table::BookDeltas).await? {
-            b = Some(b.map_or((lo, hi), |(a, z)| (a.min(lo), z.max(hi))));
-        }
+        return Ok(union(b, get(Table::BookDeltas).await?));
     }
     Ok(b)
+}
+
+/// The span covering both.
+fn union(a: Option<(i64, i64)>, b: Option<(i64, i64)>) -> Option<(i64, i64)> {
+    match (a, b) {
+        (Some((a0, a1)), Some((b0, b1))) => Some((a0.min(b0), a1.max(b1))),
+        (x, None) | (None, x) => x,
+    }
 }
 
 fn gap_in(g: &crate::model::Gap, from: i64, to: i64) -> bool {
@@ -1529,45 +1536,42 @@ async fn coverage_json(
     if from >= to || from == i64::MIN || to == i64::MAX {
         return Ok(serde_json::json!({ "from": null, "to": null, "streams": [] }));
     }
-    let c = crate::coverage::compute(
-        store,
-        venue,
-        std::slice::from_ref(&part.symbol),
-        Some(from),
-        Some(to),
-        Some(1 << 60),
-    )
-    .await?;
-    let Some(sym) = c.symbols.first() else {
-        return Ok(serde_json::json!({}));
-    };
-    let wanted: Vec<String> = match req.kind {
+    // what coverage reads, for this symbol and window only: its sockets and its holes
+    let symbol = part.symbol.as_str();
+    let (_, live_ms, live) = crate::coverage::live(store, venue, symbol, from, to).await?;
+    let gaps: Vec<crate::model::Gap> = store
+        .load_gaps(venue, Some(symbol))
+        .await?
+        .into_iter()
+        .filter(|g| g.start_ms < to && g.end_ms.is_none_or(|e| e >= from))
+        .collect();
+    let mut wanted: Vec<String> = match req.kind {
         Kind::Trades => vec![StreamKey::Trades.name()],
         Kind::Klines => vec![StreamKey::Kline(Arc::from(req.interval.as_str())).name()],
         Kind::Tickers => vec![StreamKey::Ticker.name()],
-        Kind::Book | Kind::BookDeltas => match req.step {
-            Some(s) => vec![StreamKey::Book(s).name()],
-            None => sym
-                .streams
-                .iter()
-                .map(|s| s.stream.clone())
-                .filter(|s| s.starts_with("book_"))
-                .collect(),
-        },
-        Kind::Gaps => sym.streams.iter().map(|s| s.stream.clone()).collect(),
+        Kind::Book | Kind::BookDeltas => steps(store, venue, symbol, req.kind, req.step)
+            .await?
+            .into_iter()
+            .map(|s| StreamKey::Book(s).name())
+            .collect(),
+        Kind::Gaps => {
+            let mut w = vec![StreamKey::Trades.name()];
+            w.extend(gaps.iter().map(|g| g.stream.clone()));
+            w
+        }
     };
-    let streams: Vec<serde_json::Value> = sym
-        .streams
+    wanted.sort();
+    wanted.dedup();
+    let streams: Vec<serde_json::Value> = wanted
         .iter()
-        .filter(|s| wanted.contains(&s.stream))
-        .map(|s| {
-            let verdict = sym
-                .periods
-                .iter()
-                .find(|p| p.stream == s.stream)
+        .map(|stream| {
+            let holes: Vec<&crate::model::Gap> =
+                gaps.iter().filter(|g| &g.stream == stream).collect();
+            // one period: the whole window (any length longer than it, aligned before it)
+            let verdict = crate::coverage::verdicts(stream, from, to, 1 << 60, &live, &holes)
+                .first()
                 .map(|p| p.verdict);
-            let holes: Vec<serde_json::Value> = s
-                .gaps
+            let holes: Vec<serde_json::Value> = holes
                 .iter()
                 .map(|g| {
                     serde_json::json!({
@@ -1577,13 +1581,14 @@ async fn coverage_json(
                     })
                 })
                 .collect();
-            serde_json::json!({ "stream": s.stream, "verdict": verdict, "holes": holes })
+            serde_json::json!({ "stream": stream, "verdict": verdict, "holes": holes })
         })
         .collect();
+    let share = live_ms as f64 / (to - from) as f64;
     Ok(serde_json::json!({
         "from": crate::coverage::format_time(from),
         "to": crate::coverage::format_time(to),
-        "live_share": (sym.live_share * 1e4).round() / 1e4,
+        "live_share": (share * 1e4).round() / 1e4,
         "streams": streams,
     }))
 }
@@ -1697,7 +1702,7 @@ fn gzipped(out: &Path) -> bool {
 }
 
 /// `out.partial` next to the target, so a half-written export never has the final name.
-fn partial_path(out: &Path) -> PathBuf {
+pub fn partial_path(out: &Path) -> PathBuf {
     let mut name = out.file_name().unwrap_or_default().to_os_string();
     name.push(".partial");
     out.with_file_name(name)

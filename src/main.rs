@@ -316,29 +316,20 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-/// The database a reading command reads (opened for reading, never created), the venue its
-/// rows are of, and the configuration when one was used.
-/// Writes `bytes` to `path.partial`, synced, then renames it: a reader never sees half a file.
-fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".partial");
-    let tmp = path.with_file_name(name);
-    let r = (|| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if r.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    r.with_context(|| format!("writing {}", path.display()))
+/// What a reading command reads from.
+struct Opened {
+    store: mdrec::store::Store,
+    /// The venue its rows are of.
+    venue: &'static str,
+    /// The recorder configuration, when one was used.
+    config: Option<Config>,
+    /// The database's URL, password masked (for what a command writes about its source).
+    url: String,
 }
 
-async fn open_source(
-    src: &Source,
-) -> anyhow::Result<(mdrec::store::Store, &'static str, Option<Config>)> {
+/// The database a reading command reads (opened for reading, never created), the venue its
+/// rows are of, and the configuration when one was used.
+async fn open_source(src: &Source) -> anyhow::Result<Opened> {
     let config = match (&src.config, &src.db) {
         (Some(p), _) => Some(Config::load(p)?),
         (None, None) if std::path::Path::new(DEFAULT_CONFIG).exists() => {
@@ -392,7 +383,12 @@ async fn open_source(
             }
         },
     };
-    Ok((store, venue, config))
+    Ok(Opened {
+        store,
+        venue,
+        config,
+        url: mdrec::config::redact_url(&url),
+    })
 }
 
 /// Stop tokens: the first SIGTERM or SIGINT cancels `stop` (an orderly shutdown), a second
@@ -476,7 +472,12 @@ async fn run(cmd: Cmd, config: Option<Config>) -> anyhow::Result<()> {
             step,
             source,
         } => {
-            let (store, venue, config) = open_source(&source).await?;
+            let Opened {
+                store,
+                venue,
+                config,
+                url,
+            } = open_source(&source).await?;
             let interval = match interval {
                 Some(i) => i,
                 None if kind != mdrec::export::Kind::Klines => String::new(),
@@ -511,11 +512,6 @@ async fn run(cmd: Cmd, config: Option<Config>) -> anyhow::Result<()> {
             } else {
                 mdrec::export::Layout::File
             });
-            let db_url = source
-                .db
-                .clone()
-                .or_else(|| config.as_ref().map(|c| c.database.url.clone()))
-                .unwrap_or_default();
             let req = mdrec::export::Request {
                 kind,
                 symbols: symbol,
@@ -529,7 +525,7 @@ async fn run(cmd: Cmd, config: Option<Config>) -> anyhow::Result<()> {
                 step,
                 every_ms: every,
                 depth,
-                source: mdrec::config::redact_url(&db_url),
+                source: url,
             };
             // refused before anything is counted or written
             let parts = mdrec::export::plan(&store, venue, &req).await?;
@@ -567,7 +563,7 @@ async fn run(cmd: Cmd, config: Option<Config>) -> anyhow::Result<()> {
             json,
             source,
         } => {
-            let (store, venue, _) = open_source(&source).await?;
+            let Opened { store, venue, .. } = open_source(&source).await?;
             mdrec::export::check_symbol(&store, venue, &symbol).await?;
             // the book stream the data holds for the symbol
             let step = match step {
@@ -730,7 +726,7 @@ async fn run(cmd: Cmd, config: Option<Config>) -> anyhow::Result<()> {
                 )
                 .into());
             }
-            let (store, venue, _) = open_source(&source).await?;
+            let Opened { store, venue, .. } = open_source(&source).await?;
             if let (Some(f), Some(t)) = (from, to)
                 && f >= t
             {
@@ -750,20 +746,12 @@ async fn run(cmd: Cmd, config: Option<Config>) -> anyhow::Result<()> {
             let c = mdrec::coverage::compute(&store, venue, &symbol, from, to, by).await?;
             if let Some(path) = html {
                 // the page always has verdicts: per hour, or per day over a long window
-                let periods = match by {
-                    Some(_) => None,
-                    None => {
-                        let long = c.to_ms - c.from_ms > 2 * 86_400_000;
-                        let by = if long { 86_400_000 } else { 3_600_000 };
-                        let (from, to) = (Some(c.from_ms), Some(c.to_ms));
-                        Some(
-                            mdrec::coverage::compute(&store, venue, &symbol, from, to, Some(by))
-                                .await?,
-                        )
-                    }
-                };
-                let page = mdrec::report::render_html(periods.as_ref().unwrap_or(&c));
-                write_atomically(&path, page.as_bytes())?;
+                let mut page = c.clone();
+                if by.is_none() {
+                    let long = c.to_ms - c.from_ms > 2 * 86_400_000;
+                    page.set_periods(if long { 86_400_000 } else { 3_600_000 });
+                }
+                mdrec::report::write(&path, &page)?;
                 eprintln!("wrote the coverage report to {}", path.display());
             }
             store.close().await;

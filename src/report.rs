@@ -36,6 +36,23 @@ fn esc(s: &str) -> String {
     out
 }
 
+/// Writes the page to `path`, under its name only when whole (`.partial`, synced, renamed).
+pub fn write(path: &std::path::Path, c: &Coverage) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::io::Write as _;
+    let tmp = crate::export::partial_path(path);
+    let r = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(render_html(c).as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if r.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    r.with_context(|| format!("writing {}", path.display()))
+}
+
 /// The page.
 pub fn render_html(c: &Coverage) -> String {
     let mut s = String::new();

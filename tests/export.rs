@@ -164,6 +164,21 @@ fn num(store: &Store, col: &str) -> String {
     }
 }
 
+/// A symbol's rows by `sql` (`$1` the symbol), on either backend.
+async fn query_rows<T>(store: &Store, sql: &str, symbol: &str) -> Vec<T>
+where
+    T: Send
+        + Unpin
+        + for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>
+        + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
+{
+    match store {
+        Store::Sqlite(s) => sqlx::query_as(sql).bind(symbol).fetch_all(s.pool()).await,
+        Store::Postgres(s) => sqlx::query_as(sql).bind(symbol).fetch_all(s.pool()).await,
+    }
+    .unwrap()
+}
+
 /// What each export must hold, read from the database independently of the exporter.
 async fn expected(store: &Store, kind: Kind, symbol: &str) -> Vec<Vec<Val>> {
     match kind {
@@ -215,11 +230,7 @@ async fn expected(store: &Store, kind: Kind, symbol: &str) -> Vec<Vec<Val>> {
             let sql = "SELECT recv_time_us, event_time_ms, CAST(depth_step AS BIGINT), \
                        CAST(bids AS TEXT), CAST(asks AS TEXT) FROM book_snapshots \
                        WHERE symbol = $1 ORDER BY depth_step, recv_time_us";
-            let rows: Vec<(i64, i64, i64, String, String)> = match store {
-                Store::Sqlite(s) => sqlx::query_as(sql).bind(symbol).fetch_all(s.pool()).await,
-                Store::Postgres(s) => sqlx::query_as(sql).bind(symbol).fetch_all(s.pool()).await,
-            }
-            .unwrap();
+            let rows: Vec<(i64, i64, i64, String, String)> = query_rows(store, sql, symbol).await;
             rows.into_iter()
                 .map(|(recv, ev, step, b, a)| {
                     vec![
@@ -253,11 +264,7 @@ async fn expected(store: &Store, kind: Kind, symbol: &str) -> Vec<Vec<Val>> {
                 Option<i64>,
                 Option<i64>,
             );
-            let rows: Vec<Row> = match store {
-                Store::Sqlite(s) => sqlx::query_as(&sql).bind(symbol).fetch_all(s.pool()).await,
-                Store::Postgres(s) => sqlx::query_as(&sql).bind(symbol).fetch_all(s.pool()).await,
-            }
-            .unwrap();
+            let rows: Vec<Row> = query_rows(store, &sql, symbol).await;
             rows.into_iter()
                 .map(|(step, recv, seq, ev, side, p, q, u, pu)| {
                     vec![
@@ -301,11 +308,7 @@ async fn expected(store: &Store, kind: Kind, symbol: &str) -> Vec<Vec<Val>> {
                 Option<String>,
                 Option<String>,
             );
-            let rows: Vec<Row> = match store {
-                Store::Sqlite(s) => sqlx::query_as(&sql).bind(symbol).fetch_all(s.pool()).await,
-                Store::Postgres(s) => sqlx::query_as(&sql).bind(symbol).fetch_all(s.pool()).await,
-            }
-            .unwrap();
+            let rows: Vec<Row> = query_rows(store, &sql, symbol).await;
             rows.into_iter()
                 .map(|(recv, ev, o, h, l, c, v, qv, ch)| {
                     vec![

@@ -520,49 +520,35 @@ async fn an_incremental_book_exports_as_changes_and_on_a_grid() {
     let counts = store.table_counts().await.unwrap();
     let stored = |t: &str| counts.iter().find(|c| c.0 == t).map_or(0, |c| c.1);
 
+    // `mdrec export` of CSV to `out`, with `args`
+    let export = |args: &[&str], out: &std::path::Path| {
+        let mut all = vec!["export", "--db", &url, "--format", "csv", "--out"];
+        let out = out.to_string_lossy().into_owned();
+        all.push(&out);
+        all.extend_from_slice(args);
+        let all: Vec<String> = all.into_iter().map(str::to_string).collect();
+        async move {
+            let all: Vec<&str> = all.iter().map(String::as_str).collect();
+            mdrec(&all, &[], d).await
+        }
+    };
     let changes = d.join("deltas.csv");
-    let (code, _, err) = mdrec(
-        &[
-            "export",
-            "--db",
-            &url,
-            "--kind",
-            "book-deltas",
-            "--format",
-            "csv",
-            "--symbol",
-            "BTC_USD,ETH_USD,BTCUSD-PERP",
-            "--layout",
-            "file",
-            "--out",
-            changes.to_str().unwrap(),
-        ],
-        &[],
-        d,
+    let several = [
+        "--symbol",
+        "BTC_USD,ETH_USD,BTCUSD-PERP",
+        "--layout",
+        "file",
+    ];
+    let (code, _, err) = export(
+        &[&["--kind", "book-deltas"][..], &several].concat(),
+        &changes,
     )
     .await;
     assert_eq!(code, 2, "several symbols are not one file: {err}");
     let mut rows = 0;
     for symbol in ["BTC_USD", "ETH_USD", "BTCUSD-PERP"] {
-        let (code, _, err) = mdrec(
-            &[
-                "export",
-                "--db",
-                &url,
-                "--kind",
-                "book-deltas",
-                "--format",
-                "csv",
-                "--symbol",
-                symbol,
-                "--force",
-                "--out",
-                changes.to_str().unwrap(),
-            ],
-            &[],
-            d,
-        )
-        .await;
+        let args = ["--kind", "book-deltas", "--symbol", symbol, "--force"];
+        let (code, _, err) = export(&args, &changes).await;
         assert_eq!(code, 0, "{err}");
         let text = std::fs::read_to_string(&changes).unwrap();
         assert!(text.starts_with("venue,symbol,depth_step,recv_time_us,seq,event_time_ms,side,price,qty,update_id,prev_update_id\n"));
@@ -572,28 +558,10 @@ async fn an_incremental_book_exports_as_changes_and_on_a_grid() {
     assert_eq!(rows as i64, stored("book_deltas"), "every change exported");
 
     let grid = d.join("grid.csv");
-    let (code, _, err) = mdrec(
-        &[
-            "export",
-            "--db",
-            &url,
-            "--kind",
-            "book",
-            "--every",
-            "200ms",
-            "--depth",
-            "3",
-            "--symbol",
-            "BTC_USD",
-            "--format",
-            "csv",
-            "--out",
-            grid.to_str().unwrap(),
-        ],
-        &[],
-        d,
-    )
-    .await;
+    let args = [
+        "--kind", "book", "--every", "200ms", "--depth", "3", "--symbol", "BTC_USD",
+    ];
+    let (code, _, err) = export(&args, &grid).await;
     assert_eq!(code, 0, "{err}");
     let mut r = csv::Reader::from_path(&grid).unwrap();
     let header: Vec<String> = r.headers().unwrap().iter().map(str::to_string).collect();

@@ -89,14 +89,7 @@ impl Store {
         venue: &str,
         symbol: &str,
     ) -> Result<Vec<i64>, StoreError> {
-        let sql = "SELECT DISTINCT CAST(depth_step AS BIGINT) FROM book_snapshots WHERE venue = $1 \
-                   AND symbol = $2 ORDER BY 1";
-        on_pool!(self, p => sqlx::query_scalar::<_, i64>(sql)
-            .bind(venue)
-            .bind(symbol)
-            .fetch_all(p)
-            .await)
-        .map_err(StoreError::sql("stored depth steps"))
+        self.distinct_steps("book_snapshots", venue, symbol).await
     }
 
     /// Depth steps with stored book changes for a symbol.
@@ -105,14 +98,25 @@ impl Store {
         venue: &str,
         symbol: &str,
     ) -> Result<Vec<i64>, StoreError> {
-        let sql = "SELECT DISTINCT CAST(depth_step AS BIGINT) FROM book_deltas WHERE venue = $1 \
-                   AND symbol = $2 ORDER BY 1";
-        on_pool!(self, p => sqlx::query_scalar::<_, i64>(sql)
+        self.distinct_steps("book_deltas", venue, symbol).await
+    }
+
+    async fn distinct_steps(
+        &self,
+        table: &'static str,
+        venue: &str,
+        symbol: &str,
+    ) -> Result<Vec<i64>, StoreError> {
+        let sql = format!(
+            "SELECT DISTINCT CAST(depth_step AS BIGINT) FROM {table} WHERE venue = $1 \
+             AND symbol = $2 ORDER BY 1"
+        );
+        on_pool!(self, p => sqlx::query_scalar::<_, i64>(&sql)
             .bind(venue)
             .bind(symbol)
             .fetch_all(p)
             .await)
-        .map_err(StoreError::sql("stored delta steps"))
+        .map_err(StoreError::sql("stored depth steps"))
     }
 
     /// Rows of one stream of a symbol in `[from, to)` ms (as export counts them), with the
