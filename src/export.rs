@@ -14,8 +14,9 @@
 //! `--kind book --every D` rebuilds the book on a time grid from the stored full books and
 //! changes (an incremental-depth recording is mostly changes): at each grid time, the book
 //! after every change with exchange time at or before it. No row is written where the book
-//! is unknown: before the first full book, after a break in the venue's update numbering
-//! until the next full book, and once the connection the book came from closed.
+//! is unknown: before the first full book, from a break the recorder put on record (a hole
+//! of the book stream, the rule `book --at` follows) until the next full book, and once the
+//! connection the book came from closed.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -881,18 +882,19 @@ struct Rebuilt {
     book: BookSnapshot,
     /// When (our clock, ms) the connection it came from closed; None: open, or unknown.
     closed_at_ms: Option<i64>,
-    /// The venue's number of the last update applied (venues that number them).
-    last_update: Option<i64>,
-    /// An update went missing: unknown until the next full book.
-    broken: bool,
+    /// Exchange time of the first break in the stream recorded after its full book (a hole
+    /// of the book stream, as `book --at` reads them): unknown from there to the next.
+    broken_at_ms: Option<i64>,
 }
 
 impl Rebuilt {
-    /// The connection's close in exchange time, by the clock offset of the last row applied.
+    /// Until when the book stands: the recorded break, else the connection's close in
+    /// exchange time (by the clock offset of the last row applied).
     fn until_ms(&self) -> i64 {
-        self.closed_at_ms.map_or(i64::MAX, |c| {
+        let closed = self.closed_at_ms.map_or(i64::MAX, |c| {
             c.saturating_add(self.book.event_time_ms - self.book.recv_time_us.div_euclid(1000))
-        })
+        });
+        closed.min(self.broken_at_ms.unwrap_or(i64::MAX))
     }
 }
 
@@ -918,7 +920,15 @@ async fn book_grid(
             .find(|(c, d)| *c <= at && d.is_none_or(|d| at <= d))
             .and_then(|(_, d)| *d)
     };
-    let end = win.to;
+    let stream = StreamKey::Book(step).name();
+    let mut breaks: Vec<i64> = store
+        .load_gaps(venue, Some(symbol))
+        .await?
+        .into_iter()
+        .filter(|g| g.stream == stream)
+        .map(|g| g.start_ms)
+        .collect();
+    breaks.sort_unstable();
     let mut g = align_up(win.from, every);
     // the full book in force at the first grid time, then everything received after it
     let base = store.snapshot_before(venue, symbol, step, g).await?;
@@ -965,7 +975,7 @@ async fn book_grid(
             snaps.buf.front().map(|s| s.1)
         }
         .unwrap_or(i64::MAX);
-        g = fill(&state, g, t.min(end), every, req, &mut out);
+        g = fill(&state, g, t.min(win.to), every, req, &mut out);
         if out.len() >= PAGE as usize {
             emit(std::mem::take(&mut out))?;
         }
@@ -974,12 +984,6 @@ async fn book_grid(
                 continue;
             };
             if let Some(s) = state.as_mut() {
-                if let (Some(prev), Some(last)) = (d.prev_update_id, s.last_update) {
-                    if d.update_id != Some(last) && prev != last {
-                        s.broken = true;
-                    }
-                }
-                s.last_update = d.update_id.or(s.last_update);
                 crate::store::apply_delta(&mut s.book, d.side, d.price, d.qty);
                 s.book.event_time_ms = d.event_time_ms;
                 s.book.recv_time_us = d.recv_time_us;
@@ -999,12 +1003,11 @@ async fn book_grid(
                     asks: crate::store::levels_from_json(&asks)?,
                 },
                 closed_at_ms: closed_at(recv),
-                last_update: None,
-                broken: false,
+                broken_at_ms: breaks.iter().copied().find(|b| *b >= event),
             });
         }
     }
-    fill(&state, g, end, every, req, &mut out);
+    fill(&state, g, win.to, every, req, &mut out);
     if !out.is_empty() {
         emit(out)?;
     }
@@ -1022,7 +1025,7 @@ fn fill(
     out: &mut Vec<Vec<Val>>,
 ) -> i64 {
     while g < limit {
-        let Some(s) = state.as_ref().filter(|s| !s.broken && g < s.until_ms()) else {
+        let Some(s) = state.as_ref().filter(|s| g < s.until_ms()) else {
             // nothing changes before the next row: jump there
             return align_up(limit, every).max(g);
         };

@@ -241,6 +241,61 @@ async fn break_and_resync(db_url: &str) {
         Ok(BookAt::Book(b)) => assert_eq!(Some((b.bids, b.asks)), want),
         other => panic!("no book after the re-sync: {other:?}"),
     }
+    // the book on a grid: rows before the break and after the re-sync, none in between
+    let dir = tempfile::tempdir().unwrap();
+    let mut req = mdrec::export::Request::new(
+        mdrec::export::Kind::Book,
+        SYMBOL,
+        mdrec::export::Format::Csv,
+        dir.path().join("grid.csv"),
+    );
+    req.every_ms = Some(50);
+    req.depth = 1;
+    mdrec::export::export(&store, NAME, &req, |_| {})
+        .await
+        .expect("grid export");
+    let sql =
+        "SELECT MIN(event_time_ms) FROM book_snapshots WHERE symbol = $1 AND event_time_ms >= $2";
+    let resynced: Option<i64> = match &store {
+        Store::Sqlite(s) => {
+            sqlx::query_scalar(sql)
+                .bind(SYMBOL)
+                .bind(g.start_ms)
+                .fetch_one(s.pool())
+                .await
+        }
+        Store::Postgres(s) => {
+            sqlx::query_scalar(sql)
+                .bind(SYMBOL)
+                .bind(g.start_ms)
+                .fetch_one(s.pool())
+                .await
+        }
+    }
+    .unwrap();
+    let resynced = resynced.expect("a full book after the break");
+    let times: Vec<i64> = csv::Reader::from_path(dir.path().join("grid.csv"))
+        .unwrap()
+        .records()
+        .map(|r| r.unwrap()[3].parse().unwrap())
+        .collect();
+    assert!(
+        times.iter().any(|t| *t < g.start_ms),
+        "rows before the break"
+    );
+    assert!(
+        times.iter().any(|t| *t >= resynced),
+        "rows after the re-sync"
+    );
+    let inside: Vec<&i64> = times
+        .iter()
+        .filter(|t| **t >= g.start_ms && **t < resynced)
+        .collect();
+    assert!(
+        inside.is_empty(),
+        "no book between the break at {} and the full book at {resynced}: {inside:?}",
+        g.start_ms
+    );
     eprintln!(
         "book sequence break: {} deltas stored with ids, break {}..{} ms recorded, {} snapshots",
         ids.len(),
