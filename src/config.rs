@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::model::InstrumentType;
+
 /// Environment variable that overrides `database.url` (keeps passwords out of the config file).
 pub const DATABASE_URL_ENV: &str = "MDREC_DATABASE_URL";
 
@@ -157,13 +159,13 @@ impl Default for ShutdownConfig {
     }
 }
 
-/// A venue's own `[venue]` keys, read and checked by its constructor ([`crate::venue::MakeVenue`]).
+/// A venue's own `[venue]` keys, read and checked by its constructor.
 pub type VenueOptions = std::collections::BTreeMap<String, toml::Value>;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct VenueConfig {
-    /// One of the registered venues; default: the first registered.
-    #[serde(default = "default_kind")]
+    /// One of the registered venues; left out, the venue registry fills in its default.
+    #[serde(default)]
     pub kind: String,
     /// Default: the venue's.
     #[serde(default)]
@@ -174,13 +176,6 @@ pub struct VenueConfig {
     /// Every other key: the venue's own (unknown ones are refused by the venue).
     #[serde(flatten)]
     pub options: VenueOptions,
-}
-
-fn default_kind() -> String {
-    crate::venue::REGISTRY
-        .first()
-        .map(|(n, _)| n.to_string())
-        .unwrap_or_default()
 }
 
 #[derive(Clone, Deserialize, Serialize)]
@@ -333,19 +328,10 @@ impl RecordConfig {
     }
 
     /// Whether `symbols = "all"` records an instrument of this type.
-    pub fn records_type(&self, kind: crate::venue::InstrumentType) -> bool {
+    pub fn records_type(&self, kind: InstrumentType) -> bool {
         self.instrument_types
             .as_ref()
             .is_none_or(|t| t.iter().any(|n| n == kind.name()))
-    }
-
-    /// The venue's validation limits with this configuration's clock tolerances.
-    pub fn rules(&self, venue: crate::venue::validate::Rules) -> crate::venue::validate::Rules {
-        crate::venue::validate::Rules {
-            max_ahead_ms: (self.max_time_ahead_s as i64).saturating_mul(1000),
-            skew_ms: (self.clock_skew_s as i64).saturating_mul(1000),
-            ..venue
-        }
     }
 }
 
@@ -590,23 +576,22 @@ impl Config {
         std::path::PathBuf::from("mdrec-spool")
     }
 
-    /// Reads, parses and validates a config file; applies `MDREC_DATABASE_URL`.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    /// Reads and parses a config file; applies `MDREC_DATABASE_URL`. The venue's defaults
+    /// and checks are the venue registry's (`venue::registry::load_config`).
+    pub fn read(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::new("-c", format!("cannot read {}: {e}", path.display())))?;
-        let mut cfg = Config::parse(&text)?;
+        let mut cfg = Config::from_toml(&text)?;
         if let Ok(url) = std::env::var(DATABASE_URL_ENV)
             && !url.is_empty()
         {
             cfg.database.url = url;
         }
-        cfg.validate()?;
         Ok(cfg)
     }
 
-    /// Parses TOML text (no validation, no environment); keys left out take the venue's
-    /// defaults.
-    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+    /// Parses TOML text (no validation, no environment, no venue defaults).
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
         let mut table: toml::Table = toml::from_str(text)
             .map_err(|e| ConfigError::new("(file)", format!("invalid TOML: {e}")))?;
         // `symbols = "all"`: the one word the list may be
@@ -630,22 +615,12 @@ impl Config {
                 ConfigError::new(&key, message)
             })?;
         cfg.record.all = all;
-        if let Some(venue) = crate::venue::venue_for(&cfg.venue.kind) {
-            let d = venue.defaults();
-            if cfg.venue.ws_url.is_empty() {
-                cfg.venue.ws_url = d.ws_url.to_string();
-            }
-            if cfg.venue.rest_url.is_empty() {
-                cfg.venue.rest_url = d.rest_url.to_string();
-            }
-            cfg.record.klines.get_or_insert(d.klines);
-            cfg.record.depth.get_or_insert(d.depth);
-        }
         Ok(cfg)
     }
 
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let venue = crate::venue::configured(&self.venue)?;
+    /// The keys checked before the venue reads `[record]`: URLs, the database, the symbol
+    /// list and instrument types.
+    pub fn check_sources(&self) -> Result<(), ConfigError> {
         check_url("venue.ws_url", &self.venue.ws_url, &["ws", "wss"])?;
         check_url("venue.rest_url", &self.venue.rest_url, &["http", "https"])?;
         let db = &self.database.url;
@@ -661,166 +636,19 @@ impl Config {
                 ),
             ));
         }
-        if self.record.symbols.is_empty() && !self.record.all {
-            return Err(ConfigError::new(
-                "record.symbols",
-                "must name at least one symbol (or be \"all\")",
-            ));
-        }
-        if let Some(types) = &self.record.instrument_types {
-            if !self.record.all {
-                return Err(ConfigError::new(
-                    "record.instrument_types",
-                    "only with symbols = \"all\"",
-                ));
-            }
-            let names = crate::venue::InstrumentType::ALL.map(|t| t.name());
-            for t in types {
-                if !names.contains(&t.as_str()) {
-                    return Err(ConfigError::new(
-                        "record.instrument_types",
-                        format!("unknown type {t:?}; one of {}", names.join(" ")),
-                    ));
-                }
-            }
-        }
-        if self.record.relist_interval_s < 1 {
-            return Err(ConfigError::new(
-                "record.relist_interval_s",
-                "must be at least 1 (seconds)",
-            ));
-        }
-        let mut seen = std::collections::HashSet::new();
-        for s in &self.record.symbols {
-            if !seen.insert(s) {
-                return Err(ConfigError::new(
-                    "record.symbols",
-                    format!("{s:?} is listed twice"),
-                ));
-            }
-        }
-        venue.check_record(&self.record)?;
-        if !self.record.trades
-            && self.record.klines().is_empty()
-            && *self.record.depth() == DepthSetting::Off
-            && !self.record.ticker
-        {
-            return Err(ConfigError::new(
-                "record",
-                "records nothing: enable trades, klines, depth or ticker",
-            ));
-        }
-        if self.record.clock_skew_s == 0 {
-            return Err(ConfigError::new(
-                "record.clock_skew_s",
-                "must be at least 1 (seconds)",
-            ));
-        }
-        if self.record.max_time_ahead_s > 86_400 * 365 {
-            return Err(ConfigError::new(
-                "record.max_time_ahead_s",
-                "must be at most a year (31536000 seconds)",
-            ));
-        }
-        if self.record.depth_levels == 0 {
-            return Err(ConfigError::new(
-                "record.depth_levels",
-                "must be at least 1",
-            ));
-        }
-        let c = &self.connection;
-        if c.silence_timeout_s == 0 {
-            return Err(ConfigError::new(
-                "connection.silence_timeout_s",
-                "must be at least 1",
-            ));
-        }
-        if c.connect_timeout_s == 0 {
-            return Err(ConfigError::new(
-                "connection.connect_timeout_s",
-                "must be at least 1",
-            ));
-        }
-        if c.channel_silence_s == 0 {
-            return Err(ConfigError::new(
-                "connection.channel_silence_s",
-                "must be at least 1",
-            ));
-        }
-        if c.reconnect_initial_ms == 0 {
-            return Err(ConfigError::new(
-                "connection.reconnect_initial_ms",
-                "must be at least 1",
-            ));
-        }
-        if c.reconnect_max_s == 0 || c.reconnect_max_s * 1000 < c.reconnect_initial_ms {
-            return Err(ConfigError::new(
-                "connection.reconnect_max_s",
-                "must be at least 1 and not below reconnect_initial_ms",
-            ));
-        }
-        if c.connect_rate_per_s == 0 {
-            return Err(ConfigError::new(
-                "connection.connect_rate_per_s",
-                "must be at least 1",
-            ));
-        }
-        if c.max_frame_bytes < 1024 {
-            return Err(ConfigError::new(
-                "connection.max_frame_bytes",
-                "must be at least 1024",
-            ));
-        }
-        let b = &self.backfill;
-        if b.rate_per_s == 0 {
-            return Err(ConfigError::new(
-                "backfill.rate_per_s",
-                "must be at least 1",
-            ));
-        }
-        if b.timeout_s == 0 {
-            return Err(ConfigError::new("backfill.timeout_s", "must be at least 1"));
-        }
-        if b.attempts == 0 {
-            return Err(ConfigError::new("backfill.attempts", "must be at least 1"));
-        }
+        self.record.check_symbols()
+    }
+
+    /// Every other key: what the configuration asks to record, and the limits of each
+    /// section.
+    pub fn check_limits(&self) -> Result<(), ConfigError> {
+        self.record.check_limits()?;
+        self.connection.check()?;
+        self.backfill.check()?;
         if self.shutdown.timeout_s == 0 {
             return Err(ConfigError::new("shutdown.timeout_s", "must be at least 1"));
         }
-        let w = &self.writer;
-        if w.batch_rows == 0 {
-            return Err(ConfigError::new("writer.batch_rows", "must be at least 1"));
-        }
-        if w.flush_interval_ms == 0 {
-            return Err(ConfigError::new(
-                "writer.flush_interval_ms",
-                "must be at least 1",
-            ));
-        }
-        if w.write_timeout_s == 0 {
-            return Err(ConfigError::new(
-                "writer.write_timeout_s",
-                "must be at least 1",
-            ));
-        }
-        if w.spool_dir
-            .as_ref()
-            .is_some_and(|d| d.as_os_str().is_empty())
-        {
-            return Err(ConfigError::new("writer.spool_dir", "must not be empty"));
-        }
-        if w.queue_capacity == 0 {
-            return Err(ConfigError::new(
-                "writer.queue_capacity",
-                "must be at least 1",
-            ));
-        }
-        if w.queue_bytes < 1 << 20 {
-            return Err(ConfigError::new(
-                "writer.queue_bytes",
-                format!("must be at least 1048576 (1 MiB), got {}", w.queue_bytes),
-            ));
-        }
+        self.writer.check()?;
         if !self.metrics.listen.is_empty()
             && self.metrics.listen.parse::<std::net::SocketAddr>().is_err()
         {
@@ -830,6 +658,141 @@ impl Config {
                     "{:?} is not an address like 127.0.0.1:9187",
                     self.metrics.listen
                 ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `Err` naming `key` when `value` is 0.
+fn at_least_one(key: &str, value: u64) -> Result<(), ConfigError> {
+    if value == 0 {
+        return Err(ConfigError::new(key, "must be at least 1"));
+    }
+    Ok(())
+}
+
+impl RecordConfig {
+    fn check_symbols(&self) -> Result<(), ConfigError> {
+        if self.symbols.is_empty() && !self.all {
+            return Err(ConfigError::new(
+                "record.symbols",
+                "must name at least one symbol (or be \"all\")",
+            ));
+        }
+        if let Some(types) = &self.instrument_types {
+            if !self.all {
+                return Err(ConfigError::new(
+                    "record.instrument_types",
+                    "only with symbols = \"all\"",
+                ));
+            }
+            let names = InstrumentType::ALL.map(|t| t.name());
+            for t in types {
+                if !names.contains(&t.as_str()) {
+                    return Err(ConfigError::new(
+                        "record.instrument_types",
+                        format!("unknown type {t:?}; one of {}", names.join(" ")),
+                    ));
+                }
+            }
+        }
+        if self.relist_interval_s < 1 {
+            return Err(ConfigError::new(
+                "record.relist_interval_s",
+                "must be at least 1 (seconds)",
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for s in &self.symbols {
+            if !seen.insert(s) {
+                return Err(ConfigError::new(
+                    "record.symbols",
+                    format!("{s:?} is listed twice"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_limits(&self) -> Result<(), ConfigError> {
+        if !self.trades
+            && self.klines().is_empty()
+            && *self.depth() == DepthSetting::Off
+            && !self.ticker
+        {
+            return Err(ConfigError::new(
+                "record",
+                "records nothing: enable trades, klines, depth or ticker",
+            ));
+        }
+        if self.clock_skew_s == 0 {
+            return Err(ConfigError::new(
+                "record.clock_skew_s",
+                "must be at least 1 (seconds)",
+            ));
+        }
+        if self.max_time_ahead_s > 86_400 * 365 {
+            return Err(ConfigError::new(
+                "record.max_time_ahead_s",
+                "must be at most a year (31536000 seconds)",
+            ));
+        }
+        at_least_one("record.depth_levels", self.depth_levels.into())
+    }
+}
+
+impl ConnectionConfig {
+    fn check(&self) -> Result<(), ConfigError> {
+        at_least_one("connection.silence_timeout_s", self.silence_timeout_s)?;
+        at_least_one("connection.connect_timeout_s", self.connect_timeout_s)?;
+        at_least_one("connection.channel_silence_s", self.channel_silence_s)?;
+        at_least_one("connection.reconnect_initial_ms", self.reconnect_initial_ms)?;
+        if self.reconnect_max_s == 0 || self.reconnect_max_s * 1000 < self.reconnect_initial_ms {
+            return Err(ConfigError::new(
+                "connection.reconnect_max_s",
+                "must be at least 1 and not below reconnect_initial_ms",
+            ));
+        }
+        at_least_one(
+            "connection.connect_rate_per_s",
+            self.connect_rate_per_s.into(),
+        )?;
+        if self.max_frame_bytes < 1024 {
+            return Err(ConfigError::new(
+                "connection.max_frame_bytes",
+                "must be at least 1024",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl BackfillConfig {
+    fn check(&self) -> Result<(), ConfigError> {
+        at_least_one("backfill.rate_per_s", self.rate_per_s.into())?;
+        at_least_one("backfill.timeout_s", self.timeout_s)?;
+        at_least_one("backfill.attempts", self.attempts.into())
+    }
+}
+
+impl WriterConfig {
+    fn check(&self) -> Result<(), ConfigError> {
+        at_least_one("writer.batch_rows", self.batch_rows as u64)?;
+        at_least_one("writer.flush_interval_ms", self.flush_interval_ms)?;
+        at_least_one("writer.write_timeout_s", self.write_timeout_s)?;
+        if self
+            .spool_dir
+            .as_ref()
+            .is_some_and(|d| d.as_os_str().is_empty())
+        {
+            return Err(ConfigError::new("writer.spool_dir", "must not be empty"));
+        }
+        at_least_one("writer.queue_capacity", self.queue_capacity as u64)?;
+        if self.queue_bytes < 1 << 20 {
+            return Err(ConfigError::new(
+                "writer.queue_bytes",
+                format!("must be at least 1048576 (1 MiB), got {}", self.queue_bytes),
             ));
         }
         Ok(())
@@ -864,186 +827,6 @@ mod tests {
         assert_eq!(closest_names("BTCUSDT", &listed), ["btcusdt"]);
         assert_eq!(closest_names("eth_usd", &listed), ["ETH_USD"]);
         assert!(closest_names("dogecoin", &listed).is_empty());
-    }
-
-    const GOOD: &str = r#"
-[venue]
-kind = "cdc-v1"
-ws_url = "wss://ws.crypto.com/kline-api/ws"
-rest_url = "https://api.crypto.com"
-
-[database]
-url = "sqlite://mdrec.db"
-
-[record]
-symbols = ["btcusdt", "ethusdt"]
-trades = true
-klines = ["1min", "60min"]
-depth = "step0"
-ticker = false
-
-[connection]
-silence_timeout_s = 30
-
-[metrics]
-listen = "127.0.0.1:9187"
-"#;
-
-    #[test]
-    fn brief_example_parses() {
-        let c = Config::parse(GOOD).unwrap();
-        c.validate().unwrap();
-        assert_eq!(c.record.symbols, ["btcusdt", "ethusdt"]);
-        assert_eq!(c.record.depth(), &DepthSetting::Word("step0".into()));
-        assert_eq!(c.connection.silence_timeout_s, 30);
-    }
-
-    fn err_key(text: &str) -> String {
-        match Config::parse(text).and_then(|c| c.validate().map(|_| c)) {
-            Ok(_) => panic!("accepted:\n{text}"),
-            Err(e) => e.key,
-        }
-    }
-
-    #[test]
-    fn all_symbols_is_a_word_the_list_may_be() {
-        let text = GOOD.replace(
-            "symbols = [\"btcusdt\", \"ethusdt\"]",
-            "symbols = \"all\"\ninstrument_types = [\"spot\", \"perpetual\"]",
-        );
-        let c = Config::parse(&text).unwrap();
-        c.validate().unwrap();
-        assert!(c.record.all && c.record.symbols.is_empty());
-        assert_eq!(c.record.relist_interval_s, 600);
-        use crate::venue::InstrumentType::*;
-        assert!(c.record.records_type(Spot) && c.record.records_type(Perpetual));
-        assert!(!c.record.records_type(Future));
-        let listed = Config::parse(GOOD).unwrap();
-        assert!(!listed.record.all && listed.record.records_type(Future));
-    }
-
-    #[test]
-    fn errors_name_the_key() {
-        let cases = [
-            (GOOD.replace("symbols =", "symbls ="), "record.symbls"),
-            (
-                GOOD.replace("[metrics]", "[writer]\nqueue_bytes = 4096\n[metrics]"),
-                "writer.queue_bytes",
-            ),
-            (
-                GOOD.replace("depth = \"step0\"", "depth = \"step5\""),
-                "record.depth",
-            ),
-            (
-                GOOD.replace("depth = \"step0\"", "depth = 3"),
-                "record.depth",
-            ),
-            (GOOD.replace("\"60min\"", "\"2min\""), "record.klines"),
-            (
-                GOOD.replace("silence_timeout_s = 30", "silence_timeout_s = 0"),
-                "connection.silence_timeout_s",
-            ),
-            (
-                GOOD.replace("silence_timeout_s = 30", "silence_timeout_s = \"x\""),
-                "connection.silence_timeout_s",
-            ),
-            (GOOD.replace("[metrics]", "[metrix]"), "metrix"),
-            (GOOD.replace("wss://ws", "https://ws"), "venue.ws_url"),
-            (
-                GOOD.replace("sqlite://mdrec.db", "mysql://x"),
-                "database.url",
-            ),
-            (
-                GOOD.replace("\"btcusdt\", ", "\"BTC-USDT\", "),
-                "record.symbols",
-            ),
-            (
-                GOOD.replace("127.0.0.1:9187", "localhost"),
-                "metrics.listen",
-            ),
-            (
-                GOOD.replace("kind = \"cdc-v1\"", "kind = \"binance\""),
-                "venue.kind",
-            ),
-            (
-                GOOD.replace("symbols = [\"btcusdt\", \"ethusdt\"]", "symbols = \"some\""),
-                "record.symbols",
-            ),
-            (
-                GOOD.replace("ticker = ", "instrument_types = [\"spot\"]\nticker = "),
-                "record.instrument_types",
-            ),
-            (
-                GOOD.replace(
-                    "symbols = [\"btcusdt\", \"ethusdt\"]",
-                    "symbols = \"all\"\ninstrument_types = [\"swap\"]",
-                ),
-                "record.instrument_types",
-            ),
-            (
-                GOOD.replace(
-                    "symbols = [\"btcusdt\", \"ethusdt\"]",
-                    "symbols = \"all\"\nrelist_interval_s = 0",
-                ),
-                "record.relist_interval_s",
-            ),
-        ];
-        for (text, key) in cases {
-            assert_eq!(err_key(&text), key);
-        }
-    }
-
-    #[test]
-    fn shipped_example_is_valid_and_matches_defaults() {
-        let c = Config::parse(include_str!("../deploy/mdrec.example.toml")).unwrap();
-        c.validate().unwrap();
-        let d = ConnectionConfig::default();
-        assert_eq!(c.connection.max_frame_bytes, d.max_frame_bytes);
-        assert_eq!(c.connection.reconnect_initial_ms, d.reconnect_initial_ms);
-        assert_eq!(c.writer.batch_rows, WriterConfig::default().batch_rows);
-        assert_eq!(
-            c.writer.queue_capacity,
-            WriterConfig::default().queue_capacity
-        );
-    }
-
-    #[test]
-    fn left_out_keys_take_the_venues_defaults_and_its_options_are_its_own() {
-        let c = Config::parse("[venue]\n[record]\nsymbols = [\"BTC_USD\"]\n").unwrap();
-        c.validate().unwrap();
-        assert_eq!(
-            c.venue.kind, "cdc-exchange",
-            "today's exchange is the default"
-        );
-        let d = crate::venue::venue_for(&c.venue.kind).unwrap().defaults();
-        assert_eq!(c.venue.ws_url, d.ws_url);
-        assert_eq!(c.venue.rest_url, d.rest_url);
-        assert_eq!(c.record.klines(), d.klines);
-        assert_eq!(c.record.depth(), &d.depth);
-        // a key the venue does not know is named in the error
-        let text = GOOD.replace("[venue]\n", "[venue]\nbook_updates = \"delta\"\n");
-        assert_eq!(err_key(&text), "venue.book_updates");
-        // depth words are the venue's: a number means nothing to v1
-        let c = Config::parse(&GOOD.replace("depth = \"step0\"", "depth = 10")).unwrap();
-        assert_eq!(c.record.depth(), &DepthSetting::Number(10));
-        assert_eq!(c.validate().unwrap_err().key, "record.depth");
-    }
-
-    #[test]
-    fn depth_false_disables() {
-        let c = Config::parse(&GOOD.replace("depth = \"step0\"", "depth = false")).unwrap();
-        assert_eq!(c.record.depth(), &DepthSetting::Off);
-    }
-
-    #[test]
-    fn debug_hides_password() {
-        let c = Config::parse(
-            &GOOD.replace("sqlite://mdrec.db", "postgres://rec:s3cret@db.example/md"),
-        )
-        .unwrap();
-        let dbg = format!("{c:?}");
-        assert!(!dbg.contains("s3cret"), "{dbg}");
-        assert!(dbg.contains("****"));
     }
 }
 

@@ -44,8 +44,8 @@ flush_interval_ms = 200
         venue = p.venue,
         record = p.demo_record,
     );
-    let cfg = Config::parse(&text)?;
-    cfg.validate()?;
+    let cfg = crate::venue::registry::parse_config(&text)?;
+    crate::venue::registry::check_config(&cfg)?;
     Ok(cfg)
 }
 

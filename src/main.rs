@@ -252,7 +252,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let config = match &cli.cmd {
         Cmd::Run { config } | Cmd::Migrate { config } | Cmd::CheckConfig { config, .. } => {
-            match Config::load(config) {
+            match mdrec::venue::registry::load_config(config) {
                 Ok(c) => Some(c),
                 Err(e) => {
                     eprintln!("mdrec: {e}");
@@ -331,10 +331,10 @@ struct Opened {
 /// rows are of, and the configuration when one was used.
 async fn open_source(src: &Source) -> anyhow::Result<Opened> {
     let config = match (&src.config, &src.db) {
-        (Some(p), _) => Some(Config::load(p)?),
-        (None, None) if std::path::Path::new(DEFAULT_CONFIG).exists() => {
-            Some(Config::load(std::path::Path::new(DEFAULT_CONFIG))?)
-        }
+        (Some(p), _) => Some(mdrec::venue::registry::load_config(p)?),
+        (None, None) if std::path::Path::new(DEFAULT_CONFIG).exists() => Some(
+            mdrec::venue::registry::load_config(std::path::Path::new(DEFAULT_CONFIG))?,
+        ),
         _ => None,
     };
     let Some(url) = src
@@ -357,18 +357,21 @@ async fn open_source(src: &Source) -> anyhow::Result<Opened> {
         .clone()
         .or_else(|| config.as_ref().map(|c| c.venue.kind.clone()));
     let venue = match named {
-        Some(v) => match mdrec::venue::static_name(&v) {
+        Some(v) => match mdrec::venue::registry::static_name(&v) {
             Some(n) => n,
             None => {
                 return Err(UsageError::new(
                     "--venue",
-                    format!("unknown venue {v:?}; one of {}", mdrec::venue::kinds()),
+                    format!(
+                        "unknown venue {v:?}; one of {}",
+                        mdrec::venue::registry::kinds()
+                    ),
                 )
                 .into());
             }
         },
         None => match stored.as_slice() {
-            [one] => mdrec::venue::static_name(one)
+            [one] => mdrec::venue::registry::static_name(one)
                 .with_context(|| format!("the database holds rows of an unknown venue {one:?}"))?,
             [] => anyhow::bail!("the database holds no recording yet"),
             many => {
@@ -441,7 +444,7 @@ async fn run(cmd: Cmd, config: Option<Config>) -> anyhow::Result<()> {
             let config = config.context("no configuration")?;
             let (reload, requests) = tokio::sync::mpsc::unbounded_channel();
             let (stop, hurry) = shutdown_on_signals(Some(reload))?;
-            let venue = mdrec::venue::configured(&config.venue)?;
+            let venue = mdrec::venue::registry::configured(&config.venue)?;
             let reload = mdrec::recorder::reload::Reload { path, requests };
             mdrec::recorder::run_until(config, venue, stop, hurry, Some(reload)).await?;
             Ok(())
@@ -674,7 +677,7 @@ async fn run(cmd: Cmd, config: Option<Config>) -> anyhow::Result<()> {
             } else if offline {
                 "# symbols: not checked (--offline)".to_string()
             } else {
-                let venue = mdrec::venue::configured(&config.venue)?;
+                let venue = mdrec::venue::registry::configured(&config.venue)?;
                 let rest = mdrec::recorder::rest::RestClient::new(
                     &config.venue.rest_url,
                     &config.backfill,

@@ -10,11 +10,70 @@ use serde::{Deserialize, Deserializer, Serialize};
 use crate::decimal::Dec;
 
 /// Events cross process lifetimes in the writer's spool; venue names come back as the
-/// `&'static str` the venue module owns.
+/// `&'static str` events carry.
 fn venue_name<'de, D: Deserializer<'de>>(d: D) -> Result<&'static str, D::Error> {
     let s = String::deserialize(d)?;
-    crate::venue::static_name(&s)
-        .ok_or_else(|| serde::de::Error::custom(format!("unknown venue {s:?}")))
+    intern_venue(&s).ok_or_else(|| serde::de::Error::custom(format!("unknown venue {s:?}")))
+}
+
+/// Most distinct venue names one process takes from outside (a build registers three).
+const VENUE_NAMES_MAX: usize = 64;
+
+/// The `&'static str` for a venue name read back (spool files): each distinct name is
+/// leaked once, so a process holds a handful; None past [`VENUE_NAMES_MAX`] names or for
+/// text no venue is named (empty, over 64 bytes, other than `[a-z0-9_-]`).
+pub fn intern_venue(name: &str) -> Option<&'static str> {
+    static NAMES: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+    let plausible = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if !plausible {
+        return None;
+    }
+    let mut names = NAMES.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(known) = names.iter().find(|n| **n == name) {
+        return Some(known);
+    }
+    if names.len() >= VENUE_NAMES_MAX {
+        return None;
+    }
+    let leaked: &'static str = Box::leak(name.to_string().into_boxed_str());
+    names.push(leaked);
+    Some(leaked)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum InstrumentType {
+    Spot,
+    Perpetual,
+    Future,
+    /// Indices, options and whatever else a venue lists.
+    Other,
+}
+
+impl InstrumentType {
+    pub const ALL: [InstrumentType; 4] = [
+        InstrumentType::Spot,
+        InstrumentType::Perpetual,
+        InstrumentType::Future,
+        InstrumentType::Other,
+    ];
+
+    /// The word the configuration uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            InstrumentType::Spot => "spot",
+            InstrumentType::Perpetual => "perpetual",
+            InstrumentType::Future => "future",
+            InstrumentType::Other => "other",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<InstrumentType> {
+        Self::ALL.into_iter().find(|t| t.name() == s)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -4,13 +4,57 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::time::Instant;
 
-use crate::model::StreamKey;
+use crate::model::{StreamKey, Table};
 use crate::runtime::{deadline, lock};
-use crate::store::writer::WriterStats;
+
+/// Rows handed to the database, per table (after in-batch merging; duplicates of stored rows
+/// are counted here but not stored twice), and the spool's state.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    /// Per [`Table::ALL`] entry.
+    pub rows: [AtomicU64; Table::ALL.len()],
+    pub flushes: AtomicU64,
+    pub flush_errors: AtomicU64,
+    /// Failed writes per [`crate::store::ErrorClass::ALL`] entry.
+    pub errors_by_class: [AtomicU64; 5],
+    /// Rows the database refused (isolated by splitting the batch) and kept in
+    /// `rejected_rows` or the quarantine file instead.
+    pub rejected_rows: AtomicU64,
+    /// Of those, rows only the quarantine file holds (the database refused them there too).
+    pub quarantined_to_file: AtomicU64,
+    /// Trades whose key was stored (or repeated in a batch) with other content, kept with
+    /// both versions in `rejected_rows`.
+    pub conflicts: AtomicU64,
+    /// Rows written to the spool, and rows replayed from it into the database.
+    pub spooled_rows: AtomicU64,
+    pub replayed_rows: AtomicU64,
+    /// Set while the database has not answered since start-up (rows go to the spool).
+    pub db_pending: std::sync::atomic::AtomicBool,
+    /// Current spool size (gauge).
+    pub spool_bytes: AtomicU64,
+    pub spool_files: AtomicU64,
+    /// Rows lost because at the shutdown deadline neither the database nor the spool took them.
+    pub dropped_rows: AtomicU64,
+    /// Wall-clock ms of the writer loop's last turn (the watchdog's progress signal).
+    pub heartbeat_ms: std::sync::atomic::AtomicI64,
+    /// Wall-clock ms since which database writes fail (0: the last write succeeded).
+    pub failing_since_ms: std::sync::atomic::AtomicI64,
+    /// Rows per successful write and its duration in seconds (metrics; unset: not recorded).
+    pub histograms: std::sync::OnceLock<(metrics::Histogram, metrics::Histogram)>,
+    /// Per row of market data: from its frame's receive time to its commit.
+    pub frame_to_commit: LatencyHistogram,
+}
+
+impl WriterStats {
+    /// Rows handed to the database for `table` so far.
+    pub fn rows_of(&self, table: Table) -> u64 {
+        self.rows[table.index()].load(Ordering::Relaxed)
+    }
+}
 
 /// Counters of a run, for the demo summary, tests, metrics and the watchdog.
 #[derive(Debug, Default)]

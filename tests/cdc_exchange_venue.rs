@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use mdrec::config::{Config, VenueOptions};
+use mdrec::config::VenueOptions;
 use mdrec::model::TradeMark;
 use mdrec::venue::cdc_exchange::venue::{
     BARS_PER_PAGE, CHANNELS_PER_REQUEST, CHANNELS_PER_SOCKET, TRADES_PER_PAGE,
@@ -27,7 +27,9 @@ fn record(symbols: &[String], extra: &str) -> mdrec::config::RecordConfig {
         "[venue]\n[record]\nsymbols = [{}]\ntrades = true\nticker = true\n{extra}\n",
         list.join(", ")
     );
-    Config::parse(&text).expect("parses").record
+    mdrec::venue::registry::parse_config(&text)
+        .expect("parses")
+        .record
 }
 
 fn exchange() -> Arc<dyn Venue> {

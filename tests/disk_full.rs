@@ -84,8 +84,8 @@ async fn full_database_disk(db_url: &str, disk: &Tmpfs, what: &str, seed: u64) {
         sim.rest_url(),
         spool.path()
     );
-    let cfg = mdrec::config::Config::parse(&text).unwrap();
-    cfg.validate().unwrap();
+    let cfg = mdrec::venue::registry::parse_config(&text).unwrap();
+    mdrec::venue::registry::check_config(&cfg).unwrap();
     let rec = Recorder::start(&cfg).await;
     // books fill the small disk quickly
     wait_for("the disk to fill", Duration::from_secs(120), || async {
@@ -172,8 +172,8 @@ async fn spool_on_a_full_disk_while_the_database_is_down_loses_nothing_read() {
         pg.url(),
         disk.dir.path().join("spool")
     );
-    let cfg = mdrec::config::Config::parse(&text).unwrap();
-    cfg.validate().unwrap();
+    let cfg = mdrec::venue::registry::parse_config(&text).unwrap();
+    mdrec::venue::registry::check_config(&cfg).unwrap();
     let rec = Recorder::start(&cfg).await;
     wait_for("recording", Duration::from_secs(30), || async {
         SYMBOLS.iter().all(|s| sim.delivered(s).len() >= 20)

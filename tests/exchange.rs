@@ -75,8 +75,9 @@ listen = "127.0.0.1:0"
 }
 
 fn config(kind: &str, sim: &SimHandle, db_url: &str, extra: &str) -> Config {
-    let c = Config::parse(&config_text(kind, sim, db_url, extra)).expect("test config parses");
-    c.validate().expect("test config valid");
+    let c = mdrec::venue::registry::parse_config(&config_text(kind, sim, db_url, extra))
+        .expect("test config parses");
+    mdrec::venue::registry::check_config(&c).expect("test config valid");
     c
 }
 
@@ -754,8 +755,8 @@ async fn whole_exchange_on_few_sockets_without_rate_errors() {
         sim.rest_url(),
         list.join(", ")
     );
-    let cfg = Config::parse(&text).expect("parses");
-    cfg.validate().expect("valid");
+    let cfg = mdrec::venue::registry::parse_config(&text).expect("parses");
+    mdrec::venue::registry::check_config(&cfg).expect("valid");
     let run = Recorder::start(&cfg).await;
     assert!(
         sim.wait_subscriptions(480, Duration::from_secs(60)).await,

@@ -36,8 +36,8 @@ fn config(sim: &sim::SimHandle, db_url: &str, spool: &std::path::Path) -> mdrec:
         sim.rest_url(),
         spool
     );
-    let c = mdrec::config::Config::parse(&text).unwrap();
-    c.validate().unwrap();
+    let c = mdrec::venue::registry::parse_config(&text).unwrap();
+    mdrec::venue::registry::check_config(&c).unwrap();
     c
 }
 

@@ -53,7 +53,7 @@ where
     .await
     .unwrap();
     let mut cfg = recorder_config(&sim.ws_url(), &sim.rest_url(), db_url, &SYMBOLS, "");
-    let over = mdrec::config::Config::parse(&format!(
+    let over = mdrec::venue::registry::parse_config(&format!(
         "[venue]\nkind = \"cdc-v1\"\n[record]\nsymbols = [\"x\"]\n{}",
         extra(spool)
     ))

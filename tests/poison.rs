@@ -14,8 +14,9 @@ use common::{PgDb, sqlite_db};
 use mdrec::config::WriterConfig;
 use mdrec::decimal::Dec;
 use mdrec::model::{Event, Session, Side, Source, Trade};
+use mdrec::stats::WriterStats;
 use mdrec::store::spool::Spool;
-use mdrec::store::writer::{self, WriterStats};
+use mdrec::store::writer;
 use mdrec::store::{Batch, ErrorClass, Store, classify};
 
 /// The price the test trigger refuses.

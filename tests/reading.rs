@@ -516,7 +516,7 @@ async fn an_incremental_book_exports_as_changes_and_on_a_grid() {
     let d = dir.path();
     let url = demo(d, "3").await;
     let store = mdrec::store::Store::open_read(&url).await.unwrap();
-    let venue = mdrec::venue::static_name("cdc-exchange").unwrap();
+    let venue = mdrec::venue::registry::static_name("cdc-exchange").unwrap();
     let counts = store.table_counts().await.unwrap();
     let stored = |t: &str| counts.iter().find(|c| c.0 == t).map_or(0, |c| c.1);
 

@@ -25,8 +25,8 @@ fn config(sim: &SimHandle, db_url: &str, extra: &str) -> Config {
         sim.ws_url(),
         sim.rest_url(),
     );
-    let c = Config::parse(&text).expect("test config parses");
-    c.validate().expect("test config valid");
+    let c = mdrec::venue::registry::parse_config(&text).expect("test config parses");
+    mdrec::venue::registry::check_config(&c).expect("test config valid");
     c
 }
 

@@ -9,8 +9,9 @@ use common::{sqlite_db, wait_for};
 use mdrec::config::WriterConfig;
 use mdrec::decimal::Dec;
 use mdrec::model::{Event, Side, Source, Trade};
+use mdrec::stats::WriterStats;
 use mdrec::store::Store;
-use mdrec::store::writer::{self, WriterStats};
+use mdrec::store::writer;
 
 fn trade(id: i64) -> Event {
     Event::Trade(Trade {

@@ -559,12 +559,12 @@ mod tests {
 
     fn config(symbols: &[&str]) -> Config {
         let list: Vec<String> = symbols.iter().map(|s| format!("{s:?}")).collect();
-        let c = Config::parse(&format!(
+        let c = crate::venue::registry::parse_config(&format!(
             "[venue]\nkind = \"cdc-v1\"\n[record]\nsymbols = [{}]\n[connection]\nsilence_timeout_s = 10\n",
             list.join(", ")
         ))
         .unwrap();
-        c.validate().unwrap();
+        crate::venue::registry::check_config(&c).unwrap();
         c
     }
 

@@ -262,7 +262,7 @@ impl Backfill {
         wrap: impl Fn(T) -> Event,
         unwrap: impl Fn(Event) -> Option<T>,
     ) -> Vec<T> {
-        let rules = self.config.record.rules(self.venue.rules());
+        let rules = self.venue.rules().with_clocks(&self.config.record);
         let mut events: Vec<Event> = rows.into_iter().map(wrap).collect();
         let mut f = crate::venue::validate::Findings::default();
         crate::venue::validate::retain_valid(&rules, &mut events, 0, now_us() / 1000, &mut f);
@@ -720,7 +720,7 @@ impl Backfill {
         let mut session = self.venue.session(
             std::slice::from_ref(symbol),
             c.max_frame_bytes,
-            self.config.record.rules(self.venue.rules()),
+            self.venue.rules().with_clocks(&self.config.record),
         );
         let deadline = Instant::now() + timeout;
         let mut out = Vec::new();

@@ -11,22 +11,11 @@ use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
 use super::marks::{self, Marks};
+pub use super::worker::Request;
 use super::worker::{self, Control, Feed, Worker, WorkerStats};
 use crate::stats::RunStats;
 use crate::store::Store;
 use crate::venue::{ConnectionPlan, SocketLimits};
-
-/// What the fleet is asked to do.
-#[derive(Debug)]
-pub enum Request {
-    /// Symbols to record from now on (listed since start-up).
-    Add(Vec<Arc<str>>),
-    /// Symbols no longer listed: unsubscribed and their sessions closed with `reason`.
-    Retire(Vec<Arc<str>>, String),
-    /// Symbols a connection shed because the venue refused more subscriptions there: onto new
-    /// connections carrying at most `streams` streams each.
-    Move { feeds: Vec<Feed>, streams: usize },
-}
 
 /// The marks of every recorded symbol, shared by workers and backfill.
 pub type MarksMap = Arc<std::sync::RwLock<HashMap<Arc<str>, Arc<Marks>>>>;

@@ -15,6 +15,9 @@ use crate::config::{Config, ConfigError};
 use crate::model::{Event, now_ms};
 use crate::venue::{FetchError, Venue};
 
+/// How long start-up, `check-config` and a reload wait for the venue's market listing.
+pub const LISTING_WAIT: Duration = Duration::from_secs(5);
+
 /// The venue's listing (None: it did not answer in `within`, or its listing was unreadable;
 /// logged).
 pub async fn listing(

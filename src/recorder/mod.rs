@@ -26,12 +26,11 @@ use crate::venue::Venue;
 
 pub use crate::stats::RunStats;
 
-/// How long start-up, `check-config` and a reload wait for the venue's market listing.
-pub const LISTING_WAIT: Duration = Duration::from_secs(5);
+pub use markets::LISTING_WAIT;
 
 /// Runs until `shutdown` is cancelled, then drains and returns. Errors only at start-up.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<Arc<RunStats>> {
-    let venue = crate::venue::configured(&config.venue)?;
+    let venue = crate::venue::registry::configured(&config.venue)?;
     run_with(config, venue, shutdown).await
 }
 

@@ -47,7 +47,7 @@ pub(super) struct Reloader {
 impl Reloader {
     pub async fn reload(&mut self) -> Outcome {
         crate::ops::systemd::reloading();
-        let outcome = match Config::load(&self.path) {
+        let outcome = match crate::venue::registry::load_config(&self.path) {
             Ok(new) => match self.check_added(&new).await {
                 Ok(()) => self.apply(new),
                 Err(e) => Outcome::Refused(e.to_string()),
@@ -98,7 +98,7 @@ impl Reloader {
         if added.is_empty() {
             return Ok(());
         }
-        match super::markets::listing(&self.venue, &self.rest, super::LISTING_WAIT).await {
+        match super::markets::listing(&self.venue, &self.rest, super::markets::LISTING_WAIT).await {
             Some(m) => super::markets::check_listed(&added, &m, new.record.allow_unlisted),
             None => Ok(()),
         }

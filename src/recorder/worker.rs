@@ -45,6 +45,18 @@ pub fn reason_class(reason: &str) -> &'static str {
         .map_or("other", |(_, class)| class)
 }
 
+/// What the fleet is asked to do.
+#[derive(Debug)]
+pub enum Request {
+    /// Symbols to record from now on (listed since start-up).
+    Add(Vec<Arc<str>>),
+    /// Symbols no longer listed: unsubscribed and their sessions closed with `reason`.
+    Retire(Vec<Arc<str>>, String),
+    /// Symbols a connection shed because the venue refused more subscriptions there: onto new
+    /// connections carrying at most `streams` streams each.
+    Move { feeds: Vec<Feed>, streams: usize },
+}
+
 /// One symbol a connection carries: its counters and its marks.
 #[derive(Clone, Debug)]
 pub struct Feed {
@@ -84,7 +96,7 @@ pub struct Worker {
     /// Orders from the fleet; one receiver, kept across panics.
     control: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Control>>>,
     /// Asks for new connections (symbols the venue would not take more streams of here).
-    fleet: Option<mpsc::UnboundedSender<super::fleet::Request>>,
+    fleet: Option<mpsc::UnboundedSender<Request>>,
     tls: Arc<rustls::ClientConfig>,
 }
 
@@ -109,7 +121,7 @@ pub struct Shared {
     pub deadline: Arc<crate::runtime::deadline::Deadline>,
     pub backfill: Option<mpsc::UnboundedSender<HoleCheck>>,
     /// Where workers ask for new connections (None: they cannot split).
-    pub fleet: Option<mpsc::UnboundedSender<super::fleet::Request>>,
+    pub fleet: Option<mpsc::UnboundedSender<Request>>,
     /// The run's TLS trust (compiled-in roots plus `connection.ca_file`).
     pub tls: Arc<rustls::ClientConfig>,
 }
@@ -214,7 +226,7 @@ impl Worker {
         self.venue.session(
             &self.live_plan().symbols,
             self.config.connection.max_frame_bytes,
-            self.config.record.rules(self.venue.rules()),
+            self.venue.rules().with_clocks(&self.config.record),
         )
     }
 
@@ -642,7 +654,7 @@ impl Worker {
             pending.extend(self.venue.subscribe_frames(&conn, &self.config.record));
         }
         if !moved.is_empty() {
-            let _ = fleet.send(super::fleet::Request::Move {
+            let _ = fleet.send(Request::Move {
                 feeds: moved,
                 streams: held,
             });

@@ -995,7 +995,7 @@ pub(crate) fn parse_source(s: &str) -> Result<Source, StoreError> {
 
 /// Rows carry `&'static str` venue names; map a stored name back to the known one.
 pub(crate) fn static_venue(v: &str) -> &'static str {
-    crate::venue::static_name(v).unwrap_or("unknown")
+    crate::venue::registry::static_name(v).unwrap_or("unknown")
 }
 
 #[cfg(test)]

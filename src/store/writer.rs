@@ -13,7 +13,7 @@
 //! left, tries one last replay, and returns; anything still spooled is replayed at next start.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -23,62 +23,19 @@ use super::{Batch, ErrorClass, Rejected, Store};
 use crate::config::WriterConfig;
 use crate::model::{Event, Table};
 use crate::runtime::backoff::ReconnectPolicy;
+use crate::stats::{LatencyCounts, WriterStats};
 
-/// Rows handed to the database, per table (after in-batch merging; duplicates of stored rows
-/// are counted here but not stored twice), and the spool's state.
-#[derive(Debug, Default)]
-pub struct WriterStats {
-    /// Per [`Table::ALL`] entry.
-    pub rows: [AtomicU64; Table::ALL.len()],
-    pub flushes: AtomicU64,
-    pub flush_errors: AtomicU64,
-    /// Failed writes per [`ErrorClass::ALL`] entry.
-    pub errors_by_class: [AtomicU64; 5],
-    /// Rows the database refused (isolated by splitting the batch) and kept in
-    /// `rejected_rows` or the quarantine file instead.
-    pub rejected_rows: AtomicU64,
-    /// Of those, rows only the quarantine file holds (the database refused them there too).
-    pub quarantined_to_file: AtomicU64,
-    /// Trades whose key was stored (or repeated in a batch) with other content, kept with
-    /// both versions in `rejected_rows`.
-    pub conflicts: AtomicU64,
-    /// Rows written to the spool, and rows replayed from it into the database.
-    pub spooled_rows: AtomicU64,
-    pub replayed_rows: AtomicU64,
-    /// Set while the database has not answered since start-up (rows go to the spool).
-    pub db_pending: std::sync::atomic::AtomicBool,
-    /// Current spool size (gauge).
-    pub spool_bytes: AtomicU64,
-    pub spool_files: AtomicU64,
-    /// Rows lost because at the shutdown deadline neither the database nor the spool took them.
-    pub dropped_rows: AtomicU64,
-    /// Wall-clock ms of the writer loop's last turn (the watchdog's progress signal).
-    pub heartbeat_ms: std::sync::atomic::AtomicI64,
-    /// Wall-clock ms since which database writes fail (0: the last write succeeded).
-    pub failing_since_ms: std::sync::atomic::AtomicI64,
-    /// Rows per successful write and its duration in seconds (metrics; unset: not recorded).
-    pub histograms: std::sync::OnceLock<(metrics::Histogram, metrics::Histogram)>,
-    /// Per row of market data: from its frame's receive time to its commit.
-    pub frame_to_commit: crate::stats::LatencyHistogram,
+/// Counts a committed batch's rows per table.
+fn count_flush(stats: &WriterStats, b: &Batch) {
+    for t in Table::ALL {
+        stats.rows[t.index()].fetch_add(b.len_of(t) as u64, Ordering::Relaxed);
+    }
+    stats.flushes.fetch_add(1, Ordering::Relaxed);
 }
 
-impl WriterStats {
-    /// Rows handed to the database for `table` so far.
-    pub fn rows_of(&self, table: Table) -> u64 {
-        self.rows[table.index()].load(Ordering::Relaxed)
-    }
-
-    fn record(&self, b: &Batch) {
-        for t in Table::ALL {
-            self.rows[t.index()].fetch_add(b.len_of(t) as u64, Ordering::Relaxed);
-        }
-        self.flushes.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn spool_gauges(&self, s: &Spool) {
-        self.spool_bytes.store(s.bytes(), Ordering::Relaxed);
-        self.spool_files.store(s.files() as u64, Ordering::Relaxed);
-    }
+fn spool_gauges(stats: &WriterStats, s: &Spool) {
+    stats.spool_bytes.store(s.bytes(), Ordering::Relaxed);
+    stats.spool_files.store(s.files() as u64, Ordering::Relaxed);
 }
 
 struct Writer {
@@ -182,7 +139,7 @@ pub async fn replay_spool(
 ) -> Option<Spool> {
     let mut w = Writer::new(store, cfg, stats, Some(spool), deadline);
     if let Some(s) = &w.spool {
-        w.stats.spool_gauges(s);
+        spool_gauges(&w.stats, s);
         if !s.is_empty() {
             tracing::info!(files = s.files(), bytes = s.bytes(), dir = %s.dir().display(), "replaying the spool left by an earlier run");
             w.replay().await;
@@ -225,7 +182,7 @@ pub async fn run_from(
         w.next_probe = Some(Instant::now() + w.probe.initial);
     }
     if let Some(s) = &w.spool {
-        w.stats.spool_gauges(s);
+        spool_gauges(&w.stats, s);
         if !s.is_empty() && w.startup.is_none() {
             tracing::info!(files = s.files(), bytes = s.bytes(), dir = %s.dir().display(), "replaying the spool left by an earlier run");
             w.replay().await;
@@ -437,7 +394,7 @@ impl Writer {
             Ok(_) => {
                 failing.store(0, Ordering::Relaxed);
                 let committed = crate::model::now_us();
-                let mut waited = crate::stats::LatencyCounts::default();
+                let mut waited = LatencyCounts::default();
                 for t in batch.recv_times() {
                     waited.record_us(committed - t);
                 }
@@ -476,7 +433,7 @@ impl Writer {
     async fn commit(&mut self, batch: &Batch) -> Result<(), WriteFail> {
         let first = match self.write(batch).await {
             Ok(conflicts) => {
-                self.stats.record(batch);
+                count_flush(&self.stats, batch);
                 self.conflicts(&conflicts);
                 return Ok(());
             }
@@ -493,7 +450,7 @@ impl Writer {
                     let part = Batch::from_events(events.iter().cloned());
                     match self.write(&part).await {
                         Ok(conflicts) => {
-                            self.stats.record(&part);
+                            count_flush(&self.stats, &part);
                             self.conflicts(&conflicts);
                             continue;
                         }
@@ -696,7 +653,7 @@ impl Writer {
         self.stats
             .spooled_rows
             .fetch_add(batch.rows() as u64, Ordering::Relaxed);
-        self.stats.spool_gauges(spool);
+        spool_gauges(&self.stats, spool);
         Ok(())
     }
 
@@ -758,7 +715,7 @@ impl Writer {
                 if let Err(e) = s.remove(path) {
                     tracing::error!(error = %e, file = %path.display(), "cannot delete a replayed spool file (its rows are stored; replaying it again is harmless)");
                 }
-                self.stats.spool_gauges(s);
+                spool_gauges(&self.stats, s);
             }
         }
         self.probe_delays = Box::new(self.probe.delays(None));

@@ -4,13 +4,14 @@
 pub mod cdc_exchange;
 pub mod cdc_v1;
 pub mod numbers;
+pub mod registry;
 pub mod validate;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{ConfigError, DepthSetting, RecordConfig, VenueOptions};
-use crate::model::{Event, Interval, Kline, Market, StreamKey, Trade, TradeMark};
+use crate::config::{ConfigError, DepthSetting, RecordConfig};
+use crate::model::{Event, InstrumentType, Interval, Kline, Market, StreamKey, Trade, TradeMark};
 
 /// A websocket frame as read from the socket.
 #[derive(Debug, Clone, Copy)]
@@ -377,39 +378,6 @@ pub struct Listing {
     pub tradable: bool,
 }
 
-/// What kind of instrument a market is (`[record] instrument_types`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum InstrumentType {
-    Spot,
-    Perpetual,
-    Future,
-    /// Indices, options and whatever else a venue lists.
-    Other,
-}
-
-impl InstrumentType {
-    pub const ALL: [InstrumentType; 4] = [
-        InstrumentType::Spot,
-        InstrumentType::Perpetual,
-        InstrumentType::Future,
-        InstrumentType::Other,
-    ];
-
-    /// The word the configuration uses.
-    pub fn name(self) -> &'static str {
-        match self {
-            InstrumentType::Spot => "spot",
-            InstrumentType::Perpetual => "perpetual",
-            InstrumentType::Future => "future",
-            InstrumentType::Other => "other",
-        }
-    }
-
-    pub fn from_name(s: &str) -> Option<InstrumentType> {
-        Self::ALL.into_iter().find(|t| t.name() == s)
-    }
-}
-
 /// One frame to send after connecting and the streams (symbol, stream) it opens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subscription {
@@ -486,50 +454,6 @@ pub fn pack(
         }
     }
     out
-}
-
-/// Builds a venue's implementation from its own `[venue]` keys (beyond kind and the URLs),
-/// refusing keys it does not know (the error names the key).
-pub type MakeVenue = fn(&VenueOptions) -> Result<Arc<dyn Venue>, ConfigError>;
-
-/// Every venue: its `venue.kind` (the `venue` column value) and its constructor. The one
-/// place a new venue is registered.
-/// The first is the default `venue.kind`.
-pub const REGISTRY: &[(&str, MakeVenue)] = &[
-    (cdc_exchange::EXCHANGE, cdc_exchange::make_exchange),
-    (cdc_exchange::V2, cdc_exchange::make_v2),
-    (cdc_v1::NAME, cdc_v1::make),
-];
-
-/// The venue named by `venue.kind` with its options left at their defaults.
-pub fn venue_for(kind: &str) -> Option<Arc<dyn Venue>> {
-    let (_, make) = REGISTRY.iter().find(|(n, _)| *n == kind)?;
-    make(&VenueOptions::new()).ok()
-}
-
-/// The venue a configuration names, built with its options.
-pub fn configured(venue: &crate::config::VenueConfig) -> Result<Arc<dyn Venue>, ConfigError> {
-    let Some((_, make)) = REGISTRY.iter().find(|(n, _)| *n == venue.kind) else {
-        return Err(ConfigError::new(
-            "venue.kind",
-            format!("unknown venue {:?}; supported: {}", venue.kind, kinds()),
-        ));
-    };
-    make(&venue.options)
-}
-
-/// The static name of a known venue (rows read back from storage carry `&'static str`).
-pub fn static_name(name: &str) -> Option<&'static str> {
-    REGISTRY.iter().map(|(n, _)| *n).find(|n| *n == name)
-}
-
-/// The registered kinds, quoted, for messages: `"cdc-v1"`.
-pub fn kinds() -> String {
-    REGISTRY
-        .iter()
-        .map(|(n, _)| format!("{n:?}"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 #[cfg(test)]

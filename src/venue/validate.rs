@@ -5,6 +5,7 @@
 //! off, not invalid data: the row is kept (both clocks are stored, so the offset stays visible)
 //! and counted as clock skew.
 
+use crate::config::RecordConfig;
 use crate::decimal::Dec;
 use crate::model::{Event, Kline, Level};
 
@@ -48,6 +49,17 @@ pub struct Rules {
     pub skew_ms: i64,
     /// Most digits a price or quantity may have.
     pub max_digits: usize,
+}
+
+impl Rules {
+    /// These limits with a configuration's clock tolerances.
+    pub fn with_clocks(self, record: &RecordConfig) -> Rules {
+        Rules {
+            max_ahead_ms: (record.max_time_ahead_s as i64).saturating_mul(1000),
+            skew_ms: (record.clock_skew_s as i64).saturating_mul(1000),
+            ..self
+        }
+    }
 }
 
 /// What validating one event found.

@@ -159,8 +159,8 @@ listen = "127.0.0.1:0"
     } else {
         format!("{text}\n[backfill]\nenabled = false\n")
     };
-    let c = Config::parse(&text).expect("test config parses");
-    c.validate().expect("test config valid");
+    let c = mdrec::venue::registry::parse_config(&text).expect("test config parses");
+    mdrec::venue::registry::check_config(&c).expect("test config valid");
     c
 }
 
@@ -388,7 +388,7 @@ impl Recorder {
     pub async fn start(cfg: &Config) -> Recorder {
         init_log();
         let stop = tokio_util::sync::CancellationToken::new();
-        let venue = mdrec::venue::configured(&cfg.venue).expect("a known venue");
+        let venue = mdrec::venue::registry::configured(&cfg.venue).expect("a known venue");
         let (_store, stats, tasks) = mdrec::recorder::start(cfg.clone(), venue, stop.clone())
             .await
             .expect("recorder starts");

@@ -8,11 +8,11 @@ use std::time::Duration;
 use super::rest;
 use super::{BookUpdates, Dialect, ExchangeSession, RULES, check_symbol, interval};
 use crate::config::{ConfigError, DepthSetting, RecordConfig, VenueOptions};
-use crate::model::{Interval, Kline, StreamKey, Trade, TradeMark};
+use crate::model::{InstrumentType, Interval, Kline, StreamKey, Trade, TradeMark};
 use crate::venue::validate::Rules;
 use crate::venue::{
-    ConnectionPlan, Defaults, FetchError, HistoryRequest, InstrumentType, KlineHistory, Listing,
-    Reach, SocketLimits, Subscription, TradeHistory, TradeIds, Venue, VenueSession,
+    ConnectionPlan, Defaults, FetchError, HistoryRequest, KlineHistory, Listing, Reach,
+    SocketLimits, Subscription, TradeHistory, TradeIds, Venue, VenueSession,
 };
 
 /// Channels one socket takes (the venue refuses the 401st with 40107); kept below it.

@@ -1,5 +1,7 @@
 //! Channel names: `market_<symbol>_<stream>`.
 
+use super::vocab::INTERVALS;
+
 /// What a channel carries.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Stream {
@@ -39,7 +41,7 @@ impl Channel {
                 _ => return None,
             }
         } else if let Some((sym, iv)) = rest.rsplit_once("_kline_") {
-            if !super::INTERVALS.contains(&iv) {
+            if !INTERVALS.contains(&iv) {
                 return None;
             }
             (sym, Stream::Kline(iv.to_string()))

@@ -7,7 +7,11 @@
 pub mod channel;
 pub mod inflate;
 pub mod rest;
+pub mod vocab;
 pub mod wire;
+
+pub use self::vocab::{INTERVALS, NAME};
+pub use self::wire::to_ms;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,8 +32,6 @@ use crate::venue::{
     ConnectionPlan, DecodeError, Defaults, FetchError, Frame, HistoryRequest, KlineHistory, Reach,
     Reaction, SocketLimits, Subscription, TradeHistory, TradeIds, Venue, VenueSession,
 };
-
-pub const NAME: &str = "cdc-v1";
 
 /// v1's limits: no exchange time before 2010 (the protocol family's servers started later;
 /// this catches 0, -1 and seconds read as milliseconds); prices and amounts carry at most
@@ -53,11 +55,6 @@ pub fn make(options: &VenueOptions) -> Result<Arc<dyn Venue>, ConfigError> {
         None => Ok(Arc::new(CdcV1)),
     }
 }
-
-/// v1's kline intervals, by its own names; `1month` is a calendar month.
-pub const INTERVALS: [&str; 8] = [
-    "1min", "5min", "15min", "30min", "60min", "1day", "1week", "1month",
-];
 
 /// What a v1 interval name means.
 pub fn interval(name: &str) -> Option<Interval> {
@@ -234,7 +231,7 @@ impl Venue for CdcV1 {
                     updated_at_ms: now_ms,
                 },
                 // the kline-api lists spot pairs only
-                kind: crate::venue::InstrumentType::Spot,
+                kind: crate::model::InstrumentType::Spot,
                 tradable: true,
             })
             .collect())
@@ -545,16 +542,6 @@ fn unexpected(msg: impl Into<String>) -> DecodeError {
 /// Present and not JSON `null`.
 fn non_null(v: Option<&RawValue>) -> Option<&RawValue> {
     v.filter(|r| r.get() != "null")
-}
-
-/// Venue timestamps are milliseconds on most servers, whole seconds on some.
-pub fn to_ms(t: i64) -> i64 {
-    // unsigned_abs: `abs` overflows on i64::MIN, which a hostile venue can send
-    if t.unsigned_abs() < 100_000_000_000 {
-        t * 1000
-    } else {
-        t
-    }
 }
 
 impl Normalizer<'_> {

@@ -5,8 +5,9 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 
+use super::vocab::NAME;
+use super::wire::to_ms;
 use super::wire::{Int, RestDepth, RestEnvelope, RestKline, RestSymbol, RestTrade};
-use super::{NAME, to_ms};
 use crate::model::{Kline, Level, Side, Source, Trade};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

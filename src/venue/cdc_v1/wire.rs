@@ -155,3 +155,13 @@ pub struct RestKline(pub Int, pub Num, pub Num, pub Num, pub Num, pub Num);
 pub struct RestDepth {
     pub tick: WireBook,
 }
+
+/// Venue timestamps are milliseconds on most servers, whole seconds on some.
+pub fn to_ms(t: i64) -> i64 {
+    // unsigned_abs: `abs` overflows on i64::MIN, which a hostile venue can send
+    if t.unsigned_abs() < 100_000_000_000 {
+        t * 1000
+    } else {
+        t
+    }
+}
