@@ -19,7 +19,8 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::market::{Bar, Market, SimTrade, merge_book};
-use super::{BadValue, Book, Hostile, Personality, Server, State, Update, lock};
+use super::serve::{Personality, Server};
+use super::state::{BadValue, Book, Hostile, State, Update, lock};
 use crate::model::Side;
 use crate::venue::cdc_exchange::{Channel, Dialect};
 
@@ -103,7 +104,7 @@ fn serve(server: Server, dialect: Dialect, ws: TcpListener, rest: TcpListener) {
 
 async fn serve_ws(ex: Arc<Ex>, listener: TcpListener) {
     let server = ex.clone();
-    super::accept(&ex.server, listener, move |s| connection(server.clone(), s)).await
+    super::serve::accept(&ex.server, listener, move |s| connection(server.clone(), s)).await
 }
 
 /// How numbers look on the wire: today's API quotes decimals (and trade ids), v2 sends
@@ -247,7 +248,7 @@ struct Sub {
 
 struct Conn {
     /// Where the market sends the steps of the symbols subscribed here.
-    tap: super::Tap,
+    tap: super::state::Tap,
     ex: Arc<Ex>,
     wire: Wire,
     subs: HashMap<String, Sub>,
@@ -264,7 +265,7 @@ struct Conn {
     next_quiet: Instant,
 }
 
-async fn connection(ex: Arc<Ex>, tcp: super::Socket) -> anyhow::Result<()> {
+async fn connection(ex: Arc<Ex>, tcp: super::serve::Socket) -> anyhow::Result<()> {
     // the connect-second rule runs from the server's side of the handshake, which the
     // client sees complete only after it (a busy test machine must not move it later)
     let connected = Instant::now();
@@ -280,7 +281,7 @@ async fn connection(ex: Arc<Ex>, tcp: super::Socket) -> anyhow::Result<()> {
         .empty_delta_interval
         .min(Duration::from_millis(100))
         .max(Duration::from_millis(5));
-    let (tap, steps) = super::Tap::new(server);
+    let (tap, steps) = super::state::Tap::new(&server.state);
     let mut conn = Conn {
         tap,
         ex: ex.clone(),
@@ -295,10 +296,10 @@ async fn connection(ex: Arc<Ex>, tcp: super::Socket) -> anyhow::Result<()> {
         quiet_every,
         next_quiet: Instant::now() + quiet_every,
     };
-    super::drive(server, ws, &mut conn, steps).await
+    super::serve::drive(server, ws, &mut conn, steps).await
 }
 
-impl super::Handler for Conn {
+impl super::serve::Handler for Conn {
     fn next_timer(&self) -> Option<Instant> {
         let hb = self.outstanding.as_ref().map(|(_, d)| *d);
         Some(
@@ -308,7 +309,7 @@ impl super::Handler for Conn {
         )
     }
 
-    fn on_timer(&mut self, muted: bool) -> anyhow::Result<super::Reply> {
+    fn on_timer(&mut self, muted: bool) -> anyhow::Result<super::serve::Reply> {
         let now = Instant::now();
         let cfg = &self.ex.server.config;
         let mut out = Vec::new();
@@ -318,10 +319,12 @@ impl super::Handler for Conn {
             } else {
                 self.state().heartbeat_closes += 1;
                 // what the venue does: a normal close, at the heartbeat it missed
-                return Ok(super::Reply::Close(Message::Close(Some(CloseFrame {
-                    code: CloseCode::Normal,
-                    reason: "heartbeat not answered".into(),
-                }))));
+                return Ok(super::serve::Reply::Close(Message::Close(Some(
+                    CloseFrame {
+                        code: CloseCode::Normal,
+                        reason: "heartbeat not answered".into(),
+                    },
+                ))));
             }
         }
         if self.next_heartbeat <= now {
@@ -342,7 +345,7 @@ impl super::Handler for Conn {
                 out.extend(self.empty_deltas());
             }
         }
-        Ok(super::Reply::Send(out))
+        Ok(super::serve::Reply::Send(out))
     }
 
     fn on_text(&mut self, text: &str) -> anyhow::Result<Vec<Message>> {
@@ -975,7 +978,7 @@ async fn serve_rest(ex: Arc<Ex>, listener: TcpListener) {
         .route(&format!("{root}/public/get-book"), get(book))
         .route(&format!("{root}/public/get-tickers"), get(tickers))
         .with_state(ex.clone());
-    super::serve_http(&ex.server, listener, app).await
+    super::serve::serve_http(&ex.server, listener, app).await
 }
 
 #[derive(serde::Deserialize)]

@@ -14,7 +14,8 @@ use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::market::{Bar, SimTrade, merge_book};
-use super::{Compression, DepthMode, Hostile, NumberStyle, Server, SimConfig, State, Update, lock};
+use super::serve::Server;
+use super::state::{Compression, DepthMode, Hostile, NumberStyle, SimConfig, State, Update, lock};
 use crate::model::{BookSide, Side};
 use crate::venue::cdc_v1::channel::{Channel, Stream};
 
@@ -35,7 +36,7 @@ pub const INTERVALS: &[(&str, i64)] = &[
 ];
 
 /// The simulator speaking v1.
-pub const PERSONALITY: super::Personality = super::Personality {
+pub const PERSONALITY: super::serve::Personality = super::serve::Personality {
     venue: VENUE,
     intervals: INTERVALS,
     demo_record: "klines = [\"1min\", \"5min\"]\ndepth = \"step0\"",
@@ -58,7 +59,7 @@ pub fn serve(server: Server, ws: TcpListener, rest: TcpListener) {
 
 pub async fn serve_ws(server: Arc<Server>, listener: TcpListener) {
     let s = server.clone();
-    super::accept(&server, listener, move |tcp| connection(s.clone(), tcp)).await
+    super::serve::accept(&server, listener, move |tcp| connection(s.clone(), tcp)).await
 }
 
 /// A channel subscription of one connection.
@@ -70,7 +71,7 @@ struct Sub {
 
 struct Conn {
     /// Where the market sends the steps of the symbols subscribed here.
-    tap: super::Tap,
+    tap: super::state::Tap,
     server: Arc<Server>,
     subs: HashMap<Channel, Sub>,
     next_ping: tokio::time::Instant,
@@ -79,10 +80,10 @@ struct Conn {
     missed: u32,
 }
 
-async fn connection(server: Arc<Server>, tcp: super::Socket) -> anyhow::Result<()> {
+async fn connection(server: Arc<Server>, tcp: super::serve::Socket) -> anyhow::Result<()> {
     let ws = tokio_tungstenite::accept_async(tcp).await?;
     lock(&server.state).connections_total += 1;
-    let (tap, steps) = super::Tap::new(&server);
+    let (tap, steps) = super::state::Tap::new(&server.state);
     let mut conn = Conn {
         tap,
         server: server.clone(),
@@ -91,19 +92,19 @@ async fn connection(server: Arc<Server>, tcp: super::Socket) -> anyhow::Result<(
         outstanding: None,
         missed: 0,
     };
-    super::drive(&server, ws, &mut conn, steps).await
+    super::serve::drive(&server, ws, &mut conn, steps).await
 }
 
-impl super::Handler for Conn {
+impl super::serve::Handler for Conn {
     fn next_timer(&self) -> Option<tokio::time::Instant> {
         Some(self.next_ping)
     }
 
-    fn on_timer(&mut self, muted: bool) -> anyhow::Result<super::Reply> {
+    fn on_timer(&mut self, muted: bool) -> anyhow::Result<super::serve::Reply> {
         let cfg = &self.server.config;
         self.next_ping = tokio::time::Instant::now() + cfg.ping_interval;
         if muted {
-            return Ok(super::Reply::Send(Vec::new()));
+            return Ok(super::serve::Reply::Send(Vec::new()));
         }
         if self.outstanding.is_some() {
             self.missed += 1;
@@ -115,7 +116,7 @@ impl super::Handler for Conn {
         let n = lock(&self.server.state).now_ms().to_string();
         let ping = self.frame(&format!("{{\"ping\":{n}}}"))?;
         self.outstanding = Some(n);
-        Ok(super::Reply::Send(vec![ping]))
+        Ok(super::serve::Reply::Send(vec![ping]))
     }
 
     fn on_text(&mut self, text: &str) -> anyhow::Result<Vec<Message>> {
@@ -495,8 +496,8 @@ fn hostile_frame(h: Hostile) -> anyhow::Result<Message> {
 
 /// A btcusdt frame that is well-formed but carries one invalid value; its trade ids are far
 /// from the simulated market's, so none can be mistaken for a ledger trade.
-fn bad_value_frame(v: super::BadValue) -> String {
-    use super::BadValue::*;
+fn bad_value_frame(v: super::state::BadValue) -> String {
+    use super::state::BadValue::*;
     let now = crate::model::now_ms();
     let trade = |id: i64, price: &str, vol: &str, ts: &str| {
         format!(
@@ -613,7 +614,7 @@ fn levels_json(f: &Fmt, levels: &[(Decimal, Decimal)]) -> String {
     s
 }
 
-fn book_frame(f: &Fmt, channel: &str, ts: i64, (bids, asks): &super::Book) -> String {
+fn book_frame(f: &Fmt, channel: &str, ts: i64, (bids, asks): &super::state::Book) -> String {
     format!(
         "{{\"event_rep\":\"\",\"channel\":{},\"data\":null,\"tick\":{{\"asks\":{},\"buys\":{}}},\"ts\":{ts},\"status\":\"ok\"}}",
         json_str(channel),
@@ -632,7 +633,7 @@ pub async fn serve_rest(server: Arc<Server>, listener: TcpListener) {
         .route("/v1/depth", get(depth))
         .route("/v1/ticker", get(ticker))
         .with_state(server.clone());
-    super::serve_http(&server, listener, app).await
+    super::serve::serve_http(&server, listener, app).await
 }
 
 #[derive(serde::Deserialize)]

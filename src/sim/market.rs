@@ -478,11 +478,14 @@ pub fn merge_book((bids, asks): &SimBook, price_scale: u32, step: u8, levels: us
 mod tests {
     use super::*;
 
+    /// Bars of a minute and an hour (the market knows no venue's names).
+    const INTERVALS: Intervals = &[("1min", 60_000), ("60min", 3_600_000)];
+
     #[test]
     fn deterministic_and_consistent() {
         let spec = MarketSpec::for_symbol("btcusdt");
-        let mut a = Market::new(spec.clone(), 7, crate::sim::cdc_v1::INTERVALS);
-        let mut b = Market::new(spec, 7, crate::sim::cdc_v1::INTERVALS);
+        let mut a = Market::new(spec.clone(), 7, INTERVALS);
+        let mut b = Market::new(spec, 7, INTERVALS);
         for i in 0..500 {
             let t = 1_700_000_000_000 + i * 1000;
             a.step(t);
@@ -503,11 +506,7 @@ mod tests {
 
     #[test]
     fn high_precision_market_has_long_amounts() {
-        let mut m = Market::new(
-            MarketSpec::for_symbol("hpxusdt"),
-            3,
-            crate::sim::cdc_v1::INTERVALS,
-        );
+        let mut m = Market::new(MarketSpec::for_symbol("hpxusdt"), 3, INTERVALS);
         for i in 0..50 {
             m.step(1_700_000_000_000 + i);
         }

@@ -1,7 +1,7 @@
 //! Reads for the analyst commands and metrics (coverage, export, `/metrics`): figures, not
 //! rows to rebuild state from. Like `read.rs`, one SQL text for both backends.
 
-use super::read::on_pool;
+use super::on_pool;
 use super::{Store, StoreError};
 use crate::model::StreamKey;
 

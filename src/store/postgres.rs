@@ -11,8 +11,12 @@ use std::time::Duration;
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row};
 
-use super::sqlite::{parse_side, parse_source, req, static_venue};
-use super::{Batch, Range, StoreError, apply_delta, levels_from_json, levels_to_json};
+use super::Batch;
+use super::error::{Checked, ErrorClass, StoreError, classify};
+use super::rows::{
+    DeltaRange, Range, Rejected, apply_delta, insert_rejected, levels_from_json, levels_to_json,
+    parse_book_side, parse_side, parse_source, req, static_venue,
+};
 use crate::decimal::Dec;
 use crate::model::{BookDelta, BookSide, BookSnapshot, Kline, Source, Ticker, Trade};
 
@@ -131,7 +135,7 @@ impl PgStore {
             Err(_) => {
                 return Err(open(
                     format!("{at} did not answer within {} s", within.as_secs()),
-                    super::ErrorClass::Timeout,
+                    ErrorClass::Timeout,
                 ));
             }
             Ok(r) => r,
@@ -143,7 +147,7 @@ impl PgStore {
             }
             Err(e) => e,
         };
-        let class = super::classify(&e);
+        let class = classify(&e);
         let user = opts.get_username();
         let db = opts.get_database().unwrap_or(user);
         let message = match &e {
@@ -188,7 +192,7 @@ impl PgStore {
     /// the upserts, and so are the next [`UPSERT_AFTER_CONFLICT`] flushes (a replay, or two
     /// recorders on the same symbols, keep meeting keys). Batches holding REST trades
     /// (backfill, overlapping what the socket delivered) take the upsert for trades.
-    pub async fn write(&self, batch: &Batch) -> Result<Vec<super::Rejected>, StoreError> {
+    pub async fn write(&self, batch: &Batch) -> Result<Vec<Rejected>, StoreError> {
         let left = self.upsert_flushes.load(Ordering::Relaxed);
         if left > 0 {
             self.upsert_flushes.store(left - 1, Ordering::Relaxed);
@@ -205,12 +209,8 @@ impl PgStore {
         }
     }
 
-    async fn write_as(
-        &self,
-        batch: &Batch,
-        plain: bool,
-    ) -> Result<Vec<super::Rejected>, StoreError> {
-        let mut conn = super::Checked::acquire(&self.pool).await?;
+    async fn write_as(&self, batch: &Batch, plain: bool) -> Result<Vec<Rejected>, StoreError> {
+        let mut conn = Checked::acquire(&self.pool).await?;
         let mut tx = sqlx::Connection::begin(conn.conn())
             .await
             .map_err(StoreError::sql("begin"))?;
@@ -340,7 +340,7 @@ impl PgStore {
         &self,
         venue: &str,
         symbol: &str,
-        r: &super::DeltaRange,
+        r: &DeltaRange,
     ) -> Result<Vec<BookDelta>, StoreError> {
         let e = StoreError::sql;
         let rows = sqlx::query(
@@ -371,7 +371,7 @@ impl PgStore {
                     event_time_ms: d.try_get("event_time_ms").map_err(e("read delta"))?,
                     recv_time_us: d.try_get("recv_time_us").map_err(e("read delta"))?,
                     seq: d.try_get("seq").map_err(e("read delta"))?,
-                    side: super::parse_book_side(d.try_get("side").map_err(e("read delta"))?)?,
+                    side: parse_book_side(d.try_get("side").map_err(e("read delta"))?)?,
                     price: req(dec(d, "price")?, "price")?,
                     qty: req(dec(d, "qty")?, "qty")?,
                     update_id: d.try_get("update_id").map_err(e("read delta"))?,
@@ -521,11 +521,11 @@ async fn statements(
     tx: &mut sqlx::PgConnection,
     batch: &Batch,
     plain: bool,
-) -> Result<Vec<super::Rejected>, StoreError> {
-    let mut conflicts: Vec<super::Rejected> = batch
+) -> Result<Vec<Rejected>, StoreError> {
+    let mut conflicts: Vec<Rejected> = batch
         .trade_conflicts
         .iter()
-        .map(|(new, kept)| super::Rejected::conflict(new, kept))
+        .map(|(new, kept)| Rejected::conflict(new, kept))
         .collect();
     if !batch.trades.is_empty() {
         let t = &batch.trades;
@@ -575,12 +575,12 @@ async fn statements(
                 if let Some(old) = by_key.get(&(x.symbol.to_string(), x.trade_id))
                     && !super::batch::same_trade(old, x)
                 {
-                    conflicts.push(super::Rejected::conflict(x, old));
+                    conflicts.push(Rejected::conflict(x, old));
                 }
             }
         }
     }
-    super::insert_rejected!(tx, &conflicts);
+    insert_rejected!(tx, &conflicts);
     if !batch.klines.is_empty() {
         let k = &batch.klines;
         sqlx::query::<Postgres>(

@@ -3,25 +3,8 @@
 
 use std::sync::Arc;
 
-use super::{Store, StoreError};
+use super::{Store, StoreError, on_pool};
 use crate::model::{Gap, GapStatus};
-
-/// Runs `$body` with `$pool` bound to whichever pool the store has.
-macro_rules! on_pool {
-    ($store:expr, $pool:ident => $body:expr) => {
-        match $store {
-            Store::Sqlite(s) => {
-                let $pool = s.pool();
-                $body
-            }
-            Store::Postgres(s) => {
-                let $pool = s.pool();
-                $body
-            }
-        }
-    };
-}
-pub(crate) use on_pool;
 
 pub use crate::model::TradeMark;
 

@@ -18,9 +18,14 @@ use sqlx::sqlite::{
 };
 use sqlx::{Decode, QueryBuilder, Row, Sqlite, TypeInfo, ValueRef};
 
-use super::{Batch, Range, StoreError, apply_delta, levels_from_json, levels_to_json};
+use super::Batch;
+use super::error::{Checked, ErrorClass, StoreError};
+use super::rows::{
+    DeltaRange, Range, Rejected, apply_delta, insert_rejected, levels_from_json, levels_to_json,
+    parse_book_side, parse_side, parse_source, req, static_venue,
+};
 use crate::decimal::{Dec, SqliteNumber};
-use crate::model::{BookDelta, BookSide, BookSnapshot, Kline, Side, Source, Ticker, Trade};
+use crate::model::{BookDelta, BookSide, BookSnapshot, Kline, Ticker, Trade};
 
 /// SQLite's default bound-parameter limit (SQLITE_MAX_VARIABLE_NUMBER since 3.32).
 const MAX_PARAMS: usize = 32766;
@@ -210,7 +215,7 @@ impl SqliteStore {
         if !path.exists() {
             return Err(StoreError::Open {
                 message: format!("no SQLite database at {}", path.display()),
-                class: super::ErrorClass::Permission,
+                class: ErrorClass::Permission,
             });
         }
         let opts = opts
@@ -235,7 +240,7 @@ impl SqliteStore {
         let (opts, path, created) = Self::options(url)?;
         match created {
             // only the operator can fix permissions: no use recording into the spool
-            Err(e) if e.class() == crate::store::ErrorClass::Permission => return Err(e),
+            Err(e) if e.class() == ErrorClass::Permission => return Err(e),
             Err(e) => tracing::debug!(error = %e, "sqlite file not created yet"),
             Ok(()) => {}
         }
@@ -305,7 +310,7 @@ impl SqliteStore {
                     "the SQLite database did not open within {} s",
                     within.as_secs()
                 ),
-                class: super::ErrorClass::Timeout,
+                class: ErrorClass::Timeout,
             }),
         }
     }
@@ -319,8 +324,8 @@ impl SqliteStore {
         Ok(())
     }
 
-    pub async fn write(&self, batch: &Batch) -> Result<Vec<super::Rejected>, StoreError> {
-        let mut conn = super::Checked::acquire(&self.pool).await?;
+    pub async fn write(&self, batch: &Batch) -> Result<Vec<Rejected>, StoreError> {
+        let mut conn = Checked::acquire(&self.pool).await?;
         let mut tx = sqlx::Connection::begin(conn.conn())
             .await
             .map_err(StoreError::sql("begin"))?;
@@ -368,10 +373,10 @@ impl SqliteStore {
                 seen_before.extend(chunk);
             }
         }
-        let mut conflicts: Vec<super::Rejected> = batch
+        let mut conflicts: Vec<Rejected> = batch
             .trade_conflicts
             .iter()
-            .map(|(new, kept)| super::Rejected::conflict(new, kept))
+            .map(|(new, kept)| Rejected::conflict(new, kept))
             .collect();
         for t in seen_before {
             let r = sqlx::query(
@@ -387,11 +392,11 @@ impl SqliteStore {
             if let Some(r) = r {
                 let stored = trade_row(&r, t.venue, &t.symbol)?;
                 if !super::batch::same_trade(&stored, t) {
-                    conflicts.push(super::Rejected::conflict(t, &stored));
+                    conflicts.push(Rejected::conflict(t, &stored));
                 }
             }
         }
-        super::insert_rejected!(tx, &conflicts);
+        insert_rejected!(tx, &conflicts);
         for chunk in shaped(&batch.klines, 15) {
             let mut qb = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO klines (venue, symbol, interval, open_time_ms, open, high, low, close, \
@@ -689,7 +694,7 @@ impl SqliteStore {
         &self,
         venue: &str,
         symbol: &str,
-        r: &super::DeltaRange,
+        r: &DeltaRange,
     ) -> Result<Vec<BookDelta>, StoreError> {
         let e = StoreError::sql;
         let rows = sqlx::query(
@@ -722,7 +727,7 @@ impl SqliteStore {
                     event_time_ms: d.try_get("event_time_ms").map_err(e("read delta"))?,
                     recv_time_us: d.try_get("recv_time_us").map_err(e("read delta"))?,
                     seq: d.try_get("seq").map_err(e("read delta"))?,
-                    side: super::parse_book_side(d.try_get("side").map_err(e("read delta"))?)?,
+                    side: parse_book_side(d.try_get("side").map_err(e("read delta"))?)?,
                     price: req(get_dec(d, "price", &ex)?, "price")?,
                     qty: req(get_dec(d, "qty", &ex)?, "qty")?,
                     update_id: d.try_get("update_id").map_err(e("read delta"))?,
@@ -975,27 +980,6 @@ fn get_dec(
     Dec::parse(&text)
         .map(Some)
         .map_err(|e| corrupt(e.to_string()))
-}
-
-pub(crate) fn req(v: Option<Dec>, col: &str) -> Result<Dec, StoreError> {
-    v.ok_or_else(|| StoreError::Corrupt(format!("{col} is NULL")))
-}
-
-pub(crate) fn parse_side(s: &str) -> Result<Side, StoreError> {
-    Side::parse(s).ok_or_else(|| StoreError::Corrupt(format!("side {s:?}")))
-}
-
-pub(crate) fn parse_source(s: &str) -> Result<Source, StoreError> {
-    match s {
-        "ws" => Ok(Source::Ws),
-        "rest" => Ok(Source::Rest),
-        other => Err(StoreError::Corrupt(format!("source {other:?}"))),
-    }
-}
-
-/// Rows carry `&'static str` venue names; map a stored name back to the known one.
-pub(crate) fn static_venue(v: &str) -> &'static str {
-    crate::venue::registry::static_name(v).unwrap_or("unknown")
 }
 
 #[cfg(test)]
