@@ -3,7 +3,7 @@
 //! to its symbol's marks and counters, hand events to the writer, reconnect with backoff
 //! when the socket drops or goes silent.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -128,6 +128,50 @@ pub struct Shared {
 
 /// Trade-id jumps on a live socket are checked over REST at most this often.
 const ID_JUMP_CHECK_EVERY: Duration = Duration::from_secs(60);
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// One open connection: its socket, its frame reader, the subscriptions still to send and
+/// the `sessions` rows of the symbols it carries.
+struct Conn {
+    ws: Ws,
+    reader: Reader,
+    pending: VecDeque<Subscription>,
+    /// Between two subscriptions (None: the venue asks for no pacing).
+    pace: Option<Duration>,
+    next_send: Instant,
+    rows: Vec<Session>,
+    session_id: String,
+    connected_at_us: i64,
+}
+
+impl Conn {
+    /// Requests the venue refused for the rate are asked again, later, in order; the
+    /// refusals of one burst (answers to requests already sent) make one back-off, a
+    /// refusal of a request sent after it doubles it.
+    fn requeue_rate_refused(&mut self) {
+        let r = &mut self.reader;
+        for sub in r.retry.drain(..).rev() {
+            self.pending.push_front(sub);
+        }
+        let now = Instant::now();
+        if r.rate_until.is_none_or(|t| now >= t) {
+            r.rate_until = Some(now + r.rate_backoff);
+            r.rate_backoff = (r.rate_backoff * 2).min(RATE_BACKOFF_MAX);
+        }
+        self.next_send = self.next_send.max(r.rate_until.unwrap_or(now));
+    }
+}
+
+/// Why a connection's read loop ended (an empty reason: it has not).
+#[derive(Default)]
+struct Ending {
+    reason: String,
+    writer_gone: bool,
+    shutdown: bool,
+    retired: bool,
+}
 
 enum End {
     /// Shutdown was asked; the session closed cleanly.
@@ -256,10 +300,35 @@ impl Worker {
         }
     }
 
+    /// One connection: connect, open its session rows, subscribe, read until it ends, close.
     async fn session(&self) -> End {
         let mut control = self.control.lock().await;
-        // symbols retired while no socket was open leave before this one subscribes (their
-        // sessions closed with the last socket)
+        self.leave_retired(&mut control);
+        let plan = self.live_plan();
+        if plan.symbols.is_empty() {
+            return End::Retired;
+        }
+        let ws = match self.connect().await {
+            Ok(ws) => ws,
+            Err(end) => return end,
+        };
+        let Some(mut conn) = self.open(ws, &plan).await else {
+            return End::WriterGone;
+        };
+        let mut ending = Ending::default();
+        if let Err(reason) = self.subscribe_at_once(&mut conn).await {
+            ending.reason = reason;
+        }
+        self.read(&mut conn, &mut control, &mut ending).await;
+        if ending.shutdown {
+            self.close_handshake(&mut conn, &mut ending).await;
+        }
+        self.close(conn, ending).await
+    }
+
+    /// Symbols retired while no socket was open leave before this one subscribes (their
+    /// sessions closed with the last socket).
+    fn leave_retired(&self, control: &mut mpsc::UnboundedReceiver<Control>) {
         while let Ok(Control::Retire(symbols, _)) = control.try_recv() {
             for s in &symbols {
                 if let Some(&i) = self.index.get(s) {
@@ -267,15 +336,14 @@ impl Worker {
                 }
             }
         }
-        let plan = self.live_plan();
-        if plan.symbols.is_empty() {
-            return End::Retired;
-        }
+    }
+
+    /// The socket, at the run's connect rate, within `connect_timeout_s`.
+    async fn connect(&self) -> Result<Ws, End> {
         let c = &self.config.connection;
-        let url = &self.config.venue.ws_url;
         let conn = &self.plan.name;
         tokio::select! {
-            _ = self.shutdown.cancelled() => return End::Shutdown,
+            _ = self.shutdown.cancelled() => return Err(End::Shutdown),
             _ = self.stagger.wait() => {}
         }
         let ws_config = WebSocketConfig::default()
@@ -283,34 +351,39 @@ impl Worker {
             .max_message_size(Some(c.max_frame_bytes))
             .max_frame_size(Some(c.max_frame_bytes));
         let connect = tokio_tungstenite::connect_async_tls_with_config(
-            url.as_str(),
+            self.config.venue.ws_url.as_str(),
             Some(ws_config),
             true,
             Some(crate::runtime::tls::connector(&self.tls)),
         );
-        let mut ws = tokio::select! {
-            _ = self.shutdown.cancelled() => return End::Shutdown,
+        tokio::select! {
+            _ = self.shutdown.cancelled() => Err(End::Shutdown),
             r = tokio::time::timeout(Duration::from_secs(c.connect_timeout_s), connect) => match r {
-                Ok(Ok((ws, _))) => ws,
+                Ok(Ok((ws, _))) => Ok(ws),
                 Ok(Err(e)) => {
                     tracing::warn!(connection = %conn, error = %e, "connect failed");
                     self.each(|s| s.reconnect("connect_failed"));
-                    return End::Dropped { fresh: false };
+                    Err(End::Dropped { fresh: false })
                 }
                 Err(_) => {
                     tracing::warn!(connection = %conn, timeout_s = c.connect_timeout_s, "connect timed out");
                     self.each(|s| s.reconnect("connect_timeout"));
-                    return End::Dropped { fresh: false };
+                    Err(End::Dropped { fresh: false })
                 }
             }
-        };
+        }
+    }
+
+    /// The connection's `sessions` rows (one per symbol: analysts ask when a symbol was
+    /// live, not a socket) sent, its reader, and its subscriptions queued. None: the writer
+    /// is gone.
+    async fn open(&self, ws: Ws, plan: &ConnectionPlan) -> Option<Conn> {
         self.each(|s| {
             s.connects.fetch_add(1, Ordering::Relaxed);
         });
         let connected_at_us = now_us();
         let session_id = format!("{connected_at_us:016x}-{:08x}", fastrand::u32(..));
-        // one row per symbol: analysts ask when a symbol was live, not a socket
-        let mut rows: Vec<Session> = self
+        let rows: Vec<Session> = self
             .feeds
             .iter()
             .enumerate()
@@ -326,21 +399,38 @@ impl Worker {
             .collect();
         for row in &rows {
             if self.tx.send(Event::Session(row.clone())).await.is_err() {
-                return End::WriterGone;
+                return None;
             }
         }
         *lock(&self.current) = rows.clone();
-        tracing::info!(connection = %conn, symbols = rows.len(), session = %session_id, "connected");
+        tracing::info!(connection = %self.plan.name, symbols = rows.len(), session = %session_id, "connected");
+        let subscriptions = self.venue.subscribe_frames(plan, &self.config.record);
+        let reader = self.reader(&subscriptions);
+        let limits = self.venue.socket_limits();
+        Some(Conn {
+            ws,
+            reader,
+            pending: subscriptions.into(),
+            pace: limits
+                .sends_per_s
+                .map(|r| Duration::from_secs(1) / r.max(1)),
+            next_send: Instant::now() + limits.settle,
+            rows,
+            session_id,
+            connected_at_us,
+        })
+    }
 
-        let subscriptions = self.venue.subscribe_frames(&plan, &self.config.record);
+    /// A fresh frame reader for a connection about to send `subscriptions`.
+    fn reader(&self, subscriptions: &[Subscription]) -> Reader {
         let mut subscribed: Vec<bool> = (0..self.feeds.len()).map(|i| self.is_active(i)).collect();
-        for sub in &subscriptions {
+        for sub in subscriptions {
             for i in self.feeds_of(sub) {
                 subscribed[i] = false;
             }
         }
         let n = self.feeds.len();
-        let mut reader = Reader {
+        Reader {
             to_check: (0..n)
                 .filter(|&i| subscribed[i] && self.is_active(i))
                 .collect(),
@@ -363,150 +453,183 @@ impl Worker {
             fresh: false,
             error_burst: 0,
             unknown_symbols: 0,
-        };
-        let limits = self.venue.socket_limits();
-        let mut pending: std::collections::VecDeque<Subscription> = subscriptions.into();
-        let pace = limits
-            .sends_per_s
-            .map(|r| Duration::from_secs(1) / r.max(1));
-        let mut next_send = Instant::now() + limits.settle;
-        let mut reason = String::new();
-        if pace.is_none() && limits.settle.is_zero() {
-            // nothing to wait for: every subscription before the first read
-            while let Some(sub) = pending.pop_front() {
-                if let Err(e) = ws.send(Message::text(sub.frame.clone())).await {
-                    reason = format!("subscribe failed: {e}");
-                    break;
-                }
-                reader.sent(self, sub);
-            }
         }
+    }
+
+    /// A venue that asks for no pacing and no pause gets every subscription before the
+    /// first read. Err: why the connection ends.
+    async fn subscribe_at_once(&self, conn: &mut Conn) -> Result<(), String> {
+        if conn.pace.is_some() || !self.venue.socket_limits().settle.is_zero() {
+            return Ok(());
+        }
+        while let Some(sub) = conn.pending.pop_front() {
+            if let Err(e) = conn.ws.send(Message::text(sub.frame.clone())).await {
+                return Err(format!("subscribe failed: {e}"));
+            }
+            conn.reader.sent(self, sub);
+        }
+        Ok(())
+    }
+
+    /// Reads until the connection ends: frames, paced subscriptions, the fleet's requests,
+    /// silence and the periodic checks.
+    async fn read(
+        &self,
+        conn: &mut Conn,
+        control: &mut mpsc::UnboundedReceiver<Control>,
+        end: &mut Ending,
+    ) {
+        let c = &self.config.connection;
         let silence = c.silence_timeout();
         let channel_silence = Duration::from_secs(c.channel_silence_s);
         let mut check = tokio::time::interval(Duration::from_secs(1).min(channel_silence));
         let mut last_frame = Instant::now();
-        let mut writer_gone = false;
-        let mut shutdown = false;
-        let mut retired = false;
-        while reason.is_empty() {
+        while end.reason.is_empty() {
             let next = tokio::select! {
                 biased;
-                _ = self.shutdown.cancelled() => { shutdown = true; reason = "shutdown".into(); break; }
-                r = ws.next() => r,
-                _ = tokio::time::sleep_until(last_frame + silence) => {
-                    reason = format!("silent for {}s", silence.as_secs());
+                _ = self.shutdown.cancelled() => {
+                    end.shutdown = true;
+                    end.reason = "shutdown".into();
                     break;
                 }
-                _ = tokio::time::sleep_until(next_send), if !pending.is_empty() => {
-                    if let Some(sub) = pending.pop_front() {
-                        if let Err(e) = ws.send(Message::text(sub.frame.clone())).await {
-                            reason = format!("subscribe failed: {e}");
-                        }
-                        reader.sent(self, sub);
-                    }
-                    next_send = Instant::now() + pace.unwrap_or_default();
+                r = conn.ws.next() => r,
+                _ = tokio::time::sleep_until(last_frame + silence) => {
+                    end.reason = format!("silent for {}s", silence.as_secs());
+                    break;
+                }
+                _ = tokio::time::sleep_until(conn.next_send), if !conn.pending.is_empty() => {
+                    self.send_next(conn, end).await;
                     continue;
                 }
                 Some(cmd) = control.recv() => {
-                    let Control::Retire(symbols, why) = cmd;
-                    let feeds = symbols.iter().filter_map(|s| self.index.get(s).copied()).collect();
-                    let left = self.retire(&mut reader, &mut rows, feeds, &why).await;
-                    let end = departed(&mut ws, left, rows.is_empty(), &why).await;
-                    if let Some(end) = end {
-                        (reason, writer_gone, retired) = end;
-                    }
+                    self.on_control(conn, cmd, end).await;
                     continue;
                 }
                 _ = check.tick() => {
-                    if !reader.over_cap.is_empty() {
-                        let left = self.shed(&mut reader, &mut rows, &mut pending).await;
-                        let why = "all moved to other connections";
-                        if let Some(end) = departed(&mut ws, left, rows.is_empty(), why).await {
-                            (reason, writer_gone, retired) = end;
-                        }
-                    }
-                    for frame in reader.stale_channels(channel_silence) {
-                        self.feeds_of_frame(&reader, &frame);
-                        if let Err(e) = ws.send(Message::text(frame)).await {
-                            reason = format!("resubscribe failed: {e}");
-                        }
-                    }
+                    self.on_tick(conn, channel_silence, end).await;
                     continue;
                 }
             };
             last_frame = Instant::now();
-            let msg = match next {
-                None => {
-                    reason = "connection ended without close frame".into();
-                    break;
-                }
-                Some(Err(e)) => {
-                    reason = format!("read error: {e}");
-                    break;
-                }
-                Some(Ok(m)) => m,
-            };
-            match reader.handle(self, &msg).await {
-                Handled::Continue(replies) => {
-                    for reply in replies {
-                        if let Err(e) = ws.send(Message::text(reply)).await {
-                            reason = format!("send failed: {e}");
-                            break;
-                        }
-                    }
-                    if !reader.retry.is_empty() {
-                        // refused for the request rate: asked again, later, in order; the
-                        // refusals of one burst (answers to requests already sent) make one
-                        // back-off, a refusal of a request sent after it doubles it
-                        for sub in reader.retry.drain(..).rev() {
-                            pending.push_front(sub);
-                        }
-                        let now = Instant::now();
-                        if reader.rate_until.is_none_or(|t| now >= t) {
-                            reader.rate_until = Some(now + reader.rate_backoff);
-                            reader.rate_backoff = (reader.rate_backoff * 2).min(RATE_BACKOFF_MAX);
-                        }
-                        next_send = next_send.max(reader.rate_until.unwrap_or(now));
-                    }
-                }
-                Handled::Closed(r) => reason = r,
-                Handled::WriterGone => {
-                    writer_gone = true;
-                    reason = "writer stopped".into();
-                }
+            match next {
+                None => end.reason = "connection ended without close frame".into(),
+                Some(Err(e)) => end.reason = format!("read error: {e}"),
+                Some(Ok(msg)) => self.on_message(conn, &msg, end).await,
             }
         }
-        if shutdown {
-            // Close handshake: everything the venue sent before answering our close frame
-            // is read and recorded, so nothing received is lost at shutdown.
-            let _ = ws.close(None).await;
-            // half of what is left at most: the writer needs the rest
-            let grace = Duration::from_millis(c.close_grace_ms);
-            let grace = grace.min(self.deadline.remaining().map(|r| r / 2).unwrap_or(grace));
-            let deadline = Instant::now() + grace;
-            while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(deadline, ws.next()).await {
-                if matches!(msg, Message::Close(_)) {
-                    break;
-                }
-                if let Handled::WriterGone = reader.handle(self, &msg).await {
-                    writer_gone = true;
-                    break;
-                }
+    }
+
+    /// The next paced subscription goes out.
+    async fn send_next(&self, conn: &mut Conn, end: &mut Ending) {
+        if let Some(sub) = conn.pending.pop_front() {
+            if let Err(e) = conn.ws.send(Message::text(sub.frame.clone())).await {
+                end.reason = format!("subscribe failed: {e}");
+            }
+            conn.reader.sent(self, sub);
+        }
+        conn.next_send = Instant::now() + conn.pace.unwrap_or_default();
+    }
+
+    /// The fleet retires symbols (delisted): they leave this connection.
+    async fn on_control(&self, conn: &mut Conn, cmd: Control, end: &mut Ending) {
+        let Control::Retire(symbols, why) = cmd;
+        let feeds = symbols
+            .iter()
+            .filter_map(|s| self.index.get(s).copied())
+            .collect();
+        let left = self
+            .retire(&mut conn.reader, &mut conn.rows, feeds, &why)
+            .await;
+        if let Some(e) = departed(&mut conn.ws, left, conn.rows.is_empty(), &why).await {
+            (end.reason, end.writer_gone, end.retired) = e;
+        }
+    }
+
+    /// The periodic check: streams refused for the venue's cap are shed to other
+    /// connections; channels silent while others deliver are subscribed again.
+    async fn on_tick(&self, conn: &mut Conn, channel_silence: Duration, end: &mut Ending) {
+        if !conn.reader.over_cap.is_empty() {
+            let left = self
+                .shed(&mut conn.reader, &mut conn.rows, &mut conn.pending)
+                .await;
+            let why = "all moved to other connections";
+            if let Some(e) = departed(&mut conn.ws, left, conn.rows.is_empty(), why).await {
+                (end.reason, end.writer_gone, end.retired) = e;
             }
         }
+        for frame in conn.reader.stale_channels(channel_silence) {
+            self.feeds_of_frame(&conn.reader, &frame);
+            if let Err(e) = conn.ws.send(Message::text(frame)).await {
+                end.reason = format!("resubscribe failed: {e}");
+            }
+        }
+    }
+
+    /// A frame read: handled, its replies sent, requests refused for the rate queued again.
+    async fn on_message(&self, conn: &mut Conn, msg: &Message, end: &mut Ending) {
+        match conn.reader.handle(self, msg).await {
+            Handled::Continue(replies) => {
+                for reply in replies {
+                    if let Err(e) = conn.ws.send(Message::text(reply)).await {
+                        end.reason = format!("send failed: {e}");
+                        break;
+                    }
+                }
+                if !conn.reader.retry.is_empty() {
+                    conn.requeue_rate_refused();
+                }
+            }
+            Handled::Closed(r) => end.reason = r,
+            Handled::WriterGone => {
+                end.writer_gone = true;
+                end.reason = "writer stopped".into();
+            }
+        }
+    }
+
+    /// Close handshake at shutdown: everything the venue sent before answering our close
+    /// frame is read and recorded, so nothing received is lost.
+    async fn close_handshake(&self, conn: &mut Conn, end: &mut Ending) {
+        let _ = conn.ws.close(None).await;
+        // half of what is left at most: the writer needs the rest
+        let grace = Duration::from_millis(self.config.connection.close_grace_ms);
+        let grace = grace.min(self.deadline.remaining().map(|r| r / 2).unwrap_or(grace));
+        let deadline = Instant::now() + grace;
+        while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(deadline, conn.ws.next()).await {
+            if matches!(msg, Message::Close(_)) {
+                break;
+            }
+            if let Handled::WriterGone = conn.reader.handle(self, &msg).await {
+                end.writer_gone = true;
+                break;
+            }
+        }
+    }
+
+    /// The connection's session rows closed with the reason; what the worker does next.
+    async fn close(&self, conn: Conn, end: Ending) -> End {
+        let Conn {
+            mut rows,
+            session_id,
+            connected_at_us,
+            reader,
+            ..
+        } = conn;
+        let reason = end.reason;
         lock(&self.current).clear();
         let closed_at = now_us().max(connected_at_us);
+        let c = &self.plan.name;
         // a stop's own closing is routine; every other departure is worth a look
         if reason == "shutdown" {
-            tracing::info!(connection = %conn, session = %session_id, reason = %reason, "disconnected");
+            tracing::info!(connection = %c, session = %session_id, reason = %reason, "disconnected");
         } else {
-            tracing::warn!(connection = %conn, session = %session_id, reason = %reason, "disconnected");
+            tracing::warn!(connection = %c, session = %session_id, reason = %reason, "disconnected");
         }
         for row in &mut rows {
             row.disconnected_at_us = Some(closed_at);
             row.close_reason = Some(reason.clone());
         }
-        if writer_gone {
+        if end.writer_gone {
             return End::WriterGone;
         }
         for row in rows {
@@ -514,9 +637,9 @@ impl Worker {
                 return End::WriterGone;
             }
         }
-        if shutdown {
+        if end.shutdown {
             End::Shutdown
-        } else if retired {
+        } else if end.retired {
             End::Retired
         } else {
             self.each(|s| s.reconnect(reason_class(&reason)));
@@ -836,24 +959,46 @@ impl Reader {
         self.invalid_burst += f.invalid_total() as u64;
     }
 
+    /// One frame read: holes of newly subscribed symbols on record first, then the frame
+    /// decoded, the venue's reaction dealt with, and its events delivered per symbol.
     async fn handle(&mut self, w: &Worker, msg: &Message) -> Handled {
         let recv = now_us().max(self.last_recv_us + 1);
         self.last_recv_us = recv;
-        let frame = match msg {
-            Message::Binary(b) => Frame::Binary(b),
-            Message::Text(t) => Frame::Text(t.as_str()),
-            Message::Close(f) => {
-                return Handled::Closed(match f {
-                    Some(f) => format!("closed by venue: {} {}", f.code, f.reason),
-                    None => "closed by venue".into(),
-                });
-            }
-            // tungstenite answers websocket pings itself
-            _ => return Handled::Continue(Vec::new()),
+        let frame = match frame_of(msg) {
+            Ok(f) => f,
+            Err(h) => return h,
         };
+        if let Err(gone) = self.check_holes(w).await {
+            return gone;
+        }
+        let mut send = Vec::new();
+        match self.decode(w, frame, recv) {
+            Ok(reaction) => {
+                if let Err(gone) = self.react(w, reaction, &mut send).await {
+                    return gone;
+                }
+            }
+            Err(e) => self.skipped(w, e),
+        }
+        if self.events.is_empty() {
+            // a heartbeat, an ack, a skipped frame: a frame on every symbol's socket
+            w.each(|s| {
+                s.frames.fetch_add(1, Ordering::Relaxed);
+            });
+            return Handled::Continue(send);
+        }
+        self.fresh = true;
+        match self.route(w).await {
+            Ok(()) => Handled::Continue(send),
+            Err(gone) => gone,
+        }
+    }
+
+    /// Each symbol subscribed since the last frame is live: its data from now on arrives
+    /// here, and the hole behind its marks is backfill's (taken before this frame moves the
+    /// marks).
+    async fn check_holes(&mut self, w: &Worker) -> Result<(), Handled> {
         for i in std::mem::take(&mut self.to_check) {
-            // the symbol is live and subscribed: its data from now on arrives here, the hole
-            // behind its marks is backfill's (taken before this frame moves the marks)
             let feed = &w.feeds[i];
             let mut check = feed.marks.check_at_connect(&feed.symbol);
             if let Some(b) = &w.backfill {
@@ -865,107 +1010,113 @@ impl Reader {
                         self.awaiting_first_trade[i] = Some(g.clone());
                     }
                     if w.tx.send(Event::Gap(g)).await.is_err() {
-                        return Handled::WriterGone;
+                        return Err(Handled::WriterGone);
                     }
                 }
                 check.recorded = true;
                 let _ = b.send(check);
             }
         }
+        Ok(())
+    }
+
+    /// The frame's events into `self.events`; a decoder bug costs one frame, not the
+    /// connection: the decoder starts again from fresh state.
+    fn decode(
+        &mut self,
+        w: &Worker,
+        frame: Frame<'_>,
+        recv: i64,
+    ) -> Result<crate::venue::Reaction, DecodeError> {
         self.events.clear();
-        let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.decoder.on_frame(frame, recv, &mut self.events)
         }))
         .unwrap_or_else(|p| {
-            // a decoder bug must cost one frame, not the connection: start from fresh state
             self.decoder = w.decoder();
             self.events.clear();
             Err(DecodeError::Panic(panic_message(p.as_ref())))
-        });
-        let mut send = Vec::new();
-        match decoded {
-            Ok(reaction) => {
-                if self.error_burst > 1 {
-                    tracing::warn!(connection = %w.plan.name, skipped = self.error_burst, "burst of bad frames ended");
-                }
-                self.error_burst = 0;
-                if reaction.reply.is_some() {
-                    w.each(|s| {
-                        s.pings_answered.fetch_add(1, Ordering::Relaxed);
-                    });
-                }
-                self.tally(w, &reaction.findings);
-                self.alive(w, &reaction.alive);
-                for r in reaction.refusals {
-                    self.refusal(w, r);
-                }
-                send.extend(reaction.reply);
-                for b in reaction.breaks {
-                    match self.book_break(w, b).await {
-                        Ok(frames) => send.extend(frames),
-                        Err(gone) => return gone,
-                    }
-                }
-            }
-            Err(e) => {
-                w.each(|s| {
-                    s.decode_errors.fetch_add(1, Ordering::Relaxed);
-                    s.decode_errors_by_kind[e.index()].fetch_add(1, Ordering::Relaxed);
-                });
-                self.error_burst += 1;
-                // the first bad frame of a burst is logged; the burst's size when it ends
-                if self.error_burst == 1 {
-                    tracing::warn!(connection = %w.plan.name, kind = e.kind(), error = %e, "frame skipped");
-                }
-            }
+        })
+    }
+
+    /// What the venue's frame asks of the connection: pongs counted, findings tallied,
+    /// streams alive, refusals, book breaks (their re-sync frames added to `send`).
+    async fn react(
+        &mut self,
+        w: &Worker,
+        reaction: crate::venue::Reaction,
+        send: &mut Vec<String>,
+    ) -> Result<(), Handled> {
+        if self.error_burst > 1 {
+            tracing::warn!(connection = %w.plan.name, skipped = self.error_burst, "burst of bad frames ended");
         }
-        if self.events.is_empty() {
-            // a heartbeat, an ack, a skipped frame: a frame on every symbol's socket
+        self.error_burst = 0;
+        if reaction.reply.is_some() {
             w.each(|s| {
-                s.frames.fetch_add(1, Ordering::Relaxed);
+                s.pings_answered.fetch_add(1, Ordering::Relaxed);
             });
-            return Handled::Continue(send);
         }
-        self.fresh = true;
+        self.tally(w, &reaction.findings);
+        self.alive(w, &reaction.alive);
+        for r in reaction.refusals {
+            self.refusal(w, r);
+        }
+        send.extend(reaction.reply);
+        for b in reaction.breaks {
+            send.extend(self.book_break(w, b).await?);
+        }
+        Ok(())
+    }
+
+    /// A frame the venue session could not decode: counted by kind for every symbol of the
+    /// socket; the first of a burst is logged, the burst's size when it ends.
+    fn skipped(&mut self, w: &Worker, e: DecodeError) {
+        w.each(|s| {
+            s.decode_errors.fetch_add(1, Ordering::Relaxed);
+            s.decode_errors_by_kind[e.index()].fetch_add(1, Ordering::Relaxed);
+        });
+        self.error_burst += 1;
+        if self.error_burst == 1 {
+            tracing::warn!(connection = %w.plan.name, kind = e.kind(), error = %e, "frame skipped");
+        }
+    }
+
+    /// The frame's events to their symbols (marks, stats and sessions are per symbol);
+    /// events of symbols that left the connection or it never carried are dropped.
+    async fn route(&mut self, w: &Worker) -> Result<(), Handled> {
         if w.feeds.len() == 1 {
             let mut events = std::mem::take(&mut self.events);
             let r = self.deliver(w, 0, &mut events).await;
             self.events = events;
-            if let Err(gone) = r {
-                return gone;
-            }
-        } else {
-            // route by symbol: marks, stats and sessions are per symbol
-            let mut touched: Vec<usize> = Vec::new();
-            for ev in self.events.drain(..) {
-                let (_, symbol) = ev.venue_symbol();
-                match w.index.get(symbol) {
-                    Some(&i) if !w.is_active(i) => {} // left this connection; unsubscribed
-                    Some(&i) => {
-                        if self.by_feed[i].is_empty() {
-                            touched.push(i);
-                        }
-                        self.by_feed[i].push(ev);
+            return r;
+        }
+        let mut touched: Vec<usize> = Vec::new();
+        for ev in self.events.drain(..) {
+            let (_, symbol) = ev.venue_symbol();
+            match w.index.get(symbol) {
+                Some(&i) if !w.is_active(i) => {} // left this connection; unsubscribed
+                Some(&i) => {
+                    if self.by_feed[i].is_empty() {
+                        touched.push(i);
                     }
-                    None => {
-                        if self.unknown_symbols == 0 {
-                            tracing::warn!(connection = %w.plan.name, %symbol, "data for a symbol this connection did not subscribe to (dropped)");
-                        }
-                        self.unknown_symbols += 1;
-                    }
+                    self.by_feed[i].push(ev);
                 }
-            }
-            for i in touched {
-                let mut events = std::mem::take(&mut self.by_feed[i]);
-                let r = self.deliver(w, i, &mut events).await;
-                events.clear();
-                self.by_feed[i] = events;
-                if let Err(gone) = r {
-                    return gone;
+                None => {
+                    if self.unknown_symbols == 0 {
+                        tracing::warn!(connection = %w.plan.name, %symbol, "data for a symbol this connection did not subscribe to (dropped)");
+                    }
+                    self.unknown_symbols += 1;
                 }
             }
         }
-        Handled::Continue(send)
+        for i in touched {
+            let mut events = std::mem::take(&mut self.by_feed[i]);
+            let r = self.deliver(w, i, &mut events).await;
+            events.clear();
+            self.by_feed[i] = events;
+            r?;
+        }
+        Ok(())
     }
 
     /// A request the venue refused: sent again later (request rate), its symbols moved
@@ -1120,72 +1271,13 @@ impl Reader {
             .last_data_ms
             .store(crate::model::now_ms(), Ordering::Relaxed);
         let now = Instant::now();
-        {
-            let mut channels = lock(&stats.channels);
-            for ev in events.iter() {
-                if let Some(key) = ev.stream() {
-                    let c = channels.entry(key).or_insert(ChannelStats {
-                        messages: 0,
-                        last: now,
-                    });
-                    c.messages += 1;
-                    c.last = now;
-                }
-            }
-        }
+        count_channels(stats, events, now);
         let seen = feed.marks.saw(&feed.symbol, events);
-        // the hole ends at this connection's first trade: said in its row, still open, ahead
-        // of the trade, so a run killed before backfill answers leaves the bound on record.
-        // What is stored after the anchor is no bound: a killed run's last transaction can
-        // commit after the next run read where the stored trades end
-        if self.awaiting_first_trade[i].is_some()
-            && let Some(first) = feed.marks.conn_first_trade()
-            && let Some(mut g) = self.awaiting_first_trade[i].take()
-        {
-            g.end_ms = Some(first.time_ms);
-            if w.tx.send(Event::Gap(g)).await.is_err() {
-                return Err(Handled::WriterGone);
-            }
-        }
+        self.bound_first_trade(w, i).await?;
         if let Some((before, after)) = seen.id_reset {
-            // on record before the trades that may reuse ids are
-            stats.id_resets.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(symbol = %feed.symbol, last_id = before.trade_id, new_id = after.trade_id,
-                "trade ids went backwards: the venue renumbered; trades reusing stored ids are kept as conflicts");
-            let now = crate::model::now_ms();
-            let gap = crate::model::Gap {
-                venue: w.venue.name(),
-                symbol: feed.symbol.clone(),
-                stream: StreamKey::Trades.name(),
-                start_ms: before.time_ms,
-                end_ms: Some(after.time_ms),
-                status: crate::model::GapStatus::Unrecoverable,
-                detected_at_ms: now,
-                resolved_at_ms: Some(now),
-                rows_recovered: 0,
-                detail: Some(format!(
-                    "trade id reset: id {} at {} ms came after id {} at {} ms; later trades \
-                     reusing ids stored before are kept as conflicts in rejected_rows",
-                    after.trade_id, after.time_ms, before.trade_id, before.time_ms
-                )),
-            };
-            if w.tx.send(Event::Gap(gap)).await.is_err() {
-                return Err(Handled::WriterGone);
-            }
+            id_reset(w, feed, before, after).await?;
         }
-        if let Some(b) = &w.backfill {
-            if let Some(jump) = seen.id_jump
-                && self.last_jump_check[i].is_none_or(|t| t.elapsed() >= ID_JUMP_CHECK_EVERY)
-            {
-                // venues that number trades across markets skip ids all the time: a
-                // hint, checked at most once a minute
-                self.last_jump_check[i] = Some(Instant::now());
-                let _ = b.send(jump);
-            }
-            if let Some(seams) = seen.seams {
-                let _ = b.send(seams);
-            }
-        }
+        self.hint_backfill(w, i, seen);
         for ev in events.iter() {
             if matches!(ev, Event::Trade(_)) {
                 stats.trades.fetch_add(1, Ordering::Relaxed);
@@ -1203,24 +1295,7 @@ impl Reader {
             .events
             .fetch_add(events.len() as u64, Ordering::Relaxed);
         if w.config.record.depth_dedupe {
-            let books = &mut self.last_books;
-            events.retain(|ev| match ev {
-                Event::BookSnapshot(b) => {
-                    let fp = book_fingerprint(b);
-                    if books.insert((i, b.depth_step), fp) == Some(fp) {
-                        stats.books_deduped.fetch_add(1, Ordering::Relaxed);
-                        false
-                    } else {
-                        true
-                    }
-                }
-                // after a delta the book differs from the last snapshot stored
-                Event::BookDelta(d) => {
-                    books.remove(&(i, d.depth_step));
-                    true
-                }
-                _ => true,
-            });
+            self.dedupe_books(i, stats, events);
         }
         // a resent, unchanged book still proved the channel alive (counted above)
         for ev in events.drain(..) {
@@ -1230,6 +1305,126 @@ impl Reader {
         }
         Ok(())
     }
+
+    /// The hole ends at this connection's first trade: said in its row, still open, ahead of
+    /// the trade, so a run killed before backfill answers leaves the bound on record. What
+    /// is stored after the anchor is no bound: a killed run's last transaction can commit
+    /// after the next run read where the stored trades end.
+    async fn bound_first_trade(&mut self, w: &Worker, i: usize) -> Result<(), Handled> {
+        if self.awaiting_first_trade[i].is_some()
+            && let Some(first) = w.feeds[i].marks.conn_first_trade()
+            && let Some(mut g) = self.awaiting_first_trade[i].take()
+        {
+            g.end_ms = Some(first.time_ms);
+            if w.tx.send(Event::Gap(g)).await.is_err() {
+                return Err(Handled::WriterGone);
+            }
+        }
+        Ok(())
+    }
+
+    /// Hints for backfill: a trade-id jump (venues that number trades across markets skip
+    /// ids all the time: checked at most once a minute), bars backfill stored while forming.
+    fn hint_backfill(&mut self, w: &Worker, i: usize, seen: super::marks::Seen) {
+        let Some(b) = &w.backfill else {
+            return;
+        };
+        if let Some(jump) = seen.id_jump
+            && self.last_jump_check[i].is_none_or(|t| t.elapsed() >= ID_JUMP_CHECK_EVERY)
+        {
+            self.last_jump_check[i] = Some(Instant::now());
+            let _ = b.send(jump);
+        }
+        if let Some(seams) = seen.seams {
+            let _ = b.send(seams);
+        }
+    }
+
+    /// `depth_dedupe`: a full book equal to the last one stored on this connection is not
+    /// stored again.
+    fn dedupe_books(&mut self, i: usize, stats: &WorkerStats, events: &mut Vec<Event>) {
+        let books = &mut self.last_books;
+        events.retain(|ev| match ev {
+            Event::BookSnapshot(b) => {
+                let fp = book_fingerprint(b);
+                if books.insert((i, b.depth_step), fp) == Some(fp) {
+                    stats.books_deduped.fetch_add(1, Ordering::Relaxed);
+                    false
+                } else {
+                    true
+                }
+            }
+            // after a delta the book differs from the last snapshot stored
+            Event::BookDelta(d) => {
+                books.remove(&(i, d.depth_step));
+                true
+            }
+            _ => true,
+        });
+    }
+}
+
+/// The frame a message carries; a close or a control frame is handled already.
+fn frame_of(msg: &Message) -> Result<Frame<'_>, Handled> {
+    match msg {
+        Message::Binary(b) => Ok(Frame::Binary(b)),
+        Message::Text(t) => Ok(Frame::Text(t.as_str())),
+        Message::Close(f) => Err(Handled::Closed(match f {
+            Some(f) => format!("closed by venue: {} {}", f.code, f.reason),
+            None => "closed by venue".into(),
+        })),
+        // tungstenite answers websocket pings itself
+        _ => Err(Handled::Continue(Vec::new())),
+    }
+}
+
+/// Per channel of the symbol: messages and when the last arrived.
+fn count_channels(stats: &WorkerStats, events: &[Event], now: Instant) {
+    let mut channels = lock(&stats.channels);
+    for ev in events {
+        if let Some(key) = ev.stream() {
+            let c = channels.entry(key).or_insert(ChannelStats {
+                messages: 0,
+                last: now,
+            });
+            c.messages += 1;
+            c.last = now;
+        }
+    }
+}
+
+/// Trade ids went backwards: the venue renumbered. The ambiguous stretch goes on record
+/// (unrecoverable) before the trades that may reuse ids are.
+async fn id_reset(
+    w: &Worker,
+    feed: &Feed,
+    before: crate::model::TradeMark,
+    after: crate::model::TradeMark,
+) -> Result<(), Handled> {
+    feed.stats.id_resets.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(symbol = %feed.symbol, last_id = before.trade_id, new_id = after.trade_id,
+        "trade ids went backwards: the venue renumbered; trades reusing stored ids are kept as conflicts");
+    let now = crate::model::now_ms();
+    let gap = crate::model::Gap {
+        venue: w.venue.name(),
+        symbol: feed.symbol.clone(),
+        stream: StreamKey::Trades.name(),
+        start_ms: before.time_ms,
+        end_ms: Some(after.time_ms),
+        status: crate::model::GapStatus::Unrecoverable,
+        detected_at_ms: now,
+        resolved_at_ms: Some(now),
+        rows_recovered: 0,
+        detail: Some(format!(
+            "trade id reset: id {} at {} ms came after id {} at {} ms; later trades \
+             reusing ids stored before are kept as conflicts in rejected_rows",
+            after.trade_id, after.time_ms, before.trade_id, before.time_ms
+        )),
+    };
+    if w.tx.send(Event::Gap(gap)).await.is_err() {
+        return Err(Handled::WriterGone);
+    }
+    Ok(())
 }
 
 /// Sends the frames symbols leaving a connection asked for (their unsubscribe); how the
