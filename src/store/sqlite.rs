@@ -25,7 +25,7 @@ use super::rows::{
     parse_book_side, parse_side, parse_source, req, static_venue,
 };
 use crate::decimal::{Dec, SqliteNumber};
-use crate::model::{BookDelta, BookSide, BookSnapshot, Kline, Ticker, Trade};
+use crate::model::{BookDelta, BookSide, BookSnapshot, Gap, Kline, Market, Session, Ticker, Trade};
 
 /// SQLite's default bound-parameter limit (SQLITE_MAX_VARIABLE_NUMBER since 3.32).
 const MAX_PARAMS: usize = 32766;
@@ -330,256 +330,21 @@ impl SqliteStore {
             .await
             .map_err(StoreError::sql("begin"))?;
         // trades whose key was stored already: the same trade, or a conflict
-        let mut seen_before: Vec<&Trade> = Vec::new();
-        for chunk in shaped(&batch.trades, 11) {
-            let mut qb = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO trades (venue, symbol, trade_id, side, price, qty, quote_qty, \
-                 event_time_ms, recv_time_us, source, exact) ",
-            );
-            qb.push_values(chunk, |mut b, t| {
-                let mut ex = Exact::default();
-                b.push_bind(t.venue)
-                    .push_bind(&*t.symbol)
-                    .push_bind(t.trade_id)
-                    .push_bind(t.side.as_str());
-                bind_dec(&mut b, &mut ex, "price", Some(&t.price));
-                bind_dec(&mut b, &mut ex, "qty", Some(&t.qty));
-                bind_dec(&mut b, &mut ex, "quote_qty", t.quote_qty.as_ref());
-                b.push_bind(t.event_time_ms)
-                    .push_bind(t.recv_time_us)
-                    .push_bind(t.source.as_str())
-                    .push_bind(ex.finish());
-            });
-            // a trade is stored once; a later copy of the same trade only fills the quote
-            // amount a REST copy lacked. When fewer rows changed than were sent, some key was
-            // stored already, as the same trade or as a conflict (checked below); reading
-            // back only then keeps the common batch as cheap as a plain insert
-            qb.push(
-                " ON CONFLICT (venue, symbol, trade_id) DO UPDATE SET quote_qty = excluded.quote_qty, \
-                 exact = CASE WHEN trades.exact IS NULL THEN excluded.exact \
-                              WHEN excluded.exact IS NULL THEN trades.exact \
-                              ELSE json_patch(trades.exact, excluded.exact) END \
-                 WHERE trades.quote_qty IS NULL AND excluded.quote_qty IS NOT NULL \
-                 AND trades.side = excluded.side AND trades.price = excluded.price \
-                 AND trades.qty = excluded.qty AND trades.event_time_ms = excluded.event_time_ms",
-            );
-            let changed = qb
-                .build()
-                .execute(&mut *tx)
-                .await
-                .map_err(StoreError::sql("insert trades"))?
-                .rows_affected();
-            if (changed as usize) < chunk.len() {
-                seen_before.extend(chunk);
-            }
-        }
+        let seen_before = insert_rows(&mut tx, &batch.trades).await?;
         let mut conflicts: Vec<Rejected> = batch
             .trade_conflicts
             .iter()
             .map(|(new, kept)| Rejected::conflict(new, kept))
             .collect();
-        for t in seen_before {
-            let r = sqlx::query(
-                "SELECT trade_id, side, price, qty, quote_qty, event_time_ms, recv_time_us, source, exact \
-                 FROM trades WHERE venue = ? AND symbol = ? AND trade_id = ?",
-            )
-            .bind(t.venue)
-            .bind(&*t.symbol)
-            .bind(t.trade_id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(StoreError::sql("select stored trade"))?;
-            if let Some(r) = r {
-                let stored = trade_row(&r, t.venue, &t.symbol)?;
-                if !super::batch::same_trade(&stored, t) {
-                    conflicts.push(Rejected::conflict(t, &stored));
-                }
-            }
-        }
+        conflicts.extend(stored_conflicts(&mut tx, seen_before).await?);
         insert_rejected!(tx, &conflicts);
-        for chunk in shaped(&batch.klines, 15) {
-            let mut qb = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO klines (venue, symbol, interval, open_time_ms, open, high, low, close, \
-                 volume, quote_volume, closed, event_time_ms, recv_time_us, source, exact) ",
-            );
-            qb.push_values(chunk, |mut b, k| {
-                let mut ex = Exact::default();
-                b.push_bind(k.venue)
-                    .push_bind(&*k.symbol)
-                    .push_bind(&*k.interval)
-                    .push_bind(k.open_time_ms);
-                bind_dec(&mut b, &mut ex, "open", Some(&k.open));
-                bind_dec(&mut b, &mut ex, "high", Some(&k.high));
-                bind_dec(&mut b, &mut ex, "low", Some(&k.low));
-                bind_dec(&mut b, &mut ex, "close", Some(&k.close));
-                bind_dec(&mut b, &mut ex, "volume", Some(&k.volume));
-                bind_dec(&mut b, &mut ex, "quote_volume", k.quote_volume.as_ref());
-                b.push_bind(k.closed as i64)
-                    .push_bind(k.event_time_ms)
-                    .push_bind(k.recv_time_us)
-                    .push_bind(k.source.as_str())
-                    .push_bind(ex.finish());
-            });
-            qb.push(
-                " ON CONFLICT (venue, symbol, interval, open_time_ms) DO UPDATE SET \
-                 open = excluded.open, high = excluded.high, low = excluded.low, close = excluded.close, \
-                 volume = excluded.volume, closed = excluded.closed, \
-                 event_time_ms = excluded.event_time_ms, recv_time_us = excluded.recv_time_us, \
-                 source = excluded.source, \
-                 quote_volume = CASE WHEN excluded.quote_volume IS NULL AND excluded.volume = klines.volume \
-                     THEN klines.quote_volume ELSE excluded.quote_volume END, \
-                 exact = CASE WHEN excluded.quote_volume IS NULL AND excluded.volume = klines.volume \
-                     AND json_extract(klines.exact, '$.quote_volume') IS NOT NULL \
-                     THEN json_set(COALESCE(excluded.exact, '{}'), '$.quote_volume', \
-                         json_extract(klines.exact, '$.quote_volume')) \
-                     ELSE excluded.exact END \
-                 WHERE (excluded.closed, excluded.event_time_ms, excluded.recv_time_us) \
-                     > (klines.closed, klines.event_time_ms, klines.recv_time_us)",
-            );
-            qb.build()
-                .execute(&mut *tx)
-                .await
-                .map_err(StoreError::sql("upsert klines"))?;
-        }
-        for chunk in shaped(&batch.snapshots, 7) {
-            let mut qb = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO book_snapshots (venue, symbol, depth_step, recv_time_us, event_time_ms, bids, asks) ",
-            );
-            qb.push_values(chunk, |mut b, s| {
-                b.push_bind(s.venue)
-                    .push_bind(&*s.symbol)
-                    .push_bind(s.depth_step as i64)
-                    .push_bind(s.recv_time_us)
-                    .push_bind(s.event_time_ms)
-                    .push_bind(levels_to_json(&s.bids))
-                    .push_bind(levels_to_json(&s.asks));
-            });
-            qb.push(" ON CONFLICT DO NOTHING");
-            qb.build()
-                .execute(&mut *tx)
-                .await
-                .map_err(StoreError::sql("insert book_snapshots"))?;
-        }
-        for chunk in shaped(&batch.deltas, 12) {
-            let mut qb = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO book_deltas (venue, symbol, depth_step, recv_time_us, seq, event_time_ms, \
-                 side, price, qty, exact, update_id, prev_update_id) ",
-            );
-            qb.push_values(chunk, |mut b, d| {
-                let mut ex = Exact::default();
-                b.push_bind(d.venue)
-                    .push_bind(&*d.symbol)
-                    .push_bind(d.depth_step as i64)
-                    .push_bind(d.recv_time_us)
-                    .push_bind(d.seq as i64)
-                    .push_bind(d.event_time_ms)
-                    .push_bind(d.side.as_str());
-                bind_dec(&mut b, &mut ex, "price", Some(&d.price));
-                bind_dec(&mut b, &mut ex, "qty", Some(&d.qty));
-                b.push_bind(ex.finish())
-                    .push_bind(d.update_id)
-                    .push_bind(d.prev_update_id);
-            });
-            qb.push(" ON CONFLICT DO NOTHING");
-            qb.build()
-                .execute(&mut *tx)
-                .await
-                .map_err(StoreError::sql("insert book_deltas"))?;
-        }
-        for chunk in shaped(&batch.tickers, 12) {
-            let mut qb = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO tickers (venue, symbol, recv_time_us, event_time_ms, open, high, low, close, \
-                 volume, quote_volume, change, exact) ",
-            );
-            qb.push_values(chunk, |mut b, t| {
-                let mut ex = Exact::default();
-                b.push_bind(t.venue)
-                    .push_bind(&*t.symbol)
-                    .push_bind(t.recv_time_us)
-                    .push_bind(t.event_time_ms);
-                bind_dec(&mut b, &mut ex, "open", t.open.as_ref());
-                bind_dec(&mut b, &mut ex, "high", t.high.as_ref());
-                bind_dec(&mut b, &mut ex, "low", t.low.as_ref());
-                bind_dec(&mut b, &mut ex, "close", t.close.as_ref());
-                bind_dec(&mut b, &mut ex, "volume", t.volume.as_ref());
-                bind_dec(&mut b, &mut ex, "quote_volume", t.quote_volume.as_ref());
-                bind_dec(&mut b, &mut ex, "change", t.change.as_ref());
-                b.push_bind(ex.finish());
-            });
-            qb.push(" ON CONFLICT DO NOTHING");
-            qb.build()
-                .execute(&mut *tx)
-                .await
-                .map_err(StoreError::sql("insert tickers"))?;
-        }
-        for chunk in shaped(&batch.sessions, 6) {
-            let mut qb = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO sessions (venue, symbol, session_id, connected_at_us, disconnected_at_us, close_reason) ",
-            );
-            qb.push_values(chunk, |mut b, s| {
-                b.push_bind(s.venue)
-                    .push_bind(&*s.symbol)
-                    .push_bind(s.session_id.as_str())
-                    .push_bind(s.connected_at_us)
-                    .push_bind(s.disconnected_at_us)
-                    .push_bind(s.close_reason.as_deref());
-            });
-            qb.push(
-                " ON CONFLICT (venue, symbol, session_id) DO UPDATE SET \
-                 disconnected_at_us = COALESCE(excluded.disconnected_at_us, sessions.disconnected_at_us), \
-                 close_reason = COALESCE(excluded.close_reason, sessions.close_reason)",
-            );
-            qb.build()
-                .execute(&mut *tx)
-                .await
-                .map_err(StoreError::sql("upsert sessions"))?;
-        }
-        for chunk in shaped(&batch.gaps, 10) {
-            let mut qb = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO gaps (venue, symbol, stream, start_ms, end_ms, status, detected_at_ms, \
-                 resolved_at_ms, rows_recovered, detail) ",
-            );
-            qb.push_values(chunk, |mut b, g| {
-                b.push_bind(g.venue)
-                    .push_bind(&*g.symbol)
-                    .push_bind(g.stream.as_str())
-                    .push_bind(g.start_ms)
-                    .push_bind(g.end_ms)
-                    .push_bind(g.status.as_str())
-                    .push_bind(g.detected_at_ms)
-                    .push_bind(g.resolved_at_ms)
-                    .push_bind(g.rows_recovered)
-                    .push_bind(g.detail.as_deref());
-            });
-            qb.push(GAP_UPSERT);
-            qb.build()
-                .execute(&mut *tx)
-                .await
-                .map_err(StoreError::sql("upsert gaps"))?;
-        }
-        for chunk in shaped(&batch.markets, 7) {
-            let mut qb = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO markets (venue, symbol, base, quote, price_precision, qty_precision, updated_at_ms) ",
-            );
-            qb.push_values(chunk, |mut b, m| {
-                b.push_bind(m.venue)
-                    .push_bind(&*m.symbol)
-                    .push_bind(m.base.as_deref())
-                    .push_bind(m.quote.as_deref())
-                    .push_bind(m.price_precision)
-                    .push_bind(m.qty_precision)
-                    .push_bind(m.updated_at_ms);
-            });
-            qb.push(
-                " ON CONFLICT (venue, symbol) DO UPDATE SET base = excluded.base, quote = excluded.quote, \
-                 price_precision = excluded.price_precision, qty_precision = excluded.qty_precision, \
-                 updated_at_ms = excluded.updated_at_ms",
-            );
-            qb.build()
-                .execute(&mut *tx)
-                .await
-                .map_err(StoreError::sql("upsert markets"))?;
-        }
+        insert_rows(&mut tx, &batch.klines).await?;
+        insert_rows(&mut tx, &batch.snapshots).await?;
+        insert_rows(&mut tx, &batch.deltas).await?;
+        insert_rows(&mut tx, &batch.tickers).await?;
+        insert_rows(&mut tx, &batch.sessions).await?;
+        insert_rows(&mut tx, &batch.gaps).await?;
+        insert_rows(&mut tx, &batch.markets).await?;
         tx.commit().await.map_err(StoreError::sql("commit"))?;
         conn.clean();
         Ok(conflicts)
@@ -898,6 +663,265 @@ const GAP_UPSERT: &str = " ON CONFLICT (venue, symbol, stream, start_ms) DO UPDA
      detail = excluded.detail \
      WHERE COALESCE(excluded.resolved_at_ms, excluded.detected_at_ms) \
          >= COALESCE(gaps.resolved_at_ms, gaps.detected_at_ms)";
+
+/// One bound row of a multi-row statement.
+type Binder<'qb, 'a> = Separated<'qb, 'a, Sqlite, &'static str>;
+
+/// A table's multi-row insert, the one shape every table is written in: the statement's
+/// head (table and columns), how a row binds, and what a key stored already does.
+trait Rows: Sized {
+    /// `INSERT INTO table (columns) `
+    const INSERT: &'static str;
+    /// Bound parameters per row.
+    const COLUMNS: usize;
+    /// The `ON CONFLICT` clause.
+    const ON_CONFLICT: &'static str;
+    /// What an error says was being done.
+    const DOING: &'static str;
+    fn bind<'a>(&'a self, b: &mut Binder<'_, 'a>);
+}
+
+/// Writes `rows` in statements of a few fixed sizes; returns the rows of every statement
+/// that changed fewer rows than it was sent (some key was stored already).
+async fn insert_rows<'a, T: Rows>(
+    tx: &mut sqlx::SqliteConnection,
+    rows: &'a [T],
+) -> Result<Vec<&'a T>, StoreError> {
+    let mut seen_before = Vec::new();
+    for chunk in shaped(rows, T::COLUMNS) {
+        let mut qb = QueryBuilder::<Sqlite>::new(T::INSERT);
+        qb.push_values(chunk, |mut b, row| row.bind(&mut b));
+        qb.push(T::ON_CONFLICT);
+        let changed = qb
+            .build()
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::sql(T::DOING))?
+            .rows_affected();
+        if (changed as usize) < chunk.len() {
+            seen_before.extend(chunk);
+        }
+    }
+    Ok(seen_before)
+}
+
+/// Of trades whose key was stored already, those stored with other content: conflicts,
+/// kept with both versions. Read back only when a statement changed fewer rows than it was
+/// sent, which keeps the common batch as cheap as a plain insert.
+async fn stored_conflicts(
+    tx: &mut sqlx::SqliteConnection,
+    seen_before: Vec<&Trade>,
+) -> Result<Vec<Rejected>, StoreError> {
+    let mut conflicts = Vec::new();
+    for t in seen_before {
+        let r = sqlx::query(
+            "SELECT trade_id, side, price, qty, quote_qty, event_time_ms, recv_time_us, source, exact \
+             FROM trades WHERE venue = ? AND symbol = ? AND trade_id = ?",
+        )
+        .bind(t.venue)
+        .bind(&*t.symbol)
+        .bind(t.trade_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(StoreError::sql("select stored trade"))?;
+        if let Some(r) = r {
+            let stored = trade_row(&r, t.venue, &t.symbol)?;
+            if !super::batch::same_trade(&stored, t) {
+                conflicts.push(Rejected::conflict(t, &stored));
+            }
+        }
+    }
+    Ok(conflicts)
+}
+
+impl Rows for Trade {
+    const INSERT: &'static str = "INSERT INTO trades (venue, symbol, trade_id, side, price, qty, \
+         quote_qty, event_time_ms, recv_time_us, source, exact) ";
+    const COLUMNS: usize = 11;
+    // a trade is stored once; a later copy of the same trade only fills the quote amount a
+    // REST copy lacked (a copy with other content is a conflict, found by the caller)
+    const ON_CONFLICT: &'static str = " ON CONFLICT (venue, symbol, trade_id) DO UPDATE SET quote_qty = excluded.quote_qty, \
+         exact = CASE WHEN trades.exact IS NULL THEN excluded.exact \
+                      WHEN excluded.exact IS NULL THEN trades.exact \
+                      ELSE json_patch(trades.exact, excluded.exact) END \
+         WHERE trades.quote_qty IS NULL AND excluded.quote_qty IS NOT NULL \
+         AND trades.side = excluded.side AND trades.price = excluded.price \
+         AND trades.qty = excluded.qty AND trades.event_time_ms = excluded.event_time_ms";
+    const DOING: &'static str = "insert trades";
+    fn bind<'a>(&'a self, b: &mut Binder<'_, 'a>) {
+        let mut ex = Exact::default();
+        b.push_bind(self.venue)
+            .push_bind(&*self.symbol)
+            .push_bind(self.trade_id)
+            .push_bind(self.side.as_str());
+        bind_dec(b, &mut ex, "price", Some(&self.price));
+        bind_dec(b, &mut ex, "qty", Some(&self.qty));
+        bind_dec(b, &mut ex, "quote_qty", self.quote_qty.as_ref());
+        b.push_bind(self.event_time_ms)
+            .push_bind(self.recv_time_us)
+            .push_bind(self.source.as_str())
+            .push_bind(ex.finish());
+    }
+}
+
+impl Rows for Kline {
+    const INSERT: &'static str = "INSERT INTO klines (venue, symbol, interval, open_time_ms, open, \
+         high, low, close, volume, quote_volume, closed, event_time_ms, recv_time_us, source, exact) ";
+    const COLUMNS: usize = 15;
+    const ON_CONFLICT: &'static str = " ON CONFLICT (venue, symbol, interval, open_time_ms) DO UPDATE SET \
+         open = excluded.open, high = excluded.high, low = excluded.low, close = excluded.close, \
+         volume = excluded.volume, closed = excluded.closed, \
+         event_time_ms = excluded.event_time_ms, recv_time_us = excluded.recv_time_us, \
+         source = excluded.source, \
+         quote_volume = CASE WHEN excluded.quote_volume IS NULL AND excluded.volume = klines.volume \
+             THEN klines.quote_volume ELSE excluded.quote_volume END, \
+         exact = CASE WHEN excluded.quote_volume IS NULL AND excluded.volume = klines.volume \
+             AND json_extract(klines.exact, '$.quote_volume') IS NOT NULL \
+             THEN json_set(COALESCE(excluded.exact, '{}'), '$.quote_volume', \
+                 json_extract(klines.exact, '$.quote_volume')) \
+             ELSE excluded.exact END \
+         WHERE (excluded.closed, excluded.event_time_ms, excluded.recv_time_us) \
+             > (klines.closed, klines.event_time_ms, klines.recv_time_us)";
+    const DOING: &'static str = "upsert klines";
+    fn bind<'a>(&'a self, b: &mut Binder<'_, 'a>) {
+        let mut ex = Exact::default();
+        b.push_bind(self.venue)
+            .push_bind(&*self.symbol)
+            .push_bind(&*self.interval)
+            .push_bind(self.open_time_ms);
+        bind_dec(b, &mut ex, "open", Some(&self.open));
+        bind_dec(b, &mut ex, "high", Some(&self.high));
+        bind_dec(b, &mut ex, "low", Some(&self.low));
+        bind_dec(b, &mut ex, "close", Some(&self.close));
+        bind_dec(b, &mut ex, "volume", Some(&self.volume));
+        bind_dec(b, &mut ex, "quote_volume", self.quote_volume.as_ref());
+        b.push_bind(self.closed as i64)
+            .push_bind(self.event_time_ms)
+            .push_bind(self.recv_time_us)
+            .push_bind(self.source.as_str())
+            .push_bind(ex.finish());
+    }
+}
+
+impl Rows for BookSnapshot {
+    const INSERT: &'static str = "INSERT INTO book_snapshots (venue, symbol, depth_step, \
+         recv_time_us, event_time_ms, bids, asks) ";
+    const COLUMNS: usize = 7;
+    const ON_CONFLICT: &'static str = " ON CONFLICT DO NOTHING";
+    const DOING: &'static str = "insert book_snapshots";
+    fn bind<'a>(&'a self, b: &mut Binder<'_, 'a>) {
+        b.push_bind(self.venue)
+            .push_bind(&*self.symbol)
+            .push_bind(self.depth_step as i64)
+            .push_bind(self.recv_time_us)
+            .push_bind(self.event_time_ms)
+            .push_bind(levels_to_json(&self.bids))
+            .push_bind(levels_to_json(&self.asks));
+    }
+}
+
+impl Rows for BookDelta {
+    const INSERT: &'static str = "INSERT INTO book_deltas (venue, symbol, depth_step, recv_time_us, \
+         seq, event_time_ms, side, price, qty, exact, update_id, prev_update_id) ";
+    const COLUMNS: usize = 12;
+    const ON_CONFLICT: &'static str = " ON CONFLICT DO NOTHING";
+    const DOING: &'static str = "insert book_deltas";
+    fn bind<'a>(&'a self, b: &mut Binder<'_, 'a>) {
+        let mut ex = Exact::default();
+        b.push_bind(self.venue)
+            .push_bind(&*self.symbol)
+            .push_bind(self.depth_step as i64)
+            .push_bind(self.recv_time_us)
+            .push_bind(self.seq as i64)
+            .push_bind(self.event_time_ms)
+            .push_bind(self.side.as_str());
+        bind_dec(b, &mut ex, "price", Some(&self.price));
+        bind_dec(b, &mut ex, "qty", Some(&self.qty));
+        b.push_bind(ex.finish())
+            .push_bind(self.update_id)
+            .push_bind(self.prev_update_id);
+    }
+}
+
+impl Rows for Ticker {
+    const INSERT: &'static str = "INSERT INTO tickers (venue, symbol, recv_time_us, event_time_ms, \
+         open, high, low, close, volume, quote_volume, change, exact) ";
+    const COLUMNS: usize = 12;
+    const ON_CONFLICT: &'static str = " ON CONFLICT DO NOTHING";
+    const DOING: &'static str = "insert tickers";
+    fn bind<'a>(&'a self, b: &mut Binder<'_, 'a>) {
+        let mut ex = Exact::default();
+        b.push_bind(self.venue)
+            .push_bind(&*self.symbol)
+            .push_bind(self.recv_time_us)
+            .push_bind(self.event_time_ms);
+        bind_dec(b, &mut ex, "open", self.open.as_ref());
+        bind_dec(b, &mut ex, "high", self.high.as_ref());
+        bind_dec(b, &mut ex, "low", self.low.as_ref());
+        bind_dec(b, &mut ex, "close", self.close.as_ref());
+        bind_dec(b, &mut ex, "volume", self.volume.as_ref());
+        bind_dec(b, &mut ex, "quote_volume", self.quote_volume.as_ref());
+        bind_dec(b, &mut ex, "change", self.change.as_ref());
+        b.push_bind(ex.finish());
+    }
+}
+
+impl Rows for Session {
+    const INSERT: &'static str = "INSERT INTO sessions (venue, symbol, session_id, connected_at_us, \
+         disconnected_at_us, close_reason) ";
+    const COLUMNS: usize = 6;
+    const ON_CONFLICT: &'static str = " ON CONFLICT (venue, symbol, session_id) DO UPDATE SET \
+         disconnected_at_us = COALESCE(excluded.disconnected_at_us, sessions.disconnected_at_us), \
+         close_reason = COALESCE(excluded.close_reason, sessions.close_reason)";
+    const DOING: &'static str = "upsert sessions";
+    fn bind<'a>(&'a self, b: &mut Binder<'_, 'a>) {
+        b.push_bind(self.venue)
+            .push_bind(&*self.symbol)
+            .push_bind(self.session_id.as_str())
+            .push_bind(self.connected_at_us)
+            .push_bind(self.disconnected_at_us)
+            .push_bind(self.close_reason.as_deref());
+    }
+}
+
+impl Rows for Gap {
+    const INSERT: &'static str = "INSERT INTO gaps (venue, symbol, stream, start_ms, end_ms, status, \
+         detected_at_ms, resolved_at_ms, rows_recovered, detail) ";
+    const COLUMNS: usize = 10;
+    const ON_CONFLICT: &'static str = GAP_UPSERT;
+    const DOING: &'static str = "upsert gaps";
+    fn bind<'a>(&'a self, b: &mut Binder<'_, 'a>) {
+        b.push_bind(self.venue)
+            .push_bind(&*self.symbol)
+            .push_bind(self.stream.as_str())
+            .push_bind(self.start_ms)
+            .push_bind(self.end_ms)
+            .push_bind(self.status.as_str())
+            .push_bind(self.detected_at_ms)
+            .push_bind(self.resolved_at_ms)
+            .push_bind(self.rows_recovered)
+            .push_bind(self.detail.as_deref());
+    }
+}
+
+impl Rows for Market {
+    const INSERT: &'static str = "INSERT INTO markets (venue, symbol, base, quote, price_precision, \
+         qty_precision, updated_at_ms) ";
+    const COLUMNS: usize = 7;
+    const ON_CONFLICT: &'static str = " ON CONFLICT (venue, symbol) DO UPDATE SET base = excluded.base, \
+         quote = excluded.quote, price_precision = excluded.price_precision, \
+         qty_precision = excluded.qty_precision, updated_at_ms = excluded.updated_at_ms";
+    const DOING: &'static str = "upsert markets";
+    fn bind<'a>(&'a self, b: &mut Binder<'_, 'a>) {
+        b.push_bind(self.venue)
+            .push_bind(&*self.symbol)
+            .push_bind(self.base.as_deref())
+            .push_bind(self.quote.as_deref())
+            .push_bind(self.price_precision)
+            .push_bind(self.qty_precision)
+            .push_bind(self.updated_at_ms);
+    }
+}
 
 fn bind_dec<'q>(
     b: &mut Separated<'_, 'q, Sqlite, &'static str>,
