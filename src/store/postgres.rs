@@ -18,7 +18,9 @@ use super::rows::{
     parse_book_side, parse_side, parse_source, req, static_venue,
 };
 use crate::decimal::Dec;
-use crate::model::{BookDelta, BookSide, BookSnapshot, Kline, Source, Ticker, Trade};
+use crate::model::{
+    BookDelta, BookSide, BookSnapshot, Gap, Kline, Market, Session, Source, Ticker, Trade,
+};
 
 pub struct PgStore {
     pool: PgPool,
@@ -527,249 +529,279 @@ async fn statements(
         .iter()
         .map(|(new, kept)| Rejected::conflict(new, kept))
         .collect();
-    if !batch.trades.is_empty() {
-        let t = &batch.trades;
-        let plain = plain && t.iter().all(|x| x.source == Source::Ws);
-        let rows = sqlx::query::<Postgres>(if plain { TRADES_INSERT } else { TRADES_UPSERT })
-            .bind(t.iter().map(|x| x.venue).collect::<Vec<_>>())
-            .bind(t.iter().map(|x| &*x.symbol).collect::<Vec<_>>())
-            .bind(t.iter().map(|x| x.trade_id).collect::<Vec<_>>())
-            .bind(t.iter().map(|x| x.side.as_str()).collect::<Vec<_>>())
-            .bind(t.iter().map(|x| text(&x.price)).collect::<Vec<_>>())
-            .bind(t.iter().map(|x| text(&x.qty)).collect::<Vec<_>>())
-            .bind(
-                t.iter()
-                    .map(|x| opt_text(x.quote_qty.as_ref()))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(t.iter().map(|x| x.event_time_ms).collect::<Vec<_>>())
-            .bind(t.iter().map(|x| x.recv_time_us).collect::<Vec<_>>())
-            .bind(t.iter().map(|x| x.source.as_str()).collect::<Vec<_>>())
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::sql("insert trades"))?
-            .rows_affected();
-        // fewer rows changed than sent: some key was stored already, as the same trade or
-        // as a conflict; the stored versions are read back only then
-        if (rows as usize) < t.len() {
-            let before: Vec<&Trade> = t.iter().collect();
-            let stored = sqlx::query::<Postgres>(
-                "SELECT t.symbol, t.trade_id, t.side, t.price::text AS price, t.qty::text AS qty, \
-                 t.quote_qty::text AS quote_qty, t.event_time_ms, t.recv_time_us, t.source \
-                 FROM trades t JOIN UNNEST($2::text[], $3::bigint[]) AS k(symbol, trade_id) \
-                 ON t.symbol = k.symbol AND t.trade_id = k.trade_id WHERE t.venue = $1",
-            )
-            .bind(t[0].venue)
-            .bind(before.iter().map(|x| &*x.symbol).collect::<Vec<_>>())
-            .bind(before.iter().map(|x| x.trade_id).collect::<Vec<_>>())
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(StoreError::sql("select stored trades"))?;
-            let mut by_key = std::collections::HashMap::new();
-            for r in &stored {
-                let sym: String = r.try_get("symbol").map_err(StoreError::sql("read trade"))?;
-                let tr = trade_row(r, t[0].venue, &Arc::from(sym.as_str()))?;
-                by_key.insert((sym, tr.trade_id), tr);
-            }
-            for x in before {
-                if let Some(old) = by_key.get(&(x.symbol.to_string(), x.trade_id))
-                    && !super::batch::same_trade(old, x)
-                {
-                    conflicts.push(Rejected::conflict(x, old));
-                }
-            }
-        }
+    let t = &batch.trades;
+    let changed = write_rows(tx, t, plain).await?;
+    // fewer rows changed than sent: some key was stored already, as the same trade or as a
+    // conflict; the stored versions are read back only then
+    if (changed as usize) < t.len() {
+        conflicts.extend(stored_conflicts(tx, t).await?);
     }
     insert_rejected!(tx, &conflicts);
-    if !batch.klines.is_empty() {
-        let k = &batch.klines;
-        sqlx::query::<Postgres>(
-            "INSERT INTO klines (venue, symbol, interval, open_time_ms, open, high, low, close, volume, \
-             quote_volume, closed, event_time_ms, recv_time_us, source) \
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[]::numeric[], \
-             $6::text[]::numeric[], $7::text[]::numeric[], $8::text[]::numeric[], $9::text[]::numeric[], \
-             $10::text[]::numeric[], $11::bool[], $12::bigint[], $13::bigint[], $14::text[]) \
-             ON CONFLICT (venue, symbol, interval, open_time_ms) DO UPDATE SET \
-             open = excluded.open, high = excluded.high, low = excluded.low, close = excluded.close, \
-             volume = excluded.volume, closed = excluded.closed, \
-             event_time_ms = excluded.event_time_ms, recv_time_us = excluded.recv_time_us, \
-             source = excluded.source, \
-             quote_volume = CASE WHEN excluded.quote_volume IS NULL AND excluded.volume = klines.volume \
-                 THEN klines.quote_volume ELSE excluded.quote_volume END \
-             WHERE (excluded.closed, excluded.event_time_ms, excluded.recv_time_us) \
-                 > (klines.closed, klines.event_time_ms, klines.recv_time_us)",
-        )
-        .bind(k.iter().map(|x| x.venue).collect::<Vec<_>>())
-        .bind(k.iter().map(|x| &*x.symbol).collect::<Vec<_>>())
-        .bind(k.iter().map(|x| &*x.interval).collect::<Vec<_>>())
-        .bind(k.iter().map(|x| x.open_time_ms).collect::<Vec<_>>())
-        .bind(k.iter().map(|x| text(&x.open)).collect::<Vec<_>>())
-        .bind(k.iter().map(|x| text(&x.high)).collect::<Vec<_>>())
-        .bind(k.iter().map(|x| text(&x.low)).collect::<Vec<_>>())
-        .bind(k.iter().map(|x| text(&x.close)).collect::<Vec<_>>())
-        .bind(k.iter().map(|x| text(&x.volume)).collect::<Vec<_>>())
-        .bind(k.iter().map(|x| opt_text(x.quote_volume.as_ref())).collect::<Vec<_>>())
-        .bind(k.iter().map(|x| x.closed).collect::<Vec<_>>())
-        .bind(k.iter().map(|x| x.event_time_ms).collect::<Vec<_>>())
-        .bind(k.iter().map(|x| x.recv_time_us).collect::<Vec<_>>())
-        .bind(k.iter().map(|x| x.source.as_str()).collect::<Vec<_>>())
+    write_rows(tx, &batch.klines, plain).await?;
+    write_rows(tx, &batch.snapshots, plain).await?;
+    write_rows(tx, &batch.deltas, plain).await?;
+    write_rows(tx, &batch.tickers, plain).await?;
+    write_rows(tx, &batch.sessions, plain).await?;
+    write_rows(tx, &batch.gaps, plain).await?;
+    write_rows(tx, &batch.markets, plain).await?;
+    Ok(conflicts)
+}
+
+type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
+
+/// A table's write, the one shape every table is written in: one `INSERT … SELECT FROM
+/// UNNEST(arrays)` statement for the whole batch, a column an array.
+trait Unnest: Sized {
+    /// What an error says was being done.
+    const DOING: &'static str;
+    /// The statement; `plain`: without `ON CONFLICT` where the table has such a variant.
+    fn sql(plain: bool, rows: &[Self]) -> &'static str;
+    /// The columns bound as arrays, in the statement's order.
+    fn bind<'q>(q: PgQuery<'q>, rows: &'q [Self]) -> PgQuery<'q>;
+}
+
+/// Writes `rows` in one statement; returns the rows it changed.
+async fn write_rows<T: Unnest>(
+    tx: &mut sqlx::PgConnection,
+    rows: &[T],
+    plain: bool,
+) -> Result<u64, StoreError> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    Ok(T::bind(sqlx::query::<Postgres>(T::sql(plain, rows)), rows)
         .execute(&mut *tx)
         .await
-        .map_err(StoreError::sql("upsert klines"))?;
+        .map_err(StoreError::sql(T::DOING))?
+        .rows_affected())
+}
+
+/// Of the batch's trades whose key was stored already, those stored with other content:
+/// conflicts, kept with both versions.
+async fn stored_conflicts(
+    tx: &mut sqlx::PgConnection,
+    t: &[Trade],
+) -> Result<Vec<Rejected>, StoreError> {
+    let stored = sqlx::query::<Postgres>(
+        "SELECT t.symbol, t.trade_id, t.side, t.price::text AS price, t.qty::text AS qty, \
+         t.quote_qty::text AS quote_qty, t.event_time_ms, t.recv_time_us, t.source \
+         FROM trades t JOIN UNNEST($2::text[], $3::bigint[]) AS k(symbol, trade_id) \
+         ON t.symbol = k.symbol AND t.trade_id = k.trade_id WHERE t.venue = $1",
+    )
+    .bind(t[0].venue)
+    .bind(t.iter().map(|x| &*x.symbol).collect::<Vec<_>>())
+    .bind(t.iter().map(|x| x.trade_id).collect::<Vec<_>>())
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(StoreError::sql("select stored trades"))?;
+    let mut by_key = std::collections::HashMap::new();
+    for r in &stored {
+        let sym: String = r.try_get("symbol").map_err(StoreError::sql("read trade"))?;
+        let tr = trade_row(r, t[0].venue, &Arc::from(sym.as_str()))?;
+        by_key.insert((sym, tr.trade_id), tr);
     }
-    if !batch.snapshots.is_empty() {
-        let s = &batch.snapshots;
-        sqlx::query::<Postgres>(
-            "INSERT INTO book_snapshots (venue, symbol, depth_step, recv_time_us, event_time_ms, bids, asks) \
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::smallint[], $4::bigint[], $5::bigint[], \
-             $6::text[]::jsonb[], $7::text[]::jsonb[]) ON CONFLICT DO NOTHING",
-        )
-        .bind(s.iter().map(|x| x.venue).collect::<Vec<_>>())
-        .bind(s.iter().map(|x| &*x.symbol).collect::<Vec<_>>())
-        .bind(s.iter().map(|x| x.depth_step).collect::<Vec<_>>())
-        .bind(s.iter().map(|x| x.recv_time_us).collect::<Vec<_>>())
-        .bind(s.iter().map(|x| x.event_time_ms).collect::<Vec<_>>())
-        .bind(s.iter().map(|x| levels_to_json(&x.bids)).collect::<Vec<_>>())
-        .bind(s.iter().map(|x| levels_to_json(&x.asks)).collect::<Vec<_>>())
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::sql("insert book_snapshots"))?;
+    let mut conflicts = Vec::new();
+    for x in t {
+        if let Some(old) = by_key.get(&(x.symbol.to_string(), x.trade_id))
+            && !super::batch::same_trade(old, x)
+        {
+            conflicts.push(Rejected::conflict(x, old));
+        }
     }
-    if !batch.deltas.is_empty() {
-        let d = &batch.deltas;
-        sqlx::query::<Postgres>(if plain { DELTAS_INSERT } else { DELTAS_UPSERT })
-            .bind(d.iter().map(|x| x.venue).collect::<Vec<_>>())
-            .bind(d.iter().map(|x| &*x.symbol).collect::<Vec<_>>())
-            .bind(d.iter().map(|x| x.depth_step).collect::<Vec<_>>())
-            .bind(d.iter().map(|x| x.recv_time_us).collect::<Vec<_>>())
-            .bind(d.iter().map(|x| x.seq).collect::<Vec<_>>())
-            .bind(d.iter().map(|x| x.event_time_ms).collect::<Vec<_>>())
-            .bind(d.iter().map(|x| x.side.as_str()).collect::<Vec<_>>())
-            .bind(d.iter().map(|x| text(&x.price)).collect::<Vec<_>>())
-            .bind(d.iter().map(|x| text(&x.qty)).collect::<Vec<_>>())
-            .bind(d.iter().map(|x| x.update_id).collect::<Vec<_>>())
-            .bind(d.iter().map(|x| x.prev_update_id).collect::<Vec<_>>())
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::sql("insert book_deltas"))?;
+    Ok(conflicts)
+}
+
+/// One column of `rows` as an array.
+fn col<'q, T, V>(rows: &'q [T], f: impl Fn(&'q T) -> V) -> Vec<V> {
+    rows.iter().map(f).collect()
+}
+
+impl Unnest for Trade {
+    const DOING: &'static str = "insert trades";
+    fn sql(plain: bool, rows: &[Self]) -> &'static str {
+        // REST trades always take the upsert (they may fill a quote amount)
+        if plain && rows.iter().all(|x| x.source == Source::Ws) {
+            TRADES_INSERT
+        } else {
+            TRADES_UPSERT
+        }
     }
-    if !batch.tickers.is_empty() {
-        let t = &batch.tickers;
-        sqlx::query::<Postgres>(if plain {
+    fn bind<'q>(q: PgQuery<'q>, t: &'q [Self]) -> PgQuery<'q> {
+        q.bind(col(t, |x| x.venue))
+            .bind(col(t, |x| &*x.symbol))
+            .bind(col(t, |x| x.trade_id))
+            .bind(col(t, |x| x.side.as_str()))
+            .bind(col(t, |x| text(&x.price)))
+            .bind(col(t, |x| text(&x.qty)))
+            .bind(col(t, |x| opt_text(x.quote_qty.as_ref())))
+            .bind(col(t, |x| x.event_time_ms))
+            .bind(col(t, |x| x.recv_time_us))
+            .bind(col(t, |x| x.source.as_str()))
+    }
+}
+
+impl Unnest for Kline {
+    const DOING: &'static str = "upsert klines";
+    fn sql(_: bool, _: &[Self]) -> &'static str {
+        "INSERT INTO klines (venue, symbol, interval, open_time_ms, open, high, low, close, volume, \
+         quote_volume, closed, event_time_ms, recv_time_us, source) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[]::numeric[], \
+         $6::text[]::numeric[], $7::text[]::numeric[], $8::text[]::numeric[], $9::text[]::numeric[], \
+         $10::text[]::numeric[], $11::bool[], $12::bigint[], $13::bigint[], $14::text[]) \
+         ON CONFLICT (venue, symbol, interval, open_time_ms) DO UPDATE SET \
+         open = excluded.open, high = excluded.high, low = excluded.low, close = excluded.close, \
+         volume = excluded.volume, closed = excluded.closed, \
+         event_time_ms = excluded.event_time_ms, recv_time_us = excluded.recv_time_us, \
+         source = excluded.source, \
+         quote_volume = CASE WHEN excluded.quote_volume IS NULL AND excluded.volume = klines.volume \
+             THEN klines.quote_volume ELSE excluded.quote_volume END \
+         WHERE (excluded.closed, excluded.event_time_ms, excluded.recv_time_us) \
+             > (klines.closed, klines.event_time_ms, klines.recv_time_us)"
+    }
+    fn bind<'q>(q: PgQuery<'q>, k: &'q [Self]) -> PgQuery<'q> {
+        q.bind(col(k, |x| x.venue))
+            .bind(col(k, |x| &*x.symbol))
+            .bind(col(k, |x| &*x.interval))
+            .bind(col(k, |x| x.open_time_ms))
+            .bind(col(k, |x| text(&x.open)))
+            .bind(col(k, |x| text(&x.high)))
+            .bind(col(k, |x| text(&x.low)))
+            .bind(col(k, |x| text(&x.close)))
+            .bind(col(k, |x| text(&x.volume)))
+            .bind(col(k, |x| opt_text(x.quote_volume.as_ref())))
+            .bind(col(k, |x| x.closed))
+            .bind(col(k, |x| x.event_time_ms))
+            .bind(col(k, |x| x.recv_time_us))
+            .bind(col(k, |x| x.source.as_str()))
+    }
+}
+
+impl Unnest for BookSnapshot {
+    const DOING: &'static str = "insert book_snapshots";
+    fn sql(_: bool, _: &[Self]) -> &'static str {
+        "INSERT INTO book_snapshots (venue, symbol, depth_step, recv_time_us, event_time_ms, bids, asks) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::smallint[], $4::bigint[], $5::bigint[], \
+         $6::text[]::jsonb[], $7::text[]::jsonb[]) ON CONFLICT DO NOTHING"
+    }
+    fn bind<'q>(q: PgQuery<'q>, s: &'q [Self]) -> PgQuery<'q> {
+        q.bind(col(s, |x| x.venue))
+            .bind(col(s, |x| &*x.symbol))
+            .bind(col(s, |x| x.depth_step))
+            .bind(col(s, |x| x.recv_time_us))
+            .bind(col(s, |x| x.event_time_ms))
+            .bind(col(s, |x| levels_to_json(&x.bids)))
+            .bind(col(s, |x| levels_to_json(&x.asks)))
+    }
+}
+
+impl Unnest for BookDelta {
+    const DOING: &'static str = "insert book_deltas";
+    fn sql(plain: bool, _: &[Self]) -> &'static str {
+        if plain { DELTAS_INSERT } else { DELTAS_UPSERT }
+    }
+    fn bind<'q>(q: PgQuery<'q>, d: &'q [Self]) -> PgQuery<'q> {
+        q.bind(col(d, |x| x.venue))
+            .bind(col(d, |x| &*x.symbol))
+            .bind(col(d, |x| x.depth_step))
+            .bind(col(d, |x| x.recv_time_us))
+            .bind(col(d, |x| x.seq))
+            .bind(col(d, |x| x.event_time_ms))
+            .bind(col(d, |x| x.side.as_str()))
+            .bind(col(d, |x| text(&x.price)))
+            .bind(col(d, |x| text(&x.qty)))
+            .bind(col(d, |x| x.update_id))
+            .bind(col(d, |x| x.prev_update_id))
+    }
+}
+
+impl Unnest for Ticker {
+    const DOING: &'static str = "insert tickers";
+    fn sql(plain: bool, _: &[Self]) -> &'static str {
+        if plain {
             TICKERS_INSERT
         } else {
             TICKERS_UPSERT
-        })
-        .bind(t.iter().map(|x| x.venue).collect::<Vec<_>>())
-        .bind(t.iter().map(|x| &*x.symbol).collect::<Vec<_>>())
-        .bind(t.iter().map(|x| x.recv_time_us).collect::<Vec<_>>())
-        .bind(t.iter().map(|x| x.event_time_ms).collect::<Vec<_>>())
-        .bind(
-            t.iter()
-                .map(|x| opt_text(x.open.as_ref()))
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            t.iter()
-                .map(|x| opt_text(x.high.as_ref()))
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            t.iter()
-                .map(|x| opt_text(x.low.as_ref()))
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            t.iter()
-                .map(|x| opt_text(x.close.as_ref()))
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            t.iter()
-                .map(|x| opt_text(x.volume.as_ref()))
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            t.iter()
-                .map(|x| opt_text(x.quote_volume.as_ref()))
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            t.iter()
-                .map(|x| opt_text(x.change.as_ref()))
-                .collect::<Vec<_>>(),
-        )
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::sql("insert tickers"))?;
+        }
     }
-    if !batch.sessions.is_empty() {
-        let s = &batch.sessions;
-        sqlx::query::<Postgres>(
-            "INSERT INTO sessions (venue, symbol, session_id, connected_at_us, disconnected_at_us, close_reason) \
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::text[]) \
-             ON CONFLICT (venue, symbol, session_id) DO UPDATE SET \
-             disconnected_at_us = COALESCE(excluded.disconnected_at_us, sessions.disconnected_at_us), \
-             close_reason = COALESCE(excluded.close_reason, sessions.close_reason)",
-        )
-        .bind(s.iter().map(|x| x.venue).collect::<Vec<_>>())
-        .bind(s.iter().map(|x| &*x.symbol).collect::<Vec<_>>())
-        .bind(s.iter().map(|x| x.session_id.clone()).collect::<Vec<_>>())
-        .bind(s.iter().map(|x| x.connected_at_us).collect::<Vec<_>>())
-        .bind(s.iter().map(|x| x.disconnected_at_us).collect::<Vec<_>>())
-        .bind(s.iter().map(|x| x.close_reason.clone()).collect::<Vec<_>>())
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::sql("upsert sessions"))?;
+    fn bind<'q>(q: PgQuery<'q>, t: &'q [Self]) -> PgQuery<'q> {
+        q.bind(col(t, |x| x.venue))
+            .bind(col(t, |x| &*x.symbol))
+            .bind(col(t, |x| x.recv_time_us))
+            .bind(col(t, |x| x.event_time_ms))
+            .bind(col(t, |x| opt_text(x.open.as_ref())))
+            .bind(col(t, |x| opt_text(x.high.as_ref())))
+            .bind(col(t, |x| opt_text(x.low.as_ref())))
+            .bind(col(t, |x| opt_text(x.close.as_ref())))
+            .bind(col(t, |x| opt_text(x.volume.as_ref())))
+            .bind(col(t, |x| opt_text(x.quote_volume.as_ref())))
+            .bind(col(t, |x| opt_text(x.change.as_ref())))
     }
-    if !batch.gaps.is_empty() {
-        let g = &batch.gaps;
-        sqlx::query::<Postgres>(
-            "INSERT INTO gaps (venue, symbol, stream, start_ms, end_ms, status, detected_at_ms, \
-             resolved_at_ms, rows_recovered, detail) \
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], \
-             $6::text[], $7::bigint[], $8::bigint[], $9::bigint[], $10::text[]) \
-             ON CONFLICT (venue, symbol, stream, start_ms) DO UPDATE SET \
-             end_ms = excluded.end_ms, status = excluded.status, \
-             detected_at_ms = LEAST(gaps.detected_at_ms, excluded.detected_at_ms), \
-             resolved_at_ms = excluded.resolved_at_ms, rows_recovered = excluded.rows_recovered, \
-             detail = excluded.detail \
-             WHERE COALESCE(excluded.resolved_at_ms, excluded.detected_at_ms) \
-                 >= COALESCE(gaps.resolved_at_ms, gaps.detected_at_ms)",
-        )
-        .bind(g.iter().map(|x| x.venue).collect::<Vec<_>>())
-        .bind(g.iter().map(|x| &*x.symbol).collect::<Vec<_>>())
-        .bind(g.iter().map(|x| x.stream.clone()).collect::<Vec<_>>())
-        .bind(g.iter().map(|x| x.start_ms).collect::<Vec<_>>())
-        .bind(g.iter().map(|x| x.end_ms).collect::<Vec<_>>())
-        .bind(g.iter().map(|x| x.status.as_str()).collect::<Vec<_>>())
-        .bind(g.iter().map(|x| x.detected_at_ms).collect::<Vec<_>>())
-        .bind(g.iter().map(|x| x.resolved_at_ms).collect::<Vec<_>>())
-        .bind(g.iter().map(|x| x.rows_recovered).collect::<Vec<_>>())
-        .bind(g.iter().map(|x| x.detail.clone()).collect::<Vec<_>>())
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::sql("upsert gaps"))?;
+}
+
+impl Unnest for Session {
+    const DOING: &'static str = "upsert sessions";
+    fn sql(_: bool, _: &[Self]) -> &'static str {
+        "INSERT INTO sessions (venue, symbol, session_id, connected_at_us, disconnected_at_us, close_reason) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::text[]) \
+         ON CONFLICT (venue, symbol, session_id) DO UPDATE SET \
+         disconnected_at_us = COALESCE(excluded.disconnected_at_us, sessions.disconnected_at_us), \
+         close_reason = COALESCE(excluded.close_reason, sessions.close_reason)"
     }
-    if !batch.markets.is_empty() {
-        let m = &batch.markets;
-        sqlx::query::<Postgres>(
-            "INSERT INTO markets (venue, symbol, base, quote, price_precision, qty_precision, updated_at_ms) \
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::int[], $7::bigint[]) \
-             ON CONFLICT (venue, symbol) DO UPDATE SET base = excluded.base, quote = excluded.quote, \
-             price_precision = excluded.price_precision, qty_precision = excluded.qty_precision, \
-             updated_at_ms = excluded.updated_at_ms",
-        )
-        .bind(m.iter().map(|x| x.venue).collect::<Vec<_>>())
-        .bind(m.iter().map(|x| &*x.symbol).collect::<Vec<_>>())
-        .bind(m.iter().map(|x| x.base.clone()).collect::<Vec<_>>())
-        .bind(m.iter().map(|x| x.quote.clone()).collect::<Vec<_>>())
-        .bind(m.iter().map(|x| x.price_precision).collect::<Vec<_>>())
-        .bind(m.iter().map(|x| x.qty_precision).collect::<Vec<_>>())
-        .bind(m.iter().map(|x| x.updated_at_ms).collect::<Vec<_>>())
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::sql("upsert markets"))?;
+    fn bind<'q>(q: PgQuery<'q>, s: &'q [Self]) -> PgQuery<'q> {
+        q.bind(col(s, |x| x.venue))
+            .bind(col(s, |x| &*x.symbol))
+            .bind(col(s, |x| x.session_id.as_str()))
+            .bind(col(s, |x| x.connected_at_us))
+            .bind(col(s, |x| x.disconnected_at_us))
+            .bind(col(s, |x| x.close_reason.as_deref()))
     }
-    Ok(conflicts)
+}
+
+impl Unnest for Gap {
+    const DOING: &'static str = "upsert gaps";
+    fn sql(_: bool, _: &[Self]) -> &'static str {
+        "INSERT INTO gaps (venue, symbol, stream, start_ms, end_ms, status, detected_at_ms, \
+         resolved_at_ms, rows_recovered, detail) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], \
+         $6::text[], $7::bigint[], $8::bigint[], $9::bigint[], $10::text[]) \
+         ON CONFLICT (venue, symbol, stream, start_ms) DO UPDATE SET \
+         end_ms = excluded.end_ms, status = excluded.status, \
+         detected_at_ms = LEAST(gaps.detected_at_ms, excluded.detected_at_ms), \
+         resolved_at_ms = excluded.resolved_at_ms, rows_recovered = excluded.rows_recovered, \
+         detail = excluded.detail \
+         WHERE COALESCE(excluded.resolved_at_ms, excluded.detected_at_ms) \
+             >= COALESCE(gaps.resolved_at_ms, gaps.detected_at_ms)"
+    }
+    fn bind<'q>(q: PgQuery<'q>, g: &'q [Self]) -> PgQuery<'q> {
+        q.bind(col(g, |x| x.venue))
+            .bind(col(g, |x| &*x.symbol))
+            .bind(col(g, |x| x.stream.as_str()))
+            .bind(col(g, |x| x.start_ms))
+            .bind(col(g, |x| x.end_ms))
+            .bind(col(g, |x| x.status.as_str()))
+            .bind(col(g, |x| x.detected_at_ms))
+            .bind(col(g, |x| x.resolved_at_ms))
+            .bind(col(g, |x| x.rows_recovered))
+            .bind(col(g, |x| x.detail.as_deref()))
+    }
+}
+
+impl Unnest for Market {
+    const DOING: &'static str = "upsert markets";
+    fn sql(_: bool, _: &[Self]) -> &'static str {
+        "INSERT INTO markets (venue, symbol, base, quote, price_precision, qty_precision, updated_at_ms) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::int[], $7::bigint[]) \
+         ON CONFLICT (venue, symbol) DO UPDATE SET base = excluded.base, quote = excluded.quote, \
+         price_precision = excluded.price_precision, qty_precision = excluded.qty_precision, \
+         updated_at_ms = excluded.updated_at_ms"
+    }
+    fn bind<'q>(q: PgQuery<'q>, m: &'q [Self]) -> PgQuery<'q> {
+        q.bind(col(m, |x| x.venue))
+            .bind(col(m, |x| &*x.symbol))
+            .bind(col(m, |x| x.base.as_deref()))
+            .bind(col(m, |x| x.quote.as_deref()))
+            .bind(col(m, |x| x.price_precision))
+            .bind(col(m, |x| x.qty_precision))
+            .bind(col(m, |x| x.updated_at_ms))
+    }
 }
