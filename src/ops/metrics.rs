@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::model::now_ms;
-use crate::stats::RunStats;
+use crate::stats::{RunStats, WorkerStats};
 use crate::store::Store;
 
 static META: Metadata<'static> = Metadata::new("mdrec", Level::INFO, Some("mdrec::ops::metrics"));
@@ -255,175 +255,28 @@ impl Exporter {
         )
     }
 
+    fn c(&self, name: &'static str, labels: &[(&'static str, &str)], v: u64) {
+        self.counter(name, labels).absolute(v);
+    }
+
+    fn g(&self, name: &'static str, labels: &[(&'static str, &str)], v: f64) {
+        self.gauge(name, labels).set(v);
+    }
+
     /// Copies the run's counters in and renders the Prometheus text.
     pub async fn render(&self, stats: &RunStats, store: &Store) -> String {
-        let c =
-            |name, labels: &[(&'static str, &str)], v: u64| self.counter(name, labels).absolute(v);
-        let g = |name, labels: &[(&'static str, &str)], v: f64| self.gauge(name, labels).set(v);
         for (name, w) in stats.workers.all() {
-            let symbol = &name;
-            let s = [("symbol", symbol.as_str())];
-            let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-            c("mdrec_frames_received_total", &s, load(&w.frames));
-            c("mdrec_connects_total", &s, load(&w.connects));
-            c("mdrec_resubscribes_total", &s, load(&w.resubscribes));
-            c("mdrec_pings_answered_total", &s, load(&w.pings_answered));
-            c("mdrec_worker_restarts_total", &s, load(&w.restarts));
-            for (kind, n) in crate::venue::DecodeError::KINDS
-                .iter()
-                .zip(&w.decode_errors_by_kind)
-            {
-                c(
-                    "mdrec_decode_errors_total",
-                    &[("symbol", symbol), ("kind", kind)],
-                    load(n),
-                );
-            }
-            for (kind, n) in crate::venue::validate::Invalid::KINDS
-                .iter()
-                .zip(&w.invalid_by_kind)
-            {
-                c(
-                    "mdrec_invalid_messages_total",
-                    &[("symbol", symbol), ("kind", kind)],
-                    load(n),
-                );
-            }
-            c("mdrec_clock_skew_total", &s, load(&w.clock_skew));
-            c("mdrec_trade_id_resets_total", &s, load(&w.id_resets));
-            c("mdrec_book_breaks_total", &s, load(&w.book_breaks));
-            for (kind, n) in crate::venue::RefusalKind::KINDS
-                .iter()
-                .zip(&w.refusals_by_kind)
-            {
-                c(
-                    "mdrec_venue_refusals_total",
-                    &[("symbol", symbol.as_str()), ("kind", kind)],
-                    load(n),
-                );
-            }
-            let channels: Vec<_> = crate::runtime::lock(&w.channels)
-                .iter()
-                .map(|(k, v)| (k.name(), *v))
-                .collect();
-            for (channel, st) in channels {
-                let l = [("symbol", symbol.as_str()), ("channel", channel.as_str())];
-                c("mdrec_messages_received_total", &l, st.messages);
-                g(
-                    "mdrec_last_message_age_seconds",
-                    &l,
-                    st.last.elapsed().as_secs_f64(),
-                );
-            }
-            let reconnects: Vec<_> = {
-                let counted = crate::runtime::lock(&w.reconnects);
-                let known = crate::stats::RECONNECT_REASONS;
-                known
-                    .iter()
-                    .map(|r| (*r, counted.get(r).copied().unwrap_or(0)))
-                    .chain(
-                        counted
-                            .iter()
-                            .filter(|(k, _)| !known.contains(k))
-                            .map(|(k, v)| (*k, *v)),
-                    )
-                    .collect()
-            };
-            for (reason, n) in reconnects {
-                c(
-                    "mdrec_reconnects_total",
-                    &[("symbol", symbol), ("reason", reason)],
-                    n,
-                );
-            }
+            self.copy_symbol(&name, &w);
         }
-        let wr = &stats.writer;
-        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-        // rejected rows are counted by reason below
-        for t in crate::model::Table::ALL
-            .into_iter()
-            .filter(|t| *t != crate::model::Table::RejectedRows)
-        {
-            c(
-                "mdrec_rows_written_total",
-                &[("table", t.as_str())],
-                load(&wr.rows[t.index()]),
-            );
-        }
-        for class in crate::store::ErrorClass::ALL {
-            c(
-                "mdrec_write_errors_total",
-                &[("class", class.as_str())],
-                load(&wr.errors_by_class[class as usize]),
-            );
-        }
-        c(
-            "mdrec_rejected_rows_total",
-            &[("reason", "data_error")],
-            load(&wr.rejected_rows),
-        );
-        c(
-            "mdrec_rejected_rows_total",
-            &[("reason", "conflict")],
-            load(&wr.conflicts),
-        );
-        for (result, n) in ["applied", "refused"].iter().zip(&stats.reloads) {
-            c("mdrec_config_reloads_total", &[("result", result)], load(n));
-        }
-        c("mdrec_spooled_rows_total", &[], load(&wr.spooled_rows));
-        c("mdrec_replayed_rows_total", &[], load(&wr.replayed_rows));
-        c("mdrec_dropped_rows_total", &[], load(&wr.dropped_rows));
-        g("mdrec_spool_bytes", &[], load(&wr.spool_bytes) as f64);
-        g("mdrec_spool_files", &[], load(&wr.spool_files) as f64);
-        let up = wr.failing_since_ms.load(Ordering::Relaxed) == 0;
-        g("mdrec_database_up", &[], if up { 1.0 } else { 0.0 });
-        g("mdrec_queue_depth", &[], stats.queue_depth() as f64);
-        g("mdrec_queue_bytes", &[], stats.queue_bytes() as f64);
-        let b = &stats.backfill;
-        c("mdrec_backfill_checks_total", &[], load(&b.runs));
-        c("mdrec_backfill_failures_total", &[], load(&b.failures));
-        c(
-            "mdrec_backfill_rows_total",
-            &[("table", "trades")],
-            load(&b.trades_recovered),
-        );
-        c(
-            "mdrec_backfill_rows_total",
-            &[("table", "klines")],
-            load(&b.bars_recovered),
-        );
-        c(
-            "mdrec_backfill_fetched_rows_total",
-            &[("table", "trades")],
-            load(&b.trades_fetched),
-        );
-        if let Some(rest) = &stats.rest {
-            let by: Vec<_> = rest
-                .by_endpoint
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .iter()
-                .map(|(k, v)| (k.clone(), *v))
-                .collect();
-            for ((endpoint, outcome), n) in by {
-                if outcome == "bad_body" {
-                    c("mdrec_rest_bad_bodies_total", &[("endpoint", &endpoint)], n);
-                } else {
-                    c(
-                        "mdrec_rest_requests_total",
-                        &[("endpoint", &endpoint), ("outcome", outcome)],
-                        n,
-                    );
-                }
-            }
-        }
+        self.copy_writer(stats);
+        self.copy_backfill(stats);
         // gaps by status: the table is small and indexed by its key; a slow database must
         // not hold the scrape
         let counts = tokio::time::timeout(Duration::from_secs(1), store.gap_counts()).await;
         if let Ok(Ok(rows)) = counts {
             for status in ["open", "filled", "unrecoverable"] {
                 let n = rows.iter().find(|r| r.0 == status).map_or(0, |r| r.1);
-                g("mdrec_gaps", &[("status", status)], n as f64);
+                self.g("mdrec_gaps", &[("status", status)], n as f64);
             }
         }
         self.handle.run_upkeep();
@@ -434,6 +287,144 @@ impl Exporter {
         ));
         text
     }
+
+    /// One symbol's counters: frames, connections, errors by kind, channels, reconnects.
+    fn copy_symbol(&self, symbol: &str, w: &WorkerStats) {
+        let s = [("symbol", symbol)];
+        self.c("mdrec_frames_received_total", &s, load(&w.frames));
+        self.c("mdrec_connects_total", &s, load(&w.connects));
+        self.c("mdrec_resubscribes_total", &s, load(&w.resubscribes));
+        self.c("mdrec_pings_answered_total", &s, load(&w.pings_answered));
+        self.c("mdrec_worker_restarts_total", &s, load(&w.restarts));
+        let kinds = |name, kinds: &[&'static str], counts: &[std::sync::atomic::AtomicU64]| {
+            for (kind, n) in kinds.iter().zip(counts) {
+                self.c(name, &[("symbol", symbol), ("kind", kind)], load(n));
+            }
+        };
+        let decode = &crate::venue::DecodeError::KINDS;
+        kinds(
+            "mdrec_decode_errors_total",
+            decode,
+            &w.decode_errors_by_kind,
+        );
+        let invalid = &crate::venue::validate::Invalid::KINDS;
+        kinds("mdrec_invalid_messages_total", invalid, &w.invalid_by_kind);
+        self.c("mdrec_clock_skew_total", &s, load(&w.clock_skew));
+        self.c("mdrec_trade_id_resets_total", &s, load(&w.id_resets));
+        self.c("mdrec_book_breaks_total", &s, load(&w.book_breaks));
+        let refusals = &crate::venue::RefusalKind::KINDS;
+        kinds("mdrec_venue_refusals_total", refusals, &w.refusals_by_kind);
+        let channels: Vec<_> = crate::runtime::lock(&w.channels)
+            .iter()
+            .map(|(k, v)| (k.name(), *v))
+            .collect();
+        for (channel, st) in channels {
+            let l = [("symbol", symbol), ("channel", channel.as_str())];
+            self.c("mdrec_messages_received_total", &l, st.messages);
+            let age = st.last.elapsed().as_secs_f64();
+            self.g("mdrec_last_message_age_seconds", &l, age);
+        }
+        for (reason, n) in reconnects(w) {
+            let l = [("symbol", symbol), ("reason", reason)];
+            self.c("mdrec_reconnects_total", &l, n);
+        }
+    }
+
+    /// The writer's counters and gauges: rows per table, errors per class, rejected rows,
+    /// reloads, the spool, the database and the queue.
+    fn copy_writer(&self, stats: &RunStats) {
+        let wr = &stats.writer;
+        // rejected rows are counted by reason below
+        for t in crate::model::Table::ALL
+            .into_iter()
+            .filter(|t| *t != crate::model::Table::RejectedRows)
+        {
+            let n = load(&wr.rows[t.index()]);
+            self.c("mdrec_rows_written_total", &[("table", t.as_str())], n);
+        }
+        for class in crate::store::ErrorClass::ALL {
+            let n = load(&wr.errors_by_class[class as usize]);
+            self.c("mdrec_write_errors_total", &[("class", class.as_str())], n);
+        }
+        let rejected = [
+            ("data_error", &wr.rejected_rows),
+            ("conflict", &wr.conflicts),
+        ];
+        for (reason, n) in rejected {
+            self.c("mdrec_rejected_rows_total", &[("reason", reason)], load(n));
+        }
+        for (result, n) in ["applied", "refused"].iter().zip(&stats.reloads) {
+            self.c("mdrec_config_reloads_total", &[("result", result)], load(n));
+        }
+        self.c("mdrec_spooled_rows_total", &[], load(&wr.spooled_rows));
+        self.c("mdrec_replayed_rows_total", &[], load(&wr.replayed_rows));
+        self.c("mdrec_dropped_rows_total", &[], load(&wr.dropped_rows));
+        self.g("mdrec_spool_bytes", &[], load(&wr.spool_bytes) as f64);
+        self.g("mdrec_spool_files", &[], load(&wr.spool_files) as f64);
+        let up = wr.failing_since_ms.load(Ordering::Relaxed) == 0;
+        self.g("mdrec_database_up", &[], if up { 1.0 } else { 0.0 });
+        self.g("mdrec_queue_depth", &[], stats.queue_depth() as f64);
+        self.g("mdrec_queue_bytes", &[], stats.queue_bytes() as f64);
+    }
+
+    /// Backfill's counters and the REST client's requests per endpoint and outcome.
+    fn copy_backfill(&self, stats: &RunStats) {
+        let b = &stats.backfill;
+        self.c("mdrec_backfill_checks_total", &[], load(&b.runs));
+        self.c("mdrec_backfill_failures_total", &[], load(&b.failures));
+        let trades = [("table", "trades")];
+        self.c(
+            "mdrec_backfill_rows_total",
+            &trades,
+            load(&b.trades_recovered),
+        );
+        let klines = [("table", "klines")];
+        self.c(
+            "mdrec_backfill_rows_total",
+            &klines,
+            load(&b.bars_recovered),
+        );
+        self.c(
+            "mdrec_backfill_fetched_rows_total",
+            &trades,
+            load(&b.trades_fetched),
+        );
+        let Some(rest) = &stats.rest else {
+            return;
+        };
+        let by: Vec<_> = crate::runtime::lock(&rest.by_endpoint)
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        for ((endpoint, outcome), n) in by {
+            if outcome == "bad_body" {
+                self.c("mdrec_rest_bad_bodies_total", &[("endpoint", &endpoint)], n);
+            } else {
+                let l = [("endpoint", endpoint.as_str()), ("outcome", outcome)];
+                self.c("mdrec_rest_requests_total", &l, n);
+            }
+        }
+    }
+}
+
+fn load(a: &std::sync::atomic::AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
+}
+
+/// Reconnects by reason: every known reason (at zero until it happens), then any other.
+fn reconnects(w: &WorkerStats) -> Vec<(&'static str, u64)> {
+    let counted = crate::runtime::lock(&w.reconnects);
+    let known = crate::stats::RECONNECT_REASONS;
+    known
+        .iter()
+        .map(|r| (*r, counted.get(r).copied().unwrap_or(0)))
+        .chain(
+            counted
+                .iter()
+                .filter(|(k, _)| !known.contains(k))
+                .map(|(k, v)| (*k, *v)),
+        )
+        .collect()
 }
 
 /// What `/healthz` found.
