@@ -2,7 +2,7 @@
 
 use super::request::{Kind, Request};
 use crate::decimal::Dec;
-use crate::model::{BookDelta, Kline, Ticker, Trade};
+use crate::model::{BookDelta, Gap, Kline, Ticker, Trade};
 
 /// Rows read per database round trip.
 pub(super) const PAGE: i64 = 20_000;
@@ -249,6 +249,21 @@ pub(super) fn ticker_row(t: Ticker) -> Vec<Val> {
         opt_dec(t.volume),
         opt_dec(t.quote_volume),
         opt_dec(t.change),
+    ]
+}
+
+pub(super) fn gap_row(g: Gap) -> Vec<Val> {
+    vec![
+        text(g.venue),
+        text(&*g.symbol),
+        Val::Text(g.stream),
+        Val::Int(g.start_ms),
+        g.end_ms.map_or(Val::Null, Val::Int),
+        text(g.status.as_str()),
+        Val::Int(g.detected_at_ms),
+        g.resolved_at_ms.map_or(Val::Null, Val::Int),
+        Val::Int(g.rows_recovered),
+        opt_text(g.detail),
     ]
 }
 
