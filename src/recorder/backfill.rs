@@ -24,11 +24,11 @@ use super::marks::{HoleCheck, Marks, Reason, mark_of};
 use super::rest::RestClient;
 use crate::config::Config;
 use crate::coverage::format_time;
-use crate::model::{Event, Gap, GapStatus, Kline, StreamKey, now_ms, now_us};
+use crate::model::{Event, Gap, GapStatus, Kline, StreamKey, Trade, now_ms, now_us};
 use crate::runtime::stagger::Stagger;
 use crate::store::Store;
 use crate::store::read::TradeMark;
-use crate::venue::{FetchError, Frame, HistoryRequest, Reach, Venue};
+use crate::venue::{FetchError, Frame, HistoryRequest, KlineHistory, Reach, TradeHistory, Venue};
 
 pub use crate::stats::BackfillStats;
 
@@ -94,6 +94,17 @@ fn first_problem(rows: &[(i64, bool)], len: i64, known: &[(i64, i64)]) -> Option
         t += len;
     }
     None
+}
+
+/// What a trade fetch for a hole found: the anchor before it, the first trade known after
+/// it, the oldest and newest fetched, how many fell inside, and how far the history reached.
+struct Fetched {
+    anchor: TradeMark,
+    until: Option<TradeMark>,
+    oldest: Option<TradeMark>,
+    newest: Option<TradeMark>,
+    recovered: i64,
+    reach: Reach,
 }
 
 /// Slots of a kline hole the venue did not answer for.
@@ -339,26 +350,7 @@ impl Backfill {
             .or_else(|| marks.conn_first_trade())
             .filter(|u| c.trade.is_none_or(|a| ids.is_after(*u, a)));
         let mut history = self.venue.trade_history(&c.symbol, c.trade, until);
-        let mut got = Vec::new();
-        while let Some(path) = history.next_request() {
-            let body = self
-                .rest
-                .get(&path)
-                .await
-                .map_err(|e| Failed::Source(e.context("trades")))?;
-            let page = history.take(&body, now_us()).map_err(|e| {
-                self.rest.stats.outcome(&path, "bad_body");
-                Failed::Source(e.context("trades"))
-            })?;
-            got.extend(page);
-        }
-        self.stats
-            .trades_fetched
-            .fetch_add(got.len() as u64, Ordering::Relaxed);
-        let got = self.valid_only(got, Event::Trade, |e| match e {
-            Event::Trade(t) => Some(t),
-            _ => None,
-        });
+        let got = self.fetch_trades(history.as_mut()).await?;
         let got: Vec<(TradeMark, _)> = got.into_iter().map(|t| (mark_of(&t), t)).collect();
         let oldest = got
             .iter()
@@ -393,24 +385,60 @@ impl Backfill {
         let Some(anchor) = c.trade else {
             return Ok(()); // nothing recorded before: no hole, only earlier history
         };
-        // the first trade known after the hole: the oldest REST trade or the socket's first
-        let first_after = [oldest, until]
-            .into_iter()
-            .flatten()
-            .filter(|m| ids.is_after(*m, anchor))
-            .reduce(|a, b| if ids.is_after(a, b) { b } else { a });
-        let complete = reach == Reach::Anchor;
+        let fetched = Fetched {
+            anchor,
+            until,
+            oldest,
+            newest,
+            recovered,
+            reach,
+        };
+        if let Some(g) = self.trade_hole(c, &fetched).await {
+            self.resolved(c, g).await?;
+        }
+        Ok(())
+    }
+
+    /// Every page of the venue's trade history the plan asks for, the invalid left out.
+    async fn fetch_trades(&self, history: &mut dyn TradeHistory) -> Result<Vec<Trade>, Failed> {
+        let mut got = Vec::new();
+        while let Some(path) = history.next_request() {
+            let body = self
+                .rest
+                .get(&path)
+                .await
+                .map_err(|e| Failed::Source(e.context("trades")))?;
+            let page = history.take(&body, now_us()).map_err(|e| {
+                self.rest.stats.outcome(&path, "bad_body");
+                Failed::Source(e.context("trades"))
+            })?;
+            got.extend(page);
+        }
+        self.stats
+            .trades_fetched
+            .fetch_add(got.len() as u64, Ordering::Relaxed);
+        Ok(self.valid_only(got, Event::Trade, |e| match e {
+            Event::Trade(t) => Some(t),
+            _ => None,
+        }))
+    }
+
+    /// The hole's row as the fetch resolved it: filled when the history reached the anchor,
+    /// else unrecoverable up to the first trade known after it. None: nothing to record (a
+    /// hint whose ids skipped with no trade missing, or that REST cannot tell).
+    async fn trade_hole(&self, c: &HoleCheck, f: &Fetched) -> Option<Gap> {
+        let (anchor, recovered) = (f.anchor, f.recovered);
         let mut g = self.gap(c, &StreamKey::Trades.name(), anchor.time_ms);
         g.resolved_at_ms = Some(now_ms());
         g.rows_recovered = recovered;
-        if complete {
+        if f.reach == Reach::Anchor {
             if c.reason.is_hint() && recovered == 0 {
-                return Ok(()); // the ids skip, no trade was missing
+                return None; // the ids skip, no trade was missing
             }
             g.status = GapStatus::Filled;
             g.end_ms = Some(
-                until
-                    .or(newest)
+                f.until
+                    .or(f.newest)
                     .map(|m| m.time_ms)
                     .unwrap_or(anchor.time_ms),
             );
@@ -419,48 +447,50 @@ impl Backfill {
                 c.reason.as_str(),
                 anchor.trade_id
             ));
-        } else {
-            // an earlier check of this hole may have stored trades from nearer its start
-            // (the venue's history window moves on): the loss ends at the first one known
-            let stored = match self
-                .store
-                .next_trade(self.venue.name(), &c.symbol, anchor, ids)
-                .await
-            {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::warn!(symbol = %c.symbol, error = %e, "could not read the first stored trade after a hole; bounding it by this answer");
-                    None
-                }
-            };
-            let first_after = [first_after, stored]
-                .into_iter()
-                .flatten()
-                .filter(|m| ids.is_after(*m, anchor))
-                .reduce(|a, b| if ids.is_after(a, b) { b } else { a });
-            let Some(first) = first_after else {
-                return Ok(());
-            };
-            if c.reason.is_hint() {
-                tracing::warn!(symbol = %c.symbol, from = anchor.trade_id, to = c.trade_until.map(|t| t.trade_id),
-                    "trade ids jumped and REST does not reach back that far: cannot tell whether trades are missing");
-                return Ok(());
-            }
-            g.status = GapStatus::Unrecoverable;
-            g.end_ms = Some(first.time_ms);
-            let why = match &reach {
-                Reach::Short { why } => why.as_str(),
-                Reach::Anchor => "beyond the venue's history",
-            };
-            g.detail = Some(format!(
-                "{}: trades after id {} up to id {} are {why}; {recovered} recovered after them",
-                c.reason.as_str(),
-                anchor.trade_id,
-                first.trade_id,
-            ));
+            return Some(g);
         }
-        self.resolved(c, g).await?;
-        Ok(())
+        let first = self.first_after(c, f).await?;
+        if c.reason.is_hint() {
+            tracing::warn!(symbol = %c.symbol, from = anchor.trade_id, to = c.trade_until.map(|t| t.trade_id),
+                "trade ids jumped and REST does not reach back that far: cannot tell whether trades are missing");
+            return None;
+        }
+        g.status = GapStatus::Unrecoverable;
+        g.end_ms = Some(first.time_ms);
+        let why = match &f.reach {
+            Reach::Short { why } => why.as_str(),
+            Reach::Anchor => "beyond the venue's history",
+        };
+        g.detail = Some(format!(
+            "{}: trades after id {} up to id {} are {why}; {recovered} recovered after them",
+            c.reason.as_str(),
+            anchor.trade_id,
+            first.trade_id,
+        ));
+        Some(g)
+    }
+
+    /// The first trade known after the anchor: the oldest fetched, the socket's first, or one
+    /// an earlier check of this hole stored nearer its start (the venue's history window
+    /// moves on), whichever comes first.
+    async fn first_after(&self, c: &HoleCheck, f: &Fetched) -> Option<TradeMark> {
+        let ids = self.venue.trade_ids();
+        let stored = match self
+            .store
+            .next_trade(self.venue.name(), &c.symbol, f.anchor, ids)
+            .await
+        {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(symbol = %c.symbol, error = %e, "could not read the first stored trade after a hole; bounding it by this answer");
+                None
+            }
+        };
+        [f.oldest, f.until, stored]
+            .into_iter()
+            .flatten()
+            .filter(|m| ids.is_after(*m, f.anchor))
+            .reduce(|a, b| if ids.is_after(a, b) { b } else { a })
     }
 
     async fn klines(
@@ -472,37 +502,7 @@ impl Backfill {
         let Some(mut history) = self.venue.kline_history(&c.symbol, iv, need_from) else {
             return Ok(());
         };
-        // in answer order: a later answer's version of a bar replaces an earlier one's (the
-        // venue's socket history carries the quote volume REST lacks)
-        let mut all: BTreeMap<i64, Kline> = BTreeMap::new();
-        while let Some(req) = history.next_request() {
-            let bars = match req {
-                HistoryRequest::Rest(path) => {
-                    let body = self
-                        .rest
-                        .get(&path)
-                        .await
-                        .map_err(|e| Failed::Source(e.context(&format!("{iv} bars"))))?;
-                    let bars = history.take_rest(&body, now_us()).map_err(|e| {
-                        self.rest.stats.outcome(&path, "bad_body");
-                        Failed::Source(e.context(&format!("{iv} bars")))
-                    })?;
-                    self.valid_only(bars, Event::Kline, |e| match e {
-                        Event::Kline(k) => Some(k),
-                        _ => None,
-                    })
-                }
-                HistoryRequest::Socket(frame) => {
-                    // decoded (and validated) by the venue's session
-                    let bars = self.socket_history(&c.symbol, iv, frame).await?;
-                    history.take_socket(&bars);
-                    bars
-                }
-            };
-            for k in bars {
-                all.insert(k.open_time_ms, k);
-            }
-        }
+        let mut all = self.fetch_bars(c, iv, history.as_mut()).await?;
         // the newest bar is still forming: stored open (the socket's later pushes replace it,
         // and a socket that never sees it close leaves it to the audit); the rest are final
         let forming = all.pop_last().map(|(_, mut k)| {
@@ -514,16 +514,7 @@ impl Backfill {
         }
         let Some(need_from) = need_from else {
             // nothing recorded yet: the venue's recent bars are history, there is no hole
-            let n = all.len() as u64;
-            let forming_open = forming.as_ref().map(|f| f.open_time_ms);
-            for k in all.into_values().chain(forming) {
-                self.send(Event::Kline(k)).await?;
-            }
-            if let Some(f) = forming_open {
-                self.marks(&c.symbol).saw_forming(iv, f);
-            }
-            self.stats.bars_recovered.fetch_add(n, Ordering::Relaxed);
-            return Ok(());
+            return self.bars_as_history(c, iv, all, forming).await;
         };
         let stream = StreamKey::Kline(iv.clone()).name();
         let mut g = self.gap(c, &stream, need_from);
@@ -538,21 +529,9 @@ impl Backfill {
         };
         let current = forming.open_time_ms;
         let len = self.venue.interval(iv).and_then(|i| i.fixed_ms());
-        let answered = history.answered();
         let have: BTreeMap<i64, Kline> = all.split_off(&need_from);
-        let missing = missing_slots(need_from, current, len, &have, &answered);
-        // a hint counts only bars the database did not hold final
-        let held: std::collections::HashSet<i64> = if c.reason.is_hint() {
-            self.store
-                .bar_states(self.venue.name(), &c.symbol, iv, need_from, 100_000)
-                .await
-                .map_err(|e| Failed::Store(format!("reading stored {iv} bars: {e}")))?
-                .into_iter()
-                .filter_map(|(t, closed)| closed.then_some(t))
-                .collect()
-        } else {
-            Default::default()
-        };
+        let missing = missing_slots(need_from, current, len, &have, &history.answered());
+        let held = self.held_final(c, iv, need_from).await?;
         let recovered = have.keys().filter(|t| !held.contains(t)).count() as i64;
         for k in have.values() {
             self.send(Event::Kline(k.clone())).await?;
@@ -563,8 +542,7 @@ impl Backfill {
             .bars_recovered
             .fetch_add(recovered as u64, Ordering::Relaxed);
         g.rows_recovered = recovered;
-        let complete = missing.is_none();
-        if c.reason.is_hint() && complete && recovered == 0 {
+        if c.reason.is_hint() && missing.is_none() && recovered == 0 {
             // the venue has no bar there either: not a hole, and not worth asking again
             lock(&self.empty_slots)
                 .entry((c.symbol.clone(), iv.clone()))
@@ -597,6 +575,88 @@ impl Backfill {
         }
         self.resolved(c, g).await?;
         Ok(())
+    }
+
+    /// Every answer the venue's bar history plan asks for, by open time; a later answer's
+    /// version of a bar replaces an earlier one's (the venue's socket history carries the
+    /// quote volume REST lacks).
+    async fn fetch_bars(
+        &self,
+        c: &HoleCheck,
+        iv: &Arc<str>,
+        history: &mut dyn KlineHistory,
+    ) -> Result<BTreeMap<i64, Kline>, Failed> {
+        let mut all: BTreeMap<i64, Kline> = BTreeMap::new();
+        while let Some(req) = history.next_request() {
+            let bars = match req {
+                HistoryRequest::Rest(path) => {
+                    let body = self
+                        .rest
+                        .get(&path)
+                        .await
+                        .map_err(|e| Failed::Source(e.context(&format!("{iv} bars"))))?;
+                    let bars = history.take_rest(&body, now_us()).map_err(|e| {
+                        self.rest.stats.outcome(&path, "bad_body");
+                        Failed::Source(e.context(&format!("{iv} bars")))
+                    })?;
+                    self.valid_only(bars, Event::Kline, |e| match e {
+                        Event::Kline(k) => Some(k),
+                        _ => None,
+                    })
+                }
+                HistoryRequest::Socket(frame) => {
+                    // decoded (and validated) by the venue's session
+                    let bars = self.socket_history(&c.symbol, iv, frame).await?;
+                    history.take_socket(&bars);
+                    bars
+                }
+            };
+            for k in bars {
+                all.insert(k.open_time_ms, k);
+            }
+        }
+        Ok(all)
+    }
+
+    /// Nothing recorded yet: the venue's recent bars are stored as history, no hole.
+    async fn bars_as_history(
+        &self,
+        c: &HoleCheck,
+        iv: &Arc<str>,
+        all: BTreeMap<i64, Kline>,
+        forming: Option<Kline>,
+    ) -> Result<(), Failed> {
+        let n = all.len() as u64;
+        let forming_open = forming.as_ref().map(|f| f.open_time_ms);
+        for k in all.into_values().chain(forming) {
+            self.send(Event::Kline(k)).await?;
+        }
+        if let Some(f) = forming_open {
+            self.marks(&c.symbol).saw_forming(iv, f);
+        }
+        self.stats.bars_recovered.fetch_add(n, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// For a hint, the bars from `need_from` the database holds final (a hint counts only
+    /// bars it did not); for any other check, none.
+    async fn held_final(
+        &self,
+        c: &HoleCheck,
+        iv: &Arc<str>,
+        need_from: i64,
+    ) -> Result<std::collections::HashSet<i64>, Failed> {
+        if !c.reason.is_hint() {
+            return Ok(Default::default());
+        }
+        Ok(self
+            .store
+            .bar_states(self.venue.name(), &c.symbol, iv, need_from, 100_000)
+            .await
+            .map_err(|e| Failed::Store(format!("reading stored {iv} bars: {e}")))?
+            .into_iter()
+            .filter_map(|(t, closed)| closed.then_some(t))
+            .collect())
     }
 
     /// Looks for bars missing or not final among the newest stored bars of every recorded
