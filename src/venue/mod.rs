@@ -1,6 +1,7 @@
 //! Venue protocols. Each venue is one folder: it turns socket frames into [`Event`]s and says
 //! what to send (subscriptions, pongs). The worker, writer and store know nothing venue-specific.
 
+pub mod bars;
 pub mod cdc_exchange;
 pub mod cdc_v1;
 pub mod numbers;

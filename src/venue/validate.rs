@@ -201,6 +201,23 @@ impl Findings {
     pub fn invalid_total(&self) -> u32 {
         self.invalid.iter().sum()
     }
+
+    /// Checks `ev` against `rules` and tallies what it found; true when the event may be
+    /// stored (valid, or kept though the venue clock is off).
+    pub fn admit(&mut self, rules: &Rules, ev: &Event, recv_ms: i64) -> bool {
+        match rules.check(ev, recv_ms) {
+            Verdict::Valid => true,
+            Verdict::Skewed => {
+                self.skewed += 1;
+                true
+            }
+            Verdict::Invalid(kind) => {
+                self.invalid[kind.index()] += 1;
+                self.first.get_or_insert(kind);
+                false
+            }
+        }
+    }
 }
 
 /// Drops the invalid events of `events[from..]`, keeping order, and tallies what it found.
@@ -213,17 +230,10 @@ pub fn retain_valid(
 ) {
     let mut i = from;
     while i < events.len() {
-        match rules.check(&events[i], recv_ms) {
-            Verdict::Valid => i += 1,
-            Verdict::Skewed => {
-                findings.skewed += 1;
-                i += 1;
-            }
-            Verdict::Invalid(kind) => {
-                findings.invalid[kind.index()] += 1;
-                findings.first.get_or_insert(kind);
-                events.remove(i);
-            }
+        if findings.admit(rules, &events[i], recv_ms) {
+            i += 1;
+        } else {
+            events.remove(i);
         }
     }
 }

@@ -19,8 +19,9 @@ use crate::decimal::Dec;
 use crate::model::{
     BookDelta, BookSide, BookSnapshot, Event, Interval, Kline, Source, Span, StreamKey, Ticker,
 };
+use crate::venue::bars::OpenBars;
 use crate::venue::numbers::short;
-use crate::venue::validate::{Findings, Rules, Verdict};
+use crate::venue::validate::{Findings, Rules};
 use crate::venue::{BookBreak, DecodeError, Frame, Reaction, Refusal, RefusalKind, VenueSession};
 
 use self::wire::{
@@ -229,8 +230,8 @@ pub struct ExchangeSession {
     symbols: Vec<Arc<str>>,
     rules: Rules,
     books: HashMap<(usize, i16), BookState>,
-    /// Per (symbol, timeframe): the newest bar, emitted again closed when a later one comes.
-    open_bars: HashMap<(usize, String), Kline>,
+    /// Candlesticks have no closed flag: a bar is final when a later one arrives.
+    open_bars: OpenBars,
 }
 
 impl ExchangeSession {
@@ -240,7 +241,7 @@ impl ExchangeSession {
             symbols,
             rules,
             books: HashMap::new(),
-            open_bars: HashMap::new(),
+            open_bars: OpenBars::default(),
         }
     }
 }
@@ -397,19 +398,16 @@ struct Normalizer<'s> {
 impl Normalizer<'_> {
     /// Passes `ev` on if it is valid; false: dropped (counted).
     fn emit(&mut self, ev: Event, out: &mut Vec<Event>) -> bool {
-        match self.s.rules.check(&ev, self.recv_time_us / 1000) {
-            Verdict::Valid => out.push(ev),
-            Verdict::Skewed => {
-                self.findings.skewed += 1;
-                out.push(ev);
-            }
-            Verdict::Invalid(kind) => {
-                self.findings.invalid[kind.index()] += 1;
-                self.findings.first.get_or_insert(kind);
-                return false;
-            }
+        let ok = self.admit(&ev);
+        if ok {
+            out.push(ev);
         }
-        true
+        ok
+    }
+
+    fn admit(&mut self, ev: &Event) -> bool {
+        self.findings
+            .admit(&self.s.rules, ev, self.recv_time_us / 1000)
     }
 
     fn push(
@@ -613,28 +611,10 @@ impl Normalizer<'_> {
                 recv_time_us: self.recv_time_us,
                 source: Source::Ws,
             };
-            // no closed flag: the previous bar is final once a later one arrives
-            let key = (at, timeframe.to_string());
-            let mut closed_prev = false;
-            if let Some(prev) = self.s.open_bars.get(&key)
-                && prev.open_time_ms < k.open_time_ms
-            {
-                let mut done = prev.clone();
-                done.closed = true;
-                self.emit(Event::Kline(done), out);
-                closed_prev = true;
-            }
-            let newer = self
-                .s
-                .open_bars
-                .get(&key)
-                .is_none_or(|p| p.open_time_ms <= k.open_time_ms);
-            // an invalid bar is dropped once, not kept to be closed (and dropped) again
-            if self.emit(Event::Kline(k.clone()), out) && newer {
-                self.s.open_bars.insert(key, k);
-            } else if closed_prev {
-                self.s.open_bars.remove(&key);
-            }
+            let recv_ms = self.recv_time_us / 1000;
+            let (s, findings) = (&mut *self.s, &mut self.findings);
+            s.open_bars
+                .push(at, k, |ev| findings.admit(&s.rules, ev, recv_ms), out);
         }
         Ok(())
     }

@@ -27,7 +27,8 @@ use crate::model::{
     BookDelta, BookSide, BookSnapshot, Event, Interval, Kline, Side, Source, Span, StreamKey,
     Ticker, Trade, TradeMark,
 };
-use crate::venue::validate::{Findings, Rules, Verdict};
+use crate::venue::bars::OpenBars;
+use crate::venue::validate::{Findings, Rules};
 use crate::venue::{
     ConnectionPlan, DecodeError, Defaults, FetchError, Frame, HistoryRequest, KlineHistory, Reach,
     Reaction, SocketLimits, Subscription, TradeHistory, TradeIds, Venue, VenueSession,
@@ -470,9 +471,8 @@ pub struct CdcSession {
     symbols: Vec<Arc<str>>,
     rules: Rules,
     inflater: Inflater,
-    /// Per symbol, the latest bar per interval: the venue has no closed flag, a bar is final
-    /// when a later bar arrives, and then we emit it once more with `closed = true`.
-    open_bars: Vec<HashMap<String, Kline>>,
+    /// The venue has no closed flag: a bar is final when a later one arrives.
+    open_bars: OpenBars,
 }
 
 impl CdcSession {
@@ -483,7 +483,7 @@ impl CdcSession {
     /// A connection carrying several symbols (each channel names its symbol).
     pub fn for_symbols(symbols: Vec<Arc<str>>, max_frame_bytes: usize) -> CdcSession {
         CdcSession {
-            open_bars: symbols.iter().map(|_| HashMap::new()).collect(),
+            open_bars: OpenBars::default(),
             symbols,
             rules: RULES,
             inflater: Inflater::new(max_frame_bytes),
@@ -526,7 +526,7 @@ struct Normalizer<'s> {
     /// The message's symbol, as an index into `symbols` (and `open_bars`).
     at: usize,
     recv_time_us: i64,
-    open_bars: &'s mut [HashMap<String, Kline>],
+    open_bars: &'s mut OpenBars,
     rules: &'s Rules,
     findings: Findings,
 }
@@ -547,18 +547,8 @@ fn non_null(v: Option<&RawValue>) -> Option<&RawValue> {
 impl Normalizer<'_> {
     /// Validates an event; true when it may be emitted (invalid ones are only counted).
     fn valid(&mut self, ev: &Event) -> bool {
-        match self.rules.check(ev, self.recv_time_us / 1000) {
-            Verdict::Valid => true,
-            Verdict::Skewed => {
-                self.findings.skewed += 1;
-                true
-            }
-            Verdict::Invalid(kind) => {
-                self.findings.invalid[kind.index()] += 1;
-                self.findings.first.get_or_insert(kind);
-                false
-            }
-        }
+        self.findings
+            .admit(self.rules, ev, self.recv_time_us / 1000)
     }
 
     fn emit(&mut self, ev: Event, out: &mut Vec<Event>) {
@@ -709,38 +699,12 @@ impl Normalizer<'_> {
                 recv_time_us: self.recv_time_us,
                 source: Source::Ws,
             };
-            // before the bar can become this connection's open bar
-            let k = Event::Kline(k);
-            if self.valid(&k)
-                && let Event::Kline(k) = k
-            {
-                self.push_bar(k, out);
-            }
+            let recv_ms = self.recv_time_us / 1000;
+            let (rules, findings) = (self.rules, &mut self.findings);
+            self.open_bars
+                .push(self.at, k, |ev| findings.admit(rules, ev, recv_ms), out);
         }
         Ok(())
-    }
-
-    fn push_bar(&mut self, mut k: Kline, out: &mut Vec<Event>) {
-        match self.open_bars[self.at].get_mut(&*k.interval) {
-            Some(last) if last.open_time_ms < k.open_time_ms => {
-                let mut done = std::mem::replace(last, k.clone());
-                done.closed = true;
-                out.push(Event::Kline(done));
-                out.push(Event::Kline(k));
-            }
-            Some(last) if last.open_time_ms > k.open_time_ms => {
-                k.closed = true; // an older bar (history reply): final
-                out.push(Event::Kline(k));
-            }
-            Some(last) => {
-                *last = k.clone();
-                out.push(Event::Kline(k));
-            }
-            None => {
-                self.open_bars[self.at].insert(k.interval.to_string(), k.clone());
-                out.push(Event::Kline(k));
-            }
-        }
     }
 
     fn depth(
