@@ -111,9 +111,15 @@ fn merge_quote_volume(mut new: Kline, old: &Kline) -> Kline {
 }
 
 impl Batch {
-    pub fn push(&mut self, mut ev: Event) {
+    pub fn push(&mut self, ev: Event) {
+        let bytes = ev.approx_bytes();
+        self.push_sized(ev, bytes);
+    }
+
+    /// [`Batch::push`] of an event whose size is known (measured when it was queued).
+    pub fn push_sized(&mut self, mut ev: Event, bytes: usize) {
         sanitize(&mut ev);
-        self.bytes += ev.approx_bytes();
+        self.bytes += bytes;
         match ev {
             Event::Trade(t) => match self.trade_index.entry((t.symbol.clone(), t.trade_id)) {
                 // the same trade from WS and REST: one row, keeping any field only one sent

@@ -9,19 +9,27 @@ use tokio::sync::{Semaphore, mpsc};
 
 use crate::model::Event;
 
+/// An event queued with its size (`Event::approx_bytes`, measured once, at the sender): the
+/// byte bound's unit and the batch's byte count.
+#[derive(Debug)]
+pub struct Queued {
+    pub ev: Event,
+    pub bytes: usize,
+}
+
 /// The writer is gone: nothing more can be queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Closed;
 
 #[derive(Clone)]
 pub struct EventTx {
-    tx: mpsc::Sender<Event>,
+    tx: mpsc::Sender<Queued>,
     bytes: Arc<Semaphore>,
     limit: usize,
 }
 
 pub struct EventRx {
-    rx: mpsc::Receiver<Event>,
+    rx: mpsc::Receiver<Queued>,
     bytes: Arc<Semaphore>,
     limit: usize,
 }
@@ -29,7 +37,7 @@ pub struct EventRx {
 /// Watches the queue without keeping it open (metrics, health).
 #[derive(Clone, Debug)]
 pub struct QueueGauge {
-    tx: mpsc::WeakSender<Event>,
+    tx: mpsc::WeakSender<Queued>,
     bytes: Arc<Semaphore>,
     limit: usize,
 }
@@ -56,22 +64,23 @@ pub fn channel(capacity: usize, bytes: usize) -> (EventTx, EventRx) {
     )
 }
 
-/// What an event holds the queue's byte budget for: an event larger than the whole budget
-/// takes all of it (it still passes, alone).
-fn cost(ev: &Event, limit: usize) -> u32 {
-    ev.approx_bytes().clamp(1, limit) as u32
+/// What an event of `bytes` holds the queue's byte budget for: an event larger than the
+/// whole budget takes all of it (it still passes, alone).
+fn cost(bytes: usize, limit: usize) -> u32 {
+    bytes.clamp(1, limit) as u32
 }
 
 impl EventTx {
     /// Queues `ev`, waiting while the queue is full (in events or in bytes).
     pub async fn send(&self, ev: Event) -> Result<(), Closed> {
-        let n = cost(&ev, self.limit);
+        let bytes = ev.approx_bytes();
+        let n = cost(bytes, self.limit);
         self.bytes
             .acquire_many(n)
             .await
             .map_err(|_| Closed)?
             .forget();
-        self.tx.send(ev).await.map_err(|_| {
+        self.tx.send(Queued { ev, bytes }).await.map_err(|_| {
             self.bytes.add_permits(n as usize);
             Closed
         })
@@ -88,7 +97,7 @@ impl EventTx {
 
 impl EventRx {
     /// Up to `most` events into `buf`, waiting for the first; 0 once every sender is gone.
-    pub async fn recv_many(&mut self, buf: &mut Vec<Event>, most: usize) -> usize {
+    pub async fn recv_many(&mut self, buf: &mut Vec<Queued>, most: usize) -> usize {
         let start = buf.len();
         let n = self.rx.recv_many(buf, most).await;
         self.release(&buf[start..]);
@@ -96,14 +105,14 @@ impl EventRx {
     }
 
     /// One event if one is waiting (never waits).
-    pub fn try_recv(&mut self) -> Option<Event> {
+    pub fn try_recv(&mut self) -> Option<Queued> {
         let ev = self.rx.try_recv().ok()?;
         self.release(std::slice::from_ref(&ev));
         Some(ev)
     }
 
-    fn release(&self, evs: &[Event]) {
-        let n: usize = evs.iter().map(|e| cost(e, self.limit) as usize).sum();
+    fn release(&self, evs: &[Queued]) {
+        let n: usize = evs.iter().map(|q| cost(q.bytes, self.limit) as usize).sum();
         if n > 0 {
             self.bytes.add_permits(n);
         }

@@ -189,7 +189,7 @@ pub async fn run_from(
         }
     }
     let mut batch = Batch::default();
-    let mut buf: Vec<Event> = Vec::with_capacity(1024);
+    let mut buf: Vec<crate::store::queue::Queued> = Vec::with_capacity(1024);
     let mut policy = FlushPolicy::new(
         w.cfg.batch_rows,
         Duration::from_millis(w.cfg.flush_interval_ms),
@@ -207,8 +207,8 @@ pub async fn run_from(
                 if n == 0 {
                     break; // all senders gone: shutdown
                 }
-                for ev in buf.drain(..) {
-                    batch.push(ev);
+                for q in buf.drain(..) {
+                    batch.push_sized(q.ev, q.bytes);
                 }
                 let full = policy.added(batch.rows(), Instant::now());
                 if full || batch.bytes() >= BACKLOG_BYTES {
@@ -347,7 +347,7 @@ fn take_backlog(
 ) {
     while batch.rows() < rows && batch.bytes() < bytes {
         match rx.try_recv() {
-            Some(ev) => batch.push(ev),
+            Some(q) => batch.push_sized(q.ev, q.bytes),
             None => break,
         }
     }
