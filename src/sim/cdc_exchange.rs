@@ -731,17 +731,19 @@ impl Conn {
 
     /// The frames one market step means for this connection, with the trade ids each carries.
     fn frames_for(&mut self, u: &Update) -> Vec<(Message, Vec<i64>)> {
-        let Some(names) = self.by_symbol.get(&*u.symbol).cloned() else {
+        // the symbol's channel names and each channel's state are moved out for the step and
+        // back, keys and all: nothing is copied per channel
+        let Some((key, names)) = self.by_symbol.remove_entry(&*u.symbol) else {
             return Vec::new();
         };
         let muted = self.state().muted_channel.clone();
         let mut out = Vec::new();
         let symbol: &str = &u.symbol;
-        for name in names {
+        for name in &names {
             if muted.as_deref() == Some(name.as_str()) {
                 continue;
             }
-            let Some(mut sub) = self.subs.remove(&name) else {
+            let Some((name, mut sub)) = self.subs.remove_entry(name) else {
                 continue;
             };
             if u.seq > sub.snapshot_seq {
@@ -749,6 +751,7 @@ impl Conn {
             }
             self.subs.insert(name, sub);
         }
+        self.by_symbol.insert(key, names);
         out
     }
 

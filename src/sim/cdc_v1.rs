@@ -64,6 +64,8 @@ pub async fn serve_ws(server: Arc<Server>, listener: TcpListener) {
 
 /// A channel subscription of one connection.
 struct Sub {
+    /// The channel's name, spelled once at subscription.
+    name: String,
     levels: usize,
     /// Depth updates up to this market step are already in the snapshot sent on subscribe.
     snapshot_seq: u64,
@@ -251,11 +253,13 @@ impl Conn {
                         out.push(self.frame(&f)?);
                     }
                 }
+                let name = ch.name();
                 if self
                     .subs
                     .insert(
                         ch,
                         Sub {
+                            name,
                             levels,
                             snapshot_seq,
                         },
@@ -373,14 +377,14 @@ impl Conn {
             if *ch.symbol != *u.symbol {
                 continue;
             }
-            let name = ch.name();
+            let name = &sub.name;
             if muted.as_deref() == Some(name.as_str()) {
                 continue;
             }
             let envelope = |tick: String| {
                 format!(
                     "{{\"event_rep\":\"\",\"channel\":{},\"data\":null,\"tick\":{tick},\"ts\":{},\"status\":\"ok\"}}",
-                    json_str(&name),
+                    json_str(name),
                     u.time_ms
                 )
             };
@@ -433,7 +437,7 @@ impl Conn {
                             .unwrap_or(0);
                         let book = merge_book(&u.book, scale, *step, sub.levels);
                         out.push((
-                            self.frame(&book_frame(&f, &name, u.time_ms, &book))?,
+                            self.frame(&book_frame(&f, name, u.time_ms, &book))?,
                             vec![],
                         ));
                     }
