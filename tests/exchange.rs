@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use common::config::TestConfig;
 use common::{PgDb, Recorder, sqlite_db, stored_trades_of, wait_for};
 use mdrec::config::Config;
 use mdrec::decimal::Dec;
@@ -33,52 +34,22 @@ fn sim_config(kind: &str) -> SimConfig {
     }
 }
 
+fn test_config(kind: &str, sim: &SimHandle, db_url: &str, extra: &str) -> TestConfig {
+    TestConfig::new(kind, &sim.ws_url(), &sim.rest_url(), db_url)
+        .symbols(&SYMBOLS)
+        .streams(&format!(
+            "trades = true\nklines = [\"1m\", \"5m\"]\ndepth = {}\nticker = true",
+            depth(kind)
+        ))
+        .extra(extra)
+}
+
 fn config_text(kind: &str, sim: &SimHandle, db_url: &str, extra: &str) -> String {
-    let syms: Vec<String> = SYMBOLS.iter().map(|s| format!("{s:?}")).collect();
-    let text = format!(
-        r#"
-[venue]
-kind = "{kind}"
-ws_url = "{}"
-rest_url = "{}"
-
-[database]
-url = "{db_url}"
-
-[record]
-symbols = [{}]
-trades = true
-klines = ["1m", "5m"]
-depth = {}
-ticker = true
-# the simulator's clock runs ahead of the wall clock (60x)
-max_time_ahead_s = 86400
-
-[writer]
-flush_interval_ms = 50
-
-[metrics]
-listen = "127.0.0.1:0"
-
-{extra}
-"#,
-        sim.ws_url(),
-        sim.rest_url(),
-        syms.join(", "),
-        depth(kind),
-    );
-    if extra.contains("[backfill]") {
-        text
-    } else {
-        format!("{text}\n[backfill]\nenabled = false\n")
-    }
+    test_config(kind, sim, db_url, extra).text()
 }
 
 fn config(kind: &str, sim: &SimHandle, db_url: &str, extra: &str) -> Config {
-    let c = mdrec::venue::registry::parse_config(&config_text(kind, sim, db_url, extra))
-        .expect("test config parses");
-    mdrec::venue::registry::check_config(&c).expect("test config valid");
-    c
+    test_config(kind, sim, db_url, extra).build()
 }
 
 type BookSides = (Vec<(String, String)>, Vec<(String, String)>);
@@ -746,17 +717,10 @@ async fn whole_exchange_on_few_sockets_without_rate_errors() {
     .await
     .expect("simulator starts");
     let (_dir, url) = sqlite_db();
-    let list: Vec<String> = symbols.iter().map(|s| format!("{s:?}")).collect();
-    let text = format!(
-        "[venue]\nkind = \"cdc-exchange\"\nws_url = \"{}\"\nrest_url = \"{}\"\n[database]\nurl = \"{url}\"\n\
-         [record]\nsymbols = [{}]\ntrades = true\nklines = [\"1m\"]\ndepth = 10\nticker = true\nmax_time_ahead_s = 86400\n\
-         [metrics]\nlisten = \"127.0.0.1:0\"\n[backfill]\nenabled = false\n",
-        sim.ws_url(),
-        sim.rest_url(),
-        list.join(", ")
-    );
-    let cfg = mdrec::venue::registry::parse_config(&text).expect("parses");
-    mdrec::venue::registry::check_config(&cfg).expect("valid");
+    let cfg = TestConfig::new("cdc-exchange", &sim.ws_url(), &sim.rest_url(), &url)
+        .symbols(&symbols)
+        .streams("trades = true\nklines = [\"1m\"]\ndepth = 10\nticker = true")
+        .build();
     let run = Recorder::start(&cfg).await;
     assert!(
         sim.wait_subscriptions(480, Duration::from_secs(60)).await,

@@ -9,30 +9,17 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use common::config::TestConfig;
 use common::{Recorder, session_reasons, sqlite_db, stored_trades_of, wait_for};
-use mdrec::config::Config;
 use mdrec::sim::{self, SimConfig, SimHandle};
 use mdrec::store::Store;
 use mdrec::venue::RefusalKind;
 
 const KIND: &str = "cdc-exchange";
 
-fn config(sim: &SimHandle, db_url: &str, symbols: &str, extra: &str) -> Config {
-    let text = format!(
-        "[venue]\nkind = \"{KIND}\"\nws_url = \"{}\"\nrest_url = \"{}\"\n[database]\nurl = \"{db_url}\"\n\
-         [record]\nsymbols = {symbols}\ntrades = true\nklines = [\"1m\"]\ndepth = 10\nticker = true\n\
-         max_time_ahead_s = 86400\n{extra}\n[metrics]\nlisten = \"127.0.0.1:0\"\n[writer]\nflush_interval_ms = 50\n[backfill]\nenabled = false\n",
-        sim.ws_url(),
-        sim.rest_url(),
-    );
-    let c = mdrec::venue::registry::parse_config(&text).expect("test config parses");
-    mdrec::venue::registry::check_config(&c).expect("test config valid");
-    c
-}
-
-fn list(symbols: &[String]) -> String {
-    let q: Vec<String> = symbols.iter().map(|s| format!("{s:?}")).collect();
-    format!("[{}]", q.join(", "))
+fn config(sim: &SimHandle, db_url: &str) -> TestConfig {
+    TestConfig::new(KIND, &sim.ws_url(), &sim.rest_url(), db_url)
+        .streams("trades = true\nklines = [\"1m\"]\ndepth = 10\nticker = true")
 }
 
 fn names(n: usize) -> Vec<String> {
@@ -54,7 +41,7 @@ async fn recorded(sim: SimConfig) -> (SimHandle, tempfile::TempDir, Recorder, St
     let symbols = sim.symbols.clone();
     let sim = sim::start(sim).await.expect("simulator starts");
     let (dir, url) = sqlite_db();
-    let run = Recorder::start(&config(&sim, &url, &list(&symbols), "")).await;
+    let run = Recorder::start(&config(&sim, &url).symbols(&symbols).build()).await;
     assert!(
         sim.wait_subscriptions(4 * symbols.len(), Duration::from_secs(60))
             .await,
@@ -170,12 +157,10 @@ async fn an_unknown_instrument_is_refused_once_and_never_asked_again() {
     let (_dir, url) = sqlite_db();
     let mut configured = symbols.clone();
     configured.push("NOPE_USD".into());
-    let mut cfg = config(
-        &sim,
-        &url,
-        &list(&configured),
-        "[connection]\nchannel_silence_s = 1",
-    );
+    let mut cfg = config(&sim, &url)
+        .symbols(&configured)
+        .extra("[connection]\nchannel_silence_s = 1")
+        .build();
     // recorded although the listing does not name it: what the venue then does
     cfg.record.allow_unlisted = true;
     let run = Recorder::start(&cfg).await;
@@ -265,12 +250,10 @@ async fn all_symbols_follow_the_listing() {
     .await
     .expect("simulator starts");
     let (_dir, url) = sqlite_db();
-    let cfg = config(
-        &sim,
-        &url,
-        "\"all\"",
-        "instrument_types = [\"spot\"]\nrelist_interval_s = 1",
-    );
+    let cfg = config(&sim, &url)
+        .all()
+        .record("instrument_types = [\"spot\"]\nrelist_interval_s = 1")
+        .build();
     let run = Recorder::start(&cfg).await;
     assert_eq!(run.stats.workers.symbols(), ["BTC_USD", "ETH_USD"]);
     let store = Store::connect(&url).await.expect("open db");

@@ -7,6 +7,7 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use common::config::TestConfig;
 use common::tls::test_ca;
 use common::{Recorder, sqlite_db, stored_ids_of, wait_for};
 use mdrec::config::Config;
@@ -17,17 +18,12 @@ const KIND: &str = "cdc-v2";
 const SYMBOL: &str = "BTC_USDT";
 
 fn config(sim: &SimHandle, db_url: &str, extra: &str) -> Config {
-    let text = format!(
-        "[venue]\nkind = \"{KIND}\"\nws_url = \"{}\"\nrest_url = \"{}\"\n[database]\nurl = \"{db_url}\"\n\
-         [record]\nsymbols = [\"{SYMBOL}\"]\ntrades = true\nklines = [\"1m\"]\ndepth = 10\nticker = true\n\
-         max_time_ahead_s = 86400\n[metrics]\nlisten = \"127.0.0.1:0\"\n[writer]\nflush_interval_ms = 50\n\
-         [backfill]\nenabled = true\n{extra}\n",
-        sim.ws_url(),
-        sim.rest_url(),
-    );
-    let c = mdrec::venue::registry::parse_config(&text).expect("test config parses");
-    mdrec::venue::registry::check_config(&c).expect("test config valid");
-    c
+    TestConfig::new(KIND, &sim.ws_url(), &sim.rest_url(), db_url)
+        .symbols(&[SYMBOL])
+        .streams("trades = true\nklines = [\"1m\"]\ndepth = 10\nticker = true")
+        .backfill(true)
+        .extra(extra)
+        .build()
 }
 
 fn rest(stats: &mdrec::recorder::RunStats) -> &mdrec::stats::RestStats {

@@ -436,10 +436,7 @@ impl Conn {
                             .map(|m| m.spec.price_scale)
                             .unwrap_or(0);
                         let book = merge_book(&u.book, scale, *step, sub.levels);
-                        out.push((
-                            self.frame(&book_frame(&f, name, u.time_ms, &book))?,
-                            vec![],
-                        ));
+                        out.push((self.frame(&book_frame(&f, name, u.time_ms, &book))?, vec![]));
                     }
                 }
                 Stream::Ticker => {

@@ -1,6 +1,7 @@
 //! Shared test harness: fresh databases, the simulator, waiting on conditions with deadlines.
 #![allow(dead_code)]
 
+pub mod config;
 pub mod tls;
 pub mod venue;
 
@@ -114,7 +115,7 @@ where
     }
 }
 
-/// Recorder config for a simulator, in TOML so the parsing path is the real one.
+/// A v1 recorder configuration for a simulator (see [`config::TestConfig`]).
 pub fn recorder_config(
     ws_url: &str,
     rest_url: &str,
@@ -122,46 +123,11 @@ pub fn recorder_config(
     symbols: &[&str],
     extra: &str,
 ) -> Config {
-    let syms: Vec<String> = symbols.iter().map(|s| format!("{s:?}")).collect();
-    let text = format!(
-        r#"
-[venue]
-kind = "cdc-v1"
-ws_url = "{ws_url}"
-rest_url = "{rest_url}"
-
-[database]
-url = "{db_url}"
-
-[record]
-symbols = [{}]
-trades = true
-klines = ["1min", "5min"]
-depth = "step0"
-ticker = true
-# the simulator's clock runs ahead of the wall clock (60x by default)
-max_time_ahead_s = 86400
-
-[writer]
-flush_interval_ms = 50
-batch_rows = 500
-
-[metrics]
-listen = "127.0.0.1:0"
-
-{extra}
-"#,
-        syms.join(", ")
-    );
-    // tests of other mechanisms compare with what the sockets delivered: no REST backfill
-    let text = if extra.contains("[backfill]") {
-        text
-    } else {
-        format!("{text}\n[backfill]\nenabled = false\n")
-    };
-    let c = mdrec::venue::registry::parse_config(&text).expect("test config parses");
-    mdrec::venue::registry::check_config(&c).expect("test config valid");
-    c
+    config::TestConfig::new("cdc-v1", ws_url, rest_url, db_url)
+        .symbols(symbols)
+        .writer("flush_interval_ms = 50\nbatch_rows = 500")
+        .extra(extra)
+        .build()
 }
 
 /// A private PostgreSQL server in a temporary directory, which a test may stop and start
