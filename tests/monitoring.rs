@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{recorder_config, sqlite_db, wait_for};
+use common::{recorder_config, sqlite_db};
 use mdrec::sim::{self, SimConfig};
 
 fn deploy(p: &str) -> std::path::PathBuf {
@@ -139,21 +139,29 @@ async fn rules_and_dashboard_name_only_metrics_the_recorder_exports() {
             .await
             .unwrap()
     };
-    // histograms appear with their first observations: wait for writes and commits
-    wait_for("writes observed", Duration::from_secs(30), || async {
-        let t = scrape().await;
-        t.contains("mdrec_write_duration_seconds_bucket")
-            && t.contains("mdrec_frame_to_commit_seconds_bucket")
-    })
-    .await;
-    let text = scrape().await;
-    let exported: BTreeSet<String> = text
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| l.split(['{', ' ']).next())
-        .map(str::to_string)
-        .collect();
-    let missing: Vec<&String> = wanted.iter().filter(|m| !exported.contains(*m)).collect();
+    let missing_from = |text: &str| -> Vec<String> {
+        let exported: BTreeSet<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .filter_map(|l| l.split(['{', ' ']).next())
+            .collect();
+        wanted
+            .iter()
+            .filter(|m| !exported.contains(m.as_str()))
+            .cloned()
+            .collect()
+    };
+    // some series appear only once the run did something: histograms with their first
+    // observations, `mdrec_gaps` with a scrape whose database read answered within its 1 s;
+    // scraped until every named one is there or the deadline passes
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let missing = loop {
+        let missing = missing_from(&scrape().await);
+        if missing.is_empty() || tokio::time::Instant::now() >= deadline {
+            break missing;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert!(
         missing.is_empty(),
         "named by the rules or the dashboard but not on /metrics: {missing:?}"
