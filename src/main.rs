@@ -45,8 +45,9 @@ enum Cmd {
     Simulate(commands::simulate::SimulateArgs),
     /// Apply database migrations and exit.
     Migrate(ConfigArg),
-    /// One symbol's trades, bars, books or holes over a time range, to CSV or Parquet, with
-    /// exact decimals (as strings). Streams: memory stays bounded whatever the range.
+    /// Trades, bars, books, book changes, tickers or holes of one or several symbols over a
+    /// time range, to CSV or typed Parquet, every digit as the exchange sent it. Streams:
+    /// memory stays bounded whatever the range.
     Export(commands::export::Args),
     /// The order book of a symbol as it stood at a time, rebuilt from stored snapshots and
     /// deltas.

@@ -526,8 +526,9 @@ async fn book_grid(store: &Store, dir: &Path) -> PathBuf {
     out
 }
 
-/// Two symbols, one call: one file per symbol and UTC day that has rows, the rows of each
-/// in its day, all of them once; DuckDB reads the directory as one dataset.
+/// Two symbols of different decimal scales, one call: one file per symbol and UTC day that
+/// has rows, the symbol the directory's key and not a column, the rows of each in its day,
+/// every one once with its values; one decimal scale per column over the whole dataset.
 async fn hive(store: &Store, dir: &Path) -> Vec<PathBuf> {
     let out = dir.join("hive");
     let mut req = request(Kind::Trades, "btcusdt", Format::Parquet, out.clone());
@@ -535,8 +536,15 @@ async fn hive(store: &Store, dir: &Path) -> Vec<PathBuf> {
     req.layout = Layout::Hive;
     let written = export::export(store, NAME, &req, |_| {}).await.unwrap();
     let cols = export::columns(&req);
-    let mut total = 0;
+    assert!(
+        cols.iter().all(|c| c.name != "symbol"),
+        "the hive key is not a column"
+    );
+    let at = |name: &str| cols.iter().position(|c| c.name == name).unwrap();
+    let (event_time, trade_id) = (at("event_time_ms"), at("trade_id"));
+    let mut got: std::collections::BTreeMap<&str, Vec<Vec<Val>>> = Default::default();
     let mut days = std::collections::BTreeSet::new();
+    let mut scales = std::collections::BTreeSet::new();
     for w in &written {
         let rel = w
             .path
@@ -553,19 +561,43 @@ async fn hive(store: &Store, dir: &Path) -> Vec<PathBuf> {
         let rows = read_parquet(&w.path, &cols);
         assert_eq!(rows.len() as u64, w.rows);
         for r in &rows {
-            assert_eq!(r[1], t(symbol));
-            let Val::Int(ms) = r[7] else { panic!() };
+            let Val::Int(ms) = r[event_time] else {
+                panic!()
+            };
             assert_eq!(&mdrec::coverage::format_time(ms)[..10], date, "{rel}");
         }
-        total += rows.len();
+        let reader = SerializedFileReader::new(std::fs::File::open(&w.path).unwrap()).unwrap();
+        let schema = reader.metadata().file_metadata().schema_descr_ptr();
+        let decimals: Vec<(String, i32)> = (0..schema.num_columns())
+            .map(|i| schema.column(i))
+            .filter(|c| c.type_precision() == 38)
+            .map(|c| (c.name().to_string(), c.type_scale()))
+            .collect();
+        scales.insert(decimals);
+        got.entry(SYMBOLS.iter().find(|s| **s == symbol).unwrap())
+            .or_default()
+            .extend(rows);
     }
     assert!(days.len() >= 2, "the recording crosses midnight: {days:?}");
     assert_eq!(written.len(), 2 * days.len());
-    let mut stored = 0;
+    assert_eq!(
+        scales.len(),
+        1,
+        "one decimal scale per column in every file: {scales:?}"
+    );
     for s in SYMBOLS {
-        stored += store.load_trades(NAME, s).await.unwrap().len();
+        let mut want = expected(store, Kind::Trades, s).await;
+        for r in &mut want {
+            r.remove(1); // the symbol: the directory's
+        }
+        let int = |v: &Val| match v {
+            Val::Int(i) => *i,
+            other => panic!("not an integer: {other:?}"),
+        };
+        let mut have = got.remove(s).unwrap_or_default();
+        have.sort_by_key(|r| (int(&r[event_time]), int(&r[trade_id])));
+        assert_eq!(have, want, "{s}: every trade once, each value as stored");
     }
-    assert_eq!(total, stored);
     // the same for book changes in CSV: every change once, no empty file
     let mut dreq = request(
         Kind::BookDeltas,
@@ -733,10 +765,21 @@ async fn round_trip(db: &str) {
         &grows,
         json!({"mdrec.every_ms": "1000", "mdrec.depth": "5"}),
     ));
+    // the hive dataset read back whole by every reader: each trade's digits, per symbol
+    let mut trades = Vec::new();
+    for s in SYMBOLS {
+        for x in store.load_trades(NAME, s).await.unwrap() {
+            trades.push(json!({
+                "symbol": s, "trade_id": x.trade_id, "price": x.price.as_str(),
+                "qty": x.qty.as_str(),
+                "quote_qty": x.quote_qty.as_ref().map(|q| q.as_str().to_string()),
+            }));
+        }
+    }
     let spec = json!({
         "files": files,
         "hive": {"dir": dir.path().join("hive"), "files": hive_files.len(),
-                 "rows": SYMBOLS.len()},
+                 "rows": SYMBOLS.len(), "trades": trades},
     });
     if let Some(out) = python_readers(&spec, dir.path()) {
         eprintln!("python readers: {}", out.trim());

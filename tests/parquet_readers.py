@@ -12,6 +12,7 @@ try:
     import pandas as pd
     import polars as pl
     import pyarrow as pa
+    import pyarrow.dataset as pads
     import pyarrow.parquet as pq
 except ImportError as e:
     print(f"cannot import a Parquet reader: {e}", file=sys.stderr)
@@ -104,18 +105,44 @@ def check_file(f):
 
 
 def check_hive(h):
-    glob = f"{h['dir']}/**/*.parquet"
-    rel = duckdb.sql(
-        f"SELECT symbol, count(DISTINCT date), count(*) FROM read_parquet('{glob}', hive_partitioning = true) GROUP BY symbol"
+    """The hive directory as one table, in every reader: each trade's decimals exactly as
+    stored, whatever scale each symbol's files would need alone; the symbol from the path."""
+    d = h["dir"]
+    glob = f"{d}/**/*.parquet"
+    want = sorted(
+        (t["symbol"], t["trade_id"], dec(t["price"]), dec(t["qty"]), dec(t["quote_qty"]))
+        for t in h["trades"]
     )
-    rows = rel.fetchall()
-    if len(rows) != h["rows"]:
-        fail(f"hive: duckdb sees symbols {rows}")
-    ds = pl.scan_parquet(glob, hive_partitioning=True).select(pl.len()).collect().item()
-    total = sum(r[2] for r in rows)
-    if ds != total:
-        fail(f"hive: polars reads {ds} rows, duckdb {total}")
-    return total
+    cols = ["symbol", "trade_id", "price", "qty", "quote_qty"]
+
+    def rows(where, records):
+        got = sorted((str(s), int(i), p, q, None if qq is None or (not isinstance(qq, Decimal) and pd.isna(qq)) else qq)
+                     for s, i, p, q, qq in records)
+        if len(got) != len(want):
+            fail(f"hive {where}: {len(got)} rows, want {len(want)}")
+        for g, w in zip(got, want):
+            if g != w:
+                fail(f"hive {where}: {g} != {w}")
+        return len(got)
+
+    sel = ", ".join(cols)
+    rows("duckdb", duckdb.sql(f"SELECT {sel} FROM read_parquet('{glob}', hive_partitioning = true)").fetchall())
+    rows("duckdb union_by_name",
+         duckdb.sql(f"SELECT {sel} FROM read_parquet('{glob}', hive_partitioning = true, union_by_name = true)").fetchall())
+    pl_df = pl.scan_parquet(glob, hive_partitioning=True).select(cols).collect()
+    rows("polars", pl_df.iter_rows())
+    t = pq.read_table(d)
+    rows("pyarrow read_table", zip(*[t.column(c).to_pylist() for c in cols]))
+    dt = pads.dataset(d, format="parquet", partitioning="hive").to_table()
+    rows("pyarrow dataset", zip(*[dt.column(c).to_pylist() for c in cols]))
+    pdf = pd.read_parquet(d)
+    n = rows("pandas", zip(*[pdf[c].tolist() for c in cols]))
+    per_symbol = duckdb.sql(
+        f"SELECT symbol, count(DISTINCT date) FROM read_parquet('{glob}', hive_partitioning = true) GROUP BY symbol"
+    ).fetchall()
+    if len(per_symbol) != h["rows"]:
+        fail(f"hive: duckdb sees symbols {per_symbol}")
+    return n
 
 
 def main():

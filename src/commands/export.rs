@@ -16,8 +16,8 @@ pub struct Args {
     /// book-deltas: the stored changes.
     #[arg(long, value_enum)]
     kind: Kind,
-    /// One or more symbols (repeat the flag or separate with commas); several need
-    /// --layout hive.
+    /// One or more symbols (repeat the flag or separate with commas); several are written in
+    /// the hive layout.
     #[arg(long, required = true, value_delimiter = ',')]
     symbol: Vec<String>,
     /// Bar interval (klines only); default: the first of `[record] klines` with -c, else the

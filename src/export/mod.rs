@@ -62,9 +62,13 @@ pub async fn export_parts(
     parts: &[Part],
     mut progress: impl FnMut(u64),
 ) -> anyhow::Result<Vec<Written>> {
+    let measured = match req.format {
+        Format::Parquet => Some(measure(store, venue, req, parts).await?),
+        Format::Csv => None,
+    };
     let mut written = Vec::new();
     let mut done = 0u64;
-    for part in parts {
+    for (n, part) in parts.iter().enumerate() {
         if let Some(parent) = part.path.parent().filter(|_| req.layout == Layout::Hive) {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("creating {}", parent.display()))?;
@@ -73,7 +77,8 @@ pub async fn export_parts(
         let base = done;
         let mut each = |n: u64| progress(base + n);
         // whatever goes wrong from here, no half-written file is left behind
-        let r = write_part(store, venue, req, part, &tmp, &mut each).await;
+        let shape = measured.as_ref().map(|m| (&m.digits[..], m.rows[n]));
+        let r = write_part(store, venue, req, part, shape, &tmp, &mut each).await;
         match r {
             Ok(rows) => {
                 done += rows;
@@ -93,12 +98,46 @@ pub async fn export_parts(
     Ok(written)
 }
 
+/// The first Parquet pass over every file of the export: the digits each decimal column
+/// needs in any of them (one schema for the whole dataset: a reader of a hive directory
+/// takes the files as one table), and each file's rows.
+struct Measured {
+    digits: Vec<Digits>,
+    rows: Vec<u64>,
+}
+
+async fn measure(
+    store: &Store,
+    venue: &'static str,
+    req: &Request,
+    parts: &[Part],
+) -> anyhow::Result<Measured> {
+    let (first, n) = leaves(&columns(req));
+    let mut m = Measure {
+        first,
+        digits: vec![Digits::default(); n],
+        rows: 0,
+    };
+    let mut rows = Vec::with_capacity(parts.len());
+    for part in parts {
+        let before = m.rows;
+        produce(store, venue, req, part, &mut m, &mut |_| {}).await?;
+        rows.push(m.rows - before);
+    }
+    Ok(Measured {
+        digits: m.digits,
+        rows,
+    })
+}
+
 /// One file: to `tmp`, then renamed to its name (a hive part without rows: nothing).
+/// `measured`: for Parquet, the dataset's digits and this file's rows.
 async fn write_part(
     store: &Store,
     venue: &'static str,
     req: &Request,
     part: &Part,
+    measured: Option<(&[Digits], u64)>,
     tmp: &Path,
     progress: &mut dyn FnMut(u64),
 ) -> anyhow::Result<u64> {
@@ -116,20 +155,13 @@ async fn write_part(
             }
         }
         Format::Parquet => {
-            // first pass: the digits each decimal column needs
-            let (first, n) = leaves(&cols);
-            let mut m = Measure {
-                first,
-                digits: vec![Digits::default(); n],
-                rows: 0,
-            };
-            produce(store, venue, req, part, &mut m, &mut |_| {}).await?;
-            if skip_empty && m.rows == 0 {
+            let (digits, rows) = measured.context("a Parquet file without its first pass")?;
+            if skip_empty && rows == 0 {
                 return Ok(0);
             }
-            let meta = metadata(store, venue, req, part, &cols, &m.digits, m.rows).await?;
+            let meta = metadata(store, venue, req, part, &cols, digits, rows).await?;
             let file = File::create(tmp).with_context(|| format!("creating {}", tmp.display()))?;
-            Box::new(ParquetSink::new(file, cols, &m.digits, meta)?)
+            Box::new(ParquetSink::new(file, cols, digits, meta)?)
         }
     };
     let rows = produce(store, venue, req, part, sink.as_mut(), progress).await?;

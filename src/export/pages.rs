@@ -3,7 +3,9 @@
 use super::grid::book_grid;
 use super::plan::{Part, Window, gap_in, grid_step, steps};
 use super::request::{Kind, Request};
-use super::rows::{PAGE, Sink, Val, delta_row, gap_row, kline_row, text, ticker_row, trade_row};
+use super::rows::{
+    PAGE, Sink, Val, delta_row, gap_row, hive_key, kline_row, text, ticker_row, trade_row,
+};
 use crate::store::{DeltaRange, Range, Store};
 
 /// Reads a part's rows page by page into `sink`; returns how many.
@@ -24,6 +26,7 @@ pub(super) async fn produce(
         sink,
         progress,
         n: 0,
+        hive_key: hive_key(req),
     };
     match req.kind {
         Kind::Book if req.grid().is_some() => p.grid().await?,
@@ -47,10 +50,17 @@ struct Pages<'a> {
     sink: &'a mut dyn Sink,
     progress: &'a mut dyn FnMut(u64),
     n: u64,
+    /// The cell the layout leaves out (the symbol, in a hive layout).
+    hive_key: Option<usize>,
 }
 
 impl Pages<'_> {
-    fn emit(&mut self, rows: Vec<Vec<Val>>) -> anyhow::Result<()> {
+    fn emit(&mut self, mut rows: Vec<Vec<Val>>) -> anyhow::Result<()> {
+        if let Some(i) = self.hive_key {
+            for r in &mut rows {
+                r.remove(i);
+            }
+        }
         self.n += rows.len() as u64;
         self.sink.write(rows)?;
         (self.progress)(self.n);

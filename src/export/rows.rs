@@ -1,6 +1,6 @@
 //! An export's columns and cells, the rows of each table as cells, and where rows go.
 
-use super::request::{Kind, Request};
+use super::request::{Kind, Layout, Request};
 use crate::decimal::Dec;
 use crate::model::{BookDelta, Gap, Kline, Ticker, Trade};
 
@@ -71,8 +71,27 @@ pub(super) fn cols(list: &[(&str, Ty)]) -> Vec<Col> {
         .collect()
 }
 
-/// The columns of an export, in order.
+/// The columns of an export, in order. In a hive layout the symbol is the directory's key
+/// (`symbol=...`), not a column: readers take it from the path, and a column of the same
+/// name would clash with it.
 pub fn columns(req: &Request) -> Vec<Col> {
+    let mut cols = all_columns(req);
+    if let Some(i) = hive_key(req) {
+        cols.remove(i);
+    }
+    cols
+}
+
+/// Where the symbol column is among the rows' cells when the layout leaves it out.
+pub(super) fn hive_key(req: &Request) -> Option<usize> {
+    if req.layout != Layout::Hive {
+        return None;
+    }
+    all_columns(req).iter().position(|c| c.name == "symbol")
+}
+
+/// Every column the rows carry.
+fn all_columns(req: &Request) -> Vec<Col> {
     use Ty::*;
     if req.grid().is_some() {
         let mut c = cols(&[
