@@ -251,6 +251,32 @@ fn trades_are_paged_back_by_time_to_the_anchor() {
     assert_eq!(h.reach(None), Reach::Anchor);
 }
 
+#[test]
+fn a_trade_walk_pages_on_until_the_anchor_however_long_the_hole() {
+    // 300 pages of history between the anchor and now: the walk is not cut short by a page
+    // count (that would turn a hole the venue can fill into an unrecoverable one)
+    let venue = exchange();
+    let anchor = TradeMark {
+        time_ms: 1_000,
+        trade_id: 1_000_000_007,
+    };
+    let newest = 1_000 + 300 * TRADES_PER_PAGE as i64;
+    let mut h = venue.trade_history(&Arc::from("BTC_USD"), Some(anchor), None);
+    let (mut pages, mut oldest) = (0, i64::MAX);
+    while let Some(path) = h.next_request() {
+        pages += 1;
+        assert!(pages <= 400, "the walk does not end");
+        let end = param(&path, "end_ts").unwrap_or(newest);
+        let from = (end - TRADES_PER_PAGE as i64).max(1_000);
+        for t in h.take(&trades_page(from, end), 1).unwrap() {
+            oldest = oldest.min(t.event_time_ms);
+        }
+    }
+    assert!(pages > 300, "{pages} pages");
+    assert_eq!(oldest, 1_000);
+    assert_eq!(h.reach(None), Reach::Anchor);
+}
+
 /// A `get-candlestick` reply with 1m bars at the given minutes.
 fn candles_page(minutes: std::ops::Range<i64>) -> String {
     let rows: Vec<String> = minutes

@@ -705,6 +705,88 @@ async fn postgres_exchange_restart_and_outage_beyond_history() {
     db.drop_db().await;
 }
 
+/// An outage longer than 200 pages of the venue's trade history (30,000 trades) is filled
+/// from REST: the walk pages on to the anchor, the hole is `filled`, every trade is stored.
+async fn long_outage(db_url: &str) {
+    const SYMBOL: &str = "BTC_USD";
+    // ~1,500 trades a wall second: 30,000 in about 20 s
+    let sim = sim::start(SimConfig {
+        seed: 17,
+        symbols: vec![SYMBOL.into()],
+        step: Duration::from_millis(1),
+        speed: 6,
+        ..SimConfig::for_venue("cdc-exchange").expect("exchange")
+    })
+    .await
+    .expect("simulator starts");
+    let cfg = TestConfig::new("cdc-exchange", &sim.ws_url(), &sim.rest_url(), db_url)
+        .symbols(&[SYMBOL])
+        .streams("trades = true")
+        .extra("[backfill]\nenabled = true\nrate_per_s = 100\n")
+        .build();
+    let store = Store::connect(db_url).await.expect("open db");
+    let stored = async || stored_trades_of(&store, "cdc-exchange", SYMBOL).await;
+    let run = Recorder::start(&cfg).await;
+    wait_for("recording", Duration::from_secs(30), || async {
+        stored().await.len() > 20
+    })
+    .await;
+    run.stop().await;
+    let before = sim.trades(SYMBOL).len();
+    let pages = 200 * mdrec::venue::cdc_exchange::venue::TRADES_PER_PAGE;
+    wait_for(
+        "an outage of more than 200 pages of trades",
+        Duration::from_secs(180),
+        || async { sim.trades(SYMBOL).len() > before + pages + 500 },
+    )
+    .await;
+    let run = Recorder::start(&cfg).await;
+    wait_for("the hole resolved", Duration::from_secs(180), || async {
+        let g = gaps(&store).await;
+        g.iter().any(|g| g.stream == "trades") && g.iter().all(|g| g.status != GapStatus::Open)
+    })
+    .await;
+    let hole = gaps(&store).await;
+    assert!(
+        hole.iter().all(|g| g.status == GapStatus::Filled),
+        "the venue holds every trade of the hole: {hole:?}"
+    );
+    let got = stored().await;
+    let first = *got.keys().next().expect("trades");
+    let last = *got.keys().last().expect("trades");
+    let mut want = common::ledger_from(&sim, SYMBOL, first);
+    want.retain(|id, _| *id <= last);
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "every trade from the first stored on"
+    );
+    assert!(got == want, "stored trades equal the venue's");
+    let recovered: i64 = hole.iter().map(|g| g.rows_recovered).sum();
+    assert!(
+        recovered > pages as i64,
+        "more than 200 pages recovered over REST: {hole:?}"
+    );
+    run.stop().await;
+    store.close().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_outage_longer_than_200_pages_is_filled() {
+    let (_dir, url) = sqlite_db();
+    long_outage(&url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_outage_longer_than_200_pages_is_filled() {
+    let Some(db) = PgDb::create().await else {
+        return;
+    };
+    long_outage(&db.url).await;
+    db.drop_db().await;
+}
+
 /// 120 instruments x 4 channels: as few sockets as the 400 cap allows, no request refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whole_exchange_on_few_sockets_without_rate_errors() {

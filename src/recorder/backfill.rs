@@ -28,7 +28,9 @@ use crate::model::{Event, Gap, GapStatus, Kline, StreamKey, Trade, now_ms, now_u
 use crate::runtime::stagger::Stagger;
 use crate::store::Store;
 use crate::store::read::TradeMark;
-use crate::venue::{FetchError, Frame, HistoryRequest, KlineHistory, Reach, TradeHistory, Venue};
+use crate::venue::{
+    FetchError, Frame, HistoryRequest, KlineHistory, Reach, TradeHistory, TradeIds, Venue,
+};
 
 pub use crate::stats::BackfillStats;
 
@@ -94,6 +96,38 @@ fn first_problem(rows: &[(i64, bool)], len: i64, known: &[(i64, i64)]) -> Option
         t += len;
     }
     None
+}
+
+/// The trades a history walk fetched so far: the oldest and newest, and how many fell inside
+/// the hole (after the anchor, before the first trade known after it).
+#[derive(Default)]
+struct Walked {
+    oldest: Option<TradeMark>,
+    newest: Option<TradeMark>,
+    recovered: i64,
+}
+
+impl Walked {
+    fn add(
+        &mut self,
+        m: TradeMark,
+        anchor: Option<TradeMark>,
+        until: Option<TradeMark>,
+        ids: TradeIds,
+    ) {
+        if self.oldest.is_none_or(|o| ids.is_after(o, m)) {
+            self.oldest = Some(m);
+        }
+        if self.newest.is_none_or(|n| ids.is_after(m, n)) {
+            self.newest = Some(m);
+        }
+        if let Some(a) = anchor
+            && ids.is_after(m, a)
+            && until.is_none_or(|u| ids.is_after(u, m))
+        {
+            self.recovered += 1;
+        }
+    }
 }
 
 /// What a trade fetch for a hole found: the anchor before it, the first trade known after
@@ -350,26 +384,19 @@ impl Backfill {
             .or_else(|| marks.conn_first_trade())
             .filter(|u| c.trade.is_none_or(|a| ids.is_after(*u, a)));
         let mut history = self.venue.trade_history(&c.symbol, c.trade, until);
-        let got = self.fetch_trades(history.as_mut()).await?;
-        let got: Vec<(TradeMark, _)> = got.into_iter().map(|t| (mark_of(&t), t)).collect();
-        let oldest = got
-            .iter()
-            .map(|g| g.0)
-            .reduce(|a, b| if ids.is_after(a, b) { b } else { a });
-        let newest = got
-            .iter()
-            .map(|g| g.0)
-            .reduce(|a, b| if ids.is_after(b, a) { b } else { a });
-        let mut recovered = 0i64;
-        for (m, t) in got {
-            if let Some(a) = c.trade
-                && ids.is_after(m, a)
-                && until.is_none_or(|u| ids.is_after(u, m))
-            {
-                recovered += 1;
+        // page by page to the writer: a long hole's pages are never all held at once
+        let mut walked = Walked::default();
+        while let Some(path) = history.next_request() {
+            for t in self.trade_page(history.as_mut(), &path).await? {
+                walked.add(mark_of(&t), c.trade, until, ids);
+                self.send(Event::Trade(t)).await?;
             }
-            self.send(Event::Trade(t)).await?;
         }
+        let Walked {
+            oldest,
+            newest,
+            recovered,
+        } = walked;
         let reach = history.reach(until);
         if let Some(n) = newest {
             let from = if reach == Reach::Anchor {
@@ -399,25 +426,25 @@ impl Backfill {
         Ok(())
     }
 
-    /// Every page of the venue's trade history the plan asks for, the invalid left out.
-    async fn fetch_trades(&self, history: &mut dyn TradeHistory) -> Result<Vec<Trade>, Failed> {
-        let mut got = Vec::new();
-        while let Some(path) = history.next_request() {
-            let body = self
-                .rest
-                .get(&path)
-                .await
-                .map_err(|e| Failed::Source(e.context("trades")))?;
-            let page = history.take(&body, now_us()).map_err(|e| {
-                self.rest.stats.outcome(&path, "bad_body");
-                Failed::Source(e.context("trades"))
-            })?;
-            got.extend(page);
-        }
+    /// One page of the venue's trade history, the invalid left out.
+    async fn trade_page(
+        &self,
+        history: &mut dyn TradeHistory,
+        path: &str,
+    ) -> Result<Vec<Trade>, Failed> {
+        let body = self
+            .rest
+            .get(path)
+            .await
+            .map_err(|e| Failed::Source(e.context("trades")))?;
+        let page = history.take(&body, now_us()).map_err(|e| {
+            self.rest.stats.outcome(path, "bad_body");
+            Failed::Source(e.context("trades"))
+        })?;
         self.stats
             .trades_fetched
-            .fetch_add(got.len() as u64, Ordering::Relaxed);
-        Ok(self.valid_only(got, Event::Trade, |e| match e {
+            .fetch_add(page.len() as u64, Ordering::Relaxed);
+        Ok(self.valid_only(page, Event::Trade, |e| match e {
             Event::Trade(t) => Some(t),
             _ => None,
         }))

@@ -25,7 +25,8 @@ pub const CHANNELS_PER_REQUEST: usize = 50;
 pub const TRADES_PER_PAGE: usize = 150;
 /// Bars asked for per `public/get-candlestick` page.
 pub const BARS_PER_PAGE: usize = 300;
-/// Pages one history walk asks for at most.
+/// Pages one bar history walk asks for at most (a trade walk pages on until the venue's
+/// answer says where its history ends: every page moves back in time, down to the anchor).
 const MAX_PAGES: usize = 200;
 
 pub struct CdcExchange {
@@ -320,7 +321,7 @@ struct TradesByTime {
 
 impl TradeHistory for TradesByTime {
     fn next_request(&mut self) -> Option<String> {
-        if self.done || self.pages >= MAX_PAGES {
+        if self.done {
             return None;
         }
         self.pages += 1;
@@ -378,7 +379,7 @@ impl TradeHistory for TradesByTime {
         } else {
             Reach::Short {
                 why: format!(
-                    "older than the venue's trade history ({} pages of {TRADES_PER_PAGE})",
+                    "older than the venue's trade history (it ends {} pages of {TRADES_PER_PAGE} back)",
                     self.pages
                 ),
             }
