@@ -121,4 +121,5 @@ async fn postgres_batches_written_again_store_once() {
         return;
     };
     batches_written_again_store_once(&db.url).await;
+    db.drop_db().await;
 }
