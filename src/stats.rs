@@ -186,6 +186,8 @@ pub struct WorkerStats {
     pub refusals_by_kind: [AtomicU64; 4],
     /// Wall-clock ms of the last frame that carried market data (0: none yet).
     pub last_data_ms: std::sync::atomic::AtomicI64,
+    /// Wall-clock ms of the last message of this symbol dropped as invalid (0: none yet).
+    pub last_invalid_ms: std::sync::atomic::AtomicI64,
     /// Per stream: messages (events) received and when the last one came.
     pub channels: std::sync::Mutex<HashMap<StreamKey, ChannelStats>>,
     /// Connections that ended (or never opened) and were retried, by reason class.

@@ -441,3 +441,121 @@ async fn json_logs_name_connects_and_never_the_password() {
     sim.shutdown().await;
     db.drop_db().await;
 }
+
+/// `mdrec simulate` on free ports, its URLs as it prints them.
+fn simulate(args: &[&str]) -> (std::process::Child, String, String) {
+    let mut child = std::process::Command::new(BIN)
+        .args([
+            "simulate",
+            "--ws-listen",
+            "127.0.0.1:0",
+            "--rest-listen",
+            "127.0.0.1:0",
+        ])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mdrec simulate starts");
+    let mut line = String::new();
+    let out = child.stdout.as_mut().expect("stdout");
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line).expect("its URLs");
+    // "websocket ws://127.0.0.1:P/...  REST http://127.0.0.1:Q/..."
+    let words: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!((words[0], words[2]), ("websocket", "REST"), "{line}");
+    (child, words[1].to_string(), words[3].to_string())
+}
+
+fn stop(mut child: std::process::Child) {
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = child.wait();
+}
+
+/// `mdrec simulate` with its defaults runs at real time: a recorder with its own clock checks
+/// keeps what it sends. A fast clock is still an option, and then `/healthz` says the
+/// messages arrive and are all dropped, and why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standalone_simulator_with_its_defaults_is_recorded() {
+    let symbols = mdrec::sim::personality("cdc-exchange")
+        .expect("the default venue")
+        .demo_symbols;
+    let (dir, db) = common::sqlite_db();
+    let (child, ws, rest) = simulate(&[]);
+    let cfg = common::config::TestConfig::new("cdc-exchange", &ws, &rest, &db)
+        .symbols(symbols)
+        .real_clock()
+        .build();
+    let run = common::Recorder::start(&cfg).await;
+    let base = format!("http://{}", run.stats.metrics_addr.get().expect("metrics"));
+    let health = async || {
+        let r = reqwest::get(format!("{base}/healthz"))
+            .await
+            .expect("healthz");
+        (r.status().as_u16(), r.text().await.unwrap_or_default())
+    };
+    common::wait_for("every symbol live", Duration::from_secs(60), || async {
+        health().await.0 == 200
+    })
+    .await;
+    let store = Store::connect(&db).await.expect("open db");
+    common::wait_for("trades stored", Duration::from_secs(60), || async {
+        store
+            .load_trades("cdc-exchange", symbols[0])
+            .await
+            .is_ok_and(|t| !t.is_empty())
+    })
+    .await;
+    // real time: the exchange's clock is the wall's (a fast one runs ahead within a second)
+    for t in store
+        .load_trades("cdc-exchange", symbols[0])
+        .await
+        .expect("trades")
+    {
+        let ahead_ms = t.event_time_ms - t.recv_time_us / 1000;
+        assert!(
+            ahead_ms.abs() < 5_000,
+            "trade {} is {ahead_ms} ms ahead",
+            t.trade_id
+        );
+    }
+    for (name, w) in run.stats.workers.all() {
+        let invalid: u64 = w
+            .invalid_by_kind
+            .iter()
+            .map(|n| n.load(std::sync::atomic::Ordering::Relaxed))
+            .sum();
+        assert_eq!(invalid, 0, "{name}: nothing dropped as invalid");
+    }
+    run.stop().await;
+    store.close().await;
+    stop(child);
+
+    // 600x: exchange times run past max_time_ahead_s within a second
+    let (child, ws, rest) = simulate(&["--speed", "600"]);
+    let db2 = format!("sqlite://{}", dir.path().join("fast.db").display());
+    let cfg = common::config::TestConfig::new("cdc-exchange", &ws, &rest, &db2)
+        .symbols(symbols)
+        .real_clock()
+        .build();
+    let run = common::Recorder::start(&cfg).await;
+    let base = format!("http://{}", run.stats.metrics_addr.get().expect("metrics"));
+    let health = async || {
+        let r = reqwest::get(format!("{base}/healthz"))
+            .await
+            .expect("healthz");
+        r.text().await.unwrap_or_default()
+    };
+    common::wait_for(
+        "health says why nothing is kept",
+        Duration::from_secs(60),
+        || async {
+            health().await.contains(&format!(
+                "{}: receiving, all dropped as invalid (time)",
+                symbols[0]
+            ))
+        },
+    )
+    .await;
+    run.stop().await;
+    stop(child);
+}

@@ -59,8 +59,10 @@ pub struct SimulateArgs {
     /// Send plain text frames instead of gzip.
     #[arg(long)]
     plain: bool,
-    /// Simulated seconds per wall second.
-    #[arg(long, default_value_t = 60)]
+    /// Simulated seconds per wall second (1: real time, what a recorder's clock checks
+    /// accept; a faster clock runs the exchange times ahead of the wall clock, and a
+    /// recorder drops them past its `max_time_ahead_s`).
+    #[arg(long, default_value_t = 1)]
     speed: u32,
     #[arg(long, default_value_t = 5)]
     ping_interval_s: u64,

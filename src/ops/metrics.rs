@@ -462,12 +462,28 @@ pub fn health(stats: &RunStats, config: &Config) -> Health {
             .map(|w| w.last_data_ms.load(Ordering::Relaxed))
             .filter(|&t| t > 0);
         let age = last.map(|t| (now - t).max(0) as f64 / 1000.0);
-        match age {
-            None => problems.push(format!("{symbol}: no market data received yet")),
-            Some(a) if a > limit => problems.push(format!(
+        let stale = age.is_none_or(|a| a > limit);
+        // messages still arrive but none is kept: say so, and why
+        let dropped = stats.workers.get(&symbol).and_then(|w| {
+            let t = w.last_invalid_ms.load(Ordering::Relaxed);
+            let recent = t > 0 && (now - t) as f64 / 1000.0 <= limit;
+            let kinds: Vec<&str> = crate::venue::validate::Invalid::KINDS
+                .iter()
+                .zip(&w.invalid_by_kind)
+                .filter(|(_, n)| n.load(Ordering::Relaxed) > 0)
+                .map(|(k, _)| *k)
+                .collect();
+            recent.then(|| kinds.join(", "))
+        });
+        match (age, dropped) {
+            (_, Some(kinds)) if stale => problems.push(format!(
+                "{symbol}: receiving, all dropped as invalid ({kinds})"
+            )),
+            (None, _) => problems.push(format!("{symbol}: no market data received yet")),
+            (Some(a), _) if a > limit => problems.push(format!(
                 "{symbol}: no market data for {a:.1} s (silence timeout {limit:.0} s)"
             )),
-            Some(_) => {}
+            _ => {}
         }
         last_data_s.insert(symbol.clone(), age);
     }

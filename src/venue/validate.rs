@@ -194,7 +194,13 @@ pub struct Findings {
     pub invalid: [u32; 5],
     /// The first invalid kind seen, for the log line.
     pub first: Option<Invalid>,
+    /// The first invalid message's symbol, and for a time outside the window how far its
+    /// exchange time is from the receive time (ms; positive: ahead), for the log line.
+    pub first_symbol: Option<String>,
+    pub first_offset_ms: Option<i64>,
     pub skewed: u32,
+    /// Invalid messages per symbol and kind: counted against the message's symbol.
+    pub invalid_by_symbol: Vec<(String, [u32; 5])>,
 }
 
 impl Findings {
@@ -213,10 +219,37 @@ impl Findings {
             }
             Verdict::Invalid(kind) => {
                 self.invalid[kind.index()] += 1;
-                self.first.get_or_insert(kind);
+                let symbol = ev.venue_symbol().1;
+                match self.invalid_by_symbol.iter_mut().find(|(s, _)| s == symbol) {
+                    Some((_, n)) => n[kind.index()] += 1,
+                    None => {
+                        let mut n = [0; 5];
+                        n[kind.index()] = 1;
+                        self.invalid_by_symbol.push((symbol.to_string(), n));
+                    }
+                }
+                if self.first.is_none() {
+                    self.first = Some(kind);
+                    self.first_symbol = Some(symbol.to_string());
+                    self.first_offset_ms = (kind == Invalid::Time)
+                        .then(|| exchange_time(ev).map(|t| t - recv_ms))
+                        .flatten();
+                }
                 false
             }
         }
+    }
+}
+
+/// The exchange's time of an event (a bar's last update), where it has one.
+fn exchange_time(ev: &Event) -> Option<i64> {
+    match ev {
+        Event::Trade(t) => Some(t.event_time_ms),
+        Event::Kline(k) => Some(k.event_time_ms),
+        Event::BookSnapshot(b) => Some(b.event_time_ms),
+        Event::BookDelta(d) => Some(d.event_time_ms),
+        Event::Ticker(t) => Some(t.event_time_ms),
+        _ => None,
     }
 }
 

@@ -18,6 +18,8 @@ pub struct TestConfig {
     record_extra: String,
     writer: String,
     backfill: bool,
+    /// `max_time_ahead_s = 86400`: the fast simulator clock accepted.
+    fast_clock: bool,
     extra: String,
 }
 
@@ -33,6 +35,7 @@ impl TestConfig {
             record_extra: String::new(),
             writer: "flush_interval_ms = 50".into(),
             backfill: false,
+            fast_clock: true,
             extra: String::new(),
         }
     }
@@ -70,6 +73,13 @@ impl TestConfig {
         self
     }
 
+    /// The recorder's own clock checks (`max_time_ahead_s` left at its default), for a
+    /// simulator at real time.
+    pub fn real_clock(mut self) -> TestConfig {
+        self.fast_clock = false;
+        self
+    }
+
     pub fn backfill(mut self, on: bool) -> TestConfig {
         self.backfill = on;
         self
@@ -99,14 +109,23 @@ url = "{}"
 [record]
 symbols = {}
 {streams}
-# the simulator's clock runs ahead of the wall clock
-max_time_ahead_s = 86400
+{}
 {}
 
 [metrics]
 listen = "127.0.0.1:0"
 "#,
-            self.kind, self.ws_url, self.rest_url, self.db_url, self.symbols, self.record_extra,
+            self.kind,
+            self.ws_url,
+            self.rest_url,
+            self.db_url,
+            self.symbols,
+            if self.fast_clock {
+                "# the simulator's clock runs ahead of the wall clock\nmax_time_ahead_s = 86400"
+            } else {
+                ""
+            },
+            self.record_extra,
         );
         if !self.extra.contains("[writer]") {
             text.push_str(&format!("\n[writer]\n{}\n", self.writer));

@@ -157,15 +157,29 @@ impl Reader {
             self.invalid_burst = 0;
             return;
         };
-        for (i, n) in f.invalid.iter().enumerate() {
-            if *n > 0 {
-                w.each(|s| {
-                    s.invalid_by_kind[i].fetch_add(*n as u64, Ordering::Relaxed);
-                });
+        // charged to the message's symbol (one this connection does not carry: to all it does)
+        let now = crate::model::now_ms();
+        for (symbol, counts) in &f.invalid_by_symbol {
+            let charge = |s: &WorkerStats| {
+                for (k, n) in counts.iter().enumerate().filter(|(_, n)| **n > 0) {
+                    s.invalid_by_kind[k].fetch_add(*n as u64, Ordering::Relaxed);
+                }
+                s.last_invalid_ms.store(now, Ordering::Relaxed);
+            };
+            match w.index.get(symbol.as_str()) {
+                Some(&i) => charge(&w.feeds[i].stats),
+                None => w.each(charge),
             }
         }
         if self.invalid_burst == 0 {
-            tracing::warn!(connection = %w.plan.name, kind = first.kind(), "invalid market data dropped (not stored)");
+            let symbol = f.first_symbol.as_deref().unwrap_or("");
+            match f.first_offset_ms {
+                Some(off) => tracing::warn!(connection = %w.plan.name, symbol, kind = first.kind(),
+                    exchange_time_ahead_s = off as f64 / 1000.0,
+                    "invalid market data dropped (not stored): its exchange time is outside the accepted window (see [record] max_time_ahead_s)"),
+                None => tracing::warn!(connection = %w.plan.name, symbol, kind = first.kind(),
+                    "invalid market data dropped (not stored)"),
+            }
         }
         self.invalid_burst += f.invalid_total() as u64;
     }
