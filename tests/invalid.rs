@@ -188,3 +188,50 @@ async fn postgres_invalid_values_are_counted_not_stored() {
     invalid_values_never_stored(&db.url).await;
     db.drop_db().await;
 }
+
+/// On a connection carrying several symbols, an invalid message is counted against its own
+/// symbol, not against every symbol the connection carries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_message_counts_against_its_own_symbol() {
+    let symbols = ["BTC_USD", "ETH_USD", "SOL_USD"];
+    let sim = sim::start(SimConfig {
+        symbols: symbols.map(String::from).to_vec(),
+        ..SimConfig::for_venue("cdc-exchange").expect("exchange")
+    })
+    .await
+    .unwrap();
+    let (_dir, url) = sqlite_db();
+    let cfg = common::config::TestConfig::new("cdc-exchange", &sim.ws_url(), &sim.rest_url(), &url)
+        .symbols(&symbols)
+        .build();
+    let rec = Recorder::start(&cfg).await;
+    wait_for(
+        "all symbols delivering",
+        Duration::from_secs(30),
+        || async { symbols.iter().all(|s| !sim.delivered(s).is_empty()) },
+    )
+    .await;
+    let invalid = |s: &str| -> u64 {
+        let w = rec.stats.worker(s).clone();
+        w.invalid_by_kind
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .sum()
+    };
+    sim.inject(Hostile::Invalid(BadValue::TradePriceZero));
+    wait_for(
+        "the invalid trade counted",
+        Duration::from_secs(30),
+        || async { symbols.iter().map(|s| invalid(s)).sum::<u64>() > 0 },
+    )
+    .await;
+    let counts: Vec<(&str, u64)> = symbols.iter().map(|s| (*s, invalid(s))).collect();
+    assert_eq!(
+        counts.iter().filter(|(_, n)| *n == 1).count(),
+        1,
+        "one symbol's message, one count: {counts:?}"
+    );
+    assert_eq!(counts.iter().map(|(_, n)| n).sum::<u64>(), 1, "{counts:?}");
+    rec.stop().await;
+    sim.shutdown().await;
+}
