@@ -307,3 +307,72 @@ async fn postgres_wrong_password_is_one_line_and_stops_start_up() {
         assert!(took < Duration::from_secs(5), "{cmd}: {took:?}");
     }
 }
+
+/// A SQLite path two levels below what exists is a filesystem not mounted yet: `mdrec run`
+/// records into no spool there either (the default spool, `<db>-spool`, would create the
+/// mount point on the root filesystem, and the database after it). It holds what it received
+/// and says why; `check-config` says it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_not_mounted_yet_gets_no_spool_beside_it() {
+    let sim = mdrec::sim::start(mdrec::sim::SimConfig::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("notmounted/a/b/x.db");
+    let cfg = dir.path().join("mdrec.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[venue]\nkind = \"cdc-v1\"\nws_url = \"{}\"\nrest_url = \"{}\"\n[database]\nurl = \"sqlite://{}\"\n\
+             [record]\nsymbols = [\"btcusdt\"]\nmax_time_ahead_s = 86400\n[metrics]\nlisten = \"\"\n\
+             [backfill]\nenabled = false\n",
+            sim.ws_url(),
+            sim.rest_url(),
+            db.display()
+        ),
+    )
+    .unwrap();
+    let checked = std::process::Command::new(BIN)
+        .args(["check-config", "--offline", "-c"])
+        .arg(&cfg)
+        .env_remove("MDREC_DATABASE_URL")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&checked.stdout);
+    assert!(
+        said.contains("x.db-spool (not there, nor its parent: a filesystem not mounted yet?"),
+        "{said}"
+    );
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["run", "-c"])
+        .arg(&cfg)
+        .env_remove("MDREC_DATABASE_URL")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let log = common::Log::follow(&mut child);
+    common::wait_for(
+        "the spool refused for the missing mount",
+        Duration::from_secs(30),
+        || async { log.text().contains("cannot spool") },
+    )
+    .await;
+    assert!(
+        log.text()
+            .contains("its parent is missing too (a filesystem not mounted yet?)"),
+        "{}",
+        log.text()
+    );
+    assert!(
+        !dir.path().join("notmounted").exists(),
+        "nothing created on the filesystem the mount would cover"
+    );
+    if let Some(pid) = child.id() {
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
+    sim.shutdown().await;
+}

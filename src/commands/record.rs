@@ -65,7 +65,21 @@ pub async fn check_config(args: CheckArgs, config: Config) -> anyhow::Result<()>
             mdrec::config::DATABASE_URL_ENV
         );
     }
-    println!("# spool directory: {}", config.spool_dir().display());
+    let spool = config.spool_dir();
+    let missing = |d: &std::path::Path| {
+        !d.exists()
+            && d.parent()
+                .is_some_and(|p| !p.as_os_str().is_empty() && !p.exists())
+    };
+    if missing(&spool) {
+        println!(
+            "# spool directory: {} (not there, nor its parent: a filesystem not mounted yet? \
+             it is not created until its parent is there)",
+            spool.display()
+        );
+    } else {
+        println!("# spool directory: {}", spool.display());
+    }
     print!("{text}");
     Ok(())
 }

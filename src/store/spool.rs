@@ -171,14 +171,31 @@ impl Spool {
     }
 }
 
-/// Creates a directory (and its parents) readable by the owner only: spooled rows are the
-/// operator's data, whatever the umask.
+/// Creates a directory readable by the owner only (spooled rows are the operator's data,
+/// whatever the umask); its parent must be there.
 pub fn private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
+    if dir.is_dir() {
+        return Ok(());
+    }
+    // the directory itself, yes; a deeper path missing is more likely a filesystem not
+    // mounted yet, whose mount point must not be filled on the root filesystem
+    if !dir
+        .parent()
+        .is_none_or(|p| p.as_os_str().is_empty() || p.is_dir())
+    {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!(
+                "{} not created: its parent is missing too (a filesystem not mounted yet?)",
+                dir.display()
+            ),
+        ));
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        r => r,
+    }
 }
 
 /// Creates (truncating) a file only its owner can read and write.
