@@ -113,6 +113,10 @@ fn mixed(iteration: i64, rows: usize) -> Batch {
             volume: Some(dec("1234.5".into())),
             quote_volume: None,
             change: Some(dec("-0.0123".into())),
+            bid: Some(dec("86650.25".into())),
+            bid_qty: Some(dec("0.5".into())),
+            ask: Some(dec("86650.75".into())),
+            ask_qty: Some(dec("1.125".into())),
         }));
     }
     b

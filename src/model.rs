@@ -230,6 +230,16 @@ pub struct Ticker {
     pub volume: Option<Dec>,
     pub quote_volume: Option<Dec>,
     pub change: Option<Dec>,
+    /// The best bid and ask with their sizes, where the venue's ticker carries them (spool
+    /// files of earlier builds have none).
+    #[serde(default)]
+    pub bid: Option<Dec>,
+    #[serde(default)]
+    pub bid_qty: Option<Dec>,
+    #[serde(default)]
+    pub ask: Option<Dec>,
+    #[serde(default)]
+    pub ask_qty: Option<Dec>,
 }
 
 /// A market as the venue lists it (`/v1/symbols`).
@@ -470,6 +480,10 @@ impl Event {
                     &t.volume,
                     &t.quote_volume,
                     &t.change,
+                    &t.bid,
+                    &t.bid_qty,
+                    &t.ask,
+                    &t.ask_qty,
                 ]
                 .into_iter()
                 .map(opt)

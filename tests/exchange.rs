@@ -300,6 +300,22 @@ async fn record_and_compare(kind: &'static str, db_url: &str, label: &str) {
     let counts = store.table_counts().await.expect("counts");
     let count = |t: &str| counts.iter().find(|(n, _)| *n == t).map_or(0, |(_, c)| *c);
     assert!(count("tickers") > 0, "tickers stored");
+    // the ticker's best bid and ask, with their sizes: a top-of-book series
+    for s in SYMBOLS {
+        let tickers = store
+            .tickers_page(kind, s, i64::MIN, (i64::MIN, i64::MAX), 1_000_000)
+            .await
+            .expect("tickers");
+        assert!(!tickers.is_empty(), "{s}: tickers");
+        for t in &tickers {
+            let (Some(b), Some(bq), Some(a), Some(aq)) = (&t.bid, &t.bid_qty, &t.ask, &t.ask_qty)
+            else {
+                panic!("{s}: a ticker without its best bid and ask: {t:?}");
+            };
+            assert!(b < a, "{s}: bid {} below ask {}", b.as_str(), a.as_str());
+            assert!(!bq.is_zero() && !aq.is_zero(), "{s}: sizes {t:?}");
+        }
+    }
     if kind == "cdc-exchange" {
         assert!(count("book_deltas") > 0, "deltas stored");
     }

@@ -292,6 +292,10 @@ async fn expected(store: &Store, kind: Kind, symbol: &str) -> Vec<Vec<Val>> {
                 "volume",
                 "quote_volume",
                 "change",
+                "bid",
+                "bid_qty",
+                "ask",
+                "ask_qty",
             ];
             let sql = format!(
                 "SELECT recv_time_us, event_time_ms, {} FROM tickers WHERE symbol = $1 ORDER BY recv_time_us",
@@ -307,10 +311,14 @@ async fn expected(store: &Store, kind: Kind, symbol: &str) -> Vec<Vec<Val>> {
                 Option<String>,
                 Option<String>,
                 Option<String>,
+                Option<String>,
+                Option<String>,
+                Option<String>,
+                Option<String>,
             );
             let rows: Vec<Row> = query_rows(store, &sql, symbol).await;
             rows.into_iter()
-                .map(|(recv, ev, o, h, l, c, v, qv, ch)| {
+                .map(|(recv, ev, o, h, l, c, v, qv, ch, b, bq, a, aq)| {
                     vec![
                         t(NAME),
                         t(symbol),
@@ -323,6 +331,10 @@ async fn expected(store: &Store, kind: Kind, symbol: &str) -> Vec<Vec<Val>> {
                         opt_dec(v),
                         opt_dec(qv),
                         opt_dec(ch),
+                        opt_dec(b),
+                        opt_dec(bq),
+                        opt_dec(a),
+                        opt_dec(aq),
                     ]
                 })
                 .collect()

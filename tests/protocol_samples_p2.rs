@@ -458,6 +458,21 @@ fn tickers_store_the_last_price_and_the_change_as_given() {
     assert_eq!(t.change, Some(dec("0.0092")), "c is the 24 h change");
     assert_eq!(t.volume, Some(dec("2657.5053")));
     assert_eq!(t.quote_volume, Some(dec("169819487.92")));
+    assert_eq!(
+        (
+            t.bid.clone(),
+            t.bid_qty.clone(),
+            t.ask.clone(),
+            t.ask_qty.clone()
+        ),
+        (
+            Some(dec("63962.64")),
+            Some(dec("0.27217")),
+            Some(dec("63962.65")),
+            Some(dec("0.23532"))
+        ),
+        "b/bs and k/ks: the best bid and ask with their sizes"
+    );
     let (_, ev) = decode(V2, "p2_ws_ticker_push_v2_cryptofeed_captured.json").unwrap();
     let Event::Ticker(t) = &ev[0] else { panic!() };
     assert_eq!(

@@ -62,6 +62,10 @@ fn ticker(i: i64) -> Event {
         volume: Some(dec("1234.5")),
         quote_volume: None,
         change: Some(dec("-0.0123")),
+        bid: Some(dec("86650.25")),
+        bid_qty: Some(dec("0.5")),
+        ask: Some(dec("86650.75")),
+        ask_qty: Some(dec("1.125")),
     })
 }
 

@@ -177,6 +177,10 @@ fn all_columns(req: &Request) -> Vec<Col> {
             ("volume", OptDec),
             ("quote_volume", OptDec),
             ("change", OptDec),
+            ("bid", OptDec),
+            ("bid_qty", OptDec),
+            ("ask", OptDec),
+            ("ask_qty", OptDec),
         ]),
         Kind::Gaps => cols(&[
             ("venue", Text),
@@ -268,6 +272,10 @@ pub(super) fn ticker_row(t: Ticker) -> Vec<Val> {
         opt_dec(t.volume),
         opt_dec(t.quote_volume),
         opt_dec(t.change),
+        opt_dec(t.bid),
+        opt_dec(t.bid_qty),
+        opt_dec(t.ask),
+        opt_dec(t.ask_qty),
     ]
 }
 

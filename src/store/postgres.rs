@@ -65,10 +65,11 @@ const DELTAS_UPSERT: &str = concat!(deltas_insert!(), " ON CONFLICT DO NOTHING")
 macro_rules! tickers_insert {
     () => {
         "INSERT INTO tickers (venue, symbol, recv_time_us, event_time_ms, open, high, low, close, volume, \
-         quote_volume, change) \
+         quote_volume, change, bid, bid_qty, ask, ask_qty) \
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[]::numeric[], \
          $6::text[]::numeric[], $7::text[]::numeric[], $8::text[]::numeric[], $9::text[]::numeric[], \
-         $10::text[]::numeric[], $11::text[]::numeric[])"
+         $10::text[]::numeric[], $11::text[]::numeric[], $12::text[]::numeric[], $13::text[]::numeric[], \
+         $14::text[]::numeric[], $15::text[]::numeric[])"
     };
 }
 const TICKERS_INSERT: &str = tickers_insert!();
@@ -396,7 +397,8 @@ impl PgStore {
         let rows = sqlx::query(
             "SELECT recv_time_us, event_time_ms, open::text AS open, high::text AS high, low::text AS low, \
              close::text AS close, volume::text AS volume, quote_volume::text AS quote_volume, \
-             change::text AS change FROM tickers WHERE venue = $1 AND symbol = $2 AND recv_time_us > $3 \
+             change::text AS change, bid::text AS bid, bid_qty::text AS bid_qty, ask::text AS ask, \
+             ask_qty::text AS ask_qty FROM tickers WHERE venue = $1 AND symbol = $2 AND recv_time_us > $3 \
              AND event_time_ms >= $4 AND event_time_ms < $5 ORDER BY recv_time_us LIMIT $6",
         )
         .bind(venue)
@@ -424,6 +426,10 @@ impl PgStore {
                     volume: dec(t, "volume")?,
                     quote_volume: dec(t, "quote_volume")?,
                     change: dec(t, "change")?,
+                    bid: dec(t, "bid")?,
+                    bid_qty: dec(t, "bid_qty")?,
+                    ask: dec(t, "ask")?,
+                    ask_qty: dec(t, "ask_qty")?,
                 })
             })
             .collect()
@@ -735,6 +741,10 @@ impl Unnest for Ticker {
             .bind(col(t, |x| opt_text(x.volume.as_ref())))
             .bind(col(t, |x| opt_text(x.quote_volume.as_ref())))
             .bind(col(t, |x| opt_text(x.change.as_ref())))
+            .bind(col(t, |x| opt_text(x.bid.as_ref())))
+            .bind(col(t, |x| opt_text(x.bid_qty.as_ref())))
+            .bind(col(t, |x| opt_text(x.ask.as_ref())))
+            .bind(col(t, |x| opt_text(x.ask_qty.as_ref())))
     }
 }
 

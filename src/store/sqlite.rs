@@ -514,7 +514,7 @@ impl SqliteStore {
         let e = StoreError::sql;
         let rows = sqlx::query(
             "SELECT recv_time_us, event_time_ms, open, high, low, close, volume, quote_volume, change, \
-             exact FROM tickers WHERE venue = ? AND symbol = ? AND recv_time_us > ? \
+             bid, bid_qty, ask, ask_qty, exact FROM tickers WHERE venue = ? AND symbol = ? AND recv_time_us > ? \
              AND event_time_ms >= ? AND event_time_ms < ? ORDER BY recv_time_us LIMIT ?",
         )
         .bind(venue)
@@ -543,6 +543,10 @@ impl SqliteStore {
                     volume: get_dec(t, "volume", &ex)?,
                     quote_volume: get_dec(t, "quote_volume", &ex)?,
                     change: get_dec(t, "change", &ex)?,
+                    bid: get_dec(t, "bid", &ex)?,
+                    bid_qty: get_dec(t, "bid_qty", &ex)?,
+                    ask: get_dec(t, "ask", &ex)?,
+                    ask_qty: get_dec(t, "ask_qty", &ex)?,
                 })
             })
             .collect()
@@ -845,8 +849,8 @@ impl Rows for BookDelta {
 
 impl Rows for Ticker {
     const INSERT: &'static str = "INSERT INTO tickers (venue, symbol, recv_time_us, event_time_ms, \
-         open, high, low, close, volume, quote_volume, change, exact) ";
-    const COLUMNS: usize = 12;
+         open, high, low, close, volume, quote_volume, change, bid, bid_qty, ask, ask_qty, exact) ";
+    const COLUMNS: usize = 16;
     const ON_CONFLICT: &'static str = " ON CONFLICT DO NOTHING";
     const DOING: &'static str = "insert tickers";
     fn bind<'a>(&'a self, b: &mut Binder<'_, 'a>) {
@@ -862,6 +866,10 @@ impl Rows for Ticker {
         bind_dec(b, &mut ex, "volume", self.volume.as_ref());
         bind_dec(b, &mut ex, "quote_volume", self.quote_volume.as_ref());
         bind_dec(b, &mut ex, "change", self.change.as_ref());
+        bind_dec(b, &mut ex, "bid", self.bid.as_ref());
+        bind_dec(b, &mut ex, "bid_qty", self.bid_qty.as_ref());
+        bind_dec(b, &mut ex, "ask", self.ask.as_ref());
+        bind_dec(b, &mut ex, "ask_qty", self.ask_qty.as_ref());
         b.push_bind(ex.finish());
     }
 }

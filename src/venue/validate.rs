@@ -102,6 +102,10 @@ impl Rules {
                 &t.close,
                 &t.volume,
                 &t.quote_volume,
+                &t.bid,
+                &t.bid_qty,
+                &t.ask,
+                &t.ask_qty,
             ]
             .into_iter()
             .flatten()

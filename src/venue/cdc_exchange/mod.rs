@@ -640,6 +640,10 @@ impl Normalizer<'_> {
                 volume: d(t.v),
                 quote_volume: d(t.vv),
                 change: d(t.c),
+                bid: d(t.b),
+                bid_qty: d(t.bs),
+                ask: d(t.k),
+                ask_qty: d(t.ks),
             };
             self.emit(Event::Ticker(tick), out);
         }

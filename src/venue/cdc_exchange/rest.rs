@@ -172,6 +172,10 @@ pub fn parse_tickers(
                 volume: v(t.v),
                 quote_volume: v(t.vv),
                 change: v(t.c),
+                bid: v(t.b),
+                bid_qty: v(t.bs),
+                ask: v(t.k),
+                ask_qty: v(t.ks),
             })
         })
         .collect()

@@ -158,5 +158,14 @@ pub struct WireTicker {
     pub v: Option<Num>,
     #[serde(default)]
     pub vv: Option<Num>,
+    /// Best bid and its size, best ask and its size.
+    #[serde(default)]
+    pub b: Option<Num>,
+    #[serde(default)]
+    pub bs: Option<Num>,
+    #[serde(default)]
+    pub k: Option<Num>,
+    #[serde(default)]
+    pub ks: Option<Num>,
     pub t: Int,
 }

@@ -819,6 +819,10 @@ impl Normalizer<'_> {
             volume: d(t.vol),
             quote_volume: d(t.amount),
             change: d(t.rose),
+            bid: None,
+            bid_qty: None,
+            ask: None,
+            ask_qty: None,
         });
         self.emit(ticker, out);
         Ok(())

@@ -178,5 +178,9 @@ pub fn parse_ticker(
         volume: d(t.vol),
         quote_volume: None,
         change: d(t.rose),
+        bid: None,
+        bid_qty: None,
+        ask: None,
+        ask_qty: None,
     })
 }

@@ -1,0 +1,7 @@
+-- The best bid and ask with their sizes, as the venue's ticker carries them (a top-of-book
+-- series without a book replay). NULL where the venue does not send them.
+ALTER TABLE tickers
+    ADD COLUMN bid NUMERIC,
+    ADD COLUMN bid_qty NUMERIC,
+    ADD COLUMN ask NUMERIC,
+    ADD COLUMN ask_qty NUMERIC;
