@@ -225,8 +225,16 @@ impl Serialize for DepthSetting {
 /// Both places a PostgreSQL URL can carry one are masked: `user:PASS@host` and
 /// `?password=PASS` (also `sslpassword`).
 pub fn redact_url(raw: &str) -> String {
-    let Ok(mut u) = url::Url::parse(raw) else {
-        return "<unparsable url>".to_string();
+    let parsed = url::Url::parse(raw)
+        .ok()
+        .filter(|u| !(u.cannot_be_a_base() && raw.contains('@')));
+    let Some(mut u) = parsed else {
+        // not a URL (a bare path, say): shown as typed unless it could hold a password
+        let lower = raw.to_ascii_lowercase();
+        if raw.contains('@') || lower.contains("password") {
+            return "<unparsable url>".to_string();
+        }
+        return raw.to_string();
     };
     let secret =
         |k: &str| k.eq_ignore_ascii_case("password") || k.eq_ignore_ascii_case("sslpassword");
@@ -628,10 +636,15 @@ impl Config {
             || db.starts_with("postgres:")
             || db.starts_with("postgresql:"))
         {
+            let hint = if db.starts_with('/') || db.starts_with('.') || db.ends_with(".db") {
+                format!("; a SQLite file is sqlite://PATH, e.g. \"sqlite://{db}\"")
+            } else {
+                String::new()
+            };
             return Err(ConfigError::new(
                 "database.url",
                 format!(
-                    "must start with sqlite: or postgres:, got {:?}",
+                    "must start with sqlite: or postgres:, got {:?}{hint}",
                     redact_url(db)
                 ),
             ));
@@ -833,6 +846,26 @@ mod tests {
 #[cfg(test)]
 mod redact_tests {
     use super::redact_url;
+
+    #[test]
+    fn a_bare_path_as_the_database_is_shown_as_typed_with_the_url_to_use() {
+        let mut c = super::Config::from_toml(
+            "[venue]\nws_url = \"wss://x\"\nrest_url = \"https://x\"\n[database]\nurl = \"/var/lib/mdrec/rec.db\"\n[record]\nsymbols = [\"A\"]\n",
+        )
+        .unwrap();
+        let e = c.check_sources().unwrap_err();
+        assert_eq!(e.key, "database.url");
+        assert!(
+            e.message.contains("got \"/var/lib/mdrec/rec.db\"")
+                && e.message.contains("sqlite:///var/lib/mdrec/rec.db"),
+            "{}",
+            e.message
+        );
+        // text that could hold a password stays hidden
+        c.database.url = "rec:secret@db/x".into();
+        let e = c.check_sources().unwrap_err();
+        assert!(!e.message.contains("secret"), "{}", e.message);
+    }
 
     #[test]
     fn passwords_are_masked_in_userinfo_and_query() {

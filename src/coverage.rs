@@ -382,10 +382,10 @@ pub fn render(c: &Coverage) -> String {
     for sym in &c.symbols {
         let _ = writeln!(
             s,
-            "\n{}  socket live {:.1}% of the window ({} sessions)",
+            "\n{}  socket live {:.1}% of the window ({})",
             sym.symbol,
             sym.live_share * 100.0,
-            sym.sessions
+            count(sym.sessions as u64, "session")
         );
         let _ = writeln!(
             s,
@@ -732,5 +732,14 @@ mod tests {
         assert!(parse_time("yesterday").is_err());
         assert!(parse_time("").is_err());
         assert_eq!(format_time(1_700_000_000_500), "2023-11-14T22:13:20.500Z");
+    }
+}
+
+/// `1 session`, `3 sessions`.
+pub fn count(n: u64, word: &str) -> String {
+    if n == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{n} {word}s")
     }
 }

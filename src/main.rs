@@ -126,10 +126,14 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // sqlx reports each slow statement whole (kilobytes of SQL while a database is locked);
     // the writer summarises slow writes in one line instead. RUST_LOG naming sqlx keeps them.
-    if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains("sqlx"))
-        && let Ok(d) = "sqlx::query=error".parse()
-    {
-        filter = filter.add_directive(d);
+    // PostgreSQL's notices (`relation "_sqlx_migrations" already exists, skipping` at every
+    // start) are the server talking to itself: warnings and worse are kept
+    if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains("sqlx")) {
+        for quiet in ["sqlx::query=error", "sqlx::postgres::notice=warn"] {
+            if let Ok(d) = quiet.parse() {
+                filter = filter.add_directive(d);
+            }
+        }
     }
     // colour only for a person at a terminal: journald and files get plain text
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());

@@ -108,10 +108,10 @@ fn symbol_section(s: &mut String, c: &Coverage, sym: &SymbolCoverage) {
     let _ = writeln!(
         s,
         "<section class=\"symbol\" data-symbol=\"{0}\"><h2>{0}</h2>\
-         <p>Socket live {1:.1}% of the window ({2} sessions).</p>",
+         <p>Socket live {1:.1}% of the window ({2}).</p>",
         esc(&sym.symbol),
         sym.live_share * 100.0,
-        sym.sessions
+        crate::coverage::count(sym.sessions as u64, "session")
     );
     timeline(s, c, sym);
     let _ = writeln!(

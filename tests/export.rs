@@ -882,6 +882,20 @@ async fn round_trip(db: &str) {
     let said = String::from_utf8_lossy(&run.stderr);
     assert!(said.contains("symbol=hpxusdt/date="), "{said}");
     assert!(said.contains("part.csv"), "{said}");
+    // a file in directories that do not exist yet: made, as `mkdir -p` would
+    let nested = dir.path().join("new/dir/trades.csv");
+    let run = mdrec_cmd(db)
+        .args([
+            "--kind", "trades", "--symbol", "btcusdt", "--format", "csv", "--out",
+        ])
+        .arg(&nested)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success() && nested.exists(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     eprintln!(
         "export round trip: 24 files, grid {} rows, hive {} files, range {in_range} trades",
         grows.len(),

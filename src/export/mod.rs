@@ -69,7 +69,8 @@ pub async fn export_parts(
     let mut written = Vec::new();
     let mut done = 0u64;
     for (n, part) in parts.iter().enumerate() {
-        if let Some(parent) = part.path.parent().filter(|_| req.layout == Layout::Hive) {
+        // the file's directory, as `mkdir -p` would (a hive part's, or `--out new/dir/x`)
+        if let Some(parent) = part.path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("creating {}", parent.display()))?;
         }

@@ -193,12 +193,12 @@ impl Worker {
             r = tokio::time::timeout(Duration::from_secs(c.connect_timeout_s), connect) => match r {
                 Ok(Ok((ws, _))) => Ok(ws),
                 Ok(Err(e)) => {
-                    tracing::warn!(connection = %conn, error = %e, "connect failed");
+                    tracing::warn!(connection = %conn, url = %self.config.venue.ws_url, error = %e, "connect failed");
                     self.each(|s| s.reconnect("connect_failed"));
                     Err(End::Dropped { fresh: false })
                 }
                 Err(_) => {
-                    tracing::warn!(connection = %conn, timeout_s = c.connect_timeout_s, "connect timed out");
+                    tracing::warn!(connection = %conn, url = %self.config.venue.ws_url, timeout_s = c.connect_timeout_s, "connect timed out");
                     self.each(|s| s.reconnect("connect_timeout"));
                     Err(End::Dropped { fresh: false })
                 }
