@@ -189,3 +189,17 @@ fn extreme_times_do_not_overflow() {
     assert_eq!(to_ms(1_790_134_150), 1_790_134_150_000);
     assert_eq!(to_ms(-1), -1000);
 }
+
+/// Found by the property test: a ticker stamped i64::MIN overflowed the "how far ahead"
+/// offset the invalid-message log line reports.
+#[test]
+fn a_ticker_at_the_least_time_is_dropped_without_overflow() {
+    let mut s = session();
+    let mut out = Vec::new();
+    let frame = r#"{"channel":"market_btcusdt_ticker","ts":-9223372036854775808,"tick":{"open":null,"high":0,"low":"-0.0","close":null,"vol":null,"amount":0,"rose":"-0.0"}}"#;
+    let _ = s.on_frame(Frame::Text(frame), RECV_US, &mut out);
+    assert!(
+        out.iter().all(|e| !matches!(e, Event::Ticker(_))),
+        "{out:?}"
+    );
+}

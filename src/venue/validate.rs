@@ -236,7 +236,7 @@ impl Findings {
                     self.first = Some(kind);
                     self.first_symbol = Some(symbol.to_string());
                     self.first_offset_ms = (kind == Invalid::Time)
-                        .then(|| exchange_time(ev).map(|t| t - recv_ms))
+                        .then(|| exchange_time(ev).map(|t| t.saturating_sub(recv_ms)))
                         .flatten();
                 }
                 false
