@@ -262,15 +262,33 @@ async fn sigterm_under_load_stores_everything_received() {
     sim.shutdown().await;
 }
 
+/// The demo's "trades of this run" table: per symbol (generated, stored, earlier).
+fn demo_trade_table(stdout: &str) -> Vec<(String, i64, i64, i64)> {
+    stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("trades of this run:"))
+        .skip(2)
+        .map_while(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let n = |i: usize| f.get(i)?.parse::<i64>().ok();
+            Some((f.first()?.to_string(), n(1)?, n(2)?, n(5)?))
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn demo_records_trades_klines_and_books() {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("demo.db");
-    let out = mdrec(
-        &["demo", "--seconds", "10", "--db", db.to_str().unwrap()],
-        &[],
-    )
-    .await;
+    // run where a newcomer would: the file named relative to the working directory
+    let demo = |seconds: &'static str| {
+        tokio::process::Command::new(BIN)
+            .args(["demo", "--seconds", seconds, "--db", "demo.db"])
+            .current_dir(dir.path())
+            .env_remove("MDREC_DATABASE_URL")
+            .env("RUST_LOG", "warn")
+            .output()
+    };
+    let out = demo("10").await.unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -285,28 +303,33 @@ async fn demo_records_trades_klines_and_books() {
         let n: i64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
         assert!(n > 0, "{table} is empty:\n{stdout}");
     }
-    // it ends with what to try next, on this file
-    let db_url = format!("sqlite://{}", db.display());
+    // every trade generated is stored, or older than anything a first start reaches
+    let table = demo_trade_table(&stdout);
+    assert_eq!(table.len(), 3, "{stdout}");
+    for (sym, generated, stored, earlier) in &table {
+        assert!(*stored > 0, "{sym}:\n{stdout}");
+        assert_eq!(generated, &(stored + earlier), "{sym}:\n{stdout}");
+    }
+    assert!(!stdout.contains("not stored"), "{stdout}");
+    // it ends with what to try next, on this file, with a command that runs from here:
+    // this binary is on no PATH, so its own path
+    let db_url = "sqlite://demo.db";
     for next in [
-        format!("sqlite3 {}", db.display()),
-        format!("mdrec coverage --db {db_url}"),
-        format!("mdrec export --db {db_url}"),
+        "sqlite3 demo.db".to_string(),
+        format!("{BIN} coverage --db {db_url}"),
+        format!("{BIN} export --db {db_url}"),
     ] {
         assert!(stdout.contains(&next), "{next:?} in:\n{stdout}");
     }
-    // and every suggested mdrec command works as printed, from the file's directory
+    // and every suggested command works as printed, in the shell, from the same directory
     let mut ran = 0;
     for line in stdout.lines().skip_while(|l| !l.starts_with("next, try:")) {
-        let cmd = line.split('#').next().unwrap_or_default().trim();
-        let Some(rest) = cmd.strip_prefix("mdrec ") else {
-            continue;
-        };
-        if rest.starts_with("demo") {
+        let cmd = line.trim();
+        if !cmd.starts_with(BIN) || cmd.contains(" demo ") {
             continue;
         }
-        let args: Vec<&str> = rest.split_whitespace().collect();
-        let out = tokio::process::Command::new(BIN)
-            .args(&args)
+        let out = tokio::process::Command::new("sh")
+            .args(["-c", cmd])
             .current_dir(dir.path())
             .env_remove("MDREC_DATABASE_URL")
             .output()
@@ -323,18 +346,26 @@ async fn demo_records_trades_klines_and_books() {
     assert!(dir.path().join("coverage.html").exists());
     assert!(dir.path().join("books").is_dir());
 
-    // a second demo into the same file records on: no id reused, no hole ending before it
-    // starts, and the simulated clock never ahead of ours (no negative latency)
-    let out = mdrec(
-        &["demo", "--seconds", "3", "--db", db.to_str().unwrap()],
-        &[],
-    )
-    .await;
+    // a second demo into the same file records on: no id reused, every trade of the run
+    // stored (the startup backfill walks back to the first run's last), no hole ending before
+    // it starts, none made unrecoverable by the simulator's restart, and the simulated clock
+    // never ahead of ours (no negative latency)
+    let out = demo("3").await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let table = demo_trade_table(&stdout);
+    assert_eq!(table.len(), 3, "{stdout}");
+    for (sym, generated, stored, earlier) in &table {
+        assert!(
+            *stored > 0 && generated == stored && *earlier == 0,
+            "{sym}:\n{stdout}"
+        );
+    }
+    let db_url = format!("sqlite://{}", dir.path().join("demo.db").display());
     let store = Store::connect(&db_url).await.unwrap();
     let Store::Sqlite(s) = &store else {
         unreachable!()
@@ -344,6 +375,12 @@ async fn demo_records_trades_klines_and_books() {
         .await
         .unwrap();
     assert_eq!(backwards, 0, "holes ending before they start");
+    let unrecoverable: Vec<(String, String, Option<String>)> =
+        sqlx::query_as("SELECT symbol, stream, detail FROM gaps WHERE status = 'unrecoverable'")
+            .fetch_all(s.pool())
+            .await
+            .unwrap();
+    assert!(unrecoverable.is_empty(), "{unrecoverable:?}");
     let min_latency: i64 = sqlx::query_scalar(
         "SELECT min(recv_time_us / 1000 - event_time_ms) FROM trades WHERE source = 'ws'",
     )

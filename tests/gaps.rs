@@ -1136,3 +1136,64 @@ async fn sqlite_kline_audit_restores_a_bar_missing_from_the_grid() {
     store.close().await;
     sim.shutdown().await;
 }
+
+/// The venue restarted while the recorder was down and numbers on from the last trade it
+/// had: its history no longer reaches that trade, but the next id follows it directly, so no
+/// trade can be missing and the hole is filled, never `unrecoverable`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_venue_numbering_on_after_a_restart_leaves_no_unrecoverable_trade_hole() {
+    let (_dir, url) = sqlite_db();
+    let (sim, store, cfg) = setup(SimConfig::default(), &url).await;
+    let run = Recorder::start(&cfg).await;
+    streaming(&sim, 20).await;
+    settle(&sim, &store, run).await;
+    let mut last: Vec<(&str, i64)> = Vec::new();
+    for s in SYMBOLS {
+        let ids = stored_ids(&store, s).await;
+        last.push((s, *ids.last().expect("trades stored")));
+    }
+    sim.shutdown().await;
+
+    // a new venue process: empty history, ids going on from the last trade
+    let (sim, _, _) = setup(
+        SimConfig {
+            start_halted: true,
+            seed: 5,
+            ..SimConfig::default()
+        },
+        &url,
+    )
+    .await;
+    for &(s, id) in &last {
+        sim.reset_trade_ids(s, id + 1);
+    }
+    sim.resume();
+    let run = Recorder::start(&config(&sim, &url, "")).await;
+    streaming(&sim, 20).await;
+    let trade_holes = || async {
+        gaps(&store)
+            .await
+            .into_iter()
+            .filter(|g| g.stream == "trades" && g.status != GapStatus::Open)
+            .count()
+    };
+    wait_for("trade holes resolved", Duration::from_secs(30), || async {
+        trade_holes().await >= SYMBOLS.len()
+    })
+    .await;
+    run.stop().await;
+    let trade_gaps: Vec<Gap> = gaps(&store)
+        .await
+        .into_iter()
+        .filter(|g| g.stream == "trades")
+        .collect();
+    assert_eq!(trade_gaps.len(), SYMBOLS.len(), "{trade_gaps:?}");
+    for g in &trade_gaps {
+        let (_, id) = last.iter().find(|(s, _)| **s == *g.symbol).unwrap();
+        assert_eq!(g.status, GapStatus::Filled, "{g:?}");
+        let detail = g.detail.as_deref().unwrap_or_default();
+        assert!(detail.contains(&id.to_string()), "{detail}");
+    }
+    store.close().await;
+    sim.shutdown().await;
+}

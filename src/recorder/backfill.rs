@@ -477,6 +477,22 @@ impl Backfill {
             return Some(g);
         }
         let first = self.first_after(c, f).await?;
+        if self.venue.trade_ids().adjacent(anchor, first) {
+            // the venue's history ends after the anchor, but the next trade known is the
+            // anchor's successor: nothing is missing (a venue restarted, a quiet stretch)
+            if c.reason.is_hint() {
+                return None;
+            }
+            g.status = GapStatus::Filled;
+            g.end_ms = Some(first.time_ms);
+            g.detail = Some(format!(
+                "{}: no trade missing, trade {} follows trade {} ({recovered} recovered after it)",
+                c.reason.as_str(),
+                first.trade_id,
+                anchor.trade_id
+            ));
+            return Some(g);
+        }
         if c.reason.is_hint() {
             tracing::warn!(symbol = %c.symbol, from = anchor.trade_id, to = c.trade_until.map(|t| t.trade_id),
                 "trade ids jumped and REST does not reach back that far: cannot tell whether trades are missing");

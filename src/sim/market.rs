@@ -193,6 +193,24 @@ impl Market {
         self.next_trade_id = next;
     }
 
+    /// The market goes on from `last`, a trade it published before (a recording made of an
+    /// earlier run): its history holds it, and the next trade's id follows it.
+    pub fn continue_after(&mut self, last: SimTrade) {
+        self.next_trade_id = last.id.saturating_add(1);
+        self.trades.push(last);
+    }
+
+    /// The market's bar of `interval` (by name) is `bar`, one it published before: trades
+    /// in its slot go on from it, and its history answers with it.
+    pub fn continue_bar(&mut self, interval: &str, bar: Bar) {
+        if let Some(&(name, _)) = self.intervals.iter().find(|(n, _)| *n == interval) {
+            self.bars
+                .entry(name)
+                .or_default()
+                .insert(bar.open_time_ms, bar);
+        }
+    }
+
     pub fn book(&self) -> SimBook {
         let bids = self
             .bids

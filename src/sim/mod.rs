@@ -222,6 +222,20 @@ impl SimHandle {
         }
     }
 
+    /// `symbol`'s market goes on from `last` (see `Market::continue_after`).
+    pub fn continue_after(&self, symbol: &str, last: SimTrade) {
+        if let Some(m) = self.state().markets.get_mut(symbol) {
+            m.continue_after(last);
+        }
+    }
+
+    /// `symbol`'s market goes on from `bar` (see `Market::continue_bar`).
+    pub fn continue_bar(&self, symbol: &str, interval: &str, bar: Bar) {
+        if let Some(m) = self.state().markets.get_mut(symbol) {
+            m.continue_bar(interval, bar);
+        }
+    }
+
     /// `/v1/trades` answers 429 with Retry-After while on (a throttled REST: backfill waits).
     pub fn throttle_rest(&self, on: bool) {
         self.state().rest_throttled = on;

@@ -80,6 +80,16 @@ impl TradeIds {
     }
 }
 
+impl TradeIds {
+    /// Whether `b` is the trade right after `a` by id (`a`'s id plus one): nothing can be
+    /// missing between them, wherever their times lie.
+    pub fn adjacent(self, a: TradeMark, b: TradeMark) -> bool {
+        self != TradeIds::Unordered
+            && a.trade_id >= 0
+            && a.trade_id.checked_add(1) == Some(b.trade_id)
+    }
+}
+
 /// How far back a trade history answer reached.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reach {
@@ -566,5 +576,23 @@ mod tests {
                 ("last".into(), 1, 0)
             ]
         );
+    }
+}
+
+#[cfg(test)]
+mod trade_id_tests {
+    use super::TradeIds;
+    use crate::model::TradeMark;
+
+    #[test]
+    fn only_ordered_ids_one_apart_are_adjacent() {
+        let m = |trade_id, time_ms| TradeMark { time_ms, trade_id };
+        assert!(TradeIds::Consecutive.adjacent(m(7, 100), m(8, 90)));
+        assert!(TradeIds::Increasing.adjacent(m(7, 100), m(8, 200)));
+        assert!(!TradeIds::Increasing.adjacent(m(7, 100), m(9, 200)));
+        assert!(!TradeIds::Unordered.adjacent(m(7, 100), m(8, 200)));
+        // synthesized (negative) ids say nothing, and the largest id has no successor
+        assert!(!TradeIds::Consecutive.adjacent(m(-3, 100), m(-2, 200)));
+        assert!(!TradeIds::Consecutive.adjacent(m(i64::MAX, 100), m(i64::MIN, 200)));
     }
 }

@@ -379,8 +379,9 @@ impl TradeHistory for TradesByTime {
         } else {
             Reach::Short {
                 why: format!(
-                    "older than the venue's trade history (it ends {} pages of {TRADES_PER_PAGE} back)",
-                    self.pages
+                    "older than the venue's trade history (it ends {} {} of {TRADES_PER_PAGE} back)",
+                    self.pages,
+                    if self.pages == 1 { "page" } else { "pages" }
                 ),
             }
         }
