@@ -664,7 +664,10 @@ fn python_readers(spec: &serde_json::Value, dir: &Path) -> Option<String> {
             std::env::var("MDREC_REQUIRE_PARQUET_READERS").as_deref() != Ok("1"),
             "MDREC_REQUIRE_PARQUET_READERS=1 but {stderr}"
         );
-        eprintln!("SKIP pandas/polars/duckdb checks: {stderr}");
+        common::not_tested(
+            &format!("no Parquet readers: {}", stderr.trim()),
+            "pip install duckdb pandas pyarrow polars",
+        );
         return None;
     }
     assert!(out.status.success(), "readers failed:\n{stdout}\n{stderr}");

@@ -51,7 +51,7 @@ fn promtool(args: &[&str]) -> Option<std::process::Output> {
                 std::env::var("MDREC_REQUIRE_PROMTOOL").as_deref() != Ok("1"),
                 "MDREC_REQUIRE_PROMTOOL=1 but promtool cannot run: {e} (apt-get install prometheus)"
             );
-            eprintln!("SKIP promtool: {e}");
+            common::not_tested(&format!("no promtool ({e})"), "apt-get install prometheus");
             None
         }
     }

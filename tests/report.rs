@@ -41,7 +41,10 @@ fn chromium() -> Option<PathBuf> {
             std::env::var("MDREC_REQUIRE_CHROMIUM").as_deref() != Ok("1"),
             "MDREC_REQUIRE_CHROMIUM=1 but no chromium on PATH (or MDREC_CHROMIUM)"
         );
-        eprintln!("SKIP: no headless Chromium to render the report");
+        common::not_tested(
+            "no headless Chromium to render the report",
+            "apt-get install chromium, or MDREC_CHROMIUM=/path/to/it",
+        );
     }
     found
 }

@@ -21,6 +21,42 @@ pub fn init_log() {
     }
 }
 
+/// Where one `cargo test` run (the test binaries' common parent) lists what it did not test.
+pub fn not_tested_dir(run: u32) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("not-tested")
+        .join(run.to_string())
+}
+
+/// A test that cannot run its checks here (`what` is missing; `install` says how to get it)
+/// and passes without them: said on stderr and added to the run's list of what was not
+/// tested, which `tests/zz_not_tested.rs` prints at the end of `cargo test`.
+pub fn not_tested(what: &str, install: &str) {
+    eprintln!("SKIP: {what} ({install})");
+    let test = std::thread::current().name().unwrap_or("?").to_string();
+    let binary = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .map(|s| {
+            s.rsplit_once('-')
+                .map_or(s.clone(), |(name, _)| name.to_string())
+        })
+        .unwrap_or_default();
+    let dir = not_tested_dir(std::os::unix::process::parent_id());
+    let file = dir.join(format!(
+        "{binary}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let line = format!("{binary}::{test}\t{what}\t{install}\n");
+    if let Err(e) = std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(&file, line)) {
+        eprintln!(
+            "could not list {test} as not tested in {}: {e}",
+            dir.display()
+        );
+    }
+}
+
 /// PostgreSQL server for tests; `MDREC_TEST_PG_URL` overrides.
 pub fn pg_admin_url() -> String {
     std::env::var("MDREC_TEST_PG_URL")
@@ -50,8 +86,10 @@ impl PgDb {
         let mut conn = match sqlx::PgConnection::connect(&admin).await {
             Ok(c) => c,
             Err(e) if !pg_required() => {
-                eprintln!(
-                    "SKIP: no PostgreSQL at {admin} ({e}); set MDREC_REQUIRE_PG=1 to make this fail"
+                not_tested(
+                    &format!("no PostgreSQL at {admin} ({e})"),
+                    "start one (apt-get install postgresql) or set MDREC_TEST_PG_URL; \
+                     MDREC_REQUIRE_PG=1 makes this a failure",
                 );
                 return None;
             }
@@ -152,7 +190,10 @@ impl OwnPg {
             if pg_required() {
                 panic!("PostgreSQL server binaries not found under /usr/lib/postgresql");
             }
-            eprintln!("SKIP: no PostgreSQL server binaries");
+            not_tested(
+                "no PostgreSQL server binaries under /usr/lib/postgresql",
+                "apt-get install postgresql",
+            );
             return None;
         };
         let as_postgres = std::process::Command::new("id")
