@@ -201,26 +201,11 @@ pub async fn run(
     let p = sim_cfg.personality();
     let symbols: Vec<&str> = p.demo_symbols.to_vec();
     let db_url = format!("sqlite://{}", db_path.display());
-    // a file recorded before: the simulated venue goes on from its last trades (ids after
-    // them), so a second demo adds to it instead of reusing ids
-    // a file recorded before: the simulated venue goes on from each symbol's last trade (its
-    // history holds it, ids follow it), so a second demo records on instead of reusing ids
-    let mut last: Vec<(&str, crate::model::Trade)> = Vec::new();
-    let mut bars: Vec<(&str, crate::model::Kline)> = Vec::new();
-    if db_path.exists() {
-        let store = Store::open_read(&db_url).await?;
-        for &s in &symbols {
-            if let Some(t) = last_trade(&store, p.venue, s).await? {
-                last.push((s, t));
-            }
-            for &(iv, _) in p.intervals {
-                if let Some(k) = last_bar(&store, p.venue, s, iv).await? {
-                    bars.push((s, k));
-                }
-            }
-        }
-        store.close().await;
-    }
+    let before = if db_path.exists() {
+        Recorded::read(&db_url, p, &symbols).await?
+    } else {
+        Recorded::default()
+    };
     // simulated time at the wall clock's pace: exchange times are real, receive times come
     // after them (a faster clock would run ahead of ours and make latencies negative)
     let sim = sim::start(SimConfig {
@@ -230,12 +215,7 @@ pub async fn run(
     })
     .await
     .context("starting the simulator")?;
-    for (s, t) in &last {
-        sim.continue_after(s, sim_trade(t)?);
-    }
-    for (s, k) in &bars {
-        sim.continue_bar(s, &k.interval, sim_bar(k)?);
-    }
+    before.continue_in(&sim)?;
     sim.resume();
     let cfg = demo_config(p, &sim.ws_url(), &sim.rest_url(), &db_url)?;
     let token = CancellationToken::new();
@@ -271,21 +251,84 @@ pub async fn run(
     for (table, n) in store.table_counts().await? {
         writeln!(out, "  {table:<15} {n:>8}")?;
     }
+    trade_table(&mut out, &store, p.venue, &symbols, &generated, &before).await?;
+    let symbols: Vec<String> = symbols.iter().map(|s| s.to_string()).collect();
+    let cov = crate::coverage::compute(&store, p.venue, &symbols, None, None, None).await?;
+    out.push_str(&crate::coverage::render(&cov));
+    store.close().await;
+    next_commands(&mut out, db_path, &symbols)?;
+    Ok(out)
+}
+
+/// What a file recorded before holds of each symbol: its last trade and newest bars.
+#[derive(Default)]
+struct Recorded {
+    trades: Vec<(String, crate::model::Trade)>,
+    bars: Vec<(String, crate::model::Kline)>,
+}
+
+impl Recorded {
+    async fn read(db_url: &str, p: &Personality, symbols: &[&str]) -> anyhow::Result<Recorded> {
+        let mut r = Recorded::default();
+        let store = Store::open_read(db_url).await?;
+        for &s in symbols {
+            if let Some(t) = last_trade(&store, p.venue, s).await? {
+                r.trades.push((s.to_string(), t));
+            }
+            for &(iv, _) in p.intervals {
+                if let Some(k) = last_bar(&store, p.venue, s, iv).await? {
+                    r.bars.push((s.to_string(), k));
+                }
+            }
+        }
+        store.close().await;
+        Ok(r)
+    }
+
+    /// The simulated venue goes on from the file (its history holds the last trade and the
+    /// newest bars, ids follow on), so a second demo records on: no id reused, and the
+    /// recorder's start-up hole is filled like any restart's.
+    fn continue_in(&self, sim: &sim::SimHandle) -> anyhow::Result<()> {
+        for (s, t) in &self.trades {
+            sim.continue_after(s, sim_trade(t)?);
+        }
+        for (s, k) in &self.bars {
+            sim.continue_bar(s, &k.interval, sim_bar(k)?);
+        }
+        Ok(())
+    }
+}
+
+/// This run's trades per symbol: generated, stored, by source, and those older than the
+/// recorder could reach; a line for any published later and not stored.
+async fn trade_table(
+    out: &mut String,
+    store: &Store,
+    venue: &str,
+    symbols: &[&str],
+    generated: &[Vec<i64>],
+    before: &Recorded,
+) -> anyhow::Result<()> {
+    use std::fmt::Write;
     writeln!(
         out,
         "\ntrades of this run:\n  {:<12} {:>9} {:>7} {:>7} {:>5} {:>7}",
         "symbol", "generated", "stored", "socket", "REST", "earlier"
     )?;
     let mut notes = Vec::new();
-    for (&s, generated) in symbols.iter().zip(&generated) {
-        let after = last.iter().find(|(l, _)| *l == s).map(|(_, t)| t.trade_id);
+    for (&s, generated) in symbols.iter().zip(generated) {
+        let after = before
+            .trades
+            .iter()
+            .find(|(l, _)| l == s)
+            .map(|(_, t)| t.trade_id);
         let generated: Vec<i64> = generated
             .iter()
             .copied()
             .filter(|id| after.is_none_or(|a| *id > a))
             .collect();
         let stored: Vec<_> = store
-            .load_trades(p.venue, s)
+            .load_trades(venue, s)
             .await?
             .into_iter()
             .filter(|t| after.is_none_or(|a| t.trade_id > a))
@@ -317,10 +360,12 @@ pub async fn run(
         writeln!(out, "{n}")?;
     }
     writeln!(out)?;
-    let symbols: Vec<String> = symbols.iter().map(|s| s.to_string()).collect();
-    let cov = crate::coverage::compute(&store, p.venue, &symbols, None, None, None).await?;
-    out.push_str(&crate::coverage::render(&cov));
-    store.close().await;
+    Ok(())
+}
+
+/// Commands to try next on the file, as they run from the working directory.
+fn next_commands(out: &mut String, db_path: &Path, symbols: &[String]) -> anyhow::Result<()> {
+    use std::fmt::Write;
     let first = symbols.first().cloned().unwrap_or_default();
     let prog = invocation();
     let db = shell_word(&db_path.display().to_string());
@@ -348,7 +393,7 @@ pub async fn run(
         out,
         "  {prog} demo --db {db}      # again: it records on into the same file"
     )?;
-    Ok(out)
+    Ok(())
 }
 
 /// How to run this program again from the working directory: `mdrec` where that name on
