@@ -28,7 +28,11 @@ fn trade(i: usize, price: &str, qty: &str) -> Trade {
         venue: "cdc-v1",
         symbol: Arc::from("btcusdt"),
         trade_id: 1000 + i as i64,
-        side: if i % 2 == 0 { Side::Buy } else { Side::Sell },
+        side: if i.is_multiple_of(2) {
+            Side::Buy
+        } else {
+            Side::Sell
+        },
         price: p,
         qty: q,
         quote_qty: Some(Dec::parse("21340.08795040000000000000001").unwrap()),
