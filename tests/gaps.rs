@@ -416,7 +416,9 @@ async fn outage_beyond_history(db: &str, label: &str) {
         Duration::from_secs(60),
         || async {
             let g = gaps(&store).await;
-            g.len() >= SYMBOLS.len() * 3 && g.iter().all(|g| g.status != GapStatus::Open)
+            g.len() >= SYMBOLS.len() * 3
+                && g.iter().all(|g| g.status != GapStatus::Open)
+                && common::recovered_parts_on_record(&g)
         },
     )
     .await;
@@ -472,7 +474,11 @@ async fn outage_beyond_history(db: &str, label: &str) {
             time(last + 1),
             "{s}: ends at the first trade recovered"
         );
-        assert!(g.rows_recovered > 0, "{s}: the REST part was recovered");
+        // the part REST recovered is on record as filled, from there to the socket's first
+        let part = common::recovered_part(&all, g);
+        assert!(part.rows_recovered > 0, "{s}: the REST part was recovered");
+        assert_eq!(g.rows_recovered, 0, "{s}: counted once, by the filled part");
+        assert!(part.end_ms > part.end_ms.map(|_| part.start_ms), "{part:?}");
         missing_trades.insert(s, lost.clone());
 
         for iv in INTERVALS {
@@ -499,11 +505,11 @@ async fn outage_beyond_history(db: &str, label: &str) {
         }
         eprintln!(
             "{label} outage beyond history, {s}: trades generated {}, stored {}, lost {} (ids {first}..={last}), \
-             trades gap rows_recovered {}",
+             recovered after it {}",
             ledger.len(),
             stored.len(),
             lost.len(),
-            g.rows_recovered
+            common::recovered_part(&all, g).rows_recovered
         );
     }
     wait_ledger(&store, &sim, &missing_trades, &missing_bars).await;
@@ -579,6 +585,22 @@ async fn coverage_cli_agrees(db: &str, store: &Store, gaps: &[Gap]) {
                 "{s} {name}"
             );
         }
+    }
+    // the timeline draws the stretch REST recovered as filled, not as nothing recorded
+    let html = dir.path().join("coverage.html");
+    run(&["--html", html.to_str().unwrap()]);
+    let html = std::fs::read_to_string(&html).unwrap();
+    for g in gaps
+        .iter()
+        .filter(|g| g.stream == "trades" && g.status == GapStatus::Unrecoverable)
+    {
+        let part = common::recovered_part(gaps, g);
+        let rect = format!(
+            "data-start=\"{}\" data-end=\"{}\"><title>filled:",
+            part.start_ms,
+            part.end_ms.unwrap()
+        );
+        assert!(html.contains(&rect), "{} {rect} in the report", g.symbol);
     }
     let text = run(&["--symbol", "btcusdt", "--from", "2020-01-01T00:00:00Z"]);
     assert!(

@@ -141,6 +141,34 @@ struct Fetched {
     reach: Reach,
 }
 
+/// The stretch of an unrecoverable trade hole that REST did recover (from its oldest trade to
+/// the first known after the hole), as a `filled` row of its own: the unrecoverable row ends
+/// where it starts, and the recovered trades are counted here. None when nothing was
+/// recovered or the stretch has no length (the rows' keys would collide).
+fn recovered_part(g: &Gap, f: &Fetched, ids: TradeIds, reason: &str) -> Option<Gap> {
+    if g.status != GapStatus::Unrecoverable || f.recovered == 0 {
+        return None;
+    }
+    let start = g.end_ms.filter(|&s| s > g.start_ms)?;
+    let end = [f.until, f.newest]
+        .into_iter()
+        .flatten()
+        .find(|m| f.oldest.is_some_and(|o| ids.is_after(*m, o)))?;
+    if end.time_ms <= start {
+        return None;
+    }
+    let mut part = g.clone();
+    part.start_ms = start;
+    part.end_ms = Some(end.time_ms);
+    part.status = GapStatus::Filled;
+    part.rows_recovered = f.recovered;
+    part.detail = Some(format!(
+        "{reason}: {} trades recovered from REST after the unrecoverable part of the hole, up to id {}",
+        f.recovered, end.trade_id
+    ));
+    Some(part)
+}
+
 /// Slots of a kline hole the venue did not answer for.
 #[derive(Debug, PartialEq, Eq)]
 struct Missing {
@@ -420,8 +448,15 @@ impl Backfill {
             recovered,
             reach,
         };
-        if let Some(g) = self.trade_hole(c, &fetched).await {
+        if let Some(mut g) = self.trade_hole(c, &fetched).await {
+            let filled = recovered_part(&g, &fetched, ids, c.reason.as_str());
+            if filled.is_some() {
+                g.rows_recovered = 0; // counted by the filled row
+            }
             self.resolved(c, g).await?;
+            if let Some(f) = filled {
+                self.resolved(c, f).await?;
+            }
         }
         Ok(())
     }

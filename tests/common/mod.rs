@@ -516,3 +516,34 @@ impl Log {
         self.0.lock().unwrap().clone()
     }
 }
+
+/// Every unrecoverable trade hole has its recovered stretch on record (the two rows are
+/// written one after the other).
+pub fn recovered_parts_on_record(gaps: &[mdrec::model::Gap]) -> bool {
+    gaps.iter()
+        .filter(|g| g.stream == "trades" && g.status == mdrec::model::GapStatus::Unrecoverable)
+        .all(|g| {
+            gaps.iter().any(|p| {
+                p.symbol == g.symbol
+                    && p.stream == g.stream
+                    && p.status == mdrec::model::GapStatus::Filled
+                    && Some(p.start_ms) == g.end_ms
+            })
+        })
+}
+
+/// The `filled` row for the stretch of an unrecoverable trade hole that REST recovered: it
+/// starts where the unrecoverable row ends.
+pub fn recovered_part<'a>(
+    gaps: &'a [mdrec::model::Gap],
+    unrecoverable: &mdrec::model::Gap,
+) -> &'a mdrec::model::Gap {
+    gaps.iter()
+        .find(|p| {
+            p.symbol == unrecoverable.symbol
+                && p.stream == unrecoverable.stream
+                && p.status == mdrec::model::GapStatus::Filled
+                && Some(p.start_ms) == unrecoverable.end_ms
+        })
+        .unwrap_or_else(|| panic!("no filled row after {unrecoverable:?} in {gaps:#?}"))
+}
