@@ -14,11 +14,60 @@ use crate::model::InstrumentType;
 /// Environment variable that overrides `database.url` (keeps passwords out of the config file).
 pub const DATABASE_URL_ENV: &str = "MDREC_DATABASE_URL";
 
+/// A configuration that cannot be used: `key` is the dotted key it is about (`record.depth`),
+/// empty when it is about the file as a whole (unreadable, not TOML).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("config key `{key}`: {message}")]
+#[error("{}", self.render())]
 pub struct ConfigError {
     pub key: String,
     pub message: String,
+}
+
+/// The dotted key an error is about: serde's path, except at the top level (`.`), where the
+/// field is named only in the message (a missing or unknown section).
+fn error_key(path: &str, message: &str) -> String {
+    if path != "." {
+        return path.to_string();
+    }
+    ["unknown field `", "missing field `"]
+        .iter()
+        .find_map(|p| message.strip_prefix(p))
+        .and_then(|m| m.split('`').next())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The 1-based line of the file where `key` (dotted: `record.depth`, or a section `foo`) is
+/// set, found in the text: the key's line inside its section, or the section's header.
+fn key_line(text: &str, key: &str) -> Option<usize> {
+    let (section, name) = match key.rsplit_once('.') {
+        Some((s, n)) => (s, n),
+        None => ("", key),
+    };
+    if name.is_empty() {
+        return None;
+    }
+    let mut current = String::new();
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if let Some(h) = t.strip_prefix('[') {
+            current = h
+                .trim_start_matches('[')
+                .split(']')
+                .next()?
+                .trim()
+                .to_string();
+            if section.is_empty() && current == name {
+                return Some(i + 1);
+            }
+            continue;
+        }
+        let k = t.split('=').next().unwrap_or("").trim().trim_matches('"');
+        if current == section && t.contains('=') && k == name {
+            return Some(i + 1);
+        }
+    }
+    None
 }
 
 /// Up to three of `listed` nearest to `s` (edit distance, case ignored), nearest first: the
@@ -27,6 +76,8 @@ pub fn closest_names(s: &str, listed: &std::collections::HashSet<&str>) -> Vec<S
     let want = s.to_lowercase();
     let mut near: Vec<(usize, &str)> = listed
         .iter()
+        // the name itself is no suggestion ("did you mean XRP_USD?" for XRP_USD)
+        .filter(|l| **l != s)
         .map(|l| (strsim::levenshtein(&want, &l.to_lowercase()), *l))
         .filter(|(d, _)| *d <= (want.chars().count() / 3).max(2))
         .collect();
@@ -60,6 +111,25 @@ impl UsageError {
 }
 
 impl ConfigError {
+    /// The error placed in the file it is about: `(PATH, line N)` where the key is set there
+    /// (a key the file leaves out is only named).
+    pub fn located(mut self, path: &Path, text: &str) -> ConfigError {
+        let at = match key_line(text, &self.key) {
+            Some(n) => format!("{}, line {n}", path.display()),
+            None => path.display().to_string(),
+        };
+        self.message = format!("{} ({at})", self.message);
+        self
+    }
+
+    fn render(&self) -> String {
+        if self.key.is_empty() {
+            format!("config: {}", self.message)
+        } else {
+            format!("config key `{}`: {}", self.key, self.message)
+        }
+    }
+
     pub fn new(key: &str, message: impl Into<String>) -> Self {
         ConfigError {
             key: key.to_string(),
@@ -587,21 +657,27 @@ impl Config {
     /// Reads and parses a config file; applies `MDREC_DATABASE_URL`. The venue's defaults
     /// and checks are the venue registry's (`venue::registry::load_config`).
     pub fn read(path: &Path) -> Result<Config, ConfigError> {
+        Config::read_text(path).map(|(c, _)| c)
+    }
+
+    /// [`Config::read`], and the file's text (to place later errors in it).
+    pub fn read_text(path: &Path) -> Result<(Config, String), ConfigError> {
         let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::new("-c", format!("cannot read {}: {e}", path.display())))?;
-        let mut cfg = Config::from_toml(&text)?;
+            .map_err(|e| ConfigError::new("", format!("cannot read {}: {e}", path.display())))?;
+        let mut cfg = Config::from_toml(&text).map_err(|e| e.located(path, &text))?;
         if let Ok(url) = std::env::var(DATABASE_URL_ENV)
             && !url.is_empty()
         {
             cfg.database.url = url;
         }
-        Ok(cfg)
+        Ok((cfg, text))
     }
 
     /// Parses TOML text (no validation, no environment, no venue defaults).
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let mut table: toml::Table = toml::from_str(text)
-            .map_err(|e| ConfigError::new("(file)", format!("invalid TOML: {e}")))?;
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| {
+            ConfigError::new("", format!("not valid TOML: {}", e.to_string().trim_end()))
+        })?;
         // `symbols = "all"`: the one word the list may be
         let mut all = false;
         if let Some(toml::Value::Table(record)) = table.get_mut("record")
@@ -618,9 +694,8 @@ impl Config {
         }
         let mut cfg: Config =
             serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-                let key = e.path().to_string();
                 let message = e.inner().message().to_string();
-                ConfigError::new(&key, message)
+                ConfigError::new(&error_key(&e.path().to_string(), &message), message)
             })?;
         cfg.record.all = all;
         Ok(cfg)
@@ -846,6 +921,14 @@ mod tests {
 #[cfg(test)]
 mod redact_tests {
     use super::redact_url;
+
+    #[test]
+    fn a_name_is_never_its_own_suggestion() {
+        let listed: std::collections::HashSet<&str> =
+            ["XRP_USD", "XRP_USDT", "BTC_USD"].into_iter().collect();
+        assert_eq!(super::closest_names("XRP_USD", &listed), ["XRP_USDT"]);
+        assert_eq!(super::closest_names("xrp_usd", &listed), ["XRP_USD"]);
+    }
 
     #[test]
     fn a_bare_path_as_the_database_is_shown_as_typed_with_the_url_to_use() {

@@ -82,15 +82,41 @@ async fn bad_config_exits_2_naming_the_key() {
     ];
     for (i, (text, key)) in cases.iter().enumerate() {
         let path = write(dir.path(), &format!("bad{i}.toml"), text);
+        // the key as the file spells it, and the file and line it is set on
+        let line = text
+            .lines()
+            .position(|l| {
+                let k = key.rsplit('.').next().unwrap();
+                l.trim_start().starts_with(&format!("{k} ")) || l.trim() == format!("[{k}]")
+            })
+            .map(|n| n + 1)
+            .unwrap();
+        let at = format!("({}, line {line})", path.display());
         for sub in ["run", "migrate", "check-config"] {
             let out = mdrec(&[sub, "-c", path.to_str().unwrap()], &[]).await;
             let err = String::from_utf8_lossy(&out.stderr);
             assert_eq!(out.status.code(), Some(2), "{sub} {key}: {err}");
             assert!(
-                err.contains(key),
-                "{sub}: message {err:?} does not name {key}"
+                err.contains(&format!("config key `{key}`")) && err.contains(&at),
+                "{sub}: message {err:?} does not name {key} at {at}"
             );
         }
+    }
+    // about the file as a whole: no key to name, never a made-up one
+    let not_toml = write(dir.path(), "not.toml", "[venue\nkind = 1\n");
+    let missing = dir.path().join("missing.toml");
+    for (path, want) in [
+        (
+            &not_toml,
+            "config: not valid TOML: TOML parse error at line 1",
+        ),
+        (&missing, "config: cannot read"),
+    ] {
+        let out = mdrec(&["check-config", "-c", path.to_str().unwrap()], &[]).await;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains(want), "{err}");
+        assert!(!err.contains("`(file)`") && !err.contains("`-c`"), "{err}");
     }
     // files the config names are read where they are used: by run and check-config
     let no_ca = good.replace(

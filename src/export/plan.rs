@@ -89,6 +89,14 @@ pub async fn check_symbol(store: &Store, venue: &str, symbol: &str) -> anyhow::R
     }
     let known = store.known_symbols(venue).await?;
     let names: std::collections::HashSet<&str> = known.iter().map(|s| s.as_str()).collect();
+    if names.contains(symbol) {
+        return Err(refused(
+            "--symbol",
+            format!(
+                "the database holds no rows of {symbol:?} for {venue}: it knows the name (listed by the venue or subscribed), but nothing of it was stored"
+            ),
+        ));
+    }
     let near = crate::config::closest_names(symbol, &names);
     let hint = if near.is_empty() {
         String::new()

@@ -62,9 +62,9 @@ pub fn parse_config(text: &str) -> Result<Config, ConfigError> {
 /// Reads a config file (`MDREC_DATABASE_URL` applied), fills in the venue's defaults and
 /// checks it.
 pub fn load_config(path: &Path) -> Result<Config, ConfigError> {
-    let mut cfg = Config::read(path)?;
+    let (mut cfg, text) = Config::read_text(path)?;
     fill_defaults(&mut cfg);
-    check_config(&cfg)?;
+    check_config(&cfg).map_err(|e| e.located(path, &text))?;
     Ok(cfg)
 }
 
