@@ -123,6 +123,8 @@ pub struct SymbolCoverage {
 /// Can this stream be trusted over this period (UTC hour or day, cut to the window)?
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PeriodVerdict {
+    /// The period's name: its UTC day (`2026-12-07`) or hour (`2026-12-07 14:00`).
+    pub period: String,
     pub start_ms: i64,
     pub end_ms: i64,
     pub stream: String,
@@ -134,6 +136,20 @@ pub struct PeriodVerdict {
     pub verdict: &'static str,
     pub live_ms: i64,
     pub unrecoverable_ms: i64,
+}
+
+/// A period by its aligned start: the day for whole days, else the hour (or minute).
+fn period_label(start_ms: i64, period_ms: i64) -> String {
+    let fmt = if period_ms % 86_400_000 == 0 {
+        "%Y-%m-%d"
+    } else if period_ms % 3_600_000 == 0 {
+        "%Y-%m-%d %H:00"
+    } else {
+        "%Y-%m-%d %H:%M"
+    };
+    chrono::DateTime::from_timestamp_millis(start_ms)
+        .map(|d| d.format(fmt).to_string())
+        .unwrap_or_default()
 }
 
 /// The verdicts of one stream over `[from, to)` cut into periods of `period_ms` aligned to
@@ -178,6 +194,7 @@ pub fn verdicts(
             "partly down"
         };
         out.push(PeriodVerdict {
+            period: period_label(a, period_ms),
             start_ms: pa,
             end_ms: pb,
             stream: stream.to_string(),
@@ -316,6 +333,8 @@ impl Coverage {
     /// One verdict per stream and period of `period_ms` (UTC-aligned), from what `compute`
     /// read: the socket spans and each stream's holes.
     pub fn set_periods(&mut self, period_ms: i64) {
+        // hours that have not happened yet get no verdict (they are not "recorder down")
+        let to = self.to_ms.min(crate::model::now_ms());
         for sym in &mut self.symbols {
             let mut periods = Vec::new();
             for st in &sym.streams {
@@ -323,7 +342,7 @@ impl Coverage {
                 periods.extend(verdicts(
                     &st.stream,
                     self.from_ms,
-                    self.to_ms,
+                    to,
                     period_ms,
                     &sym.live_spans,
                     &holes,
@@ -433,8 +452,11 @@ pub fn render(c: &Coverage) -> String {
             let mut starts: Vec<i64> = sym.periods.iter().map(|p| p.start_ms).collect();
             starts.dedup();
             for start in starts {
-                let when = chrono::DateTime::from_timestamp_millis(start)
-                    .map(|d| d.format("%Y-%m-%d %H:%M").to_string())
+                let when = sym
+                    .periods
+                    .iter()
+                    .find(|p| p.start_ms == start)
+                    .map(|p| p.period.as_str())
                     .unwrap_or_default();
                 let _ = write!(s, "  {when:<17}");
                 for n in &names {
@@ -524,6 +546,57 @@ mod verdict_tests {
         assert_eq!(v[0].start_ms, day + H / 2);
         assert_eq!(v[0].end_ms, day + H);
         assert_eq!(v.len(), 2);
+        // each named by its own hour or day, not the window's start
+        assert_eq!(v[0].period, "2026-12-02 00:00");
+        assert_eq!(v[1].period, "2026-12-02 01:00");
+        let v = verdicts(
+            "trades",
+            day + H / 2,
+            day + 2 * 86_400_000,
+            86_400_000,
+            &live,
+            &[],
+        );
+        assert_eq!(v[0].period, "2026-12-02");
+        assert_eq!(v[1].period, "2026-12-03");
+    }
+
+    #[test]
+    fn hours_not_yet_come_get_no_verdict() {
+        const H: i64 = 3_600_000;
+        let now = crate::model::now_ms();
+        let mut c = Coverage {
+            venue: "cdc-v1".into(),
+            from_ms: now - 2 * H,
+            to_ms: now + 5 * H,
+            symbols: vec![SymbolCoverage {
+                symbol: "btcusdt".into(),
+                sessions: 1,
+                live_ms: 2 * H,
+                live_share: 2.0 / 7.0,
+                live_spans: vec![(now - 2 * H, now)],
+                streams: vec![StreamCoverage {
+                    stream: "trades".into(),
+                    rows: 1,
+                    first_ms: None,
+                    last_ms: None,
+                    gaps_open: 0,
+                    gaps_filled: 0,
+                    gaps_unrecoverable: 0,
+                    rows_recovered: 0,
+                    gaps: Vec::new(),
+                }],
+                periods: Vec::new(),
+            }],
+        };
+        c.set_periods(H);
+        let p = &c.symbols[0].periods;
+        assert!(p.len() <= 3, "{p:?}");
+        assert!(
+            p.iter()
+                .all(|p| p.start_ms < now && p.verdict != "recorder down"),
+            "{p:?}"
+        );
     }
 }
 

@@ -272,8 +272,11 @@ fn verdict_table(s: &mut String, sym: &SymbolCoverage) {
     let mut starts: Vec<i64> = sym.periods.iter().map(|p| p.start_ms).collect();
     starts.dedup();
     for start in starts {
-        let when = chrono::DateTime::from_timestamp_millis(start)
-            .map(|d| d.format("%Y-%m-%d %H:%M").to_string())
+        let when = sym
+            .periods
+            .iter()
+            .find(|p| p.start_ms == start)
+            .map(|p| p.period.as_str())
             .unwrap_or_default();
         let _ = write!(s, "<tr><td class=\"l\">{}</td>", esc(&when));
         for st in &sym.streams {
