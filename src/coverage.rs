@@ -665,8 +665,8 @@ pub struct BookNotes {
     pub at_ms: i64,
     /// From the book's last update (exchange time) to the asked time.
     pub age_ms: i64,
-    /// Holes on record and socket disconnects between the book's last update and the asked
-    /// time: the book may have changed unseen.
+    /// Holes of this book's stream on record and socket disconnects between the book's last
+    /// update and the asked time: the book may have changed unseen.
     pub warnings: Vec<String>,
 }
 
@@ -682,9 +682,11 @@ pub async fn book_notes(
     let from = book.event_time_ms;
     let from_recv = book.recv_time_us / 1000;
     let mut warnings = Vec::new();
+    // only this book's own holes: a trade or bar hole says nothing about the book
+    let stream = crate::model::StreamKey::Book(book.depth_step).name();
     for g in store.load_gaps(venue, Some(&book.symbol)).await? {
         let ends = g.end_ms.unwrap_or(i64::MAX);
-        if g.start_ms < at && ends > from {
+        if g.stream == stream && g.start_ms < at && ends > from {
             warnings.push(format!(
                 "a recorded hole in {} ({}) from {} to {} lies between the book and the asked time",
                 g.stream,

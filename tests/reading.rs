@@ -392,6 +392,13 @@ async fn book_at_says_its_age_and_what_lies_between() {
             .any(|w| w.contains("no socket was recording from")),
         "{warnings:?}"
     );
+    // the trade and bar holes of the same stretch say nothing about the book
+    assert!(
+        warnings
+            .iter()
+            .all(|w| !w.contains("hole in trades") && !w.contains("hole in kline")),
+        "{warnings:?}"
+    );
     let (code, out, _) = mdrec(
         &[
             "book", "--db", &url, "--symbol", "BTC_USD", "--at", &between,
