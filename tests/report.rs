@@ -179,6 +179,25 @@ async fn the_html_report_shows_live_filled_and_lost_time() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!dir.path().join("coverage.html.partial").exists());
+    // a second report to the same file is refused (as export refuses), then replaced on --force
+    let again = |force: bool| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_mdrec"));
+        c.args(["coverage", "--db", &db, "--html"])
+            .arg(&page)
+            .env_remove("MDREC_DATABASE_URL");
+        if force {
+            c.arg("--force");
+        }
+        c.output().unwrap()
+    };
+    let refused = again(false);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("exists: pass --force"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert!(again(true).status.success());
 
     // the page as Chromium parsed it
     let profile = tempfile::tempdir().unwrap();

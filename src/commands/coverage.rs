@@ -40,6 +40,9 @@ pub struct Args {
     /// hour, or per day over more than two days).
     #[arg(long)]
     html: Option<PathBuf>,
+    /// Replace the --html file if it exists.
+    #[arg(long)]
+    force: bool,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -47,6 +50,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         return Err(UsageError::new(
             "--html",
             format!("{} is a directory: name the file to write", h.display()),
+        )
+        .into());
+    }
+    if let Some(h) = args.html.as_ref().filter(|h| h.exists() && !args.force) {
+        return Err(UsageError::new(
+            "--html",
+            format!("{} exists: pass --force to replace it", h.display()),
         )
         .into());
     }
