@@ -73,6 +73,29 @@ async fn an_unlisted_symbol_stops_start_up_with_the_closest_names() {
         );
     }
     assert_eq!(sim.state().connections_total, 0, "nothing recorded");
+    // a refused start leaves nothing behind: no database created and migrated, no spool
+    assert!(!dir.path().join("rec.db").exists(), "database created");
+    assert!(!dir.path().join("spool").exists(), "spool created");
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_metrics_port_stops_start_up_before_the_database_is_made() {
+    let sim = sim::start(SimConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let cfg = config(dir.path(), &sim.rest_url(), &sim.ws_url(), &["btcusdt"], "");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "listen = \"\"",
+        &format!("listen = \"{}\"", taken.local_addr().unwrap()),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let (code, _, stderr) = mdrec(&["run", "-c", &cfg]).await;
+    assert_ne!(code, 0, "{stderr}");
+    assert!(stderr.contains("binding the metrics listener"), "{stderr}");
+    assert!(!dir.path().join("rec.db").exists(), "database created");
+    assert!(!dir.path().join("spool").exists(), "spool created");
+    assert_eq!(sim.state().connections_total, 0, "nothing recorded");
     sim.shutdown().await;
 }
 

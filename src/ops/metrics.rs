@@ -524,8 +524,17 @@ async fn healthz(State(ctx): State<Arc<Ctx>>) -> Response {
 }
 
 /// Binds `listen` and serves until `shutdown`; returns the bound address.
+/// The metrics listener, bound before anything else starts (a busy port stops start-up with
+/// nothing created).
+pub async fn bind(listen: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    use anyhow::Context;
+    tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding the metrics listener on {listen}"))
+}
+
 pub async fn serve(
-    listen: &str,
+    listener: tokio::net::TcpListener,
     exporter: Exporter,
     stats: Arc<RunStats>,
     config: Arc<Config>,
@@ -533,10 +542,6 @@ pub async fn serve(
     shutdown: CancellationToken,
     tasks: &tokio_util::task::TaskTracker,
 ) -> anyhow::Result<SocketAddr> {
-    use anyhow::Context;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding the metrics listener on {listen}"))?;
     let addr = listener.local_addr()?;
     let ctx = Arc::new(Ctx {
         exporter,

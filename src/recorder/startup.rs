@@ -65,6 +65,13 @@ pub(super) async fn start(
             .map_err(|e| anyhow::anyhow!("REST client: {e}"))?,
     );
     let config = Arc::new(symbols_listed(config, &venue, &client, &shutdown).await?);
+    // what can stop start-up is checked before the database is created or migrated: the
+    // metrics port, then the symbols against the venue's listing
+    let listener = match config.metrics.listen.as_str() {
+        "" => None,
+        listen => Some(crate::ops::metrics::bind(listen).await?),
+    };
+    let listed = check_listing(&venue, &client, &config).await?;
     let (store, db_up) = open_database(&config).await?;
     let spool = open_spool(&config)?;
     let (tx, rx) =
@@ -81,22 +88,10 @@ pub(super) async fn start(
     };
     stats.rest = Some(client.stats.clone());
     let stats = Arc::new(stats);
-    let listed = check_listing(&venue, &client, &config).await?;
-    // bound before any worker starts: a listener that cannot be bound stops start-up with
-    // nothing open (no session row left behind)
-    if let Some(exporter) = exporter {
-        let addr = crate::ops::metrics::serve(
-            &config.metrics.listen,
-            exporter,
-            stats.clone(),
-            config.clone(),
-            store.clone(),
-            shutdown.clone(),
-            &tasks,
-        )
-        .await?;
-        let _ = stats.metrics_addr.set(addr);
-    }
+    serve_metrics(
+        listener, exporter, &stats, &config, &store, &shutdown, &tasks,
+    )
+    .await?;
     let backfill_tx = config.backfill.enabled.then(|| {
         let b = backfill::Backfill {
             venue: venue.clone(),
@@ -253,9 +248,37 @@ fn open_spool(config: &Config) -> anyhow::Result<Spool> {
     Ok(spool)
 }
 
+/// The metrics and health endpoints on the listener bound at the start.
+async fn serve_metrics(
+    listener: Option<tokio::net::TcpListener>,
+    exporter: Option<crate::ops::metrics::Exporter>,
+    stats: &Arc<RunStats>,
+    config: &Arc<Config>,
+    store: &Arc<Store>,
+    shutdown: &CancellationToken,
+    tasks: &TaskTracker,
+) -> anyhow::Result<()> {
+    let (Some(listener), Some(exporter)) = (listener, exporter) else {
+        return Ok(());
+    };
+    let addr = crate::ops::metrics::serve(
+        listener,
+        exporter,
+        stats.clone(),
+        config.clone(),
+        store.clone(),
+        shutdown.clone(),
+        tasks,
+    )
+    .await?;
+    let _ = stats.metrics_addr.set(addr);
+    Ok(())
+}
+
 /// The listing a configured symbol list is checked against: a symbol the venue does not list
-/// is a typo until the operator says otherwise (checked after the database, whose errors come
-/// first); a venue that does not answer in time is no reason not to record. None under
+/// is a typo until the operator says otherwise (checked before the database is created, so a
+/// refused start leaves nothing behind); a venue that does not answer in time is no reason not
+/// to record. None under
 /// "all" (the listing was read already) or when the venue did not answer.
 async fn check_listing(
     venue: &Arc<dyn Venue>,
