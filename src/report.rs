@@ -278,7 +278,7 @@ fn verdict_table(s: &mut String, sym: &SymbolCoverage) {
             .find(|p| p.start_ms == start)
             .map(|p| p.period.as_str())
             .unwrap_or_default();
-        let _ = write!(s, "<tr><td class=\"l\">{}</td>", esc(&when));
+        let _ = write!(s, "<tr><td class=\"l\">{}</td>", esc(when));
         for st in &sym.streams {
             let p = sym
                 .periods
