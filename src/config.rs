@@ -23,6 +23,28 @@ pub struct ConfigError {
     pub message: String,
 }
 
+/// A database as a spool names it: the SQLite file's absolute path, or PostgreSQL's user,
+/// host, port and database (never a password). Two URLs naming the same database agree.
+pub fn database_identity(url: &str) -> String {
+    if let Some(path) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    {
+        let file = path.split('?').next().unwrap_or(path);
+        let abs = std::path::absolute(file).unwrap_or_else(|_| file.into());
+        return format!("sqlite://{}", abs.display());
+    }
+    match url::Url::parse(url) {
+        Ok(u) => {
+            let db = u.path().trim_start_matches('/');
+            let host = u.host_str().unwrap_or("localhost");
+            let port = u.port().unwrap_or(5432);
+            format!("postgres://{}@{host}:{port}/{db}", u.username())
+        }
+        Err(_) => redact_url(url),
+    }
+}
+
 /// The dotted key an error is about: serde's path, except at the top level (`.`), where the
 /// field is named only in the message (a missing or unknown section).
 fn error_key(path: &str, message: &str) -> String {
@@ -626,6 +648,16 @@ pub enum LogFormat {
 }
 
 impl Config {
+    /// The SQLite file the database URL names (None: PostgreSQL, or in memory).
+    pub fn sqlite_path(&self) -> Option<std::path::PathBuf> {
+        let db = &self.database.url;
+        let path = db
+            .strip_prefix("sqlite://")
+            .or_else(|| db.strip_prefix("sqlite:"))?;
+        let file = path.split('?').next().unwrap_or(path);
+        (!file.is_empty() && file != ":memory:").then(|| file.into())
+    }
+
     /// The spool directory, defaults applied.
     pub fn spool_dir(&self) -> std::path::PathBuf {
         if let Some(d) = &self.writer.spool_dir {
@@ -921,6 +953,29 @@ mod tests {
 #[cfg(test)]
 mod redact_tests {
     use super::redact_url;
+
+    #[test]
+    fn a_database_is_named_without_its_password_the_same_by_any_url() {
+        use super::database_identity as id;
+        assert_eq!(
+            id("postgres://rec:hunter2@db.local/md"),
+            "postgres://rec@db.local:5432/md"
+        );
+        assert_eq!(
+            id("postgresql://rec@db.local:5432/md?sslmode=require"),
+            id("postgres://rec:x@db.local/md")
+        );
+        assert_ne!(
+            id("postgres://rec@db.local/md"),
+            id("postgres://rec@db.local/other")
+        );
+        let here = std::env::current_dir().unwrap();
+        assert_eq!(
+            id("sqlite://rec.db"),
+            format!("sqlite://{}", here.join("rec.db").display())
+        );
+        assert_eq!(id("sqlite://rec.db?mode=rwc"), id("sqlite:rec.db"));
+    }
 
     #[test]
     fn a_name_is_never_its_own_suggestion() {

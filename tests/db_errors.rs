@@ -376,3 +376,64 @@ async fn a_database_not_mounted_yet_gets_no_spool_beside_it() {
     let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
     sim.shutdown().await;
 }
+
+/// A spool is tied to the database its batches were taken for: a start whose URL names
+/// another database with batches pending is refused (naming both, and what to do), and
+/// `check-config` says so; the batches stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spool_never_replays_into_another_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = format!("sqlite://{}", dir.path().join("a.db").display());
+    let b = format!("sqlite://{}", dir.path().join("b.db").display());
+    // a batch spooled while recording into a.db
+    let mut spool = mdrec::store::spool::Spool::open(&dir.path().join("spool")).unwrap();
+    let owner_a = mdrec::config::database_identity(&a);
+    assert_eq!(spool.claim(&owner_a).unwrap(), None);
+    let trade = mdrec::model::Event::Trade(mdrec::model::Trade {
+        venue: "cdc-v1",
+        symbol: "btcusdt".into(),
+        trade_id: 7,
+        side: mdrec::model::Side::Buy,
+        price: mdrec::decimal::Dec::parse("100.5").unwrap(),
+        qty: mdrec::decimal::Dec::parse("2").unwrap(),
+        quote_qty: None,
+        event_time_ms: 1_790_000_000_000,
+        recv_time_us: 1_790_000_000_000_000,
+        source: mdrec::model::Source::Ws,
+    });
+    spool
+        .append(&mdrec::store::Batch::from_events([trade]))
+        .unwrap();
+
+    let cfg = config(dir.path(), &b);
+    let out = tokio::process::Command::new(BIN)
+        .args(["run", "-c", cfg.to_str().unwrap()])
+        .env_remove("MDREC_DATABASE_URL")
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("holds 1 batches for") && err.contains("a.db") && err.contains("spool_dir"),
+        "{err}"
+    );
+    let out = tokio::process::Command::new(BIN)
+        .args(["check-config", "--offline", "-c", cfg.to_str().unwrap()])
+        .env_remove("MDREC_DATABASE_URL")
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("the spool holds 1 batches for") && text.contains("a.db"),
+        "{text}"
+    );
+    // the batch is still there for a.db
+    let spool = mdrec::store::spool::Spool::open(&dir.path().join("spool")).unwrap();
+    assert_eq!(spool.files(), 1);
+    assert_eq!(
+        mdrec::store::spool::Spool::owner_of(spool.dir()).unwrap(),
+        Some(owner_a)
+    );
+}

@@ -78,7 +78,24 @@ pub async fn check_config(args: CheckArgs, config: Config) -> anyhow::Result<()>
             spool.display()
         );
     } else {
-        println!("# spool directory: {}", spool.display());
+        let abs = std::path::absolute(&spool).unwrap_or_else(|_| spool.clone());
+        let relative = if spool.is_relative() {
+            " (relative to the working directory; [writer] spool_dir fixes it)"
+        } else {
+            ""
+        };
+        println!("# spool directory: {}{relative}", abs.display());
+        let database = mdrec::config::database_identity(&config.database.url);
+        let pending = mdrec::store::spool::Spool::open(&spool)
+            .map(|s| s.files())
+            .unwrap_or(0);
+        match mdrec::store::spool::Spool::owner_of(&spool) {
+            Ok(Some(owner)) if owner != database && pending > 0 => println!(
+                "# the spool holds {pending} batches for {owner}, not this database: run refuses \
+                 to start until database.url names that database again or spool_dir changes"
+            ),
+            _ => println!("# spooled batches go to {database} only"),
+        }
     }
     print!("{text}");
     Ok(())

@@ -71,8 +71,7 @@ pub(super) async fn start(
         "" => None,
         listen => Some(crate::ops::metrics::bind(listen).await?),
     };
-    let listed = check_listing(&venue, &client, &config).await?;
-    let (store, db_up) = open_database(&config).await?;
+    let (store, db_up, listed) = database_and_listing(&config, &venue, &client).await?;
     let spool = open_spool(&config)?;
     let (tx, rx) =
         crate::store::queue::channel(config.writer.queue_capacity, config.writer.queue_bytes);
@@ -201,19 +200,65 @@ fn run_stats(
     Ok((stats, exporter))
 }
 
+/// The database probed while the venue's listing is read (a database error is said at once,
+/// not after the listing's wait), then migrated only if the symbols passed: a refused start
+/// leaves no database made (a SQLite file the probe created is removed again).
+async fn database_and_listing(
+    config: &Arc<Config>,
+    venue: &Arc<dyn Venue>,
+    client: &Arc<rest::RestClient>,
+) -> anyhow::Result<(Arc<Store>, bool, Option<Vec<Market>>)> {
+    let fresh_file = config.sqlite_path().filter(|p| {
+        !p.exists()
+            && p.parent()
+                .is_none_or(|d| d.as_os_str().is_empty() || d.exists())
+    });
+    let listing = {
+        let (venue, client, config) = (venue.clone(), client.clone(), config.clone());
+        tokio::spawn(async move { check_listing(&venue, &client, &config).await })
+    };
+    let abort = listing.abort_handle();
+    let opened = open_database(config, async {
+        listing
+            .await
+            .map_err(|e| anyhow::anyhow!("listing task: {e}"))?
+    })
+    .await;
+    abort.abort();
+    if opened.is_err()
+        && let Some(file) = &fresh_file
+    {
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
+        }
+    }
+    opened
+}
+
 /// The store, and whether it answered: one connection first, so a refusal is said at once
 /// in one line, and what only the operator can fix (no such database, a wrong password, a
 /// directory it may not write) stops start-up instead of spooling for ever. A database that
 /// does not answer yet (a reboot where it comes up later, a remote one) is no reason not to
-/// record: the spool takes the rows until it does.
-async fn open_database(config: &Config) -> anyhow::Result<(Arc<Store>, bool)> {
+/// record: the spool takes the rows until it does. Migrations wait for `listed` (the
+/// symbols' check): a start it refuses migrates nothing.
+async fn open_database(
+    config: &Config,
+    listed: impl std::future::Future<Output = anyhow::Result<Option<Vec<Market>>>>,
+) -> anyhow::Result<(Arc<Store>, bool, Option<Vec<Market>>)> {
     let url = &config.database.url;
     let store = Arc::new(
         Store::connect_lazy(url)
             .with_context(|| format!("opening database {}", redact_url(url)))?,
     );
     let limit = Duration::from_secs(config.writer.write_timeout_s.max(1));
-    let ready = match store.probe(limit).await {
+    let probed = store.probe(limit).await;
+    if let Err(e) = &probed
+        && !matches!(e.class(), ErrorClass::Unavailable | ErrorClass::Timeout)
+    {
+        return Err(anyhow::Error::new(probed.unwrap_err()));
+    }
+    let listed = listed.await?;
+    let ready = match probed {
         Ok(()) => tokio::time::timeout(limit, store.migrate())
             .await
             .unwrap_or_else(|_| {
@@ -235,13 +280,30 @@ async fn open_database(config: &Config) -> anyhow::Result<(Arc<Store>, bool)> {
     if db_up {
         tracing::info!(database = %redact_url(url), symbols = config.record.symbols.len(), "database ready");
     }
-    Ok((store, db_up))
+    Ok((store, db_up, listed))
 }
 
 fn open_spool(config: &Config) -> anyhow::Result<Spool> {
-    let spool_dir = config.spool_dir();
-    let spool = Spool::open(&spool_dir)
+    let spool_dir = std::path::absolute(config.spool_dir())
+        .with_context(|| format!("the spool directory {}", config.spool_dir().display()))?;
+    let mut spool = Spool::open(&spool_dir)
         .with_context(|| format!("opening the spool in {}", spool_dir.display()))?;
+    // the spool's batches go to the database they were taken for, never to another one the
+    // URL names now
+    let database = crate::config::database_identity(&config.database.url);
+    if let Some(other) = spool
+        .claim(&database)
+        .with_context(|| format!("reading the spool's owner in {}", spool_dir.display()))?
+    {
+        anyhow::bail!(
+            "the spool in {} holds {} batches for {other}, not {database}: to replay them, \
+             point database.url back at that database; to record into this one, set [writer] \
+             spool_dir to another directory",
+            spool_dir.display(),
+            spool.files()
+        );
+    }
+    tracing::info!(spool = %spool_dir.display(), %database, pending = spool.files(), "spool ready");
     spool
         .discard_unfinished()
         .with_context(|| format!("cleaning the spool in {}", spool_dir.display()))?;

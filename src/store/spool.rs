@@ -18,7 +18,12 @@ pub struct Spool {
     next_seq: u64,
     bytes: u64,
     files: usize,
+    /// The database its batches are for (see [`Spool::claim`]).
+    owner: Option<String>,
 }
+
+/// The file in a spool directory naming the database its batches are for.
+const OWNER_FILE: &str = "DATABASE";
 
 impl Spool {
     /// Opens the directory (created on the first append) and counts what is pending.
@@ -48,7 +53,53 @@ impl Spool {
             next_seq,
             bytes,
             files,
+            owner: None,
         })
+    }
+
+    /// The database the batches in `dir` were spooled for, where the spool says.
+    pub fn owner_of(dir: &Path) -> std::io::Result<Option<String>> {
+        match std::fs::read_to_string(dir.join(OWNER_FILE)) {
+            Ok(s) => Ok(Some(s.trim().to_string()).filter(|s| !s.is_empty())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Ties the spool to `database` (an identity without secrets): its batches go to that
+    /// database only. `Some(other)`: batches are pending for another database, and nothing
+    /// was changed. A spool with nothing pending is taken over; one pending without an owner
+    /// (spooled before spools named theirs) is taken as this database's.
+    pub fn claim(&mut self, database: &str) -> std::io::Result<Option<String>> {
+        let current = Spool::owner_of(&self.dir)?;
+        if let Some(other) = current.as_deref().filter(|o| *o != database)
+            && self.files > 0
+        {
+            return Ok(Some(other.to_string()));
+        }
+        self.owner = Some(database.to_string());
+        if self.dir.exists() && current.as_deref() != Some(database) {
+            self.write_owner()?;
+        }
+        Ok(None)
+    }
+
+    /// The same spool, tied to what `other` was tied to.
+    pub fn owned_like(mut self, other: &Spool) -> Spool {
+        self.owner = other.owner.clone();
+        self
+    }
+
+    fn write_owner(&self) -> std::io::Result<()> {
+        let Some(owner) = &self.owner else {
+            return Ok(());
+        };
+        let path = self.dir.join(OWNER_FILE);
+        let tmp = self.dir.join(format!("{OWNER_FILE}.tmp"));
+        let mut f = private_file(&tmp)?;
+        writeln!(f, "{owner}")?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)
     }
 
     /// Deletes `.tmp` files a crashed writer left half-written (their batch was never complete).
@@ -113,6 +164,9 @@ impl Spool {
     /// behind: the partial file would hold space that a smaller batch could use.
     pub fn append(&mut self, batch: &Batch) -> std::io::Result<()> {
         private_dir(&self.dir)?;
+        if self.files == 0 && !self.dir.join(OWNER_FILE).exists() {
+            self.write_owner()?;
+        }
         let seq = self.next_seq;
         let tmp = self.dir.join(format!("{seq:012}.tmp"));
         let done = self.dir.join(format!("{seq:012}.spool"));

@@ -692,7 +692,7 @@ impl Writer {
                     let _ = std::fs::rename(path, &aside);
                     if let Some(s) = self.spool.as_mut() {
                         *s = match Spool::open(s.dir()) {
-                            Ok(fresh) => fresh,
+                            Ok(fresh) => fresh.owned_like(s),
                             Err(_) => continue,
                         };
                     }
