@@ -95,7 +95,10 @@ impl Spool {
             return Ok(());
         };
         let path = self.dir.join(OWNER_FILE);
-        let tmp = self.dir.join(format!("{OWNER_FILE}.tmp"));
+        // not `*.tmp`: those are unfinished batches another start may be discarding
+        let tmp = self
+            .dir
+            .join(format!(".{OWNER_FILE}.{}.part", std::process::id()));
         let mut f = private_file(&tmp)?;
         writeln!(f, "{owner}")?;
         f.sync_all()?;

@@ -129,6 +129,12 @@ listen = "127.0.0.1:0"
         );
         if !self.extra.contains("[writer]") {
             text.push_str(&format!("\n[writer]\n{}\n", self.writer));
+            if self.db_url.starts_with("postgres") && !self.writer.contains("spool_dir") {
+                text.push_str(&format!(
+                    "spool_dir = {:?}\n",
+                    super::pg_spool_dir(&self.db_url)
+                ));
+            }
         }
         text.push_str(&format!("\n{}\n", self.extra));
         if !self.extra.contains("[backfill]") {

@@ -117,6 +117,7 @@ impl PgDb {
 
     pub async fn drop_db(self) {
         use sqlx::Connection;
+        let _ = std::fs::remove_dir_all(pg_spool_dir(&self.url));
         if let Ok(mut conn) = sqlx::PgConnection::connect(&pg_admin_url()).await {
             let _ = sqlx::query(&format!(
                 "DROP DATABASE IF EXISTS {} WITH (FORCE)",
@@ -126,6 +127,15 @@ impl PgDb {
             .await;
         }
     }
+}
+
+/// The spool directory of tests recording into the PostgreSQL database `url` names: its own,
+/// in the temporary directory (the default would be the working directory, shared by every
+/// test), removed by [`PgDb::drop_db`].
+pub fn pg_spool_dir(url: &str) -> std::path::PathBuf {
+    let name = url.rsplit('/').next().unwrap_or("x");
+    let name = name.split('?').next().unwrap_or(name);
+    std::env::temp_dir().join(format!("mdrec-test-spool-{name}"))
 }
 
 /// A SQLite URL in a fresh temporary directory (kept alive by the returned guard).
