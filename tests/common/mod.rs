@@ -32,6 +32,15 @@ pub fn not_tested_dir(run: u32) -> std::path::PathBuf {
 /// and passes without them: said on stderr and added to the run's list of what was not
 /// tested, which `tests/zz_not_tested.rs` prints at the end of `cargo test`.
 pub fn not_tested(what: &str, install: &str) {
+    not_tested_in(
+        &not_tested_dir(std::os::unix::process::parent_id()),
+        what,
+        install,
+    );
+}
+
+/// [`not_tested`] into the list in `dir`.
+pub fn not_tested_in(dir: &std::path::Path, what: &str, install: &str) {
     eprintln!("SKIP: {what} ({install})");
     let test = std::thread::current().name().unwrap_or("?").to_string();
     let binary = std::env::current_exe()
@@ -42,14 +51,13 @@ pub fn not_tested(what: &str, install: &str) {
                 .map_or(s.clone(), |(name, _)| name.to_string())
         })
         .unwrap_or_default();
-    let dir = not_tested_dir(std::os::unix::process::parent_id());
     let file = dir.join(format!(
         "{binary}-{}-{}",
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
     let line = format!("{binary}::{test}\t{what}\t{install}\n");
-    if let Err(e) = std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(&file, line)) {
+    if let Err(e) = std::fs::create_dir_all(dir).and_then(|_| std::fs::write(&file, line)) {
         eprintln!(
             "could not list {test} as not tested in {}: {e}",
             dir.display()
@@ -556,4 +564,47 @@ pub fn recovered_part<'a>(
                 && Some(p.start_ms) == unrecoverable.end_ms
         })
         .unwrap_or_else(|| panic!("no filled row after {unrecoverable:?} in {gaps:#?}"))
+}
+
+/// What the list in `dir` says, as the end of `cargo test` prints it: each missing part, how
+/// to get it, and the tests that passed without it; or that nothing was skipped.
+pub fn not_tested_summary(dir: &std::path::Path) -> String {
+    use std::collections::BTreeMap;
+    use std::fmt::Write;
+    let mut by_reason: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let Ok(text) = std::fs::read_to_string(e.path()) else {
+            continue;
+        };
+        for line in text.lines() {
+            let mut f = line.splitn(3, '\t');
+            let (Some(test), Some(what), Some(install)) = (f.next(), f.next(), f.next()) else {
+                continue;
+            };
+            by_reason
+                .entry((what.to_string(), install.to_string()))
+                .or_default()
+                .push(test.to_string());
+        }
+    }
+    let mut out = String::new();
+    if by_reason.is_empty() {
+        out.push_str(
+            "not tested: nothing (no test skipped its checks for a missing server or tool)\n",
+        );
+        return out;
+    }
+    let n: usize = by_reason.values().map(Vec::len).sum();
+    let _ = writeln!(
+        out,
+        "NOT TESTED: {n} test(s) passed without running their checks:"
+    );
+    for ((what, install), mut tests) in by_reason {
+        tests.sort();
+        let _ = writeln!(out, "  {what}\n    to test it: {install}");
+        for t in tests {
+            let _ = writeln!(out, "    {t}");
+        }
+    }
+    out
 }
