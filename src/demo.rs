@@ -50,9 +50,9 @@ flush_interval_ms = 200
 }
 
 /// Waits, up to a few seconds, until the newest trade stored of each symbol is the last one
-/// the halted simulator published.
-async fn settle(db_url: &str, venue: &str, sim: &sim::SimHandle, symbols: &[&str]) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+/// the halted simulator published and no hole is still being checked.
+async fn settle(db_url: &str, venue: &'static str, sim: &sim::SimHandle, symbols: &[&str]) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let Ok(store) = Store::open_read(db_url).await else {
         return;
     };
@@ -65,7 +65,13 @@ async fn settle(db_url: &str, venue: &str, sim: &sim::SimHandle, symbols: &[&str
             let have = store.last_trade(venue, s, None).await.ok().flatten();
             behind |= have.is_none_or(|m| m.trade_id != want);
         }
-        if !behind || tokio::time::Instant::now() >= deadline {
+        // and the holes the start-up found are checked (their trades fetched)
+        let open = store
+            .load_gaps(venue, None)
+            .await
+            .map(|g| g.iter().any(|g| g.status == crate::model::GapStatus::Open))
+            .unwrap_or(false);
+        if !(behind || open) || tokio::time::Instant::now() >= deadline {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
