@@ -439,6 +439,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     stop(&mut child);
     let (run_cpu, peak_rss) = children_usage();
+    // mdrec's tables (a peer's are its own: none found, nothing reported)
+    let storage = match result {
+        Ok(_) => storage(&db_url).await.ok(),
+        Err(_) => None,
+    };
     let stored = match (&result, &pg_name) {
         (Ok(Outcome::Peer(_)), Some(_)) => Some(stored_tally(&db_url).await?),
         _ => None,
@@ -464,8 +469,72 @@ async fn run(args: Args) -> anyhow::Result<()> {
             report_peer(&args, &sim, &w, &stored, peak_rss);
         }
     }
+    if let Some(st) = storage {
+        report_storage(&st);
+    }
     sim.shutdown().await;
     Ok(())
+}
+
+/// The market-data tables whose size per row the storage report gives.
+const DATA_TABLES: [&str; 5] = [
+    "trades",
+    "klines",
+    "book_snapshots",
+    "book_deltas",
+    "tickers",
+];
+
+/// Per market-data table: rows, and bytes on disk of the table with its indexes (SQLite's
+/// `dbstat` pages; PostgreSQL's `pg_total_relation_size`, TOAST included).
+async fn storage(db_url: &str) -> anyhow::Result<Vec<(&'static str, i64, i64)>> {
+    use sqlx::Connection;
+    let mut out = Vec::new();
+    if db_url.starts_with("sqlite") {
+        let mut c = sqlx::SqliteConnection::connect(db_url).await?;
+        for t in DATA_TABLES {
+            let rows: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {t}"))
+                .fetch_one(&mut c)
+                .await?;
+            let bytes: Option<i64> = sqlx::query_scalar(
+                "SELECT SUM(d.pgsize) FROM dbstat d JOIN sqlite_master m ON m.name = d.name \
+                 WHERE m.tbl_name = ?1",
+            )
+            .bind(t)
+            .fetch_one(&mut c)
+            .await?;
+            out.push((t, rows, bytes.unwrap_or(0)));
+        }
+    } else {
+        let mut c = sqlx::PgConnection::connect(db_url).await?;
+        for t in DATA_TABLES {
+            let rows: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {t}"))
+                .fetch_one(&mut c)
+                .await?;
+            let bytes: i64 = sqlx::query_scalar("SELECT pg_total_relation_size($1::regclass)")
+                .bind(t)
+                .fetch_one(&mut c)
+                .await?;
+            out.push((t, rows, bytes));
+        }
+    }
+    Ok(out)
+}
+
+fn report_storage(st: &[(&'static str, i64, i64)]) {
+    println!("storage (table with its indexes):");
+    println!(
+        "  {:<15} {:>10} {:>12} {:>9}",
+        "table", "rows", "bytes", "B/row"
+    );
+    for (t, rows, bytes) in st {
+        let per = if *rows > 0 {
+            format!("{:.0}", *bytes as f64 / *rows as f64)
+        } else {
+            "-".into()
+        };
+        println!("  {t:<15} {rows:>10} {bytes:>12} {per:>9}");
+    }
 }
 
 /// The cryptofeed process: benches/cryptofeed_peer.py on the simulator's URLs and the fresh
