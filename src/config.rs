@@ -23,16 +23,26 @@ pub struct ConfigError {
     pub message: String,
 }
 
+/// The file a `sqlite:` database URL names (None: another database, or one in memory).
+pub fn sqlite_file(url: &str) -> Option<&str> {
+    let path = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let file = path.split('?').next().unwrap_or(path);
+    (!file.is_empty() && file != ":memory:").then_some(file)
+}
+
 /// A database as a spool names it: the SQLite file's absolute path, or PostgreSQL's user,
 /// host, port and database (never a password). Two URLs naming the same database agree.
 pub fn database_identity(url: &str) -> String {
-    if let Some(path) = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))
-    {
-        let file = path.split('?').next().unwrap_or(path);
-        let abs = std::path::absolute(file).unwrap_or_else(|_| file.into());
-        return format!("sqlite://{}", abs.display());
+    if url.starts_with("sqlite:") {
+        return match sqlite_file(url) {
+            Some(file) => {
+                let abs = std::path::absolute(file).unwrap_or_else(|_| file.into());
+                format!("sqlite://{}", abs.display())
+            }
+            None => "sqlite::memory:".to_string(),
+        };
     }
     match url::Url::parse(url) {
         Ok(u) => {
@@ -648,16 +658,6 @@ pub enum LogFormat {
 }
 
 impl Config {
-    /// The SQLite file the database URL names (None: PostgreSQL, or in memory).
-    pub fn sqlite_path(&self) -> Option<std::path::PathBuf> {
-        let db = &self.database.url;
-        let path = db
-            .strip_prefix("sqlite://")
-            .or_else(|| db.strip_prefix("sqlite:"))?;
-        let file = path.split('?').next().unwrap_or(path);
-        (!file.is_empty() && file != ":memory:").then(|| file.into())
-    }
-
     /// The spool directory, defaults applied.
     pub fn spool_dir(&self) -> std::path::PathBuf {
         if let Some(d) = &self.writer.spool_dir {
@@ -673,17 +673,10 @@ impl Config {
                 .to_string();
             return std::path::Path::new(&first).join("spool");
         }
-        let db = &self.database.url;
-        if let Some(path) = db
-            .strip_prefix("sqlite://")
-            .or_else(|| db.strip_prefix("sqlite:"))
-        {
-            let file = path.split('?').next().unwrap_or(path);
-            if !file.is_empty() && file != ":memory:" {
-                return std::path::PathBuf::from(format!("{file}-spool"));
-            }
+        match sqlite_file(&self.database.url) {
+            Some(file) => std::path::PathBuf::from(format!("{file}-spool")),
+            None => std::path::PathBuf::from("mdrec-spool"),
         }
-        std::path::PathBuf::from("mdrec-spool")
     }
 
     /// Reads and parses a config file; applies `MDREC_DATABASE_URL`. The venue's defaults

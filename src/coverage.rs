@@ -723,6 +723,15 @@ pub async fn book_notes(
     })
 }
 
+/// `1 session`, `3 sessions`.
+pub fn count(n: u64, word: &str) -> String {
+    if n == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}
+
 /// Age as people read it: 850 ms, 12.5 s, 3 min 20 s, 2 h 5 min, 3 d 4 h.
 pub fn format_age(ms: i64) -> String {
     let (neg, ms) = (ms < 0, ms.unsigned_abs());
@@ -807,14 +816,5 @@ mod tests {
         assert!(parse_time("yesterday").is_err());
         assert!(parse_time("").is_err());
         assert_eq!(format_time(1_700_000_000_500), "2023-11-14T22:13:20.500Z");
-    }
-}
-
-/// `1 session`, `3 sessions`.
-pub fn count(n: u64, word: &str) -> String {
-    if n == 1 {
-        format!("1 {word}")
-    } else {
-        format!("{n} {word}s")
     }
 }

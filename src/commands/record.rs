@@ -86,11 +86,10 @@ pub async fn check_config(args: CheckArgs, config: Config) -> anyhow::Result<()>
         };
         println!("# spool directory: {}{relative}", abs.display());
         let database = mdrec::config::database_identity(&config.database.url);
-        let pending = mdrec::store::spool::Spool::open(&spool)
-            .map(|s| s.files())
-            .unwrap_or(0);
-        match mdrec::store::spool::Spool::owner_of(&spool) {
-            Ok(Some(owner)) if owner != database && pending > 0 => println!(
+        let opened = mdrec::store::spool::Spool::open(&spool)
+            .and_then(|s| Ok((s.pending_for_other(&database)?, s.files())));
+        match opened {
+            Ok((Some(owner), pending)) => println!(
                 "# the spool holds {pending} batches for {owner}, not this database: run refuses \
                  to start until database.url names that database again or spool_dir changes"
             ),

@@ -208,11 +208,13 @@ async fn database_and_listing(
     venue: &Arc<dyn Venue>,
     client: &Arc<rest::RestClient>,
 ) -> anyhow::Result<(Arc<Store>, bool, Option<Vec<Market>>)> {
-    let fresh_file = config.sqlite_path().filter(|p| {
-        !p.exists()
-            && p.parent()
-                .is_none_or(|d| d.as_os_str().is_empty() || d.exists())
-    });
+    let fresh_file = crate::config::sqlite_file(&config.database.url)
+        .map(std::path::Path::new)
+        .filter(|p| {
+            !p.exists()
+                && p.parent()
+                    .is_none_or(|d| d.as_os_str().is_empty() || d.exists())
+        });
     let listing = {
         let (venue, client, config) = (venue.clone(), client.clone(), config.clone());
         tokio::spawn(async move { check_listing(&venue, &client, &config).await })
@@ -251,12 +253,12 @@ async fn open_database(
             .with_context(|| format!("opening database {}", redact_url(url)))?,
     );
     let limit = Duration::from_secs(config.writer.write_timeout_s.max(1));
-    let probed = store.probe(limit).await;
-    if let Err(e) = &probed
-        && !matches!(e.class(), ErrorClass::Unavailable | ErrorClass::Timeout)
-    {
-        return Err(anyhow::Error::new(probed.unwrap_err()));
-    }
+    let probed = match store.probe(limit).await {
+        Err(e) if !matches!(e.class(), ErrorClass::Unavailable | ErrorClass::Timeout) => {
+            return Err(anyhow::Error::new(e));
+        }
+        p => p,
+    };
     let listed = listed.await?;
     let ready = match probed {
         Ok(()) => tokio::time::timeout(limit, store.migrate())

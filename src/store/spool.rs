@@ -71,23 +71,29 @@ impl Spool {
     /// was changed. A spool with nothing pending is taken over; one pending without an owner
     /// (spooled before spools named theirs) is taken as this database's.
     pub fn claim(&mut self, database: &str) -> std::io::Result<Option<String>> {
-        let current = Spool::owner_of(&self.dir)?;
-        if let Some(other) = current.as_deref().filter(|o| *o != database)
-            && self.files > 0
-        {
-            return Ok(Some(other.to_string()));
+        if let Some(other) = self.pending_for_other(database)? {
+            return Ok(Some(other));
         }
         self.owner = Some(database.to_string());
-        if self.dir.exists() && current.as_deref() != Some(database) {
+        if self.dir.exists() && Spool::owner_of(&self.dir)?.as_deref() != Some(database) {
             self.write_owner()?;
         }
         Ok(None)
     }
 
-    /// The same spool, tied to what `other` was tied to.
-    pub fn owned_like(mut self, other: &Spool) -> Spool {
-        self.owner = other.owner.clone();
-        self
+    /// The database other than `database` that batches are pending for, if any.
+    pub fn pending_for_other(&self, database: &str) -> std::io::Result<Option<String>> {
+        if self.files == 0 {
+            return Ok(None);
+        }
+        Ok(Spool::owner_of(&self.dir)?.filter(|o| o != database))
+    }
+
+    /// The directory counted again (after a file was set aside), still tied to its database.
+    pub fn reopen(&self) -> std::io::Result<Spool> {
+        let mut fresh = Spool::open(&self.dir)?;
+        fresh.owner = self.owner.clone();
+        Ok(fresh)
     }
 
     fn write_owner(&self) -> std::io::Result<()> {

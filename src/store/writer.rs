@@ -691,8 +691,8 @@ impl Writer {
                     tracing::error!(error = %e, file = %aside.display(), "unreadable spool file set aside");
                     let _ = std::fs::rename(path, &aside);
                     if let Some(s) = self.spool.as_mut() {
-                        *s = match Spool::open(s.dir()) {
-                            Ok(fresh) => fresh.owned_like(s),
+                        *s = match s.reopen() {
+                            Ok(fresh) => fresh,
                             Err(_) => continue,
                         };
                     }

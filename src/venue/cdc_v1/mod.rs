@@ -452,7 +452,7 @@ impl TradeHistory for RecentTrades {
             .reduce(|a, b| if ids.is_after(a, b) { b } else { a });
         let reached = !ids.is_after(oldest, anchor)
             // the next id after the anchor: nothing can lie between them
-            || first_after.is_some_and(|f| anchor.trade_id >= 0 && f.trade_id == anchor.trade_id + 1)
+            || first_after.is_some_and(|f| ids.adjacent(anchor, f))
             // fewer than the venue keeps: that is every trade it still has
             || self.fetched < RECENT_TRADES;
         if reached {
