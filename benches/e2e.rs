@@ -476,13 +476,29 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The market-data tables whose size per row the storage report gives.
-const DATA_TABLES: [&str; 5] = [
-    "trades",
-    "klines",
-    "book_snapshots",
-    "book_deltas",
-    "tickers",
+/// The market-data tables whose size per row the storage report gives: name, how its rows
+/// are counted, and the tables holding them (book changes: one row per level change, stored
+/// packed one row per frame in `book_updates` with their stream numbers).
+const DATA_TABLES: [(&str, &str, &[&str]); 6] = [
+    ("trades", "SELECT count(*) FROM trades", &["trades"]),
+    ("klines", "SELECT count(*) FROM klines", &["klines"]),
+    (
+        "book_snapshots",
+        "SELECT count(*) FROM book_snapshots",
+        &["book_snapshots"],
+    ),
+    (
+        "book_deltas",
+        "SELECT CAST(COALESCE(SUM(LENGTH(levels) - LENGTH(REPLACE(levels, ';', '')) + 1), 0) \
+         AS BIGINT) FROM book_updates",
+        &["book_updates", "book_streams"],
+    ),
+    (
+        "(book frames)",
+        "SELECT count(*) FROM book_updates",
+        &["book_updates", "book_streams"],
+    ),
+    ("tickers", "SELECT count(*) FROM tickers", &["tickers"]),
 ];
 
 /// Per market-data table: rows, and bytes on disk of the table with its indexes (SQLite's
@@ -492,30 +508,34 @@ async fn storage(db_url: &str) -> anyhow::Result<Vec<(&'static str, i64, i64)>> 
     let mut out = Vec::new();
     if db_url.starts_with("sqlite") {
         let mut c = sqlx::SqliteConnection::connect(db_url).await?;
-        for t in DATA_TABLES {
-            let rows: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {t}"))
-                .fetch_one(&mut c)
-                .await?;
-            let bytes: Option<i64> = sqlx::query_scalar(
-                "SELECT SUM(d.pgsize) FROM dbstat d JOIN sqlite_master m ON m.name = d.name \
-                 WHERE m.tbl_name = ?1",
-            )
-            .bind(t)
-            .fetch_one(&mut c)
-            .await?;
-            out.push((t, rows, bytes.unwrap_or(0)));
-        }
-    } else {
-        let mut c = sqlx::PgConnection::connect(db_url).await?;
-        for t in DATA_TABLES {
-            let rows: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {t}"))
-                .fetch_one(&mut c)
-                .await?;
-            let bytes: i64 = sqlx::query_scalar("SELECT pg_total_relation_size($1::regclass)")
+        for (name, count, tables) in DATA_TABLES {
+            let rows: i64 = sqlx::query_scalar(count).fetch_one(&mut c).await?;
+            let mut bytes = 0;
+            for t in tables {
+                let b: Option<i64> = sqlx::query_scalar(
+                    "SELECT SUM(d.pgsize) FROM dbstat d JOIN sqlite_master m ON m.name = d.name \
+                     WHERE m.tbl_name = ?1",
+                )
                 .bind(t)
                 .fetch_one(&mut c)
                 .await?;
-            out.push((t, rows, bytes));
+                bytes += b.unwrap_or(0);
+            }
+            out.push((name, rows, bytes));
+        }
+    } else {
+        let mut c = sqlx::PgConnection::connect(db_url).await?;
+        for (name, count, tables) in DATA_TABLES {
+            let rows: i64 = sqlx::query_scalar(count).fetch_one(&mut c).await?;
+            let mut bytes = 0;
+            for t in tables {
+                let b: i64 = sqlx::query_scalar("SELECT pg_total_relation_size($1::regclass)")
+                    .bind(t)
+                    .fetch_one(&mut c)
+                    .await?;
+                bytes += b;
+            }
+            out.push((name, rows, bytes));
         }
     }
     Ok(out)

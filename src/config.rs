@@ -189,6 +189,66 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     #[serde(default)]
     pub backfill: BackfillConfig,
+    #[serde(default)]
+    pub archive: ArchiveConfig,
+}
+
+/// Closed periods of the market data as zstd Parquet in a directory or object storage, and
+/// how long the database keeps what is archived.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveConfig {
+    /// "" = no archive; `file:///var/lib/mdrec/archive` or `s3://bucket/prefix` (credentials
+    /// and endpoint from the `AWS_*` environment variables).
+    #[serde(default, serialize_with = "masked_url")]
+    pub url: String,
+    /// Exchange time one part covers: a divisor of a day, at least 60.
+    #[serde(default = "default_archive_period")]
+    pub period_s: u64,
+    /// A period is archived this long after it ends.
+    #[serde(default = "default_archive_settle")]
+    pub settle_s: u64,
+}
+
+fn default_archive_period() -> u64 {
+    86_400
+}
+fn default_archive_settle() -> u64 {
+    3_600
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        ArchiveConfig {
+            url: String::new(),
+            period_s: default_archive_period(),
+            settle_s: default_archive_settle(),
+        }
+    }
+}
+
+impl ArchiveConfig {
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.period_s < 60 || 86_400 % self.period_s != 0 {
+            return Err(ConfigError::new(
+                "archive.period_s",
+                format!(
+                    "{} is not a divisor of a day (86400) of at least 60",
+                    self.period_s
+                ),
+            ));
+        }
+        if !self.url.is_empty() {
+            let scheme = self.url.split_once("://").map(|(s, _)| s);
+            if !matches!(scheme, Some("file" | "s3")) {
+                return Err(ConfigError::new(
+                    "archive.url",
+                    "must be \"\", file:///a/directory or s3://bucket/prefix",
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -762,6 +822,7 @@ impl Config {
             return Err(ConfigError::new("shutdown.timeout_s", "must be at least 1"));
         }
         self.writer.check()?;
+        self.archive.check()?;
         if !self.metrics.listen.is_empty()
             && self.metrics.listen.parse::<std::net::SocketAddr>().is_err()
         {

@@ -3,6 +3,7 @@
 //! Data flows one way: venue frames -> [`venue`] decoding -> [`model::Event`]s -> bounded queue
 //! -> [`store::writer`] (the only database user) -> SQLite or PostgreSQL. See ARCHITECTURE.md.
 
+pub mod archive;
 pub mod config;
 pub mod coverage;
 pub mod decimal;

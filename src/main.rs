@@ -49,6 +49,10 @@ enum Cmd {
     /// time range, to CSV or typed Parquet, every digit as the exchange sent it. Streams:
     /// memory stays bounded whatever the range.
     Export(commands::export::Args),
+    /// Closed periods of every market-data table (and the gaps and sessions) as zstd Parquet
+    /// into a directory or S3-compatible storage, each part read back and compared before it
+    /// counts; idempotent. The daemon does the same with [archive] url.
+    Archive(commands::archive::Args),
     /// The order book of a symbol as it stood at a time, rebuilt from stored snapshots and
     /// deltas.
     Book(commands::book::Args),
@@ -155,6 +159,7 @@ async fn run(cmd: Cmd, config: Option<Config>) -> anyhow::Result<()> {
         Cmd::Migrate(_) => commands::record::migrate(config()?).await,
         Cmd::CheckConfig(a) => commands::record::check_config(a, config()?).await,
         Cmd::Export(a) => commands::export::run(a).await,
+        Cmd::Archive(a) => commands::archive::run(a).await,
         Cmd::Book(a) => commands::book::run(a).await,
         Cmd::Coverage(a) => commands::coverage::run(a).await,
         Cmd::Completions { shell } => commands::docs::completions(shell, Cli::command()),

@@ -52,14 +52,17 @@ fn read_csv(path: &Path, cols: &[Col]) -> Vec<Vec<Val>> {
                     _ if cell.is_empty()
                         && matches!(
                             c.ty,
-                            Ty::OptInt | Ty::OptText | Ty::OptDec | Ty::OptTimeMs
+                            Ty::OptInt | Ty::OptText | Ty::OptDec | Ty::OptTimeMs | Ty::OptTimeUs
                         ) =>
                     {
                         Val::Null
                     }
-                    Ty::Int | Ty::OptInt | Ty::TimeMs | Ty::OptTimeMs | Ty::TimeUs => {
-                        Val::Int(cell.parse().unwrap())
-                    }
+                    Ty::Int
+                    | Ty::OptInt
+                    | Ty::TimeMs
+                    | Ty::OptTimeMs
+                    | Ty::TimeUs
+                    | Ty::OptTimeUs => Val::Int(cell.parse().unwrap()),
                     Ty::Bool => Val::Bool(cell.parse().unwrap()),
                     Ty::Dec | Ty::OptDec => Val::Dec(dec(cell)),
                     Ty::Levels => Val::Levels(mdrec::store::levels_from_json(cell).unwrap()),

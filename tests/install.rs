@@ -76,7 +76,8 @@ fn install_script_stages_the_service_tree() {
             "usr/local/share/doc/mdrec/monitoring/mdrec.json",
             "usr/local/share/doc/mdrec/postgres.md",
             "usr/local/share/fish/vendor_completions.d/mdrec.fish",
-            "usr/local/share/man/man1/mdrec-book.1",
+            "usr/local/share/man/man1/mdrec-archive.1",
+        "usr/local/share/man/man1/mdrec-book.1",
             "usr/local/share/man/man1/mdrec-check-config.1",
             "usr/local/share/man/man1/mdrec-completions.1",
             "usr/local/share/man/man1/mdrec-coverage.1",
@@ -178,7 +179,7 @@ fn install_script_stages_the_service_tree() {
             .unwrap()
             .contains("edited by the operator")
     );
-    assert_eq!(tree(root).len(), 27, "no stray files: {:?}", tree(root));
+    assert_eq!(tree(root).len(), 28, "no stray files: {:?}", tree(root));
 
     // systemd checks the installed unit (its binary path pointed into the stage, since
     // verify requires ExecStart to exist)

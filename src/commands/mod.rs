@@ -2,6 +2,7 @@
 //! function that carries it out; what several share: where a reading command reads from,
 //! and the signals that stop a run.
 
+pub mod archive;
 pub mod book;
 pub mod coverage;
 pub mod docs;

@@ -61,7 +61,7 @@ pub(super) async fn book_grid(
     step: i16,
     every: i64,
     win: Window,
-    emit: &mut dyn FnMut(Vec<Vec<Val>>) -> anyhow::Result<()>,
+    emit: &mut (dyn FnMut(Vec<Vec<Val>>) -> anyhow::Result<()> + Send),
 ) -> anyhow::Result<()> {
     let sessions = store.session_spans(venue, symbol).await?;
     // when (our clock) the connection a full book came from closed

@@ -18,6 +18,7 @@
 //! of the book stream, the rule `book --at` follows) until the next full book, and once the
 //! connection the book came from closed.
 
+pub mod archive;
 mod csv_sink;
 mod grid;
 mod pages;
@@ -48,7 +49,7 @@ pub async fn export(
     store: &Store,
     venue: &'static str,
     req: &Request,
-    progress: impl FnMut(u64),
+    progress: impl FnMut(u64) + Send,
 ) -> anyhow::Result<Vec<Written>> {
     let parts = plan(store, venue, req).await?;
     export_parts(store, venue, req, &parts, progress).await
@@ -60,7 +61,7 @@ pub async fn export_parts(
     venue: &'static str,
     req: &Request,
     parts: &[Part],
-    mut progress: impl FnMut(u64),
+    mut progress: impl FnMut(u64) + Send,
 ) -> anyhow::Result<Vec<Written>> {
     let measured = match req.format {
         Format::Parquet => Some(measure(store, venue, req, parts).await?),
@@ -140,11 +141,11 @@ async fn write_part(
     part: &Part,
     measured: Option<(&[Digits], u64)>,
     tmp: &Path,
-    progress: &mut dyn FnMut(u64),
+    progress: &mut (dyn FnMut(u64) + Send),
 ) -> anyhow::Result<u64> {
     let cols = columns(req);
     let skip_empty = req.layout == Layout::Hive;
-    let mut sink: Box<dyn FileSink> = match req.format {
+    let mut sink: Box<dyn FileSink + Send> = match req.format {
         Format::Csv => {
             let file = File::create(tmp).with_context(|| format!("creating {}", tmp.display()))?;
             let w = BufWriter::with_capacity(1 << 20, file);

@@ -14,8 +14,8 @@ pub(super) async fn produce(
     venue: &'static str,
     req: &Request,
     part: &Part,
-    sink: &mut dyn Sink,
-    progress: &mut dyn FnMut(u64),
+    sink: &mut (dyn Sink + Send),
+    progress: &mut (dyn FnMut(u64) + Send),
 ) -> anyhow::Result<u64> {
     let mut p = Pages {
         store,
@@ -47,8 +47,8 @@ struct Pages<'a> {
     req: &'a Request,
     symbol: &'a str,
     win: Window,
-    sink: &'a mut dyn Sink,
-    progress: &'a mut dyn FnMut(u64),
+    sink: &'a mut (dyn Sink + Send),
+    progress: &'a mut (dyn FnMut(u64) + Send),
     n: u64,
     /// The cell the layout leaves out (the symbol, in a hive layout).
     hive_key: Option<usize>,

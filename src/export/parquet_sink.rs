@@ -67,7 +67,7 @@ pub(super) struct Digits {
 
 /// How a decimal leaf is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum DecPlan {
+pub(crate) enum DecPlan {
     Decimal {
         scale: usize,
     },
@@ -141,8 +141,8 @@ impl Sink for Measure {
     }
 }
 
-pub(super) struct ParquetSink {
-    writer: SerializedFileWriter<File>,
+pub(crate) struct ParquetSink<W: std::io::Write + Send = File> {
+    writer: SerializedFileWriter<W>,
     cols: Vec<Col>,
     first: Vec<Option<usize>>,
     plans: Vec<DecPlan>,
@@ -172,7 +172,7 @@ pub(super) fn parquet_schema(cols: &[Col], first: &[Option<usize>], plans: &[Dec
                 Ty::Int | Ty::OptInt => format!("{rep} int64 {name};"),
                 Ty::Bool => format!("{rep} boolean {name};"),
                 Ty::Text | Ty::OptText => format!("{rep} binary {name} (STRING);"),
-                Ty::TimeMs | Ty::OptTimeMs | Ty::TimeUs => {
+                Ty::TimeMs | Ty::OptTimeMs | Ty::TimeUs | Ty::OptTimeUs => {
                     format!("{rep} int64 {name} (TIMESTAMP(MICROS,true));")
                 }
                 Ty::Dec | Ty::OptDec => dec_field(name, rep, plan(0)),
@@ -187,24 +187,37 @@ pub(super) fn parquet_schema(cols: &[Col], first: &[Option<usize>], plans: &[Dec
     format!("message mdrec_export {{ {} }}", fields.join(" "))
 }
 
-impl ParquetSink {
+impl ParquetSink<File> {
     pub(super) fn new(
         file: File,
         cols: Vec<Col>,
         digits: &[Digits],
         meta: Vec<KeyValue>,
     ) -> anyhow::Result<ParquetSink> {
-        let (first, _) = leaves(&cols);
         let plans: Vec<DecPlan> = digits.iter().map(|d| d.plan()).collect();
+        ParquetSink::with_plans(file, cols, plans, meta, Compression::SNAPPY)
+    }
+}
+
+impl<W: std::io::Write + Send> ParquetSink<W> {
+    /// Decimal leaves as `plans` says (see [`leaves`]).
+    pub(super) fn with_plans(
+        out: W,
+        cols: Vec<Col>,
+        plans: Vec<DecPlan>,
+        meta: Vec<KeyValue>,
+        compression: Compression,
+    ) -> anyhow::Result<ParquetSink<W>> {
+        let (first, _) = leaves(&cols);
         let schema =
             parquet::schema::parser::parse_message_type(&parquet_schema(&cols, &first, &plans))?;
         let props = WriterProperties::builder()
-            .set_compression(Compression::SNAPPY)
+            .set_compression(compression)
             .set_created_by(concat!("mdrec ", env!("CARGO_PKG_VERSION")).into())
             .set_key_value_metadata(Some(meta))
             .build();
         Ok(ParquetSink {
-            writer: SerializedFileWriter::new(file, Arc::new(schema), Arc::new(props))?,
+            writer: SerializedFileWriter::new(out, Arc::new(schema), Arc::new(props))?,
             cols,
             first,
             plans,
@@ -261,7 +274,7 @@ impl ParquetSink {
                 .collect();
             let defs = c.optional().then_some(defs.as_slice());
             match c.ty {
-                Ty::Int | Ty::OptInt | Ty::TimeUs => {
+                Ty::Int | Ty::OptInt | Ty::TimeUs | Ty::OptTimeUs => {
                     let v: Vec<i64> = cells
                         .filter_map(|v| match v {
                             Val::Int(i) => Some(*i),
@@ -340,7 +353,15 @@ pub(super) fn write_decimals(
     Ok(())
 }
 
-impl Sink for ParquetSink {
+impl<W: std::io::Write + Send> ParquetSink<W> {
+    /// Ends the file and hands back where it went.
+    pub(super) fn into_inner(mut self) -> anyhow::Result<W> {
+        self.flush_group()?;
+        Ok(self.writer.into_inner()?)
+    }
+}
+
+impl<W: std::io::Write + Send> Sink for ParquetSink<W> {
     fn write(&mut self, rows: Vec<Vec<Val>>) -> anyhow::Result<()> {
         self.buf.extend(rows);
         if self.buf.len() >= ROW_GROUP {
@@ -351,9 +372,8 @@ impl Sink for ParquetSink {
 }
 
 impl FileSink for ParquetSink {
-    fn finish(mut self: Box<Self>) -> anyhow::Result<()> {
-        self.flush_group()?;
-        let file = self.writer.into_inner()?;
+    fn finish(self: Box<Self>) -> anyhow::Result<()> {
+        let file = self.into_inner()?;
         file.sync_all()?;
         Ok(())
     }

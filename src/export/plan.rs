@@ -156,6 +156,17 @@ pub struct Part {
     pub(super) win: Window,
 }
 
+impl Part {
+    /// A part that is not a file of its own (an archive part, written in memory).
+    pub(super) fn window(symbol: &str, win: Window) -> Part {
+        Part {
+            symbol: symbol.to_string(),
+            path: PathBuf::new(),
+            win,
+        }
+    }
+}
+
 /// A file written.
 #[derive(Debug, Clone)]
 pub struct Written {

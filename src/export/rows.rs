@@ -33,6 +33,7 @@ pub enum Ty {
     OptTimeMs,
     /// Epoch µs (CSV), `TIMESTAMP(us, UTC)` (Parquet).
     TimeUs,
+    OptTimeUs,
     /// CSV: JSON `[["price","qty"],...]`; Parquet: a list of (price, qty) decimals.
     Levels,
 }
@@ -49,7 +50,7 @@ impl Col {
     pub fn parquet_name(&self) -> &str {
         match self.ty {
             Ty::TimeMs | Ty::OptTimeMs => self.name.strip_suffix("_ms").unwrap_or(&self.name),
-            Ty::TimeUs => self.name.strip_suffix("_us").unwrap_or(&self.name),
+            Ty::TimeUs | Ty::OptTimeUs => self.name.strip_suffix("_us").unwrap_or(&self.name),
             _ => &self.name,
         }
     }
@@ -57,7 +58,7 @@ impl Col {
     pub(super) fn optional(&self) -> bool {
         matches!(
             self.ty,
-            Ty::OptInt | Ty::OptText | Ty::OptDec | Ty::OptTimeMs
+            Ty::OptInt | Ty::OptText | Ty::OptDec | Ty::OptTimeMs | Ty::OptTimeUs
         )
     }
 }
@@ -295,7 +296,7 @@ pub(super) fn gap_row(g: Gap) -> Vec<Val> {
 }
 
 /// Where rows go: a file being written, or the digit count of the first Parquet pass.
-pub(super) trait Sink {
+pub(crate) trait Sink {
     fn write(&mut self, rows: Vec<Vec<Val>>) -> anyhow::Result<()>;
 }
 

@@ -119,6 +119,7 @@ pub(super) async fn start(
         tls,
     };
     start_connections(shared, &stats, &resumed.marks, &store, &workers, fleet_rx);
+    start_archive(&config, &store, &shutdown, &tasks)?;
     workers.spawn(keep_listing(
         venue.clone(),
         config.clone(),
@@ -163,6 +164,28 @@ pub(super) async fn start(
         venue,
         rest: client,
     })
+}
+
+/// `[archive] url`: rounds beside the writer until shutdown (an archive that cannot be
+/// opened stops start-up, naming the key).
+fn start_archive(
+    config: &Config,
+    store: &Arc<Store>,
+    shutdown: &CancellationToken,
+    tasks: &TaskTracker,
+) -> anyhow::Result<()> {
+    if config.archive.url.is_empty() {
+        return Ok(());
+    }
+    let target = crate::archive::target::Target::open(&config.archive.url)
+        .map_err(|e| crate::config::ConfigError::new("archive.url", format!("{e:#}")))?;
+    tasks.spawn(crate::archive::keep_archiving(
+        store.clone(),
+        target,
+        crate::archive::Settings::from_config(&config.archive),
+        shutdown.clone(),
+    ));
+    Ok(())
 }
 
 /// Under "all", the configuration's symbols are the venue's listing: nothing can be
@@ -252,6 +275,11 @@ async fn open_database(
         Store::connect_lazy(url)
             .with_context(|| format!("opening database {}", redact_url(url)))?,
     );
+    // rows of periods the archive may hold already are marked for it as they are written
+    store.set_late_rule(crate::store::ledger::LateRule {
+        period_ms: config.archive.period_s as i64 * 1000,
+        settle_ms: config.archive.settle_s as i64 * 1000,
+    });
     let limit = Duration::from_secs(config.writer.write_timeout_s.max(1));
     let probed = match store.probe(limit).await {
         Err(e) if !matches!(e.class(), ErrorClass::Unavailable | ErrorClass::Timeout) => {

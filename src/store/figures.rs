@@ -11,6 +11,32 @@ pub type Span = (i64, Option<i64>, Option<i64>);
 /// One stored full book: receive time, exchange time, depth step, bids and asks as JSON.
 pub type BookRow = (i64, i64, i64, String, String);
 
+/// A book stream's rows, first and last receive time (ms) in a window: full books and each
+/// level change of the packed updates.
+static BOOK_SPAN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT CAST(COALESCE(SUM(n), 0) AS BIGINT), MIN(lo) / 1000, MAX(hi) / 1000 FROM (\
+         SELECT COUNT(*) AS n, MIN(recv_time_us) AS lo, MAX(recv_time_us) AS hi \
+         FROM book_snapshots WHERE venue = $1 AND symbol = $2 AND recv_time_us >= $3 * 1000 \
+         AND recv_time_us < $4 * 1000 AND CAST(depth_step AS TEXT) = $5 \
+         UNION ALL SELECT SUM({n}), MIN(recv_time_us), MAX(recv_time_us) \
+         FROM {t} WHERE venue = $1 AND symbol = $2 AND recv_time_us >= $3 * 1000 \
+         AND recv_time_us < $4 * 1000 AND CAST(depth_step AS TEXT) = $5) AS b",
+        n = super::book::LEVEL_COUNT,
+        t = super::book::UPDATES
+    )
+});
+
+/// Level changes of a symbol's books with exchange time in a window.
+static DELTA_COUNT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT CAST(COALESCE(SUM({n}), 0) AS BIGINT) FROM {t} WHERE venue = $1 AND symbol = $2 \
+         AND event_time_ms >= $3 AND event_time_ms < $4 AND $5 = $5",
+        n = super::book::LEVEL_COUNT,
+        t = super::book::UPDATES
+    )
+});
+
 impl Store {
     /// Symbols with sessions, trades or bars.
     /// Whether any row of the symbol is stored (sessions, markets, or one trade, bar or
@@ -98,7 +124,15 @@ impl Store {
         venue: &str,
         symbol: &str,
     ) -> Result<Vec<i64>, StoreError> {
-        self.distinct_steps("book_deltas", venue, symbol).await
+        let sql = "SELECT CAST(depth_step AS BIGINT) FROM book_streams s WHERE venue = $1 \
+                   AND symbol = $2 AND EXISTS (SELECT 1 FROM book_updates u WHERE u.stream = s.id) \
+                   ORDER BY 1";
+        on_pool!(self, p => sqlx::query_scalar::<_, i64>(sql)
+            .bind(venue)
+            .bind(symbol)
+            .fetch_all(p)
+            .await)
+        .map_err(StoreError::sql("stored depth steps"))
     }
 
     async fn distinct_steps(
@@ -142,14 +176,8 @@ impl Store {
                 Some(iv.to_string()),
             ),
             StreamKey::Book(step) => (
-                // full books and deltas alike: an incremental stream is mostly deltas
-                "SELECT CAST(COALESCE(SUM(n), 0) AS BIGINT), MIN(lo) / 1000, MAX(hi) / 1000 FROM (\
-                 SELECT COUNT(*) AS n, MIN(recv_time_us) AS lo, MAX(recv_time_us) AS hi \
-                 FROM book_snapshots WHERE venue = $1 AND symbol = $2 AND recv_time_us >= $3 * 1000 \
-                 AND recv_time_us < $4 * 1000 AND CAST(depth_step AS TEXT) = $5 \
-                 UNION ALL SELECT COUNT(*), MIN(recv_time_us), MAX(recv_time_us) \
-                 FROM book_deltas WHERE venue = $1 AND symbol = $2 AND recv_time_us >= $3 * 1000 \
-                 AND recv_time_us < $4 * 1000 AND CAST(depth_step AS TEXT) = $5) AS b",
+                // full books and level changes alike: an incremental stream is mostly changes
+                BOOK_SPAN.as_str(),
                 Some(step.to_string()),
             ),
             StreamKey::Ticker => (
@@ -207,10 +235,7 @@ impl Store {
                 "SELECT COUNT(*) FROM book_snapshots WHERE venue = $1 AND symbol = $2 \
                  AND event_time_ms >= $3 AND event_time_ms < $4 AND $5 = $5"
             }
-            Table::BookDeltas => {
-                "SELECT COUNT(*) FROM book_deltas WHERE venue = $1 AND symbol = $2 \
-                 AND event_time_ms >= $3 AND event_time_ms < $4 AND $5 = $5"
-            }
+            Table::BookDeltas => DELTA_COUNT.as_str(),
             Table::Tickers => {
                 "SELECT COUNT(*) FROM tickers WHERE venue = $1 AND symbol = $2 \
                  AND event_time_ms >= $3 AND event_time_ms < $4 AND $5 = $5"
@@ -278,7 +303,7 @@ impl Store {
             Table::Trades => ("trades", "event_time_ms"),
             Table::Klines => ("klines", "open_time_ms"),
             Table::BookSnapshots => ("book_snapshots", "event_time_ms"),
-            Table::BookDeltas => ("book_deltas", "event_time_ms"),
+            Table::BookDeltas => (super::book::UPDATES, "event_time_ms"),
             Table::Tickers => ("tickers", "event_time_ms"),
             _ => return Ok(None),
         };

@@ -3,9 +3,13 @@
 //! Only the writer task writes. Statements are idempotent by the schema's keys, so a replayed
 //! batch, a trade seen on both WS and REST, or two recorders on the same symbols store one row.
 
+pub mod archived;
 pub mod batch;
+pub mod book;
+mod book_read;
 pub mod error;
 pub mod figures;
+pub mod ledger;
 pub mod postgres;
 pub mod queue;
 pub mod read;
@@ -168,19 +172,6 @@ impl Store {
         }
     }
 
-    /// A page of one book stream's changes (see [`DeltaRange`]).
-    pub async fn deltas_page(
-        &self,
-        venue: &str,
-        symbol: &str,
-        range: &DeltaRange,
-    ) -> Result<Vec<crate::model::BookDelta>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.deltas_page(venue, symbol, range).await,
-            Store::Postgres(s) => s.deltas_page(venue, symbol, range).await,
-        }
-    }
-
     /// Up to `limit` tickers received after `after_us` with exchange time in `window`.
     pub async fn tickers_page(
         &self,
@@ -204,22 +195,6 @@ impl Store {
         depth_step: i16,
     ) -> Result<Option<BookSnapshot>, StoreError> {
         self.load_book(venue, symbol, depth_step, None).await
-    }
-
-    /// The order book as it stood at exchange time `at_ms` (None: the newest): the last full
-    /// snapshot at or before it with the deltas after it applied. `event_time_ms` and
-    /// `recv_time_us` of the result are those of the last row applied.
-    pub async fn load_book(
-        &self,
-        venue: &str,
-        symbol: &str,
-        depth_step: i16,
-        at_ms: Option<i64>,
-    ) -> Result<Option<BookSnapshot>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.load_book(venue, symbol, depth_step, at_ms).await,
-            Store::Postgres(s) => s.load_book(venue, symbol, depth_step, at_ms).await,
-        }
     }
 
     /// Keeps rows that are not stored as market data in `rejected_rows` (one transaction;

@@ -11,21 +11,19 @@ use std::time::Duration;
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row};
 
-use super::Batch;
 use super::error::{Checked, ErrorClass, StoreError, classify};
 use super::rows::{
-    DeltaRange, Range, Rejected, apply_delta, insert_rejected, levels_from_json, levels_to_json,
-    parse_book_side, parse_side, parse_source, req, static_venue,
+    Range, Rejected, insert_rejected, levels_to_json, parse_side, parse_source, req, static_venue,
 };
+use super::{Batch, book};
 use crate::decimal::Dec;
-use crate::model::{
-    BookDelta, BookSide, BookSnapshot, Gap, Kline, Market, Session, Source, Ticker, Trade,
-};
+use crate::model::{BookSnapshot, Gap, Kline, Market, Session, Source, Ticker, Trade};
 
 pub struct PgStore {
     pool: PgPool,
     /// Flushes left that write with upserts only (see [`PgStore::write`]).
     upsert_flushes: AtomicU32,
+    pub(crate) late: super::ledger::LateCell,
 }
 
 /// Flushes written with upserts only after a plain insert met a stored key.
@@ -51,17 +49,27 @@ const TRADES_UPSERT: &str = concat!(
      AND trades.side = excluded.side AND trades.price = excluded.price \
      AND trades.qty = excluded.qty AND trades.event_time_ms = excluded.event_time_ms"
 );
-macro_rules! deltas_insert {
+/// New streams only: a conflicting insert would still take a number from the identity's
+/// sequence, and one per stream per flush would use up an INTEGER within weeks.
+const STREAMS_INSERT: &str = "INSERT INTO book_streams (venue, symbol, depth_step) \
+     SELECT k.venue, k.symbol, k.depth_step \
+     FROM UNNEST($1::text[], $2::text[], $3::smallint[]) AS k(venue, symbol, depth_step) \
+     WHERE NOT EXISTS (SELECT 1 FROM book_streams s WHERE s.venue = k.venue \
+     AND s.symbol = k.symbol AND s.depth_step = k.depth_step) ON CONFLICT DO NOTHING";
+macro_rules! updates_insert {
     () => {
-        "INSERT INTO book_deltas (venue, symbol, depth_step, recv_time_us, seq, event_time_ms, side, price, qty, \
-         update_id, prev_update_id) \
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::smallint[], $4::bigint[], $5::int[], \
-         $6::bigint[], $7::text[], $8::text[]::numeric[], $9::text[]::numeric[], $10::bigint[], \
-         $11::bigint[])"
+        "INSERT INTO book_updates (stream, first_seq, recv_time_us, event_time_ms, update_id, \
+         prev_update_id, levels) \
+         SELECT s.id, u.first_seq, u.recv_time_us, u.event_time_ms, u.update_id, u.prev_update_id, \
+         u.levels FROM UNNEST($1::text[], $2::text[], $3::smallint[], $4::int[], $5::bigint[], \
+         $6::bigint[], $7::bigint[], $8::bigint[], $9::text[]) AS u(venue, symbol, depth_step, \
+         first_seq, recv_time_us, event_time_ms, update_id, prev_update_id, levels) \
+         JOIN book_streams s ON s.venue = u.venue AND s.symbol = u.symbol \
+         AND s.depth_step = u.depth_step"
     };
 }
-const DELTAS_INSERT: &str = deltas_insert!();
-const DELTAS_UPSERT: &str = concat!(deltas_insert!(), " ON CONFLICT DO NOTHING");
+const UPDATES_INSERT: &str = updates_insert!();
+const UPDATES_UPSERT: &str = concat!(updates_insert!(), " ON CONFLICT DO NOTHING");
 macro_rules! tickers_insert {
     () => {
         "INSERT INTO tickers (venue, symbol, recv_time_us, event_time_ms, open, high, low, close, volume, \
@@ -124,6 +132,7 @@ impl PgStore {
         Ok(PgStore {
             pool,
             upsert_flushes: AtomicU32::new(0),
+            late: Default::default(),
         })
     }
 
@@ -217,7 +226,11 @@ impl PgStore {
         let mut tx = sqlx::Connection::begin(conn.conn())
             .await
             .map_err(StoreError::sql("begin"))?;
-        match statements(&mut tx, batch, plain).await {
+        let written = match statements(&mut tx, batch, plain).await {
+            Ok(c) => late(&mut tx, self.late.get(), batch).await.map(|_| c),
+            Err(e) => Err(e),
+        };
+        match written {
             Ok(conflicts) => {
                 tx.commit().await.map_err(StoreError::sql("commit"))?;
                 conn.clean();
@@ -337,53 +350,6 @@ impl PgStore {
             .collect()
     }
 
-    /// Book changes of one depth step after `r.after` (receive time, seq), exchange time in
-    /// the range, in receive order.
-    pub async fn deltas_page(
-        &self,
-        venue: &str,
-        symbol: &str,
-        r: &DeltaRange,
-    ) -> Result<Vec<BookDelta>, StoreError> {
-        let e = StoreError::sql;
-        let rows = sqlx::query(
-            "SELECT recv_time_us, seq, event_time_ms, side, price::text AS price, qty::text AS qty, \
-             update_id, prev_update_id FROM book_deltas WHERE venue = $1 AND symbol = $2 \
-             AND depth_step = $3 AND (recv_time_us, seq) > ($4, $5) \
-             AND event_time_ms >= $6 AND event_time_ms < $7 ORDER BY recv_time_us, seq LIMIT $8",
-        )
-        .bind(venue)
-        .bind(symbol)
-        .bind(r.depth_step)
-        .bind(r.after.0)
-        .bind(i32::try_from(r.after.1).unwrap_or(if r.after.1 < 0 { i32::MIN } else { i32::MAX }))
-        .bind(r.from_ms)
-        .bind(r.to_ms)
-        .bind(r.limit)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(e("select book_deltas"))?;
-        let venue = static_venue(venue);
-        let sym: Arc<str> = Arc::from(symbol);
-        rows.iter()
-            .map(|d| {
-                Ok(BookDelta {
-                    venue,
-                    symbol: sym.clone(),
-                    depth_step: r.depth_step,
-                    event_time_ms: d.try_get("event_time_ms").map_err(e("read delta"))?,
-                    recv_time_us: d.try_get("recv_time_us").map_err(e("read delta"))?,
-                    seq: d.try_get("seq").map_err(e("read delta"))?,
-                    side: parse_book_side(d.try_get("side").map_err(e("read delta"))?)?,
-                    price: req(dec(d, "price")?, "price")?,
-                    qty: req(dec(d, "qty")?, "qty")?,
-                    update_id: d.try_get("update_id").map_err(e("read delta"))?,
-                    prev_update_id: d.try_get("prev_update_id").map_err(e("read delta"))?,
-                })
-            })
-            .collect()
-    }
-
     /// Tickers received after `after_us` with exchange time in `[from, to)`, in receive order.
     pub async fn tickers_page(
         &self,
@@ -434,88 +400,6 @@ impl PgStore {
             })
             .collect()
     }
-
-    /// The book at exchange time `at_ms` (None: the newest): the last snapshot at or before
-    /// it, with the deltas received after that snapshot (and before the next) up to `at_ms`.
-    pub async fn load_book(
-        &self,
-        venue: &str,
-        symbol: &str,
-        depth_step: i16,
-        at_ms: Option<i64>,
-    ) -> Result<Option<BookSnapshot>, StoreError> {
-        let e = StoreError::sql;
-        let order = if at_ms.is_some() {
-            "event_time_ms DESC, recv_time_us DESC"
-        } else {
-            "recv_time_us DESC"
-        };
-        let Some(r) = sqlx::query(&format!(
-            "SELECT recv_time_us, event_time_ms, bids::text AS bids, asks::text AS asks FROM book_snapshots \
-             WHERE venue = $1 AND symbol = $2 AND depth_step = $3 AND event_time_ms <= $4 \
-             ORDER BY {order} LIMIT 1"
-        ))
-        .bind(venue)
-        .bind(symbol)
-        .bind(depth_step)
-        .bind(at_ms.unwrap_or(i64::MAX))
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(e("select book_snapshots"))?
-        else {
-            return Ok(None);
-        };
-        let mut book = BookSnapshot {
-            venue: static_venue(venue),
-            symbol: Arc::from(symbol),
-            depth_step,
-            event_time_ms: r.try_get("event_time_ms").map_err(e("read snapshot"))?,
-            recv_time_us: r.try_get("recv_time_us").map_err(e("read snapshot"))?,
-            bids: levels_from_json(r.try_get("bids").map_err(e("read snapshot"))?)?,
-            asks: levels_from_json(r.try_get("asks").map_err(e("read snapshot"))?)?,
-        };
-        // deltas after the next snapshot belong to that snapshot
-        let next: Option<i64> = sqlx::query_scalar(
-            "SELECT MIN(recv_time_us) FROM book_snapshots \
-             WHERE venue = $1 AND symbol = $2 AND depth_step = $3 AND recv_time_us > $4",
-        )
-        .bind(venue)
-        .bind(symbol)
-        .bind(depth_step)
-        .bind(book.recv_time_us)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(e("select book_snapshots"))?;
-        let deltas = sqlx::query(
-            "SELECT recv_time_us, event_time_ms, side, price::text AS price, qty::text AS qty FROM book_deltas \
-             WHERE venue = $1 AND symbol = $2 AND depth_step = $3 AND recv_time_us > $4 \
-             AND recv_time_us < $5 AND event_time_ms <= $6 ORDER BY recv_time_us, seq",
-        )
-        .bind(venue)
-        .bind(symbol)
-        .bind(depth_step)
-        .bind(book.recv_time_us)
-        .bind(next.filter(|_| at_ms.is_some()).unwrap_or(i64::MAX))
-        .bind(at_ms.unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(e("select book_deltas"))?;
-        for d in &deltas {
-            let side = match d.try_get::<&str, _>("side").map_err(e("read delta"))? {
-                "bid" => BookSide::Bid,
-                _ => BookSide::Ask,
-            };
-            apply_delta(
-                &mut book,
-                side,
-                req(dec(d, "price")?, "price")?,
-                req(dec(d, "qty")?, "qty")?,
-            );
-            book.recv_time_us = d.try_get("recv_time_us").map_err(e("read delta"))?;
-            book.event_time_ms = d.try_get("event_time_ms").map_err(e("read delta"))?;
-        }
-        Ok(Some(book))
-    }
 }
 
 fn dec(r: &PgRow, col: &str) -> Result<Option<Dec>, StoreError> {
@@ -545,12 +429,24 @@ async fn statements(
     insert_rejected!(tx, &conflicts);
     write_rows(tx, &batch.klines, plain).await?;
     write_rows(tx, &batch.snapshots, plain).await?;
-    write_rows(tx, &batch.deltas, plain).await?;
+    let packed = book::pack(&batch.deltas);
+    write_rows(tx, &book::streams(&packed), plain).await?;
+    write_rows(tx, &packed, plain).await?;
     write_rows(tx, &batch.tickers, plain).await?;
     write_rows(tx, &batch.sessions, plain).await?;
     write_rows(tx, &batch.gaps, plain).await?;
     write_rows(tx, &batch.markets, plain).await?;
     Ok(conflicts)
+}
+
+/// The batch's late periods (see `ledger::LateRule`), in the caller's transaction.
+async fn late(
+    tx: &mut sqlx::PgConnection,
+    rule: super::ledger::LateRule,
+    batch: &Batch,
+) -> Result<(), StoreError> {
+    super::ledger::insert_late!(tx, rule, batch);
+    Ok(())
 }
 
 type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
@@ -700,23 +596,37 @@ impl Unnest for BookSnapshot {
     }
 }
 
-impl Unnest for BookDelta {
-    const DOING: &'static str = "insert book_deltas";
-    fn sql(plain: bool, _: &[Self]) -> &'static str {
-        if plain { DELTAS_INSERT } else { DELTAS_UPSERT }
+impl Unnest for book::StreamRow<'_> {
+    const DOING: &'static str = "insert book_streams";
+    fn sql(_: bool, _: &[Self]) -> &'static str {
+        STREAMS_INSERT
     }
-    fn bind<'q>(q: PgQuery<'q>, d: &'q [Self]) -> PgQuery<'q> {
-        q.bind(col(d, |x| x.venue))
-            .bind(col(d, |x| &*x.symbol))
-            .bind(col(d, |x| x.depth_step))
-            .bind(col(d, |x| x.recv_time_us))
-            .bind(col(d, |x| x.seq))
-            .bind(col(d, |x| x.event_time_ms))
-            .bind(col(d, |x| x.side.as_str()))
-            .bind(col(d, |x| text(&x.price)))
-            .bind(col(d, |x| text(&x.qty)))
-            .bind(col(d, |x| x.update_id))
-            .bind(col(d, |x| x.prev_update_id))
+    fn bind<'q>(q: PgQuery<'q>, k: &'q [Self]) -> PgQuery<'q> {
+        q.bind(col(k, |x| x.0))
+            .bind(col(k, |x| x.1))
+            .bind(col(k, |x| x.2))
+    }
+}
+
+impl Unnest for book::Packed<'_> {
+    const DOING: &'static str = "insert book_updates";
+    fn sql(plain: bool, _: &[Self]) -> &'static str {
+        if plain {
+            UPDATES_INSERT
+        } else {
+            UPDATES_UPSERT
+        }
+    }
+    fn bind<'q>(q: PgQuery<'q>, u: &'q [Self]) -> PgQuery<'q> {
+        q.bind(col(u, |x| x.venue))
+            .bind(col(u, |x| x.symbol))
+            .bind(col(u, |x| x.depth_step))
+            .bind(col(u, |x| x.first_seq))
+            .bind(col(u, |x| x.recv_time_us))
+            .bind(col(u, |x| x.event_time_ms))
+            .bind(col(u, |x| x.update_id))
+            .bind(col(u, |x| x.prev_update_id))
+            .bind(col(u, |x| x.levels.as_str()))
     }
 }
 

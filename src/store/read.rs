@@ -259,7 +259,7 @@ impl Store {
                 ("trades", "AND event_time_ms >= $5"),
                 ("tickers", ""),
                 ("book_snapshots", ""),
-                ("book_deltas", ""),
+                (super::book::UPDATES, ""),
                 ("klines", "AND open_time_ms >= $5"),
             ] {
                 let sql = format!(

@@ -18,14 +18,14 @@ use sqlx::sqlite::{
 };
 use sqlx::{Decode, QueryBuilder, Row, Sqlite, TypeInfo, ValueRef};
 
-use super::Batch;
 use super::error::{Checked, ErrorClass, StoreError};
 use super::rows::{
-    DeltaRange, Range, Rejected, apply_delta, insert_rejected, levels_from_json, levels_to_json,
-    parse_book_side, parse_side, parse_source, req, static_venue,
+    Range, Rejected, insert_rejected, levels_to_json, parse_book_side, parse_side, parse_source,
+    req, static_venue,
 };
+use super::{Batch, book};
 use crate::decimal::{Dec, SqliteNumber};
-use crate::model::{BookDelta, BookSide, BookSnapshot, Gap, Kline, Market, Session, Ticker, Trade};
+use crate::model::{BookDelta, BookSnapshot, Gap, Kline, Market, Session, Ticker, Trade};
 
 /// SQLite's default bound-parameter limit (SQLITE_MAX_VARIABLE_NUMBER since 3.32).
 const MAX_PARAMS: usize = 32766;
@@ -59,6 +59,7 @@ pub struct SqliteStore {
     path: Option<std::path::PathBuf>,
     /// Stops the background checkpointer when the store goes.
     _checkpointer: Option<AbortOnDrop>,
+    pub(crate) late: super::ledger::LateCell,
 }
 
 struct AbortOnDrop(tokio::task::AbortHandle);
@@ -203,6 +204,7 @@ impl SqliteStore {
             pool,
             path,
             _checkpointer,
+            late: Default::default(),
         })
     }
 
@@ -231,6 +233,7 @@ impl SqliteStore {
             pool,
             path: None,
             _checkpointer: None,
+            late: Default::default(),
         })
     }
 
@@ -252,6 +255,7 @@ impl SqliteStore {
             pool,
             path,
             _checkpointer,
+            late: Default::default(),
         })
     }
 
@@ -321,6 +325,65 @@ impl SqliteStore {
 
     pub async fn migrate(&self) -> Result<(), StoreError> {
         MIGRATOR.run(&self.pool).await?;
+        self.pack_unpacked_deltas().await
+    }
+
+    /// The per-level book changes an older version stored (migration 0007 renamed their
+    /// table): packed into `book_updates` a chunk at a time, each chunk one transaction that
+    /// also deletes what it packed (a start killed midway goes on where it stopped), then the
+    /// empty table is dropped. Read here, not in SQL: a REAL's exact digits need the
+    /// recorder's decoding.
+    async fn pack_unpacked_deltas(&self) -> Result<(), StoreError> {
+        let e = StoreError::sql;
+        let old: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'book_deltas_unpacked'",
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(e("look for book_deltas_unpacked"))?;
+        if old.is_none() {
+            return Ok(());
+        }
+        let mut packed_rows = 0usize;
+        loop {
+            let mut conn = Checked::acquire(&self.pool).await?;
+            let mut tx = sqlx::Connection::begin(conn.conn())
+                .await
+                .map_err(e("begin"))?;
+            let rows = sqlx::query(
+                "SELECT rowid, venue, symbol, depth_step, recv_time_us, seq, event_time_ms, side, \
+                 price, qty, exact, update_id, prev_update_id FROM book_deltas_unpacked \
+                 ORDER BY rowid LIMIT 20000",
+            )
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(e("select book_deltas_unpacked"))?;
+            let Some(last) = rows.last() else { break };
+            let last: i64 = last.try_get("rowid").map_err(e("read rowid"))?;
+            let deltas = rows
+                .iter()
+                .map(unpacked_delta)
+                .collect::<Result<Vec<_>, _>>()?;
+            let packed = book::pack(&deltas);
+            insert_rows(&mut tx, &book::streams(&packed)).await?;
+            insert_rows(&mut tx, &packed).await?;
+            sqlx::query("DELETE FROM book_deltas_unpacked WHERE rowid <= ?")
+                .bind(last)
+                .execute(&mut *tx)
+                .await
+                .map_err(e("delete book_deltas_unpacked"))?;
+            tx.commit().await.map_err(e("commit"))?;
+            conn.clean();
+            packed_rows += deltas.len();
+            tracing::info!(
+                level_changes = packed_rows,
+                "packing the book changes an older version stored"
+            );
+        }
+        sqlx::query("DROP TABLE book_deltas_unpacked")
+            .execute(&self.pool)
+            .await
+            .map_err(e("drop book_deltas_unpacked"))?;
         Ok(())
     }
 
@@ -340,11 +403,14 @@ impl SqliteStore {
         insert_rejected!(tx, &conflicts);
         insert_rows(&mut tx, &batch.klines).await?;
         insert_rows(&mut tx, &batch.snapshots).await?;
-        insert_rows(&mut tx, &batch.deltas).await?;
+        let packed = book::pack(&batch.deltas);
+        insert_rows(&mut tx, &book::streams(&packed)).await?;
+        insert_rows(&mut tx, &packed).await?;
         insert_rows(&mut tx, &batch.tickers).await?;
         insert_rows(&mut tx, &batch.sessions).await?;
         insert_rows(&mut tx, &batch.gaps).await?;
         insert_rows(&mut tx, &batch.markets).await?;
+        super::ledger::insert_late!(tx, self.late.get(), batch);
         tx.commit().await.map_err(StoreError::sql("commit"))?;
         conn.clean();
         Ok(conflicts)
@@ -453,55 +519,6 @@ impl SqliteStore {
             .collect()
     }
 
-    /// Book changes of one depth step after `r.after` (receive time, seq), exchange time in
-    /// the range, in receive order.
-    pub async fn deltas_page(
-        &self,
-        venue: &str,
-        symbol: &str,
-        r: &DeltaRange,
-    ) -> Result<Vec<BookDelta>, StoreError> {
-        let e = StoreError::sql;
-        let rows = sqlx::query(
-            "SELECT recv_time_us, seq, event_time_ms, side, price, qty, exact, update_id, prev_update_id \
-             FROM book_deltas WHERE venue = ? AND symbol = ? AND depth_step = ? AND recv_time_us >= ? \
-             AND (recv_time_us > ? OR seq > ?) AND event_time_ms >= ? AND event_time_ms < ? \
-             ORDER BY recv_time_us, seq LIMIT ?",
-        )
-        .bind(venue)
-        .bind(symbol)
-        .bind(r.depth_step as i64)
-        .bind(r.after.0)
-        .bind(r.after.0)
-        .bind(r.after.1)
-        .bind(r.from_ms)
-        .bind(r.to_ms)
-        .bind(r.limit)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(e("select book_deltas"))?;
-        let venue = static_venue(venue);
-        let sym: Arc<str> = Arc::from(symbol);
-        rows.iter()
-            .map(|d| {
-                let ex = exact_map(d)?;
-                Ok(BookDelta {
-                    venue,
-                    symbol: sym.clone(),
-                    depth_step: r.depth_step,
-                    event_time_ms: d.try_get("event_time_ms").map_err(e("read delta"))?,
-                    recv_time_us: d.try_get("recv_time_us").map_err(e("read delta"))?,
-                    seq: d.try_get("seq").map_err(e("read delta"))?,
-                    side: parse_book_side(d.try_get("side").map_err(e("read delta"))?)?,
-                    price: req(get_dec(d, "price", &ex)?, "price")?,
-                    qty: req(get_dec(d, "qty", &ex)?, "qty")?,
-                    update_id: d.try_get("update_id").map_err(e("read delta"))?,
-                    prev_update_id: d.try_get("prev_update_id").map_err(e("read delta"))?,
-                })
-            })
-            .collect()
-    }
-
     /// Tickers received after `after_us` with exchange time in `[from, to)`, in receive order.
     pub async fn tickers_page(
         &self,
@@ -550,86 +567,6 @@ impl SqliteStore {
                 })
             })
             .collect()
-    }
-
-    /// The book at exchange time `at_ms` (None: the newest): the last snapshot at or before
-    /// it, with the deltas received after that snapshot (and before the next) up to `at_ms`.
-    pub async fn load_book(
-        &self,
-        venue: &str,
-        symbol: &str,
-        depth_step: i16,
-        at_ms: Option<i64>,
-    ) -> Result<Option<BookSnapshot>, StoreError> {
-        let e = StoreError::sql;
-        let order = if at_ms.is_some() {
-            "event_time_ms DESC, recv_time_us DESC"
-        } else {
-            "recv_time_us DESC"
-        };
-        let Some(r) = sqlx::query(&format!(
-            "SELECT recv_time_us, event_time_ms, bids, asks FROM book_snapshots \
-             WHERE venue = ? AND symbol = ? AND depth_step = ? AND event_time_ms <= ? \
-             ORDER BY {order} LIMIT 1"
-        ))
-        .bind(venue)
-        .bind(symbol)
-        .bind(depth_step as i64)
-        .bind(at_ms.unwrap_or(i64::MAX))
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(e("select book_snapshots"))?
-        else {
-            return Ok(None);
-        };
-        let mut book = BookSnapshot {
-            venue: static_venue(venue),
-            symbol: Arc::from(symbol),
-            depth_step,
-            event_time_ms: r.try_get("event_time_ms").map_err(e("read snapshot"))?,
-            recv_time_us: r.try_get("recv_time_us").map_err(e("read snapshot"))?,
-            bids: levels_from_json(r.try_get("bids").map_err(e("read snapshot"))?)?,
-            asks: levels_from_json(r.try_get("asks").map_err(e("read snapshot"))?)?,
-        };
-        // deltas after the next snapshot belong to that snapshot
-        let next: Option<i64> = sqlx::query_scalar(
-            "SELECT MIN(recv_time_us) FROM book_snapshots \
-             WHERE venue = ? AND symbol = ? AND depth_step = ? AND recv_time_us > ?",
-        )
-        .bind(venue)
-        .bind(symbol)
-        .bind(depth_step as i64)
-        .bind(book.recv_time_us)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(e("select book_snapshots"))?;
-        let deltas = sqlx::query(
-            "SELECT recv_time_us, event_time_ms, side, price, qty, exact FROM book_deltas \
-             WHERE venue = ? AND symbol = ? AND depth_step = ? AND recv_time_us > ? \
-             AND recv_time_us < ? AND event_time_ms <= ? ORDER BY recv_time_us, seq",
-        )
-        .bind(venue)
-        .bind(symbol)
-        .bind(depth_step as i64)
-        .bind(book.recv_time_us)
-        .bind(next.filter(|_| at_ms.is_some()).unwrap_or(i64::MAX))
-        .bind(at_ms.unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(e("select book_deltas"))?;
-        for d in &deltas {
-            let ex = exact_map(d)?;
-            let side = match d.try_get::<&str, _>("side").map_err(e("read delta"))? {
-                "bid" => BookSide::Bid,
-                _ => BookSide::Ask,
-            };
-            let price = req(get_dec(d, "price", &ex)?, "price")?;
-            let qty = req(get_dec(d, "qty", &ex)?, "qty")?;
-            apply_delta(&mut book, side, price, qty);
-            book.recv_time_us = d.try_get("recv_time_us").map_err(e("read delta"))?;
-            book.event_time_ms = d.try_get("event_time_ms").map_err(e("read delta"))?;
-        }
-        Ok(Some(book))
     }
 }
 
@@ -824,26 +761,37 @@ impl Rows for BookSnapshot {
     }
 }
 
-impl Rows for BookDelta {
-    const INSERT: &'static str = "INSERT INTO book_deltas (venue, symbol, depth_step, recv_time_us, \
-         seq, event_time_ms, side, price, qty, exact, update_id, prev_update_id) ";
-    const COLUMNS: usize = 12;
+impl Rows for book::StreamRow<'_> {
+    const INSERT: &'static str = "INSERT INTO book_streams (venue, symbol, depth_step) ";
+    const COLUMNS: usize = 3;
     const ON_CONFLICT: &'static str = " ON CONFLICT DO NOTHING";
-    const DOING: &'static str = "insert book_deltas";
+    const DOING: &'static str = "insert book_streams";
     fn bind<'a>(&'a self, b: &mut Binder<'_, 'a>) {
-        let mut ex = Exact::default();
+        b.push_bind(self.0)
+            .push_bind(self.1)
+            .push_bind(self.2 as i64);
+    }
+}
+
+/// Each row's stream number looked up by its key (the streams are inserted first).
+impl Rows for book::Packed<'_> {
+    const INSERT: &'static str = "INSERT INTO book_updates (stream, recv_time_us, first_seq, \
+         event_time_ms, update_id, prev_update_id, levels) SELECT s.id, v.column4, v.column5, \
+         v.column6, v.column7, v.column8, v.column9 FROM (";
+    const COLUMNS: usize = 9;
+    const ON_CONFLICT: &'static str = ") AS v JOIN book_streams s ON s.venue = v.column1 \
+         AND s.symbol = v.column2 AND s.depth_step = v.column3 WHERE true ON CONFLICT DO NOTHING";
+    const DOING: &'static str = "insert book_updates";
+    fn bind<'a>(&'a self, b: &mut Binder<'_, 'a>) {
         b.push_bind(self.venue)
-            .push_bind(&*self.symbol)
+            .push_bind(self.symbol)
             .push_bind(self.depth_step as i64)
             .push_bind(self.recv_time_us)
-            .push_bind(self.seq as i64)
+            .push_bind(self.first_seq as i64)
             .push_bind(self.event_time_ms)
-            .push_bind(self.side.as_str());
-        bind_dec(b, &mut ex, "price", Some(&self.price));
-        bind_dec(b, &mut ex, "qty", Some(&self.qty));
-        b.push_bind(ex.finish())
             .push_bind(self.update_id)
-            .push_bind(self.prev_update_id);
+            .push_bind(self.prev_update_id)
+            .push_bind(&self.levels);
     }
 }
 
@@ -951,6 +899,27 @@ fn bind_dec<'q>(
             }
         }
     }
+}
+
+/// A row of the per-level table older versions wrote, with exact decimals.
+fn unpacked_delta(d: &SqliteRow) -> Result<BookDelta, StoreError> {
+    let e = StoreError::sql;
+    let ex = exact_map(d)?;
+    let step: i64 = d.try_get("depth_step").map_err(e("read delta"))?;
+    Ok(BookDelta {
+        venue: static_venue(d.try_get("venue").map_err(e("read delta"))?),
+        symbol: Arc::from(d.try_get::<&str, _>("symbol").map_err(e("read delta"))?),
+        depth_step: i16::try_from(step)
+            .map_err(|_| StoreError::Corrupt(format!("depth_step {step}")))?,
+        event_time_ms: d.try_get("event_time_ms").map_err(e("read delta"))?,
+        recv_time_us: d.try_get("recv_time_us").map_err(e("read delta"))?,
+        seq: d.try_get("seq").map_err(e("read delta"))?,
+        side: parse_book_side(d.try_get("side").map_err(e("read delta"))?)?,
+        price: req(get_dec(d, "price", &ex)?, "price")?,
+        qty: req(get_dec(d, "qty", &ex)?, "qty")?,
+        update_id: d.try_get("update_id").map_err(e("read delta"))?,
+        prev_update_id: d.try_get("prev_update_id").map_err(e("read delta"))?,
+    })
 }
 
 /// A `trades` row (columns trade_id, side, price, qty, quote_qty, event_time_ms,

@@ -1,0 +1,318 @@
+//! The archive: closed periods of every market-data table as zstd Parquet in a directory or
+//! S3-compatible storage (`target.rs`), each part read back and compared with the database
+//! before it is published and recorded (`verify.rs`), exactly once: one part per table,
+//! symbol and period under a fixed name, written again (replacing it) when rows of its
+//! period reach the database later (the writer marks them, `store::ledger`).
+//!
+//! A round: for every venue, table and symbol, the periods that ended `settle` ago and are
+//! not archived yet, in order; then the late periods. Parts go to `_staging/` first, are
+//! read back from there, then moved to their place; only then does the ledger say so. A
+//! crash at any point leaves either no ledger row (the part is written again under the same
+//! name) or a verified part. One archiver per archive at a time.
+
+pub mod target;
+pub mod verify;
+
+use anyhow::Context;
+
+use crate::export::archive::{self as parts, TABLES, per_venue};
+use crate::store::Store;
+use crate::store::archived::{DirtyRow, PartRow};
+use target::{STAGING, Target, part_path};
+
+/// How periods are cut.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub period_ms: i64,
+    pub settle_ms: i64,
+}
+
+impl Settings {
+    pub fn from_config(c: &crate::config::ArchiveConfig) -> Settings {
+        Settings {
+            period_ms: c.period_s as i64 * 1000,
+            settle_ms: c.settle_s as i64 * 1000,
+        }
+    }
+}
+
+/// What a round did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Parts written (late periods written again included).
+    pub parts: u64,
+    pub rows: u64,
+    pub bytes: u64,
+    /// Late periods written again.
+    pub rewritten: u64,
+}
+
+/// Archives every period that ends at or before `before_ms` (and `settle` before now).
+pub async fn run(
+    store: &Store,
+    target: &Target,
+    s: Settings,
+    before_ms: i64,
+) -> anyhow::Result<Report> {
+    let now = crate::model::now_ms();
+    let before = before_ms.min(now - s.settle_ms);
+    clear_staging(target).await?;
+    let mut report = Report::default();
+    for venue in store.venues().await? {
+        let Some(venue) = crate::venue::registry::static_name(&venue) else {
+            continue;
+        };
+        let symbols = store.symbols_with_data(venue).await?;
+        for table in TABLES {
+            if per_venue(table) {
+                archive_stream(
+                    store,
+                    target,
+                    venue,
+                    table,
+                    "",
+                    s.period_ms,
+                    before,
+                    &mut report,
+                )
+                .await?;
+                continue;
+            }
+            for symbol in &symbols {
+                archive_stream(
+                    store,
+                    target,
+                    venue,
+                    table,
+                    symbol,
+                    s.period_ms,
+                    before,
+                    &mut report,
+                )
+                .await?;
+            }
+        }
+    }
+    for d in store.dirty_periods().await? {
+        rewrite_late(store, target, s, &d, &mut report).await?;
+    }
+    Ok(report)
+}
+
+/// Leftovers of a round that did not finish: never published, never recorded.
+async fn clear_staging(target: &Target) -> anyhow::Result<()> {
+    for (path, _) in target.list(STAGING).await? {
+        target.delete(&path).await?;
+    }
+    Ok(())
+}
+
+/// The periods of one table of one symbol (or venue) not archived yet, ending by `before`.
+#[allow(clippy::too_many_arguments)]
+async fn archive_stream(
+    store: &Store,
+    target: &Target,
+    venue: &'static str,
+    table: &'static str,
+    symbol: &str,
+    period: i64,
+    before: i64,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let end = before.div_euclid(period) * period;
+    let mut from = store
+        .archived_through(table, venue, symbol)
+        .await?
+        .unwrap_or(i64::MIN);
+    while from < end {
+        // the next period holding a row (periods without rows have no part)
+        let Some(t) = store.next_row_ms(table, venue, symbol, from).await? else {
+            break;
+        };
+        let p = t.div_euclid(period) * period;
+        if p >= end {
+            break;
+        }
+        let written = archive_part(store, target, venue, table, symbol, (p, p + period)).await?;
+        report.add(&written);
+        from = p + period;
+    }
+    if from < end {
+        // nothing more to archive before `end`
+        store
+            .record_part(&empty(table, venue, symbol, end), end)
+            .await?;
+    }
+    Ok(())
+}
+
+fn empty(table: &str, venue: &str, symbol: &str, at: i64) -> PartRow {
+    PartRow {
+        tbl: table.into(),
+        venue: venue.into(),
+        symbol: symbol.into(),
+        period_start_ms: at,
+        period_end_ms: at,
+        path: String::new(),
+        rows: 0,
+        digest: String::new(),
+        bytes: 0,
+        archived_at_ms: crate::model::now_ms(),
+    }
+}
+
+impl Report {
+    fn add(&mut self, p: &PartRow) {
+        if p.rows > 0 {
+            self.parts += 1;
+            self.rows += p.rows as u64;
+            self.bytes += p.bytes as u64;
+        }
+    }
+}
+
+/// One part: written to staging, read back and compared, published, recorded (moving the
+/// stream's mark past it).
+async fn archive_part(
+    store: &Store,
+    target: &Target,
+    venue: &'static str,
+    table: &'static str,
+    symbol: &str,
+    (from, to): (i64, i64),
+) -> anyhow::Result<PartRow> {
+    let what = format!(
+        "{table} of {venue} {symbol} from {}",
+        crate::coverage::format_time(from)
+    );
+    let meta = vec![
+        ("mdrec.table".to_string(), table.to_string()),
+        ("mdrec.venue".to_string(), venue.to_string()),
+        ("mdrec.symbol".to_string(), symbol.to_string()),
+        ("mdrec.period_start_ms".to_string(), from.to_string()),
+        ("mdrec.period_end_ms".to_string(), to.to_string()),
+        (
+            "mdrec.decimals".to_string(),
+            format!("DECIMAL(38,{})", parts::SCALE),
+        ),
+    ];
+    let w = parts::write(store, venue, table, symbol, (from, to), meta)
+        .await
+        .with_context(|| format!("archiving {what}"))?;
+    let mut row = empty(table, venue, symbol, from);
+    row.period_end_ms = to;
+    if w.digest.rows == 0 {
+        store.record_part(&row, to).await?;
+        return Ok(row);
+    }
+    let path = part_path(table, venue, symbol, from);
+    let staged = format!("{STAGING}/{}.parquet", uuid_like());
+    let bytes = bytes::Bytes::from(w.bytes);
+    let size = bytes.len();
+    target.put(&staged, bytes).await?;
+    let back = target.get(&staged).await?;
+    let check = verify::read_back(table, &back).with_context(|| format!("reading back {what}"))?;
+    if check.rows != w.digest.rows || check.hex() != w.digest.hex() {
+        target.delete(&staged).await?;
+        anyhow::bail!(
+            "archiving {what}: the part read back holds {} rows (digest {}), the database {} ({})",
+            check.rows,
+            check.hex(),
+            w.digest.rows,
+            w.digest.hex()
+        );
+    }
+    target.publish(&staged, &path).await?;
+    row.path = path;
+    row.rows = w.digest.rows as i64;
+    row.digest = w.digest.hex();
+    row.bytes = size as i64;
+    row.archived_at_ms = crate::model::now_ms();
+    store.record_part(&row, to).await?;
+    Ok(row)
+}
+
+/// A late period: the archive's periods within the writer's that the stream's mark has
+/// passed are archived again (the rest the next round archives in order), then the mark is
+/// cleared unless rows marked it again meanwhile.
+async fn rewrite_late(
+    store: &Store,
+    target: &Target,
+    s: Settings,
+    d: &DirtyRow,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let table = TABLES.iter().copied().find(|t| *t == d.tbl);
+    let venue = crate::venue::registry::static_name(&d.venue);
+    if let (Some(table), Some(venue)) = (table, venue) {
+        let through = store
+            .archived_through(table, venue, &d.symbol)
+            .await?
+            .unwrap_or(i64::MIN);
+        let p = s.period_ms;
+        let mut from = d.period_start_ms.div_euclid(p) * p;
+        while from < d.period_end_ms && from < through {
+            // recording it does not move the stream's mark back
+            let written =
+                archive_part(store, target, venue, table, &d.symbol, (from, from + p)).await?;
+            if written.rows > 0 {
+                report.rewritten += 1;
+            }
+            report.add(&written);
+            from += p;
+        }
+    }
+    store.clear_dirty(d).await.map_err(Into::into)
+}
+
+/// A name no other staged part has.
+fn uuid_like() -> String {
+    format!(
+        "{:x}-{:x}-{:016x}",
+        crate::model::now_us(),
+        std::process::id(),
+        fastrand::u64(..)
+    )
+}
+
+/// The daemon's archiving (`[archive] url`): a round every minute (or period, if shorter),
+/// beside the writer, until `stop`; a failed round (object store down, refusing, slow) is
+/// logged and tried again after a doubling pause (5 s to 5 min). Nothing is deleted from
+/// the database by a round, so a failure loses nothing.
+pub async fn keep_archiving(
+    store: std::sync::Arc<Store>,
+    target: Target,
+    s: Settings,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let every = std::time::Duration::from_millis(s.period_ms.clamp(1_000, 60_000) as u64);
+    let mut pause = std::time::Duration::from_secs(5);
+    loop {
+        let next = match run(&store, &target, s, i64::MAX).await {
+            Ok(r) => {
+                pause = std::time::Duration::from_secs(5);
+                if r.parts > 0 {
+                    tracing::info!(
+                        parts = r.parts,
+                        rows = r.rows,
+                        bytes = r.bytes,
+                        rewritten = r.rewritten,
+                        archive = %target.url,
+                        "archived"
+                    );
+                }
+                every
+            }
+            Err(e) => {
+                tracing::warn!(error = format!("{e:#}"), archive = %target.url, retry_in = ?pause, "archiving failed");
+                let p = pause;
+                pause = (pause * 2).min(std::time::Duration::from_secs(300));
+                p
+            }
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(next) => {}
+        }
+    }
+}

@@ -1,0 +1,355 @@
+//! The archive: a recording archived to a directory as zstd Parquet equals the database and
+//! the simulator's ledger (every trade once, every digit), pyarrow (table and dataset),
+//! polars and DuckDB read each table's archive as one dataset, a second round writes nothing,
+//! and rows that reach the database for an archived period go into the archive once.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::{PgDb, Recorder, recorder_config, sqlite_db, wait_for};
+use mdrec::archive::target::Target;
+use mdrec::archive::{Settings, run};
+use mdrec::decimal::Dec;
+use mdrec::model::{Event, Gap, GapStatus, Side, Source, Trade};
+use mdrec::sim::{self, DepthMode, SimConfig};
+use mdrec::store::ledger::LateRule;
+use mdrec::store::{Batch, Store};
+use mdrec::venue::cdc_v1::NAME;
+
+const SYMBOLS: [&str; 2] = ["btcusdt", "hpxusdt"];
+/// One-second periods, archived at once: a test's recording spans a few of them.
+const SETTINGS: Settings = Settings {
+    period_ms: 1000,
+    settle_ms: 0,
+};
+
+/// Rows per archived table, from the ledger of parts.
+async fn archived_rows(store: &Store) -> BTreeMap<String, i64> {
+    let mut out: BTreeMap<String, i64> = mdrec::export::archive::TABLES
+        .iter()
+        .map(|t| (t.to_string(), 0))
+        .collect();
+    for p in store.archive_parts().await.unwrap() {
+        *out.entry(p.tbl).or_insert(0) += p.rows;
+    }
+    out
+}
+
+async fn db_rows(store: &Store) -> BTreeMap<String, i64> {
+    let mut out = BTreeMap::new();
+    for t in mdrec::export::archive::TABLES {
+        let sql = format!("SELECT CAST(COUNT(*) AS BIGINT) FROM {t}");
+        let n: i64 = match store {
+            Store::Sqlite(s) => sqlx::query_scalar(&sql).fetch_one(s.pool()).await.unwrap(),
+            Store::Postgres(s) => sqlx::query_scalar(&sql).fetch_one(s.pool()).await.unwrap(),
+        };
+        out.insert(t.to_string(), n);
+    }
+    out
+}
+
+/// An archived trade as a reader sees it: symbol, id, price and quantity digits.
+type SeenTrade = (String, i64, String, String);
+
+/// Each reader's rows of the trades archive; None when the readers are not installed (and
+/// not required).
+fn readers_trades(root: &std::path::Path) -> Option<BTreeMap<String, Vec<SeenTrade>>> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/archive_readers.py");
+    let out = std::process::Command::new("python3")
+        .args([
+            script,
+            &root.display().to_string(),
+            "trades",
+            "trade_id",
+            "price,qty",
+        ])
+        .output()
+        .unwrap();
+    if out.status.code() == Some(3) {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            std::env::var("MDREC_REQUIRE_PARQUET_READERS").as_deref() != Ok("1"),
+            "MDREC_REQUIRE_PARQUET_READERS=1 but {stderr}"
+        );
+        common::not_tested(
+            &format!("no Parquet readers for the archive: {}", stderr.trim()),
+            "pip install duckdb pandas pyarrow polars",
+        );
+        return None;
+    }
+    assert!(
+        out.status.success(),
+        "archive readers: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut got = BTreeMap::new();
+    for (reader, seen) in v.as_object().unwrap() {
+        let types = &seen["types"];
+        assert!(
+            types["event_time"].as_str().unwrap().contains("UTC")
+                || types["event_time"].as_str().unwrap().contains("TIME ZONE"),
+            "{reader}: event_time {:?}",
+            types["event_time"]
+        );
+        assert!(
+            types["price"]
+                .as_str()
+                .unwrap()
+                .to_lowercase()
+                .contains("decimal"),
+            "{reader}: price {:?}",
+            types["price"]
+        );
+        let rows = seen["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r[1].as_str().unwrap().to_string(),
+                    r[2].as_i64().unwrap(),
+                    r[3].as_str().unwrap().to_string(),
+                    r[4].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        got.insert(reader.clone(), rows);
+    }
+    Some(got)
+}
+
+/// `local`: the archive's directory, for the Parquet readers (None: object storage).
+async fn archive_equals_the_recording(
+    db_url: &str,
+    target: &Target,
+    local: Option<&std::path::Path>,
+) {
+    let sim = sim::start(SimConfig {
+        seed: 25,
+        symbols: SYMBOLS.iter().map(|s| s.to_string()).collect(),
+        depth_mode: DepthMode::Incremental,
+        // the simulated market runs ahead of the wall clock: ten minutes back, every period
+        // of it has ended when it is archived (and nothing is late for the recorder's rule)
+        clock_start_ms: Some(mdrec::model::now_ms() - 600_000),
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let cfg = recorder_config(&sim.ws_url(), &sim.rest_url(), db_url, &SYMBOLS, "");
+    let rec = Recorder::start(&cfg).await;
+    let store = Store::connect(db_url).await.unwrap();
+    wait_for(
+        "trades of both symbols",
+        Duration::from_secs(30),
+        || async {
+            let mut all = true;
+            for s in SYMBOLS {
+                all &= common::stored_trades(&store, s).await.len() >= 20;
+            }
+            all
+        },
+    )
+    .await;
+    sim.halt();
+    common::wait_stored_equals_delivered(&store, &sim, &SYMBOLS).await;
+    rec.stop().await;
+    // a hole on record inside the recording (the archive alone says what is missing)
+    let first = common::stored_trades(&store, SYMBOLS[1]).await;
+    let (_, &(_, _, _, _, t0)) = first.iter().next().unwrap();
+    let mut b = Batch::default();
+    b.push(Event::Gap(Gap {
+        venue: NAME,
+        symbol: SYMBOLS[1].into(),
+        stream: "trades".into(),
+        start_ms: t0 + 1,
+        end_ms: Some(t0 + 700),
+        status: GapStatus::Unrecoverable,
+        detected_at_ms: mdrec::model::now_ms(),
+        resolved_at_ms: Some(mdrec::model::now_ms()),
+        rows_recovered: 0,
+        detail: Some("made by the test".into()),
+    }));
+    store.write(&b).await.unwrap();
+
+    // every one-second period of the recording has ended
+    let last = mdrec::model::now_ms();
+    wait_for("the last period to end", Duration::from_secs(3), || async {
+        mdrec::model::now_ms() >= last + 1000
+    })
+    .await;
+    let r = run(&store, target, SETTINGS, i64::MAX).await.unwrap();
+    assert!(r.parts > 0 && r.rows > 0, "{r:?}");
+
+    // the ledger counts every stored row once, per table
+    let want = db_rows(&store).await;
+    assert_eq!(archived_rows(&store).await, want, "ledger vs database");
+    for t in [
+        "trades",
+        "klines",
+        "book_snapshots",
+        "book_deltas",
+        "tickers",
+        "sessions",
+    ] {
+        assert!(want[t] > 0, "{t}: nothing recorded");
+    }
+    // nothing but parts in the table directories, and no staging left
+    let files = target.list("").await.unwrap();
+    assert!(
+        files
+            .iter()
+            .all(|(p, _)| p.ends_with(".parquet") && !p.starts_with("_staging"))
+    );
+    assert_eq!(files.len() as u64, r.parts, "one file a part");
+
+    // the archive's trades equal the ledger's, read by each reader as one dataset
+    let mut ledger = Vec::new();
+    for s in SYMBOLS {
+        let first = *common::stored_trades(&store, s)
+            .await
+            .keys()
+            .next()
+            .unwrap();
+        for (id, (_, _, p, q, _)) in common::ledger_from(&sim, s, first) {
+            ledger.push((s.to_string(), id, p.to_string(), q.to_string()));
+        }
+    }
+    ledger.sort_by(|a, b| (a.0.as_str(), a.1.to_string()).cmp(&(b.0.as_str(), b.1.to_string())));
+    if let Some(readers) = local.and_then(readers_trades) {
+        assert_eq!(readers.len(), 4);
+        for (reader, mut rows) in readers {
+            rows.sort_by(|a, b| {
+                (a.0.as_str(), a.1.to_string()).cmp(&(b.0.as_str(), b.1.to_string()))
+            });
+            assert_eq!(rows, ledger, "{reader}");
+        }
+    }
+
+    // a second round writes nothing
+    let again = run(&store, target, SETTINGS, i64::MAX).await.unwrap();
+    assert_eq!((again.parts, again.rewritten), (0, 0), "{again:?}");
+
+    // a late trade (a REST backfill) for an archived period: its part is written again, once
+    store.set_late_rule(LateRule {
+        period_ms: SETTINGS.period_ms,
+        settle_ms: 0,
+    });
+    let t = common::stored_trades(&store, SYMBOLS[0]).await;
+    let (&id, &(_, _, ref p, ref q, time)) = t.iter().next().unwrap();
+    let mut b = Batch::default();
+    b.push(Event::Trade(Trade {
+        venue: NAME,
+        symbol: SYMBOLS[0].into(),
+        trade_id: id - 1,
+        side: Side::Sell,
+        price: p.clone(),
+        qty: Dec::parse(&format!("{q}1")).unwrap(),
+        quote_qty: None,
+        event_time_ms: time,
+        recv_time_us: mdrec::model::now_us(),
+        source: Source::Rest,
+    }));
+    store.write(&b).await.unwrap();
+    let parts_before = target.list("trades").await.unwrap().len();
+    let late = run(&store, target, SETTINGS, i64::MAX).await.unwrap();
+    assert_eq!(late.rewritten, 1, "{late:?}");
+    assert_eq!(target.list("trades").await.unwrap().len(), parts_before);
+    assert_eq!(archived_rows(&store).await["trades"], want["trades"] + 1);
+    let once = run(&store, target, SETTINGS, i64::MAX).await.unwrap();
+    assert_eq!((once.parts, once.rewritten), (0, 0), "{once:?}");
+    if let Some(readers) = local.and_then(readers_trades) {
+        for (reader, rows) in readers {
+            let n = rows.iter().filter(|r| r.1 == id - 1).count();
+            assert_eq!(n, 1, "{reader}: the late trade once");
+            assert_eq!(rows.len(), ledger.len() + 1, "{reader}");
+        }
+    }
+    store.close().await;
+    sim.shutdown().await;
+}
+
+fn directory() -> (tempfile::TempDir, Target) {
+    let dir = tempfile::tempdir().unwrap();
+    let target = Target::open(&format!("file://{}", dir.path().display())).unwrap();
+    (dir, target)
+}
+
+#[tokio::test]
+async fn sqlite_archive_to_a_directory_equals_the_recording() {
+    let (_db, url) = sqlite_db();
+    let (dir, target) = directory();
+    archive_equals_the_recording(&url, &target, Some(dir.path())).await;
+}
+
+#[tokio::test]
+async fn postgres_archive_to_a_directory_equals_the_recording() {
+    let Some(db) = PgDb::create().await else {
+        return;
+    };
+    let (dir, target) = directory();
+    archive_equals_the_recording(&db.url, &target, Some(dir.path())).await;
+    db.drop_db().await;
+}
+
+/// An S3-compatible server for the test (`moto_server` from PyPI), with a bucket; None when
+/// it is not installed and `MDREC_REQUIRE_S3` is not 1.
+async fn s3_server() -> Option<(tokio::process::Child, String)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = tokio::process::Command::new("moto_server")
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn();
+    let child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            assert!(
+                std::env::var("MDREC_REQUIRE_S3").as_deref() != Ok("1"),
+                "MDREC_REQUIRE_S3=1 but moto_server does not start: {e}"
+            );
+            common::not_tested(
+                &format!("no S3-compatible server for the archive (moto_server: {e})"),
+                "pip install 'moto[server]'; MDREC_REQUIRE_S3=1 makes this a failure",
+            );
+            return None;
+        }
+    };
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let bucket = format!("{endpoint}/mdrec-test");
+    wait_for("moto_server to answer", Duration::from_secs(30), || async {
+        http.put(&bucket)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+    Some((child, endpoint))
+}
+
+#[tokio::test]
+async fn sqlite_archive_to_s3_compatible_storage_equals_the_recording() {
+    let Some((_server, endpoint)) = s3_server().await else {
+        return;
+    };
+    // the archive's credentials and endpoint come from the environment, as in production;
+    // no other test of this binary reads these variables
+    unsafe {
+        std::env::set_var("AWS_ACCESS_KEY_ID", "test");
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", "test-secret");
+        std::env::set_var("AWS_REGION", "us-east-1");
+        std::env::set_var("AWS_ENDPOINT", &endpoint);
+        std::env::set_var("AWS_ALLOW_HTTP", "true");
+    }
+    let target = Target::open("s3://mdrec-test/recordings/one").unwrap();
+    let (_db, url) = sqlite_db();
+    archive_equals_the_recording(&url, &target, None).await;
+}
