@@ -77,7 +77,7 @@ fn install_script_stages_the_service_tree() {
             "usr/local/share/doc/mdrec/postgres.md",
             "usr/local/share/fish/vendor_completions.d/mdrec.fish",
             "usr/local/share/man/man1/mdrec-archive.1",
-        "usr/local/share/man/man1/mdrec-book.1",
+            "usr/local/share/man/man1/mdrec-book.1",
             "usr/local/share/man/man1/mdrec-check-config.1",
             "usr/local/share/man/man1/mdrec-completions.1",
             "usr/local/share/man/man1/mdrec-coverage.1",
