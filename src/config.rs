@@ -191,6 +191,30 @@ pub struct Config {
     pub backfill: BackfillConfig,
     #[serde(default)]
     pub archive: ArchiveConfig,
+    #[serde(default)]
+    pub storage: StorageConfig,
+}
+
+/// The disk the database and the spool are on.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Below this many free bytes, archived rows are deleted from the database early, oldest
+    /// first (rows not archived yet never are).
+    #[serde(default = "default_min_free")]
+    pub min_free_bytes: u64,
+}
+
+fn default_min_free() -> u64 {
+    5 << 30
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            min_free_bytes: default_min_free(),
+        }
+    }
 }
 
 /// Closed periods of the market data as zstd Parquet in a directory or object storage, and
@@ -208,6 +232,14 @@ pub struct ArchiveConfig {
     /// A period is archived this long after it ends.
     #[serde(default = "default_archive_settle")]
     pub settle_s: u64,
+    /// Archived rows stay in the database this long after their period ends; 0 deletes them
+    /// once archived.
+    #[serde(default = "default_db_keep")]
+    pub db_keep_s: u64,
+}
+
+fn default_db_keep() -> u64 {
+    7 * 86_400
 }
 
 fn default_archive_period() -> u64 {
@@ -223,6 +255,7 @@ impl Default for ArchiveConfig {
             url: String::new(),
             period_s: default_archive_period(),
             settle_s: default_archive_settle(),
+            db_keep_s: default_db_keep(),
         }
     }
 }

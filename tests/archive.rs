@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::{PgDb, Recorder, recorder_config, sqlite_db, wait_for};
 use mdrec::archive::target::Target;
-use mdrec::archive::{Settings, run};
+use mdrec::archive::{Settings, prune, run};
 use mdrec::decimal::Dec;
 use mdrec::model::{Event, Gap, GapStatus, Side, Source, Trade};
 use mdrec::sim::{self, DepthMode, SimConfig};
@@ -121,12 +121,9 @@ fn readers_trades(root: &std::path::Path) -> Option<BTreeMap<String, Vec<SeenTra
     Some(got)
 }
 
-/// `local`: the archive's directory, for the Parquet readers (None: object storage).
-async fn archive_equals_the_recording(
-    db_url: &str,
-    target: &Target,
-    local: Option<&std::path::Path>,
-) {
+/// A recording of both symbols, the simulator halted and every delivered trade stored, the
+/// recorder stopped. The simulated market runs ten minutes behind the wall clock.
+async fn record(db_url: &str) -> (sim::SimHandle, Store) {
     let sim = sim::start(SimConfig {
         seed: 25,
         symbols: SYMBOLS.iter().map(|s| s.to_string()).collect(),
@@ -156,6 +153,16 @@ async fn archive_equals_the_recording(
     sim.halt();
     common::wait_stored_equals_delivered(&store, &sim, &SYMBOLS).await;
     rec.stop().await;
+    (sim, store)
+}
+
+/// `local`: the archive's directory, for the Parquet readers (None: object storage).
+async fn archive_equals_the_recording(
+    db_url: &str,
+    target: &Target,
+    local: Option<&std::path::Path>,
+) {
+    let (sim, store) = record(db_url).await;
     // a hole on record inside the recording (the archive alone says what is missing)
     let first = common::stored_trades(&store, SYMBOLS[1]).await;
     let (_, &(_, _, _, _, t0)) = first.iter().next().unwrap();
@@ -267,6 +274,66 @@ async fn archive_equals_the_recording(
             assert_eq!(rows.len(), ledger.len() + 1, "{reader}");
         }
     }
+
+    // retention: the archived rows leave the database (gaps and sessions stay)
+    let pruned = prune(&store, 0, mdrec::model::now_ms(), &|| false)
+        .await
+        .unwrap();
+    assert!(pruned.rows > 0, "{pruned:?}");
+    let left = db_rows(&store).await;
+    for t in [
+        "trades",
+        "klines",
+        "book_snapshots",
+        "book_deltas",
+        "tickers",
+    ] {
+        assert_eq!(left[t], 0, "{t}: {left:?}");
+    }
+    assert_eq!(
+        (left["gaps"], left["sessions"]),
+        (want["gaps"], want["sessions"])
+    );
+    let again = prune(&store, 0, mdrec::model::now_ms(), &|| false)
+        .await
+        .unwrap();
+    assert_eq!(again.rows, 0);
+
+    // late rows for a period whose rows were deleted: a new trade, and a copy of a trade the
+    // part holds already (a REST backfill over what the socket delivered); the part is merged
+    let mut b = Batch::default();
+    for (trade_id, qty) in [(id - 2, format!("{q}2")), (id, q.to_string())] {
+        b.push(Event::Trade(Trade {
+            venue: NAME,
+            symbol: SYMBOLS[0].into(),
+            trade_id,
+            side: t[&id].1,
+            price: p.clone(),
+            qty: Dec::parse(&qty).unwrap(),
+            quote_qty: None,
+            event_time_ms: time,
+            recv_time_us: mdrec::model::now_us(),
+            source: Source::Rest,
+        }));
+    }
+    store.write(&b).await.unwrap();
+    let merged = run(&store, target, SETTINGS, i64::MAX).await.unwrap();
+    assert_eq!(merged.rewritten, 1, "{merged:?}");
+    assert_eq!(archived_rows(&store).await["trades"], want["trades"] + 2);
+    if let Some(readers) = local.and_then(readers_trades) {
+        for (reader, rows) in readers {
+            for late in [id - 2, id - 1, id] {
+                let n = rows.iter().filter(|r| r.1 == late).count();
+                assert_eq!(n, 1, "{reader}: trade {late} once");
+            }
+            assert_eq!(rows.len(), ledger.len() + 2, "{reader}");
+        }
+    }
+    let pruned = prune(&store, 0, mdrec::model::now_ms(), &|| false)
+        .await
+        .unwrap();
+    assert_eq!(pruned.rows, 2, "{pruned:?}");
+    assert_eq!(db_rows(&store).await["trades"], 0);
     store.close().await;
     sim.shutdown().await;
 }
@@ -352,4 +419,87 @@ async fn sqlite_archive_to_s3_compatible_storage_equals_the_recording() {
     let target = Target::open("s3://mdrec-test/recordings/one").unwrap();
     let (_db, url) = sqlite_db();
     archive_equals_the_recording(&url, &target, None).await;
+}
+
+/// `mdrec archive` killed (abort, as kill -9) after staging, after the read-back, after
+/// publishing, after recording a part and while deleting rows, each time started again:
+/// the archive then equals the recording, each trade once, nothing left in staging, every
+/// file on record.
+#[tokio::test]
+async fn sqlite_archive_killed_at_each_step_then_finished_equals_the_recording() {
+    let (_db, url) = sqlite_db();
+    let (sim, store) = record(&url).await;
+    let mut want = Vec::new();
+    for s in SYMBOLS {
+        for (id, (_, _, p, q, _)) in common::stored_trades(&store, s).await {
+            want.push((s.to_string(), id, p.to_string(), q.to_string()));
+        }
+    }
+    want.sort();
+    let dir = tempfile::tempdir().unwrap();
+    let to = format!("file://{}", dir.path().display());
+    let archive = |crash: Option<&str>| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_mdrec"));
+        c.args(["archive", "--db", &url, "--to", &to]).args([
+            "--period-s",
+            "60",
+            "--settle-s",
+            "1",
+            "--db-keep-s",
+            "0",
+        ]);
+        if let Some(step) = crash {
+            c.env("MDREC_ARCHIVE_CRASH_AT", step);
+        }
+        c.output().unwrap()
+    };
+    for step in ["staged", "verified", "published", "recorded", "deleting"] {
+        let out = archive(Some(step));
+        assert!(!out.status.success(), "{step}: {out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("aborting"),
+            "{step}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = archive(None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let target = Target::open(&to).unwrap();
+    let files = target.list("").await.unwrap();
+    let parts = store.archive_parts().await.unwrap();
+    assert!(
+        files.iter().all(|(p, _)| !p.starts_with("_staging")),
+        "{files:?}"
+    );
+    assert_eq!(files.len(), parts.len());
+    let left = db_rows(&store).await;
+    assert_eq!(left["trades"], 0, "{left:?}");
+    let mut ledger = Vec::new();
+    for s in SYMBOLS {
+        for (id, (_, _, p, q, _)) in common::ledger_from(&sim, s, i64::MIN) {
+            ledger.push((s.to_string(), id, p.to_string(), q.to_string()));
+        }
+    }
+    let archived: i64 = parts
+        .iter()
+        .filter(|p| p.tbl == "trades")
+        .map(|p| p.rows)
+        .sum();
+    if let Some(readers) = readers_trades(dir.path()) {
+        for (reader, rows) in readers {
+            let ids: std::collections::BTreeSet<(String, i64)> =
+                rows.iter().map(|r| (r.0.clone(), r.1)).collect();
+            assert_eq!(ids.len(), rows.len(), "{reader}: a trade twice");
+            assert_eq!(rows.len() as i64, archived, "{reader}");
+            for r in &rows {
+                assert!(ledger.contains(r), "{reader}: {r:?} is not the simulator's");
+            }
+        }
+    }
+    store.close().await;
+    sim.shutdown().await;
 }

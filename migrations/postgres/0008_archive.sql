@@ -15,6 +15,9 @@ CREATE TABLE archive_parts (
     digest          TEXT    NOT NULL,
     bytes           BIGINT  NOT NULL,
     archived_at_ms  BIGINT  NOT NULL,
+    -- when the part's rows were deleted from the database (NULL: still there); a part
+    -- written again after that holds its earlier rows and the late ones
+    deleted_at_ms   BIGINT,
     PRIMARY KEY (tbl, venue, symbol, period_start_ms)
 );
 

@@ -20,6 +20,21 @@ use crate::store::Store;
 use crate::store::archived::{DirtyRow, PartRow};
 use target::{STAGING, Target, part_path};
 
+/// A process killed at a step of the archive's (`MDREC_ARCHIVE_CRASH_AT` names it:
+/// `staged`, `verified`, `published`, `recorded`, `deleting`): it aborts there as `kill -9`
+/// would, for the tests that restart it. Unset, nothing happens.
+fn crash_point(step: &str) {
+    static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    if AT
+        .get_or_init(|| std::env::var("MDREC_ARCHIVE_CRASH_AT").ok())
+        .as_deref()
+        == Some(step)
+    {
+        eprintln!("MDREC_ARCHIVE_CRASH_AT={step}: aborting");
+        std::process::abort();
+    }
+}
+
 /// How periods are cut.
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
@@ -158,6 +173,7 @@ fn empty(table: &str, venue: &str, symbol: &str, at: i64) -> PartRow {
         digest: String::new(),
         bytes: 0,
         archived_at_ms: crate::model::now_ms(),
+        deleted_at_ms: None,
     }
 }
 
@@ -196,9 +212,20 @@ async fn archive_part(
             format!("DECIMAL(38,{})", parts::SCALE),
         ),
     ];
-    let w = parts::write(store, venue, table, symbol, (from, to), meta)
-        .await
-        .with_context(|| format!("archiving {what}"))?;
+    let w = match store.archive_part(table, venue, symbol, from).await? {
+        // its rows left the database: the part holds them, the database only late ones
+        Some(prev) if prev.deleted_at_ms.is_some() => {
+            let old = target
+                .get_opt(&prev.path)
+                .await?
+                .with_context(|| format!("archiving {what}: its part {} is missing", prev.path))?;
+            let old = verify::read_rows(table, &old)?;
+            let db = parts::collect(store, venue, table, symbol, (from, to)).await?;
+            parts::encode(table, parts::merge(table, old, db), meta)
+        }
+        _ => parts::write(store, venue, table, symbol, (from, to), meta).await,
+    }
+    .with_context(|| format!("archiving {what}"))?;
     let mut row = empty(table, venue, symbol, from);
     row.period_end_ms = to;
     if w.digest.rows == 0 {
@@ -210,6 +237,7 @@ async fn archive_part(
     let bytes = bytes::Bytes::from(w.bytes);
     let size = bytes.len();
     target.put(&staged, bytes).await?;
+    crash_point("staged");
     let back = target.get(&staged).await?;
     let check = verify::read_back(table, &back).with_context(|| format!("reading back {what}"))?;
     if check.rows != w.digest.rows || check.hex() != w.digest.hex() {
@@ -222,13 +250,16 @@ async fn archive_part(
             w.digest.hex()
         );
     }
+    crash_point("verified");
     target.publish(&staged, &path).await?;
+    crash_point("published");
     row.path = path;
     row.rows = w.digest.rows as i64;
     row.digest = w.digest.hex();
     row.bytes = size as i64;
     row.archived_at_ms = crate::model::now_ms();
     store.record_part(&row, to).await?;
+    crash_point("recorded");
     Ok(row)
 }
 
@@ -265,6 +296,51 @@ async fn rewrite_late(
     store.clear_dirty(d).await.map_err(Into::into)
 }
 
+/// What a pruning pass deleted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub parts: u64,
+    pub rows: u64,
+}
+
+/// Deletes from the database the rows of archived periods that ended `keep_ms` before
+/// `now_ms` (gaps and sessions stay: they are small and coverage reads them), a chunk per
+/// statement so the writer never waits long; a period with a late row waiting to be
+/// archived keeps its rows until it is.
+/// `enough`: asked after each part; true stops early.
+pub async fn prune(
+    store: &Store,
+    keep_ms: i64,
+    now_ms: i64,
+    enough: &(dyn Fn() -> bool + Sync),
+) -> anyhow::Result<Pruned> {
+    const CHUNK: i64 = 5_000;
+    let mut out = Pruned::default();
+    loop {
+        let parts = store.parts_to_prune(now_ms - keep_ms, 500).await?;
+        if parts.is_empty() {
+            return Ok(out);
+        }
+        for p in &parts {
+            loop {
+                let n = store.delete_archived(p, CHUNK).await?;
+                crash_point("deleting");
+                out.rows += n;
+                if n < CHUNK as u64 {
+                    break;
+                }
+            }
+            store
+                .mark_deleted(p, now_ms.max(p.archived_at_ms + 1))
+                .await?;
+            out.parts += 1;
+            if enough() {
+                return Ok(out);
+            }
+        }
+    }
+}
+
 /// A name no other staged part has.
 fn uuid_like() -> String {
     format!(
@@ -275,36 +351,77 @@ fn uuid_like() -> String {
     )
 }
 
-/// The daemon's archiving (`[archive] url`): a round every minute (or period, if shorter),
-/// beside the writer, until `stop`; a failed round (object store down, refusing, slow) is
-/// logged and tried again after a doubling pause (5 s to 5 min). Nothing is deleted from
-/// the database by a round, so a failure loses nothing.
+/// What the daemon's archiving needs: the archive, how periods are cut, how long archived
+/// rows stay, and the disk budget with the places it watches.
+pub struct Lifecycle {
+    pub target: Target,
+    pub settings: Settings,
+    pub keep_ms: i64,
+    pub min_free_bytes: u64,
+    /// Directories on the disks the budget is for (the SQLite file's, the spool's).
+    pub watched: Vec<std::path::PathBuf>,
+}
+
+impl Lifecycle {
+    pub fn from_config(c: &crate::config::Config, target: Target) -> Lifecycle {
+        let mut watched = vec![c.spool_dir()];
+        if let Some(f) = crate::config::sqlite_file(&c.database.url) {
+            let dir = std::path::Path::new(f)
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            watched.push(dir.to_path_buf());
+        }
+        Lifecycle {
+            target,
+            settings: Settings::from_config(&c.archive),
+            keep_ms: c.archive.db_keep_s as i64 * 1000,
+            min_free_bytes: c.storage.min_free_bytes,
+            watched,
+        }
+    }
+
+    /// The least free space among the watched disks (a directory not made yet: its parent's).
+    pub fn free_bytes(&self) -> Option<u64> {
+        self.watched.iter().filter_map(|d| free_bytes(d)).min()
+    }
+}
+
+/// Free bytes (for an unprivileged writer) on the disk holding `dir`, or its nearest
+/// existing ancestor.
+pub fn free_bytes(dir: &std::path::Path) -> Option<u64> {
+    let mut d = Some(dir);
+    while let Some(p) = d {
+        if let Ok(s) = nix::sys::statvfs::statvfs(p) {
+            return Some(s.blocks_available().saturating_mul(s.fragment_size()));
+        }
+        d = p.parent();
+    }
+    None
+}
+
+/// The daemon's archiving (`[archive] url`), beside the writer, until `stop`: a round
+/// every minute (or period, if shorter); then archived rows older than `db_keep_s` are
+/// deleted from the database; and while the disk is below `[storage] min_free_bytes`, every
+/// archived row, oldest first. A failed round (object store down, refusing, slow) is logged
+/// and tried again after a doubling pause (5 s to 5 min); nothing is deleted that is not
+/// archived, so a failure loses nothing.
 pub async fn keep_archiving(
     store: std::sync::Arc<Store>,
-    target: Target,
-    s: Settings,
+    life: Lifecycle,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    let every = std::time::Duration::from_millis(s.period_ms.clamp(1_000, 60_000) as u64);
+    let every =
+        std::time::Duration::from_millis(life.settings.period_ms.clamp(1_000, 60_000) as u64);
     let mut pause = std::time::Duration::from_secs(5);
     loop {
-        let next = match run(&store, &target, s, i64::MAX).await {
-            Ok(r) => {
+        let next = match round(&store, &life).await {
+            Ok(()) => {
                 pause = std::time::Duration::from_secs(5);
-                if r.parts > 0 {
-                    tracing::info!(
-                        parts = r.parts,
-                        rows = r.rows,
-                        bytes = r.bytes,
-                        rewritten = r.rewritten,
-                        archive = %target.url,
-                        "archived"
-                    );
-                }
                 every
             }
             Err(e) => {
-                tracing::warn!(error = format!("{e:#}"), archive = %target.url, retry_in = ?pause, "archiving failed");
+                tracing::warn!(error = format!("{e:#}"), archive = %life.target.url, retry_in = ?pause, "archiving failed");
                 let p = pause;
                 pause = (pause * 2).min(std::time::Duration::from_secs(300));
                 p
@@ -315,4 +432,49 @@ pub async fn keep_archiving(
             _ = tokio::time::sleep(next) => {}
         }
     }
+}
+
+async fn round(store: &Store, life: &Lifecycle) -> anyhow::Result<()> {
+    let r = run(store, &life.target, life.settings, i64::MAX).await?;
+    if r.parts > 0 {
+        tracing::info!(
+            parts = r.parts,
+            rows = r.rows,
+            bytes = r.bytes,
+            rewritten = r.rewritten,
+            archive = %life.target.url,
+            "archived"
+        );
+    }
+    let now = crate::model::now_ms();
+    let kept = prune(store, life.keep_ms, now, &|| false).await?;
+    if kept.rows > 0 {
+        tracing::info!(
+            parts = kept.parts,
+            rows = kept.rows,
+            "deleted archived rows past db_keep_s"
+        );
+    }
+    // pages a deletion freed inside a SQLite file are free space the file grows into first
+    let free = |reusable: u64| life.free_bytes().map(|f| f + reusable);
+    if free(store.reusable_bytes().await?).is_some_and(|f| f < life.min_free_bytes) {
+        let early = prune(store, 0, now, &|| false).await?;
+        let free = free(store.reusable_bytes().await?).unwrap_or(0);
+        if free < life.min_free_bytes {
+            tracing::error!(
+                free_bytes = free,
+                min_free_bytes = life.min_free_bytes,
+                deleted_rows = early.rows,
+                "the disk is below its budget and no archived rows are left to delete: \
+                 recording goes on until the disk is full"
+            );
+        } else {
+            tracing::warn!(
+                deleted_rows = early.rows,
+                free_bytes = free,
+                "the disk was below its budget: archived rows deleted early"
+            );
+        }
+    }
+    Ok(())
 }

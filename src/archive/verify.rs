@@ -12,9 +12,21 @@ use crate::export::{Ty, Val};
 
 /// The digest of a part's rows as stored in `bytes`.
 pub fn read_back(table: &str, bytes: &Bytes) -> anyhow::Result<Digest> {
+    let mut digest = Digest::default();
+    each_row(table, bytes, |cells| digest.add(&cells))?;
+    Ok(digest)
+}
+
+/// A part's rows, cells as archived.
+pub fn read_rows(table: &str, bytes: &Bytes) -> anyhow::Result<Vec<Vec<Val>>> {
+    let mut rows = Vec::new();
+    each_row(table, bytes, |cells| rows.push(cells))?;
+    Ok(rows)
+}
+
+fn each_row(table: &str, bytes: &Bytes, mut each: impl FnMut(Vec<Val>)) -> anyhow::Result<()> {
     let cols = archive_columns(table);
     let reader = SerializedFileReader::new(bytes.clone()).context("not a Parquet file")?;
-    let mut digest = Digest::default();
     for row in reader.get_row_iter(None)? {
         let row = row?;
         let mut cells = Vec::with_capacity(cols.len());
@@ -30,9 +42,9 @@ pub fn read_back(table: &str, bytes: &Bytes) -> anyhow::Result<Digest> {
             );
             cells.push(cell(c.ty, f).with_context(|| format!("column {name}"))?);
         }
-        digest.add(&cells);
+        each(cells);
     }
-    Ok(digest)
+    Ok(())
 }
 
 fn cell(ty: Ty, f: &Field) -> anyhow::Result<Val> {

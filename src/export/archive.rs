@@ -143,20 +143,33 @@ impl Digest {
     }
 }
 
-/// Rows into the Parquet writer and the digest; the venue (and the symbol, where the path
-/// holds it) left out as the columns are.
-struct Tee<'a> {
-    out: ParquetSink<Vec<u8>>,
-    digest: &'a mut Digest,
+/// Cells as the archive keeps them: the venue (and, from `produce`, the symbol where the
+/// path holds it) left out, as the columns are.
+struct Cut<'a> {
+    to: &'a mut (dyn Sink + Send),
     drop_cells: Vec<usize>,
 }
 
-impl Sink for Tee<'_> {
+impl Sink for Cut<'_> {
     fn write(&mut self, mut rows: Vec<Vec<Val>>) -> anyhow::Result<()> {
         for r in &mut rows {
             for &i in &self.drop_cells {
                 r.remove(i);
             }
+        }
+        self.to.write(rows)
+    }
+}
+
+/// Rows into the Parquet writer and the digest, each decimal checked against the schema.
+struct Tee {
+    out: ParquetSink<Vec<u8>>,
+    digest: Digest,
+}
+
+impl Sink for Tee {
+    fn write(&mut self, rows: Vec<Vec<Val>>) -> anyhow::Result<()> {
+        for r in &rows {
             for v in r.iter() {
                 match v {
                     Val::Dec(d) => fits(d)?,
@@ -175,23 +188,24 @@ impl Sink for Tee<'_> {
     }
 }
 
+/// Rows kept in memory (a part merged with late rows).
+#[derive(Default)]
+struct Collect(Vec<Vec<Val>>);
+
+impl Sink for Collect {
+    fn write(&mut self, rows: Vec<Vec<Val>>) -> anyhow::Result<()> {
+        self.0.extend(rows);
+        Ok(())
+    }
+}
+
 /// One part, written: the Parquet bytes, rows and digest.
 pub struct Written {
     pub bytes: Vec<u8>,
     pub digest: Digest,
 }
 
-/// A table's rows with exchange time (bars: open time; holes: start; sessions: connect
-/// time) in `[from_ms, to_ms)`, of one symbol (gaps and sessions: every symbol of the
-/// venue), as one zstd Parquet file. `meta`: key-value metadata to add.
-pub async fn write(
-    store: &Store,
-    venue: &'static str,
-    table: &str,
-    symbol: &str,
-    (from_ms, to_ms): (i64, i64),
-    meta: Vec<(String, String)>,
-) -> anyhow::Result<Written> {
+fn tee(table: &str, meta: Vec<(String, String)>) -> anyhow::Result<Tee> {
     let cols = archive_columns(table);
     anyhow::ensure!(!cols.is_empty(), "{table} is not an archived table");
     let (_, n) = leaves(&cols);
@@ -204,10 +218,141 @@ pub async fn write(
         meta,
         compression,
     )?;
-    let mut digest = Digest::default();
-    let mut tee = Tee {
+    Ok(Tee {
         out,
-        digest: &mut digest,
+        digest: Digest::default(),
+    })
+}
+
+/// A table's rows with exchange time (bars: open time; holes: start; sessions: connect
+/// time) in `[from_ms, to_ms)`, of one symbol (gaps and sessions: every symbol of the
+/// venue), as one zstd Parquet file. `meta`: key-value metadata to add.
+pub async fn write(
+    store: &Store,
+    venue: &'static str,
+    table: &str,
+    symbol: &str,
+    window: (i64, i64),
+    meta: Vec<(String, String)>,
+) -> anyhow::Result<Written> {
+    let mut t = tee(table, meta)?;
+    rows(store, venue, table, symbol, window, &mut t).await?;
+    Ok(Written {
+        bytes: t.out.into_inner()?,
+        digest: t.digest,
+    })
+}
+
+/// Rows (as archived) as one zstd Parquet file.
+pub fn encode(
+    table: &str,
+    rows: Vec<Vec<Val>>,
+    meta: Vec<(String, String)>,
+) -> anyhow::Result<Written> {
+    let mut t = tee(table, meta)?;
+    t.write(rows)?;
+    Ok(Written {
+        bytes: t.out.into_inner()?,
+        digest: t.digest,
+    })
+}
+
+/// The rows `write` would write, in memory.
+pub async fn collect(
+    store: &Store,
+    venue: &'static str,
+    table: &str,
+    symbol: &str,
+    window: (i64, i64),
+) -> anyhow::Result<Vec<Vec<Val>>> {
+    let mut c = Collect::default();
+    rows(store, venue, table, symbol, window, &mut c).await?;
+    Ok(c.0)
+}
+
+/// Names of the cells that identify a row (a row is archived once by them), and of the
+/// cells a part is ordered by.
+fn key_and_order(table: &str) -> (&'static [&'static str], &'static [&'static str]) {
+    match table {
+        "trades" => (&["trade_id"], &["event_time_ms", "trade_id"]),
+        "klines" => (&["interval", "open_time_ms"], &["interval", "open_time_ms"]),
+        "book_snapshots" => (
+            &["depth_step", "recv_time_us"],
+            &["depth_step", "recv_time_us"],
+        ),
+        "book_deltas" => (
+            &["depth_step", "recv_time_us", "seq"],
+            &["depth_step", "recv_time_us", "seq"],
+        ),
+        "tickers" => (&["recv_time_us"], &["recv_time_us"]),
+        "gaps" => (
+            &["symbol", "stream", "start_ms"],
+            &["symbol", "stream", "start_ms"],
+        ),
+        _ => (
+            &["symbol", "session_id"],
+            &["connected_at_us", "symbol", "session_id"],
+        ),
+    }
+}
+
+fn positions(table: &str, names: &[&str]) -> Vec<usize> {
+    let cols = archive_columns(table);
+    names
+        .iter()
+        .filter_map(|n| cols.iter().position(|c| c.name == *n))
+        .collect()
+}
+
+fn cell_order(a: &Val, b: &Val) -> std::cmp::Ordering {
+    match (a, b) {
+        (Val::Int(x), Val::Int(y)) => x.cmp(y),
+        (Val::Text(x), Val::Text(y)) => x.cmp(y),
+        (Val::Null, Val::Null) => std::cmp::Ordering::Equal,
+        (Val::Null, _) => std::cmp::Ordering::Less,
+        (_, Val::Null) => std::cmp::Ordering::Greater,
+        _ => std::cmp::Ordering::Equal,
+    }
+}
+
+/// A part's rows and the database's rows of its period as one part: each row once by its
+/// key (the database's version where both have it: a bar made final later), in the part's
+/// order.
+pub fn merge(table: &str, old: Vec<Vec<Val>>, db: Vec<Vec<Val>>) -> Vec<Vec<Val>> {
+    let (key, order) = key_and_order(table);
+    let (key, order) = (positions(table, key), positions(table, order));
+    let key_of = |r: &Vec<Val>| -> Vec<String> {
+        key.iter()
+            .map(|&i| format!("{:?}", r.get(i).unwrap_or(&Val::Null)))
+            .collect()
+    };
+    let have: std::collections::HashSet<Vec<String>> = db.iter().map(key_of).collect();
+    let mut out: Vec<Vec<Val>> = old
+        .into_iter()
+        .filter(|r| !have.contains(&key_of(r)))
+        .collect();
+    out.extend(db);
+    out.sort_by(|a, b| {
+        order
+            .iter()
+            .map(|&i| cell_order(&a[i], &b[i]))
+            .find(|o| o.is_ne())
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    out
+}
+
+/// A period's rows into `sink`, cells as archived.
+async fn rows(
+    store: &Store,
+    venue: &'static str,
+    table: &str,
+    symbol: &str,
+    (from_ms, to_ms): (i64, i64),
+    sink: &mut (dyn Sink + Send),
+) -> anyhow::Result<()> {
+    let mut cut = Cut {
+        to: sink,
         // produce leaves the symbol out (hive layout); the venue is the first cell
         drop_cells: vec![0],
     };
@@ -218,7 +363,7 @@ pub async fn write(
     };
     match table {
         "sessions" => {
-            tee.drop_cells.clear();
+            cut.drop_cells.clear();
             let rows = store
                 .sessions_between(venue, from_ms, to_ms)
                 .await?
@@ -233,7 +378,7 @@ pub async fn write(
                     ]
                 })
                 .collect();
-            tee.write(rows)?;
+            cut.write(rows)?;
         }
         "gaps" => {
             let rows: Vec<Vec<Val>> = store
@@ -243,23 +388,22 @@ pub async fn write(
                 .filter(|g| g.start_ms >= from_ms && g.start_ms < to_ms)
                 .map(gap_row)
                 .collect();
-            tee.write(rows)?;
+            cut.write(rows)?;
         }
         "klines" => {
             for iv in store.stored_intervals(venue, symbol).await? {
                 let mut req = request(Kind::Klines, symbol, from_ms, to_ms);
                 req.interval = iv;
                 let part = Part::window(symbol, win);
-                produce(store, venue, &req, &part, &mut tee, &mut |_| {}).await?;
+                produce(store, venue, &req, &part, &mut cut, &mut |_| {}).await?;
             }
         }
         _ => {
             let kind = kind(table).ok_or_else(|| anyhow::anyhow!("{table}: no rows"))?;
             let req = request(kind, symbol, from_ms, to_ms);
             let part = Part::window(symbol, win);
-            produce(store, venue, &req, &part, &mut tee, &mut |_| {}).await?;
+            produce(store, venue, &req, &part, &mut cut, &mut |_| {}).await?;
         }
     }
-    let bytes = tee.out.into_inner()?;
-    Ok(Written { bytes, digest })
+    Ok(())
 }

@@ -181,8 +181,7 @@ fn start_archive(
         .map_err(|e| crate::config::ConfigError::new("archive.url", format!("{e:#}")))?;
     tasks.spawn(crate::archive::keep_archiving(
         store.clone(),
-        target,
-        crate::archive::Settings::from_config(&config.archive),
+        crate::archive::Lifecycle::from_config(config, target),
         shutdown.clone(),
     ));
     Ok(())

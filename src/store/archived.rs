@@ -18,6 +18,8 @@ pub struct PartRow {
     pub digest: String,
     pub bytes: i64,
     pub archived_at_ms: i64,
+    /// When its rows were deleted from the database (None: they are all there).
+    pub deleted_at_ms: Option<i64>,
 }
 
 /// A late period waiting to be archived again: table, venue, symbol, the writer's period
@@ -105,10 +107,137 @@ impl Store {
     pub async fn archive_parts(&self) -> Result<Vec<PartRow>, StoreError> {
         on_pool!(self, p => sqlx::query_as(
             "SELECT tbl, venue, symbol, period_start_ms, period_end_ms, path, rows, digest, bytes, \
-             archived_at_ms FROM archive_parts ORDER BY tbl, venue, symbol, period_start_ms")
+             archived_at_ms, deleted_at_ms FROM archive_parts \
+             ORDER BY tbl, venue, symbol, period_start_ms")
             .fetch_all(p)
             .await)
         .map_err(StoreError::sql("select archive_parts"))
+    }
+
+    /// The recorded part of a period, if any.
+    pub async fn archive_part(
+        &self,
+        tbl: &str,
+        venue: &str,
+        symbol: &str,
+        period_start_ms: i64,
+    ) -> Result<Option<PartRow>, StoreError> {
+        on_pool!(self, p => sqlx::query_as(
+            "SELECT tbl, venue, symbol, period_start_ms, period_end_ms, path, rows, digest, bytes, \
+             archived_at_ms, deleted_at_ms FROM archive_parts WHERE tbl = $1 AND venue = $2 \
+             AND symbol = $3 AND period_start_ms = $4")
+            .bind(tbl)
+            .bind(venue)
+            .bind(symbol)
+            .bind(period_start_ms)
+            .fetch_optional(p)
+            .await)
+        .map_err(StoreError::sql("select archive_parts"))
+    }
+
+    /// Parts of periods that ended by `end_ms` whose rows the database still holds (never
+    /// deleted, or written again since), oldest first, at most `limit`.
+    pub async fn parts_to_prune(
+        &self,
+        end_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<PartRow>, StoreError> {
+        on_pool!(self, p => sqlx::query_as(
+            "SELECT tbl, venue, symbol, period_start_ms, period_end_ms, path, rows, digest, bytes, \
+             archived_at_ms, deleted_at_ms FROM archive_parts WHERE period_end_ms <= $1 \
+             AND tbl <> 'gaps' AND tbl <> 'sessions' \
+             AND (deleted_at_ms IS NULL OR archived_at_ms > deleted_at_ms) \
+             ORDER BY period_start_ms, tbl, venue, symbol LIMIT $2")
+            .bind(end_ms)
+            .bind(limit)
+            .fetch_all(p)
+            .await)
+        .map_err(StoreError::sql("select archive_parts"))
+    }
+
+    /// Deletes up to `chunk` of a part's rows from the database (one statement, so SQLite's
+    /// writer waits for one chunk at most), never while a late row of its period waits to be
+    /// archived (that row's mark is committed with it: one statement sees both or neither).
+    /// Returns the rows deleted.
+    pub async fn delete_archived(&self, part: &PartRow, chunk: i64) -> Result<u64, StoreError> {
+        let late = "NOT EXISTS (SELECT 1 FROM archive_dirty d WHERE d.tbl = $6 AND d.venue = $1 \
+                    AND d.symbol = $2 AND d.period_start_ms < $4 AND d.period_end_ms > $3)";
+        let sql = match part.tbl.as_str() {
+            "trades" => format!(
+                "DELETE FROM trades WHERE venue = $1 AND symbol = $2 AND trade_id IN (\
+                 SELECT trade_id FROM trades WHERE venue = $1 AND symbol = $2 \
+                 AND event_time_ms >= $3 AND event_time_ms < $4 LIMIT $5) AND {late}"
+            ),
+            "klines" => format!(
+                "DELETE FROM klines WHERE venue = $1 AND symbol = $2 AND open_time_ms >= $3 \
+                 AND open_time_ms < $4 AND $5 = $5 AND {late}"
+            ),
+            "book_snapshots" => format!(
+                "DELETE FROM book_snapshots WHERE venue = $1 AND symbol = $2 \
+                 AND (depth_step, recv_time_us) IN (SELECT depth_step, recv_time_us \
+                 FROM book_snapshots WHERE venue = $1 AND symbol = $2 AND event_time_ms >= $3 \
+                 AND event_time_ms < $4 LIMIT $5) AND {late}"
+            ),
+            "book_deltas" => format!(
+                "DELETE FROM book_updates WHERE (stream, recv_time_us, first_seq) IN (\
+                 SELECT u.stream, u.recv_time_us, u.first_seq FROM book_updates u \
+                 JOIN book_streams s ON s.id = u.stream WHERE s.venue = $1 AND s.symbol = $2 \
+                 AND u.event_time_ms >= $3 AND u.event_time_ms < $4 LIMIT $5) AND {late}"
+            ),
+            "tickers" => format!(
+                "DELETE FROM tickers WHERE venue = $1 AND symbol = $2 AND recv_time_us IN (\
+                 SELECT recv_time_us FROM tickers WHERE venue = $1 AND symbol = $2 \
+                 AND event_time_ms >= $3 AND event_time_ms < $4 LIMIT $5) AND {late}"
+            ),
+            _ => return Ok(0),
+        };
+        on_pool!(self, p => sqlx::query(&sql)
+            .bind(&part.venue)
+            .bind(&part.symbol)
+            .bind(part.period_start_ms)
+            .bind(part.period_end_ms)
+            .bind(chunk)
+            .bind(&part.tbl)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))
+        .map_err(StoreError::sql("delete archived rows"))
+    }
+
+    /// Notes that a part's rows left the database (unless it was written again meanwhile).
+    pub async fn mark_deleted(&self, part: &PartRow, at_ms: i64) -> Result<(), StoreError> {
+        on_pool!(self, p => sqlx::query(
+            "UPDATE archive_parts SET deleted_at_ms = $5 WHERE tbl = $1 AND venue = $2 \
+             AND symbol = $3 AND period_start_ms = $4 AND archived_at_ms = $6")
+            .bind(&part.tbl)
+            .bind(&part.venue)
+            .bind(&part.symbol)
+            .bind(part.period_start_ms)
+            .bind(at_ms)
+            .bind(part.archived_at_ms)
+            .execute(p)
+            .await
+            .map(|_| ()))
+        .map_err(StoreError::sql("update archive_parts"))
+    }
+
+    /// Bytes inside the database file that deleted rows freed and new rows reuse before the
+    /// file grows (SQLite's free pages; PostgreSQL: 0, its space is the server's business).
+    pub async fn reusable_bytes(&self) -> Result<u64, StoreError> {
+        match self {
+            Store::Sqlite(s) => {
+                let free: i64 = sqlx::query_scalar("PRAGMA freelist_count")
+                    .fetch_one(s.pool())
+                    .await
+                    .map_err(StoreError::sql("freelist_count"))?;
+                let page: i64 = sqlx::query_scalar("PRAGMA page_size")
+                    .fetch_one(s.pool())
+                    .await
+                    .map_err(StoreError::sql("page_size"))?;
+                Ok((free.max(0) * page.max(0)) as u64)
+            }
+            Store::Postgres(_) => Ok(0),
+        }
     }
 
     /// Late periods, oldest first.
