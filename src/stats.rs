@@ -78,6 +78,35 @@ pub struct RunStats {
     pub deadline: Arc<deadline::Deadline>,
     /// Configuration reloads (SIGHUP): applied, refused.
     pub reloads: [std::sync::atomic::AtomicU64; 2],
+    /// The archive and the disk budget.
+    pub archive: Arc<ArchiveStats>,
+}
+
+/// The archive's counters (`[archive] url`) and the disk it keeps within its budget.
+#[derive(Debug, Default)]
+pub struct ArchiveStats {
+    pub parts: AtomicU64,
+    pub rows: AtomicU64,
+    pub bytes: AtomicU64,
+    /// Parts written again for late rows.
+    pub rewritten: AtomicU64,
+    /// Rounds that failed (and were retried).
+    pub failures: AtomicU64,
+    /// Archived rows deleted from the database.
+    pub deleted_rows: AtomicU64,
+    /// When the rounds began failing, ms (0: the last one succeeded).
+    pub failing_since_ms: std::sync::atomic::AtomicI64,
+    /// The last failure, for `/healthz`.
+    pub last_error: std::sync::Mutex<String>,
+    /// How far behind the archive is: from the end of the oldest period not archived yet to
+    /// when it was due (settle_s after it ended), ms; 0 when none is due.
+    pub lag_ms: std::sync::atomic::AtomicI64,
+    /// Bytes the database takes (SQLite: the file's pages; PostgreSQL: the database).
+    pub database_bytes: AtomicU64,
+    /// Whether the disk was below its budget with no archived rows left to delete.
+    pub budget_exhausted: std::sync::atomic::AtomicBool,
+    /// Whether `[archive] url` is set (a round runs).
+    pub enabled: std::sync::atomic::AtomicBool,
 }
 
 impl RunStats {

@@ -124,6 +124,15 @@ fn readers_trades(root: &std::path::Path) -> Option<BTreeMap<String, Vec<SeenTra
 /// A recording of both symbols, the simulator halted and every delivered trade stored, the
 /// recorder stopped. The simulated market runs ten minutes behind the wall clock.
 async fn record(db_url: &str) -> (sim::SimHandle, Store) {
+    let (sim, store, rec) = recording(db_url, "").await;
+    sim.halt();
+    common::wait_stored_equals_delivered(&store, &sim, &SYMBOLS).await;
+    rec.stop().await;
+    (sim, store)
+}
+
+/// A recorder (with `extra` configuration) recording both symbols until each has 20 trades.
+async fn recording(db_url: &str, extra: &str) -> (sim::SimHandle, Store, Recorder) {
     let sim = sim::start(SimConfig {
         seed: 25,
         symbols: SYMBOLS.iter().map(|s| s.to_string()).collect(),
@@ -135,7 +144,7 @@ async fn record(db_url: &str) -> (sim::SimHandle, Store) {
     })
     .await
     .unwrap();
-    let cfg = recorder_config(&sim.ws_url(), &sim.rest_url(), db_url, &SYMBOLS, "");
+    let cfg = recorder_config(&sim.ws_url(), &sim.rest_url(), db_url, &SYMBOLS, extra);
     let rec = Recorder::start(&cfg).await;
     let store = Store::connect(db_url).await.unwrap();
     wait_for(
@@ -150,10 +159,7 @@ async fn record(db_url: &str) -> (sim::SimHandle, Store) {
         },
     )
     .await;
-    sim.halt();
-    common::wait_stored_equals_delivered(&store, &sim, &SYMBOLS).await;
-    rec.stop().await;
-    (sim, store)
+    (sim, store, rec)
 }
 
 /// `local`: the archive's directory, for the Parquet readers (None: object storage).
@@ -498,6 +504,64 @@ async fn sqlite_archive_killed_at_each_step_then_finished_equals_the_recording()
             for r in &rows {
                 assert!(ledger.contains(r), "{reader}: {r:?} is not the simulator's");
             }
+        }
+    }
+    store.close().await;
+    sim.shutdown().await;
+}
+
+/// The daemon with `[archive] url`: while it records, every due period goes to the archive
+/// and (db_keep_s = 0) leaves the database; the archive then holds every delivered trade
+/// once; the counters say so and `/healthz` has no archive problem.
+#[tokio::test]
+async fn sqlite_the_daemon_archives_and_deletes_while_recording() {
+    let (_db, url) = sqlite_db();
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "[archive]\nurl = \"file://{}\"\nperiod_s = 60\nsettle_s = 1\ndb_keep_s = 0\n",
+        dir.path().display()
+    );
+    let (sim, store, rec) = recording(&url, &extra).await;
+    sim.halt();
+    let delivered: usize = SYMBOLS.iter().map(|s| sim.delivered(s).len()).sum();
+    wait_for(
+        "every delivered trade archived and gone from the database",
+        Duration::from_secs(60),
+        || async {
+            let db = db_rows(&store).await;
+            db["trades"] == 0 && archived_rows(&store).await["trades"] == delivered as i64
+        },
+    )
+    .await;
+    let a = &rec.stats.archive;
+    use std::sync::atomic::Ordering::Relaxed;
+    assert!(a.parts.load(Relaxed) > 0 && a.deleted_rows.load(Relaxed) > 0);
+    assert_eq!(a.failures.load(Relaxed), 0);
+    let cfg = recorder_config(&sim.ws_url(), &sim.rest_url(), &url, &SYMBOLS, &extra);
+    let health = mdrec::ops::metrics::health(&rec.stats, &cfg);
+    assert!(
+        !health
+            .problems
+            .iter()
+            .any(|p| p.contains("archive") || p.contains("disk")),
+        "{:?}",
+        health.problems
+    );
+    rec.stop().await;
+    let mut want: Vec<(String, i64)> = SYMBOLS
+        .iter()
+        .flat_map(|s| {
+            sim.delivered(s)
+                .into_iter()
+                .map(move |id| (s.to_string(), id))
+        })
+        .collect();
+    want.sort();
+    if let Some(readers) = readers_trades(dir.path()) {
+        for (reader, rows) in readers {
+            let mut got: Vec<(String, i64)> = rows.into_iter().map(|r| (r.0, r.1)).collect();
+            got.sort();
+            assert_eq!(got, want, "{reader}");
         }
     }
     store.close().await;

@@ -65,7 +65,7 @@ fn alert_rules_pass_promtool_and_their_unit_tests() {
     let text = String::from_utf8_lossy(&check.stdout).into_owned()
         + &String::from_utf8_lossy(&check.stderr);
     assert!(check.status.success(), "{text}");
-    assert!(text.contains("SUCCESS: 10 rules found"), "{text}");
+    assert!(text.contains("SUCCESS: 13 rules found"), "{text}");
     let test = promtool(&["test", "rules", "alerts_test.yml"]).unwrap();
     let text =
         String::from_utf8_lossy(&test.stdout).into_owned() + &String::from_utf8_lossy(&test.stderr);
@@ -95,7 +95,7 @@ fn every_alert_has_a_unit_test_and_a_reason() {
             );
         }
     }
-    assert_eq!(n, 10);
+    assert_eq!(n, 13);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -362,16 +362,22 @@ pub struct Lifecycle {
     pub watched: Vec<std::path::PathBuf>,
 }
 
+/// The directories whose disks the budget is for: the spool's, and the SQLite file's.
+pub fn watched_dirs(c: &crate::config::Config) -> Vec<std::path::PathBuf> {
+    let mut watched = vec![c.spool_dir()];
+    if let Some(f) = crate::config::sqlite_file(&c.database.url) {
+        let dir = std::path::Path::new(f)
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        watched.push(dir.to_path_buf());
+    }
+    watched
+}
+
 impl Lifecycle {
     pub fn from_config(c: &crate::config::Config, target: Target) -> Lifecycle {
-        let mut watched = vec![c.spool_dir()];
-        if let Some(f) = crate::config::sqlite_file(&c.database.url) {
-            let dir = std::path::Path::new(f)
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(std::path::Path::new("."));
-            watched.push(dir.to_path_buf());
-        }
+        let watched = watched_dirs(c);
         Lifecycle {
             target,
             settings: Settings::from_config(&c.archive),
@@ -409,24 +415,47 @@ pub fn free_bytes(dir: &std::path::Path) -> Option<u64> {
 pub async fn keep_archiving(
     store: std::sync::Arc<Store>,
     life: Lifecycle,
+    stats: std::sync::Arc<crate::stats::ArchiveStats>,
     stop: tokio_util::sync::CancellationToken,
 ) {
+    use std::sync::atomic::Ordering::Relaxed;
+    stats.enabled.store(true, Relaxed);
+    let s = life.settings;
     let every =
-        std::time::Duration::from_millis(life.settings.period_ms.clamp(1_000, 60_000) as u64);
+        std::time::Duration::from_millis(s.period_ms.min(s.settle_ms).clamp(1_000, 60_000) as u64);
     let mut pause = std::time::Duration::from_secs(5);
     loop {
-        let next = match round(&store, &life).await {
+        let next = match round(&store, &life, &stats).await {
             Ok(()) => {
                 pause = std::time::Duration::from_secs(5);
+                stats.failing_since_ms.store(0, Relaxed);
                 every
             }
             Err(e) => {
-                tracing::warn!(error = format!("{e:#}"), archive = %life.target.url, retry_in = ?pause, "archiving failed");
+                let error = format!("{e:#}");
+                tracing::warn!(error, archive = %life.target.url, retry_in = ?pause, "archiving failed");
+                stats.failures.fetch_add(1, Relaxed);
+                let _ = stats.failing_since_ms.compare_exchange(
+                    0,
+                    crate::model::now_ms(),
+                    Relaxed,
+                    Relaxed,
+                );
+                *crate::runtime::lock(&stats.last_error) = error;
                 let p = pause;
                 pause = (pause * 2).min(std::time::Duration::from_secs(300));
                 p
             }
         };
+        if let Ok(Some(m)) = store.oldest_archive_mark().await {
+            let due = m + s.period_ms + s.settle_ms;
+            stats
+                .lag_ms
+                .store((crate::model::now_ms() - due).max(0), Relaxed);
+        }
+        if let Ok(b) = store.database_bytes().await {
+            stats.database_bytes.store(b, Relaxed);
+        }
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(next) => {}
@@ -434,8 +463,17 @@ pub async fn keep_archiving(
     }
 }
 
-async fn round(store: &Store, life: &Lifecycle) -> anyhow::Result<()> {
+async fn round(
+    store: &Store,
+    life: &Lifecycle,
+    stats: &crate::stats::ArchiveStats,
+) -> anyhow::Result<()> {
+    use std::sync::atomic::Ordering::Relaxed;
     let r = run(store, &life.target, life.settings, i64::MAX).await?;
+    stats.parts.fetch_add(r.parts, Relaxed);
+    stats.rows.fetch_add(r.rows, Relaxed);
+    stats.bytes.fetch_add(r.bytes, Relaxed);
+    stats.rewritten.fetch_add(r.rewritten, Relaxed);
     if r.parts > 0 {
         tracing::info!(
             parts = r.parts,
@@ -448,6 +486,7 @@ async fn round(store: &Store, life: &Lifecycle) -> anyhow::Result<()> {
     }
     let now = crate::model::now_ms();
     let kept = prune(store, life.keep_ms, now, &|| false).await?;
+    stats.deleted_rows.fetch_add(kept.rows, Relaxed);
     if kept.rows > 0 {
         tracing::info!(
             parts = kept.parts,
@@ -459,7 +498,11 @@ async fn round(store: &Store, life: &Lifecycle) -> anyhow::Result<()> {
     let free = |reusable: u64| life.free_bytes().map(|f| f + reusable);
     if free(store.reusable_bytes().await?).is_some_and(|f| f < life.min_free_bytes) {
         let early = prune(store, 0, now, &|| false).await?;
+        stats.deleted_rows.fetch_add(early.rows, Relaxed);
         let free = free(store.reusable_bytes().await?).unwrap_or(0);
+        stats
+            .budget_exhausted
+            .store(free < life.min_free_bytes, Relaxed);
         if free < life.min_free_bytes {
             tracing::error!(
                 free_bytes = free,

@@ -34,7 +34,7 @@ const WRITE_SECONDS_BUCKETS: [f64; 12] = [
 ];
 
 /// Name, unit, help: every metric this module exports.
-const DESCRIPTIONS: [(&str, Option<Unit>, &str); 35] = [
+const DESCRIPTIONS: [(&str, Option<Unit>, &str); 48] = [
     (
         "mdrec_frames_received_total",
         None,
@@ -194,6 +194,71 @@ const DESCRIPTIONS: [(&str, Option<Unit>, &str); 35] = [
         None,
         "Backfill checks that failed and were retried.",
     ),
+    (
+        "mdrec_archive_parts_total",
+        None,
+        "Archive parts written, read back, matched and published (late periods written again included).",
+    ),
+    (
+        "mdrec_archive_rows_total",
+        None,
+        "Rows in the archive parts written.",
+    ),
+    (
+        "mdrec_archive_bytes_total",
+        Some(Unit::Bytes),
+        "Bytes of the archive parts written.",
+    ),
+    (
+        "mdrec_archive_rewritten_total",
+        None,
+        "Archive parts written again for rows that arrived after their period was archived.",
+    ),
+    (
+        "mdrec_archive_failures_total",
+        None,
+        "Archive rounds that failed (object store down, refusing, slow; a part that did not read back equal) and were retried.",
+    ),
+    (
+        "mdrec_archive_failing",
+        None,
+        "1 while the archive's rounds fail, else 0.",
+    ),
+    (
+        "mdrec_archive_lag_seconds",
+        None,
+        "How long the oldest period not archived yet has been due (settle_s after it ended); 0 when none is.",
+    ),
+    (
+        "mdrec_archive_period_seconds",
+        None,
+        "[archive] period_s (0: no archive).",
+    ),
+    (
+        "mdrec_archive_deleted_rows_total",
+        None,
+        "Archived rows deleted from the database (db_keep_s, or early for the disk budget).",
+    ),
+    (
+        "mdrec_database_bytes",
+        Some(Unit::Bytes),
+        "Bytes the database takes (SQLite: the file; PostgreSQL: the database), as of the last archive round.",
+    ),
+    (
+        "mdrec_disk_free_bytes",
+        Some(Unit::Bytes),
+        "Free bytes on the fullest disk of the database and the spool.",
+    ),
+    (
+        "mdrec_disk_min_free_bytes",
+        Some(Unit::Bytes),
+        "[storage] min_free_bytes: below it, archived rows are deleted early.",
+    ),
+    (
+        "mdrec_disk_budget_exhausted",
+        None,
+        "1 while the disk is below its budget with no archived rows left to delete.",
+    ),
 ];
 
 pub struct Exporter {
@@ -264,12 +329,13 @@ impl Exporter {
     }
 
     /// Copies the run's counters in and renders the Prometheus text.
-    pub async fn render(&self, stats: &RunStats, store: &Store) -> String {
+    pub async fn render(&self, stats: &RunStats, store: &Store, config: &Config) -> String {
         for (name, w) in stats.workers.all() {
             self.copy_symbol(&name, &w);
         }
         self.copy_writer(stats);
         self.copy_backfill(stats);
+        self.copy_archive(stats, config);
         // gaps by status: the table is small and indexed by its key; a slow database must
         // not hold the scrape
         let counts = tokio::time::timeout(Duration::from_secs(1), store.gap_counts()).await;
@@ -368,6 +434,50 @@ impl Exporter {
     }
 
     /// Backfill's counters and the REST client's requests per endpoint and outcome.
+    /// The archive's counters, and the disk budget (read now).
+    fn copy_archive(&self, stats: &RunStats, config: &Config) {
+        let a = &stats.archive;
+        self.c("mdrec_archive_parts_total", &[], load(&a.parts));
+        self.c("mdrec_archive_rows_total", &[], load(&a.rows));
+        self.c("mdrec_archive_bytes_total", &[], load(&a.bytes));
+        self.c("mdrec_archive_rewritten_total", &[], load(&a.rewritten));
+        self.c("mdrec_archive_failures_total", &[], load(&a.failures));
+        self.c(
+            "mdrec_archive_deleted_rows_total",
+            &[],
+            load(&a.deleted_rows),
+        );
+        let failing = a.failing_since_ms.load(Ordering::Relaxed) != 0;
+        self.g("mdrec_archive_failing", &[], f64::from(u8::from(failing)));
+        let lag = a.lag_ms.load(Ordering::Relaxed) as f64 / 1000.0;
+        self.g("mdrec_archive_lag_seconds", &[], lag);
+        let on = a.enabled.load(Ordering::Relaxed);
+        let period = if on {
+            config.archive.period_s as f64
+        } else {
+            0.0
+        };
+        self.g("mdrec_archive_period_seconds", &[], period);
+        let db = load(&a.database_bytes) as f64;
+        self.g("mdrec_database_bytes", &[], db);
+        let dirs = crate::archive::watched_dirs(config);
+        if let Some(free) = dirs
+            .iter()
+            .filter_map(|d| crate::archive::free_bytes(d))
+            .min()
+        {
+            self.g("mdrec_disk_free_bytes", &[], free as f64);
+        }
+        let budget = config.storage.min_free_bytes as f64;
+        self.g("mdrec_disk_min_free_bytes", &[], budget);
+        let exhausted = a.budget_exhausted.load(Ordering::Relaxed);
+        self.g(
+            "mdrec_disk_budget_exhausted",
+            &[],
+            f64::from(u8::from(exhausted)),
+        );
+    }
+
     fn copy_backfill(&self, stats: &RunStats) {
         let b = &stats.backfill;
         self.c("mdrec_backfill_checks_total", &[], load(&b.runs));
@@ -453,6 +563,20 @@ pub fn health(stats: &RunStats, config: &Config) -> Health {
             (now - failing) as f64 / 1000.0
         ));
     }
+    let archive_failing = stats.archive.failing_since_ms.load(Ordering::Relaxed);
+    if archive_failing != 0 {
+        problems.push(format!(
+            "archive: failing for {:.0} s, retrying (nothing is deleted that is not archived): {}",
+            (now - archive_failing) as f64 / 1000.0,
+            crate::runtime::lock(&stats.archive.last_error)
+        ));
+    }
+    if stats.archive.budget_exhausted.load(Ordering::Relaxed) {
+        problems.push(format!(
+            "disk: below its budget ({} bytes free wanted) with no archived rows left to delete",
+            config.storage.min_free_bytes
+        ));
+    }
     let limit = config.connection.silence_timeout().as_secs_f64();
     let mut last_data_s = std::collections::BTreeMap::new();
     for symbol in stats.workers.symbols() {
@@ -502,7 +626,10 @@ struct Ctx {
 }
 
 async fn metrics(State(ctx): State<Arc<Ctx>>) -> Response {
-    let body = ctx.exporter.render(&ctx.stats, &ctx.store).await;
+    let body = ctx
+        .exporter
+        .render(&ctx.stats, &ctx.store, &ctx.config)
+        .await;
     (
         [(
             header::CONTENT_TYPE,

@@ -119,7 +119,7 @@ pub(super) async fn start(
         tls,
     };
     start_connections(shared, &stats, &resumed.marks, &store, &workers, fleet_rx);
-    start_archive(&config, &store, &shutdown, &tasks)?;
+    start_archive(&config, &store, &stats, &shutdown, &tasks)?;
     workers.spawn(keep_listing(
         venue.clone(),
         config.clone(),
@@ -171,6 +171,7 @@ pub(super) async fn start(
 fn start_archive(
     config: &Config,
     store: &Arc<Store>,
+    stats: &RunStats,
     shutdown: &CancellationToken,
     tasks: &TaskTracker,
 ) -> anyhow::Result<()> {
@@ -182,6 +183,7 @@ fn start_archive(
     tasks.spawn(crate::archive::keep_archiving(
         store.clone(),
         crate::archive::Lifecycle::from_config(config, target),
+        stats.archive.clone(),
         shutdown.clone(),
     ));
     Ok(())

@@ -240,6 +240,32 @@ impl Store {
         }
     }
 
+    /// The least `through_ms` of any stream (how far the whole archive is), if any.
+    pub async fn oldest_archive_mark(&self) -> Result<Option<i64>, StoreError> {
+        on_pool!(self, p => sqlx::query_scalar("SELECT MIN(through_ms) FROM archive_marks")
+            .fetch_one(p)
+            .await)
+        .map_err(StoreError::sql("select archive_marks"))
+    }
+
+    /// Bytes the database takes: SQLite's pages (free ones included: the file's size),
+    /// PostgreSQL's `pg_database_size`.
+    pub async fn database_bytes(&self) -> Result<u64, StoreError> {
+        let n: i64 = match self {
+            Store::Sqlite(s) => sqlx::query_scalar(
+                "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+            )
+            .fetch_one(s.pool())
+            .await
+            .map_err(StoreError::sql("page_count"))?,
+            Store::Postgres(s) => sqlx::query_scalar("SELECT pg_database_size(current_database())")
+                .fetch_one(s.pool())
+                .await
+                .map_err(StoreError::sql("pg_database_size"))?,
+        };
+        Ok(n.max(0) as u64)
+    }
+
     /// Late periods, oldest first.
     pub async fn dirty_periods(&self) -> Result<Vec<DirtyRow>, StoreError> {
         on_pool!(self, p => sqlx::query_as(
