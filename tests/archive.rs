@@ -133,13 +133,23 @@ async fn record(db_url: &str) -> (sim::SimHandle, Store) {
 
 /// A recorder (with `extra` configuration) recording both symbols until each has 20 trades.
 async fn recording(db_url: &str, extra: &str) -> (sim::SimHandle, Store, Recorder) {
+    recording_from(db_url, extra, mdrec::model::now_ms() - 600_000).await
+}
+
+/// The same, the simulated market's clock starting at `clock_start_ms` (it runs 60 times
+/// faster than the wall clock).
+async fn recording_from(
+    db_url: &str,
+    extra: &str,
+    clock_start_ms: i64,
+) -> (sim::SimHandle, Store, Recorder) {
     let sim = sim::start(SimConfig {
         seed: 25,
         symbols: SYMBOLS.iter().map(|s| s.to_string()).collect(),
         depth_mode: DepthMode::Incremental,
         // the simulated market runs ahead of the wall clock: ten minutes back, every period
         // of it has ended when it is archived (and nothing is late for the recorder's rule)
-        clock_start_ms: Some(mdrec::model::now_ms() - 600_000),
+        clock_start_ms: Some(clock_start_ms),
         ..SimConfig::default()
     })
     .await
@@ -396,6 +406,7 @@ async fn s3_server() -> Option<(tokio::process::Child, String)> {
         }
     };
     let endpoint = format!("http://127.0.0.1:{port}");
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::new();
     let bucket = format!("{endpoint}/mdrec-test");
     wait_for("moto_server to answer", Duration::from_secs(30), || async {
@@ -425,6 +436,75 @@ async fn sqlite_archive_to_s3_compatible_storage_equals_the_recording() {
     let target = Target::open("s3://mdrec-test/recordings/one").unwrap();
     let (_db, url) = sqlite_db();
     archive_equals_the_recording(&url, &target, None).await;
+    store_down_then_back(&endpoint).await;
+}
+
+/// A TCP forwarder to the object store that can be switched off (connections refused: the
+/// store is down) and on again.
+struct Switch {
+    port: u16,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Switch {
+    async fn start(to: String) -> Switch {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let on = up.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut c, _)) = l.accept().await {
+                if !on.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue; // dropped: the client sees the connection closed
+                }
+                let to = to.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut s) = tokio::net::TcpStream::connect(&to).await {
+                        let _ = tokio::io::copy_bidirectional(&mut c, &mut s).await;
+                    }
+                });
+            }
+        });
+        Switch { port, up, task }
+    }
+
+    fn set(&self, up: bool) {
+        self.up.store(up, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Switch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The object store down during a round: the round fails, nothing is recorded or deleted;
+/// back up, the next round archives everything once.
+async fn store_down_then_back(endpoint: &str) {
+    let switch = Switch::start(endpoint.trim_start_matches("http://").to_string()).await;
+    let via = format!("http://127.0.0.1:{}", switch.port);
+    let target = Target::open_with_endpoint("s3://mdrec-test/down-then-back", &via).unwrap();
+    let (_db, url) = sqlite_db();
+    let (sim, store) = record(&url).await;
+    let before = db_rows(&store).await;
+    let down = run(&store, &target, SETTINGS, i64::MAX).await;
+    assert!(down.is_err(), "a round with the store down fails");
+    assert!(store.archive_parts().await.unwrap().is_empty());
+    let pruned = prune(&store, 0, mdrec::model::now_ms(), &|| false)
+        .await
+        .unwrap();
+    assert_eq!(pruned.rows, 0, "nothing archived, nothing deleted");
+    assert_eq!(db_rows(&store).await, before);
+    switch.set(true);
+    let r = run(&store, &target, SETTINGS, i64::MAX).await.unwrap();
+    assert!(r.parts > 0);
+    assert_eq!(archived_rows(&store).await, before);
+    let again = run(&store, &target, SETTINGS, i64::MAX).await.unwrap();
+    assert_eq!(again.parts, 0);
+    store.close().await;
+    sim.shutdown().await;
 }
 
 /// `mdrec archive` killed (abort, as kill -9) after staging, after the read-back, after
@@ -566,4 +646,127 @@ async fn sqlite_the_daemon_archives_and_deletes_while_recording() {
     }
     store.close().await;
     sim.shutdown().await;
+}
+
+/// A small disk (a 32 MiB tmpfs) below `[storage] min_free_bytes` the whole time: while it
+/// records, the daemon deletes archived rows early (db_keep_s is a week), never a row whose
+/// period is not archived yet (the simulated market runs into the future: those periods
+/// have not ended), recording goes on, and `/healthz` says the budget is exhausted.
+#[tokio::test]
+async fn sqlite_a_disk_below_its_budget_keeps_recording_and_deletes_only_archived_rows() {
+    let Some(disk) = SmallDisk::mount(32) else {
+        return;
+    };
+    let url = format!("sqlite://{}", disk.path().join("test.db").display());
+    let archive_dir = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "[archive]\nurl = \"file://{}\"\nperiod_s = 60\nsettle_s = 1\ndb_keep_s = 604800\n\
+         [storage]\nmin_free_bytes = {}\n",
+        archive_dir.path().display(),
+        64u64 << 20
+    );
+    // two minutes back at 60x: after two seconds the market's clock is ahead of the wall's
+    let (sim, store, rec) = recording_from(&url, &extra, mdrec::model::now_ms() - 120_000).await;
+    wait_for(
+        "trades from the future",
+        Duration::from_secs(30),
+        || async {
+            let t = common::stored_trades(&store, SYMBOLS[0]).await;
+            t.values().any(|v| v.4 > mdrec::model::now_ms() + 60_000)
+        },
+    )
+    .await;
+    sim.halt();
+    let delivered: usize = SYMBOLS.iter().map(|s| sim.delivered(s).len()).sum();
+    use std::sync::atomic::Ordering::Relaxed;
+    let a = rec.stats.archive.clone();
+    wait_for(
+        "archived rows deleted early, nothing left to delete",
+        Duration::from_secs(60),
+        || async {
+            let stored: usize = {
+                let mut n = 0;
+                for s in SYMBOLS {
+                    n += common::stored_trades(&store, s).await.len();
+                }
+                n
+            };
+            let archived = archived_rows(&store).await["trades"] as usize;
+            a.deleted_rows.load(Relaxed) > 0
+                && a.budget_exhausted.load(Relaxed)
+                && stored + archived == delivered
+        },
+    )
+    .await;
+    // what is left in the database is only what is not archived: periods not ended yet
+    for s in SYMBOLS {
+        let through = store
+            .archived_through("trades", NAME, s)
+            .await
+            .unwrap()
+            .unwrap_or(i64::MIN);
+        let left = common::stored_trades(&store, s).await;
+        assert!(!left.is_empty(), "{s}: the unarchived rows are kept");
+        assert!(
+            left.values().all(|v| v.4 >= through),
+            "{s}: a row of an archived period left in the database"
+        );
+    }
+    let cfg = recorder_config(&sim.ws_url(), &sim.rest_url(), &url, &SYMBOLS, &extra);
+    let health = mdrec::ops::metrics::health(&rec.stats, &cfg);
+    assert!(
+        health
+            .problems
+            .iter()
+            .any(|p| p.contains("disk: below its budget")),
+        "{:?}",
+        health.problems
+    );
+    rec.stop().await;
+    store.close().await;
+    sim.shutdown().await;
+}
+
+/// A tmpfs of a few MiB mounted for a test, unmounted when dropped; None (the test says it
+/// did not run) where mounting is not allowed, unless `MDREC_REQUIRE_TMPFS=1`.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(mib: u32) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir.path())
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(SmallDisk { dir }),
+            other => {
+                let why = format!("{other:?}");
+                assert!(
+                    std::env::var("MDREC_REQUIRE_TMPFS").as_deref() != Ok("1"),
+                    "MDREC_REQUIRE_TMPFS=1 but a tmpfs could not be mounted: {why}"
+                );
+                common::not_tested(
+                    &format!("a small disk (tmpfs) for the disk budget: {why}"),
+                    "run as root (mount -t tmpfs); MDREC_REQUIRE_TMPFS=1 makes this a failure",
+                );
+                None
+            }
+        }
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
 }

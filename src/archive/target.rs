@@ -24,6 +24,18 @@ pub struct Target {
 impl Target {
     /// Opens the archive at `url`; a local directory is created.
     pub fn open(url: &str) -> anyhow::Result<Target> {
+        Target::open_at(url, None)
+    }
+
+    /// The same, S3 through `endpoint` instead of the environment's.
+    pub fn open_with_endpoint(url: &str, endpoint: &str) -> anyhow::Result<Target> {
+        Target::open_at(url, Some(endpoint))
+    }
+
+    fn open_at(url: &str, endpoint: Option<&str>) -> anyhow::Result<Target> {
+        // the HTTP client under S3 uses rustls without a built-in provider: ring, as the rest
+        // of mdrec (a no-op once installed)
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let store: Arc<dyn ObjectStore> = if let Some(path) = url.strip_prefix("file://") {
             anyhow::ensure!(
                 path.starts_with('/'),
@@ -43,11 +55,13 @@ impl Target {
                 retry_timeout: Duration::from_secs(30),
                 ..Default::default()
             };
-            let s3 = object_store::aws::AmazonS3Builder::from_env()
+            let mut b = object_store::aws::AmazonS3Builder::from_env()
                 .with_bucket_name(bucket)
-                .with_retry(retry)
-                .build()
-                .with_context(|| format!("archive URL {url:?}"))?;
+                .with_retry(retry);
+            if let Some(e) = endpoint {
+                b = b.with_endpoint(e);
+            }
+            let s3 = b.build().with_context(|| format!("archive URL {url:?}"))?;
             let prefix = prefix.trim_matches('/');
             if prefix.is_empty() {
                 Arc::new(s3)
