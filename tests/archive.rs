@@ -226,7 +226,16 @@ async fn archive_equals_the_recording(
             .iter()
             .all(|(p, _)| p.ends_with(".parquet") && !p.starts_with("_staging"))
     );
-    assert_eq!(files.len() as u64, r.parts, "one file a part");
+    let parts = store.archive_parts().await.unwrap();
+    assert_eq!(files.len(), parts.len(), "one file a part");
+    for p in &parts {
+        assert!(
+            files
+                .iter()
+                .any(|(f, n)| *f == p.path && *n == p.bytes as u64),
+            "{p:?}"
+        );
+    }
 
     // the archive's trades equal the ledger's, read by each reader as one dataset
     let mut ledger = Vec::new();
@@ -250,6 +259,22 @@ async fn archive_equals_the_recording(
             assert_eq!(rows, ledger, "{reader}");
         }
     }
+
+    // each part's metadata names it and keeps its coverage, as export's files do
+    let trades_part = parts.iter().find(|p| p.tbl == "trades").unwrap();
+    let bytes = target.get(&trades_part.path).await.unwrap();
+    let meta = parquet::file::reader::SerializedFileReader::new(bytes).unwrap();
+    let kv: BTreeMap<String, String> = parquet::file::reader::FileReader::metadata(&meta)
+        .file_metadata()
+        .key_value_metadata()
+        .unwrap()
+        .iter()
+        .map(|k| (k.key.clone(), k.value.clone().unwrap_or_default()))
+        .collect();
+    assert_eq!(kv["mdrec.table"], "trades");
+    assert_eq!(kv["mdrec.symbol"], trades_part.symbol);
+    let cov: serde_json::Value = serde_json::from_str(&kv["mdrec.coverage"]).unwrap();
+    assert_eq!(cov["streams"][0]["stream"], "trades", "{cov}");
 
     // a second round writes nothing
     let again = run(&store, target, SETTINGS, i64::MAX).await.unwrap();

@@ -221,6 +221,10 @@ async fn archive_part(
                 .with_context(|| format!("archiving {what}: its part {} is missing", prev.path))?;
             let old = verify::read_rows(table, &old)?;
             let db = parts::collect(store, venue, table, symbol, (from, to)).await?;
+            let mut meta = meta;
+            if let Some(c) = parts::coverage(store, venue, table, symbol, (from, to)).await? {
+                meta.push(("mdrec.coverage".into(), c.to_string()));
+            }
             parts::encode(table, parts::merge(table, old, db), meta)
         }
         _ => parts::write(store, venue, table, symbol, (from, to), meta).await,

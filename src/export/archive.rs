@@ -9,7 +9,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 
 use super::pages::produce;
-use super::parquet_sink::{DecPlan, ParquetSink, leaves};
+use super::parquet_sink::{DecPlan, ParquetSink, coverage_json, leaves};
 use super::plan::{Part, Window};
 use super::request::{Format, Kind, Layout, Request};
 use super::rows::{Col, Sink, Ty, Val, cols, columns, gap_row};
@@ -233,14 +233,49 @@ pub async fn write(
     table: &str,
     symbol: &str,
     window: (i64, i64),
-    meta: Vec<(String, String)>,
+    mut meta: Vec<(String, String)>,
 ) -> anyhow::Result<Written> {
+    if let Some(c) = coverage(store, venue, table, symbol, window).await? {
+        meta.push(("mdrec.coverage".into(), c.to_string()));
+    }
     let mut t = tee(table, meta)?;
     rows(store, venue, table, symbol, window, &mut t).await?;
     Ok(Written {
         bytes: t.out.into_inner()?,
         digest: t.digest,
     })
+}
+
+/// The recorder's word on a part's window, as `mdrec export` writes it into its files: the
+/// live share, and per stream the verdict and the holes on record (bars: per interval).
+/// None for gaps and sessions: they are that word.
+pub async fn coverage(
+    store: &Store,
+    venue: &'static str,
+    table: &str,
+    symbol: &str,
+    (from_ms, to_ms): (i64, i64),
+) -> anyhow::Result<Option<serde_json::Value>> {
+    let Some(kind) = kind(table).filter(|k| *k != Kind::Gaps) else {
+        return Ok(None);
+    };
+    let win = Window {
+        from: from_ms,
+        to: to_ms,
+        first: false,
+    };
+    let part = Part::window(symbol, win);
+    if kind != Kind::Klines {
+        let req = request(kind, symbol, from_ms, to_ms);
+        return Ok(Some(coverage_json(store, venue, &req, &part).await?));
+    }
+    let mut by = serde_json::Map::new();
+    for iv in store.stored_intervals(venue, symbol).await? {
+        let mut req = request(kind, symbol, from_ms, to_ms);
+        req.interval = iv.clone();
+        by.insert(iv, coverage_json(store, venue, &req, &part).await?);
+    }
+    Ok(Some(serde_json::Value::Object(by)))
 }
 
 /// Rows (as archived) as one zstd Parquet file.

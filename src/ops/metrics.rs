@@ -206,7 +206,7 @@ const DESCRIPTIONS: [(&str, Option<Unit>, &str); 48] = [
     ),
     (
         "mdrec_archive_bytes_total",
-        Some(Unit::Bytes),
+        None,
         "Bytes of the archive parts written.",
     ),
     (
