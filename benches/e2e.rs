@@ -90,6 +90,11 @@ struct Args {
     /// Print one JSON line as well.
     #[arg(long)]
     json: bool,
+    /// The archive directory `--extra`'s `[archive] url` names (file://DIR): at the end the
+    /// market halts, and every delivered trade must be in the database or the archive, and
+    /// in the archive at most once (the soak's check).
+    #[arg(long)]
+    archive_check: Option<std::path::PathBuf>,
     /// Options cargo bench passes on.
     #[arg(long, hide = true)]
     bench: bool,
@@ -419,9 +424,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         None => {
             let client = reqwest::Client::new();
             let metrics = format!("http://127.0.0.1:{port}/metrics");
-            measure(&args, &sim, &client, &metrics, pid)
-                .await
-                .map(Outcome::Metrics)
+            let m = measure(&args, &sim, &client, &metrics, pid).await;
+            if m.is_ok() && args.archive_check.is_some() {
+                // what was delivered lands (and the last due periods are archived)
+                sim.halt();
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            }
+            m.map(Outcome::Metrics)
         }
         Some(_) => {
             let url = db_url.clone();
@@ -472,8 +481,107 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(st) = storage {
         report_storage(&st);
     }
+    if let Some(dir) = &args.archive_check {
+        archive_check(&args, &sim, &db_url, dir).await?;
+    }
     sim.shutdown().await;
     Ok(())
+}
+
+/// Every delivered trade in the database or the archive, none twice in the archive.
+async fn archive_check(
+    args: &Args,
+    sim: &sim::SimHandle,
+    db_url: &str,
+    dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    use std::collections::BTreeSet;
+    let mut in_db: BTreeSet<(String, i64)> = BTreeSet::new();
+    let sql = "SELECT symbol, trade_id FROM trades";
+    if db_url.starts_with("sqlite") {
+        use sqlx::Connection;
+        let mut c = sqlx::SqliteConnection::connect(db_url).await?;
+        in_db.extend(
+            sqlx::query_as::<_, (String, i64)>(sql)
+                .fetch_all(&mut c)
+                .await?,
+        );
+    } else {
+        anyhow::bail!("--archive-check: SQLite only (the PostgreSQL database is dropped)");
+    }
+    let (mut in_archive, mut twice, mut files) = (BTreeSet::new(), 0usize, 0usize);
+    for f in walk(&dir.join("trades"))? {
+        files += 1;
+        let symbol = f
+            .components()
+            .filter_map(|c| c.as_os_str().to_str())
+            .find_map(|c| c.strip_prefix("symbol="))
+            .map(percent_decoded)
+            .unwrap_or_default();
+        let bytes = bytes::Bytes::from(std::fs::read(&f)?);
+        let r = parquet::file::reader::SerializedFileReader::new(bytes)?;
+        for row in parquet::file::reader::FileReader::get_row_iter(&r, None)? {
+            let row = row?;
+            let id = parquet::record::RowAccessor::get_long(&row, 0)?;
+            if !in_archive.insert((symbol.clone(), id)) {
+                twice += 1;
+            }
+        }
+    }
+    let (mut delivered, mut lost, mut db_only) = (0usize, 0usize, 0usize);
+    for s in symbols(&args.venue, args.symbols) {
+        for id in sim.delivered(&s) {
+            delivered += 1;
+            let key = (s.clone(), id);
+            match (in_archive.contains(&key), in_db.contains(&key)) {
+                (false, false) => lost += 1,
+                (false, true) => db_only += 1,
+                _ => {}
+            }
+        }
+    }
+    println!(
+        "archive check: {delivered} trades delivered; {} in the archive ({files} files), \
+         {db_only} only in the database, {} in the database in all; {lost} lost; {twice} in the \
+         archive twice",
+        in_archive.len(),
+        in_db.len()
+    );
+    Ok(())
+}
+
+fn walk(dir: &std::path::Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(out);
+    };
+    for e in entries {
+        let p = e?.path();
+        if p.is_dir() {
+            out.extend(walk(&p)?);
+        } else if p.extension().is_some_and(|x| x == "parquet") {
+            out.push(p);
+        }
+    }
+    Ok(out)
+}
+
+fn percent_decoded(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The market-data tables whose size per row the storage report gives: name, how its rows
