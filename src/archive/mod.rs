@@ -73,39 +73,30 @@ pub async fn run(
     let before = before_ms.min(now - s.settle_ms);
     clear_staging(target).await?;
     let mut report = Report::default();
+    let mut pending = Pending::default();
     for venue in store.venues().await? {
         let Some(venue) = crate::venue::registry::static_name(&venue) else {
             continue;
         };
         let symbols = store.symbols_with_data(venue).await?;
         for table in TABLES {
-            if per_venue(table) {
-                archive_stream(
-                    store,
-                    target,
-                    venue,
-                    table,
-                    "",
-                    s.period_ms,
-                    before,
-                    &mut report,
-                )
-                .await?;
-                continue;
-            }
-            for symbol in &symbols {
-                archive_stream(
-                    store,
-                    target,
+            let streams: Vec<&str> = if per_venue(table) {
+                vec![""]
+            } else {
+                symbols.iter().map(String::as_str).collect()
+            };
+            for symbol in streams {
+                let at = Stream {
                     venue,
                     table,
                     symbol,
-                    s.period_ms,
-                    before,
-                    &mut report,
-                )
-                .await?;
+                };
+                archive_stream(store, target, &at, s.period_ms, before, &mut pending).await?;
+                if pending.0.len() >= 500 {
+                    pending.flush(store, &mut report).await?;
+                }
             }
+            pending.flush(store, &mut report).await?;
         }
     }
     for d in store.dirty_periods().await? {
@@ -122,18 +113,46 @@ async fn clear_staging(target: &Target) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The periods of one table of one symbol (or venue) not archived yet, ending by `before`.
-#[allow(clippy::too_many_arguments)]
+/// One table of one symbol (gaps and sessions: of the venue, symbol "").
+struct Stream<'a> {
+    venue: &'static str,
+    table: &'static str,
+    symbol: &'a str,
+}
+
+/// Parts published but not recorded yet, and the marks to move: recorded together, a few
+/// hundred at a time (a crash before that writes them again under the same names).
+#[derive(Default)]
+struct Pending(Vec<(PartRow, i64)>);
+
+impl Pending {
+    async fn flush(&mut self, store: &Store, report: &mut Report) -> anyhow::Result<()> {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        store.record_parts(&self.0).await?;
+        crash_point("recorded");
+        for (p, _) in self.0.drain(..) {
+            report.add(&p);
+        }
+        Ok(())
+    }
+}
+
+/// The periods of one stream not archived yet, ending by `before`.
 async fn archive_stream(
     store: &Store,
     target: &Target,
-    venue: &'static str,
-    table: &'static str,
-    symbol: &str,
+    at: &Stream<'_>,
     period: i64,
     before: i64,
-    report: &mut Report,
+    pending: &mut Pending,
 ) -> anyhow::Result<()> {
+    let Stream {
+        venue,
+        table,
+        symbol,
+    } = *at;
     let end = before.div_euclid(period) * period;
     let mut from = store
         .archived_through(table, venue, symbol)
@@ -148,15 +167,13 @@ async fn archive_stream(
         if p >= end {
             break;
         }
-        let written = archive_part(store, target, venue, table, symbol, (p, p + period)).await?;
-        report.add(&written);
+        let written = write_part(store, target, venue, table, symbol, (p, p + period)).await?;
+        pending.0.push((written, p + period));
         from = p + period;
     }
     if from < end {
         // nothing more to archive before `end`
-        store
-            .record_part(&empty(table, venue, symbol, end), end)
-            .await?;
+        pending.0.push((empty(table, venue, symbol, end), end));
     }
     Ok(())
 }
@@ -187,9 +204,9 @@ impl Report {
     }
 }
 
-/// One part: written to staging, read back and compared, published, recorded (moving the
-/// stream's mark past it).
-async fn archive_part(
+/// One part: written to staging, read back and compared, published; the caller records it
+/// (and moves the stream's mark past it).
+async fn write_part(
     store: &Store,
     target: &Target,
     venue: &'static str,
@@ -233,7 +250,6 @@ async fn archive_part(
     let mut row = empty(table, venue, symbol, from);
     row.period_end_ms = to;
     if w.digest.rows == 0 {
-        store.record_part(&row, to).await?;
         return Ok(row);
     }
     let path = part_path(table, venue, symbol, from);
@@ -262,8 +278,6 @@ async fn archive_part(
     row.digest = w.digest.hex();
     row.bytes = size as i64;
     row.archived_at_ms = crate::model::now_ms();
-    store.record_part(&row, to).await?;
-    crash_point("recorded");
     Ok(row)
 }
 
@@ -289,7 +303,9 @@ async fn rewrite_late(
         while from < d.period_end_ms && from < through {
             // recording it does not move the stream's mark back
             let written =
-                archive_part(store, target, venue, table, &d.symbol, (from, from + p)).await?;
+                write_part(store, target, venue, table, &d.symbol, (from, from + p)).await?;
+            store.record_part(&written, from + p).await?;
+            crash_point("recorded");
             if written.rows > 0 {
                 report.rewritten += 1;
             }

@@ -63,42 +63,54 @@ impl Store {
     /// Records a verified, published part (a part written again replaces its row) and moves
     /// the symbol's mark on to `through_ms` (never back), in one transaction.
     pub async fn record_part(&self, part: &PartRow, through_ms: i64) -> Result<(), StoreError> {
+        self.record_parts(&[(part.clone(), through_ms)]).await
+    }
+
+    /// The same for many parts in one transaction (SQLite has one writer: a transaction a
+    /// part would wait on the recorder's writer every time).
+    pub async fn record_parts(&self, parts: &[(PartRow, i64)]) -> Result<(), StoreError> {
+        if parts.is_empty() {
+            return Ok(());
+        }
         on_pool!(self, p => {
             let mut tx = p.begin().await.map_err(StoreError::sql("begin"))?;
-            if part.rows > 0 {
+            for (part, through_ms) in parts {
+                if part.rows > 0 {
+                    sqlx::query(
+                        "INSERT INTO archive_parts (tbl, venue, symbol, period_start_ms, \
+                         period_end_ms, path, rows, digest, bytes, archived_at_ms) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                         ON CONFLICT (tbl, venue, symbol, period_start_ms) DO UPDATE SET \
+                         period_end_ms = excluded.period_end_ms, path = excluded.path, \
+                         rows = excluded.rows, digest = excluded.digest, bytes = excluded.bytes, \
+                         archived_at_ms = excluded.archived_at_ms")
+                        .bind(&part.tbl)
+                        .bind(&part.venue)
+                        .bind(&part.symbol)
+                        .bind(part.period_start_ms)
+                        .bind(part.period_end_ms)
+                        .bind(&part.path)
+                        .bind(part.rows)
+                        .bind(&part.digest)
+                        .bind(part.bytes)
+                        .bind(part.archived_at_ms)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(StoreError::sql("insert archive_parts"))?;
+                }
                 sqlx::query(
-                    "INSERT INTO archive_parts (tbl, venue, symbol, period_start_ms, period_end_ms, \
-                     path, rows, digest, bytes, archived_at_ms) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-                     ON CONFLICT (tbl, venue, symbol, period_start_ms) DO UPDATE SET \
-                     period_end_ms = excluded.period_end_ms, path = excluded.path, \
-                     rows = excluded.rows, digest = excluded.digest, bytes = excluded.bytes, \
-                     archived_at_ms = excluded.archived_at_ms")
+                    "INSERT INTO archive_marks (tbl, venue, symbol, through_ms) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (tbl, venue, symbol) \
+                     DO UPDATE SET through_ms = excluded.through_ms \
+                     WHERE excluded.through_ms > archive_marks.through_ms")
                     .bind(&part.tbl)
                     .bind(&part.venue)
                     .bind(&part.symbol)
-                    .bind(part.period_start_ms)
-                    .bind(part.period_end_ms)
-                    .bind(&part.path)
-                    .bind(part.rows)
-                    .bind(&part.digest)
-                    .bind(part.bytes)
-                    .bind(part.archived_at_ms)
+                    .bind(through_ms)
                     .execute(&mut *tx)
                     .await
-                    .map_err(StoreError::sql("insert archive_parts"))?;
+                    .map_err(StoreError::sql("insert archive_marks"))?;
             }
-            sqlx::query(
-                "INSERT INTO archive_marks (tbl, venue, symbol, through_ms) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (tbl, venue, symbol) DO UPDATE SET through_ms = excluded.through_ms \
-                 WHERE excluded.through_ms > archive_marks.through_ms")
-                .bind(&part.tbl)
-                .bind(&part.venue)
-                .bind(&part.symbol)
-                .bind(through_ms)
-                .execute(&mut *tx)
-                .await
-                .map_err(StoreError::sql("insert archive_marks"))?;
             tx.commit().await.map_err(StoreError::sql("commit"))
         })
     }
