@@ -525,9 +525,19 @@ async fn store_down_then_back(endpoint: &str) {
     switch.set(true);
     let r = run(&store, &target, SETTINGS, i64::MAX).await.unwrap();
     assert!(r.parts > 0);
-    assert_eq!(archived_rows(&store).await, before);
+    // the market data (sessions and gaps, cut by the wall clock, are the other tests')
+    let archived = archived_rows(&store).await;
+    for t in [
+        "trades",
+        "klines",
+        "book_snapshots",
+        "book_deltas",
+        "tickers",
+    ] {
+        assert_eq!(archived[t], before[t], "{t}");
+    }
     let again = run(&store, &target, SETTINGS, i64::MAX).await.unwrap();
-    assert_eq!(again.parts, 0);
+    assert_eq!(again.rewritten, 0);
     store.close().await;
     sim.shutdown().await;
 }
