@@ -118,6 +118,86 @@ pub struct SymbolCoverage {
     /// With `--by`: one verdict per stream and period.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub periods: Vec<PeriodVerdict>,
+    /// With an archive: per table and UTC day, whether its rows are in the database, the
+    /// archive or both.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stored: Vec<TierDay>,
+}
+
+/// Where one UTC day of a symbol's table is stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TierDay {
+    pub symbol: String,
+    pub table: &'static str,
+    pub date: String,
+    /// Rows the database holds, the archive holds, and both hold (counted once).
+    pub database_rows: u64,
+    pub archive_rows: u64,
+    pub both_rows: u64,
+    /// `database`, `archive` or `both`.
+    pub tier: &'static str,
+}
+
+impl TierDay {
+    pub fn new(
+        symbol: &str,
+        table: &'static str,
+        day_ms: i64,
+        (database_rows, archive_rows, both_rows): (u64, u64, u64),
+    ) -> TierDay {
+        let tier = match (database_rows > 0, archive_rows > 0) {
+            (true, true) => "both",
+            (false, true) => "archive",
+            _ => "database",
+        };
+        TierDay {
+            symbol: symbol.to_string(),
+            table,
+            date: chrono::DateTime::from_timestamp_millis(day_ms)
+                .map(|d| d.format("%Y-%m-%d").to_string())
+                .unwrap_or_default(),
+            database_rows,
+            archive_rows,
+            both_rows,
+            tier,
+        }
+    }
+
+    /// Rows of the day, each once.
+    pub fn rows(&self) -> u64 {
+        self.database_rows + self.archive_rows - self.both_rows
+    }
+}
+
+/// Per table, runs of days in one tier: `trades  2026-12-01..2026-12-03 archive, ...`.
+pub fn render_tiers(days: &[TierDay]) -> String {
+    let mut s = String::new();
+    let mut tables: Vec<&str> = days.iter().map(|d| d.table).collect();
+    tables.sort();
+    tables.dedup();
+    for t in tables {
+        let mut runs: Vec<(String, String, &str, u64)> = Vec::new();
+        let mut mine: Vec<&TierDay> = days.iter().filter(|d| d.table == t).collect();
+        mine.sort_by(|a, b| a.date.cmp(&b.date));
+        for d in mine {
+            match runs.last_mut() {
+                Some(r) if r.2 == d.tier => {
+                    r.1 = d.date.clone();
+                    r.3 += d.rows();
+                }
+                _ => runs.push((d.date.clone(), d.date.clone(), d.tier, d.rows())),
+            }
+        }
+        let text: Vec<String> = runs
+            .iter()
+            .map(|(a, b, tier, n)| {
+                let when = if a == b { a.clone() } else { format!("{a}..{b}") };
+                format!("{when} {tier} ({})", count(*n, "row"))
+            })
+            .collect();
+        let _ = writeln!(s, "  {t:<14} {}", text.join(", "));
+    }
+    s
 }
 
 /// Can this stream be trusted over this period (UTC hour or day, cut to the window)?
@@ -315,6 +395,7 @@ pub async fn compute(
             live_spans: spans,
             streams,
             periods: Vec::new(),
+            stored: Vec::new(),
         });
     }
     let mut c = Coverage {
@@ -440,6 +521,10 @@ pub fn render(c: &Coverage) -> String {
                         .unwrap_or_default()
                 );
             }
+        }
+        if !sym.stored.is_empty() {
+            let _ = writeln!(s, "  stored (UTC days: database, archive or both):");
+            s.push_str(&render_tiers(&sym.stored));
         }
         if !sym.periods.is_empty() {
             // one line per period, one column per stream
@@ -587,6 +672,7 @@ mod verdict_tests {
                     gaps: Vec::new(),
                 }],
                 periods: Vec::new(),
+                stored: Vec::new(),
             }],
         };
         c.set_periods(H);

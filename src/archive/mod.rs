@@ -11,6 +11,7 @@
 //! name) or a verified part. One archiver per archive at a time.
 
 pub mod target;
+pub mod tiers;
 pub mod verify;
 
 use anyhow::Context;

@@ -136,28 +136,26 @@ impl Target {
         out.sort();
         Ok(out)
     }
-}
 
-/// A hive key's value with what a path or a hive reader would take for syntax
-/// percent-encoded (as `mdrec export` names its directories).
-pub fn hive_value(v: &str) -> String {
-    let mut enc = String::new();
-    for b in v.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.".contains(&b) {
-            enc.push(b as char);
-        } else {
-            enc.push_str(&format!("%{b:02X}"));
-        }
+    /// The names one level under `prefix` (a hive directory's `key=value` children).
+    pub async fn dirs(&self, prefix: &str) -> anyhow::Result<Vec<String>> {
+        let prefix = ObjPath::from(prefix);
+        let listed = self
+            .store
+            .list_with_delimiter(Some(&prefix))
+            .await
+            .with_context(|| format!("list {prefix} in {}", self.url))?;
+        let mut out: Vec<String> = listed
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(str::to_string))
+            .collect();
+        out.sort();
+        Ok(out)
     }
-    enc
 }
 
-/// `YYYY-MM-DD` of a time in ms (UTC).
-pub fn date(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|t| t.format("%Y-%m-%d").to_string())
-        .unwrap_or_else(|| ms.to_string())
-}
+pub use crate::export::plan::{date, hive_decoded, hive_value};
 
 /// Where a part is published: `{table}/venue=V/symbol=S/date=D/part-HHMMSS.parquet` (gaps
 /// and sessions, of the venue: `{table}/venue=V/date=D/part-HHMMSS.parquet`), HHMMSS the

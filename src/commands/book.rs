@@ -1,16 +1,20 @@
 //! `mdrec book`: a symbol's order book as it stood at a time.
 
+use mdrec::archive::target::Target;
+use mdrec::archive::tiers::{DAY, Scope, book_days, merge};
 use mdrec::config::UsageError;
-use mdrec::coverage::{BookAt, format_time};
+use mdrec::coverage::{BookAt, BookNotes, TierDay, format_time};
 use mdrec::model::BookSnapshot;
 use mdrec::store::Store;
 
-use super::{Opened, Source, open_source};
+use super::{ArchiveArg, Opened, Source, open_source};
 
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
     source: Source,
+    #[command(flatten)]
+    archive: ArchiveArg,
     #[arg(long)]
     symbol: String,
     /// Exchange time: 2026-12-02, 2026-12-02 06:00, RFC 3339 (UTC unless an offset is given) or epoch ms (default: the newest book).
@@ -29,21 +33,33 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let Opened { store, venue, .. } = open_source(&args.source).await?;
-    let symbol = args.symbol.as_str();
-    mdrec::export::check_symbol(&store, venue, symbol).await?;
-    let step = match args.step {
-        Some(s) => s,
-        None => stored_step(&store, venue, symbol).await?,
+    let Opened {
+        store,
+        venue,
+        config,
+        ..
+    } = open_source(&args.source).await?;
+    let (book, notes, stored) = match args.archive.target(config.as_ref())? {
+        Some(target) => {
+            let r = from_both(&store, &target, venue, &args).await;
+            store.close().await;
+            r?
+        }
+        None => {
+            let r = from_one(&store, venue, &args).await;
+            store.close().await;
+            let (book, notes) = r?;
+            (book, notes, Vec::new())
+        }
     };
-    let book = rebuilt(&store, venue, symbol, step, args.at).await?;
-    let notes = mdrec::coverage::book_notes(&store, venue, &book, args.at).await?;
-    store.close().await;
     if args.json {
         let mut v = mdrec::coverage::book_json(&book, args.depth);
         v["at_ms"] = notes.at_ms.into();
         v["age_ms"] = notes.age_ms.into();
         v["warnings"] = notes.warnings.clone().into();
+        if !stored.is_empty() {
+            v["stored"] = serde_json::to_value(&stored)?;
+        }
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print!("{}", mdrec::coverage::render_book(&book, args.depth));
@@ -55,8 +71,67 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         for w in &notes.warnings {
             println!("warning: {w}");
         }
+        if !stored.is_empty() {
+            println!("read (UTC days: database, archive or both):");
+            print!("{}", mdrec::coverage::render_tiers(&stored));
+        }
     }
     Ok(())
+}
+
+/// The book from one database.
+async fn from_one(
+    store: &Store,
+    venue: &'static str,
+    args: &Args,
+) -> anyhow::Result<(BookSnapshot, BookNotes)> {
+    let symbol = args.symbol.as_str();
+    mdrec::export::check_symbol(store, venue, symbol).await?;
+    let step = match args.step {
+        Some(s) => s,
+        None => stored_step(store, venue, symbol).await?,
+    };
+    let book = rebuilt(store, venue, symbol, step, args.at).await?;
+    let notes = mdrec::coverage::book_notes(store, venue, &book, args.at).await?;
+    Ok((book, notes))
+}
+
+/// The book from the database and the archive: the days up to `--at` (or the newest),
+/// reaching further back until a full book is among them or no earlier day holds books.
+async fn from_both(
+    store: &Store,
+    target: &Target,
+    venue: &'static str,
+    args: &Args,
+) -> anyhow::Result<(BookSnapshot, BookNotes, Vec<TierDay>)> {
+    let symbol = args.symbol.as_str();
+    let Some((first_day, last_day)) = book_days(store, target, venue, symbol).await? else {
+        mdrec::export::check_symbol(store, venue, symbol).await?;
+        anyhow::bail!("no {symbol} book stored ({venue}) in the database or the archive");
+    };
+    let end = args.at.map_or(last_day + 2 * DAY, |a| a.saturating_add(1));
+    let mut span = DAY;
+    loop {
+        let from = end.saturating_sub(span);
+        let scope = Scope {
+            venue,
+            symbols: vec![args.symbol.clone()],
+            from_ms: Some(from),
+            to_ms: Some(end),
+            tables: vec!["book_snapshots", "book_deltas"],
+        };
+        let m = merge(store, target, &scope).await?;
+        let r = match from_one(&m.store, venue, args).await {
+            // an earlier day may hold the full book this one's changes start from
+            Err(_) if from > first_day => None,
+            r => Some(r.map(|(b, n)| (b, n, m.tiers.clone()))),
+        };
+        m.close().await;
+        if let Some(r) = r {
+            return r;
+        }
+        span = span.saturating_mul(4);
+    }
 }
 
 /// The book stream the data holds for the symbol (asked for when it holds several).

@@ -5,9 +5,10 @@ use std::path::PathBuf;
 
 use clap::ValueEnum;
 
+use mdrec::archive::tiers::Scope;
 use mdrec::config::UsageError;
 
-use super::{Opened, Source, open_source};
+use super::{ArchiveArg, Opened, Source, open_source};
 
 #[derive(Clone, Copy, ValueEnum)]
 enum ByArg {
@@ -19,6 +20,8 @@ enum ByArg {
 pub struct Args {
     #[command(flatten)]
     source: Source,
+    #[command(flatten)]
+    archive: ArchiveArg,
     /// Only this symbol (repeat for several); default: every symbol in the database.
     #[arg(long)]
     symbol: Vec<String>,
@@ -60,7 +63,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         )
         .into());
     }
-    let Opened { store, venue, .. } = open_source(&args.source).await?;
+    let Opened {
+        store,
+        venue,
+        config,
+        ..
+    } = open_source(&args.source).await?;
     if let (Some(f), Some(t)) = (args.from, args.to)
         && f >= t
     {
@@ -68,14 +76,42 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             UsageError::new("--from", "must be before --to (the window is [from, to))").into(),
         );
     }
+    let target = args.archive.target(config.as_ref())?;
+    let merged = match &target {
+        Some(t) => {
+            let scope = Scope {
+                venue,
+                symbols: args.symbol.clone(),
+                from_ms: args.from,
+                to_ms: args.to,
+                tables: Vec::new(),
+            };
+            let m = mdrec::archive::tiers::merge(&store, t, &scope).await;
+            store.close().await;
+            Some(m?)
+        }
+        None => None,
+    };
+    let reader = merged.as_ref().map_or(&store, |m| &m.store);
     for s in &args.symbol {
-        mdrec::export::check_symbol(&store, venue, s).await?;
+        mdrec::export::check_symbol(reader, venue, s).await?;
     }
     let by = args.by.map(|b| match b {
         ByArg::Hour => 3_600_000,
         ByArg::Day => 86_400_000,
     });
-    let c = mdrec::coverage::compute(&store, venue, &args.symbol, args.from, args.to, by).await?;
+    let mut c =
+        mdrec::coverage::compute(reader, venue, &args.symbol, args.from, args.to, by).await?;
+    if let Some(m) = &merged {
+        for sym in &mut c.symbols {
+            sym.stored = m
+                .tiers
+                .iter()
+                .filter(|d| d.symbol == sym.symbol)
+                .cloned()
+                .collect();
+        }
+    }
     if let Some(path) = args.html {
         // the page always has verdicts: per hour, or per day over a long window
         let mut page = c.clone();
@@ -86,7 +122,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         mdrec::report::write(&path, &page)?;
         eprintln!("wrote the coverage report to {}", path.display());
     }
-    store.close().await;
+    match merged {
+        Some(m) => m.close().await,
+        None => store.close().await,
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&c)?);
     } else {

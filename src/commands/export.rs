@@ -6,12 +6,14 @@ use mdrec::config::{Config, UsageError};
 use mdrec::export::{Format, Kind, Layout, Request};
 use mdrec::store::Store;
 
-use super::{Opened, Source, open_source};
+use super::{ArchiveArg, Opened, Source, open_source};
 
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
     source: Source,
+    #[command(flatten)]
+    archive: ArchiveArg,
     /// book: the stored full books, or with --every the book rebuilt on a time grid;
     /// book-deltas: the stored changes.
     #[arg(long, value_enum)]
@@ -62,10 +64,92 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         config,
         url,
     } = open_source(&args.source).await?;
+    let target = args.archive.target(config.as_ref())?;
+    let merged = match &target {
+        Some(t) => {
+            let scope = scope(venue, &args);
+            let m = mdrec::archive::tiers::merge(&store, t, &scope).await;
+            store.close().await;
+            Some(m?)
+        }
+        None => None,
+    };
+    let source = match &target {
+        Some(t) => format!("{url} and the archive {}", t.url),
+        None => url,
+    };
+    let (store, tiers) = match merged {
+        Some(m) => {
+            let tiers = m.tiers.clone();
+            (Reader::Merged(m), tiers)
+        }
+        None => (Reader::Db(store), Vec::new()),
+    };
+    let written = write(&store, venue, config.as_ref(), args, source).await;
+    store.close().await;
+    if !tiers.is_empty() {
+        eprintln!("read (UTC days: database, archive or both):");
+        eprint!("{}", mdrec::coverage::render_tiers(&tiers));
+    }
+    written
+}
+
+/// The database, or the view of it merged with the archive.
+enum Reader {
+    Db(Store),
+    Merged(mdrec::archive::tiers::Merged),
+}
+
+impl Reader {
+    fn store(&self) -> &Store {
+        match self {
+            Reader::Db(s) => s,
+            Reader::Merged(m) => &m.store,
+        }
+    }
+
+    async fn close(self) {
+        match self {
+            Reader::Db(s) => s.close().await,
+            Reader::Merged(m) => m.close().await,
+        }
+    }
+}
+
+/// What of the archive an export reads: its kind's tables over its window (a book grid
+/// starts from the last full book before it: up to a day earlier).
+fn scope(venue: &'static str, args: &Args) -> mdrec::archive::tiers::Scope {
+    let tables = match args.kind {
+        Kind::Trades => vec!["trades"],
+        Kind::Klines => vec!["klines"],
+        Kind::Book if args.every.is_some() => vec!["book_snapshots", "book_deltas"],
+        Kind::Book => vec!["book_snapshots"],
+        Kind::BookDeltas => vec!["book_deltas"],
+        Kind::Tickers => vec!["tickers"],
+        Kind::Gaps => vec!["gaps"],
+    };
+    let early = if args.every.is_some() { 86_400_000 } else { 0 };
+    mdrec::archive::tiers::Scope {
+        venue,
+        symbols: args.symbol.clone(),
+        from_ms: args.from.map(|f| f.saturating_sub(early)),
+        to_ms: args.to,
+        tables,
+    }
+}
+
+async fn write(
+    reader: &Reader,
+    venue: &'static str,
+    config: Option<&Config>,
+    args: Args,
+    url: String,
+) -> anyhow::Result<()> {
+    let store = reader.store();
     let interval = match args.interval {
         Some(i) => i,
         None if args.kind != Kind::Klines => String::new(),
-        None => default_interval(&store, venue, config.as_ref(), &args.symbol[0]).await?,
+        None => default_interval(store, venue, config, &args.symbol[0]).await?,
     };
     let layout = args.layout.unwrap_or(if args.symbol.len() > 1 {
         Layout::Hive
@@ -88,8 +172,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         source: url,
     };
     // refused before anything is counted or written
-    let parts = mdrec::export::plan(&store, venue, &req).await?;
-    let total = mdrec::export::count(&store, venue, &req, &parts).await?;
+    let parts = mdrec::export::plan(store, venue, &req).await?;
+    let total = mdrec::export::count(store, venue, &req, &parts).await?;
     // drawn only on a terminal
     let bar = indicatif::ProgressBar::with_draw_target(
         Some(total),
@@ -100,9 +184,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let written =
-        mdrec::export::export_parts(&store, venue, &req, &parts, |n| bar.set_position(n)).await;
+        mdrec::export::export_parts(store, venue, &req, &parts, |n| bar.set_position(n)).await;
     bar.finish_and_clear();
-    store.close().await;
     let written = written?;
     for w in &written {
         eprintln!("wrote {} rows to {}", w.rows, w.path.display());

@@ -113,6 +113,40 @@ pub async fn open_source(src: &Source) -> anyhow::Result<Opened> {
     })
 }
 
+/// `--archive URL` of a reading command: read the archive's rows too.
+#[derive(clap::Args)]
+pub struct ArchiveArg {
+    /// Also read this archive (file:///a/directory or s3://bucket/prefix), merged with the
+    /// database (each row once); default: -c's [archive] url. "" reads the database only.
+    #[arg(long)]
+    pub archive: Option<String>,
+}
+
+impl ArchiveArg {
+    /// The archive to read beside the database, if any.
+    pub fn target(
+        &self,
+        config: Option<&Config>,
+    ) -> anyhow::Result<Option<mdrec::archive::target::Target>> {
+        let url = match &self.archive {
+            Some(u) => u.clone(),
+            None => config.map(|c| c.archive.url.clone()).unwrap_or_default(),
+        };
+        if url.is_empty() {
+            return Ok(None);
+        }
+        // a reader never creates the directory it was told to read
+        if let Some(dir) = url.strip_prefix("file://")
+            && !std::path::Path::new(dir).is_dir()
+        {
+            return Err(UsageError::new("--archive", format!("{dir} is not a directory")).into());
+        }
+        mdrec::archive::target::Target::open(&url)
+            .map(Some)
+            .map_err(|e| UsageError::new("--archive", format!("{e:#}")).into())
+    }
+}
+
 /// Stop tokens: the first SIGTERM or SIGINT cancels `stop` (an orderly shutdown), a second
 /// signal cancels `hurry` (a fast stop that still spools what is unwritten). SIGHUP asks
 /// `reload` when given (the recorder reads its file again), else it stops like SIGTERM.

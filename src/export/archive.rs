@@ -354,6 +354,15 @@ fn cell_order(a: &Val, b: &Val) -> std::cmp::Ordering {
 /// key (the database's version where both have it: a bar made final later), in the part's
 /// order.
 pub fn merge(table: &str, old: Vec<Vec<Val>>, db: Vec<Vec<Val>>) -> Vec<Vec<Val>> {
+    merge_counted(table, old, db).0
+}
+
+/// [`merge`], and how many rows both held.
+pub fn merge_counted(
+    table: &str,
+    old: Vec<Vec<Val>>,
+    db: Vec<Vec<Val>>,
+) -> (Vec<Vec<Val>>, usize) {
     let (key, order) = key_and_order(table);
     let (key, order) = (positions(table, key), positions(table, order));
     let key_of = |r: &Vec<Val>| -> Vec<String> {
@@ -362,10 +371,12 @@ pub fn merge(table: &str, old: Vec<Vec<Val>>, db: Vec<Vec<Val>>) -> Vec<Vec<Val>
             .collect()
     };
     let have: std::collections::HashSet<Vec<String>> = db.iter().map(key_of).collect();
+    let before = old.len();
     let mut out: Vec<Vec<Val>> = old
         .into_iter()
         .filter(|r| !have.contains(&key_of(r)))
         .collect();
+    let both = before - out.len();
     out.extend(db);
     out.sort_by(|a, b| {
         order
@@ -374,7 +385,7 @@ pub fn merge(table: &str, old: Vec<Vec<Val>>, db: Vec<Vec<Val>>) -> Vec<Vec<Val>
             .find(|o| o.is_ne())
             .unwrap_or(std::cmp::Ordering::Equal)
     });
-    out
+    (out, both)
 }
 
 /// A period's rows into `sink`, cells as archived.

@@ -23,7 +23,7 @@ mod csv_sink;
 mod grid;
 mod pages;
 mod parquet_sink;
-mod plan;
+pub mod plan;
 mod request;
 mod rows;
 

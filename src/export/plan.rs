@@ -234,22 +234,46 @@ pub(super) fn gap_in(g: &crate::model::Gap, from: i64, to: i64) -> bool {
     g.start_ms < to && g.end_ms.unwrap_or(i64::MAX) >= from
 }
 
-/// `symbol=BTC_USD/date=2026-11-21`, with characters a path or a hive reader would take
-/// for syntax percent-encoded.
-pub(super) fn hive_dir(out: &Path, symbol: &str, day_ms: i64) -> PathBuf {
+/// A hive key's value with what a path or a hive reader would take for syntax
+/// percent-encoded (export's directories and the archive's).
+pub fn hive_value(v: &str) -> String {
     let mut enc = String::new();
-    for b in symbol.bytes() {
+    for b in v.bytes() {
         if b.is_ascii_alphanumeric() || b"-_.".contains(&b) {
             enc.push(b as char);
         } else {
             enc.push_str(&format!("%{b:02X}"));
         }
     }
-    let date = chrono::DateTime::from_timestamp_millis(day_ms)
+    enc
+}
+
+/// The value [`hive_value`] encoded (None: not its encoding).
+pub fn hive_decoded(enc: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(enc.len());
+    let mut bytes = enc.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'%' {
+            let hex = [bytes.next()?, bytes.next()?];
+            out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
+        } else {
+            out.push(b);
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// `YYYY-MM-DD` of a time in ms (UTC).
+pub fn date(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
         .map(|t| t.format("%Y-%m-%d").to_string())
-        .unwrap_or_else(|| day_ms.to_string());
-    out.join(format!("symbol={enc}"))
-        .join(format!("date={date}"))
+        .unwrap_or_else(|| ms.to_string())
+}
+
+/// `symbol=BTC_USD/date=2026-11-21`, the symbol as [`hive_value`] encodes it.
+pub(super) fn hive_dir(out: &Path, symbol: &str, day_ms: i64) -> PathBuf {
+    out.join(format!("symbol={}", hive_value(symbol)))
+        .join(format!("date={}", date(day_ms)))
 }
 
 /// The files the request writes, checked before any is: with the hive layout one per
@@ -382,5 +406,9 @@ mod tests {
         assert_eq!(p, Path::new("/x/symbol=BTC_USD/date=2025-11-21"));
         let p = hive_dir(Path::new("/x"), "A/B=C", 0);
         assert_eq!(p, Path::new("/x/symbol=A%2FB%3DC/date=1970-01-01"));
+        for v in ["A/B=C", "BTC_USD", "é 100%", ""] {
+            assert_eq!(hive_decoded(&hive_value(v)).as_deref(), Some(v));
+        }
+        assert_eq!(hive_decoded("%G1"), None);
     }
 }
