@@ -191,11 +191,15 @@ pub fn render_tiers(days: &[TierDay]) -> String {
         let text: Vec<String> = runs
             .iter()
             .map(|(a, b, tier, n)| {
-                let when = if a == b { a.clone() } else { format!("{a}..{b}") };
+                let when = if a == b {
+                    a.clone()
+                } else {
+                    format!("{a}..{b}")
+                };
                 format!("{when} {tier} ({})", count(*n, "row"))
             })
             .collect();
-        let _ = writeln!(s, "  {t:<14} {}", text.join(", "));
+        let _ = writeln!(s, "    {t:<14} {}", text.join(", "));
     }
     s
 }

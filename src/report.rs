@@ -161,7 +161,34 @@ fn symbol_section(s: &mut String, c: &Coverage, sym: &SymbolCoverage) {
         let _ = writeln!(s, "</ul>");
     }
     verdict_table(s, sym);
+    stored_table(s, sym);
     let _ = writeln!(s, "</section>");
+}
+
+/// With an archive: per UTC day and table, where the rows are (database, archive or both).
+fn stored_table(s: &mut String, sym: &SymbolCoverage) {
+    if sym.stored.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "<table class=\"stored\"><tr><th class=\"l\">day (UTC)</th><th class=\"l\">table</th>\
+         <th class=\"l\">stored in</th><th>rows</th><th>in the database</th><th>in the archive</th></tr>"
+    );
+    for d in &sym.stored {
+        let _ = writeln!(
+            s,
+            "<tr><td class=\"l\">{}</td><td class=\"l\">{}</td><td class=\"l\">{}</td>\
+             <td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&d.date),
+            esc(d.table),
+            d.tier,
+            d.rows(),
+            d.database_rows,
+            d.archive_rows
+        );
+    }
+    let _ = writeln!(s, "</table>");
 }
 
 /// One bar per stream: live spans green over grey, holes on top (filled amber, others red).

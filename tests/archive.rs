@@ -805,3 +805,191 @@ impl Drop for SmallDisk {
             .status();
     }
 }
+
+/// `mdrec <command> --db URL [args]`, its standard output (panics with its error output when
+/// it fails).
+fn mdrec_out(command: &str, db: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mdrec"))
+        .args([command, "--db", db])
+        .args(args)
+        .env_remove("MDREC_DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mdrec {command} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Every file under `dir`, by path relative to it, with its content.
+fn tree(dir: &std::path::Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut todo = vec![dir.to_path_buf()];
+    if !dir.exists() {
+        return out;
+    }
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                let rel = p.strip_prefix(dir).unwrap().display().to_string();
+                out.insert(rel, std::fs::read_to_string(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// What the readers answer: coverage as JSON (without where it was stored), trades and book
+/// changes exported as CSV, and the book at `at`; `archive`: `--archive URL` or nothing.
+fn readers(
+    db: &str,
+    archive: &[&str],
+    at: i64,
+) -> (serde_json::Value, Vec<String>, serde_json::Value) {
+    let mut cov: serde_json::Value =
+        serde_json::from_str(&mdrec_out("coverage", db, &[&["--json"], archive].concat())).unwrap();
+    let mut files = Vec::new();
+    for kind in ["trades", "book-deltas", "klines"] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("x");
+        let symbols = SYMBOLS.join(",");
+        let mut args = vec![
+            "--kind",
+            kind,
+            "--symbol",
+            &symbols,
+            "--format",
+            "csv",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        if kind == "klines" {
+            args.extend(["--interval", "1min"]);
+        }
+        mdrec_out("export", db, &[&args[..], archive].concat());
+        files.push(format!("{:?}", tree(&out)));
+    }
+    let at = at.to_string();
+    let mut book: serde_json::Value = serde_json::from_str(&mdrec_out(
+        "book",
+        db,
+        &[&["--symbol", SYMBOLS[0], "--at", &at, "--json"], archive].concat(),
+    ))
+    .unwrap();
+    let stored = serde_json::json!({
+        "coverage": cov["symbols"].as_array().unwrap().iter().map(|s| s["stored"].clone()).collect::<Vec<_>>(),
+        "book": book["stored"].clone(),
+    });
+    for s in cov["symbols"].as_array_mut().unwrap() {
+        s.as_object_mut().unwrap().remove("stored");
+    }
+    book.as_object_mut().unwrap().remove("stored");
+    (
+        serde_json::json!({"coverage": cov, "book": book, "stored": stored}),
+        files,
+        stored,
+    )
+}
+
+/// `coverage`, `export` and `book --at` with `--archive` answer as they did before anything
+/// was archived, once part of the rows left the database and once all did, each row once;
+/// they say per day whether the rows came from the database, the archive or both.
+async fn readers_span_both_tiers(db_url: &str) {
+    let (sim, store) = record(db_url).await;
+    let trades = common::stored_trades(&store, SYMBOLS[0]).await;
+    let mut times: Vec<i64> = trades.values().map(|t| t.4).collect();
+    times.sort();
+    let (first, last) = (times[0], times[times.len() - 1]);
+    let at = times[times.len() / 2];
+    let (before, before_files, _) = readers(db_url, &[], at);
+    let want = db_rows(&store).await;
+    assert!(
+        before_files.iter().all(|f| f.contains("part.csv")),
+        "every export holds rows"
+    );
+
+    let (dir, target) = directory();
+    let url = format!("file://{}", dir.path().display());
+    let archive = ["--archive", url.as_str()];
+    let endless = mdrec::model::now_ms();
+    wait_for("the last period to end", Duration::from_secs(3), || async {
+        mdrec::model::now_ms() >= endless + 1000
+    })
+    .await;
+    run(&store, &target, SETTINGS, i64::MAX).await.unwrap();
+
+    // the first half of the periods leave the database
+    let p = prune(&store, 0, (first + last) / 2, &|| false)
+        .await
+        .unwrap();
+    assert!(p.rows > 0, "{p:?}");
+    let left = db_rows(&store).await;
+    assert!(
+        left["trades"] < want["trades"] && left["trades"] > 0,
+        "{left:?}"
+    );
+    let db_only: serde_json::Value =
+        serde_json::from_str(&mdrec_out("coverage", db_url, &["--json"])).unwrap();
+    assert_ne!(db_only, before["coverage"], "the database alone lacks rows");
+    let (half, half_files, stored) = readers(db_url, &archive, at);
+    assert_eq!(half["coverage"], before["coverage"]);
+    assert_eq!(half_files, before_files);
+    assert_eq!(half["book"], before["book"]);
+    let days = stored["coverage"][0].as_array().unwrap();
+    let trades_day = days.iter().find(|d| d["table"] == "trades").unwrap();
+    assert_eq!(trades_day["tier"], "both", "{days:?}");
+    let n = |k: &str| trades_day[k].as_u64().unwrap();
+    assert!(
+        n("both_rows") > 0 && n("archive_rows") > n("database_rows"),
+        "{trades_day}"
+    );
+    assert_eq!(
+        (n("database_rows") + n("archive_rows") - n("both_rows")) as usize,
+        trades.len()
+    );
+
+    // then all of them
+    prune(&store, 0, i64::MAX / 2, &|| false).await.unwrap();
+    assert_eq!(db_rows(&store).await["trades"], 0);
+    let (all, all_files, stored) = readers(db_url, &archive, at);
+    assert_eq!(all["coverage"], before["coverage"]);
+    assert_eq!(all_files, before_files);
+    assert_eq!(all["book"], before["book"]);
+    for d in stored["coverage"][0].as_array().unwrap() {
+        assert_eq!(d["tier"], "archive", "{d}");
+        assert_eq!(d["database_rows"], 0, "{d}");
+    }
+    assert_eq!(stored["book"][0]["tier"], "archive", "{stored}");
+    // the text and the HTML page say so too
+    let page = dir.path().join("coverage.html");
+    let text = mdrec_out(
+        "coverage",
+        db_url,
+        &[&["--html", page.to_str().unwrap()], &archive[..]].concat(),
+    );
+    assert!(text.contains(" archive ("), "{text}");
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(html.contains("<td class=\"l\">archive</td>"), "{html}");
+    store.close().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_readers_span_both_tiers() {
+    let (_db, url) = sqlite_db();
+    readers_span_both_tiers(&url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_readers_span_both_tiers() {
+    let Some(db) = PgDb::create().await else {
+        return;
+    };
+    readers_span_both_tiers(&db.url).await;
+    db.drop_db().await;
+}

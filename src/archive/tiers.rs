@@ -19,8 +19,8 @@ use crate::decimal::Dec;
 use crate::export::Val;
 use crate::export::archive::{self as parts, TABLES, per_venue};
 use crate::model::{
-    BookDelta, BookSide, BookSnapshot, Event, Gap, GapStatus, Kline, Session, Side, Source,
-    Ticker, Trade,
+    BookDelta, BookSide, BookSnapshot, Event, Gap, GapStatus, Kline, Session, Side, Source, Ticker,
+    Trade,
 };
 use crate::store::{Batch, Store};
 
@@ -78,7 +78,12 @@ pub async fn merge(db: &Store, target: &Target, scope: &Scope) -> anyhow::Result
     let tables: Vec<&'static str> = if scope.tables.is_empty() {
         TABLES.into_iter().filter(|t| !per_venue(t)).collect()
     } else {
-        scope.tables.iter().copied().filter(|t| !per_venue(t)).collect()
+        scope
+            .tables
+            .iter()
+            .copied()
+            .filter(|t| !per_venue(t))
+            .collect()
     };
     for table in tables {
         for symbol in &symbols {
@@ -99,7 +104,10 @@ pub async fn book_days(
     symbol: &str,
 ) -> anyhow::Result<Option<(i64, i64)>> {
     let mut days: Vec<i64> = Vec::new();
-    if let Some(t) = db.next_row_ms("book_snapshots", venue, symbol, i64::MIN).await? {
+    if let Some(t) = db
+        .next_row_ms("book_snapshots", venue, symbol, i64::MIN)
+        .await?
+    {
         days.push(t.div_euclid(DAY) * DAY);
     }
     let steps = db.stored_depth_steps(venue, symbol).await?;
@@ -125,11 +133,7 @@ pub async fn book_days(
             days.extend(day);
         }
     }
-    Ok(days
-        .iter()
-        .min()
-        .copied()
-        .zip(days.iter().max().copied()))
+    Ok(days.iter().min().copied().zip(days.iter().max().copied()))
 }
 
 /// Symbols with rows in the database or a directory in the archive.
@@ -169,7 +173,11 @@ async fn parts_of(
             let mut all = Vec::new();
             let mut d = lo;
             while d < hi {
-                all.extend(target.list(&format!("{dir}date={}/", super::target::date(d))).await?);
+                all.extend(
+                    target
+                        .list(&format!("{dir}date={}/", super::target::date(d)))
+                        .await?,
+                );
                 d += DAY;
             }
             all
@@ -195,8 +203,8 @@ fn part_start(path: &str) -> Option<i64> {
     let mut it = path.rsplit('/');
     let name = it.next()?.strip_prefix("part-")?.strip_suffix(".parquet")?;
     let date = it.next()?.strip_prefix("date=")?;
-    let t = chrono::NaiveDateTime::parse_from_str(&format!("{date} {name}"), "%Y-%m-%d %H%M%S")
-        .ok()?;
+    let t =
+        chrono::NaiveDateTime::parse_from_str(&format!("{date} {name}"), "%Y-%m-%d %H%M%S").ok()?;
     Some(t.and_utc().timestamp_millis())
 }
 
@@ -217,7 +225,14 @@ async fn merge_stream(
     );
     if per_venue(table) {
         // small: the database's whole table and every part of the window at once
-        let db_rows = parts::collect(db, scope.venue, table, "", (i64::MIN / 1000 + 1, i64::MAX / 1000)).await?;
+        let db_rows = parts::collect(
+            db,
+            scope.venue,
+            table,
+            "",
+            (i64::MIN / 1000 + 1, i64::MAX / 1000),
+        )
+        .await?;
         let mut old = Vec::new();
         for (path, _) in &parts {
             old.extend(read_part(target, table, path).await?);
@@ -275,10 +290,7 @@ async fn write_rows(
         for r in chunk {
             b.push(event(table, venue, &symbol, r).with_context(|| format!("a row of {table}"))?);
         }
-        store
-            .write(&b)
-            .await
-            .context("writing the merged view")?;
+        store.write(&b).await.context("writing the merged view")?;
     }
     Ok(())
 }
@@ -353,7 +365,12 @@ impl Cells<'_> {
 
 /// An archived row (cells in the order `archive_columns` names them) as the event that
 /// stores it.
-fn event(table: &str, venue: &'static str, symbol: &Arc<str>, row: &[Val]) -> anyhow::Result<Event> {
+fn event(
+    table: &str,
+    venue: &'static str,
+    symbol: &Arc<str>,
+    row: &[Val],
+) -> anyhow::Result<Event> {
     let mut c = Cells(row.iter());
     let symbol = symbol.clone();
     Ok(match table {
@@ -469,7 +486,10 @@ mod tests {
     fn a_part_starts_where_its_path_says() {
         let p = "trades/venue=cdc-v1/symbol=btcusdt/date=2026-12-07/part-130500.parquet";
         assert_eq!(part_start(p), Some(1_796_648_700_000));
-        assert_eq!(part_start("trades/venue=x/date=2026-12-07/other.parquet"), None);
+        assert_eq!(
+            part_start("trades/venue=x/date=2026-12-07/other.parquet"),
+            None
+        );
         assert_eq!(part_start("part-130500.parquet"), None);
     }
 

@@ -358,11 +358,7 @@ pub fn merge(table: &str, old: Vec<Vec<Val>>, db: Vec<Vec<Val>>) -> Vec<Vec<Val>
 }
 
 /// [`merge`], and how many rows both held.
-pub fn merge_counted(
-    table: &str,
-    old: Vec<Vec<Val>>,
-    db: Vec<Vec<Val>>,
-) -> (Vec<Vec<Val>>, usize) {
+pub fn merge_counted(table: &str, old: Vec<Vec<Val>>, db: Vec<Vec<Val>>) -> (Vec<Vec<Val>>, usize) {
     let (key, order) = key_and_order(table);
     let (key, order) = (positions(table, key), positions(table, order));
     let key_of = |r: &Vec<Val>| -> Vec<String> {
