@@ -95,6 +95,10 @@ struct Args {
     /// in the archive at most once (the soak's check).
     #[arg(long)]
     archive_check: Option<std::path::PathBuf>,
+    /// SQLite: keep a copy of the recorded database here (VACUUM INTO), e.g. to time
+    /// `mdrec archive` on a real recording.
+    #[arg(long)]
+    keep_db: Option<std::path::PathBuf>,
     /// Options cargo bench passes on.
     #[arg(long, hide = true)]
     bench: bool,
@@ -459,6 +463,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     if let Some(name) = &pg_name {
         pg_drop(&args.pg, name).await;
+    }
+    if let (Some(to), true) = (&args.keep_db, db_url.starts_with("sqlite")) {
+        use sqlx::Connection;
+        let mut c = sqlx::SqliteConnection::connect(&db_url).await?;
+        sqlx::query("VACUUM INTO ?1")
+            .bind(to.display().to_string())
+            .execute(&mut c)
+            .await?;
+        eprintln!("kept the database as {}", to.display());
     }
     let m = match result {
         Ok(m) => m,

@@ -461,41 +461,85 @@ async fn sqlite_archive_to_s3_compatible_storage_equals_the_recording() {
     let target = Target::open("s3://mdrec-test/recordings/one").unwrap();
     let (_db, url) = sqlite_db();
     archive_equals_the_recording(&url, &target, None).await;
-    store_down_then_back(&endpoint).await;
+    store_failing_then_back(&endpoint).await;
 }
 
-/// A TCP forwarder to the object store that can be switched off (connections refused: the
-/// store is down) and on again.
+/// How the object store answers through the [`Switch`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Mode {
+    /// Connections closed unanswered: the store is down.
+    Down = 0,
+    Up = 1,
+    /// Every connection waits a while before it is passed on.
+    Slow = 2,
+    /// `503 Service Unavailable` to every request.
+    Unavailable = 3,
+    /// `403 AccessDenied`: the credentials are refused.
+    Refused = 4,
+}
+
+/// A TCP forwarder to the object store that can be switched off, slowed, made to answer
+/// 5xx or refuse the credentials, and switched on again.
 struct Switch {
     port: u16,
-    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    mode: std::sync::Arc<std::sync::atomic::AtomicU8>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Switch {
     async fn start(to: String) -> Switch {
+        use std::sync::atomic::Ordering::SeqCst;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = l.local_addr().unwrap().port();
-        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let on = up.clone();
+        let mode = std::sync::Arc::new(std::sync::atomic::AtomicU8::new(Mode::Down as u8));
+        let m = mode.clone();
         let task = tokio::spawn(async move {
             while let Ok((mut c, _)) = l.accept().await {
-                if !on.load(std::sync::atomic::Ordering::SeqCst) {
-                    continue; // dropped: the client sees the connection closed
-                }
+                let mode = m.load(SeqCst);
                 let to = to.clone();
                 tokio::spawn(async move {
-                    if let Ok(mut s) = tokio::net::TcpStream::connect(&to).await {
-                        let _ = tokio::io::copy_bidirectional(&mut c, &mut s).await;
-                    }
+                    let answer = |status: &str, body: &str| {
+                        format!(
+                            "HTTP/1.1 {status}\r\nContent-Type: application/xml\r\n\
+                             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        )
+                    };
+                    let reply = match mode {
+                        0 => return, // dropped: the client sees the connection closed
+                        3 => answer(
+                            "503 Service Unavailable",
+                            "<Error><Code>ServiceUnavailable</Code></Error>",
+                        ),
+                        4 => answer(
+                            "403 Forbidden",
+                            "<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>",
+                        ),
+                        slow => {
+                            if slow == 2 {
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                            if let Ok(mut s) = tokio::net::TcpStream::connect(&to).await {
+                                let _ = tokio::io::copy_bidirectional(&mut c, &mut s).await;
+                            }
+                            return;
+                        }
+                    };
+                    // the request's head, then the answer
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let _ = tokio::time::timeout(Duration::from_secs(1), c.read(&mut buf)).await;
+                    let _ = c.write_all(reply.as_bytes()).await;
+                    let _ = c.shutdown().await;
                 });
             }
         });
-        Switch { port, up, task }
+        Switch { port, mode, task }
     }
 
-    fn set(&self, up: bool) {
-        self.up.store(up, std::sync::atomic::Ordering::SeqCst);
+    fn set(&self, mode: Mode) {
+        self.mode
+            .store(mode as u8, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -505,26 +549,46 @@ impl Drop for Switch {
     }
 }
 
-/// The object store down during a round: the round fails, nothing is recorded or deleted;
-/// back up, the next round archives everything once.
-async fn store_down_then_back(endpoint: &str) {
+/// The object store down, answering 503, refusing the credentials: each round fails,
+/// nothing is recorded or deleted. Slow, then up: the rounds archive everything once.
+async fn store_failing_then_back(endpoint: &str) {
     let switch = Switch::start(endpoint.trim_start_matches("http://").to_string()).await;
     let via = format!("http://127.0.0.1:{}", switch.port);
     let target = Target::open_with_endpoint("s3://mdrec-test/down-then-back", &via).unwrap();
     let (_db, url) = sqlite_db();
     let (sim, store) = record(&url).await;
     let before = db_rows(&store).await;
-    let down = run(&store, &target, SETTINGS, i64::MAX).await;
-    assert!(down.is_err(), "a round with the store down fails");
-    assert!(store.archive_parts().await.unwrap().is_empty());
-    let pruned = prune(&store, 0, mdrec::model::now_ms(), &|| false)
-        .await
-        .unwrap();
-    assert_eq!(pruned.rows, 0, "nothing archived, nothing deleted");
-    assert_eq!(db_rows(&store).await, before);
-    switch.set(true);
+    for mode in [Mode::Down, Mode::Unavailable, Mode::Refused] {
+        switch.set(mode);
+        let t = std::time::Instant::now();
+        let failed = run(&store, &target, SETTINGS, i64::MAX).await;
+        eprintln!("store {mode:?}: the round failed after {:?}", t.elapsed());
+        let e = format!(
+            "{:#}",
+            failed
+                .err()
+                .unwrap_or_else(|| panic!("{mode:?}: the round fails"))
+        );
+        assert!(
+            !e.contains("test-secret"),
+            "{mode:?}: credentials never shown: {e}"
+        );
+        assert!(store.archive_parts().await.unwrap().is_empty(), "{mode:?}");
+        let pruned = prune(&store, 0, mdrec::model::now_ms(), &|| false)
+            .await
+            .unwrap();
+        assert_eq!(
+            pruned.rows, 0,
+            "{mode:?}: nothing archived, nothing deleted"
+        );
+        assert_eq!(db_rows(&store).await, before, "{mode:?}");
+    }
+    switch.set(Mode::Slow);
+    let t = std::time::Instant::now();
     let r = run(&store, &target, SETTINGS, i64::MAX).await.unwrap();
+    eprintln!("store slow: {} parts in {:?}", r.parts, t.elapsed());
     assert!(r.parts > 0);
+    switch.set(Mode::Up);
     // the market data (sessions and gaps, cut by the wall clock, are the other tests')
     let archived = archived_rows(&store).await;
     for t in [
