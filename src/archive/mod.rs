@@ -15,6 +15,7 @@ pub mod tiers;
 pub mod verify;
 
 use anyhow::Context;
+use futures_util::StreamExt;
 
 use crate::export::archive::{self as parts, TABLES, per_venue};
 use crate::store::Store;
@@ -86,13 +87,22 @@ pub async fn run(
             } else {
                 symbols.iter().map(String::as_str).collect()
             };
-            for symbol in streams {
-                let at = Stream {
-                    venue,
-                    table,
-                    symbol,
-                };
-                archive_stream(store, target, &at, s.period_ms, before, &mut pending).await?;
+            // several streams at a time: a part waits mostly on the object store's round
+            // trips and the database's reads
+            let jobs: Vec<_> = streams
+                .into_iter()
+                .map(|symbol| {
+                    let at = Stream {
+                        venue,
+                        table,
+                        symbol,
+                    };
+                    archive_stream(store, target, at, s.period_ms, before)
+                })
+                .collect();
+            let mut done = futures_util::stream::iter(jobs).buffer_unordered(STREAMS_AT_ONCE);
+            while let Some(parts) = done.next().await {
+                pending.0.extend(parts?);
                 if pending.0.len() >= 500 {
                     pending.flush(store, &mut report).await?;
                 }
@@ -140,20 +150,24 @@ impl Pending {
     }
 }
 
-/// The periods of one stream not archived yet, ending by `before`.
+/// Streams archived at once in a round.
+const STREAMS_AT_ONCE: usize = 8;
+
+/// The periods of one stream not archived yet, ending by `before`: their parts, published,
+/// each with the mark it moves the stream to (to be recorded).
 async fn archive_stream(
     store: &Store,
     target: &Target,
-    at: &Stream<'_>,
+    at: Stream<'_>,
     period: i64,
     before: i64,
-    pending: &mut Pending,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<(PartRow, i64)>> {
+    let mut out = Vec::new();
     let Stream {
         venue,
         table,
         symbol,
-    } = *at;
+    } = at;
     let end = before.div_euclid(period) * period;
     let mut from = store
         .archived_through(table, venue, symbol)
@@ -169,14 +183,14 @@ async fn archive_stream(
             break;
         }
         let written = write_part(store, target, venue, table, symbol, (p, p + period)).await?;
-        pending.0.push((written, p + period));
+        out.push((written, p + period));
         from = p + period;
     }
     if from < end {
         // nothing more to archive before `end`
-        pending.0.push((empty(table, venue, symbol, end), end));
+        out.push((empty(table, venue, symbol, end), end));
     }
-    Ok(())
+    Ok(out)
 }
 
 fn empty(table: &str, venue: &str, symbol: &str, at: i64) -> PartRow {
