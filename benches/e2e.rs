@@ -178,6 +178,7 @@ struct Scrape {
     queue_bytes: f64,
     latency: LatencyCounts,
     reconnects: f64,
+    spool_files: f64,
 }
 
 fn parse_metrics(text: &str) -> Scrape {
@@ -206,6 +207,8 @@ fn parse_metrics(text: &str) -> Scrape {
             s.queue = v;
         } else if name == "mdrec_queue_bytes" {
             s.queue_bytes = v;
+        } else if name == "mdrec_spool_files" {
+            s.spool_files = v;
         } else if name.starts_with("mdrec_frame_to_commit_seconds_bucket{") {
             let Some(le) = label("le") else { continue };
             let i = if le == "+Inf" {
@@ -432,7 +435,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             if m.is_ok() && args.archive_check.is_some() {
                 // what was delivered lands (and the last due periods are archived)
                 sim.halt();
-                tokio::time::sleep(Duration::from_secs(10)).await;
+                drained(&client, &metrics).await;
             }
             m.map(Outcome::Metrics)
         }
@@ -804,6 +807,23 @@ async fn trades_stored(db_url: &str) -> anyhow::Result<i64> {
 
 /// Waits until the stored trade count has not moved for 2 s (at most 30 s): the recorder
 /// wrote what it was going to.
+/// Waits (up to five minutes) until the recorder's queue and spool are empty on two scrapes
+/// a second apart: everything delivered is in the database.
+async fn drained(client: &reqwest::Client, metrics: &str) {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut empty = 0;
+    while Instant::now() < deadline && empty < 2 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        match scrape(client, metrics).await {
+            Some(s) if s.queue == 0.0 && s.spool_files == 0.0 => empty += 1,
+            _ => empty = 0,
+        }
+    }
+    if empty < 2 {
+        eprintln!("the recorder's queue or spool was not empty after five minutes");
+    }
+}
+
 async fn settle(db_url: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     let (mut last, mut still) = (-1, 0);

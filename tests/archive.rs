@@ -1057,3 +1057,47 @@ async fn postgres_readers_span_both_tiers() {
     readers_span_both_tiers(&db.url).await;
     db.drop_db().await;
 }
+
+/// While recording is behind (the daemon's `busy`: the writer's queue deep), a round waits
+/// before each part: nothing is written; once it is not, the round archives everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_archiving_waits_while_recording_is_behind() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+    let (_db, url) = sqlite_db();
+    let (sim, store) = record(&url).await;
+    let (dir, target) = directory();
+    let last = mdrec::model::now_ms();
+    wait_for("the last period to end", Duration::from_secs(3), || async {
+        mdrec::model::now_ms() >= last + 1000
+    })
+    .await;
+    let behind = Arc::new(AtomicBool::new(true));
+    let asked = Arc::new(AtomicUsize::new(0));
+    let (b, a) = (behind.clone(), asked.clone());
+    let store = Arc::new(store);
+    let s = store.clone();
+    let round = tokio::spawn(async move {
+        let busy = move || {
+            a.fetch_add(1, SeqCst);
+            b.load(SeqCst)
+        };
+        mdrec::archive::run_paced(&s, &target, SETTINGS, i64::MAX, &busy).await
+    });
+    // every stream of the first table asked, and asked again
+    wait_for("the round to wait", Duration::from_secs(20), || async {
+        asked.load(SeqCst) > 2 * SYMBOLS.len()
+    })
+    .await;
+    let files = std::fs::read_dir(dir.path()).unwrap().count();
+    assert!(store.archive_parts().await.unwrap().is_empty());
+    assert_eq!(files, 0, "nothing written while recording is behind");
+    behind.store(false, SeqCst);
+    let r = round.await.unwrap().unwrap();
+    assert!(r.parts > 0);
+    assert_eq!(
+        archived_rows(&store).await["trades"],
+        db_rows(&store).await["trades"]
+    );
+    sim.shutdown().await;
+}

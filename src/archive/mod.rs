@@ -71,6 +71,17 @@ pub async fn run(
     s: Settings,
     before_ms: i64,
 ) -> anyhow::Result<Report> {
+    run_paced(store, target, s, before_ms, &|| false).await
+}
+
+/// [`run`], waiting before each part while `busy` says recording needs the machine.
+pub async fn run_paced(
+    store: &Store,
+    target: &Target,
+    s: Settings,
+    before_ms: i64,
+    busy: &(dyn Fn() -> bool + Sync),
+) -> anyhow::Result<Report> {
     let now = crate::model::now_ms();
     let before = before_ms.min(now - s.settle_ms);
     clear_staging(target).await?;
@@ -97,11 +108,16 @@ pub async fn run(
                         table,
                         symbol,
                     };
-                    archive_stream(store, target, at, s.period_ms, before)
+                    archive_stream(store, target, at, (s.period_ms, before), busy)
                 })
                 .collect();
-            let mut done = futures_util::stream::iter(jobs).buffer_unordered(STREAMS_AT_ONCE);
-            while let Some(parts) = done.next().await {
+            // recorded once every stream of the table is done: a stream waiting unpolled
+            // in the buffer may hold a pooled connection the recording would wait for
+            let done: Vec<_> = futures_util::stream::iter(jobs)
+                .buffer_unordered(STREAMS_AT_ONCE)
+                .collect()
+                .await;
+            for parts in done {
                 pending.0.extend(parts?);
                 if pending.0.len() >= 500 {
                     pending.flush(store, &mut report).await?;
@@ -159,8 +175,8 @@ async fn archive_stream(
     store: &Store,
     target: &Target,
     at: Stream<'_>,
-    period: i64,
-    before: i64,
+    (period, before): (i64, i64),
+    busy: &(dyn Fn() -> bool + Sync),
 ) -> anyhow::Result<Vec<(PartRow, i64)>> {
     let mut out = Vec::new();
     let Stream {
@@ -181,6 +197,10 @@ async fn archive_stream(
         let p = t.div_euclid(period) * period;
         if p >= end {
             break;
+        }
+        // the writer first: a deep queue means recording needs the CPU and the database
+        while busy() {
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
         }
         let written = write_part(store, target, venue, table, symbol, (p, p + period)).await?;
         out.push((written, p + period));
@@ -395,7 +415,12 @@ pub struct Lifecycle {
     pub min_free_bytes: u64,
     /// Directories on the disks the budget is for (the SQLite file's, the spool's).
     pub watched: Vec<std::path::PathBuf>,
+    /// True while recording is behind (the writer's queue deep): archiving waits.
+    pub busy: Busy,
 }
+
+/// Whether recording needs the machine now.
+pub type Busy = std::sync::Arc<dyn Fn() -> bool + Send + Sync>;
 
 /// The directories whose disks the budget is for: the spool's, and the SQLite file's.
 pub fn watched_dirs(c: &crate::config::Config) -> Vec<std::path::PathBuf> {
@@ -419,6 +444,7 @@ impl Lifecycle {
             keep_ms: c.archive.db_keep_s as i64 * 1000,
             min_free_bytes: c.storage.min_free_bytes,
             watched,
+            busy: std::sync::Arc::new(|| false),
         }
     }
 
@@ -504,7 +530,7 @@ async fn round(
     stats: &crate::stats::ArchiveStats,
 ) -> anyhow::Result<()> {
     use std::sync::atomic::Ordering::Relaxed;
-    let r = run(store, &life.target, life.settings, i64::MAX).await?;
+    let r = run_paced(store, &life.target, life.settings, i64::MAX, &*life.busy).await?;
     stats.parts.fetch_add(r.parts, Relaxed);
     stats.rows.fetch_add(r.rows, Relaxed);
     stats.bytes.fetch_add(r.bytes, Relaxed);

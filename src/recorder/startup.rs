@@ -180,9 +180,14 @@ fn start_archive(
     }
     let target = crate::archive::target::Target::open(&config.archive.url)
         .map_err(|e| crate::config::ConfigError::new("archive.url", format!("{e:#}")))?;
+    let mut life = crate::archive::Lifecycle::from_config(config, target);
+    // archiving waits while the writer's queue is a quarter full: recording comes first
+    // (the archive's lag metric and alert say when it falls behind)
+    let (queue, capacity) = (stats.queue.clone(), config.writer.queue_capacity);
+    life.busy = Arc::new(move || queue.as_ref().is_some_and(|q| q.depth() * 4 > capacity));
     tasks.spawn(crate::archive::keep_archiving(
         store.clone(),
-        crate::archive::Lifecycle::from_config(config, target),
+        life,
         stats.archive.clone(),
         shutdown.clone(),
     ));
