@@ -1072,6 +1072,9 @@ async fn sqlite_archiving_waits_while_recording_is_behind() {
         mdrec::model::now_ms() >= last + 1000
     })
     .await;
+    // nothing archived yet: the archive is as far behind as the first connection
+    let first = store.oldest_archive_mark().await.unwrap();
+    assert!(first.is_some_and(|t| t <= last), "{first:?}");
     let behind = Arc::new(AtomicBool::new(true));
     let asked = Arc::new(AtomicUsize::new(0));
     let (b, a) = (behind.clone(), asked.clone());
@@ -1099,5 +1102,7 @@ async fn sqlite_archiving_waits_while_recording_is_behind() {
         archived_rows(&store).await["trades"],
         db_rows(&store).await["trades"]
     );
+    let now = store.oldest_archive_mark().await.unwrap();
+    assert!(now > first, "the archive moved on: {now:?} after {first:?}");
     sim.shutdown().await;
 }

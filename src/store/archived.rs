@@ -254,7 +254,13 @@ impl Store {
 
     /// The least `through_ms` of any stream (how far the whole archive is), if any.
     pub async fn oldest_archive_mark(&self) -> Result<Option<i64>, StoreError> {
-        on_pool!(self, p => sqlx::query_scalar("SELECT MIN(through_ms) FROM archive_marks")
+        // a symbol never archived yet counts from its first connection: an archive that
+        // archives nothing falls behind too
+        on_pool!(self, p => sqlx::query_scalar(
+            "SELECT MIN(t) FROM (SELECT MIN(through_ms) AS t FROM archive_marks UNION ALL \
+             SELECT MIN(s.connected_at_us) / 1000 AS t FROM sessions s WHERE NOT EXISTS \
+             (SELECT 1 FROM archive_marks m WHERE m.tbl = 'trades' AND m.venue = s.venue \
+             AND m.symbol = s.symbol)) AS x")
             .fetch_one(p)
             .await)
         .map_err(StoreError::sql("select archive_marks"))
