@@ -142,7 +142,7 @@ impl TierDay {
     pub fn new(
         symbol: &str,
         table: &'static str,
-        day_ms: i64,
+        date: String,
         (database_rows, archive_rows, both_rows): (u64, u64, u64),
     ) -> TierDay {
         let tier = match (database_rows > 0, archive_rows > 0) {
@@ -153,9 +153,7 @@ impl TierDay {
         TierDay {
             symbol: symbol.to_string(),
             table,
-            date: chrono::DateTime::from_timestamp_millis(day_ms)
-                .map(|d| d.format("%Y-%m-%d").to_string())
-                .unwrap_or_default(),
+            date,
             database_rows,
             archive_rows,
             both_rows,

@@ -19,6 +19,14 @@ use mdrec::store::{Batch, Store};
 use mdrec::venue::cdc_v1::NAME;
 
 const SYMBOLS: [&str; 2] = ["btcusdt", "hpxusdt"];
+/// The archived tables of market data (the rest: gaps and sessions).
+const MARKET_DATA: [&str; 5] = [
+    "trades",
+    "klines",
+    "book_snapshots",
+    "book_deltas",
+    "tickers",
+];
 /// One-second periods, archived at once: a test's recording spans a few of them.
 const SETTINGS: Settings = Settings {
     period_ms: 1000,
@@ -209,14 +217,7 @@ async fn archive_equals_the_recording(
     // the ledger counts every stored row once, per table
     let want = db_rows(&store).await;
     assert_eq!(archived_rows(&store).await, want, "ledger vs database");
-    for t in [
-        "trades",
-        "klines",
-        "book_snapshots",
-        "book_deltas",
-        "tickers",
-        "sessions",
-    ] {
+    for &t in MARKET_DATA.iter().chain(&["sessions"]) {
         assert!(want[t] > 0, "{t}: nothing recorded");
     }
     // nothing but parts in the table directories, and no staging left
@@ -322,13 +323,7 @@ async fn archive_equals_the_recording(
         .unwrap();
     assert!(pruned.rows > 0, "{pruned:?}");
     let left = db_rows(&store).await;
-    for t in [
-        "trades",
-        "klines",
-        "book_snapshots",
-        "book_deltas",
-        "tickers",
-    ] {
+    for t in MARKET_DATA {
         assert_eq!(left[t], 0, "{t}: {left:?}");
     }
     assert_eq!(
@@ -591,13 +586,7 @@ async fn store_failing_then_back(endpoint: &str) {
     switch.set(Mode::Up);
     // the market data (sessions and gaps, cut by the wall clock, are the other tests')
     let archived = archived_rows(&store).await;
-    for t in [
-        "trades",
-        "klines",
-        "book_snapshots",
-        "book_deltas",
-        "tickers",
-    ] {
+    for t in MARKET_DATA {
         assert_eq!(archived[t], before[t], "{t}");
     }
     let again = run(&store, &target, SETTINGS, i64::MAX).await.unwrap();
@@ -873,12 +862,7 @@ impl Drop for SmallDisk {
 /// `mdrec <command> --db URL [args]`, its standard output (panics with its error output when
 /// it fails).
 fn mdrec_out(command: &str, db: &str, args: &[&str]) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mdrec"))
-        .args([command, "--db", db])
-        .args(args)
-        .env_remove("MDREC_DATABASE_URL")
-        .output()
-        .unwrap();
+    let out = common::mdrec_cmd(command, db).args(args).output().unwrap();
     assert!(
         out.status.success(),
         "mdrec {command} {args:?}: {}",

@@ -912,10 +912,7 @@ async fn round_trip(db: &str) {
 }
 
 fn mdrec_cmd(db: &str) -> std::process::Command {
-    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_mdrec"));
-    c.args(["export", "--db", db])
-        .env_remove("MDREC_DATABASE_URL");
-    c
+    common::mdrec_cmd("export", db)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -264,6 +264,10 @@ async fn write_part(
             format!("DECIMAL(38,{})", parts::SCALE),
         ),
     ];
+    let mut meta = meta;
+    if let Some(c) = parts::coverage(store, venue, table, symbol, (from, to)).await? {
+        meta.push(("mdrec.coverage".into(), c.to_string()));
+    }
     let w = match store.archive_part(table, venue, symbol, from).await? {
         // its rows left the database: the part holds them, the database only late ones
         Some(prev) if prev.deleted_at_ms.is_some() => {
@@ -273,10 +277,6 @@ async fn write_part(
                 .with_context(|| format!("archiving {what}: its part {} is missing", prev.path))?;
             let old = verify::read_rows(table, &old)?;
             let db = parts::collect(store, venue, table, symbol, (from, to)).await?;
-            let mut meta = meta;
-            if let Some(c) = parts::coverage(store, venue, table, symbol, (from, to)).await? {
-                meta.push(("mdrec.coverage".into(), c.to_string()));
-            }
             parts::encode(table, parts::merge(table, old, db), meta)
         }
         _ => parts::write(store, venue, table, symbol, (from, to), meta).await,

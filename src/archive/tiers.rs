@@ -96,7 +96,8 @@ pub async fn merge(db: &Store, target: &Target, scope: &Scope) -> anyhow::Result
     Ok(m)
 }
 
-/// The first and last UTC day (their starts) holding a symbol's books in either tier.
+/// The first and last UTC day (their starts) holding a full book of a symbol in either
+/// tier (a book is rebuilt from the last full book before the time asked).
 pub async fn book_days(
     db: &Store,
     target: &Target,
@@ -104,34 +105,26 @@ pub async fn book_days(
     symbol: &str,
 ) -> anyhow::Result<Option<(i64, i64)>> {
     let mut days: Vec<i64> = Vec::new();
-    if let Some(t) = db
-        .next_row_ms("book_snapshots", venue, symbol, i64::MIN)
+    let (lo, hi) = (i64::MIN / 1000, i64::MAX / 1000);
+    let snapshots = crate::model::Table::BookSnapshots;
+    if let Some((first, last)) = db
+        .time_bounds(snapshots, venue, symbol, "", None, lo, hi)
         .await?
     {
-        days.push(t.div_euclid(DAY) * DAY);
+        days.extend([first.div_euclid(DAY) * DAY, last.div_euclid(DAY) * DAY]);
     }
-    let steps = db.stored_depth_steps(venue, symbol).await?;
-    for step in steps.into_iter().filter_map(|s| i16::try_from(s).ok()) {
-        let key = crate::model::StreamKey::Book(step);
-        let (_, _, last) = db
-            .stream_span(venue, symbol, &key, i64::MIN / 1000, i64::MAX / 1000)
-            .await?;
-        days.extend(last.map(|t| t.div_euclid(DAY) * DAY));
-    }
-    for table in ["book_snapshots", "book_deltas"] {
-        let dir = format!(
-            "{table}/venue={}/symbol={}/",
-            hive_value(venue),
-            hive_value(symbol)
-        );
-        for d in target.dirs(&dir).await? {
-            let day = d
-                .strip_prefix("date=")
-                .and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
-                .and_then(|d| d.and_hms_opt(0, 0, 0))
-                .map(|t| t.and_utc().timestamp_millis());
-            days.extend(day);
-        }
+    let dir = format!(
+        "book_snapshots/venue={}/symbol={}/",
+        hive_value(venue),
+        hive_value(symbol)
+    );
+    for d in target.dirs(&dir).await? {
+        let day = d
+            .strip_prefix("date=")
+            .and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+            .map(|t| t.and_utc().timestamp_millis());
+        days.extend(day);
     }
     Ok(days.iter().min().copied().zip(days.iter().max().copied()))
 }
@@ -264,7 +257,7 @@ async fn merge_stream(
         m.tiers.push(TierDay::new(
             symbol,
             table,
-            day,
+            super::target::date(day),
             (database_rows, archive_rows, both as u64),
         ));
         write_rows(&m.store, scope.venue, table, symbol, rows).await?;
@@ -495,7 +488,7 @@ mod tests {
 
     #[test]
     fn a_day_is_where_its_rows_are() {
-        let t = |db, ar, both| TierDay::new("x", "trades", 0, (db, ar, both));
+        let t = |db, ar, both| TierDay::new("x", "trades", "1970-01-01".into(), (db, ar, both));
         assert_eq!(t(3, 0, 0).tier, "database");
         assert_eq!(t(0, 3, 0).tier, "archive");
         assert_eq!(t(2, 3, 2).tier, "both");

@@ -109,21 +109,22 @@ async fn from_both(
         mdrec::export::check_symbol(store, venue, symbol).await?;
         anyhow::bail!("no {symbol} book stored ({venue}) in the database or the archive");
     };
-    let end = args.at.map_or(last_day + 2 * DAY, |a| a.saturating_add(1));
+    // the newest book: from the day of the last full book on
+    let end = args.at.map(|a| a.saturating_add(1));
     let mut span = DAY;
     loop {
-        let from = end.saturating_sub(span);
+        let from = end.map_or(last_day, |e| e.saturating_sub(span));
         let scope = Scope {
             venue,
             symbols: vec![args.symbol.clone()],
             from_ms: Some(from),
-            to_ms: Some(end),
+            to_ms: end,
             tables: vec!["book_snapshots", "book_deltas"],
         };
         let m = merge(store, target, &scope).await?;
         let r = match from_one(&m.store, venue, args).await {
             // an earlier day may hold the full book this one's changes start from
-            Err(_) if from > first_day => None,
+            Err(_) if end.is_some() && from > first_day => None,
             r => Some(r.map(|(b, n)| (b, n, m.tiers.clone()))),
         };
         m.close().await;

@@ -8,7 +8,7 @@ use clap::ValueEnum;
 use mdrec::archive::tiers::Scope;
 use mdrec::config::UsageError;
 
-use super::{ArchiveArg, Opened, Source, open_source};
+use super::{ArchiveArg, Opened, Reader, Source, open_source};
 
 #[derive(Clone, Copy, ValueEnum)]
 enum ByArg {
@@ -76,41 +76,31 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             UsageError::new("--from", "must be before --to (the window is [from, to))").into(),
         );
     }
-    let target = args.archive.target(config.as_ref())?;
-    let merged = match &target {
-        Some(t) => {
-            let scope = Scope {
-                venue,
-                symbols: args.symbol.clone(),
-                from_ms: args.from,
-                to_ms: args.to,
-                tables: Vec::new(),
-            };
-            let m = mdrec::archive::tiers::merge(&store, t, &scope).await;
-            store.close().await;
-            Some(m?)
-        }
-        None => None,
+    let scope = Scope {
+        venue,
+        symbols: args.symbol.clone(),
+        from_ms: args.from,
+        to_ms: args.to,
+        tables: Vec::new(),
     };
-    let reader = merged.as_ref().map_or(&store, |m| &m.store);
+    let target = args.archive.target(config.as_ref())?;
+    let reader = Reader::open(store, target.as_ref(), &scope).await?;
+    let db = reader.store();
     for s in &args.symbol {
-        mdrec::export::check_symbol(reader, venue, s).await?;
+        mdrec::export::check_symbol(db, venue, s).await?;
     }
     let by = args.by.map(|b| match b {
         ByArg::Hour => 3_600_000,
         ByArg::Day => 86_400_000,
     });
-    let mut c =
-        mdrec::coverage::compute(reader, venue, &args.symbol, args.from, args.to, by).await?;
-    if let Some(m) = &merged {
-        for sym in &mut c.symbols {
-            sym.stored = m
-                .tiers
-                .iter()
-                .filter(|d| d.symbol == sym.symbol)
-                .cloned()
-                .collect();
-        }
+    let mut c = mdrec::coverage::compute(db, venue, &args.symbol, args.from, args.to, by).await?;
+    for sym in &mut c.symbols {
+        sym.stored = reader
+            .tiers()
+            .iter()
+            .filter(|d| d.symbol == sym.symbol)
+            .cloned()
+            .collect();
     }
     if let Some(path) = args.html {
         // the page always has verdicts: per hour, or per day over a long window
@@ -122,10 +112,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         mdrec::report::write(&path, &page)?;
         eprintln!("wrote the coverage report to {}", path.display());
     }
-    match merged {
-        Some(m) => m.close().await,
-        None => store.close().await,
-    }
+    reader.close().await;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&c)?);
     } else {

@@ -6,7 +6,7 @@ use mdrec::config::{Config, UsageError};
 use mdrec::export::{Format, Kind, Layout, Request};
 use mdrec::store::Store;
 
-use super::{ArchiveArg, Opened, Source, open_source};
+use super::{ArchiveArg, Opened, Reader, Source, open_source};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -65,55 +65,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         url,
     } = open_source(&args.source).await?;
     let target = args.archive.target(config.as_ref())?;
-    let merged = match &target {
-        Some(t) => {
-            let scope = scope(venue, &args);
-            let m = mdrec::archive::tiers::merge(&store, t, &scope).await;
-            store.close().await;
-            Some(m?)
-        }
-        None => None,
-    };
     let source = match &target {
         Some(t) => format!("{url} and the archive {}", t.url),
         None => url,
     };
-    let (store, tiers) = match merged {
-        Some(m) => {
-            let tiers = m.tiers.clone();
-            (Reader::Merged(m), tiers)
-        }
-        None => (Reader::Db(store), Vec::new()),
-    };
-    let written = write(&store, venue, config.as_ref(), args, source).await;
-    store.close().await;
-    if !tiers.is_empty() {
+    let reader = Reader::open(store, target.as_ref(), &scope(venue, &args)).await?;
+    let written = write(reader.store(), venue, config.as_ref(), args, source).await;
+    if !reader.tiers().is_empty() {
         eprintln!("read (UTC days: database, archive or both):");
-        eprint!("{}", mdrec::coverage::render_tiers(&tiers));
+        eprint!("{}", mdrec::coverage::render_tiers(reader.tiers()));
     }
+    reader.close().await;
     written
-}
-
-/// The database, or the view of it merged with the archive.
-enum Reader {
-    Db(Store),
-    Merged(mdrec::archive::tiers::Merged),
-}
-
-impl Reader {
-    fn store(&self) -> &Store {
-        match self {
-            Reader::Db(s) => s,
-            Reader::Merged(m) => &m.store,
-        }
-    }
-
-    async fn close(self) {
-        match self {
-            Reader::Db(s) => s.close().await,
-            Reader::Merged(m) => m.close().await,
-        }
-    }
 }
 
 /// What of the archive an export reads: its kind's tables over its window (a book grid
@@ -139,13 +102,12 @@ fn scope(venue: &'static str, args: &Args) -> mdrec::archive::tiers::Scope {
 }
 
 async fn write(
-    reader: &Reader,
+    store: &Store,
     venue: &'static str,
     config: Option<&Config>,
     args: Args,
     url: String,
 ) -> anyhow::Result<()> {
-    let store = reader.store();
     let interval = match args.interval {
         Some(i) => i,
         None if args.kind != Kind::Klines => String::new(),

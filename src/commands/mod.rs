@@ -147,6 +147,51 @@ impl ArchiveArg {
     }
 }
 
+/// What a reading command reads: the database, or the database merged with the archive.
+pub enum Reader {
+    Db(mdrec::store::Store),
+    Merged(mdrec::archive::tiers::Merged),
+}
+
+impl Reader {
+    /// The database alone, or with `target` its rows and the archive's over `scope` merged
+    /// (the database is closed then: the merged view is read instead).
+    pub async fn open(
+        store: mdrec::store::Store,
+        target: Option<&mdrec::archive::target::Target>,
+        scope: &mdrec::archive::tiers::Scope,
+    ) -> anyhow::Result<Reader> {
+        let Some(t) = target else {
+            return Ok(Reader::Db(store));
+        };
+        let m = mdrec::archive::tiers::merge(&store, t, scope).await;
+        store.close().await;
+        Ok(Reader::Merged(m?))
+    }
+
+    pub fn store(&self) -> &mdrec::store::Store {
+        match self {
+            Reader::Db(s) => s,
+            Reader::Merged(m) => &m.store,
+        }
+    }
+
+    /// Per symbol, table and UTC day, where the rows came from (none without an archive).
+    pub fn tiers(&self) -> &[mdrec::coverage::TierDay] {
+        match self {
+            Reader::Db(_) => &[],
+            Reader::Merged(m) => &m.tiers,
+        }
+    }
+
+    pub async fn close(self) {
+        match self {
+            Reader::Db(s) => s.close().await,
+            Reader::Merged(m) => m.close().await,
+        }
+    }
+}
+
 /// Stop tokens: the first SIGTERM or SIGINT cancels `stop` (an orderly shutdown), a second
 /// signal cancels `hurry` (a fast stop that still spools what is unwritten). SIGHUP asks
 /// `reload` when given (the recorder reads its file again), else it stops like SIGTERM.

@@ -233,11 +233,8 @@ pub async fn write(
     table: &str,
     symbol: &str,
     window: (i64, i64),
-    mut meta: Vec<(String, String)>,
+    meta: Vec<(String, String)>,
 ) -> anyhow::Result<Written> {
-    if let Some(c) = coverage(store, venue, table, symbol, window).await? {
-        meta.push(("mdrec.coverage".into(), c.to_string()));
-    }
     let mut t = tee(table, meta)?;
     rows(store, venue, table, symbol, window, &mut t).await?;
     Ok(Written {

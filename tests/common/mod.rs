@@ -608,3 +608,11 @@ pub fn not_tested_summary(dir: &std::path::Path) -> String {
     }
     out
 }
+
+/// `mdrec <command> --db URL`, the environment's database left out.
+pub fn mdrec_cmd(command: &str, db: &str) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_mdrec"));
+    c.args([command, "--db", db])
+        .env_remove("MDREC_DATABASE_URL");
+    c
+}
