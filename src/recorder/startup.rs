@@ -286,6 +286,23 @@ async fn open_database(
         period_ms: config.archive.period_s as i64 * 1000,
         settle_ms: config.archive.settle_s as i64 * 1000,
     });
+    match made_ready(&store, config, listed).await {
+        Ok((db_up, listed)) => Ok((store, db_up, listed)),
+        Err(e) => {
+            // every connection closed before the caller removes a file it made
+            store.close().await;
+            Err(e)
+        }
+    }
+}
+
+/// Probes the store, waits for the symbols' check, migrates: whether the database answered.
+async fn made_ready(
+    store: &Store,
+    config: &Config,
+    listed: impl std::future::Future<Output = anyhow::Result<Option<Vec<Market>>>>,
+) -> anyhow::Result<(bool, Option<Vec<Market>>)> {
+    let url = &config.database.url;
     let limit = Duration::from_secs(config.writer.write_timeout_s.max(1));
     let probed = match store.probe(limit).await {
         Err(e) if !matches!(e.class(), ErrorClass::Unavailable | ErrorClass::Timeout) => {
@@ -316,7 +333,7 @@ async fn open_database(
     if db_up {
         tracing::info!(database = %redact_url(url), symbols = config.record.symbols.len(), "database ready");
     }
-    Ok((store, db_up, listed))
+    Ok((db_up, listed))
 }
 
 fn open_spool(config: &Config) -> anyhow::Result<Spool> {

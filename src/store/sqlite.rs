@@ -86,7 +86,10 @@ fn spawn_checkpointer(pool: &SqlitePool) -> Option<AbortOnDrop> {
     let rt = tokio::runtime::Handle::try_current().ok()?;
     let pool = pool.clone();
     let task = rt.spawn(async move {
-        let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+        // the first checkpoint one period in: none while start-up may still refuse and
+        // remove a file it just created
+        let start = tokio::time::Instant::now() + CHECKPOINT_EVERY;
+        let mut tick = tokio::time::interval_at(start, CHECKPOINT_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut logged = false;
         loop {
