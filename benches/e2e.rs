@@ -627,7 +627,7 @@ const DATA_TABLES: [(&str, &str, &[&str]); 6] = [
 ];
 
 /// Per market-data table: rows, and bytes on disk of the table with its indexes (SQLite's
-/// `dbstat` pages; PostgreSQL's `pg_total_relation_size`, TOAST included).
+/// `dbstat` pages; PostgreSQL's `pg_total_relation_size` of every partition, TOAST included).
 async fn storage(db_url: &str) -> anyhow::Result<Vec<(&'static str, i64, i64)>> {
     use sqlx::Connection;
     let mut out = Vec::new();
@@ -654,10 +654,14 @@ async fn storage(db_url: &str) -> anyhow::Result<Vec<(&'static str, i64, i64)>> 
             let rows: i64 = sqlx::query_scalar(count).fetch_one(&mut c).await?;
             let mut bytes = 0;
             for t in tables {
-                let b: i64 = sqlx::query_scalar("SELECT pg_total_relation_size($1::regclass)")
-                    .bind(t)
-                    .fetch_one(&mut c)
-                    .await?;
+                // a partitioned table's own size is 0: its partitions' sizes summed
+                let b: i64 = sqlx::query_scalar(
+                    "SELECT COALESCE(SUM(pg_total_relation_size(relid)), 0)::bigint \
+                     FROM pg_partition_tree($1::regclass)",
+                )
+                .bind(t)
+                .fetch_one(&mut c)
+                .await?;
                 bytes += b;
             }
             out.push((name, rows, bytes));

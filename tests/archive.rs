@@ -684,6 +684,22 @@ async fn sqlite_archive_killed_at_each_step_then_finished_equals_the_recording()
 #[tokio::test]
 async fn sqlite_the_daemon_archives_and_deletes_while_recording() {
     let (_db, url) = sqlite_db();
+    the_daemon_archives_and_deletes_while_recording(&url).await;
+}
+
+/// The same on PostgreSQL, where the daemon also keeps time partitions ready ahead of the
+/// rows (the current one and the next two, a period wide here: `db_keep_s` is 0).
+#[tokio::test]
+async fn postgres_the_daemon_archives_and_deletes_while_recording() {
+    let Some(pg) = PgDb::create().await else {
+        return;
+    };
+    the_daemon_archives_and_deletes_while_recording(&pg.url).await;
+    pg.drop_db().await;
+}
+
+async fn the_daemon_archives_and_deletes_while_recording(url: &str) {
+    let url = url.to_string();
     let dir = tempfile::tempdir().unwrap();
     let extra = format!(
         "[archive]\nurl = \"file://{}\"\nperiod_s = 60\nsettle_s = 1\ndb_keep_s = 0\n",
@@ -715,6 +731,21 @@ async fn sqlite_the_daemon_archives_and_deletes_while_recording() {
         "{:?}",
         health.problems
     );
+    if matches!(store, Store::Postgres(_)) {
+        let now = mdrec::model::now_ms();
+        let parts = store.partitions().await.unwrap();
+        for t in mdrec::store::partitions::PARTITIONED.iter() {
+            let ahead: Vec<_> = parts
+                .iter()
+                .filter(|p| p.of.table == t.table && p.to_ms > now)
+                .map(|p| p.to_ms - p.from_ms)
+                .collect();
+            assert!(
+                ahead.len() >= 2 && ahead.iter().all(|w| *w == 60_000),
+                "{parts:?}"
+            );
+        }
+    }
     rec.stop().await;
     let mut want: Vec<(String, i64)> = SYMBOLS
         .iter()
@@ -1089,4 +1120,117 @@ async fn sqlite_archiving_waits_while_recording_is_behind() {
     let now = store.oldest_archive_mark().await.unwrap();
     assert!(now > first, "the archive moved on: {now:?} after {first:?}");
     sim.shutdown().await;
+}
+
+/// Rows of a partitioned table's default partition (PostgreSQL).
+async fn in_default(store: &Store, table: &str) -> i64 {
+    let Store::Postgres(s) = store else {
+        return 0;
+    };
+    sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}_default"))
+        .fetch_one(s.pool())
+        .await
+        .unwrap()
+}
+
+/// PostgreSQL: time partitions made after a recording take its rows out of the default
+/// partitions (nothing lost); they are kept while not archived, dropped whole once they
+/// are (the ledger then says the parts' rows left); a late row for a dropped partition's
+/// time lands in the default partition and is archived once.
+#[tokio::test]
+async fn postgres_archived_partitions_are_dropped_whole() {
+    use mdrec::store::partitions::PARTITIONED;
+    let Some(pg) = PgDb::create().await else {
+        return;
+    };
+    let (sim, store) = record(&pg.url).await;
+    let recorded = db_rows(&store).await;
+    let last = mdrec::model::now_ms();
+    wait_for("the last period to end", Duration::from_secs(3), || async {
+        mdrec::model::now_ms() >= last + 1000
+    })
+    .await;
+    // ten-second partitions over the recording (its market began ten minutes ago), one
+    // before them for older bars (a day's kline began at midnight)
+    let width = 10_000;
+    let span = ((last - 700_000).div_euclid(width) * width, last + width);
+    let mut made = 0;
+    for p in PARTITIONED.iter() {
+        let old = span.0 - 3 * 86_400_000;
+        made += store.create_partition(p, old, span.0).await.unwrap() as usize;
+        for from in (span.0..span.1).step_by(width as usize) {
+            made += store.create_partition(p, from, from + width).await.unwrap() as usize;
+        }
+        assert_eq!(in_default(&store, p.table).await, 0, "{}", p.table);
+    }
+    assert_eq!(made, store.partitions().await.unwrap().len());
+    assert_eq!(db_rows(&store).await, recorded, "rows moved, none lost");
+
+    // nothing archived: no row deleted (only partitions that hold none are dropped)
+    let none = prune(&store, 0, mdrec::model::now_ms(), &|| false)
+        .await
+        .unwrap();
+    assert_eq!((none.rows, none.parts), (0, 0), "{none:?}");
+    assert_eq!(db_rows(&store).await, recorded);
+
+    let (_dir, target) = directory();
+    run(&store, &target, SETTINGS, i64::MAX).await.unwrap();
+    let at = mdrec::model::now_ms();
+    let pruned = prune(&store, 0, at, &|| false).await.unwrap();
+    assert!(pruned.partitions > 0 && pruned.rows > 0, "{pruned:?}");
+    let left = store.partitions().await.unwrap();
+    assert!(left.iter().all(|p| p.to_ms > at), "{left:?}");
+    let db = db_rows(&store).await;
+    let archived = archived_rows(&store).await;
+    for t in MARKET_DATA {
+        assert!(recorded[t] > 0, "{t}: nothing recorded");
+        assert_eq!(db[t], 0, "{t} left in the database");
+        assert_eq!(archived[t], recorded[t], "{t} archived");
+    }
+    let parts = store.archive_parts().await.unwrap();
+    assert!(
+        parts
+            .iter()
+            .filter(|p| MARKET_DATA.contains(&p.tbl.as_str()))
+            .all(|p| p.deleted_at_ms.is_some())
+    );
+
+    // a late ticker in a dropped partition's time: the default partition takes it
+    store.set_late_rule(LateRule {
+        period_ms: SETTINGS.period_ms,
+        settle_ms: 0,
+    });
+    let mut b = Batch::default();
+    b.push(Event::Ticker(mdrec::model::Ticker {
+        venue: NAME,
+        symbol: SYMBOLS[0].into(),
+        event_time_ms: span.0 + 1,
+        recv_time_us: at * 1000,
+        open: None,
+        high: None,
+        low: None,
+        close: Some(Dec::parse("1.5").unwrap()),
+        volume: None,
+        quote_volume: None,
+        change: None,
+        bid: None,
+        bid_qty: None,
+        ask: None,
+        ask_qty: None,
+    }));
+    store.write(&b).await.unwrap();
+    assert_eq!(in_default(&store, "tickers").await, 1);
+    let r = run(&store, &target, SETTINGS, i64::MAX).await.unwrap();
+    assert_eq!(r.rewritten, 1, "{r:?}");
+    assert_eq!(
+        archived_rows(&store).await["tickers"],
+        recorded["tickers"] + 1
+    );
+    prune(&store, 0, mdrec::model::now_ms(), &|| false)
+        .await
+        .unwrap();
+    assert_eq!(in_default(&store, "tickers").await, 0);
+    store.close().await;
+    sim.shutdown().await;
+    pg.drop_db().await;
 }

@@ -10,6 +10,7 @@
 //! crash at any point leaves either no ledger row (the part is written again under the same
 //! name) or a verified part. One archiver per archive at a time.
 
+pub mod retention;
 pub mod target;
 pub mod tiers;
 pub mod verify;
@@ -20,12 +21,13 @@ use futures_util::StreamExt;
 use crate::export::archive::{self as parts, TABLES, per_venue};
 use crate::store::Store;
 use crate::store::archived::{DirtyRow, PartRow};
+pub use retention::{Pruned, prune, prune_early};
 use target::{STAGING, Target, part_path};
 
 /// A process killed at a step of the archive's (`MDREC_ARCHIVE_CRASH_AT` names it:
 /// `staged`, `verified`, `published`, `recorded`, `deleting`): it aborts there as `kill -9`
 /// would, for the tests that restart it. Unset, nothing happens.
-fn crash_point(step: &str) {
+pub(crate) fn crash_point(step: &str) {
     static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     if AT
         .get_or_init(|| std::env::var("MDREC_ARCHIVE_CRASH_AT").ok())
@@ -351,51 +353,6 @@ async fn rewrite_late(
     store.clear_dirty(d).await.map_err(Into::into)
 }
 
-/// What a pruning pass deleted.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Pruned {
-    pub parts: u64,
-    pub rows: u64,
-}
-
-/// Deletes from the database the rows of archived periods that ended `keep_ms` before
-/// `now_ms` (gaps and sessions stay: they are small and coverage reads them), a chunk per
-/// statement so the writer never waits long; a period with a late row waiting to be
-/// archived keeps its rows until it is.
-/// `enough`: asked after each part; true stops early.
-pub async fn prune(
-    store: &Store,
-    keep_ms: i64,
-    now_ms: i64,
-    enough: &(dyn Fn() -> bool + Sync),
-) -> anyhow::Result<Pruned> {
-    const CHUNK: i64 = 5_000;
-    let mut out = Pruned::default();
-    loop {
-        let parts = store.parts_to_prune(now_ms - keep_ms, 500).await?;
-        if parts.is_empty() {
-            return Ok(out);
-        }
-        for p in &parts {
-            loop {
-                let n = store.delete_archived(p, CHUNK).await?;
-                crash_point("deleting");
-                out.rows += n;
-                if n < CHUNK as u64 {
-                    break;
-                }
-            }
-            store
-                .mark_deleted(p, now_ms.max(p.archived_at_ms + 1))
-                .await?;
-            out.parts += 1;
-            if enough() {
-                return Ok(out);
-            }
-        }
-    }
-}
-
 /// A name no other staged part has.
 fn uuid_like() -> String {
     format!(
@@ -530,6 +487,8 @@ async fn round(
     stats: &crate::stats::ArchiveStats,
 ) -> anyhow::Result<()> {
     use std::sync::atomic::Ordering::Relaxed;
+    let width = retention::partition_ms(life.settings.period_ms, life.keep_ms);
+    retention::make_partitions(store, width, crate::model::now_ms()).await?;
     let r = run_paced(store, &life.target, life.settings, i64::MAX, &*life.busy).await?;
     stats.parts.fetch_add(r.parts, Relaxed);
     stats.rows.fetch_add(r.rows, Relaxed);
@@ -552,13 +511,14 @@ async fn round(
         tracing::info!(
             parts = kept.parts,
             rows = kept.rows,
+            partitions = kept.partitions,
             "deleted archived rows past db_keep_s"
         );
     }
     // pages a deletion freed inside a SQLite file are free space the file grows into first
     let free = |reusable: u64| life.free_bytes().map(|f| f + reusable);
     if free(store.reusable_bytes().await?).is_some_and(|f| f < life.min_free_bytes) {
-        let early = prune(store, 0, now, &|| false).await?;
+        let early = prune_early(store, now, &|| false).await?;
         stats.deleted_rows.fetch_add(early.rows, Relaxed);
         let free = free(store.reusable_bytes().await?).unwrap_or(0);
         stats

@@ -148,22 +148,41 @@ impl Store {
     }
 
     /// Parts of periods that ended by `end_ms` whose rows the database still holds (never
-    /// deleted, or written again since), oldest first, at most `limit`.
+    /// deleted, or written again since), oldest first, at most `limit`; none overlapping a
+    /// partition in `spare` (its rows leave with the partition).
     pub async fn parts_to_prune(
         &self,
         end_ms: i64,
         limit: i64,
+        spare: &[super::partitions::Partition],
     ) -> Result<Vec<PartRow>, StoreError> {
-        on_pool!(self, p => sqlx::query_as(
-            "SELECT tbl, venue, symbol, period_start_ms, period_end_ms, path, rows, digest, bytes, \
-             archived_at_ms, deleted_at_ms FROM archive_parts WHERE period_end_ms <= $1 \
-             AND tbl <> 'gaps' AND tbl <> 'sessions' \
-             AND (deleted_at_ms IS NULL OR archived_at_ms > deleted_at_ms) \
-             ORDER BY period_start_ms, tbl, venue, symbol LIMIT $2")
-            .bind(end_ms)
-            .bind(limit)
-            .fetch_all(p)
-            .await)
+        const SELECT: &str = "SELECT tbl, venue, symbol, period_start_ms, period_end_ms, path, \
+             rows, digest, bytes, archived_at_ms, deleted_at_ms FROM archive_parts \
+             WHERE period_end_ms <= $1 AND tbl <> 'gaps' AND tbl <> 'sessions' \
+             AND (deleted_at_ms IS NULL OR archived_at_ms > deleted_at_ms)";
+        const ORDER: &str = " ORDER BY period_start_ms, tbl, venue, symbol LIMIT $2";
+        match self {
+            Store::Postgres(s) if !spare.is_empty() => {
+                let sql = format!(
+                    "{SELECT} AND NOT EXISTS (SELECT 1 FROM UNNEST($3::text[], $4::bigint[], \
+                     $5::bigint[]) AS x(tbl, lo, hi) WHERE x.tbl = archive_parts.tbl \
+                     AND archive_parts.period_start_ms < x.hi \
+                     AND archive_parts.period_end_ms > x.lo){ORDER}"
+                );
+                sqlx::query_as(&sql)
+                    .bind(end_ms)
+                    .bind(limit)
+                    .bind(spare.iter().map(|p| p.of.tbl).collect::<Vec<_>>())
+                    .bind(spare.iter().map(|p| p.from_ms).collect::<Vec<_>>())
+                    .bind(spare.iter().map(|p| p.to_ms).collect::<Vec<_>>())
+                    .fetch_all(s.pool())
+                    .await
+            }
+            _ => {
+                let sql = format!("{SELECT}{ORDER}");
+                on_pool!(self, p => sqlx::query_as(&sql).bind(end_ms).bind(limit).fetch_all(p).await)
+            }
+        }
         .map_err(StoreError::sql("select archive_parts"))
     }
 

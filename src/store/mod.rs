@@ -10,6 +10,7 @@ mod book_read;
 pub mod error;
 pub mod figures;
 pub mod ledger;
+pub mod partitions;
 pub mod postgres;
 pub mod queue;
 pub mod read;
