@@ -656,8 +656,8 @@ async fn storage(db_url: &str) -> anyhow::Result<Vec<(&'static str, i64, i64)>> 
             for t in tables {
                 // a partitioned table's own size is 0: its partitions' sizes summed
                 let b: i64 = sqlx::query_scalar(
-                    "SELECT COALESCE(SUM(pg_total_relation_size(relid)), 0)::bigint \
-                     FROM pg_partition_tree($1::regclass)",
+                    "SELECT COALESCE((SELECT SUM(pg_total_relation_size(relid)) \
+                     FROM pg_partition_tree($1::regclass)), pg_total_relation_size($1::regclass))::bigint",
                 )
                 .bind(t)
                 .fetch_one(&mut c)

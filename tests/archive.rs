@@ -1195,7 +1195,8 @@ async fn postgres_archived_partitions_are_dropped_whole() {
             .all(|p| p.deleted_at_ms.is_some())
     );
 
-    // a late ticker in a dropped partition's time: the default partition takes it
+    // a late ticker (a replayed spool's: received long ago) in a dropped partition's time:
+    // the default partition takes it
     store.set_late_rule(LateRule {
         period_ms: SETTINGS.period_ms,
         settle_ms: 0,
@@ -1205,7 +1206,7 @@ async fn postgres_archived_partitions_are_dropped_whole() {
         venue: NAME,
         symbol: SYMBOLS[0].into(),
         event_time_ms: span.0 + 1,
-        recv_time_us: at * 1000,
+        recv_time_us: (span.0 + 2) * 1000,
         open: None,
         high: None,
         low: None,

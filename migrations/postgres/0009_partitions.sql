@@ -1,45 +1,46 @@
--- The time-keyed market-data tables partitioned by exchange time (the archive's period of a
--- row), so that retention drops a partition instead of deleting rows. The existing table
--- becomes the DEFAULT partition in place (no copy; its new key index is built): rows of any
--- time always have a home. The daemon creates range partitions ahead of time and drops them
--- once every row in them is archived and older than `db_keep_s` (src/store/partitions.rs).
--- A partitioned table's keys must hold the partition column: the book and ticker keys gain
--- event_time_ms (a frame's receive time already identifies it; its exchange time comes
--- from the same frame). `trades` stays one table: a trade is identified by the exchange's
--- id alone, and some venues give one trade other times on REST and websocket
--- (PROTOCOL-NOTES: seconds vs milliseconds); a time in its key would store it twice.
+-- The market-data tables with a time in their keys partitioned by it, so that retention
+-- drops a partition instead of deleting rows: klines by bar open time (the archive's period
+-- of a bar), the book and tickers by receive time (their keys are unchanged: no byte more
+-- per row). The existing table becomes the DEFAULT partition in place (no copy, its indexes
+-- kept): rows of any time always have a home. The daemon creates range partitions ahead of
+-- time and drops one once every row in it is archived and older than `db_keep_s`
+-- (src/store/partitions.rs).
+-- `trades` stays one table: its key is the exchange's trade id, and a partitioned table's
+-- key must hold the partition column; some venues give one trade other times on REST and
+-- websocket (PROTOCOL-NOTES: seconds vs milliseconds), so a time in its key would store a
+-- trade twice.
 
 DROP VIEW book_deltas;
 DROP VIEW klines_utc;
 
 ALTER TABLE klines RENAME TO klines_default;
-ALTER TABLE klines_default DROP CONSTRAINT klines_pkey;
+ALTER TABLE klines_default RENAME CONSTRAINT klines_pkey TO klines_default_pkey;
 CREATE TABLE klines (LIKE klines_default INCLUDING DEFAULTS INCLUDING CONSTRAINTS)
     PARTITION BY RANGE (open_time_ms);
 ALTER TABLE klines ADD PRIMARY KEY (venue, symbol, interval, open_time_ms);
 ALTER TABLE klines ATTACH PARTITION klines_default DEFAULT;
 
 ALTER TABLE book_snapshots RENAME TO book_snapshots_default;
-ALTER TABLE book_snapshots_default DROP CONSTRAINT book_snapshots_pkey;
+ALTER TABLE book_snapshots_default RENAME CONSTRAINT book_snapshots_pkey TO book_snapshots_default_pkey;
 ALTER INDEX book_snapshots_event_time RENAME TO book_snapshots_default_event_time;
 CREATE TABLE book_snapshots (LIKE book_snapshots_default INCLUDING DEFAULTS INCLUDING CONSTRAINTS)
-    PARTITION BY RANGE (event_time_ms);
-ALTER TABLE book_snapshots ADD PRIMARY KEY (venue, symbol, depth_step, recv_time_us, event_time_ms);
+    PARTITION BY RANGE (recv_time_us);
+ALTER TABLE book_snapshots ADD PRIMARY KEY (venue, symbol, depth_step, recv_time_us);
 ALTER TABLE book_snapshots ATTACH PARTITION book_snapshots_default DEFAULT;
 CREATE INDEX book_snapshots_event_time ON book_snapshots (venue, symbol, depth_step, event_time_ms);
 
 ALTER TABLE book_updates RENAME TO book_updates_default;
-ALTER TABLE book_updates_default DROP CONSTRAINT book_updates_pkey;
+ALTER TABLE book_updates_default RENAME CONSTRAINT book_updates_pkey TO book_updates_default_pkey;
 CREATE TABLE book_updates (LIKE book_updates_default INCLUDING DEFAULTS INCLUDING CONSTRAINTS)
-    PARTITION BY RANGE (event_time_ms);
-ALTER TABLE book_updates ADD PRIMARY KEY (stream, recv_time_us, first_seq, event_time_ms);
+    PARTITION BY RANGE (recv_time_us);
+ALTER TABLE book_updates ADD PRIMARY KEY (stream, recv_time_us, first_seq);
 ALTER TABLE book_updates ATTACH PARTITION book_updates_default DEFAULT;
 
 ALTER TABLE tickers RENAME TO tickers_default;
-ALTER TABLE tickers_default DROP CONSTRAINT tickers_pkey;
+ALTER TABLE tickers_default RENAME CONSTRAINT tickers_pkey TO tickers_default_pkey;
 CREATE TABLE tickers (LIKE tickers_default INCLUDING DEFAULTS INCLUDING CONSTRAINTS)
-    PARTITION BY RANGE (event_time_ms);
-ALTER TABLE tickers ADD PRIMARY KEY (venue, symbol, recv_time_us, event_time_ms);
+    PARTITION BY RANGE (recv_time_us);
+ALTER TABLE tickers ADD PRIMARY KEY (venue, symbol, recv_time_us);
 ALTER TABLE tickers ATTACH PARTITION tickers_default DEFAULT;
 
 CREATE VIEW klines_utc AS

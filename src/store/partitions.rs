@@ -5,15 +5,26 @@
 
 use super::{Store, StoreError};
 
-/// A partitioned table: its archive name, its database table, the partition column (the
-/// exchange time the archive's periods are cut by), and what gives a row's venue and symbol.
+/// A partitioned table: its archive name, its database table, the partition column and its
+/// units per millisecond, the exchange time the archive's periods are cut by, and what gives
+/// a row's venue and symbol.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Partitioned {
     pub tbl: &'static str,
     pub table: &'static str,
     pub key: &'static str,
+    per_ms: i64,
+    time: &'static str,
     /// `FROM {partition} t {join}`: rows with `venue` and `symbol` columns.
     join: &'static str,
+}
+
+impl Partitioned {
+    /// Whether the partition column is the archive's period column: a partition then holds
+    /// exactly the rows of the periods inside it.
+    fn by_period(&self) -> bool {
+        self.key == self.time
+    }
 }
 
 pub static PARTITIONED: [Partitioned; 4] = [
@@ -21,29 +32,38 @@ pub static PARTITIONED: [Partitioned; 4] = [
         tbl: "klines",
         table: "klines",
         key: "open_time_ms",
+        per_ms: 1,
+        time: "open_time_ms",
         join: "",
     },
     Partitioned {
         tbl: "book_snapshots",
         table: "book_snapshots",
-        key: "event_time_ms",
+        key: "recv_time_us",
+        per_ms: 1000,
+        time: "event_time_ms",
         join: "",
     },
     Partitioned {
         tbl: "book_deltas",
         table: "book_updates",
-        key: "event_time_ms",
+        key: "recv_time_us",
+        per_ms: 1000,
+        time: "event_time_ms",
         join: "JOIN book_streams s ON s.id = t.stream",
     },
     Partitioned {
         tbl: "tickers",
         table: "tickers",
-        key: "event_time_ms",
+        key: "recv_time_us",
+        per_ms: 1000,
+        time: "event_time_ms",
         join: "",
     },
 ];
 
-/// A range partition: rows of `table` whose key is in `[from_ms, to_ms)`.
+/// A range partition: rows whose partition column is in `[from_ms, to_ms)` (the bounds
+/// in milliseconds whatever the column's unit).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Partition {
     pub of: &'static Partitioned,
@@ -107,12 +127,12 @@ impl Store {
             .await
             .map_err(StoreError::sql("list partitions"))?;
             for (name, bound) in rows {
-                if let Some((from_ms, to_ms)) = bounds(&bound) {
+                if let Some((from, to)) = bounds(&bound) {
                     out.push(Partition {
                         of: p,
+                        from_ms: from.div_euclid(p.per_ms),
+                        to_ms: to.div_euclid(p.per_ms),
                         name,
-                        from_ms,
-                        to_ms,
                     });
                 }
             }
@@ -156,18 +176,18 @@ impl Store {
             format!("{schema}.{}", quoted(&format!("{}_default", p.table))),
             format!("{schema}.{}", quoted(&format!("{}_p{from_ms}", p.table))),
         );
-        let key = p.key;
+        let (key, from, to) = (p.key, from_ms * p.per_ms, to_ms * p.per_ms);
         for sql in [
             LOCK_TIMEOUT.to_string(),
             // no row may reach the default's range between the move and the attach
             format!("LOCK TABLE {default} IN SHARE ROW EXCLUSIVE MODE"),
             format!("CREATE TABLE {part} (LIKE {parent} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"),
             format!(
-                "WITH moved AS (DELETE FROM {default} WHERE {key} >= {from_ms} \
-                 AND {key} < {to_ms} RETURNING *) INSERT INTO {part} SELECT * FROM moved"
+                "WITH moved AS (DELETE FROM {default} WHERE {key} >= {from} \
+                 AND {key} < {to} RETURNING *) INSERT INTO {part} SELECT * FROM moved"
             ),
             format!(
-                "ALTER TABLE {parent} ATTACH PARTITION {part} FOR VALUES FROM ({from_ms}) TO ({to_ms})"
+                "ALTER TABLE {parent} ATTACH PARTITION {part} FOR VALUES FROM ({from}) TO ({to})"
             ),
         ] {
             if !locking(&mut tx, &sql).await? {
@@ -180,11 +200,12 @@ impl Store {
         Ok(true)
     }
 
-    /// Drops a partition if every row in it is archived: each row's symbol archived through
-    /// the partition's end, no late period of it waiting to be archived again. Checked with
-    /// the partition locked, so no row arrives between the check and the drop. Its parts
-    /// are then on record as deleted from the database. Returns the rows dropped, or None
-    /// when it was kept.
+    /// Drops a partition if every row in it is archived: each row's symbol archived past
+    /// the row's exchange time, no late period holding it waiting to be archived again.
+    /// Checked with the partition locked, so no row arrives between the check and the drop.
+    /// Where the partition holds exactly whole periods (bars), their parts are on record as
+    /// deleted in the same transaction; otherwise the chunked pass that follows finds their
+    /// rows gone and records it. Returns the rows dropped, or None when it was kept.
     pub async fn drop_archived_partition(
         &self,
         p: &Partition,
@@ -205,27 +226,20 @@ impl Store {
                 return Ok(None);
             }
         }
+        let (v, sym) = match of.join {
+            "" => ("t.venue", "t.symbol"),
+            _ => ("s.venue", "s.symbol"),
+        };
+        let time = format!("t.{}", of.time);
         let (held, unarchived): (i64, bool) = sqlx::query_as(&format!(
-            "SELECT (SELECT COUNT(*) FROM {name}), \
-             EXISTS (SELECT 1 FROM {name} t {join} WHERE NOT EXISTS (SELECT 1 FROM archive_marks m \
-             WHERE m.tbl = $1 AND m.venue = {v} AND m.symbol = {s} AND m.through_ms >= $3)) \
-             OR EXISTS (SELECT 1 FROM archive_dirty d WHERE d.tbl = $1 \
-             AND d.period_start_ms < $3 AND d.period_end_ms > $2)",
+            "SELECT (SELECT COUNT(*) FROM {name}), EXISTS (SELECT 1 FROM {name} t {join} \
+             WHERE NOT EXISTS (SELECT 1 FROM archive_marks m WHERE m.tbl = $1 AND m.venue = {v} \
+             AND m.symbol = {sym} AND m.through_ms > {time}) \
+             OR EXISTS (SELECT 1 FROM archive_dirty d WHERE d.tbl = $1 AND d.venue = {v} \
+             AND d.symbol = {sym} AND d.period_start_ms <= {time} AND d.period_end_ms > {time}))",
             join = of.join,
-            v = if of.join.is_empty() {
-                "t.venue"
-            } else {
-                "s.venue"
-            },
-            s = if of.join.is_empty() {
-                "t.symbol"
-            } else {
-                "s.symbol"
-            },
         ))
         .bind(of.tbl)
-        .bind(p.from_ms)
-        .bind(p.to_ms)
         .fetch_one(&mut *tx)
         .await
         .map_err(StoreError::sql("check partition archived"))?;
@@ -236,18 +250,20 @@ impl Store {
         if !locking(&mut tx, &format!("DROP TABLE {name}")).await? {
             return Ok(None);
         }
-        sqlx::query(
-            "UPDATE archive_parts SET deleted_at_ms = GREATEST($4, archived_at_ms + 1) \
-             WHERE tbl = $1 AND period_start_ms >= $2 AND period_end_ms <= $3 \
-             AND (deleted_at_ms IS NULL OR archived_at_ms > deleted_at_ms)",
-        )
-        .bind(of.tbl)
-        .bind(p.from_ms)
-        .bind(p.to_ms)
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::sql("update archive_parts"))?;
+        if of.by_period() {
+            sqlx::query(
+                "UPDATE archive_parts SET deleted_at_ms = GREATEST($4, archived_at_ms + 1) \
+                 WHERE tbl = $1 AND period_start_ms >= $2 AND period_end_ms <= $3 \
+                 AND (deleted_at_ms IS NULL OR archived_at_ms > deleted_at_ms)",
+            )
+            .bind(of.tbl)
+            .bind(p.from_ms)
+            .bind(p.to_ms)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::sql("update archive_parts"))?;
+        }
         tx.commit()
             .await
             .map_err(StoreError::sql("commit partition drop"))?;
