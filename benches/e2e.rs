@@ -326,6 +326,21 @@ fn children_usage() -> (f64, f64) {
     )
 }
 
+/// The recorder under test is killed with the harness (a harness stopped by a signal left a
+/// recorder running, archiving into the next run's directory).
+fn dies_with_harness(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
+
 async fn pg_database(admin: &str) -> anyhow::Result<(String, String)> {
     use sqlx::Connection;
     let name = format!("mdrec_bench_{}", std::process::id());
@@ -405,24 +420,28 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 .recorder
                 .clone()
                 .unwrap_or_else(|| env!("CARGO_BIN_EXE_mdrec").into());
-            Command::new(bin)
-                .args(["run", "-c"])
-                .arg(&cfg_path)
-                .env_remove("MDREC_DATABASE_URL")
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()?
+            dies_with_harness(
+                Command::new(bin)
+                    .args(["run", "-c"])
+                    .arg(&cfg_path)
+                    .env_remove("MDREC_DATABASE_URL")
+                    .env("RUST_LOG", "warn")
+                    .stdout(Stdio::null())
+                    .stderr(log),
+            )
+            .spawn()?
         }
         Some("cryptofeed") => {
             anyhow::ensure!(
                 args.venue == "cdc-v2" && pg_name.is_some(),
                 "--peer cryptofeed: its Crypto.com feed speaks cdc-v2, into --db postgres"
             );
-            cryptofeed(&args, &sim, &db_url, ca_path.as_deref())?
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()?
+            dies_with_harness(
+                cryptofeed(&args, &sim, &db_url, ca_path.as_deref())?
+                    .stdout(Stdio::null())
+                    .stderr(log),
+            )
+            .spawn()?
         }
         Some(other) => anyhow::bail!("--peer: mdrec or cryptofeed, not {other:?}"),
     };
@@ -464,6 +483,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         (Ok(Outcome::Peer(_)), Some(_)) => Some(stored_tally(&db_url).await?),
         _ => None,
     };
+    // the trades the database holds, for --archive-check (before a PostgreSQL one is dropped)
+    let db_trades = match (&args.archive_check, &result) {
+        (Some(_), Ok(_)) => Some(trade_keys(&db_url).await?),
+        _ => None,
+    };
     if let Some(name) = &pg_name {
         pg_drop(&args.pg, name).await;
     }
@@ -497,34 +521,35 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(st) = storage {
         report_storage(&st);
     }
-    if let Some(dir) = &args.archive_check {
-        archive_check(&args, &sim, &db_url, dir).await?;
+    if let (Some(dir), Some(in_db)) = (&args.archive_check, db_trades) {
+        archive_check(&args, &sim, in_db, dir)?;
     }
     sim.shutdown().await;
     Ok(())
 }
 
+/// (symbol, trade id) of every stored trade.
+async fn trade_keys(db_url: &str) -> anyhow::Result<std::collections::BTreeSet<(String, i64)>> {
+    use sqlx::Connection;
+    let sql = "SELECT symbol, trade_id FROM trades";
+    let rows: Vec<(String, i64)> = if db_url.starts_with("sqlite") {
+        let mut c = sqlx::SqliteConnection::connect(db_url).await?;
+        sqlx::query_as(sql).fetch_all(&mut c).await?
+    } else {
+        let mut c = sqlx::PgConnection::connect(db_url).await?;
+        sqlx::query_as(sql).fetch_all(&mut c).await?
+    };
+    Ok(rows.into_iter().collect())
+}
+
 /// Every delivered trade in the database or the archive, none twice in the archive.
-async fn archive_check(
+fn archive_check(
     args: &Args,
     sim: &sim::SimHandle,
-    db_url: &str,
+    in_db: std::collections::BTreeSet<(String, i64)>,
     dir: &std::path::Path,
 ) -> anyhow::Result<()> {
     use std::collections::BTreeSet;
-    let mut in_db: BTreeSet<(String, i64)> = BTreeSet::new();
-    let sql = "SELECT symbol, trade_id FROM trades";
-    if db_url.starts_with("sqlite") {
-        use sqlx::Connection;
-        let mut c = sqlx::SqliteConnection::connect(db_url).await?;
-        in_db.extend(
-            sqlx::query_as::<_, (String, i64)>(sql)
-                .fetch_all(&mut c)
-                .await?,
-        );
-    } else {
-        anyhow::bail!("--archive-check: SQLite only (the PostgreSQL database is dropped)");
-    }
     let (mut in_archive, mut twice, mut files) = (BTreeSet::new(), 0usize, 0usize);
     for f in walk(&dir.join("trades"))? {
         files += 1;

@@ -10,6 +10,7 @@
 //! crash at any point leaves either no ledger row (the part is written again under the same
 //! name) or a verified part. One archiver per archive at a time.
 
+mod crash;
 pub mod retention;
 pub mod target;
 pub mod tiers;
@@ -21,23 +22,9 @@ use futures_util::StreamExt;
 use crate::export::archive::{self as parts, TABLES, per_venue};
 use crate::store::Store;
 use crate::store::archived::{DirtyRow, PartRow};
+use crash::crash_point;
 pub use retention::{Pruned, prune, prune_early};
 use target::{STAGING, Target, part_path};
-
-/// A process killed at a step of the archive's (`MDREC_ARCHIVE_CRASH_AT` names it:
-/// `staged`, `verified`, `published`, `recorded`, `deleting`): it aborts there as `kill -9`
-/// would, for the tests that restart it. Unset, nothing happens.
-pub(crate) fn crash_point(step: &str) {
-    static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    if AT
-        .get_or_init(|| std::env::var("MDREC_ARCHIVE_CRASH_AT").ok())
-        .as_deref()
-        == Some(step)
-    {
-        eprintln!("MDREC_ARCHIVE_CRASH_AT={step}: aborting");
-        std::process::abort();
-    }
-}
 
 /// How periods are cut.
 #[derive(Debug, Clone, Copy)]
@@ -439,6 +426,11 @@ pub async fn keep_archiving(
     use std::sync::atomic::Ordering::Relaxed;
     stats.enabled.store(true, Relaxed);
     let s = life.settings;
+    // partitions are made on their own clock: a round may take longer than the time ahead
+    let width = retention::partition_ms(s.period_ms, life.keep_ms);
+    let _upkeep = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
+        retention::keep_partitions_ahead(store.clone(), width),
+    ));
     let every =
         std::time::Duration::from_millis(s.period_ms.min(s.settle_ms).clamp(1_000, 60_000) as u64);
     let mut pause = std::time::Duration::from_secs(5);
@@ -487,8 +479,6 @@ async fn round(
     stats: &crate::stats::ArchiveStats,
 ) -> anyhow::Result<()> {
     use std::sync::atomic::Ordering::Relaxed;
-    let width = retention::partition_ms(life.settings.period_ms, life.keep_ms);
-    retention::make_partitions(store, width, crate::model::now_ms()).await?;
     let r = run_paced(store, &life.target, life.settings, i64::MAX, &*life.busy).await?;
     stats.parts.fetch_add(r.parts, Relaxed);
     stats.rows.fetch_add(r.rows, Relaxed);

@@ -29,18 +29,19 @@ pub fn partition_ms(period_ms: i64, keep_ms: i64) -> i64 {
         .unwrap_or(period)
 }
 
-/// Partitions ahead of recording (PostgreSQL): the current one and the next two of every
-/// partitioned table, so rows land in a partition that can be dropped, not in the default.
-/// Returns how many were created.
+/// Partitions ahead of recording (PostgreSQL): from the current one on, at least three
+/// and at least [`AHEAD_MS`] ahead of now, for every partitioned table, so rows land in a
+/// partition that can be dropped, not in the default. Returns how many were created.
 pub async fn make_partitions(store: &Store, width_ms: i64, now_ms: i64) -> anyhow::Result<u64> {
     if !matches!(store, Store::Postgres(_)) {
         return Ok(0);
     }
     let first = now_ms.div_euclid(width_ms) * width_ms;
+    let count = 3.max((AHEAD_MS + width_ms - 1) / width_ms + 1);
     let have = store.partitions().await?;
     let mut made = 0;
     for p in PARTITIONED.iter() {
-        for i in 0..3 {
+        for i in 0..count {
             let from = first + i * width_ms;
             if have
                 .iter()
@@ -55,6 +56,28 @@ pub async fn make_partitions(store: &Store, width_ms: i64, now_ms: i64) -> anyho
         }
     }
     Ok(made)
+}
+
+/// How far ahead partitions are made: the upkeep may be late by this much (a database
+/// that did not answer, a lock not granted) before rows go to the default partition.
+const AHEAD_MS: i64 = 15 * 60_000;
+
+/// The daemon's partition upkeep, beside the archive's rounds (which may take longer than
+/// the time ahead): [`make_partitions`] every minute or tenth of a partition, whichever is
+/// shorter; a failure is logged and tried again at the next tick.
+pub async fn keep_partitions_ahead(store: std::sync::Arc<Store>, width_ms: i64) {
+    if !matches!(*store, Store::Postgres(_)) {
+        return;
+    }
+    let every = std::time::Duration::from_millis((width_ms / 10).clamp(1_000, 60_000) as u64);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = make_partitions(&store, width_ms, crate::model::now_ms()).await {
+            tracing::warn!(error = format!("{e:#}"), "making partitions ahead failed");
+        }
+    }
 }
 
 /// Deletes from the database the rows of archived periods that ended `keep_ms` before
@@ -102,7 +125,7 @@ async fn drop_partitions(
             continue;
         }
         if let Some(rows) = store.drop_archived_partition(&p, now_ms).await? {
-            super::crash_point("deleting");
+            super::crash::crash_point("deleting");
             tracing::debug!(partition = %p.name, rows, "archived partition dropped");
             out.rows += rows;
             out.partitions += 1;
@@ -128,7 +151,7 @@ async fn chunks(
         for p in &parts {
             loop {
                 let n = store.delete_archived(p, CHUNK).await?;
-                super::crash_point("deleting");
+                super::crash::crash_point("deleting");
                 out.rows += n;
                 if n < CHUNK as u64 {
                     break;
