@@ -733,19 +733,20 @@ async fn the_daemon_archives_and_deletes_while_recording(url: &str) {
         health.problems
     );
     if matches!(store, Store::Postgres(_)) {
-        let now = mdrec::model::now_ms();
-        let parts = store.partitions().await.unwrap();
-        for t in mdrec::store::partitions::PARTITIONED.iter() {
-            let ahead: Vec<_> = parts
-                .iter()
-                .filter(|p| p.of.table == t.table && p.to_ms > now)
-                .map(|p| p.to_ms - p.from_ms)
-                .collect();
-            assert!(
-                ahead.len() >= 15 && ahead.iter().all(|w| *w == 60_000),
-                "{parts:?}"
-            );
-        }
+        // every table's partitions, a minute wide, at least 15 of them ahead of now
+        let ready = || async {
+            let now = mdrec::model::now_ms();
+            let parts = store.partitions().await.unwrap();
+            assert!(parts.iter().all(|p| p.to_ms - p.from_ms == 60_000));
+            mdrec::store::partitions::PARTITIONED.iter().all(|t| {
+                parts
+                    .iter()
+                    .filter(|p| p.of.table == t.table && p.to_ms > now)
+                    .count()
+                    >= 15
+            })
+        };
+        wait_for("partitions ahead", Duration::from_secs(30), ready).await;
     }
     rec.stop().await;
     let mut want: Vec<(String, i64)> = SYMBOLS
