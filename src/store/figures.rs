@@ -65,8 +65,18 @@ impl Store {
     }
 
     pub async fn symbols_with_data(&self, venue: &str) -> Result<Vec<String>, StoreError> {
-        let sql = "SELECT symbol FROM sessions WHERE venue = $1 UNION SELECT symbol FROM trades \
-                   WHERE venue = $1 UNION SELECT symbol FROM klines WHERE venue = $1 ORDER BY 1";
+        // trades and klines walked symbol to symbol through their keys' index (a seek each),
+        // not read whole: a round asks this every time
+        let sql = "WITH RECURSIVE \
+                   t(symbol) AS (SELECT MIN(symbol) FROM trades WHERE venue = $1 UNION ALL \
+                   SELECT (SELECT MIN(symbol) FROM trades WHERE venue = $1 AND symbol > t.symbol) \
+                   FROM t WHERE t.symbol IS NOT NULL), \
+                   k(symbol) AS (SELECT MIN(symbol) FROM klines WHERE venue = $1 UNION ALL \
+                   SELECT (SELECT MIN(symbol) FROM klines WHERE venue = $1 AND symbol > k.symbol) \
+                   FROM k WHERE k.symbol IS NOT NULL) \
+                   SELECT symbol FROM sessions WHERE venue = $1 \
+                   UNION SELECT symbol FROM t WHERE symbol IS NOT NULL \
+                   UNION SELECT symbol FROM k WHERE symbol IS NOT NULL ORDER BY 1";
         on_pool!(self, p => sqlx::query_scalar::<_, String>(sql).bind(venue).fetch_all(p).await)
             .map_err(StoreError::sql("symbols with data"))
     }
