@@ -318,9 +318,7 @@ async fn archive_equals_the_recording(
     }
 
     // retention: the archived rows leave the database (gaps and sessions stay)
-    let pruned = prune(&store, 0, mdrec::model::now_ms(), &|| false)
-        .await
-        .unwrap();
+    let pruned = prune(&store, 0, mdrec::model::now_ms()).await.unwrap();
     assert!(pruned.rows > 0, "{pruned:?}");
     let left = db_rows(&store).await;
     for t in MARKET_DATA {
@@ -330,9 +328,7 @@ async fn archive_equals_the_recording(
         (left["gaps"], left["sessions"]),
         (want["gaps"], want["sessions"])
     );
-    let again = prune(&store, 0, mdrec::model::now_ms(), &|| false)
-        .await
-        .unwrap();
+    let again = prune(&store, 0, mdrec::model::now_ms()).await.unwrap();
     assert_eq!(again.rows, 0);
 
     // late rows for a period whose rows were deleted: a new trade, and a copy of a trade the
@@ -365,9 +361,7 @@ async fn archive_equals_the_recording(
             assert_eq!(rows.len(), ledger.len() + 2, "{reader}");
         }
     }
-    let pruned = prune(&store, 0, mdrec::model::now_ms(), &|| false)
-        .await
-        .unwrap();
+    let pruned = prune(&store, 0, mdrec::model::now_ms()).await.unwrap();
     assert_eq!(pruned.rows, 2, "{pruned:?}");
     assert_eq!(db_rows(&store).await["trades"], 0);
     store.close().await;
@@ -569,9 +563,7 @@ async fn store_failing_then_back(endpoint: &str) {
             "{mode:?}: credentials never shown: {e}"
         );
         assert!(store.archive_parts().await.unwrap().is_empty(), "{mode:?}");
-        let pruned = prune(&store, 0, mdrec::model::now_ms(), &|| false)
-            .await
-            .unwrap();
+        let pruned = prune(&store, 0, mdrec::model::now_ms()).await.unwrap();
         assert_eq!(
             pruned.rows, 0,
             "{mode:?}: nothing archived, nothing deleted"
@@ -1005,9 +997,7 @@ async fn readers_span_both_tiers(db_url: &str) {
     run(&store, &target, SETTINGS, i64::MAX).await.unwrap();
 
     // the first half of the periods leave the database
-    let p = prune(&store, 0, (first + last) / 2, &|| false)
-        .await
-        .unwrap();
+    let p = prune(&store, 0, (first + last) / 2).await.unwrap();
     assert!(p.rows > 0, "{p:?}");
     let left = db_rows(&store).await;
     assert!(
@@ -1035,7 +1025,7 @@ async fn readers_span_both_tiers(db_url: &str) {
     );
 
     // then all of them
-    prune(&store, 0, i64::MAX / 2, &|| false).await.unwrap();
+    prune(&store, 0, i64::MAX / 2).await.unwrap();
     assert_eq!(db_rows(&store).await["trades"], 0);
     let (all, all_files, stored) = readers(db_url, &archive, at);
     assert_eq!(all["coverage"], before["coverage"]);
@@ -1169,16 +1159,14 @@ async fn postgres_archived_partitions_are_dropped_whole() {
     assert_eq!(db_rows(&store).await, recorded, "rows moved, none lost");
 
     // nothing archived: no row deleted (only partitions that hold none are dropped)
-    let none = prune(&store, 0, mdrec::model::now_ms(), &|| false)
-        .await
-        .unwrap();
+    let none = prune(&store, 0, mdrec::model::now_ms()).await.unwrap();
     assert_eq!((none.rows, none.parts), (0, 0), "{none:?}");
     assert_eq!(db_rows(&store).await, recorded);
 
     let (_dir, target) = directory();
     run(&store, &target, SETTINGS, i64::MAX).await.unwrap();
     let at = mdrec::model::now_ms();
-    let pruned = prune(&store, 0, at, &|| false).await.unwrap();
+    let pruned = prune(&store, 0, at).await.unwrap();
     assert!(pruned.partitions > 0 && pruned.rows > 0, "{pruned:?}");
     let left = store.partitions().await.unwrap();
     assert!(left.iter().all(|p| p.to_ms > at), "{left:?}");
@@ -1229,9 +1217,7 @@ async fn postgres_archived_partitions_are_dropped_whole() {
         archived_rows(&store).await["tickers"],
         recorded["tickers"] + 1
     );
-    prune(&store, 0, mdrec::model::now_ms(), &|| false)
-        .await
-        .unwrap();
+    prune(&store, 0, mdrec::model::now_ms()).await.unwrap();
     assert_eq!(in_default(&store, "tickers").await, 0);
     store.close().await;
     sim.shutdown().await;

@@ -495,7 +495,7 @@ async fn round(
         );
     }
     let now = crate::model::now_ms();
-    let kept = prune(store, life.keep_ms, now, &|| false).await?;
+    let kept = prune(store, life.keep_ms, now).await?;
     stats.deleted_rows.fetch_add(kept.rows, Relaxed);
     if kept.rows > 0 {
         tracing::info!(
@@ -508,7 +508,7 @@ async fn round(
     // pages a deletion freed inside a SQLite file are free space the file grows into first
     let free = |reusable: u64| life.free_bytes().map(|f| f + reusable);
     if free(store.reusable_bytes().await?).is_some_and(|f| f < life.min_free_bytes) {
-        let early = prune_early(store, now, &|| false).await?;
+        let early = prune_early(store, now).await?;
         stats.deleted_rows.fetch_add(early.rows, Relaxed);
         let free = free(store.reusable_bytes().await?).unwrap_or(0);
         stats

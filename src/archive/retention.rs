@@ -42,14 +42,15 @@ pub async fn make_partitions(store: &Store, width_ms: i64, now_ms: i64) -> anyho
     let mut made = 0;
     for p in PARTITIONED.iter() {
         for i in 0..count {
-            let from = first + i * width_ms;
+            let (from, to) = (first + i * width_ms, first + (i + 1) * width_ms);
+            // one that overlaps (a width changed between runs): its rows stay where they are
             if have
                 .iter()
-                .any(|x| x.of.table == p.table && x.from_ms <= from && from < x.to_ms)
+                .any(|x| x.of.table == p.table && x.from_ms < to && from < x.to_ms)
             {
                 continue;
             }
-            if store.create_partition(p, from, from + width_ms).await? {
+            if store.create_partition(p, from, to).await? {
                 tracing::debug!(table = p.table, from_ms = from, "partition created");
                 made += 1;
             }
@@ -85,29 +86,19 @@ pub async fn keep_partitions_ahead(store: std::sync::Arc<Store>, width_ms: i64) 
 /// that ends by then and holds only archived rows is dropped; rows in a partition that does
 /// not end by then wait for its drop; the rest go a chunk per statement so the writer never
 /// waits long. A period with a late row waiting to be archived keeps its rows until it is.
-/// `enough`: asked after each part; true stops early.
-pub async fn prune(
-    store: &Store,
-    keep_ms: i64,
-    now_ms: i64,
-    enough: &(dyn Fn() -> bool + Sync),
-) -> anyhow::Result<Pruned> {
+pub async fn prune(store: &Store, keep_ms: i64, now_ms: i64) -> anyhow::Result<Pruned> {
     let cutoff = now_ms - keep_ms;
     let mut out = Pruned::default();
     let spare = drop_partitions(store, cutoff, now_ms, &mut out).await?;
-    chunks(store, cutoff, now_ms, &spare, enough, out).await
+    chunks(store, cutoff, now_ms, &spare, out).await
 }
 
 /// Every archived row, now (the disk is below its budget): the partitions that hold only
 /// archived rows dropped, every other archived row deleted in chunks.
-pub async fn prune_early(
-    store: &Store,
-    now_ms: i64,
-    enough: &(dyn Fn() -> bool + Sync),
-) -> anyhow::Result<Pruned> {
+pub async fn prune_early(store: &Store, now_ms: i64) -> anyhow::Result<Pruned> {
     let mut out = Pruned::default();
     drop_partitions(store, now_ms, now_ms, &mut out).await?;
-    chunks(store, now_ms, now_ms, &[], enough, out).await
+    chunks(store, now_ms, now_ms, &[], out).await
 }
 
 /// Drops the partitions ending by `cutoff` that hold only archived rows; returns those
@@ -139,7 +130,6 @@ async fn chunks(
     cutoff: i64,
     now_ms: i64,
     spare: &[Partition],
-    enough: &(dyn Fn() -> bool + Sync),
     mut out: Pruned,
 ) -> anyhow::Result<Pruned> {
     const CHUNK: i64 = 5_000;
@@ -161,9 +151,6 @@ async fn chunks(
                 .mark_deleted(p, now_ms.max(p.archived_at_ms + 1))
                 .await?;
             out.parts += 1;
-            if enough() {
-                return Ok(out);
-            }
         }
     }
 }

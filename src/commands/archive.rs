@@ -99,10 +99,9 @@ async fn archive_and_prune(
 ) -> anyhow::Result<(mdrec::archive::Report, Option<mdrec::archive::Pruned>)> {
     let r = mdrec::archive::run(store, target, settings, before.unwrap_or(i64::MAX)).await?;
     let pruned = match keep_s {
-        Some(k) => Some(
-            mdrec::archive::prune(store, k as i64 * 1000, mdrec::model::now_ms(), &|| false)
-                .await?,
-        ),
+        Some(k) => {
+            Some(mdrec::archive::prune(store, k as i64 * 1000, mdrec::model::now_ms()).await?)
+        }
         None => None,
     };
     Ok((r, pruned))
